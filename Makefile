@@ -1,0 +1,50 @@
+# leadml: `make train` runs the main job on the embedded synthetic data, `make test` the test suite.
+# Both create .venv and install the locked dependencies on first use.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install test train generate ingest features lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  (extra Hydra overrides: make train ARGS='features.cadence_days=7')"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install leadml with its locked dependencies
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest
+
+train: $(STAMP) ## generate the synthetic data if absent, then ingest and build features
+	$(BIN)/leadml-generate $(ARGS)
+	$(BIN)/leadml-ingest $(ARGS)
+	$(BIN)/leadml-features $(ARGS)
+
+generate: $(STAMP) ## (re)generate the synthetic CRM: make generate ARGS='overwrite=true'
+	$(BIN)/leadml-generate $(ARGS)
+
+ingest: $(STAMP) ## validate raw data against the contracts into data/interim
+	$(BIN)/leadml-ingest $(ARGS)
+
+features: $(STAMP) ## build point-in-time training snapshots into data/features
+	$(BIN)/leadml-features $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_features.py
+
+clean: ## remove generated data and the virtual environment
+	rm -rf $(VENV) data/raw data/interim data/features outputs

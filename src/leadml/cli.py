@@ -1,0 +1,126 @@
+"""Thin Hydra entry points: read config, do the I/O, call the pure stage functions.
+
+Each ``run_*`` function takes a composed config and returns a summary dict, so tests
+(and notebooks) can call a stage without a subprocess; the ``@hydra.main`` wrappers
+add logging set-up and turn a :class:`~leadml.errors.LeadmlError` into one line on
+stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from leadml import schema as s
+from leadml.errors import LeadmlError
+
+logger = logging.getLogger("leadml")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+MANIFEST = "manifest.json"
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _configure_logging(cfg: DictConfig) -> None:
+    level = str(cfg.get("log_level", "WARNING")).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("alembic", "urllib3", "numba"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _show_progress(cfg: DictConfig) -> bool:
+    return bool(cfg.get("progress", True)) and sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------- generate
+def run_generate(cfg: DictConfig) -> dict[str, Any]:
+    """Write the synthetic CRM to ``cfg.output_dir`` unless it is already there."""
+    from leadml.sources import write_json_atomic, write_parquet_atomic
+    from leadml.synthetic import generate_crm, settings_from_mapping
+
+    out = Path(cfg.output_dir)
+    settings = settings_from_mapping(_container(cfg.synthetic))
+    if (out / MANIFEST).exists() and not cfg.overwrite:
+        existing = json.loads((out / MANIFEST).read_text())
+        _echo(f"generate: {out} exists (seed {existing['settings'].get('seed')}); "
+              "keeping it (make generate ARGS='overwrite=true' to rebuild)")
+        return existing
+    started = time.perf_counter()
+    frames = generate_crm(settings)
+    for name, frame in frames.items():
+        write_parquet_atomic(frame, out / f"{name}.parquet")
+    manifest = {
+        "stage": "generate",
+        "settings": _container(cfg.synthetic),
+        "rows": {name: len(frame) for name, frame in frames.items()},
+        "seconds": round(time.perf_counter() - started, 2),
+        "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+    }
+    write_json_atomic(manifest, out / MANIFEST)
+    rows = manifest["rows"]
+    _echo(f"generate: {rows[s.LEADS]:,} leads, {rows[s.ACCOUNTS]:,} accounts, {rows[s.ACTIVITIES]:,} activities, "
+          f"{rows[s.GROUND_TRUTH]:,} ground-truth rows -> {out} ({manifest['seconds']} s)")
+    return manifest
+
+
+# --------------------------------------------------------------------------- ingest
+def run_ingest(cfg: DictConfig) -> dict[str, Any]:
+    """Read every configured source, check its contract and write data/interim."""
+    from leadml.stages import ingest_stage
+
+    summary = ingest_stage(_container(cfg.data), Path(cfg.output_dir))
+    for table, report in summary["tables"].items():
+        _echo(f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
+              f"{report['quarantined_rows']:,} quarantined")
+    _echo(f"ingest: wrote {cfg.output_dir}")
+    return summary
+
+
+# --------------------------------------------------------------------------- features
+def run_features(cfg: DictConfig) -> dict[str, Any]:
+    """Build the point-in-time training snapshots from data/interim."""
+    from leadml.stages import features_stage
+
+    summary = features_stage(
+        _container(cfg.data), _container(cfg.features), Path(cfg.input_dir), Path(cfg.output_dir),
+        progress=_show_progress(cfg),
+    )
+    _echo(f"features: {summary['snapshots']:,} snapshots of {summary['leads']:,} leads on {summary['dates']} dates, "
+          f"{summary['positives']:,} positives ({summary['positive_rate']:.2%}), {summary['features']} features "
+          f"-> {cfg.output_dir} ({summary['seconds']} s)")
+    return summary
+
+
+# --------------------------------------------------------------------------- wrappers
+def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        _configure_logging(cfg)
+        try:
+            run(cfg)
+        except LeadmlError as error:
+            print(f"leadml-{config_name}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    main.__doc__ = run.__doc__
+    return main
+
+
+generate = _entry_point("generate", run_generate)
+ingest = _entry_point("ingest", run_ingest)
+features = _entry_point("features", run_features)

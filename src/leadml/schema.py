@@ -1,0 +1,97 @@
+"""Canonical CRM schema shared by the generator, ingestion and features.
+
+Every source (the synthetic CRM, a CSV export, a SQL table) is renamed onto these
+column names by ``conf/data/*.yaml`` before its contract is checked, so the rest of
+the pipeline only ever sees these names and values.
+"""
+
+from __future__ import annotations
+
+ACCOUNTS = "accounts"
+LEADS = "leads"
+OUTCOMES = "outcomes"
+ACTIVITIES = "activities"
+CRM_TABLES: tuple[str, ...] = (ACCOUNTS, LEADS, OUTCOMES, ACTIVITIES)
+
+# accounts (firmographics), one row per account
+ACCOUNT_ID = "account_id"
+COMPANY_NAME = "company_name"
+INDUSTRY = "industry"
+EMPLOYEES = "employees"
+ANNUAL_REVENUE = "annual_revenue"  # USD per year
+COUNTRY = "country"  # ISO 3166-1 alpha-2, lower case after normalisation
+FOUNDED_YEAR = "founded_year"
+
+# leads, one row per lead
+LEAD_ID = "lead_id"
+CREATED_AT = "created_at"
+SOURCE = "source"
+OWNER = "owner"
+JOB_TITLE = "job_title"
+FIRST_NAME = "first_name"
+LAST_NAME = "last_name"
+EMAIL = "email"
+PHONE = "phone"
+ESTIMATED_DEAL_VALUE = "estimated_deal_value"  # known when the lead is created
+PERSONAL_DATA_COLUMNS: tuple[str, ...] = (FIRST_NAME, LAST_NAME, EMAIL, PHONE)
+
+# outcomes, one row per lead
+STATUS = "status"
+CLOSED_AT = "closed_at"
+DEAL_VALUE = "deal_value"  # filled in only when a deal is won: never a feature
+
+# activities, one row per event
+EVENT_ID = "event_id"
+TIMESTAMP = "timestamp"
+ACTIVITY_TYPE = "activity_type"
+PAGE_CATEGORY = "page_category"
+
+# ground truth written by the generator only; the pipeline never reads it as a feature
+GROUND_TRUTH = "ground_truth"
+AS_OF = "as_of"
+HORIZON_DAYS = "horizon_days"
+TRUE_PROBABILITY = "true_probability"
+
+WON, LOST, OPEN = "won", "lost", "open"
+STATUSES: tuple[str, ...] = (WON, LOST, OPEN)
+
+ACTIVITY_TYPES: tuple[str, ...] = (
+    "page_view",
+    "email_open",
+    "email_click",
+    "form_submit",
+    "content_download",
+    "webinar",
+    "demo_request",
+    "call",
+    "meeting",
+    "unsubscribe",
+    "bounce",
+)
+PAGE_VIEW = "page_view"
+PAGE_CATEGORIES: tuple[str, ...] = ("pricing", "product", "docs", "blog", "careers")
+
+SOURCES: tuple[str, ...] = (
+    "web_organic",
+    "paid_search",
+    "paid_social",
+    "referral",
+    "partner",
+    "event",
+    "outbound",
+    "webinar",
+    "content_syndication",
+)
+INDUSTRIES: tuple[str, ...] = (
+    "software",
+    "financial_services",
+    "healthcare",
+    "manufacturing",
+    "retail",
+    "education",
+    "government",
+    "media",
+    "professional_services",
+    "logistics",
+)
+COUNTRIES: tuple[str, ...] = ("us", "gb", "de", "fr", "nl", "br", "in", "au", "ca", "es")

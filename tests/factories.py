@@ -1,0 +1,54 @@
+"""Small typed CRM tables for tests, shaped like the output of ingestion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from leadml import schema as s
+
+BASE = pd.Timestamp("2025-01-06", tz="UTC")  # a Monday on the snapshot grid for cadence 7
+
+
+def at(days: float) -> pd.Timestamp:
+    """BASE plus a number of days (fractions allowed)."""
+    return BASE + pd.to_timedelta(days, unit="D")
+
+
+def accounts_table(rows: Sequence[dict] | None = None) -> pd.DataFrame:
+    default = [
+        {s.ACCOUNT_ID: "A1", s.COMPANY_NAME: "Acme", s.INDUSTRY: "software", s.EMPLOYEES: 250,
+         s.ANNUAL_REVENUE: 4.0e7, s.COUNTRY: "us", s.FOUNDED_YEAR: 2005},
+        {s.ACCOUNT_ID: "A2", s.COMPANY_NAME: "Globex", s.INDUSTRY: "retail", s.EMPLOYEES: 12,
+         s.ANNUAL_REVENUE: 1.5e6, s.COUNTRY: "de", s.FOUNDED_YEAR: 2019},
+    ]
+    return pd.DataFrame(rows if rows is not None else default)
+
+
+def leads_table(rows: Sequence[dict]) -> pd.DataFrame:
+    base = {s.ACCOUNT_ID: "A1", s.SOURCE: "web_organic", s.OWNER: "rep_01", s.JOB_TITLE: "Director of IT",
+            s.COUNTRY: "us", s.FIRST_NAME: "Ada", s.LAST_NAME: "Lovelace", s.EMAIL: "ada@acme.com",
+            s.PHONE: "+1 555 0100", s.ESTIMATED_DEAL_VALUE: 10_000.0}
+    frame = pd.DataFrame([{**base, **row} for row in rows])
+    frame[s.CREATED_AT] = pd.to_datetime(frame[s.CREATED_AT], utc=True).dt.as_unit("ns")
+    return frame
+
+
+def outcomes_table(rows: Sequence[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[s.LEAD_ID, s.STATUS, s.CLOSED_AT, s.DEAL_VALUE])
+    frame[s.CLOSED_AT] = pd.to_datetime(frame[s.CLOSED_AT], utc=True).dt.as_unit("ns")
+    frame[s.DEAL_VALUE] = frame[s.DEAL_VALUE].astype("float64")
+    return frame
+
+
+def activities_table(rows: Sequence[tuple]) -> pd.DataFrame:
+    """Rows of (lead_id, timestamp, activity_type, page_category or None)."""
+    frame = pd.DataFrame(rows, columns=[s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY])
+    frame.insert(0, s.EVENT_ID, [f"E{i}" for i in range(len(frame))])
+    frame[s.TIMESTAMP] = pd.to_datetime(frame[s.TIMESTAMP], utc=True).dt.as_unit("ns")
+    return frame
+
+
+def tables(leads: pd.DataFrame, outcomes: pd.DataFrame, activities: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {s.ACCOUNTS: accounts_table(), s.LEADS: leads, s.OUTCOMES: outcomes, s.ACTIVITIES: activities}
