@@ -18,18 +18,41 @@ def at(days: float) -> pd.Timestamp:
 
 def accounts_table(rows: Sequence[dict] | None = None) -> pd.DataFrame:
     default = [
-        {s.ACCOUNT_ID: "A1", s.COMPANY_NAME: "Acme", s.INDUSTRY: "software", s.EMPLOYEES: 250,
-         s.ANNUAL_REVENUE: 4.0e7, s.COUNTRY: "us", s.FOUNDED_YEAR: 2005},
-        {s.ACCOUNT_ID: "A2", s.COMPANY_NAME: "Globex", s.INDUSTRY: "retail", s.EMPLOYEES: 12,
-         s.ANNUAL_REVENUE: 1.5e6, s.COUNTRY: "de", s.FOUNDED_YEAR: 2019},
+        {
+            s.ACCOUNT_ID: "A1",
+            s.COMPANY_NAME: "Acme",
+            s.INDUSTRY: "software",
+            s.EMPLOYEES: 250,
+            s.ANNUAL_REVENUE: 4.0e7,
+            s.COUNTRY: "us",
+            s.FOUNDED_YEAR: 2005,
+        },
+        {
+            s.ACCOUNT_ID: "A2",
+            s.COMPANY_NAME: "Globex",
+            s.INDUSTRY: "retail",
+            s.EMPLOYEES: 12,
+            s.ANNUAL_REVENUE: 1.5e6,
+            s.COUNTRY: "de",
+            s.FOUNDED_YEAR: 2019,
+        },
     ]
     return pd.DataFrame(rows if rows is not None else default)
 
 
 def leads_table(rows: Sequence[dict]) -> pd.DataFrame:
-    base = {s.ACCOUNT_ID: "A1", s.SOURCE: "web_organic", s.OWNER: "rep_01", s.JOB_TITLE: "Director of IT",
-            s.COUNTRY: "us", s.FIRST_NAME: "Ada", s.LAST_NAME: "Lovelace", s.EMAIL: "ada@acme.com",
-            s.PHONE: "+1 555 0100", s.ESTIMATED_DEAL_VALUE: 10_000.0}
+    base = {
+        s.ACCOUNT_ID: "A1",
+        s.SOURCE: "web_organic",
+        s.OWNER: "rep_01",
+        s.JOB_TITLE: "Director of IT",
+        s.COUNTRY: "us",
+        s.FIRST_NAME: "Ada",
+        s.LAST_NAME: "Lovelace",
+        s.EMAIL: "ada@acme.com",
+        s.PHONE: "+1 555 0100",
+        s.ESTIMATED_DEAL_VALUE: 10_000.0,
+    }
     frame = pd.DataFrame([{**base, **row} for row in rows])
     frame[s.CREATED_AT] = pd.to_datetime(frame[s.CREATED_AT], utc=True).dt.as_unit("ns")
     return frame

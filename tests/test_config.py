@@ -14,10 +14,7 @@ from leadml.features import FeatureSettings
 CONF = Path(CONFIG_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUP_FILES = sorted(
-    (group.name, option.stem)
-    for group in CONF.iterdir()
-    if group.is_dir()
-    for option in group.glob("*.yaml")
+    (group.name, option.stem) for group in CONF.iterdir() if group.is_dir() for option in group.glob("*.yaml")
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import BASE, activities_table, at, leads_table, outcomes_table, tables
+from factories import BASE, accounts_table, activities_table, at, leads_table, outcomes_table, tables
 from leadml import schema as s
 from leadml.features import (
     LABEL,
@@ -25,33 +25,65 @@ from leadml.features import (
 SETTINGS = FeatureSettings(cadence_days=7, horizon_days=30, half_life_days=7.0)
 
 
+def features_of(leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    return build_features(leads, accounts_table(), activities, as_of, SETTINGS)
+
+
 def test_seniority_rules_read_titles_as_people_write_them() -> None:
-    titles = pd.Series(["VP of Engineering", "Chief Executive Officer", "Senior Data Analyst", "Marketing Intern",
-                        "Director, IT Operations", "Head of Procurement", "Sales Manager", "Data Analyst",
-                        None, "  ", "Astronaut"])
+    titles = pd.Series(
+        [
+            "VP of Engineering",
+            "Chief Executive Officer",
+            "Senior Data Analyst",
+            "Marketing Intern",
+            "Director, IT Operations",
+            "Head of Procurement",
+            "Vice President, Sales",
+            "President",
+            "Sales Manager",
+            "Data Analyst",
+            None,
+            "  ",
+            "Astronaut",
+        ]
+    )
     assert list(seniority_from_title(titles)) == [
-        "vp", "c_level", "senior_individual", "intern_student", "director", "vp", "manager", "individual",
-        "unknown", "unknown", "other"]
+        "vp",
+        "c_level",
+        "senior_individual",
+        "intern_student",
+        "director",
+        "vp",
+        "vp",
+        "c_level",
+        "manager",
+        "individual",
+        "unknown",
+        "unknown",
+        "other",
+    ]
 
 
 def test_corporate_email_flag_distinguishes_free_mail_and_missing() -> None:
-    flags = corporate_email_flag(pd.Series(["a@acme.com", "B@GMAIL.COM ", None, "not-an-address"]),
-                                 ["gmail.com"])
+    flags = corporate_email_flag(
+        pd.Series(["a@acme.com", "B@GMAIL.COM ", None, "not-an-address"]), ["gmail.com"]
+    )
     assert flags.iloc[0] == 1.0 and flags.iloc[1] == 0.0
     assert math.isnan(flags.iloc[2]) and math.isnan(flags.iloc[3])
 
 
 def test_features_count_only_events_strictly_before_as_of() -> None:
     leads = leads_table([{s.LEAD_ID: "L1", s.CREATED_AT: at(0)}])
-    activities = activities_table([
-        ("L1", at(1), "page_view", "pricing"),
-        ("L1", at(25), "page_view", "pricing"),
-        ("L1", at(26.5), "email_open", None),
-        ("L1", at(28), "demo_request", None),  # exactly at T: not before T
-        ("L1", at(29), "meeting", None),  # after T
-    ])
-    row = build_features(leads, tables(leads, outcomes_table([]), activities)[s.ACCOUNTS], activities, at(28),
-                         SETTINGS).iloc[0]
+    activities = activities_table(
+        [
+            ("L1", at(1), "page_view", "pricing"),
+            ("L1", at(25), "page_view", "pricing"),
+            ("L1", at(26.5), "email_open", None),
+            ("L1", at(28), "demo_request", None),  # exactly at T: not before T
+            ("L1", at(29), "meeting", None),  # after T
+        ]
+    )
+    row = features_of(leads, activities, at(28)).iloc[0]
     assert row["n_page_pricing_7d"] == 1 and row["n_page_pricing_30d"] == 2
     assert row["n_page_view_30d"] == 2 and row["n_email_open_7d"] == 1
     assert row["n_demo_request_90d"] == 0 and row["n_meeting_90d"] == 0
@@ -68,8 +100,7 @@ def test_features_count_only_events_strictly_before_as_of() -> None:
 
 def test_personal_data_never_becomes_a_feature() -> None:
     leads = leads_table([{s.LEAD_ID: "L1", s.CREATED_AT: at(0)}])
-    frame = build_features(leads, tables(leads, outcomes_table([]), activities_table([]))[s.ACCOUNTS],
-                           activities_table([]), at(10), SETTINGS)
+    frame = features_of(leads, activities_table([]), at(10))
     assert not set(s.PERSONAL_DATA_COLUMNS) & set(frame.columns)
     with pytest.raises(ValueError, match="personal data"):
         FeatureSettings(lead_categorical=(s.SOURCE, s.EMAIL))
@@ -77,23 +108,26 @@ def test_personal_data_never_becomes_a_feature() -> None:
 
 def test_no_activity_gives_zero_counts_and_unknown_recency() -> None:
     leads = leads_table([{s.LEAD_ID: "L1", s.CREATED_AT: at(0)}])
-    row = build_features(leads, tables(leads, outcomes_table([]), activities_table([]))[s.ACCOUNTS],
-                         activities_table([]), at(10), SETTINGS).iloc[0]
+    row = features_of(leads, activities_table([]), at(10)).iloc[0]
     assert row["n_events_90d"] == 0 and row["rw_meeting"] == 0
     assert math.isnan(row["days_since_last_activity"])
 
 
 def test_snapshot_labels_closed_leads_and_censoring() -> None:
-    leads = leads_table([
-        {s.LEAD_ID: "WON", s.CREATED_AT: at(0.5)},
-        {s.LEAD_ID: "LOST", s.CREATED_AT: at(0.5)},
-        {s.LEAD_ID: "OPEN", s.CREATED_AT: at(0.5)},
-    ])
-    outcomes = outcomes_table([
-        ("WON", "won", at(40.2), 5000.0),
-        ("LOST", "lost", at(15.0), None),
-        ("OPEN", "open", None, None),
-    ])
+    leads = leads_table(
+        [
+            {s.LEAD_ID: "WON", s.CREATED_AT: at(0.5)},
+            {s.LEAD_ID: "LOST", s.CREATED_AT: at(0.5)},
+            {s.LEAD_ID: "OPEN", s.CREATED_AT: at(0.5)},
+        ]
+    )
+    outcomes = outcomes_table(
+        [
+            ("WON", "won", at(40.2), 5000.0),
+            ("LOST", "lost", at(15.0), None),
+            ("OPEN", "open", None, None),
+        ]
+    )
     activities = activities_table([("OPEN", at(100), "email_open", None)])  # data ends at day 100
     snaps = build_training_snapshots(tables(leads, outcomes, activities), SETTINGS)
     dates = sorted(snaps[s.AS_OF].unique())
@@ -108,10 +142,12 @@ def test_snapshot_labels_closed_leads_and_censoring() -> None:
 
 def test_scoring_features_equal_training_snapshot_features() -> None:
     leads = leads_table([{s.LEAD_ID: "L1", s.CREATED_AT: at(0.5)}, {s.LEAD_ID: "L2", s.CREATED_AT: at(3)}])
-    activities = activities_table([("L1", at(2), "page_view", "docs"), ("L2", at(12), "webinar", None),
-                                   ("L2", at(60), "call", None)])
-    all_tables = tables(leads, outcomes_table([("L1", "open", None, None), ("L2", "open", None, None)]),
-                        activities)
+    activities = activities_table(
+        [("L1", at(2), "page_view", "docs"), ("L2", at(12), "webinar", None), ("L2", at(60), "call", None)]
+    )
+    all_tables = tables(
+        leads, outcomes_table([("L1", "open", None, None), ("L2", "open", None, None)]), activities
+    )
     snaps = build_training_snapshots(all_tables, SETTINGS)
     training = snaps[snaps[s.AS_OF] == at(14)].drop(columns=LABEL).reset_index(drop=True)
     scoring = build_features(leads, all_tables[s.ACCOUNTS], activities, at(14), SETTINGS)
@@ -120,8 +156,7 @@ def test_scoring_features_equal_training_snapshot_features() -> None:
 
 def test_every_feature_has_metadata_with_a_template() -> None:
     leads = leads_table([{s.LEAD_ID: "L1", s.CREATED_AT: at(0)}])
-    frame = build_features(leads, tables(leads, outcomes_table([]), activities_table([]))[s.ACCOUNTS],
-                           activities_table([]), at(10), SETTINGS)
+    frame = features_of(leads, activities_table([]), at(10))
     meta = feature_metadata(frame.columns, SETTINGS)
     assert set(meta) == set(frame.columns) - {s.LEAD_ID, s.AS_OF}
     assert meta["n_page_pricing_7d"].describe(3) == "3 pricing-page visits in the last 7 days"
@@ -145,16 +180,22 @@ def crm_history(draw: st.DrawFn) -> dict[str, pd.DataFrame]:
     for i in range(n_leads):
         lead_id = f"L{i}"
         created = draw(st.floats(0, 45))
-        lead_rows.append({s.LEAD_ID: lead_id, s.CREATED_AT: at(created),
-                          s.ACCOUNT_ID: draw(st.sampled_from(["A1", "A2", "A404"])),
-                          s.JOB_TITLE: draw(st.sampled_from(["CEO", "Analyst", None]))})
+        lead_rows.append(
+            {
+                s.LEAD_ID: lead_id,
+                s.CREATED_AT: at(created),
+                s.ACCOUNT_ID: draw(st.sampled_from(["A1", "A2", "A404"])),
+                s.JOB_TITLE: draw(st.sampled_from(["CEO", "Analyst", None])),
+            }
+        )
         status = draw(st.sampled_from(s.STATUSES))
         closed = None if status == s.OPEN else at(created + draw(st.floats(0.01, 150)))
         outcome_rows.append((lead_id, status, closed, 1000.0 if status == s.WON else None))
         for _ in range(draw(st.integers(0, 12))):
             kind = draw(ACTIVITY)
-            events.append((lead_id, at(draw(st.floats(-10, 160))), kind,
-                           draw(PAGE) if kind == s.PAGE_VIEW else None))
+            events.append(
+                (lead_id, at(draw(st.floats(-10, 160))), kind, draw(PAGE) if kind == s.PAGE_VIEW else None)
+            )
     return tables(leads_table(lead_rows), outcomes_table(outcome_rows), activities_table(events))
 
 
@@ -171,10 +212,19 @@ def history_and_future_edit(draw: st.DrawFn) -> tuple[dict[str, pd.DataFrame], d
         if draw(st.booleans()):
             edited.loc[idx, s.TIMESTAMP] = t + pd.to_timedelta(draw(st.floats(0, 100)), unit="D")
             edited.loc[idx, s.ACTIVITY_TYPE] = draw(ACTIVITY)
-            edited.loc[idx, s.PAGE_CATEGORY] = draw(PAGE) if edited.loc[idx, s.ACTIVITY_TYPE] == s.PAGE_VIEW else None
+            edited.loc[idx, s.PAGE_CATEGORY] = (
+                draw(PAGE) if edited.loc[idx, s.ACTIVITY_TYPE] == s.PAGE_VIEW else None
+            )
     lead_ids = list(original[s.LEADS][s.LEAD_ID])
-    extra = [(draw(st.sampled_from(lead_ids)), t + pd.to_timedelta(draw(st.floats(0, 100)), unit="D"),
-              "meeting", None) for _ in range(draw(st.integers(0, 5)))]
+    extra = [
+        (
+            draw(st.sampled_from(lead_ids)),
+            t + pd.to_timedelta(draw(st.floats(0, 100)), unit="D"),
+            "meeting",
+            None,
+        )
+        for _ in range(draw(st.integers(0, 5)))
+    ]
     edited = pd.concat([edited, activities_table(extra)], ignore_index=True)
     edited[s.EVENT_ID] = [f"X{i}" for i in range(len(edited))]
     outcomes = original[s.OUTCOMES].copy()
@@ -185,7 +235,8 @@ def history_and_future_edit(draw: st.DrawFn) -> tuple[dict[str, pd.DataFrame], d
             status = draw(st.sampled_from(s.STATUSES))
             outcomes.loc[idx, s.STATUS] = status
             outcomes.loc[idx, s.CLOSED_AT] = (
-                pd.NaT if status == s.OPEN else t + pd.to_timedelta(draw(st.floats(0.01, 100)), unit="D"))
+                pd.NaT if status == s.OPEN else t + pd.to_timedelta(draw(st.floats(0.01, 100)), unit="D")
+            )
     return original, {**original, s.ACTIVITIES: edited, s.OUTCOMES: outcomes}
 
 
@@ -194,10 +245,16 @@ def history_and_future_edit(draw: st.DrawFn) -> tuple[dict[str, pd.DataFrame], d
 def test_facts_after_as_of_change_no_feature(pair: tuple[dict, dict]) -> None:
     original, edited = pair
     end = at(AS_OF_DAY + 400)
-    before = build_training_snapshots(original, SETTINGS, end=end, dates=[at(AS_OF_DAY)]) \
-        if _any_open(original) else None
-    after = build_training_snapshots(edited, SETTINGS, end=end, dates=[at(AS_OF_DAY)]) \
-        if _any_open(edited) else None
+    before = (
+        build_training_snapshots(original, SETTINGS, end=end, dates=[at(AS_OF_DAY)])
+        if _any_open(original)
+        else None
+    )
+    after = (
+        build_training_snapshots(edited, SETTINGS, end=end, dates=[at(AS_OF_DAY)])
+        if _any_open(edited)
+        else None
+    )
     assert (before is None) == (after is None)
     if before is not None:
         pd.testing.assert_frame_equal(before.drop(columns=LABEL), after.drop(columns=LABEL))

@@ -57,8 +57,10 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
     settings = settings_from_mapping(_container(cfg.synthetic))
     if (out / MANIFEST).exists() and not cfg.overwrite:
         existing = json.loads((out / MANIFEST).read_text())
-        _echo(f"generate: {out} exists (seed {existing['settings'].get('seed')}); "
-              "keeping it (make generate ARGS='overwrite=true' to rebuild)")
+        _echo(
+            f"generate: {out} exists (seed {existing['settings'].get('seed')}); "
+            "keeping it (make generate ARGS='overwrite=true' to rebuild)"
+        )
         return existing
     started = time.perf_counter()
     frames = generate_crm(settings)
@@ -73,8 +75,11 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(manifest, out / MANIFEST)
     rows = manifest["rows"]
-    _echo(f"generate: {rows[s.LEADS]:,} leads, {rows[s.ACCOUNTS]:,} accounts, {rows[s.ACTIVITIES]:,} activities, "
-          f"{rows[s.GROUND_TRUTH]:,} ground-truth rows -> {out} ({manifest['seconds']} s)")
+    _echo(
+        f"generate: {rows[s.LEADS]:,} leads, {rows[s.ACCOUNTS]:,} accounts, "
+        f"{rows[s.ACTIVITIES]:,} activities, "
+        f"{rows[s.GROUND_TRUTH]:,} ground-truth rows -> {out} ({manifest['seconds']} s)"
+    )
     return manifest
 
 
@@ -85,8 +90,10 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
 
     summary = ingest_stage(_container(cfg.data), Path(cfg.output_dir))
     for table, report in summary["tables"].items():
-        _echo(f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
-              f"{report['quarantined_rows']:,} quarantined")
+        _echo(
+            f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
+            f"{report['quarantined_rows']:,} quarantined"
+        )
     _echo(f"ingest: wrote {cfg.output_dir}")
     return summary
 
@@ -97,12 +104,19 @@ def run_features(cfg: DictConfig) -> dict[str, Any]:
     from leadml.stages import features_stage
 
     summary = features_stage(
-        _container(cfg.data), _container(cfg.features), Path(cfg.input_dir), Path(cfg.output_dir),
+        _container(cfg.data),
+        _container(cfg.features),
+        Path(cfg.input_dir),
+        Path(cfg.output_dir),
         progress=_show_progress(cfg),
     )
-    _echo(f"features: {summary['snapshots']:,} snapshots of {summary['leads']:,} leads on {summary['dates']} dates, "
-          f"{summary['positives']:,} positives ({summary['positive_rate']:.2%}), {summary['features']} features "
-          f"-> {cfg.output_dir} ({summary['seconds']} s)")
+    when = f"on {summary['dates']} as-of dates" if summary["dates"] else "(no time column: one row per lead)"
+    _echo(
+        f"features: {summary['snapshots']:,} snapshots of {summary['leads']:,} leads {when}, "
+        f"{summary['positives']:,} positives ({summary['positive_rate']:.2%}), "
+        f"{summary['features']} features "
+        f"-> {cfg.output_dir} ({summary['seconds']} s)"
+    )
     return summary
 
 

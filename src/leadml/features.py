@@ -23,13 +23,14 @@ import numpy as np
 import pandas as pd
 
 from leadml import schema as s
+from leadml.arrays import argsort_int, positions_in
 from leadml.calendar import snapshot_dates, to_utc
 
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
-LABEL = "label"
+LABEL = s.LABEL
 # Recency weights below 2**-RECENCY_HALF_LIVES are treated as zero, which bounds the
 # look-back of a snapshot without changing any figure by more than about 1e-6.
 RECENCY_HALF_LIVES = 20
@@ -63,15 +64,19 @@ SENIORITY_RULES: tuple[tuple[str, str], ...] = (
     ("intern_student", r"\b(?:intern|internship|student|trainee|apprentice|graduate assistant)\b"),
     (
         "c_level",
-        r"\b(?:chief|ceo|cfo|cto|coo|cio|cmo|cro|ciso|founder|co-founder|cofounder|owner|president"
+        r"\b(?:chief|ceo|cfo|cto|coo|cio|cmo|cro|ciso|founder|co-founder|cofounder|owner"
+        r"|(?<!vice )(?<!vice-)president"
         r"|managing director|general manager)\b",
     ),
     ("vp", r"\b(?:vp|svp|evp|vice president|head of|head)\b"),
     ("director", r"\b(?:director|dir\.?)\b"),
     ("manager", r"\b(?:manager|mgr|lead|team lead|supervisor|principal)\b"),
     ("senior_individual", r"\b(?:senior|sr\.?|staff|specialist|architect|consultant)\b"),
-    ("individual", r"\b(?:analyst|engineer|developer|associate|coordinator|representative|assistant"
-     r"|officer|administrator|accountant|designer|scientist|executive|agent|clerk|buyer)\b"),
+    (
+        "individual",
+        r"\b(?:analyst|engineer|developer|associate|coordinator|representative|assistant"
+        r"|officer|administrator|accountant|designer|scientist|executive|agent|clerk|buyer)\b",
+    ),
 )
 SENIORITY_LEVELS: tuple[str, ...] = (*(level for level, _ in SENIORITY_RULES), "other", "unknown")
 
@@ -219,25 +224,23 @@ def _time_key(lead_pos: np.ndarray, time_s: np.ndarray) -> np.ndarray:
 
 def prepare_events(activities: pd.DataFrame, lead_ids: pd.Index) -> EventLog:
     """Index activities of known leads by time and by (lead, time)."""
-    lead_pos = lead_ids.get_indexer(activities[s.LEAD_ID])
+    lead_pos = positions_in(activities[s.LEAD_ID], lead_ids)
     known = lead_pos >= 0
     if not known.all():
         logger.warning("ignoring %d activities of leads that are not in the leads table", (~known).sum())
     time_s = to_seconds(activities[s.TIMESTAMP])[known]
-    lead_pos = lead_pos[known].astype(np.int64)
-    type_codes = pd.Categorical(activities[s.ACTIVITY_TYPE], categories=list(s.ACTIVITY_TYPES)).codes
-    page_codes = pd.Categorical(activities[s.PAGE_CATEGORY], categories=list(s.PAGE_CATEGORIES)).codes
+    lead_pos = lead_pos[known]
+    type_codes = positions_in(activities[s.ACTIVITY_TYPE], s.ACTIVITY_TYPES)[known]
+    page_codes = positions_in(activities[s.PAGE_CATEGORY], s.PAGE_CATEGORIES)[known]
     is_page_view = type_codes == s.ACTIVITY_TYPES.index(s.PAGE_VIEW)
     page_channel = np.where(is_page_view & (page_codes >= 0), len(s.ACTIVITY_TYPES) + page_codes, -1)
-    channel = np.asarray(type_codes, dtype=np.int16)[known]
-    page_channel = page_channel.astype(np.int16)[known]
-    order = np.argsort(time_s, kind="stable")
+    order = argsort_int(time_s)
     return EventLog(
         lead_ids=lead_ids,
         time_s=time_s[order],
         lead_pos=lead_pos[order],
-        channel=channel[order],
-        page_channel=page_channel[order],
+        channel=type_codes.astype(np.int16)[order],
+        page_channel=page_channel.astype(np.int16)[order],
         lead_time_key=np.sort(_time_key(lead_pos, time_s)),
     )
 
@@ -272,9 +275,13 @@ def lead_profile(leads: pd.DataFrame, accounts: pd.DataFrame, settings: FeatureS
     account_rows = firmographics.reindex(leads[s.ACCOUNT_ID].to_numpy())
     profile = pd.DataFrame(index=pd.Index(leads[s.LEAD_ID].to_numpy(), name=s.LEAD_ID))
     for column in (*settings.lead_categorical, *settings.extra_categorical):
-        profile[column] = _categorical(leads[column]) if column in leads else pd.Categorical([None] * len(leads))
-    profile["seniority"] = seniority_from_title(leads[s.JOB_TITLE]).to_numpy() if s.JOB_TITLE in leads else (
-        pd.Categorical(["unknown"] * len(leads), categories=list(SENIORITY_LEVELS))
+        profile[column] = (
+            _categorical(leads[column]) if column in leads else pd.Categorical([None] * len(leads))
+        )
+    profile["seniority"] = (
+        seniority_from_title(leads[s.JOB_TITLE]).array
+        if s.JOB_TITLE in leads
+        else pd.Categorical(["unknown"] * len(leads), categories=list(SENIORITY_LEVELS))
     )
     profile["corporate_email"] = (
         corporate_email_flag(leads[s.EMAIL], settings.free_email_domains).to_numpy()
@@ -287,7 +294,9 @@ def lead_profile(leads: pd.DataFrame, accounts: pd.DataFrame, settings: FeatureS
         profile[column] = pd.to_numeric(account_rows[column], errors="coerce").to_numpy(dtype="float64")
     for column in (*settings.lead_numeric, *settings.extra_numeric):
         profile[column] = (
-            pd.to_numeric(leads[column], errors="coerce").to_numpy(dtype="float64") if column in leads else np.nan
+            pd.to_numeric(leads[column], errors="coerce").to_numpy(dtype="float64")
+            if column in leads
+            else np.nan
         )
     profile["_created_s"] = to_seconds(leads[s.CREATED_AT])
     return profile
@@ -330,8 +339,12 @@ def features_as_of(
     columns: dict[str, np.ndarray] = {}
 
     def per_channel(weights: np.ndarray | None, in_window: np.ndarray) -> np.ndarray:
-        codes = np.concatenate([who[in_window] * n_channels + channels[in_window],
-                                who[in_window & has_page] * n_channels + page[in_window & has_page]])
+        codes = np.concatenate(
+            [
+                who[in_window] * n_channels + channels[in_window],
+                who[in_window & has_page] * n_channels + page[in_window & has_page],
+            ]
+        )
         w = None if weights is None else np.concatenate([weights[in_window], weights[in_window & has_page]])
         return np.bincount(codes, weights=w, minlength=n * n_channels).reshape(n, n_channels)
 
@@ -371,7 +384,9 @@ def features_as_of(
     return out.drop(columns=[c for c in settings.exclude if c in out.columns])
 
 
-def _last_and_first_before(events: EventLog, lead_positions: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+def _last_and_first_before(
+    events: EventLog, lead_positions: np.ndarray, t: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of the last and first event strictly before ``t`` per lead (NaN if none)."""
     keys = events.lead_time_key
     start = np.searchsorted(keys, _time_key(lead_positions, np.full(len(lead_positions), -2_208_988_800)))
@@ -444,7 +459,9 @@ def build_training_snapshots(
     (default: the latest timestamp in the data) are censored and left out. ``dates``
     replaces the grid (tests and backfills); censoring still applies.
     """
-    leads, accounts, outcomes, activities = (tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES))
+    leads, accounts, outcomes, activities = (
+        tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
+    )
     end = data_end(tables) if end is None else to_utc(end)
     horizon = pd.Timedelta(days=settings.horizon_days)
     first_created = to_utc(leads[s.CREATED_AT].min())
@@ -501,20 +518,29 @@ def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
         if name.startswith(f"n_{channel}_") and name.endswith("d"):
             days = name.removeprefix(f"n_{channel}_").removesuffix("d")
             if days.isdigit():
-                return FeatureMeta(name, ENGAGEMENT, channel, f"{{value:.0f}} {label} in the last {days} days",
-                                   direction)
+                return FeatureMeta(
+                    name, ENGAGEMENT, channel, f"{{value:.0f}} {label} in the last {days} days", direction
+                )
         if name == f"rw_{channel}":
             return FeatureMeta(
-                name, ENGAGEMENT, channel,
-                f"{{value:.1f}} recent {label} (weighted, half-life {settings.half_life_days:g} days)", direction,
+                name,
+                ENGAGEMENT,
+                channel,
+                f"{{value:.1f}} recent {label} (weighted, half-life {settings.half_life_days:g} days)",
+                direction,
             )
     if name.startswith("n_events_"):
         days = name.removeprefix("n_events_").removesuffix("d")
-        return FeatureMeta(name, ENGAGEMENT, "activity", f"{{value:.0f}} activities in the last {days} days", 0)
+        return FeatureMeta(
+            name, ENGAGEMENT, "activity", f"{{value:.0f}} activities in the last {days} days", 0
+        )
     fixed = {
         "engagement_velocity": FeatureMeta(
-            "engagement_velocity", ENGAGEMENT, "activity",
-            "activity {value:+.2f} events a day against the month before", 0,
+            "engagement_velocity",
+            ENGAGEMENT,
+            "activity",
+            "activity {value:+.2f} events a day against the month before",
+            0,
         ),
         "days_since_last_activity": FeatureMeta(
             "days_since_last_activity", ENGAGEMENT, "activity", "last activity {value:.0f} days ago", 0
@@ -522,16 +548,21 @@ def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
         "days_since_first_activity": FeatureMeta(
             "days_since_first_activity", ENGAGEMENT, "activity", "first activity {value:.0f} days ago", 0
         ),
-        "lead_age_days": FeatureMeta("lead_age_days", OTHER, s.CREATED_AT, "lead created {value:.0f} days ago", 0),
+        "lead_age_days": FeatureMeta(
+            "lead_age_days", OTHER, s.CREATED_AT, "lead created {value:.0f} days ago", 0
+        ),
         "seniority": FeatureMeta("seniority", FIT, s.JOB_TITLE, "seniority: {value}", 0, "categorical"),
         "corporate_email": FeatureMeta(
             "corporate_email", FIT, s.EMAIL, "corporate e-mail domain: {value:.0f} (1 = yes)", 0
         ),
         s.INDUSTRY: FeatureMeta(s.INDUSTRY, FIT, s.INDUSTRY, "industry: {value}", 0, "categorical"),
-        "company_country": FeatureMeta("company_country", FIT, s.COUNTRY, "company based in {value}", 0,
-                                       "categorical"),
+        "company_country": FeatureMeta(
+            "company_country", FIT, s.COUNTRY, "company based in {value}", 0, "categorical"
+        ),
         s.EMPLOYEES: FeatureMeta(s.EMPLOYEES, FIT, s.EMPLOYEES, "{value:,.0f} employees", 0),
-        s.ANNUAL_REVENUE: FeatureMeta(s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue ${value:,.0f}", 0),
+        s.ANNUAL_REVENUE: FeatureMeta(
+            s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue ${value:,.0f}", 0
+        ),
         "company_age_years": FeatureMeta(
             "company_age_years", FIT, s.FOUNDED_YEAR, "company founded {value:.0f} years ago", 0
         ),
@@ -550,3 +581,42 @@ def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
 
 def metadata_to_json(meta: Mapping[str, FeatureMeta]) -> list[dict[str, Any]]:
     return [asdict(m) for m in meta.values()]
+
+
+def flat_snapshots(
+    table: pd.DataFrame, personal: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Training rows of a one-row-per-lead table: its columns are the features as they are.
+
+    Personal-data columns are removed; text columns become categoricals and nullable
+    integers or booleans become floats, which is what the models consume.
+    """
+    keys = [c for c in (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL) if c in table.columns]
+    dropped = set(personal) | set(exclude) | set(keys)
+    out = table[keys].copy()
+    out[LABEL] = out[LABEL].astype("int8")
+    features = {}
+    for column in table.columns:
+        if column in dropped:
+            continue
+        values = table[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            features[column] = values
+        elif pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+            features[column] = values.astype("float64")
+        else:
+            features[column] = pd.Series(_categorical(values), index=table.index)
+    return pd.concat([out, pd.DataFrame(features, index=table.index)], axis=1)
+
+
+def flat_feature_metadata(snapshots: pd.DataFrame, families: Mapping[str, str]) -> dict[str, FeatureMeta]:
+    """Metadata for a flat table's features; families come from the data config (default other)."""
+    meta = {}
+    for column in snapshots.columns:
+        if column in (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL):
+            continue
+        kind = "categorical" if isinstance(snapshots[column].dtype, pd.CategoricalDtype) else "numeric"
+        meta[column] = FeatureMeta(
+            column, families.get(column, OTHER), column, f"{column}: {{value}}", 0, kind
+        )
+    return meta

@@ -95,3 +95,7 @@ INDUSTRIES: tuple[str, ...] = (
     "logistics",
 )
 COUNTRIES: tuple[str, ...] = ("us", "gb", "de", "fr", "nl", "br", "in", "au", "ca", "es")
+
+# training snapshots and flat tables
+LABEL = "label"  # 1 when the lead is won within the horizon (flat tables: the positive target)
+ORDER_KEY = "order_key"  # flat tables without time: the column that orders rows for out-of-time splits

@@ -1,0 +1,149 @@
+"""Benchmark: point-in-time features.
+
+Measures, on data from leadml-generate (through leadml-ingest, as the pipeline reads it):
+1. training snapshots for the default data set (50,000 leads), target at most 30 s;
+2. features of 1,000,000 leads (about 20 M events) as of one date, target at most 60 s.
+Each figure is the median of several runs; results go to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_features.py            # both (generates 1M leads once, cached)
+    .venv/bin/python benchmarks/bench_features.py --skip-million
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+
+from leadml import schema as s
+from leadml.cli import CONFIG_DIR, run_generate, run_ingest
+from leadml.features import FeatureSettings, build_features, build_training_snapshots
+from leadml.stages import read_interim
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- features:begin -->", "<!-- features:end -->"
+
+
+def _cfg(name: str, root: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, [f"paths.root={root}", *overrides])
+
+
+def prepared(root: Path, overrides: list[str]) -> dict[str, pd.DataFrame]:
+    """Generate and ingest once into ``root``; later runs reuse the files."""
+    run_generate(_cfg("generate", root, overrides))
+    interim = root / "data/interim/synthetic"
+    if not (interim / "manifest.json").exists():
+        started = time.perf_counter()
+        run_ingest(_cfg("ingest", root, overrides))
+        print(f"  ingest took {time.perf_counter() - started:.1f} s")
+    return read_interim(interim, s.CRM_TABLES)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], object]:
+    runs, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs), runs, result
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = f"Python {platform.python_version()}, pandas {pd.__version__}"
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {versions}"
+
+
+def write_results(rows: list[tuple[str, str, str, str, str]], command: str) -> None:
+    table = ["| measure | median | runs (s) | target | size |", "|---|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    section = "\n".join(
+        [
+            BEGIN,
+            "## Point-in-time features",
+            "",
+            f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}.",
+            f"Command: `{command}`",
+            "",
+            *table,
+            END,
+        ]
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-million", action="store_true")
+    args = parser.parse_args()
+    settings = FeatureSettings.from_mapping(
+        {"extra_categorical": ["browser"], "extra_numeric": ["campaign_code"]}
+    )
+    rows = []
+
+    print("default data set (conf/synthetic/default.yaml)")
+    tables = prepared(args.workdir / "default", [])
+    median, runs, snaps = timed(lambda: build_training_snapshots(tables, settings), args.repeats)
+    print(f"  training snapshots: {median:.1f} s median of {runs}")
+    rows.append(
+        (
+            "training snapshots, default data set",
+            f"{median:.1f} s",
+            ", ".join(f"{r:.1f}" for r in runs),
+            "<= 30 s",
+            f"{len(tables[s.LEADS]):,} leads, {len(tables[s.ACTIVITIES]):,} events -> "
+            f"{len(snaps):,} snapshots",
+        )
+    )
+
+    if not args.skip_million:
+        print("1,000,000 leads (conf/synthetic/million.yaml)")
+        tables = prepared(args.workdir / "million", ["synthetic=million"])
+        as_of = pd.Timestamp("2026-07-01", tz="UTC")
+        median, runs, frame = timed(
+            lambda: build_features(
+                tables[s.LEADS], tables[s.ACCOUNTS], tables[s.ACTIVITIES], as_of, settings
+            ),
+            args.repeats,
+        )
+        print(f"  features as of {as_of:%Y-%m-%d}: {median:.1f} s median of {runs}")
+        rows.append(
+            (
+                "features of every lead as of one date",
+                f"{median:.1f} s",
+                ", ".join(f"{r:.1f}" for r in runs),
+                "<= 60 s",
+                f"{len(frame):,} leads, {len(tables[s.ACTIVITIES]):,} events, {frame.shape[1]} columns",
+            )
+        )
+    write_results(rows, "make bench  (.venv/bin/python benchmarks/bench_features.py)")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

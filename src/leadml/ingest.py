@@ -1,0 +1,437 @@
+"""Ingestion: raw frames -> contract-checked, typed tables (pure functions, no file I/O).
+
+:func:`ingest_crm` validates the four CRM tables in dependency order (accounts, leads,
+outcomes, activities) and adds the cross-table rules:
+
+* outcomes and activities of a lead that is not an accepted lead are quarantined:
+  "lead_id L999 not in leads", or "lead_id L5 was quarantined in leads"; the latter are
+  *collateral* rows, which do not count against ``max_bad_share`` (the lead already did);
+* a lead whose account is unknown is kept (its firmographics are missing) and counted;
+* won/lost needs ``closed_at``, open must not have one; ``closed_at`` before the lead's
+  ``created_at`` is quarantined;
+* a lead whose only outcome rows were quarantined is quarantined too ("outcome row
+  quarantined", collateral), rather than guessed open; a lead with no outcome row at all is open
+  (one ``open`` row is added to outcomes and counted as ``added_rows``);
+* activities before their lead's ``created_at`` are kept and counted (anonymous web
+  visits are often attributed to a lead later).
+
+:func:`ingest_flat` does the same for a single one-row-per-lead table with a target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml import schema as s
+from leadml.arrays import positions_in
+from leadml.contracts import (
+    FALSE_TOKENS,
+    SOURCE_ROW,
+    TRUE_TOKENS,
+    FlatContract,
+    IngestSettings,
+    RowCheck,
+    RowProblem,
+    TableContract,
+    TableReport,
+    ValidatedTable,
+    as_text,
+    check_bad_share,
+    move_to_quarantine,
+    normalise_token,
+    validate_table,
+)
+from leadml.errors import ContractError
+
+__all__ = [
+    "LABEL",
+    "ORDER_KEY",
+    "IngestResult",
+    "IngestSettings",
+    "check_bad_shares",
+    "frame_fingerprint",
+    "ingest_crm",
+    "ingest_flat",
+    "manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+LABEL = s.LABEL
+# Flat tables without a time column: the column that orders leads for an out-of-time split.
+ORDER_KEY = s.ORDER_KEY
+
+UNKNOWN_ACCOUNT = "account_id not in accounts (lead kept, firmographics missing)"
+NOT_IN_LEADS = "lead_id not in leads"
+LEAD_QUARANTINED = "lead quarantined in leads"
+NO_OUTCOME = "leads without an outcome row, set to open"
+BEFORE_CREATED = "activities before the lead's created_at (kept)"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Accepted tables, quarantined rows and reports, each keyed by table name."""
+
+    tables: dict[str, pd.DataFrame]
+    quarantines: dict[str, pd.DataFrame]
+    reports: dict[str, TableReport]
+
+
+# --------------------------------------------------------------------------- helpers
+def _unknown_lead_check(leads: ValidatedTable) -> RowCheck:
+    """Rows whose lead is not an accepted lead; those of a quarantined lead are told apart (collateral)."""
+    accepted = pd.Index(leads.accepted[s.LEAD_ID])
+    quarantined = (
+        pd.Index(leads.quarantine[s.LEAD_ID].str.strip().dropna().unique()) if len(leads.quarantine) else None
+    )
+
+    def check(frame: pd.DataFrame) -> list[RowProblem]:
+        ids = frame[s.LEAD_ID]
+        unknown = ids.notna().to_numpy() & (positions_in(ids, accepted) < 0)
+        if not unknown.any():
+            return []
+        collateral = np.zeros(len(frame), dtype=bool)
+        if quarantined is not None:
+            collateral[unknown] = positions_in(ids[unknown], quarantined) >= 0
+        missing = unknown & ~collateral
+        problems = [
+            RowProblem(missing, NOT_IN_LEADS, "lead_id " + ids[missing] + " not in leads"),
+            RowProblem(
+                collateral, LEAD_QUARANTINED, "lead_id " + ids[collateral] + " was quarantined in leads"
+            ),
+        ]
+        return [problem for problem in problems if problem.mask.any()]
+
+    return check
+
+
+def _with_collateral(validated: ValidatedTable) -> ValidatedTable:
+    return _with_report(validated, collateral_rows=validated.report.reason_counts.get(LEAD_QUARANTINED, 0))
+
+
+def _status_check(frame: pd.DataFrame) -> list[RowProblem]:
+    status = frame[s.STATUS].astype("str")
+    closed = frame[s.CLOSED_AT].notna().to_numpy()
+    decided = status.isin([s.WON, s.LOST]).to_numpy()
+    problems = []
+    unclosed = decided & ~closed
+    if unclosed.any():
+        messages = "status " + status[unclosed] + " without closed_at"
+        problems.append(RowProblem(unclosed, "won/lost without closed_at", messages))
+    open_closed = (status == s.OPEN).to_numpy() & closed
+    if open_closed.any():
+        problems.append(RowProblem(open_closed, "open with closed_at", "status open with closed_at"))
+    return problems
+
+
+def _closed_before_created_check(leads: pd.DataFrame) -> RowCheck:
+    lead_ids = pd.Index(leads[s.LEAD_ID])
+    created = leads[s.CREATED_AT].reset_index(drop=True)
+
+    def check(frame: pd.DataFrame) -> list[RowProblem]:
+        positions = positions_in(frame[s.LEAD_ID], lead_ids)
+        created_at = pd.Series(created.array.take(positions, allow_fill=True), index=frame.index)
+        early = (frame[s.CLOSED_AT] < created_at).to_numpy(dtype=bool, na_value=False)
+        if not early.any():
+            return []
+        messages = (
+            "closed_at "
+            + _iso(frame.loc[early, s.CLOSED_AT])
+            + " is before the lead's created_at "
+            + _iso(created_at[early])
+        )
+        return [RowProblem(early, "closed_at before created_at", messages)]
+
+    return check
+
+
+def _iso(values: pd.Series) -> pd.Series:
+    return values.dt.strftime("%Y-%m-%dT%H:%M:%SZ").astype("str")
+
+
+def _with_report(validated: ValidatedTable, **changes: Any) -> ValidatedTable:
+    return replace(validated, report=replace(validated.report, **changes))
+
+
+def _warn(validated: ValidatedTable, warning: str, count: int) -> ValidatedTable:
+    if count == 0:
+        return validated
+    return _with_report(validated, warnings={**validated.report.warnings, warning: int(count)})
+
+
+def _empty_raw(contract: TableContract) -> pd.DataFrame:
+    return pd.DataFrame({spec.name: pd.Series(dtype="str") for spec in contract.columns})
+
+
+def _quarantine_leads_without_outcome(
+    leads: ValidatedTable, raw_leads: pd.DataFrame, outcomes: ValidatedTable
+) -> ValidatedTable:
+    """Leads whose outcome rows were all quarantined: their status is unknown, so they go too."""
+    rejected = outcomes.quarantine
+    if rejected.empty:
+        return leads
+    rejected_ids = rejected[s.LEAD_ID].str.strip()
+    lost = ~leads.accepted[s.LEAD_ID].isin(outcomes.accepted[s.LEAD_ID]) & leads.accepted[s.LEAD_ID].isin(
+        rejected_ids
+    )
+    if not lost.any():
+        return leads
+    first_row = rejected.assign(**{s.LEAD_ID: rejected_ids}).groupby(s.LEAD_ID)[SOURCE_ROW].min()
+    rows = leads.accepted.loc[lost, s.LEAD_ID].map(first_row).astype("int64").astype("str")
+    messages = "outcome row quarantined (outcomes source row " + rows + ")"
+    return move_to_quarantine(
+        leads, raw_leads, lost.to_numpy(), messages, "outcome row quarantined", collateral=True
+    )
+
+
+def _outcomes_with_open_defaults(outcomes: ValidatedTable, lead_ids: pd.Series) -> ValidatedTable:
+    missing = lead_ids[~lead_ids.isin(outcomes.accepted[s.LEAD_ID])].reset_index(drop=True)
+    if missing.empty:
+        return outcomes
+    added = outcomes.accepted.iloc[:0].reindex(pd.RangeIndex(len(missing)))
+    added[s.LEAD_ID] = missing.to_numpy()
+    added[s.STATUS] = pd.Categorical([s.OPEN] * len(missing), dtype=outcomes.accepted[s.STATUS].dtype)
+    table = pd.concat([outcomes.accepted, added], ignore_index=True)
+    validated = replace(outcomes, accepted=table)
+    validated = _with_report(validated, added_rows=len(missing))
+    return _warn(validated, NO_OUTCOME, len(missing))
+
+
+def _activities_before_created(activities: pd.DataFrame, leads: pd.DataFrame) -> int:
+    positions = positions_in(activities[s.LEAD_ID], pd.Index(leads[s.LEAD_ID]))
+    created = leads[s.CREATED_AT].array.take(positions, allow_fill=True)
+    return int((activities[s.TIMESTAMP].array < created).sum())
+
+
+def check_bad_shares(result: IngestResult, settings: IngestSettings) -> None:
+    """Raise ContractError for the first table with more bad rows than ``settings.max_bad_share``."""
+    for report in result.reports.values():
+        check_bad_share(report, settings.max_bad_share)
+
+
+# --------------------------------------------------------------------------- CRM
+def ingest_crm(
+    raw: Mapping[str, pd.DataFrame],
+    contracts: Mapping[str, TableContract],
+    settings: IngestSettings,
+    *,
+    sources: Mapping[str, str] | None = None,
+    quarantine_paths: Mapping[str, str] | None = None,
+    enforce_bad_share: bool = True,
+) -> IngestResult:
+    """Validate the CRM tables and their cross-table rules (see the module docstring).
+
+    ``raw`` needs leads and outcomes; missing accounts or activities count as empty tables.
+    ``sources`` and ``quarantine_paths`` (per table) only make messages and reports precise.
+    Pass ``enforce_bad_share=False`` to write the quarantine files first and then call
+    :func:`check_bad_shares`, so the file a failure message points to exists.
+    """
+    missing = [table for table in (s.LEADS, s.OUTCOMES) if table not in raw]
+    if missing:
+        raise ContractError(f"missing CRM table(s) {', '.join(missing)}; given: {', '.join(raw) or '(none)'}")
+    settings = settings.with_fixed_reference_time()
+    sources, quarantine_paths = dict(sources or {}), dict(quarantine_paths or {})
+    frames = {table: raw[table] if table in raw else _empty_raw(contracts[table]) for table in s.CRM_TABLES}
+
+    def validate(table: str, row_checks: Sequence[RowCheck] = ()) -> ValidatedTable:
+        return validate_table(
+            frames[table],
+            contracts[table],
+            settings,
+            source=sources.get(table, f"the {table} frame"),
+            quarantine_path=quarantine_paths.get(table),
+            row_checks=row_checks,
+            enforce_bad_share=False,
+        )
+
+    accounts = validate(s.ACCOUNTS)
+    leads = validate(s.LEADS)
+    account_ids = leads.accepted[s.ACCOUNT_ID]
+    unknown_accounts = account_ids.notna() & ~account_ids.isin(accounts.accepted[s.ACCOUNT_ID])
+    leads = _warn(leads, UNKNOWN_ACCOUNT, int(unknown_accounts.sum()))
+
+    outcomes = validate(
+        s.OUTCOMES, [_unknown_lead_check(leads), _status_check, _closed_before_created_check(leads.accepted)]
+    )
+    outcomes = _with_collateral(outcomes)
+    leads = _quarantine_leads_without_outcome(leads, frames[s.LEADS], outcomes)
+    outcomes = _outcomes_with_open_defaults(outcomes, leads.accepted[s.LEAD_ID])
+
+    activities = _with_collateral(validate(s.ACTIVITIES, [_unknown_lead_check(leads)]))
+    activities = _warn(
+        activities, BEFORE_CREATED, _activities_before_created(activities.accepted, leads.accepted)
+    )
+
+    validated = {s.ACCOUNTS: accounts, s.LEADS: leads, s.OUTCOMES: outcomes, s.ACTIVITIES: activities}
+    result = IngestResult(
+        tables={table: table_result.accepted for table, table_result in validated.items()},
+        quarantines={table: table_result.quarantine for table, table_result in validated.items()},
+        reports={table: table_result.report for table, table_result in validated.items()},
+    )
+    if enforce_bad_share:
+        check_bad_shares(result, settings)
+    return result
+
+
+# --------------------------------------------------------------------------- flat
+def _target_tokens(values: Sequence[Any]) -> frozenset[str]:
+    """Configured target values as normalised tokens; YAML turns yes/no into booleans, so those widen."""
+    tokens: set[str] = set()
+    for value in values:
+        if isinstance(value, bool):
+            tokens |= TRUE_TOKENS if value else FALSE_TOKENS
+        else:
+            tokens.add(normalise_token(str(value)))
+    return frozenset(tokens)
+
+
+def _labels(target: pd.Series, contract: FlatContract) -> tuple[np.ndarray, np.ndarray]:
+    """(is positive, is a configured value) per row; without configured negatives every value counts."""
+    if contract.numeric_target:
+        values = target.to_numpy(dtype="float64", na_value=np.nan)
+        positive = np.isin(values, [float(value) for value in contract.positive])
+        negative = np.isin(values, [float(value) for value in contract.negative])
+    else:
+        tokens = target.astype("str")
+        positive = tokens.isin(_target_tokens(contract.positive)).to_numpy()
+        negative = tokens.isin(_target_tokens(contract.negative)).to_numpy()
+    known = positive | negative if contract.negative else np.ones(len(target), dtype=bool)
+    return positive, known
+
+
+def _target_check(contract: FlatContract) -> RowCheck:
+    def check(frame: pd.DataFrame) -> list[RowProblem]:
+        target = frame[contract.target]
+        _, known = _labels(target, contract)
+        unexpected = target.notna().to_numpy() & ~known
+        if not unexpected.any():
+            return []
+        expected = ", ".join(map(str, (*contract.positive, *contract.negative)))
+        messages = f"{contract.target}: '" + as_text(target[unexpected]) + f"' is not one of {expected}"
+        return [RowProblem(unexpected, f"{contract.target}: unexpected target value", messages)]
+
+    return check
+
+
+def ingest_flat(
+    raw: pd.DataFrame,
+    contract: FlatContract,
+    settings: IngestSettings,
+    *,
+    source: str = "the flat table",
+    quarantine_path: str | None = None,
+    enforce_bad_share: bool = True,
+) -> IngestResult:
+    """Validate a one-row-per-lead table with a target.
+
+    Output columns: ``lead_id`` (str), ``label`` (int64, 1 = positive), ``as_of`` (UTC timestamp,
+    when a time column is configured) or ``order_key`` (float64, when an order is configured),
+    then the declared columns typed and undeclared columns unchanged. Drop columns are removed
+    first and listed in the report; the original target column is removed (it is the label).
+    """
+    table_name = contract.table.name
+    dropped = tuple(column for column in contract.drop if column in raw.columns)
+    not_found = [column for column in contract.drop if column not in raw.columns]
+    settings = settings.with_fixed_reference_time()
+    validated = validate_table(
+        raw.drop(columns=list(dropped)),
+        contract.table,
+        settings,
+        source=source,
+        quarantine_path=quarantine_path,
+        row_checks=[_target_check(contract)],
+        enforce_bad_share=False,
+    )
+    accepted = validated.accepted
+    positive, _ = _labels(accepted[contract.target], contract)
+    leading: dict[str, Any] = {
+        s.LEAD_ID: (
+            pd.Series(validated.accepted_source_rows, dtype="int64").astype("str")
+            if contract.id_column == SOURCE_ROW
+            else accepted[contract.id_column]
+        ),
+        LABEL: positive.astype("int64"),
+    }
+    if contract.time_column:
+        leading[s.AS_OF] = accepted[contract.time_column]
+    if contract.order_column:
+        leading[ORDER_KEY] = (
+            validated.accepted_source_rows.astype("float64")
+            if contract.order_column == SOURCE_ROW
+            else accepted[contract.order_column]
+        )
+    renamed = {contract.id_column, contract.target, contract.time_column, contract.order_column}
+    rest = accepted.drop(columns=[column for column in accepted.columns if column in renamed])
+    clash = sorted(set(leading) & set(rest.columns))
+    if clash:
+        raise ContractError(
+            f"{table_name} from {source}: column(s) {', '.join(clash)} would clash with the "
+            "columns ingestion adds; drop or rename them"
+        )
+    table = pd.concat([pd.DataFrame(leading, index=accepted.index), rest], axis=1)
+
+    report = replace(validated.report, dropped_columns=dropped)
+    if not_found:
+        report = replace(report, warnings={**report.warnings, "drop columns not in source": len(not_found)})
+    result = IngestResult({table_name: table}, {table_name: validated.quarantine}, {table_name: report})
+    logger.info("%s: %d positives of %d accepted leads", table_name, int(positive.sum()), len(table))
+    if enforce_bad_share:
+        check_bad_shares(result, settings)
+    return result
+
+
+# --------------------------------------------------------------------------- manifest
+def frame_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over column names, dtypes, row count and the sum of pandas row hashes (row order ignored)."""
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    total = int(row_hashes.sum(dtype=np.uint64))
+    header = json.dumps([[str(column), str(dtype)] for column, dtype in frame.dtypes.items()])
+    digest = hashlib.sha256(header.encode())
+    digest.update(f"{len(frame)}:{total:016x}".encode())
+    return digest.hexdigest()
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def manifest(
+    result: IngestResult,
+    *,
+    sources: Mapping[str, str],
+    source_fingerprints: Mapping[str, str],
+    output_paths: Mapping[str, str],
+    quarantine_paths: Mapping[str, str] | None = None,
+    settings: IngestSettings | None = None,
+    created_at: pd.Timestamp | None = None,
+) -> dict[str, Any]:
+    """A JSON-serialisable record of one ingestion: per table where it came from and went to."""
+    quarantine_paths = quarantine_paths or {}
+    tables = {}
+    for table, frame in result.tables.items():
+        report = result.reports[table]
+        tables[table] = {
+            **report.to_dict(),
+            "source": sources.get(table, report.source),
+            "source_fingerprint": source_fingerprints.get(table),
+            "output_path": _optional_text(output_paths.get(table)),
+            "output_rows": len(frame),
+            "output_fingerprint": frame_fingerprint(frame),
+            "quarantine_path": _optional_text(quarantine_paths.get(table) or report.quarantine_path),
+            "columns": {str(column): str(dtype) for column, dtype in frame.dtypes.items()},
+        }
+    created = created_at if created_at is not None else pd.Timestamp.now(tz="UTC")
+    return {
+        "stage": "ingest",
+        "created_at": created.isoformat(),
+        "settings": None if settings is None else settings.to_dict(),
+        "tables": tables,
+    }

@@ -1,0 +1,256 @@
+"""Reading CSV, Parquet and SQL (a real SQLite file through SQLAlchemy), fingerprints, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from leadml import schema as s
+from leadml.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, validate_table
+from leadml.errors import ContractError, LeadmlError
+from leadml.ingest import IngestResult, frame_fingerprint, ingest_crm
+from leadml.sources import (
+    _scrubbed,
+    describe_source,
+    fingerprint_source,
+    mask_url,
+    read_source,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+
+SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
+CONTRACTS = crm_contracts()
+
+
+def typed_crm() -> dict[str, pd.DataFrame]:
+    """A CRM export with native types, as a warehouse holds it; CSV gets its text form."""
+    created = pd.Series(pd.to_datetime(["2024-01-01 09:00", "2024-01-02 09:30", "2024-01-03 10:00"]))
+    created = created.dt.tz_localize("UTC")
+    return {
+        s.ACCOUNTS: pd.DataFrame({
+            s.ACCOUNT_ID: ["A1", "A2"], s.COMPANY_NAME: ["Acme", "Globex"],
+            s.INDUSTRY: ["Software", "retail"],
+            s.EMPLOYEES: [120, 8], s.ANNUAL_REVENUE: [1.5e6, np.nan], s.COUNTRY: ["USA", "Germany"],
+            s.FOUNDED_YEAR: [2001, 2015],
+        }),
+        s.LEADS: pd.DataFrame({
+            s.LEAD_ID: ["L1", "L2", "L3"], s.CREATED_AT: created, s.ACCOUNT_ID: ["A1", "A2", "A1"],
+            s.SOURCE: ["PPC", "Referral", "web organic"], s.COUNTRY: ["us", "de", "UK"],
+            s.ESTIMATED_DEAL_VALUE: [1000.5, np.nan, 20.0], "browser": ["Chrome", "Firefox", None],
+        }),
+        s.OUTCOMES: pd.DataFrame({
+            s.LEAD_ID: ["L1", "L2", "L999"], s.STATUS: ["won", "Closed Lost", "won"],
+            s.CLOSED_AT: pd.Series(pd.to_datetime(["2024-03-01", "2024-02-01", "2024-02-01"], utc=True)),
+            s.DEAL_VALUE: [5000.0, np.nan, 1.0],
+        }),
+        s.ACTIVITIES: pd.DataFrame({
+            s.EVENT_ID: ["E1", "E2", "E3", "E1"], s.LEAD_ID: ["L1", "L2", "L999", "L1"],
+            s.TIMESTAMP: pd.Series(pd.to_datetime(["2024-01-05 10:00", "2024-01-06 11:00", "2024-01-07 12:00",
+                                                   "2024-01-05 10:00"], utc=True)),
+            s.ACTIVITY_TYPE: ["page_view", "pageview", "call", "page_view"],
+            s.PAGE_CATEGORY: ["pricing", "Docs", None, "pricing"],
+        }),
+    }  # fmt: skip
+
+
+def as_csv_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """What a CRM's CSV export holds: ISO timestamps with offsets, plain numbers."""
+    text = {}
+    for column in frame.columns:
+        values = frame[column]
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            values = values.dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+        text[column] = values
+    return pd.DataFrame(text)
+
+
+def write_sources(tmp_path: Path) -> dict[str, dict[str, dict]]:
+    """The same CRM as CSV files, Parquet files, and tables of one SQLite file; specs per format."""
+    database = tmp_path / "crm.sqlite"
+    engine = sa.create_engine(f"sqlite:///{database}")
+    specs: dict[str, dict[str, dict]] = {"csv": {}, "parquet": {}, "sql_table": {}, "sql_query": {}}
+    for table, frame in typed_crm().items():
+        as_csv_text(frame).to_csv(tmp_path / f"{table}.csv", index=False)
+        frame.to_parquet(tmp_path / f"{table}.parquet", index=False)
+        frame.to_sql(table, engine, index=False)
+        specs["csv"][table] = {"format": "csv", "path": str(tmp_path / f"{table}.csv")}
+        specs["parquet"][table] = {"format": "parquet", "path": str(tmp_path / f"{table}.parquet")}
+        specs["sql_table"][table] = {"format": "sql", "url": f"sqlite:///{database}", "table": table}
+        specs["sql_query"][table] = {"format": "sql", "url": f"sqlite:///{database}",
+                                     "query": f"SELECT * FROM {table} ORDER BY rowid"}  # fmt: skip
+    engine.dispose()
+    return specs
+
+
+def ingest_specs(specs: dict[str, dict]) -> IngestResult:
+    raw = {table: read_source(spec) for table, spec in specs.items()}
+    result = ingest_crm(raw, CONTRACTS, SETTINGS, enforce_bad_share=False,
+                        sources={table: describe_source(spec) for table, spec in specs.items()})  # fmt: skip
+    for report in result.reports.values():
+        assert report.accepted_rows + report.quarantined_rows == report.input_rows
+    return result
+
+
+# --------------------------------------------------------------------------- reading
+def test_csv_is_read_as_text_and_only_empty_strings_become_null(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_text("lead_id,employees,note\nL1,007,NA\nL2,,\n")
+    frame = read_source({"format": "csv", "path": str(path)})
+    assert frame["employees"].tolist() == ["007", np.nan]
+    assert frame["note"].tolist() == ["NA", np.nan]  # "NA" is left to the contract's missing markers
+    assert all(str(dtype) == "str" for dtype in frame.dtypes)
+
+
+def test_csv_options_and_column_mapping(tmp_path):
+    path = tmp_path / "bank.csv"
+    path.write_text('"Lead ID";"Created";"y"\n"1";"2024-01-01";"yes"\n')
+    spec = {"path": str(path), "sep": ";", "columns": {s.LEAD_ID: "Lead ID", s.CREATED_AT: "Created"}}
+    frame = read_source(spec)
+    assert list(frame.columns) == [s.LEAD_ID, s.CREATED_AT, "y"]
+    assert describe_source(spec) == f"csv file {path}"
+
+
+def test_broken_csv_rows_and_encodings_fail_loudly(tmp_path):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("lead_id,created_at\nL1,2024-01-01,extra\n")
+    with pytest.raises(LeadmlError, match=f"csv file {ragged} cannot be parsed: .*Expected 2 columns"):
+        read_source({"path": str(ragged)})
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("lead_id;city\nL1;S\xe3o Paulo\n".encode("latin-1"))
+    with pytest.raises(LeadmlError, match="set 'encoding'"):
+        read_source({"path": str(latin), "sep": ";"})
+    frame = read_source({"path": str(latin), "sep": ";", "encoding": "latin-1"})
+    assert frame["city"].tolist() == ["S\xe3o Paulo"]
+
+
+def test_a_mapping_to_a_column_that_is_not_there_names_it(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_text("id,created\nL1,2024-01-01\n")
+    with pytest.raises(ContractError) as error:
+        read_source({"path": str(path), "columns": {s.LEAD_ID: "Lead ID"}})
+    assert "Lead ID (for lead_id)" in str(error.value)
+    assert str(path) in str(error.value)
+    assert "present columns: id, created" in str(error.value)
+
+
+def test_a_missing_required_column_names_the_file_and_the_column(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_text("lead_id,created\nL1,2024-01-01\n")
+    spec = {"format": "csv", "path": str(path)}
+    with pytest.raises(ContractError) as error:
+        validate_table(read_source(spec), CONTRACTS[s.LEADS], SETTINGS, source=describe_source(spec))
+    assert str(path) in str(error.value)
+    assert "created_at" in str(error.value)
+    assert "present columns: lead_id, created" in str(error.value)
+
+
+def test_missing_files_and_bad_specs_raise_leadml_errors(tmp_path):
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(LeadmlError, match=f"csv file not found: {missing}"):
+        read_source({"format": "csv", "path": str(missing)})
+    with pytest.raises(LeadmlError, match="parquet file not found"):
+        read_source({"path": str(tmp_path / "nope.parquet")})
+    with pytest.raises(LeadmlError, match="unknown source key"):
+        read_source({"format": "csv", "path": str(missing), "delimiter": ";"})
+    with pytest.raises(LeadmlError, match="exactly one of 'table' or 'query'"):
+        read_source({"format": "sql", "url": "sqlite://"})
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(LeadmlError, match="empty"):
+        read_source({"path": str(tmp_path / "empty.csv")})
+
+
+def test_csv_parquet_and_sqlite_table_and_query_give_the_same_result(tmp_path):
+    results = {name: ingest_specs(specs) for name, specs in write_sources(tmp_path).items()}
+    expected = results.pop("csv")
+    assert expected.quarantines[s.OUTCOMES][REASON].tolist() == ["lead_id L999 not in leads"]
+    assert expected.quarantines[s.ACTIVITIES][REASON].tolist() == [
+        "lead_id L999 not in leads", "duplicate event_id E1, kept source row 1",
+    ]  # fmt: skip
+    sources = expected.tables[s.LEADS][s.SOURCE].astype(str).tolist()
+    assert sources == ["paid_search", "referral", "web_organic"]
+    for name, result in results.items():
+        for table in s.CRM_TABLES:
+            pd.testing.assert_frame_equal(result.tables[table], expected.tables[table], obj=f"{name} {table}")
+            assert frame_fingerprint(result.tables[table]) == frame_fingerprint(expected.tables[table])
+            got = result.quarantines[table][[SOURCE_ROW, REASON]]
+            pd.testing.assert_frame_equal(got, expected.quarantines[table][[SOURCE_ROW, REASON]], obj=name)
+
+
+def test_a_missing_table_or_database_file_names_the_url_and_table(tmp_path):
+    database = tmp_path / "crm.sqlite"
+    sa.create_engine(f"sqlite:///{database}").connect().close()
+    with pytest.raises(LeadmlError) as error:
+        read_source({"format": "sql", "url": f"sqlite:///{database}", "table": "leads"})
+    assert str(error.value) == f"table leads not found in sqlite:///{database}"
+    absent = tmp_path / "typo.sqlite"
+    with pytest.raises(LeadmlError, match="database file not found"):
+        read_source({"format": "sql", "url": f"sqlite:///{absent}", "table": "leads"})
+    assert not absent.exists()  # SQLite must not have created it
+    with pytest.raises(LeadmlError, match="no such table"):
+        read_source({"format": "sql", "url": f"sqlite:///{database}", "query": "SELECT * FROM leads"})
+
+
+def test_passwords_never_appear_in_messages():
+    url = "postgresql://scorer:s3cret-pw@127.0.0.1:1/crm"
+    assert mask_url(url) == "postgresql://scorer:***@127.0.0.1:1/crm"
+    assert mask_url("not a url://scorer:s3cret-pw@host/x") == "not a url://scorer:***@host/x"
+    spec = {"format": "sql", "url": url, "table": "leads"}
+    assert "s3cret" not in describe_source(spec)
+    with pytest.raises(LeadmlError) as error:  # no driver installed, or nothing listening on port 1
+        read_source(spec)
+    assert "s3cret" not in str(error.value)
+    assert "scorer:***@127.0.0.1:1/crm" in str(error.value)
+    driver_message = f"connection to {url} failed: password s3cret-pw rejected"
+    assert "s3cret" not in _scrubbed(driver_message, url)
+
+
+# --------------------------------------------------------------------------- fingerprints
+def test_file_fingerprint_is_the_sha256_of_the_bytes(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_bytes(b"lead_id\nL1\n" * 1000)
+    assert fingerprint_source({"path": str(path)}) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sql_fingerprint_is_stable_and_follows_the_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    engine = sa.create_engine(url)
+    pd.DataFrame({"lead_id": ["L1", "L2"], "value": [1.5, None]}).to_sql("leads", engine, index=False)
+    spec = {"url": url, "table": "leads"}
+    first = fingerprint_source(spec)
+    assert first == fingerprint_source(spec)
+    assert first == fingerprint_source({"url": url, "query": "SELECT * FROM leads"})
+    pd.DataFrame({"lead_id": ["L3"], "value": [2.0]}).to_sql("leads", engine, index=False, if_exists="append")
+    engine.dispose()
+    assert fingerprint_source(spec) != first
+
+
+# --------------------------------------------------------------------------- writing
+def test_atomic_writers_replace_files_and_leave_no_temporaries(tmp_path):
+    target = tmp_path / "out" / "leads.parquet"
+    frame = pd.DataFrame({"lead_id": ["L1"], "at": pd.to_datetime(["2024-01-01"], utc=True)})
+    write_parquet_atomic(frame, target)
+    write_parquet_atomic(frame.assign(lead_id="L2"), target)
+    assert pd.read_parquet(target)["lead_id"].tolist() == ["L2"]
+    manifest = tmp_path / "out" / "manifest.json"
+    write_json_atomic({"rows": np.int64(3), "at": pd.Timestamp("2024-01-01", tz="UTC")}, manifest)
+    assert json.loads(manifest.read_text()) == {"rows": 3, "at": "2024-01-01T00:00:00+00:00"}
+    assert sorted(os.listdir(tmp_path / "out")) == ["leads.parquet", "manifest.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    write_json_atomic({"version": 1}, manifest)
+    with pytest.raises(TypeError):
+        write_json_atomic({"version": object()}, manifest)
+    with pytest.raises(ValueError):
+        write_json_atomic({"version": float("nan")}, manifest)
+    assert json.loads(manifest.read_text()) == {"version": 1}
+    assert os.listdir(tmp_path) == ["manifest.json"]
