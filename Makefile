@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install leadml with its locked dependencies
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## lint (ruff) and run the test suite
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 train: $(STAMP) ## generate the synthetic data if absent, then ingest and build features

@@ -63,7 +63,7 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
         )
         return existing
     started = time.perf_counter()
-    frames = generate_crm(settings)
+    frames = generate_crm(settings, progress=_show_progress(cfg))
     for name, frame in frames.items():
         write_parquet_atomic(frame, out / f"{name}.parquet")
     manifest = {

@@ -25,6 +25,7 @@ import pandas as pd
 from leadml import schema as s
 from leadml.arrays import argsort_int, positions_in
 from leadml.calendar import snapshot_dates, to_utc
+from leadml.progress import progress_iter
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ def build_training_snapshots(
     closed_s, won = lead_outcomes(leads, outcomes)
     horizon_s = settings.horizon_days * SECONDS_PER_DAY
     frames: list[pd.DataFrame] = []
-    for as_of in _progress(dates, progress, "snapshots"):
+    for as_of in progress_iter(dates, progress, "snapshots", unit="date"):
         t = int(to_seconds(pd.DatetimeIndex([as_of]))[0])
         positions = open_lead_positions(profile, closed_s, t)
         if len(positions) == 0:
@@ -490,14 +491,6 @@ def build_training_snapshots(
     snapshots = pd.concat(frames, ignore_index=True)
     logger.info("built %d snapshots on %d dates", len(snapshots), len(frames))
     return snapshots
-
-
-def _progress(items: Sequence[Any], enabled: bool, what: str) -> Iterable[Any]:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=what, unit="date", leave=False)
 
 
 def feature_metadata(columns: Iterable[str], settings: FeatureSettings) -> dict[str, FeatureMeta]:
