@@ -90,6 +90,9 @@ def test_features_count_only_events_strictly_before_as_of() -> None:
     assert row["n_events_7d"] == 2 and row["n_events_90d"] == 3
     assert row["days_since_last_activity"] == pytest.approx(1.5)
     assert row["days_since_first_activity"] == pytest.approx(27)
+    assert row["days_since_last_page_pricing"] == pytest.approx(3)
+    assert row["days_since_last_email_open"] == pytest.approx(1.5)
+    assert math.isnan(row["days_since_last_demo_request"]) and math.isnan(row["days_since_last_meeting"])
     assert row["rw_page_pricing"] == pytest.approx(2 ** (-27 / 7) + 2 ** (-3 / 7))
     assert row["engagement_velocity"] == pytest.approx(2 / 7 - 1 / 30)
     assert row["lead_age_days"] == pytest.approx(28)

@@ -46,6 +46,14 @@ def test_generate_is_skipped_when_present_and_deterministic(pipeline: Path, tmp_
         )
 
 
+def test_generate_reruns_when_the_settings_change(tmp_path: Path) -> None:
+    first = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500"]))
+    again = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500"]))
+    assert again["created_at"] == first["created_at"]
+    changed = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500", "synthetic.seed=7"]))
+    assert changed["settings"]["seed"] == 7 and changed["created_at"] != first["created_at"]
+
+
 def test_ingest_accounts_for_every_row(pipeline: Path) -> None:
     interim = pipeline / "data/interim/synthetic"
     record = json.loads((interim / "manifest.json").read_text())

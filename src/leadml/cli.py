@@ -54,21 +54,21 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
     from leadml.synthetic import generate_crm, settings_from_mapping
 
     out = Path(cfg.output_dir)
-    settings = settings_from_mapping(_container(cfg.synthetic))
+    requested = _container(cfg.synthetic)
+    settings = settings_from_mapping(requested)
     if (out / MANIFEST).exists() and not cfg.overwrite:
         existing = json.loads((out / MANIFEST).read_text())
-        _echo(
-            f"generate: {out} exists (seed {existing['settings'].get('seed')}); "
-            "keeping it (make generate ARGS='overwrite=true' to rebuild)"
-        )
-        return existing
+        if existing.get("settings") == requested:
+            _echo(f"generate: {out} is up to date (seed {requested.get('seed')}); keeping it")
+            return existing
+        _echo(f"generate: the synthetic settings changed since {out} was written; regenerating")
     started = time.perf_counter()
     frames = generate_crm(settings, progress=_show_progress(cfg))
     for name, frame in frames.items():
         write_parquet_atomic(frame, out / f"{name}.parquet")
     manifest = {
         "stage": "generate",
-        "settings": _container(cfg.synthetic),
+        "settings": requested,
         "rows": {name: len(frame) for name, frame in frames.items()},
         "seconds": round(time.perf_counter() - started, 2),
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),

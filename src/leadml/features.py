@@ -209,6 +209,7 @@ class EventLog:
     channel: np.ndarray  # int16 activity-type channel, aligned with time_s
     page_channel: np.ndarray  # int16 page-category channel or -1, aligned with time_s
     lead_time_key: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
+    channel_time_key: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
 
 
 def to_seconds(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -226,12 +227,13 @@ def _time_key(lead_pos: np.ndarray, time_s: np.ndarray) -> np.ndarray:
 def prepare_events(activities: pd.DataFrame, lead_ids: pd.Index) -> EventLog:
     """Index activities of known leads by time and by (lead, time)."""
     lead_pos = positions_in(activities[s.LEAD_ID], lead_ids)
-    known = lead_pos >= 0
+    type_codes = positions_in(activities[s.ACTIVITY_TYPE], s.ACTIVITY_TYPES)
+    known = (lead_pos >= 0) & (type_codes >= 0) & np.asarray(activities[s.TIMESTAMP].notna())
     if not known.all():
-        logger.warning("ignoring %d activities of leads that are not in the leads table", (~known).sum())
-    time_s = to_seconds(activities[s.TIMESTAMP])[known]
+        logger.warning("ignoring %d activities of unknown leads or types, or without time", (~known).sum())
+    time_s = to_seconds(activities[s.TIMESTAMP][known])
     lead_pos = lead_pos[known]
-    type_codes = positions_in(activities[s.ACTIVITY_TYPE], s.ACTIVITY_TYPES)[known]
+    type_codes = type_codes[known]
     page_codes = positions_in(activities[s.PAGE_CATEGORY], s.PAGE_CATEGORIES)[known]
     is_page_view = type_codes == s.ACTIVITY_TYPES.index(s.PAGE_VIEW)
     page_channel = np.where(is_page_view & (page_codes >= 0), len(s.ACTIVITY_TYPES) + page_codes, -1)
@@ -243,6 +245,14 @@ def prepare_events(activities: pd.DataFrame, lead_ids: pd.Index) -> EventLog:
         channel=type_codes.astype(np.int16)[order],
         page_channel=page_channel.astype(np.int16)[order],
         lead_time_key=np.sort(_time_key(lead_pos, time_s)),
+        channel_time_key=np.sort(
+            np.concatenate(
+                [
+                    _time_key(lead_pos * len(CHANNELS) + type_codes, time_s),
+                    _time_key(lead_pos * len(CHANNELS) + page_channel, time_s)[page_channel >= 0],
+                ]
+            )
+        ),
     )
 
 
@@ -370,9 +380,12 @@ def features_as_of(
         recent / settings.velocity_recent_days - baseline / settings.velocity_baseline_days
     )
 
-    last_s, first_s = _last_and_first_before(events, lead_positions, t)
+    last_s, first_s = _last_and_first_before(events.lead_time_key, lead_positions, t)
     columns["days_since_last_activity"] = (t - last_s) / SECONDS_PER_DAY
     columns["days_since_first_activity"] = (t - first_s) / SECONDS_PER_DAY
+    for c, name in enumerate(CHANNELS):
+        last_s, _ = _last_and_first_before(events.channel_time_key, lead_positions * n_channels + c, t)
+        columns[f"days_since_last_{name}"] = (t - last_s) / SECONDS_PER_DAY
 
     static = profile.iloc[lead_positions]
     out = static.drop(columns=["_created_s"]).reset_index()
@@ -385,17 +398,18 @@ def features_as_of(
     return out.drop(columns=[c for c in settings.exclude if c in out.columns])
 
 
-def _last_and_first_before(
-    events: EventLog, lead_positions: np.ndarray, t: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds of the last and first event strictly before ``t`` per lead (NaN if none)."""
-    keys = events.lead_time_key
-    start = np.searchsorted(keys, _time_key(lead_positions, np.full(len(lead_positions), -2_208_988_800)))
-    stop = np.searchsorted(keys, _time_key(lead_positions, np.full(len(lead_positions), t)), side="left")
+def _last_and_first_before(keys: np.ndarray, groups: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of the last and first event strictly before ``t`` per group (NaN if none).
+
+    ``keys`` are sorted (group, time) keys from :func:`_time_key`; a group is a lead or a
+    (lead, channel) pair.
+    """
+    start = np.searchsorted(keys, _time_key(groups, np.full(len(groups), -2_208_988_800)))
+    stop = np.searchsorted(keys, _time_key(groups, np.full(len(groups), t)), side="left")
     has_any = stop > start
     offset = (1 << 33) - 1
-    last = np.full(len(lead_positions), np.nan)
-    first = np.full(len(lead_positions), np.nan)
+    last = np.full(len(groups), np.nan)
+    first = np.full(len(groups), np.nan)
     last[has_any] = (keys[stop[has_any] - 1] & offset) - 2_208_988_800
     first[has_any] = (keys[start[has_any]] & offset) - 2_208_988_800
     return last, first
@@ -514,6 +528,8 @@ def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
                 return FeatureMeta(
                     name, ENGAGEMENT, channel, f"{{value:.0f}} {label} in the last {days} days", direction
                 )
+        if name == f"days_since_last_{channel}":
+            return FeatureMeta(name, ENGAGEMENT, channel, f"last of the {label} {{value:.0f}} days ago", 0)
         if name == f"rw_{channel}":
             return FeatureMeta(
                 name,

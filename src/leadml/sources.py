@@ -264,6 +264,13 @@ def _hash_file(path: Path, digest: Any) -> None:
             digest.update(chunk)
 
 
+def fingerprint_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    _hash_file(Path(path), digest)
+    return digest.hexdigest()
+
+
 def fingerprint_source(spec: Mapping[str, Any]) -> str:
     """sha256 of the source: the file bytes (streamed; a folder: every file by relative path),
     or for SQL the result as CSV text in the order the database returns it."""

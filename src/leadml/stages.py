@@ -33,9 +33,10 @@ from leadml.features import (
     flat_snapshots,
     metadata_to_json,
 )
-from leadml.ingest import check_bad_shares, frame_fingerprint, ingest_crm, ingest_flat, manifest
+from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest
 from leadml.sources import (
     describe_source,
+    fingerprint_file,
     fingerprint_source,
     read_source,
     write_json_atomic,
@@ -110,6 +111,7 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
         output_paths=output_paths,
         quarantine_paths=quarantine_paths,
         settings=settings,
+        output_fingerprints={table: fingerprint_file(path) for table, path in output_paths.items()},
     )
     record.update(
         data_name=data.get("name"), kind=_kind(data), seconds=round(time.perf_counter() - started, 2)
@@ -174,7 +176,7 @@ def features_stage(
         "positive_rate": float(snapshots[LABEL].mean()) if len(snapshots) else 0.0,
         "features": len(meta),
         "horizon_days": horizon,
-        "fingerprint": frame_fingerprint(snapshots),
+        "fingerprint": fingerprint_file(output_dir / SNAPSHOTS),
         "input_manifest": str(input_dir / MANIFEST),
         "seconds": round(time.perf_counter() - started, 2),
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),

@@ -114,7 +114,7 @@ class SyntheticSettings:
     messiness: float = 0.01  # share of rows hit by each kind of defect; 0 gives clean data
     horizon_days: int = 90
     snapshot_cadence_days: int = 14
-    event_rate_scale: float = 1.0  # multiplies every activity rate; 1.0 gives about 25 events a lead
+    event_rate_scale: float = 1.0  # multiplies every activity rate; 1.0 gives about 34 events a lead
     annual_lead_growth: float = 0.25  # lead creation rate grows by this share per year
 
     def __post_init__(self) -> None:
@@ -325,7 +325,11 @@ LOW_FIT_KIND_MULTIPLIER: dict[str, float] = {"unsubscribe": 3.0, "bounce": 3.0, 
 NEGATIVE_KINDS: tuple[str, ...] = ("unsubscribe", "bounce")
 # expected events on a Monday by latent state, before the lead's own engagement (WEEKDAY_ACTIVITY
 # scales the other days)
-EVENT_RATE_BY_STATE = np.array([0.075, 0.32, 0.75, 1.6])
+EVENT_RATE_BY_STATE = np.array([0.03, 0.25, 1.0, 3.0])
+# spread of what no model can see: a lead's own activity level (log scale, mean 1) and the part
+# of its drive that no recorded attribute explains; the oracle knows both
+ENGAGEMENT_SD = 0.2
+HIDDEN_DRIVE_SD = 0.15
 
 # daily transition rates: the first factor is the ceiling, the fit sets how much of it is reached
 PROGRESS_CEILING = np.array([0.018, 0.028, 0.03, 0.025])  # cold->aware, aware->engaged, ...->won
@@ -565,8 +569,8 @@ def _draw_leads(
         estimated_deal_value=np.maximum(deal_value, 500.0),
         browser=rng.choice(len(BROWSERS), size=n, p=BROWSER_SHARES),
         campaign_code=rng.integers(1000, 10_000, n),
-        engagement=np.exp(rng.normal(-0.125, 0.5, n)),
-        hidden_drive=rng.normal(0.0, 0.6, n),
+        engagement=np.exp(rng.normal(-(ENGAGEMENT_SD**2) / 2, ENGAGEMENT_SD, n)),
+        hidden_drive=rng.normal(0.0, HIDDEN_DRIVE_SD, n),
         owner_drive=rng.normal(0.0, 0.15, settings.n_owners)[owner],
         initial_draw=rng.random(n),
     )
