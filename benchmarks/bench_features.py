@@ -74,9 +74,21 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {versions}"
 
 
+def _previous_rows(text: str) -> dict[str, str]:
+    """Rows already in RESULTS.md by measure, so a partial run (--skip-million) keeps the others."""
+    if BEGIN not in text:
+        return {}
+    section = text[text.index(BEGIN) : text.index(END)]
+    rows = [
+        line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| measure")
+    ]
+    return {row.split("|")[1].strip(): row for row in rows}
+
+
 def write_results(rows: list[tuple[str, str, str, str, str]], command: str) -> None:
-    table = ["| measure | median | runs (s) | target | size |", "|---|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    table_rows = _previous_rows(text)
+    table_rows.update({row[0]: "| " + " | ".join(row) + " |" for row in rows})
     section = "\n".join(
         [
             BEGIN,
@@ -85,11 +97,12 @@ def write_results(rows: list[tuple[str, str, str, str, str]], command: str) -> N
             f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}.",
             f"Command: `{command}`",
             "",
-            *table,
+            "| measure | median | runs (s) | target | size |",
+            "|---|---|---|---|---|",
+            *table_rows.values(),
             END,
         ]
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     if BEGIN in text:
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
     else:

@@ -51,17 +51,17 @@ def _show_progress(cfg: DictConfig) -> bool:
 def run_generate(cfg: DictConfig) -> dict[str, Any]:
     """Write the synthetic CRM to ``cfg.output_dir`` unless it is already there."""
     from leadml.sources import write_json_atomic, write_parquet_atomic
-    from leadml.synthetic import generate_crm, settings_from_mapping
+    from leadml.synthetic import GENERATOR_VERSION, generate_crm, settings_from_mapping
 
     out = Path(cfg.output_dir)
     requested = _container(cfg.synthetic)
     settings = settings_from_mapping(requested)
     if (out / MANIFEST).exists() and not cfg.overwrite:
         existing = json.loads((out / MANIFEST).read_text())
-        if existing.get("settings") == requested:
+        if existing.get("settings") == requested and existing.get("generator_version") == GENERATOR_VERSION:
             _echo(f"generate: {out} is up to date (seed {requested.get('seed')}); keeping it")
             return existing
-        _echo(f"generate: the synthetic settings changed since {out} was written; regenerating")
+        _echo(f"generate: the settings or the generator changed since {out} was written; regenerating")
     started = time.perf_counter()
     frames = generate_crm(settings, progress=_show_progress(cfg))
     for name, frame in frames.items():
@@ -69,6 +69,7 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
     manifest = {
         "stage": "generate",
         "settings": requested,
+        "generator_version": GENERATOR_VERSION,
         "rows": {name: len(frame) for name, frame in frames.items()},
         "seconds": round(time.perf_counter() - started, 2),
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
