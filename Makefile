@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test train generate ingest features lint bench clean
+.PHONY: help install test train generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,10 +27,14 @@ test: $(STAMP) ## lint (ruff) and run the test suite
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
-train: $(STAMP) ## generate the synthetic data if absent, then ingest and build features
+train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, calibrate, evaluate, register
 	$(BIN)/leadml-generate $(ARGS)
 	$(BIN)/leadml-ingest $(ARGS)
 	$(BIN)/leadml-features $(ARGS)
+	$(BIN)/leadml-train $(ARGS)
+
+mlflow-ui: $(STAMP) ## open the MLflow UI on the local tracking store (http://127.0.0.1:5000)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 generate: $(STAMP) ## (re)generate the synthetic CRM: make generate ARGS='overwrite=true'
 	$(BIN)/leadml-generate $(ARGS)

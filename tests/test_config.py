@@ -24,7 +24,7 @@ def _compose(config_name: str, overrides: list[str] | None = None):
 
 
 def test_there_is_a_primary_config_per_entry_point() -> None:
-    assert {"generate", "ingest", "features"} <= set(PRIMARY)
+    assert {"generate", "ingest", "features", "train"} <= set(PRIMARY)
 
 
 @pytest.mark.parametrize("config_name", PRIMARY)
@@ -36,7 +36,7 @@ def test_primary_config_composes_and_resolves(config_name: str) -> None:
 
 @pytest.mark.parametrize(("group", "option"), GROUP_FILES)
 def test_every_group_option_composes(group: str, option: str) -> None:
-    for config_name in ("generate", "ingest", "features"):
+    for config_name in ("generate", "ingest", "features", "train"):
         cfg = _compose(config_name, [f"{group}={option}"])
         OmegaConf.resolve(cfg)
         assert cfg[group] is not None

@@ -138,7 +138,7 @@ def test_settings_from_mapping_and_the_shipped_configs() -> None:
 
 
 def test_settings_from_mapping_names_unknown_keys() -> None:
-    with pytest.raises(ValueError, match=r"unknown synthetic settings: n_lead, wobble"):
+    with pytest.raises(ValueError, match=r"unknown synthetic setting\(s\) \[.n_lead., .wobble.\]"):
         settings_from_mapping({"n_lead": 5, "wobble": 1, "seed": 3})
 
 

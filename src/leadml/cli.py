@@ -121,6 +121,42 @@ def run_features(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+# --------------------------------------------------------------------------- train
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
+    from leadml.stages import train_stage
+
+    summary = train_stage(_container(cfg), Path(cfg.paths.root))
+    split = summary["split"]
+    _echo(
+        "train: "
+        + ", ".join(
+            f"{w} {split[w]['rows']:,} snapshots ({split[w]['positives']:,} won)"
+            for w in ("train", "calibration", "test")
+        )
+    )
+    table = summary["comparison"][
+        ["roc_auc", "roc_auc_low", "roc_auc_high", "pr_auc", "log_loss", "brier", "ece"]
+    ]
+    _echo("test window (95% intervals by lead bootstrap):")
+    for name, row in table.iterrows():
+        _echo(
+            f"  {name:<24} ROC AUC {row['roc_auc']:.4f} [{row['roc_auc_low']:.4f}, {row['roc_auc_high']:.4f}]"
+            f"  PR AUC {row['pr_auc']:.4f}  log loss {row['log_loss']:.4f}  Brier {row['brier']:.4f}"
+            f"  ECE {row['ece']:.4f}"
+        )
+    calibration = summary["calibration"]
+    _echo(f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')})")
+    verdict = "promoted to champion" if summary["promoted"] else "not promoted"
+    _echo(
+        f"gate: version {summary['version']} of {summary['registered_model']} {verdict}: "
+        + "; ".join(summary["reasons"])
+    )
+    _echo(f"run {summary['run_id']} in {summary['tracking_uri']} ({summary['seconds']} s)")
+    _echo("look at it with: make mlflow-ui")
+    return summary
+
+
 # --------------------------------------------------------------------------- wrappers
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
@@ -139,3 +175,4 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
 generate = _entry_point("generate", run_generate)
 ingest = _entry_point("ingest", run_ingest)
 features = _entry_point("features", run_features)
+train = _entry_point("train", run_train)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import pandas as pd
 from leadml import schema as s
 from leadml.arrays import argsort_int, positions_in
 from leadml.calendar import snapshot_dates, to_utc
+from leadml.errors import known_settings
 from leadml.progress import progress_iter
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,8 @@ class FeatureSettings:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> FeatureSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(f"unknown feature settings {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()})
+        values = known_settings(cls, mapping, "features")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass(frozen=True)

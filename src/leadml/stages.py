@@ -183,3 +183,132 @@ def features_stage(
     }
     write_json_atomic(summary, output_dir / MANIFEST)
     return summary
+
+
+# --------------------------------------------------------------------------- train
+def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
+    import json
+
+    import yaml
+
+    from leadml import plots, tracking
+    from leadml.features import FeatureMeta
+    from leadml.scorer import as_model_input
+    from leadml.train import BASELINE_LOGREG, ORACLE, promotion_gate, train_and_evaluate
+
+    started = time.perf_counter()
+    input_dir = Path(cfg["input_dir"])
+    if not (input_dir / MANIFEST).exists():
+        raise LeadmlError(f"no features in {input_dir} (run leadml-features, or make features, first)")
+    snapshots = pd.read_parquet(input_dir / SNAPSHOTS)
+    features_manifest = json.loads((input_dir / MANIFEST).read_text())
+    metadata = {m["name"]: FeatureMeta(**m) for m in json.loads((input_dir / FEATURE_METADATA).read_text())}
+    snapshots = snapshots.drop(columns=[c for c in cfg["features"].get("exclude", ()) if c in snapshots])
+    metadata = {name: meta for name, meta in metadata.items() if name in snapshots.columns}
+    truth_path = cfg["data"].get("ground_truth")
+    truth = pd.read_parquet(truth_path) if truth_path and Path(truth_path).exists() else None
+
+    mlflow_cfg = cfg["mlflow"]
+    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+    tracking.configure(uri, mlflow_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
+    model_name = mlflow_cfg["registered_model"]
+    with tracking.run(run_name=f"train-{cfg['model']['name']}") as run_id:
+        tracking.log_params({k: v for k, v in cfg.items() if k != "hydra"})
+        tracking.log_text(yaml.safe_dump(dict(cfg), sort_keys=False), "config.yaml")
+        result = train_and_evaluate(snapshots, metadata, cfg, truth)
+        fingerprint = features_manifest.get("fingerprint", "")
+        tracking.log_dataset(
+            snapshots.head(1000),
+            f"{cfg['data']['name']}-snapshots",
+            fingerprint,
+            str(input_dir / SNAPSHOTS),
+            "training",
+        )
+        tracking.log_dict(result.split, "split.json")
+        tracking.log_dict({"purged_rows": result.purged_rows}, "split_purged.json")
+        tracking.log_table(result.leakage, "leakage_report.csv")
+        tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
+        tracking.log_table(result.tiers, "tiers.csv")
+        tracking.log_dict(result.calibration, "calibration.json")
+        tracking.log_dict(json.loads((input_dir / FEATURE_METADATA).read_text()), "feature_metadata.json")
+        for name, row in result.comparison.iterrows():
+            tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
+        tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+        labels = result.test[s.LABEL].to_numpy()
+        curves = {k: v for k, v in result.probabilities.items() if k != "base_rate"}
+        tracking.log_figure(plots.reliability_figure(labels, curves), "plots/reliability.png")
+        tracking.log_figure(plots.roc_figure(labels, curves), "plots/roc.png")
+        tracking.log_figure(plots.precision_recall_figure(labels, curves), "plots/precision_recall.png")
+        tracking.log_figure(plots.gains_figure(labels, curves), "plots/cumulative_gains.png")
+        if result.shap_importance is not None and result.shap_sample is not None:
+            tracking.log_table(result.shap_importance, "shap_importance.csv")
+            tracking.log_figure(
+                plots.shap_importance_figure(result.shap_importance), "plots/shap_importance.png"
+            )
+            values, sample = result.shap_sample
+            tracking.log_figure(
+                plots.shap_beeswarm_figure(values, sample, metadata), "plots/shap_beeswarm.png"
+            )
+
+        names = result.scorer.feature_names
+        example = as_model_input(result.test.head(5), names)
+        signature = tracking.infer_signature(example, result.scorer.predict(example))
+        model_uri = tracking.log_model(tracking.scorer_pyfunc(result.scorer), "model", signature, example)
+        version = tracking.register(model_uri, model_name)
+        tracking.set_alias(model_name, tracking.CHALLENGER, version)
+
+        champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
+        champion_metrics = None
+        if champion_version is not None:
+            champion_metrics = _rescore_champion(model_name, champion_version, result.test, names, labels)
+        metrics = result.comparison
+        decision = promotion_gate(
+            metrics.loc[result.model_name], metrics.loc[BASELINE_LOGREG], champion_metrics, cfg["promotion"]
+        )
+        if decision.promote:
+            tracking.set_alias(model_name, tracking.CHAMPION, version)
+        tracking.log_dict(
+            {
+                "promote": decision.promote,
+                "reasons": decision.reasons,
+                "champion_before": champion_version,
+                "version": version,
+            },
+            "promotion.json",
+        )
+        tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
+        tracking.log_metrics({"seconds.total": time.perf_counter() - started})
+
+    summary = {
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "registered_model": model_name,
+        "version": version,
+        "promoted": decision.promote,
+        "reasons": decision.reasons,
+        "champion_before": champion_version,
+        "split": result.split,
+        "comparison": result.comparison,
+        "calibration": result.calibration,
+        "has_oracle": ORACLE in result.probabilities,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return summary
+
+
+def _rescore_champion(
+    model_name: str, version: str, test: pd.DataFrame, names: list[str], labels: Any
+) -> dict[str, float] | None:
+    """The champion's metrics on the candidate's test rows, or None when it cannot score them."""
+    from leadml import tracking
+    from leadml.evaluate import binary_metrics
+    from leadml.scorer import as_model_input
+
+    try:
+        champion = tracking.load_pyfunc(f"models:/{model_name}/{version}")
+        predicted = champion.predict(as_model_input(test, names))
+    except Exception as error:  # a champion built on other features cannot score these rows
+        logger.warning("champion version %s cannot score the test rows: %s", version, error)
+        return None
+    return binary_metrics(labels, predicted["probability"].to_numpy())

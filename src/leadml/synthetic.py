@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leadml.calendar import snapshot_dates, to_utc
+from leadml.errors import known_settings
 from leadml.progress import progress_iter
 from leadml.schema import (
     ACCOUNT_ID,
@@ -163,13 +164,8 @@ def _settings_problems(settings: SyntheticSettings) -> list[str]:
 
 def settings_from_mapping(mapping: Mapping[str, Any]) -> SyntheticSettings:
     """Settings from a plain mapping (e.g. ``OmegaConf.to_container`` of ``cfg.synthetic``)."""
-    known = {field.name for field in fields(SyntheticSettings)}
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown synthetic settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
-    values = {key: str(value) if key in ("start", "end") else value for key, value in mapping.items()}
+    values = known_settings(SyntheticSettings, mapping, "synthetic")
+    values = {key: str(value) if key in ("start", "end") else value for key, value in values.items()}
     return SyntheticSettings(**values)
 
 

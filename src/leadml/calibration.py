@@ -1,0 +1,202 @@
+"""Calibrators: map a model's margin (log-odds) to a probability that means what it says.
+
+Fitted on the calibration window, after the model. Every calibrator is monotone
+non-decreasing in the margin, so the calibrated model keeps the booster's ranking of
+leads, except that isotonic regression is a step function: leads whose margins fall on
+one step get the same probability (ties). ``describe()`` reports how many steps there are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
+
+from leadml.errors import LeadmlError, known_settings
+
+logger = logging.getLogger(__name__)
+
+PROBABILITY_FLOOR = 1e-6
+METHODS: tuple[str, ...] = ("isotonic", "sigmoid", "none", "auto")
+AUTO_CANDIDATES: tuple[str, ...] = ("isotonic", "sigmoid")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    name: str = "isotonic"  # one of METHODS
+    cv_folds: int = 5  # folds for method "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise LeadmlError(f"calibration.name must be one of {METHODS}, got {self.name!r}")
+        if self.cv_folds < 2:
+            raise LeadmlError("calibration.cv_folds must be at least 2")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> CalibrationSettings:
+        return cls(**known_settings(cls, mapping, "calibration"))
+
+
+class Calibrator(Protocol):
+    method: str
+
+    def predict_proba(self, margin: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _clip(probability: np.ndarray) -> np.ndarray:
+    return np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+
+
+@dataclass
+class IdentityCalibrator:
+    """No calibration: the sigmoid of the margin."""
+
+    method: str = "none"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def predict_proba(self, margin: np.ndarray) -> np.ndarray:
+        return _clip(expit(np.asarray(margin, dtype=np.float64)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "preserves_ranking": "exactly", **self.details}
+
+
+@dataclass
+class SigmoidCalibrator:
+    """Platt scaling on the margin: p = sigmoid(slope * margin + intercept), slope >= 0."""
+
+    slope: float
+    intercept: float
+    method: str = "sigmoid"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def predict_proba(self, margin: np.ndarray) -> np.ndarray:
+        return _clip(expit(self.slope * np.asarray(margin, dtype=np.float64) + self.intercept))
+
+    def describe(self) -> dict[str, Any]:
+        ranking = "exactly" if self.slope > 0 else "no (constant: the margin carries no signal)"
+        return {
+            "method": self.method,
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "preserves_ranking": ranking,
+            **self.details,
+        }
+
+
+@dataclass
+class IsotonicCalibrator:
+    """Isotonic regression of the label on the margin, clipped outside the fitted range."""
+
+    regression: IsotonicRegression
+    method: str = "isotonic"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def predict_proba(self, margin: np.ndarray) -> np.ndarray:
+        return _clip(self.regression.predict(np.asarray(margin, dtype=np.float64)))
+
+    def describe(self) -> dict[str, Any]:
+        levels = np.unique(self.regression.y_thresholds_)
+        return {
+            "method": self.method,
+            "steps": len(levels),
+            "margin_range": [float(self.regression.X_min_), float(self.regression.X_max_)],
+            "preserves_ranking": "up to ties: margins on one step share a probability",
+            **self.details,
+        }
+
+
+def fit_calibrator(
+    scores_margin: np.ndarray, labels: np.ndarray, method: str, *, cv_folds: int = 5, seed: int = 0
+) -> Calibrator:
+    """A calibrator from margins and 0/1 labels of the calibration window.
+
+    ``auto`` compares isotonic and sigmoid by mean log loss over stratified ``cv_folds``
+    folds of these rows, records both losses, and refits the winner on all rows.
+    """
+    margin = np.asarray(scores_margin, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    _check_inputs(margin, y, method)
+    if method == "auto":
+        losses = cross_validated_log_loss(margin, y, AUTO_CANDIDATES, cv_folds=cv_folds, seed=seed)
+        choice = min(losses, key=losses.__getitem__)
+        calibrator = _fit_one(margin, y, choice)
+        calibrator.details.update({"chosen_by": "auto", "cv_log_loss": losses, "cv_folds": cv_folds})
+        logger.info(
+            "calibration auto: %s (cv log loss %s)", choice, {k: round(v, 5) for k, v in losses.items()}
+        )
+        return calibrator
+    return _fit_one(margin, y, method)
+
+
+def cross_validated_log_loss(
+    margin: np.ndarray, labels: np.ndarray, methods: tuple[str, ...], *, cv_folds: int = 5, seed: int = 0
+) -> dict[str, float]:
+    """Mean held-out log loss of each method over the same stratified folds."""
+    folds = min(cv_folds, int(np.bincount(labels, minlength=2).min()))
+    if folds < 2:
+        raise LeadmlError("calibration auto needs at least 2 rows of each label")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    losses: dict[str, list[float]] = {method: [] for method in methods}
+    for fit_index, held_index in splitter.split(margin.reshape(-1, 1), labels):
+        for method in methods:
+            calibrator = _fit_one(margin[fit_index], labels[fit_index], method)
+            predicted = calibrator.predict_proba(margin[held_index])
+            losses[method].append(log_loss(labels[held_index], predicted, labels=[0, 1]))
+    return {method: float(np.mean(values)) for method, values in losses.items()}
+
+
+def _fit_one(
+    margin: np.ndarray, labels: np.ndarray, method: str
+) -> IsotonicCalibrator | SigmoidCalibrator | IdentityCalibrator:
+    if method == "isotonic":
+        regression = IsotonicRegression(
+            y_min=PROBABILITY_FLOOR, y_max=1 - PROBABILITY_FLOOR, increasing=True, out_of_bounds="clip"
+        )
+        regression.fit(margin, labels.astype(np.float64))
+        return IsotonicCalibrator(regression)
+    if method == "sigmoid":
+        slope, intercept = _platt(margin, labels)
+        return SigmoidCalibrator(slope, intercept)
+    if method == "none":
+        return IdentityCalibrator()
+    raise LeadmlError(f"calibration method must be one of {METHODS}, got {method!r}")
+
+
+def _platt(margin: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    # Unpenalised logistic fit of two parameters; the slope is bounded at zero so the
+    # calibrator can never reverse the model's ranking.
+    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
+        z = params[0] * margin + params[1]
+        loss = -np.mean(labels * log_expit(z) + (1 - labels) * log_expit(-z))
+        residual = expit(z) - labels
+        return float(loss), np.array([np.mean(residual * margin), np.mean(residual)])
+
+    rate = float(np.clip(labels.mean(), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
+    start = np.array([1.0, 0.0]) if margin.std() > 0 else np.array([0.0, np.log(rate / (1 - rate))])
+    result = minimize(
+        loss_and_gradient, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None), (None, None)]
+    )
+    return float(result.x[0]), float(result.x[1])
+
+
+def _check_inputs(margin: np.ndarray, labels: np.ndarray, method: str) -> None:
+    if method not in METHODS:
+        raise LeadmlError(f"calibration method must be one of {METHODS}, got {method!r}")
+    if margin.shape != labels.shape or margin.ndim != 1:
+        raise LeadmlError(f"calibration needs one margin per label, got {margin.shape} and {labels.shape}")
+    if not np.isfinite(margin).all():
+        raise LeadmlError("calibration margins must be finite")
+    if method != "none" and len(np.unique(labels)) < 2:
+        raise LeadmlError("calibration needs both labels in the calibration window")

@@ -1,0 +1,244 @@
+"""Out-of-time train / calibration / test split of training snapshots.
+
+Three kinds:
+
+- ``time`` (default): windows by ``as_of`` date. The latest ``test_months`` months of
+  snapshot dates are test, the ``calibration_months`` months before that calibration,
+  everything earlier train; ``gap_days`` of snapshot dates before each later window are
+  left out so labels of one window do not look into the next.
+- ``order``: flat tables with an ``order_key`` column; fractions of rows instead of months.
+- ``random``: stratified by lead, only for data without time.
+
+A lead never has snapshots on both sides of a boundary: it belongs to the window of its
+first snapshot, and its snapshots in later windows are purged (never moved back in time).
+Assigning leads by their last snapshot instead would select on the outcome (a lead stops
+having snapshots when it closes), which inflates the positive rate of earlier windows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml import schema as s
+from leadml.errors import LeadmlError, known_settings
+
+logger = logging.getLogger(__name__)
+
+TRAIN, CALIBRATION, TEST = "train", "calibration", "test"
+WINDOWS: tuple[str, ...] = (TRAIN, CALIBRATION, TEST)
+SPLIT_KINDS: tuple[str, ...] = ("time", "order", "random")
+_GAP = "gap"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    kind: str = "time"
+    test_months: int = 3
+    calibration_months: int = 3
+    gap_days: int = 0
+    test_fraction: float = 0.2
+    calibration_fraction: float = 0.2
+    seed: int = 0
+    allow_random_with_time: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise LeadmlError(f"split.kind must be one of {SPLIT_KINDS}, got {self.kind!r}")
+        if self.test_months < 1 or self.calibration_months < 1:
+            raise LeadmlError("split.test_months and split.calibration_months must be at least 1")
+        if self.gap_days < 0:
+            raise LeadmlError("split.gap_days must not be negative")
+        fractions = (self.test_fraction, self.calibration_fraction)
+        if not all(0 < f < 1 for f in fractions) or sum(fractions) >= 1:
+            raise LeadmlError(
+                "split.test_fraction and split.calibration_fraction must be in (0, 1) and sum to less than 1"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> SplitSettings:
+        return cls(**known_settings(cls, mapping, "split"))
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """The three windows plus what was left out to keep them apart."""
+
+    parts: dict[str, pd.DataFrame]
+    purged_rows: dict[str, int]  # rows of leads first seen in an earlier window, per window dropped from
+    gap_rows: int  # rows dated inside a gap
+    bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # window -> (first, last) boundary
+
+
+def split_snapshots(snapshots: pd.DataFrame, settings: SplitSettings) -> dict[str, pd.DataFrame]:
+    """Windows ``train``, ``calibration`` and ``test`` of the snapshots (see :func:`split_with_report`)."""
+    return split_with_report(snapshots, settings).parts
+
+
+def split_with_report(snapshots: pd.DataFrame, settings: SplitSettings) -> SplitResult:
+    """Split the snapshots and report the rows purged and left in gaps."""
+    _require_columns(snapshots, (s.LEAD_ID, s.LABEL))
+    if settings.kind == "random":
+        result = _random_split(snapshots, settings)
+    else:
+        column = s.AS_OF if settings.kind == "time" else s.ORDER_KEY
+        _require_columns(snapshots, (column,))
+        position = snapshots[column]
+        if position.isna().any():
+            raise LeadmlError(f"split {settings.kind}: {int(position.isna().sum())} rows have no {column}")
+        assign, bounds = (_time_windows if settings.kind == "time" else _order_windows)(position, settings)
+        first_position = position.groupby(snapshots[s.LEAD_ID], sort=False, observed=True).transform("min")
+        result = _purged_parts(snapshots, assign(position), assign(first_position), bounds)
+    _check_parts(result, settings.kind)
+    logger.info(
+        "split %s: %s; purged %s; %d rows in gaps",
+        settings.kind,
+        ", ".join(f"{name} {len(part)} rows" for name, part in result.parts.items()),
+        result.purged_rows,
+        result.gap_rows,
+    )
+    return result
+
+
+def split_summary(parts: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Rows, leads, positives, positive rate and date (or order) range per window."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name, part in parts.items():
+        positives = int(part[s.LABEL].sum())
+        entry: dict[str, Any] = {
+            "rows": len(part),
+            "leads": int(part[s.LEAD_ID].nunique()),
+            "positives": positives,
+            "rate": positives / len(part) if len(part) else float("nan"),
+        }
+        for column in (s.AS_OF, s.ORDER_KEY):
+            if column in part.columns and len(part):
+                first, last = part[column].min(), part[column].max()
+                entry[f"first_{column}"] = _plain(first)
+                entry[f"last_{column}"] = _plain(last)
+        summary[name] = entry
+    return summary
+
+
+WindowAssigner = Callable[[pd.Series], np.ndarray]
+
+
+def _time_windows(as_of: pd.Series, settings: SplitSettings) -> tuple[WindowAssigner, dict[str, tuple]]:
+    last = as_of.max()
+    gap = pd.Timedelta(days=settings.gap_days)
+    test_start = last - pd.DateOffset(months=settings.test_months)  # exclusive
+    calibration_end = test_start - gap
+    calibration_start = calibration_end - pd.DateOffset(months=settings.calibration_months)  # exclusive
+    train_end = calibration_start - gap
+
+    def assign(values: pd.Series) -> np.ndarray:
+        return np.select(
+            [
+                values <= train_end,
+                values <= calibration_start,
+                values <= calibration_end,
+                values <= test_start,
+            ],
+            [TRAIN, _GAP, CALIBRATION, _GAP],
+            default=TEST,
+        )
+
+    bounds = {
+        TRAIN: (as_of.min(), train_end),
+        CALIBRATION: (calibration_start, calibration_end),
+        TEST: (test_start, last),
+    }
+    return assign, bounds
+
+
+def _order_windows(order_key: pd.Series, settings: SplitSettings) -> tuple[WindowAssigner, dict[str, tuple]]:
+    test_start = order_key.quantile(1 - settings.test_fraction)
+    calibration_start = order_key.quantile(1 - settings.test_fraction - settings.calibration_fraction)
+
+    def assign(values: pd.Series) -> np.ndarray:
+        return np.select(
+            [values <= calibration_start, values <= test_start], [TRAIN, CALIBRATION], default=TEST
+        )
+
+    bounds = {
+        TRAIN: (order_key.min(), calibration_start),
+        CALIBRATION: (calibration_start, test_start),
+        TEST: (test_start, order_key.max()),
+    }
+    return assign, bounds
+
+
+def _purged_parts(
+    snapshots: pd.DataFrame, window: np.ndarray, lead_window: np.ndarray, bounds: dict[str, tuple]
+) -> SplitResult:
+    in_gap = window == _GAP
+    purged = (window != lead_window) & ~in_gap
+    parts = {name: snapshots[(window == name) & ~purged] for name in WINDOWS}
+    purged_rows = {name: int(((window == name) & purged).sum()) for name in WINDOWS}
+    return SplitResult(parts=parts, purged_rows=purged_rows, gap_rows=int(in_gap.sum()), bounds=bounds)
+
+
+def _random_split(snapshots: pd.DataFrame, settings: SplitSettings) -> SplitResult:
+    if s.AS_OF in snapshots.columns and not settings.allow_random_with_time:
+        raise LeadmlError(
+            f"split.kind=random refused: the data has an {s.AS_OF!r} column, so evaluation must be out of "
+            "time (use split=time, or set split.allow_random_with_time=true to override)"
+        )
+    lead_label = snapshots.groupby(s.LEAD_ID, sort=True, observed=True)[s.LABEL].max()
+    rng = np.random.default_rng(settings.seed)
+    draw = pd.Series(np.empty(len(lead_label), dtype=object), index=lead_label.index)
+    # stratify by shuffling within each class and cutting at the same fractions
+    for _, leads in lead_label.groupby(lead_label):
+        order = rng.permutation(len(leads))
+        n_test = round(len(leads) * settings.test_fraction)
+        n_calibration = round(len(leads) * settings.calibration_fraction)
+        names = np.full(len(leads), TRAIN, dtype=object)
+        names[order[:n_test]] = TEST
+        names[order[n_test : n_test + n_calibration]] = CALIBRATION
+        draw[leads.index] = names
+    window = snapshots[s.LEAD_ID].map(draw).to_numpy()
+    parts = {name: snapshots[window == name] for name in WINDOWS}
+    return SplitResult(parts=parts, purged_rows=dict.fromkeys(WINDOWS, 0), gap_rows=0)
+
+
+def _check_parts(result: SplitResult, kind: str) -> None:
+    for name in WINDOWS:
+        part = result.parts[name]
+        where = _describe_bounds(result.bounds.get(name), kind)
+        if part.empty:
+            purged = result.purged_rows.get(name, 0)
+            why = (
+                f" ({purged} rows purged: their leads were first seen in an earlier window)" if purged else ""
+            )
+            raise LeadmlError(f"split {kind}: the {name} window{where} is empty{why}")
+        if int(part[s.LABEL].sum()) == 0:
+            raise LeadmlError(
+                f"split {kind}: the {name} window{where} has no positive labels ({len(part)} rows)"
+            )
+
+
+def _describe_bounds(bounds: tuple | None, kind: str) -> str:
+    if bounds is None:
+        return ""
+    first, last = (_plain(value) for value in bounds)
+    column = s.AS_OF if kind == "time" else s.ORDER_KEY
+    return f" ({column} {first} to {last})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.date().isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise LeadmlError(f"split needs column(s) {missing}, missing from the snapshots")

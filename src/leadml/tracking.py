@@ -1,0 +1,220 @@
+"""Every MLflow call of leadml lives here.
+
+Tracking defaults to an embedded SQLite store in the project folder (``mlflow.db``,
+artifacts under ``mlruns/``); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in
+config points at a server instead. Models are registered and promoted with aliases
+(``challenger``, ``champion``), never with the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leadml.errors import LeadmlError
+
+logger = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for one parameter value
+
+
+def resolve_tracking_uri(configured: str | None, root: Path) -> str:
+    """Config wins, then ``MLFLOW_TRACKING_URI``, then SQLite in the project folder."""
+    if configured:
+        return str(configured)
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "sqlalchemy.engine"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    warnings.filterwarnings("ignore", module="mlflow")
+
+
+def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
+    """Point MLflow at the store and return the experiment id (created on first use)."""
+    import mlflow
+
+    _quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            mlflow.set_experiment(experiment_id=found.experiment_id)
+            return found.experiment_id
+        location = None
+        if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:"):
+            location = (artifact_root / experiment).resolve().as_uri()
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+    except Exception as error:  # MLflow raises many types for an unreachable or broken store
+        raise LeadmlError(f"MLflow tracking at {tracking_uri} is not usable: {error}") from error
+
+
+@contextlib.contextmanager
+def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """An MLflow run; yields its id. A failure inside marks the run FAILED."""
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as active:
+        yield active.info.run_id
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config as dotted keys with string values MLflow accepts."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def log_params(config: Mapping[str, Any]) -> None:
+    import mlflow
+
+    params = flatten(config)
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
+    import mlflow
+
+    clean = {
+        f"{prefix}{key}": float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not math.isnan(float(value)) and not math.isinf(float(value))
+    }
+    mlflow.log_metrics(clean)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(obj: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(obj, artifact_file)
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(frame.to_csv(index=False), artifact_file)
+
+
+def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, context: str) -> None:
+    """Record a dataset (its schema, size and fingerprint) as an input of the run."""
+    import mlflow
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36], targets="label")
+    mlflow.log_input(dataset, context=context)
+
+
+def log_model(python_model: Any, name: str, signature: Any, input_example: pd.DataFrame) -> str:
+    """Log a pyfunc and return its model URI."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=python_model,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=_requirements(),
+    )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [
+        f"{package}=={version(package)}"
+        for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "pyarrow", "mlflow")
+    ]
+
+
+def infer_signature(model_input: pd.DataFrame, model_output: pd.DataFrame) -> Any:
+    from mlflow.models import infer_signature as infer
+
+    return infer(model_input, model_output)
+
+
+def register(model_uri: str, name: str) -> str:
+    """Register a logged model; returns the new version."""
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name).version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_by_alias(name: str, alias: str) -> str | None:
+    """The version holding ``alias``, or None when there is none (or no such model yet)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_pyfunc(model_uri: str) -> Any:
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
+def scorer_pyfunc(scorer: Any) -> Any:
+    """Wrap a :class:`leadml.scorer.LeadScorer` as an MLflow pyfunc model."""
+    import mlflow.pyfunc
+
+    class LeadScorerModel(mlflow.pyfunc.PythonModel):
+        def __init__(self, wrapped: Any) -> None:
+            self.scorer = wrapped
+
+        def predict(
+            self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+        ) -> pd.DataFrame:
+            return self.scorer.predict(model_input)
+
+    return LeadScorerModel(scorer)

@@ -1,0 +1,232 @@
+"""Training as pure functions: split, guard, fit, calibrate, evaluate, and the promotion gate.
+
+No file I/O and no MLflow here (``stages.train_stage`` does both), so every step can be
+tested on small frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml import schema as s
+from leadml.calibration import CalibrationSettings, fit_calibrator
+from leadml.evaluate import binary_metrics, compare_models, grouped_shap_importance, tier_table
+from leadml.features import FeatureMeta
+from leadml.guards import check_minimum_data, enforce_leakage, leakage_report
+from leadml.models import (
+    BaseRate,
+    LogRegSettings,
+    feature_columns,
+    fit_logreg,
+    fit_model,
+    model_settings_from_mapping,
+)
+from leadml.scorer import LeadScorer
+from leadml.split import SplitSettings, split_summary, split_with_report
+
+logger = logging.getLogger(__name__)
+
+ORACLE = "oracle"
+BASELINE_LOGREG, BASELINE_RATE = "logreg_baseline", "base_rate"
+
+
+@dataclass
+class TrainingResult:
+    scorer: LeadScorer
+    model_name: str
+    split: dict[str, dict[str, Any]]
+    purged_rows: dict[str, int]
+    leakage: pd.DataFrame
+    leakage_flagged: list[str]
+    comparison: pd.DataFrame  # one row per model on the same test rows, with intervals
+    tiers: pd.DataFrame
+    calibration: dict[str, Any]
+    test: pd.DataFrame  # test rows with labels and every model's probability
+    probabilities: dict[str, np.ndarray]
+    shap_importance: pd.DataFrame | None
+    shap_sample: tuple[np.ndarray, pd.DataFrame] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def headline(self) -> dict[str, float]:
+        return {
+            k: float(v)
+            for k, v in self.comparison.loc[self.model_name].items()
+            if not k.endswith(("_low", "_high"))
+        }
+
+
+def train_and_evaluate(
+    snapshots: pd.DataFrame,
+    metadata: Mapping[str, FeatureMeta],
+    config: Mapping[str, Any],
+    truth: pd.DataFrame | None = None,
+) -> TrainingResult:
+    """The whole training job on one snapshots frame; ``config`` is the composed train config."""
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    guards = config["guards"]
+    split = split_with_report(snapshots, SplitSettings.from_mapping(config["split"]))
+    train, calibration, test = (split.parts[w] for w in ("train", "calibration", "test"))
+    check_minimum_data(train, guards["min_snapshots"], guards["min_positives"])
+    lap("split")
+
+    leakage = leakage_report(
+        train,
+        metadata,
+        threshold=guards["leakage_threshold"],
+        n_folds=guards["leakage_folds"],
+        max_rows=guards["leakage_max_rows"],
+        post_outcome_presence=tuple(guards["post_outcome_presence"]),
+    )
+    flagged = enforce_leakage(leakage, guards["leakage_action"])
+    lap("leakage")
+
+    model_config = dict(config["model"])
+    model_name = str(model_config.pop("name"))
+    model = fit_model(train, model_settings_from_mapping({"name": model_name, **model_config}), metadata)
+    logreg = model if model_name == "logreg" else fit_logreg(train, LogRegSettings.from_mapping({}))
+    base = BaseRate.fit(train)
+    lap("fit")
+
+    calibration_settings = CalibrationSettings.from_mapping(config["calibration"])
+    calibrator = fit_calibrator(
+        model.predict_margin(calibration),
+        calibration[s.LABEL].to_numpy(),
+        calibration_settings.name,
+        cv_folds=calibration_settings.cv_folds,
+        seed=calibration_settings.seed,
+    )
+    names = feature_columns(train)
+    scorer = LeadScorer(model, calibrator, names, {n: vars(m) for n, m in metadata.items() if n in names})
+    lap("calibrate")
+
+    labels = test[s.LABEL].to_numpy()
+    probabilities = {
+        model_name: scorer.predict(test)["probability"].to_numpy(),
+        f"{model_name}_uncalibrated": model.predict_proba(test),
+        BASELINE_LOGREG: logreg.predict_proba(test),
+        BASELINE_RATE: base.predict_proba(test),
+    }
+    if truth is not None and s.AS_OF in test:
+        joined = test[[s.LEAD_ID, s.AS_OF]].merge(truth, on=[s.LEAD_ID, s.AS_OF], how="left")
+        if joined[s.TRUE_PROBABILITY].notna().all():
+            probabilities[ORACLE] = joined[s.TRUE_PROBABILITY].to_numpy()
+        else:
+            logger.warning(
+                "ground truth misses %d test rows; no oracle", joined[s.TRUE_PROBABILITY].isna().sum()
+            )
+    evaluation = config["evaluation"]
+    comparison = compare_models(
+        labels,
+        probabilities,
+        groups=test[s.LEAD_ID].to_numpy(),
+        n_boot=evaluation["bootstrap"],
+        seed=evaluation["seed"],
+    )
+    tier_settings = config["tiers"]
+    thresholds = dict(tier_settings.get("thresholds") or {})
+    if tier_settings.get("method") == "capacity":
+        from leadml.evaluate import capacity_thresholds
+
+        thresholds = capacity_thresholds(probabilities[model_name], dict(tier_settings["shares"]))
+    tiers = tier_table(
+        labels,
+        probabilities[model_name],
+        thresholds,
+        n_boot=evaluation["bootstrap"],
+        groups=test[s.LEAD_ID].to_numpy(),
+    )
+    lap("evaluate")
+
+    shap_importance, shap_sample = None, None
+    if scorer.can_explain:
+        sample = test.sample(min(len(test), evaluation["shap_rows"]), random_state=evaluation["seed"])
+        contributions = scorer.explain(sample)
+        values = contributions[names].to_numpy()
+        shap_importance = grouped_shap_importance(values, names, metadata)
+        shap_sample = (values, sample[names])
+    lap("explain")
+
+    split_info = split_summary(split.parts)
+    return TrainingResult(
+        scorer=scorer,
+        model_name=model_name,
+        split=split_info,
+        purged_rows=split.purged_rows,
+        leakage=leakage,
+        leakage_flagged=flagged,
+        comparison=comparison,
+        tiers=tiers,
+        calibration={
+            **calibrator.describe(),
+            "uncalibrated_log_loss": float(
+                binary_metrics(labels, probabilities[f"{model_name}_uncalibrated"])["log_loss"]
+            ),
+        },
+        test=test,
+        probabilities=probabilities,
+        shap_importance=shap_importance,
+        shap_sample=shap_sample,
+        seconds=seconds,
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+
+
+def promotion_gate(
+    candidate: Mapping[str, float],
+    logreg: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    settings: Mapping[str, Any],
+) -> GateDecision:
+    """Promote only above an absolute floor, ahead of the logistic baseline and not behind the champion."""
+    reasons: list[str] = []
+    passed = True
+    auc, ece = candidate["roc_auc"], candidate["ece"]
+    if not auc >= settings["min_roc_auc"]:
+        passed = False
+        reasons.append(f"ROC AUC {auc:.4f} below the floor {settings['min_roc_auc']}")
+    if not ece <= settings["max_ece"]:
+        passed = False
+        reasons.append(f"ECE {ece:.4f} above the ceiling {settings['max_ece']}")
+    margin = settings["min_gain_over_logreg"]
+    if not auc >= logreg["roc_auc"] + margin:
+        passed = False
+        reasons.append(
+            f"ROC AUC {auc:.4f} does not beat the logistic baseline {logreg['roc_auc']:.4f} (+{margin})"
+        )
+    if champion is None:
+        reasons.append("no champion yet")
+    else:
+        tolerance = settings["champion_tolerance"]
+        if auc < champion["roc_auc"] - tolerance:
+            passed = False
+            reasons.append(
+                f"ROC AUC {auc:.4f} is worse than the champion's {champion['roc_auc']:.4f} "
+                f"on the same test rows by more than {tolerance}"
+            )
+        else:
+            reasons.append(
+                f"ROC AUC {auc:.4f} against the champion's {champion['roc_auc']:.4f} on the same rows"
+            )
+    if passed:
+        reasons.insert(0, f"passed: ROC AUC {auc:.4f}, ECE {ece:.4f}")
+    return GateDecision(passed, reasons)

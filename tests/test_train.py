@@ -1,0 +1,129 @@
+"""The training stage end to end on small generated data with a temporary SQLite tracking store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from leadml import schema as s
+from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_train
+from leadml.errors import LeadmlError
+
+SMALL = [
+    "synthetic.n_leads=8000",
+    "synthetic.start=2024-07-01",
+    "synthetic.end=2026-01-01",
+    "evaluation.bootstrap=20",
+    "evaluation.shap_rows=300",
+    "guards.leakage_max_rows=20000",
+]
+QUICK_LIGHTGBM = ["model.n_estimators=150", "model.learning_rate=0.1", "model.early_stopping_rounds=20"]
+
+
+def _cfg(root: Path, overrides: list[str] | tuple[str, ...] = (), name: str = "train"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        model = [] if any(o.startswith("model=") for o in overrides) else QUICK_LIGHTGBM
+        return compose(name, [f"paths.root={root}", *SMALL, *model, *overrides])
+
+
+@pytest.fixture(scope="module")
+def features_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    for stage, run in (("generate", run_generate), ("ingest", run_ingest), ("features", run_features)):
+        run(_cfg(root, name=stage))
+    return root
+
+
+@pytest.fixture
+def root(features_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project folder (own tracking store) holding the shared feature files."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copytree(features_root / "data", tmp_path / "data")
+    return tmp_path
+
+
+def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> None:
+    first = run_train(_cfg(root))
+    assert first["promoted"] and first["version"] == "1" and first["champion_before"] is None
+    assert first["has_oracle"]
+    comparison = first["comparison"]
+    assert {"lightgbm", "lightgbm_uncalibrated", "logreg_baseline", "base_rate", "oracle"} <= set(
+        comparison.index
+    )
+    assert comparison.loc["lightgbm", "roc_auc"] > comparison.loc["base_rate", "roc_auc"] + 0.2
+    assert (root / "mlflow.db").exists()
+    second = run_train(_cfg(root))
+    assert second["version"] == "2" and second["champion_before"] == "1"
+    assert any("champion" in reason for reason in second["reasons"])
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(second["run_id"])
+    assert run.data.params["model.name"] == "lightgbm"
+    assert "test.lightgbm.roc_auc" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(second["run_id"])}
+    assert {"config.yaml", "metrics_comparison.csv", "promotion.json", "plots"} <= artifacts
+    champion = str(client.get_model_version_by_alias("leadml-synthetic", "champion").version)
+    assert champion in ("1", "2")
+
+
+def test_champion_pyfunc_scores_feature_rows(root: Path) -> None:
+    import mlflow
+
+    run_train(_cfg(root))
+    model = mlflow.pyfunc.load_model("models:/leadml-synthetic@champion")
+    snapshots = pd.read_parquet(root / "data/features/synthetic/snapshots.parquet").head(50)
+    inputs = model.metadata.get_input_schema().input_names()
+    assert not set(s.PERSONAL_DATA_COLUMNS) & set(inputs)
+    frame = snapshots[inputs].copy()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(object)
+    predicted = model.predict(frame)
+    assert predicted["probability"].between(0, 1).all() and len(predicted) == 50
+
+
+def test_logreg_and_sigmoid_overrides(root: Path) -> None:
+    summary = run_train(_cfg(root, ["model=logreg", "calibration=sigmoid", "split.test_months=2"]))
+    assert "logreg" in summary["comparison"].index
+    assert summary["calibration"]["method"] == "sigmoid"
+
+
+def test_planted_leak_is_caught_by_name(root: Path) -> None:
+    path = root / "data/features/synthetic/snapshots.parquet"
+    snapshots = pd.read_parquet(path)
+    rng = np.random.default_rng(0)
+    snapshots["days_to_close_entered_by_sales"] = snapshots[s.LABEL] * 5 + rng.normal(0, 0.5, len(snapshots))
+    snapshots.to_parquet(path)
+    meta_path = root / "data/features/synthetic/feature_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta.append(
+        {
+            "name": "days_to_close_entered_by_sales",
+            "family": "other",
+            "group": "days_to_close_entered_by_sales",
+            "template": "{value}",
+            "monotone": 0,
+            "kind": "numeric",
+        }
+    )
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LeadmlError, match=r"days_to_close_entered_by_sales.*features\.exclude"):
+        run_train(_cfg(root))
+
+
+def test_pure_noise_is_never_promoted(root: Path) -> None:
+    snapshots = pd.read_parquet(root / "data/features/synthetic/snapshots.parquet")
+    everything_but_noise = [
+        c for c in snapshots.columns if c not in (s.LEAD_ID, s.AS_OF, s.LABEL, "campaign_code")
+    ]
+    summary = run_train(_cfg(root, [f"features.exclude=[{','.join(everything_but_noise)}]"]))
+    assert not summary["promoted"]
+    assert any("floor" in reason for reason in summary["reasons"])
