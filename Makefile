@@ -50,6 +50,7 @@ lint: $(STAMP) ## ruff
 
 bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean: ## remove generated data and the virtual environment
 	rm -rf $(VENV) data/raw data/interim data/features outputs

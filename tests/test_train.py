@@ -90,10 +90,32 @@ def test_champion_pyfunc_scores_feature_rows(root: Path) -> None:
     assert predicted["probability"].between(0, 1).all() and len(predicted) == 50
 
 
-def test_logreg_and_sigmoid_overrides(root: Path) -> None:
-    summary = run_train(_cfg(root, ["model=logreg", "calibration=sigmoid", "split.test_months=2"]))
+def test_logreg_sigmoid_exclusions_and_another_tracking_store(root: Path) -> None:
+    other_store = root / "elsewhere" / "tracking.db"
+    other_store.parent.mkdir()
+    overrides = [
+        "model=logreg",
+        "calibration=sigmoid",
+        "split.test_months=2",
+        "features.exclude=[browser,seniority]",
+        f"mlflow.tracking_uri=sqlite:///{other_store}",
+    ]
+    summary = run_train(_cfg(root, overrides))
     assert "logreg" in summary["comparison"].index
     assert summary["calibration"]["method"] == "sigmoid"
+    assert summary["tracking_uri"] == f"sqlite:///{other_store}" and other_store.exists()
+    assert not (root / "mlflow.db").exists()
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.params["split.test_months"] == "2"
+    import mlflow
+
+    inputs = mlflow.pyfunc.load_model(
+        f"models:/leadml-synthetic/{summary['version']}"
+    ).metadata.get_input_schema()
+    assert {"browser", "seniority"}.isdisjoint(inputs.input_names())
 
 
 def test_planted_leak_is_caught_by_name(root: Path) -> None:
