@@ -7,6 +7,7 @@ previous outputs as they were.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from leadml.contracts import (
 from leadml.errors import LeadmlError
 from leadml.features import (
     LABEL,
+    FeatureMeta,
     FeatureSettings,
     build_training_snapshots,
     feature_metadata,
@@ -188,12 +190,9 @@ def features_stage(
 # --------------------------------------------------------------------------- train
 def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
-    import json
-
     import yaml
 
     from leadml import plots, tracking
-    from leadml.features import FeatureMeta
     from leadml.scorer import as_model_input
     from leadml.train import BASELINE_LOGREG, ORACLE, promotion_gate, train_and_evaluate
 
@@ -203,7 +202,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         raise LeadmlError(f"no features in {input_dir} (run leadml-features, or make features, first)")
     snapshots = pd.read_parquet(input_dir / SNAPSHOTS)
     features_manifest = json.loads((input_dir / MANIFEST).read_text())
-    metadata = {m["name"]: FeatureMeta(**m) for m in json.loads((input_dir / FEATURE_METADATA).read_text())}
+    metadata_records = json.loads((input_dir / FEATURE_METADATA).read_text())
+    metadata = {m["name"]: FeatureMeta(**m) for m in metadata_records}
     snapshots = snapshots.drop(columns=[c for c in cfg["features"].get("exclude", ()) if c in snapshots])
     metadata = {name: meta for name, meta in metadata.items() if name in snapshots.columns}
     truth_path = cfg["data"].get("ground_truth")
@@ -231,7 +231,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
         tracking.log_table(result.tiers, "tiers.csv")
         tracking.log_dict(result.calibration, "calibration.json")
-        tracking.log_dict(json.loads((input_dir / FEATURE_METADATA).read_text()), "feature_metadata.json")
+        tracking.log_dict(metadata_records, "feature_metadata.json")
         for name, row in result.comparison.iterrows():
             tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
         tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,13 @@ import pandas as pd
 
 from leadml import schema as s
 from leadml.calibration import CalibrationSettings, fit_calibrator
-from leadml.evaluate import binary_metrics, compare_models, grouped_shap_importance, tier_table
+from leadml.evaluate import (
+    binary_metrics,
+    capacity_thresholds,
+    compare_models,
+    grouped_shap_importance,
+    tier_table,
+)
 from leadml.features import FeatureMeta
 from leadml.guards import check_minimum_data, enforce_leakage, leakage_report
 from leadml.models import (
@@ -53,14 +59,6 @@ class TrainingResult:
     shap_importance: pd.DataFrame | None
     shap_sample: tuple[np.ndarray, pd.DataFrame] | None
     seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def headline(self) -> dict[str, float]:
-        return {
-            k: float(v)
-            for k, v in self.comparison.loc[self.model_name].items()
-            if not k.endswith(("_low", "_high"))
-        }
 
 
 def train_and_evaluate(
@@ -111,7 +109,7 @@ def train_and_evaluate(
         seed=calibration_settings.seed,
     )
     names = feature_columns(train)
-    scorer = LeadScorer(model, calibrator, names, {n: vars(m) for n, m in metadata.items() if n in names})
+    scorer = LeadScorer(model, calibrator, names, {n: asdict(m) for n, m in metadata.items() if n in names})
     lap("calibrate")
 
     labels = test[s.LABEL].to_numpy()
@@ -140,8 +138,6 @@ def train_and_evaluate(
     tier_settings = config["tiers"]
     thresholds = dict(tier_settings.get("thresholds") or {})
     if tier_settings.get("method") == "capacity":
-        from leadml.evaluate import capacity_thresholds
-
         thresholds = capacity_thresholds(probabilities[model_name], dict(tier_settings["shares"]))
     tiers = tier_table(
         labels,
