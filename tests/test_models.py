@@ -166,3 +166,20 @@ def test_model_settings_come_from_a_mapping_and_reject_unknown_keys() -> None:
         model_settings_from_mapping({"name": "lightgbm", "num_leafs": 15})
     with pytest.raises(LeadmlError, match=r"model\.name"):
         model_settings_from_mapping({"name": "xgboost"})
+
+
+def test_early_stopping_watches_the_configured_metric(data) -> None:
+    """AUC by default (calibration follows); log loss on request; anything else is refused."""
+    train, test = data
+    by_auc = fit_lightgbm(train, FAST)
+    by_log_loss = fit_lightgbm(
+        train, LightGBMSettings(**{**FAST.__dict__, "early_stopping_metric": "binary_logloss"})
+    )
+    assert by_auc.fit_report["early_stopping_metric"] == "auc"
+    assert 0.5 < by_auc.fit_report["early_stopping_score"] <= 1.0
+    assert by_log_loss.fit_report["early_stopping_metric"] == "binary_logloss"
+    assert 0.0 < by_log_loss.fit_report["early_stopping_score"] < np.log(2)
+    for model in (by_auc, by_log_loss):
+        assert roc_auc_score(test[s.LABEL], model.predict_proba(test)) > 0.75
+    with pytest.raises(LeadmlError, match="early_stopping_metric"):
+        LightGBMSettings(early_stopping_metric="accuracy")

@@ -194,7 +194,7 @@ def test_shares_of_outcomes_and_events_are_realistic() -> None:
     status = tables[s.OUTCOMES][s.STATUS].value_counts(normalize=True)
     assert 0.08 <= status[s.WON] <= 0.15
     assert 0.10 <= status[s.OPEN] <= 0.30
-    assert 18 <= len(tables[s.ACTIVITIES]) / 2_000 <= 35
+    assert 25 <= len(tables[s.ACTIVITIES]) / 2_000 <= 50
     timestamps = _instants(tables[s.ACTIVITIES][s.TIMESTAMP])
     weekend_share = (timestamps.dt.dayofweek >= 5).mean()
     assert weekend_share < 0.1  # weekends are quiet
@@ -395,3 +395,24 @@ def test_free_mail_is_commoner_among_poor_fits(lead_outcomes: pd.DataFrame) -> N
     assert free[students].mean() > 2 * free[~students].mean()
     closed = lead_outcomes[s.STATUS] != s.OPEN
     assert lead_outcomes.loc[closed & free, "won"].mean() < lead_outcomes.loc[closed & ~free, "won"].mean()
+
+
+def test_every_step_up_the_funnel_logs_its_marker_after_the_days_other_events() -> None:
+    """Steps up log their state's marker event; steps down, staying and closing log nothing."""
+    from leadml import synthetic as syn
+
+    step_kind = np.full(syn.N_TRANSIENT, -1, dtype=np.int64)
+    for target, name in syn.STEP_EVENT_BY_STATE.items():
+        step_kind[target] = syn._kind_index(name)
+    current = np.array([0, 1, 2, 2, 3, 3, 1], dtype=np.int64)
+    next_state = np.array([1, 2, 3, 1, 3, syn.STATE_WON, syn.STATE_LOST], dtype=np.int8)
+    last_second = np.array([0, 5_000, 80_000, 0, 0, 0, 0], dtype=np.int64)
+    existing = (np.array([1]), np.array([5_000]), np.array([0], dtype=np.int64))
+    owner_row, seconds, kinds = syn._with_step_events(
+        np.random.default_rng(0), current, next_state, last_second, existing, step_kind
+    )
+    assert (owner_row[:1], seconds[:1], kinds[:1]) == (existing[0], existing[1], existing[2])
+    assert owner_row[1:].tolist() == [0, 1, 2]  # only the three steps up
+    names = [[kind for kind, _ in syn.EVENT_KINDS][k] for k in kinds[1:]]
+    assert names == [syn.STEP_EVENT_BY_STATE[1], syn.STEP_EVENT_BY_STATE[2], syn.STEP_EVENT_BY_STATE[3]]
+    assert (seconds[1:] >= last_second[:3]).all() and (seconds < syn.SECONDS_PER_DAY).all()

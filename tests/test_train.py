@@ -68,6 +68,12 @@ def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> 
     run = client.get_run(second["run_id"])
     assert run.data.params["model.name"] == "lightgbm"
     assert "test.lightgbm.roc_auc" in run.data.metrics
+    gap = comparison.loc["oracle", "roc_auc"] - comparison.loc["lightgbm", "roc_auc"]
+    assert run.data.metrics["oracle_gap.roc_auc"] == pytest.approx(
+        second["comparison"].loc["oracle", "roc_auc"] - second["comparison"].loc["lightgbm", "roc_auc"]
+    )
+    assert gap > -0.02  # a model far above the oracle would mean a leak
+    assert first["calibration"]["verdict"].startswith(("improved", "not improved"))
     artifacts = {a.path for a in client.list_artifacts(second["run_id"])}
     assert {"config.yaml", "metrics_comparison.csv", "promotion.json", "plots"} <= artifacts
     champion = str(client.get_model_version_by_alias("leadml-synthetic", "champion").version)
@@ -149,3 +155,25 @@ def test_pure_noise_is_never_promoted(root: Path) -> None:
     summary = run_train(_cfg(root, [f"features.exclude=[{','.join(everything_but_noise)}]"]))
     assert not summary["promoted"]
     assert any("floor" in reason for reason in summary["reasons"])
+
+
+def _comparison(calibrated: tuple[float, float], raw: tuple[float, float]) -> pd.DataFrame:
+    rows = {"lightgbm": calibrated, "lightgbm_uncalibrated": raw}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["log_loss", "ece"])
+
+
+def _split(calibration_rate: float, test_rate: float) -> dict:
+    return {"calibration": {"rate": calibration_rate, "positives": 900}, "test": {"rate": test_rate}}
+
+
+def test_calibration_verdict_says_whether_it_helped_and_why_not() -> None:
+    from leadml.train import calibration_verdict
+
+    better = calibration_verdict(_comparison((0.20, 0.005), (0.21, 0.03)), "lightgbm", _split(0.1, 0.1))
+    assert better.startswith("improved") and "0.2000 against 0.2100" in better
+    drift = calibration_verdict(_comparison((0.22, 0.03), (0.21, 0.02)), "lightgbm", _split(0.05, 0.1))
+    assert drift.startswith("not improved") and "positive rate moved from 5.00%" in drift
+    already = calibration_verdict(_comparison((0.21, 0.006), (0.21, 0.004)), "lightgbm", _split(0.1, 0.1))
+    assert "already calibrated" in already
+    small = calibration_verdict(_comparison((0.22, 0.03), (0.21, 0.02)), "lightgbm", _split(0.1, 0.1))
+    assert "calibration_months" in small

@@ -146,7 +146,16 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             f"  ECE {row['ece']:.4f}"
         )
     calibration = summary["calibration"]
-    _echo(f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')})")
+    _echo(
+        f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')}), "
+        f"{calibration.get('verdict', '')}"
+    )
+    if summary["has_oracle"]:
+        model, oracle = table.loc[summary["model_name"], "roc_auc"], table.loc["oracle", "roc_auc"]
+        _echo(
+            f"oracle: the generator's true probabilities reach ROC AUC {oracle:.4f}; "
+            f"the model is {oracle - model:.4f} below"
+        )
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
     _echo(
         f"gate: version {summary['version']} of {summary['registered_model']} {verdict}: "

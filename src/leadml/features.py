@@ -390,10 +390,23 @@ def features_as_of(
     out.insert(1, s.AS_OF, pd.Series(as_of, index=out.index, dtype="datetime64[ns, UTC]"))
     out["lead_age_days"] = (t - static["_created_s"].to_numpy()) / SECONDS_PER_DAY
     out["company_age_years"] = as_of.year - static[s.FOUNDED_YEAR].to_numpy()
+    out["revenue_per_employee"] = _revenue_per_employee(static)
     out = out.drop(columns=[s.FOUNDED_YEAR])
     dynamic = pd.DataFrame(columns, index=out.index)
     out = pd.concat([out, dynamic], axis=1)
     return out.drop(columns=[c for c in settings.exclude if c in out.columns])
+
+
+def _revenue_per_employee(static: pd.DataFrame) -> np.ndarray:
+    """Annual revenue over head count (NaN without a positive head count).
+
+    A ratio that trees cannot build from the two columns by splitting on each: it tells a
+    well-funded company from a large but thin one of the same size.
+    """
+    employees = pd.to_numeric(static[s.EMPLOYEES], errors="coerce").to_numpy(dtype=np.float64)
+    revenue = pd.to_numeric(static[s.ANNUAL_REVENUE], errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(employees > 0, revenue / employees, np.nan)
 
 
 def _last_and_first_before(keys: np.ndarray, groups: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -569,6 +582,9 @@ def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
         s.EMPLOYEES: FeatureMeta(s.EMPLOYEES, FIT, s.EMPLOYEES, "{value:,.0f} employees", 0),
         s.ANNUAL_REVENUE: FeatureMeta(
             s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue ${value:,.0f}", 0
+        ),
+        "revenue_per_employee": FeatureMeta(
+            "revenue_per_employee", FIT, s.ANNUAL_REVENUE, "revenue per employee ${value:,.0f}", 0
         ),
         "company_age_years": FeatureMeta(
             "company_age_years", FIT, s.FOUNDED_YEAR, "company founded {value:.0f} years ago", 0

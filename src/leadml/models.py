@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 NON_FEATURE_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, s.LABEL)
 PROBABILITY_FLOOR = 1e-6
+EARLY_STOPPING_METRICS: tuple[str, ...] = ("auc", "binary_logloss")
 
 
 class ScoringModel(Protocol):
@@ -54,6 +55,10 @@ class LightGBMSettings:
     lambda_l2: float = 1.0
     early_stopping_rounds: int = 100
     early_stopping_fraction: float = 0.2
+    # the booster only has to rank (the calibrator maps margins to probabilities), so by default
+    # trees are added while the ranking improves; log loss keeps rewarding sharper margins long
+    # after the ranking stopped improving
+    early_stopping_metric: str = "auc"
     monotone_constraints: bool = False
     seed: int = 0
     n_jobs: int = 2
@@ -61,6 +66,11 @@ class LightGBMSettings:
     def __post_init__(self) -> None:
         if not 0 < self.early_stopping_fraction < 1:
             raise LeadmlError("model.early_stopping_fraction must be in (0, 1)")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise LeadmlError(
+                f"model.early_stopping_metric must be one of {EARLY_STOPPING_METRICS}, "
+                f"got {self.early_stopping_metric!r}"
+            )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> LightGBMSettings:
@@ -172,6 +182,7 @@ def fit_lightgbm(
             raise LeadmlError(f"the {part_name} part of the training window needs both labels")
     params: dict[str, Any] = {
         "objective": "binary",
+        "metric": settings.early_stopping_metric,
         "learning_rate": settings.learning_rate,
         "num_leaves": settings.num_leaves,
         "min_child_samples": settings.min_child_samples,
@@ -208,14 +219,16 @@ def fit_lightgbm(
         "fit_rows": len(fit_rows),
         "early_stopping_rows": len(stop_rows),
         "best_iteration": best_iteration,
-        "early_stopping_log_loss": float(booster.best_score["early_stopping"]["binary_logloss"]),
+        "early_stopping_metric": settings.early_stopping_metric,
+        "early_stopping_score": float(booster.best_score["early_stopping"][settings.early_stopping_metric]),
         "fit_seconds": time.perf_counter() - started,
     }
     logger.info(
-        "lightgbm: %d trees (of at most %d), early-stopping log loss %.4f on %d rows, %.1fs",
+        "lightgbm: %d trees (of at most %d), early-stopping %s %.4f on %d rows, %.1fs",
         best_iteration,
         settings.n_estimators,
-        report["early_stopping_log_loss"],
+        settings.early_stopping_metric,
+        report["early_stopping_score"],
         len(stop_rows),
         report["fit_seconds"],
     )

@@ -234,6 +234,11 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_dict(metadata_records, "feature_metadata.json")
         for name, row in result.comparison.iterrows():
             tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
+        if ORACLE in result.comparison.index:
+            gap = result.comparison.loc[ORACLE] - result.comparison.loc[result.model_name]
+            tracking.log_metrics(
+                {"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap."
+            )
         tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
         labels = result.test[s.LABEL].to_numpy()
         curves = {k: v for k, v in result.probabilities.items() if k != "base_rate"}
@@ -292,6 +297,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "comparison": result.comparison,
         "calibration": result.calibration,
         "has_oracle": ORACLE in result.probabilities,
+        "model_name": result.model_name,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary

@@ -172,6 +172,7 @@ def train_and_evaluate(
             "uncalibrated_log_loss": float(
                 binary_metrics(labels, probabilities[f"{model_name}_uncalibrated"])["log_loss"]
             ),
+            "verdict": calibration_verdict(comparison, model_name, split_info),
         },
         test=test,
         probabilities=probabilities,
@@ -179,6 +180,33 @@ def train_and_evaluate(
         shap_sample=shap_sample,
         seconds=seconds,
     )
+
+
+def calibration_verdict(
+    comparison: pd.DataFrame, model_name: str, split: Mapping[str, Mapping[str, Any]]
+) -> str:
+    """One sentence: did calibration improve test log loss, and if not, the likeliest reason."""
+    calibrated = comparison.loc[model_name]
+    raw = comparison.loc[f"{model_name}_uncalibrated"]
+    figures = f"test log loss {calibrated['log_loss']:.4f} against {raw['log_loss']:.4f} uncalibrated"
+    if calibrated["log_loss"] < raw["log_loss"]:
+        return f"improved: {figures}, ECE {calibrated['ece']:.4f} against {raw['ece']:.4f}"
+    calibration_rate, test_rate = split["calibration"]["rate"], split["test"]["rate"]
+    if abs(calibration_rate - test_rate) > 0.25 * test_rate:
+        why = (
+            f"the positive rate moved from {calibration_rate:.2%} in the calibration window to "
+            f"{test_rate:.2%} in the test window, so a map fitted on the former misses the latter"
+        )
+    elif raw["ece"] <= 0.01:
+        why = (
+            f"the booster was already calibrated (uncalibrated ECE {raw['ece']:.4f}), leaving nothing to fix"
+        )
+    else:
+        why = (
+            f"the calibration window ({split['calibration']['positives']:,} positives) is too small "
+            "or unlike the test window; try calibration=sigmoid or a longer split.calibration_months"
+        )
+    return f"not improved: {figures}; {why}"
 
 
 @dataclass(frozen=True)
