@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test train generate ingest features lint bench clean mlflow-ui
+.PHONY: help install test train score generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, 
 	$(BIN)/leadml-ingest $(ARGS)
 	$(BIN)/leadml-features $(ARGS)
 	$(BIN)/leadml-train $(ARGS)
+
+score: $(STAMP) ## the nightly job: score open leads with the champion into data/scored (after make train)
+	$(BIN)/leadml-score $(ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the local tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

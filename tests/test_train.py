@@ -74,6 +74,15 @@ def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> 
     )
     assert gap > -0.02  # a model far above the oracle would mean a leak
     assert first["calibration"]["verdict"].startswith(("improved", "not improved"))
+    inputs = {
+        next(tag.value for tag in d.tags if tag.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"train", "calibration", "test"}
+    for window, dataset in inputs.items():
+        assert dataset.name == f"synthetic-{window}" and len(dataset.digest) == 36
+        assert json.loads(dataset.profile)["num_rows"] == second["split"][window]["rows"]
+    assert len({d.digest for d in inputs.values()}) == 3
     artifacts = {a.path for a in client.list_artifacts(second["run_id"])}
     assert {"config.yaml", "metrics_comparison.csv", "promotion.json", "plots"} <= artifacts
     champion = str(client.get_model_version_by_alias("leadml-synthetic", "champion").version)

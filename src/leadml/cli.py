@@ -166,6 +166,27 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+# --------------------------------------------------------------------------- score
+def run_score(cfg: DictConfig) -> dict[str, Any]:
+    """Score the open leads with the production model (the nightly job)."""
+    from leadml.stages import score_stage
+
+    summary = score_stage(_container(cfg), Path(cfg.paths.root))
+    tiers = ", ".join(f"{tier} {count:,}" for tier, count in summary["tiers"].items())
+    _echo(
+        f"score: {summary['leads']:,} open leads as of {summary['as_of']:%Y-%m-%d} with "
+        f"{summary['model_uri']} (version {summary['model_version']}): {tiers}"
+    )
+    if summary["unseen"]:
+        _echo(f"score: unseen categories scored as unknown: {summary['unseen']}")
+    for line in summary["warnings"]:
+        _echo(f"score: drift warning: {line}")
+    sink = f"; {summary['sql_rows']:,} rows upserted to {cfg.score.sql.table}" if summary["sql_rows"] else ""
+    _echo(f"score: wrote {summary['output']}{sink} ({summary['seconds']} s)")
+    _echo(f"score: run {summary['run_id']} in {summary['tracking_uri']}")
+    return summary
+
+
 # --------------------------------------------------------------------------- wrappers
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
@@ -175,7 +196,7 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
             run(cfg)
         except LeadmlError as error:
             print(f"leadml-{config_name}: error: {error}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            sys.exit(error.exit_code)
 
     main.__doc__ = run.__doc__
     return main
@@ -185,3 +206,4 @@ generate = _entry_point("generate", run_generate)
 ingest = _entry_point("ingest", run_ingest)
 features = _entry_point("features", run_features)
 train = _entry_point("train", run_train)
+score = _entry_point("score", run_score)

@@ -470,6 +470,25 @@ def build_features(
     return features_as_of(profile, events, np.arange(len(profile)), to_utc(as_of), settings)
 
 
+def open_lead_features(
+    tables: Mapping[str, pd.DataFrame], as_of: pd.Timestamp | str, settings: FeatureSettings
+) -> pd.DataFrame:
+    """Features as of ``as_of`` of every lead open then: what the nightly job scores.
+
+    The same code as a training snapshot on that date (created before it, not closed at
+    or before it, only events strictly before it), so training and scoring cannot drift apart.
+    """
+    leads, accounts, outcomes, activities = (
+        tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
+    )
+    as_of = to_utc(as_of)
+    profile = lead_profile(leads, accounts, settings)
+    closed_s, _ = lead_outcomes(leads, outcomes)
+    positions = open_lead_positions(profile, closed_s, int(to_seconds(pd.DatetimeIndex([as_of]))[0]))
+    events = prepare_events(activities, profile.index)
+    return features_as_of(profile, events, positions, as_of, settings)
+
+
 def build_training_snapshots(
     tables: Mapping[str, pd.DataFrame],
     settings: FeatureSettings,

@@ -27,6 +27,10 @@ class LeadScorer:
     calibrator: Calibrator
     feature_names: list[str]
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the FeatureSettings the snapshots were built with: scoring rebuilds features the same way
+    feature_settings: dict[str, Any] | None = None
+    # training-window distributions of every feature and of the score, for drift (PSI) checks
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         margin = self.model.predict_margin(frame)

@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from leadml.errors import ContractError, LeadmlError
+from leadml.errors import ContractError, LeadmlError, SourceMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def describe_source(spec: Mapping[str, Any]) -> str:
 def _existing_path(values: Mapping[str, Any]) -> Path:
     path = Path(values["path"])
     if not path.exists():
-        raise LeadmlError(f"{values['format']} file not found: {path}")
+        raise SourceMissingError(f"{values['format']} file not found: {path}")
     return path
 
 
@@ -184,7 +184,7 @@ def _connection(url: str, description: str) -> Iterator[Any]:
     # SQLite would silently create a missing file: a typo in the path must fail instead.
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None and not sqlite_file.exists():
-        raise LeadmlError(f"database file not found: {sqlite_file} ({mask_url(url)})")
+        raise SourceMissingError(f"database file not found: {sqlite_file} ({mask_url(url)})")
     try:
         engine = sa.create_engine(url)
     except (SQLAlchemyError, ImportError) as error:
@@ -207,7 +207,7 @@ def _sql_frames(values: Mapping[str, Any], chunksize: int | None = None) -> Iter
             table, schema = values["table"], values.get("schema")
             if not sa.inspect(connection).has_table(table, schema=schema):
                 where = f"{schema}.{table}" if schema else table
-                raise LeadmlError(f"table {where} not found in {mask_url(url)}")
+                raise SourceMissingError(f"table {where} not found in {mask_url(url)}")
             result = pd.read_sql_table(table, connection, schema=schema, chunksize=chunksize)
         else:
             result = pd.read_sql_query(sa.text(values["query"]), connection, chunksize=chunksize)

@@ -7,10 +7,12 @@ previous outputs as they were.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from leadml.contracts import (
     crm_contracts,
     flat_contract,
 )
-from leadml.errors import LeadmlError
+from leadml.errors import LeadmlError, SchemaMismatchError
 from leadml.features import (
     LABEL,
     FeatureMeta,
@@ -34,8 +36,10 @@ from leadml.features import (
     flat_feature_metadata,
     flat_snapshots,
     metadata_to_json,
+    open_lead_features,
 )
 from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest
+from leadml.scorer import PROBABILITY
 from leadml.sources import (
     describe_source,
     fingerprint_file,
@@ -135,6 +139,18 @@ def read_interim(input_dir: Path, tables: tuple[str, ...]) -> dict[str, pd.DataF
 
 
 # --------------------------------------------------------------------------- features
+def feature_settings(data: Mapping[str, Any], features: Mapping[str, Any]) -> FeatureSettings:
+    """FeatureSettings from the features config plus the data config's extra lead columns."""
+    extra = data.get("extra_features") or {}
+    return FeatureSettings.from_mapping(
+        {
+            **features,
+            "extra_categorical": tuple(extra.get("categorical", ())),
+            "extra_numeric": tuple(extra.get("numeric", ())),
+        }
+    )
+
+
 def features_stage(
     data: Mapping[str, Any],
     features: Mapping[str, Any],
@@ -145,14 +161,7 @@ def features_stage(
     """Training snapshots, feature metadata and a manifest from the ingested tables."""
     started = time.perf_counter()
     if _kind(data) == "crm":
-        extra = data.get("extra_features") or {}
-        settings = FeatureSettings.from_mapping(
-            {
-                **features,
-                "extra_categorical": tuple(extra.get("categorical", ())),
-                "extra_numeric": tuple(extra.get("numeric", ())),
-            }
-        )
+        settings = feature_settings(data, features)
         tables = read_interim(input_dir, s.CRM_TABLES)
         snapshots = build_training_snapshots(tables, settings, progress=progress)
         meta = feature_metadata(snapshots.columns, settings)
@@ -217,14 +226,16 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_params({k: v for k, v in cfg.items() if k != "hydra"})
         tracking.log_text(yaml.safe_dump(dict(cfg), sort_keys=False), "config.yaml")
         result = train_and_evaluate(snapshots, metadata, cfg, truth)
-        fingerprint = features_manifest.get("fingerprint", "")
-        tracking.log_dataset(
-            snapshots.head(1000),
-            f"{cfg['data']['name']}-snapshots",
-            fingerprint,
-            str(input_dir / SNAPSHOTS),
-            "training",
-        )
+        if _kind(cfg["data"]) == "crm":
+            result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
+        for window, rows in result.windows.items():
+            tracking.log_dataset(
+                rows,
+                f"{cfg['data']['name']}-{window}",
+                window_fingerprint(rows),
+                f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})",
+                window,
+            )
         tracking.log_dict(result.split, "split.json")
         tracking.log_dict({"purged_rows": result.purged_rows}, "split_purged.json")
         tracking.log_table(result.leakage, "leakage_report.csv")
@@ -303,6 +314,12 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     return summary
 
 
+def window_fingerprint(rows: pd.DataFrame) -> str:
+    """SHA-256 of a window's rows (keys, label and features): equal windows, equal fingerprints."""
+    hashed = pd.util.hash_pandas_object(rows, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
 def _rescore_champion(
     model_name: str, version: str, test: pd.DataFrame, names: list[str], labels: Any
 ) -> dict[str, float] | None:
@@ -318,3 +335,183 @@ def _rescore_champion(
         logger.warning("champion version %s cannot score the test rows: %s", version, error)
         return None
     return binary_metrics(labels, predicted["probability"].to_numpy())
+
+
+# --------------------------------------------------------------------------- score
+def resolve_as_of(value: Any, tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
+    """The scoring date (midnight UTC): ``today``, ``latest`` (the day after the data's last
+    timestamp, for replayed or synthetic data) or a date."""
+    from leadml.features import data_end
+
+    text = str(value or "today").strip().lower()
+    if text == "today":
+        return pd.Timestamp.now(tz="UTC").normalize()
+    if text == "latest":
+        return data_end(tables).normalize() + pd.Timedelta(days=1)
+    try:
+        stamp = pd.Timestamp(str(value))
+    except ValueError:
+        raise LeadmlError(f"score.as_of must be today, latest or YYYY-MM-DD, got {value!r}") from None
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.normalize()
+
+
+def check_model_input(features: pd.DataFrame, scorer: Any) -> None:
+    """Every model feature present with the kind the model was trained on; else name them."""
+    missing = [name for name in scorer.feature_names if name not in features.columns]
+    categorical = set(getattr(scorer.model, "categories", {}) or {})
+    mistyped = []
+    for name in scorer.feature_names:
+        if name in missing:
+            continue
+        is_numeric = pd.api.types.is_numeric_dtype(features[name].dtype) and not isinstance(
+            features[name].dtype, pd.CategoricalDtype
+        )
+        if name in categorical and is_numeric and features[name].notna().any():
+            mistyped.append(f"{name} (numbers where the model expects categories)")
+        elif name not in categorical and not is_numeric:
+            mistyped.append(f"{name} ({features[name].dtype} where the model expects numbers)")
+    emptied = _emptied_columns(features, scorer)
+    if missing or mistyped or emptied:
+        parts = []
+        if emptied:
+            parts.append(f"column(s) with every value missing today, unlike in training: {emptied}")
+        if missing:
+            parts.append(f"missing column(s) {missing}")
+        if mistyped:
+            parts.append(f"mistyped column(s) {mistyped}")
+        raise SchemaMismatchError(f"today's features do not match the model: {'; '.join(parts)}")
+
+
+def _emptied_columns(features: pd.DataFrame, scorer: Any, max_training_missing: float = 0.5) -> list[str]:
+    """Features null in every row today although mostly filled in training: a column gone from
+    the source reads as missing values, which would otherwise be scored silently."""
+    profile = (getattr(scorer, "reference", None) or {}).get("features", {})
+    emptied = []
+    for name, ref in profile.items():
+        if name not in features.columns or features[name].notna().any():
+            continue
+        shares = ref["shares"]
+        missing = shares.get("__missing__", 0.0) if ref["kind"] == "categorical" else shares[-1]
+        if missing < max_training_missing:
+            emptied.append(f"{name} (missing in {missing:.0%} of training rows)")
+    return emptied
+
+
+def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Score every open lead as of the run date with the production model; write, sink and track it."""
+    from leadml import sinks, tracking
+    from leadml.scoring import (
+        TierSettings,
+        TrendSettings,
+        add_trend,
+        population_stability,
+        score_leads,
+        unseen_categories,
+    )
+
+    started = time.perf_counter()
+    score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
+    if _kind(data) != "crm":
+        raise LeadmlError(f"leadml-score needs a CRM source (data={data.get('name')} is {_kind(data)})")
+    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+    tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
+    model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
+    scorer = tracking.load_scorer(model_uri)
+
+    interim_dir = Path(score_cfg["interim_dir"])
+    ingested = ingest_stage(data, interim_dir)
+    tables = read_interim(interim_dir, s.CRM_TABLES)
+    as_of = resolve_as_of(score_cfg.get("as_of"), tables)
+    settings = (
+        FeatureSettings.from_mapping(scorer.feature_settings)
+        if getattr(scorer, "feature_settings", None)
+        else feature_settings(data, cfg["features"])
+    )
+    features = open_lead_features(tables, as_of, settings)
+    if features.empty:
+        raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {data.get('name')}: nothing to score")
+    check_model_input(features, scorer)
+    deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID])
+    tiers = TierSettings.from_mapping(cfg["tiers"])
+    scored = score_leads(scorer, features, tiers, explain=bool(score_cfg["explain"]), deal_value=deal_value)
+    output_dir = Path(score_cfg["output_dir"])
+    previous = sinks.previous_partition(output_dir, as_of)
+    scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
+    scored.insert(1, s.AS_OF, as_of)
+    scored["model_version"] = str(version)
+    written_to = sinks.write_partition(scored, output_dir, as_of)
+    sql = score_cfg.get("sql") or {}
+    sql_rows = sinks.upsert_scores(sql["url"], sql["table"], scored) if sql.get("url") else None
+
+    reference = getattr(scorer, "reference", None) or {}
+    psi_features = population_stability(reference.get("features", {}), features)
+    psi_score = (
+        population_stability({PROBABILITY: reference["score"]}, scored)[PROBABILITY]
+        if reference.get("score")
+        else float("nan")
+    )
+    warn, alert = float(score_cfg["psi_warn"]), float(score_cfg["psi_alert"])
+    drifted = {name: value for name, value in psi_features.items() if value > warn}
+    warnings = [
+        f"{name}: PSI {value:.3f} ({'large' if value > alert else 'moderate'} shift)"
+        for name, value in sorted(drifted.items(), key=lambda item: -item[1])
+    ]
+    if psi_score > warn:
+        warnings.insert(
+            0, f"score: PSI {psi_score:.3f} ({'large' if psi_score > alert else 'moderate'} shift)"
+        )
+    for line in warnings:
+        logger.warning("drift against the training reference: %s", line)
+    unseen = unseen_categories(scorer, features)
+    tier_counts = scored["tier"].value_counts().sort_index()
+    seconds = round(time.perf_counter() - started, 2)
+    metrics = {
+        "leads": len(scored),
+        "probability.mean": float(scored[PROBABILITY].mean()),
+        "probability.p50": float(scored[PROBABILITY].median()),
+        "probability.p90": float(scored[PROBABILITY].quantile(0.9)),
+        "expected_conversions": float(scored[PROBABILITY].sum()),
+        "psi.score": psi_score,
+        "psi.features_above_warn": len(drifted),
+        "unseen_category_rows": sum(unseen.values()),
+        "seconds": seconds,
+        **{f"tier.{tier}": int(count) for tier, count in tier_counts.items()},
+        **{f"psi.{name}": value for name, value in psi_features.items()},
+    }
+    run_id = tracking.log_scoring_run(
+        run_name=f"score-{as_of:%Y-%m-%d}",
+        params={
+            "as_of": f"{as_of:%Y-%m-%d}",
+            "model_uri": model_uri,
+            "model_version": version,
+            "explain": score_cfg["explain"],
+            "tiers": dict(cfg["tiers"]),
+            "output": str(written_to),
+        },
+        metrics=metrics,
+        tables={"psi.csv": pd.DataFrame({"feature": list(psi_features), "psi": list(psi_features.values())})},
+        records={"warnings.json": {"drift": warnings, "unseen_categories": unseen}, "ingest.json": ingested},
+        tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
+    )
+    return {
+        "as_of": as_of,
+        "leads": len(scored),
+        "tiers": {str(k): int(v) for k, v in tier_counts.items()},
+        "output": str(written_to),
+        "sql_rows": sql_rows,
+        "model_uri": model_uri,
+        "model_version": str(version),
+        "warnings": warnings,
+        "unseen": unseen,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "seconds": seconds,
+    }
+
+
+def _deal_values(leads: pd.DataFrame, lead_ids: pd.Series) -> pd.Series | None:
+    if s.ESTIMATED_DEAL_VALUE not in leads.columns:
+        return None
+    by_lead = leads.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[s.ESTIMATED_DEAL_VALUE]
+    return lead_ids.map(by_lead)

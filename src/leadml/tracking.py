@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from leadml.errors import LeadmlError
+from leadml.errors import NoModelError, TrackingUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,14 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
     except Exception as error:  # MLflow raises many types for an unreachable or broken store
-        raise LeadmlError(f"MLflow tracking at {tracking_uri} is not usable: {error}") from error
+        raise TrackingUnavailableError(
+            f"MLflow tracking at {tracking_uri} is not usable: {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -218,3 +225,57 @@ def scorer_pyfunc(scorer: Any) -> Any:
             return self.scorer.predict(model_input)
 
     return LeadScorerModel(scorer)
+
+
+def production_model(registered_model: str, model_uri: str | None = None) -> tuple[str, str]:
+    """(model URI, version label) of the model to score with: ``model_uri`` or the champion.
+
+    ``model_uri`` may be ``models:/name/3``, ``models:/name@alias`` or ``runs:/<id>/model``.
+    """
+    if model_uri:
+        return model_uri, model_uri
+    version = version_by_alias(registered_model, CHAMPION)
+    if version is None:
+        raise NoModelError(
+            f"no champion for {registered_model}: nothing holds the alias @{CHAMPION} "
+            "(run make train, or pin one with score.model_uri=models:/<name>/<version>)"
+        )
+    return f"models:/{registered_model}@{CHAMPION}", version
+
+
+def load_scorer(model_uri: str) -> Any:
+    """The :class:`leadml.scorer.LeadScorer` inside a logged pyfunc."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as error:
+        raise NoModelError(f"cannot load model {model_uri}: {_first_line(error)}") from None
+    except OSError as error:
+        raise NoModelError(f"cannot load model {model_uri}: {error}") from None
+    scorer = getattr(model.unwrap_python_model(), "scorer", None)
+    if scorer is None:
+        raise NoModelError(f"{model_uri} is not a leadml scorer")
+    return scorer
+
+
+def log_scoring_run(
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tables: Mapping[str, pd.DataFrame],
+    records: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """One run in the scoring experiment: what was scored, how, and how it drifted; returns its id."""
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as active:
+        log_params(params)
+        log_metrics(metrics)
+        for name, table in tables.items():
+            log_table(table, name)
+        for name, record in records.items():
+            log_dict(record, name)
+        return active.info.run_id

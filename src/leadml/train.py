@@ -34,13 +34,15 @@ from leadml.models import (
     fit_model,
     model_settings_from_mapping,
 )
-from leadml.scorer import LeadScorer
+from leadml.scorer import PROBABILITY, LeadScorer
+from leadml.scoring import reference_profile
 from leadml.split import SplitSettings, split_summary, split_with_report
 
 logger = logging.getLogger(__name__)
 
 ORACLE = "oracle"
 BASELINE_LOGREG, BASELINE_RATE = "logreg_baseline", "base_rate"
+REFERENCE_ROWS = 200_000  # training rows profiled for drift checks
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainingResult:
     tiers: pd.DataFrame
     calibration: dict[str, Any]
     test: pd.DataFrame  # test rows with labels and every model's probability
+    windows: dict[str, pd.DataFrame]  # train, calibration and test rows as split
     probabilities: dict[str, np.ndarray]
     shap_importance: pd.DataFrame | None
     shap_sample: tuple[np.ndarray, pd.DataFrame] | None
@@ -110,6 +113,7 @@ def train_and_evaluate(
     )
     names = feature_columns(train)
     scorer = LeadScorer(model, calibrator, names, {n: asdict(m) for n, m in metadata.items() if n in names})
+    scorer.reference = training_reference(scorer, train, seed=config["evaluation"]["seed"])
     lap("calibrate")
 
     labels = test[s.LABEL].to_numpy()
@@ -175,11 +179,25 @@ def train_and_evaluate(
             "verdict": calibration_verdict(comparison, model_name, split_info),
         },
         test=test,
+        windows=dict(split.parts),
         probabilities=probabilities,
         shap_importance=shap_importance,
         shap_sample=shap_sample,
         seconds=seconds,
     )
+
+
+def training_reference(
+    scorer: LeadScorer, train: pd.DataFrame, seed: int = 0, max_rows: int = REFERENCE_ROWS
+) -> dict[str, Any]:
+    """Distributions of every feature and of the calibrated score on (a sample of) the training window."""
+    sample = train.sample(min(len(train), max_rows), random_state=seed)
+    score = scorer.predict(sample)[[PROBABILITY]]
+    return {
+        "rows": len(sample),
+        "features": reference_profile(sample, scorer.feature_names),
+        "score": reference_profile(score, [PROBABILITY])[PROBABILITY],
+    }
 
 
 def calibration_verdict(

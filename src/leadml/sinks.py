@@ -1,0 +1,162 @@
+"""Where scored leads go: date partitions of Parquet, replaced atomically, and an optional SQL table.
+
+A partition ``as_of=YYYY-MM-DD/`` is written to a hidden temporary folder beside it and
+renamed into place, so a run that dies leaves the previous partition untouched and a
+re-run of the same date replaces it whole (never appends). The SQL sink upserts by
+(lead id, as-of) in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from leadml import schema as s
+from leadml.errors import LeadmlError
+
+logger = logging.getLogger(__name__)
+
+PART_FILE = "part-0.parquet"
+PARTITION_PREFIX = "as_of="
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def partition_dir(base: Path, as_of: pd.Timestamp) -> Path:
+    return base / f"{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
+
+
+def write_partition(frame: pd.DataFrame, base: Path, as_of: pd.Timestamp) -> Path:
+    """Replace the partition of ``as_of`` under ``base`` with ``frame``; returns its folder."""
+    final = partition_dir(base, as_of)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        recover_partition(final)
+        token = uuid.uuid4().hex[:8]
+        staging = base / f".{final.name}.tmp-{token}"
+        staging.mkdir()
+        frame.to_parquet(staging / PART_FILE, index=False)
+        _fsync(staging / PART_FILE)
+        retired = base / f".{final.name}.old-{token}"
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    except OSError as error:
+        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+    return final
+
+
+def recover_partition(final: Path) -> None:
+    """Undo a run that died between its two renames: bring the retired partition back.
+
+    Staging folders of dead runs are removed; a retired copy is restored only when the
+    partition itself is missing (otherwise the new one landed and the old one is litter).
+    """
+    for leftover in sorted(final.parent.glob(f".{final.name}.*")):
+        if ".old-" in leftover.name and not final.exists():
+            os.replace(leftover, final)
+            logger.warning("restored %s from an interrupted run", final)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def read_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame:
+    return pd.read_parquet(partition_dir(base, as_of) / PART_FILE)
+
+
+def previous_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame | None:
+    """The latest scored partition strictly before ``as_of`` (None when there is none)."""
+    if not base.exists():
+        return None
+    dates = []
+    for folder in base.glob(f"{PARTITION_PREFIX}*"):
+        try:
+            day = pd.Timestamp(folder.name.removeprefix(PARTITION_PREFIX), tz="UTC")
+        except ValueError:
+            continue
+        if day < as_of.normalize() and (folder / PART_FILE).exists():
+            dates.append(day)
+    return read_partition(base, max(dates)) if dates else None
+
+
+def check_identifier(name: str, what: str) -> str:
+    """A SQL table or column name from config: letters, digits and underscores only."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise LeadmlError(f"{what} {name!r} is not a plain SQL identifier (letters, digits, underscores)")
+    return name
+
+
+def upsert_scores(url: str, table: str, frame: pd.DataFrame) -> int:
+    """Insert or update ``frame`` keyed by (lead_id, as_of) in one transaction; returns rows written."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from leadml.sources import mask_url
+
+    check_identifier(table, "score table")
+    for column in frame.columns:
+        check_identifier(column, "score column")
+    metadata = sa.MetaData()
+    columns = [
+        sa.Column(name, _sql_type(frame[name]), primary_key=name in (s.LEAD_ID, s.AS_OF))
+        for name in frame.columns
+    ]
+    target = sa.Table(table, metadata, *columns)
+    records = _records(frame)
+    try:
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:
+            metadata.create_all(connection, checkfirst=True)
+            statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
+            for start in range(0, len(records), 5_000):
+                connection.execute(statement, records[start : start + 5_000])
+        engine.dispose()
+    except (SQLAlchemyError, ImportError) as error:
+        raise LeadmlError(f"cannot write scores to table {table} in {mask_url(url)}: {error}") from None
+    return len(records)
+
+
+def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore[no-untyped-def]
+    keys = [s.LEAD_ID, s.AS_OF]
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise LeadmlError(f"the score sink supports SQLite and PostgreSQL, not {dialect}")
+    statement = insert(target)
+    updates = {c: statement.excluded[c] for c in columns if c not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    if column.name == s.AS_OF:
+        return sa.String(10)
+    if pd.api.types.is_bool_dtype(column):
+        return sa.Boolean()
+    if pd.api.types.is_integer_dtype(column):
+        return sa.BigInteger()
+    if pd.api.types.is_float_dtype(column):
+        return sa.Float()
+    return sa.Text()
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    out = frame.copy()
+    if s.AS_OF in out:
+        out[s.AS_OF] = pd.to_datetime(out[s.AS_OF], utc=True).dt.strftime("%Y-%m-%d")
+    out = out.astype(object).where(out.notna(), None)
+    return out.to_dict("records")

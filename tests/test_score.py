@@ -1,0 +1,305 @@
+"""leadml-score: the nightly job on a small generated CRM with a freshly trained champion."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from leadml import schema as s
+from leadml import sinks
+from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_score, run_train
+from leadml.errors import NoModelError, SchemaMismatchError
+from leadml.features import FeatureSettings, open_lead_features
+from leadml.scoring import (
+    TierSettings,
+    TrendSettings,
+    add_trend,
+    population_stability,
+    reference_profile,
+    score_leads,
+    unseen_categories,
+)
+from leadml.stages import read_interim
+
+SMALL = [
+    "synthetic.n_leads=6000",
+    "synthetic.start=2024-07-01",
+    "synthetic.end=2026-01-01",
+    "evaluation.bootstrap=10",
+    "evaluation.shap_rows=200",
+    "guards.leakage_max_rows=20000",
+    "model.n_estimators=120",
+    "model.learning_rate=0.1",
+    "model.early_stopping_rounds=20",
+    "model.monotone_constraints=true",
+    "promotion.min_roc_auc=0.5",
+    "promotion.max_ece=1.0",
+    "promotion.min_gain_over_logreg=-1.0",
+]
+
+
+def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, [f"paths.root={root}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with a champion trained on a small CRM (monotone constraints on)."""
+    root = tmp_path_factory.mktemp("score")
+    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        for stage, run in (
+            ("generate", run_generate),
+            ("ingest", run_ingest),
+            ("features", run_features),
+            ("train", run_train),
+        ):
+            run(_cfg(root, stage))
+    finally:
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return root
+
+
+@pytest.fixture
+def root(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the trained project, so each test scores into its own folders and store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("data", "mlruns"):
+        shutil.copytree(trained / name, tmp_path / name)
+    shutil.copy(trained / "mlflow.db", tmp_path / "mlflow.db")
+    _repoint_artifacts(tmp_path / "mlflow.db", trained, tmp_path)
+    return tmp_path
+
+
+def _repoint_artifacts(database: Path, old: Path, new: Path) -> None:
+    """The copied store still names the original artifact folder; point it at the copy."""
+    with sqlite3.connect(database) as connection:
+        for table, column in (
+            ("experiments", "artifact_location"),
+            ("runs", "artifact_uri"),
+            ("model_versions", "source"),
+            ("model_versions", "storage_location"),
+            ("logged_models", "artifact_location"),
+        ):
+            try:
+                connection.execute(
+                    f"update {table} set {column} = replace({column}, ?, ?)", (str(old), str(new))
+                )
+            except sqlite3.OperationalError:
+                continue  # a column this MLflow version does not have
+
+
+def _scored(root: Path, as_of: str = "latest", extra: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame]:
+    summary = run_score(_cfg(root, "score", [f"score.as_of={as_of}", *extra]))
+    frame = pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE)
+    return summary, frame
+
+
+def _scorer(root: Path):
+    from leadml import tracking
+
+    tracking.configure(f"sqlite:///{root / 'mlflow.db'}", "leadml-synthetic", root / "mlruns")
+    return tracking.load_scorer("models:/leadml-synthetic@champion")
+
+
+def _open_features(root: Path, scorer) -> tuple[dict, pd.DataFrame]:
+    tables = read_interim(root / "data" / "interim" / "synthetic", s.CRM_TABLES)
+    as_of = pd.Timestamp("2025-12-01", tz="UTC")
+    return tables, open_lead_features(tables, as_of, FeatureSettings.from_mapping(scorer.feature_settings))
+
+
+# --------------------------------------------------------------------------- the job
+def test_score_writes_every_open_lead_with_tiers_reasons_and_trend(root: Path) -> None:
+    summary, frame = _scored(root)
+    assert summary["leads"] == len(frame) > 100
+    assert frame[s.LEAD_ID].is_unique
+    assert frame["probability"].between(0, 1).all()
+    assert set(frame["tier"]) <= {"A", "B", "C", "D"}
+    assert sum(summary["tiers"].values()) == len(frame)
+    assert frame["percentile"].between(0, 100).all() and frame["percentile"].max() == 100
+    assert (frame["trend"] == "new").all()  # no earlier run
+    assert frame["model_version"].eq("1").all()
+    assert (frame["expected_value"] >= 0).all()
+    reasons = frame["positive_reason_1"].dropna()
+    assert len(reasons) > 0.5 * len(frame) and reasons.str.len().gt(5).all()
+    positive = frame["positive_contribution_1"].dropna()
+    negative = frame["negative_contribution_1"].dropna()
+    assert (positive > 0).all() and (negative < 0).all()
+    # grouped: one reason per original column, so a lead's three reasons never repeat a group
+    first_three = frame[[f"positive_reason_{i}" for i in (1, 2, 3)]].dropna()
+    assert (first_three.nunique(axis=1) == 3).all()
+    for column in ("email", "first_name", "last_name", "phone"):
+        assert column not in frame.columns
+
+
+def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) -> None:
+    first, frame = _scored(root, "2025-12-01")
+    _, frame_again = _scored(root, "2025-12-01")
+    pd.testing.assert_frame_equal(frame, frame_again)
+    partition = Path(first["output"])
+    assert sorted(p.name for p in partition.iterdir()) == [sinks.PART_FILE]
+    assert not [p for p in partition.parent.iterdir() if p.name.startswith(".")]
+    _, later = _scored(root, "2025-12-15")
+    carried = later[later[s.LEAD_ID].isin(frame[s.LEAD_ID])]
+    assert len(carried) > 0
+    assert set(carried["trend"]) <= {"improving", "steady", "declining"}
+    assert (later.loc[~later[s.LEAD_ID].isin(frame[s.LEAD_ID]), "trend"] == "new").all()
+
+
+def test_sql_sink_upserts_without_duplicates(root: Path) -> None:
+    database = root / "scores.db"
+    sql = [f"score.sql.url=sqlite:///{database}", "score.sql.table=lead_scores"]
+    summary, frame = _scored(root, "2025-12-01", tuple(sql))
+    _scored(root, "2025-12-01", tuple(sql))
+    with sqlite3.connect(database) as connection:
+        stored = pd.read_sql("select * from lead_scores", connection)
+    assert summary["sql_rows"] == len(frame) == len(stored)
+    assert not stored.duplicated([s.LEAD_ID, s.AS_OF]).any()
+    assert stored[s.AS_OF].eq("2025-12-01").all()
+    merged = stored.merge(frame[[s.LEAD_ID, "probability"]], on=s.LEAD_ID, suffixes=("", "_parquet"))
+    np.testing.assert_allclose(merged["probability"], merged["probability_parquet"])
+
+
+def test_a_run_that_dies_while_writing_leaves_the_previous_partition(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary, before = _scored(root, "2025-12-01")
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", die)
+    with pytest.raises(KeyboardInterrupt):
+        _scored(root, "2025-12-01")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE), before)
+    _, after = _scored(root, "2025-12-01")  # the re-run cleans up and completes
+    pd.testing.assert_frame_equal(before, after)
+    assert not [p for p in Path(summary["output"]).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_swap_is_recovered(tmp_path: Path) -> None:
+    """Killed between the two renames: the retired partition comes back before anything else."""
+    as_of = pd.Timestamp("2025-12-01", tz="UTC")
+    frame = pd.DataFrame({s.LEAD_ID: ["L1"], "probability": [0.5]})
+    final = sinks.write_partition(frame, tmp_path, as_of)
+    os.replace(final, tmp_path / f".{final.name}.old-deadbeef")
+    sinks.recover_partition(final)
+    pd.testing.assert_frame_equal(sinks.read_partition(tmp_path, as_of), frame)
+
+
+# --------------------------------------------------------------------------- the scorer
+def test_explanations_add_up_to_the_margin_for_every_row(root: Path) -> None:
+    scorer = _scorer(root)
+    _, features = _open_features(root, scorer)
+    contributions = scorer.explain(features)
+    margin = scorer.predict(features)["margin"].to_numpy()
+    np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), margin, atol=1e-6)
+    scored = score_leads(scorer, features, TierSettings())
+    families = scored["fit_score"] + scored["engagement_score"] + scored["base_value"]
+    other = [n for n in scorer.feature_names if scorer.metadata[n]["family"] not in ("fit", "engagement")]
+    np.testing.assert_allclose(families + contributions[other].sum(axis=1).to_numpy(), margin, atol=1e-6)
+
+
+def test_more_engagement_never_lowers_a_monotone_score(root: Path) -> None:
+    scorer = _scorer(root)
+    _, features = _open_features(root, scorer)
+    monotone = [n for n in scorer.feature_names if scorer.metadata[n].get("monotone") == 1]
+    assert monotone
+    base = scorer.predict(features)["probability"].to_numpy()
+    for name in monotone:
+        raised = features.copy()
+        raised[name] = raised[name].fillna(0) + 5
+        filled = features.copy()
+        filled[name] = filled[name].fillna(0)
+        reference = scorer.predict(filled)["probability"].to_numpy()
+        assert (scorer.predict(raised)["probability"].to_numpy() >= reference - 1e-12).all(), name
+    assert len(base) == len(features)
+
+
+def test_identity_and_contact_details_never_change_the_score(root: Path) -> None:
+    scorer = _scorer(root)
+    tables, features = _open_features(root, scorer)
+    settings = FeatureSettings.from_mapping(scorer.feature_settings)
+    leads = tables[s.LEADS].copy()
+    renamed = dict(tables)
+    leads[s.FIRST_NAME] = "Zed"
+    leads[s.LAST_NAME] = "Nobody"
+    leads[s.EMAIL] = "x" + leads[s.EMAIL].astype(str)  # same domain, other person
+    renamed[s.LEADS] = leads
+    again = open_lead_features(renamed, pd.Timestamp("2025-12-01", tz="UTC"), settings)
+    relabelled = features.assign(**{s.LEAD_ID: "other-" + features[s.LEAD_ID].astype(str)})
+    expected = scorer.predict(features)["probability"].to_numpy()
+    np.testing.assert_array_equal(scorer.predict(again)["probability"].to_numpy(), expected)
+    np.testing.assert_array_equal(scorer.predict(relabelled)["probability"].to_numpy(), expected)
+
+
+def test_unseen_categories_are_scored_and_counted(root: Path) -> None:
+    scorer = _scorer(root)
+    _, features = _open_features(root, scorer)
+    odd = features.copy()
+    odd[s.SOURCE] = odd[s.SOURCE].astype(object)
+    odd.loc[odd.index[:7], s.SOURCE] = "carrier_pigeon"
+    assert unseen_categories(scorer, odd) == {s.SOURCE: 7}
+    assert scorer.predict(odd)["probability"].notna().all()
+
+
+# --------------------------------------------------------------------------- failures
+def test_no_champion_gives_exit_code_2_and_a_message(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "leadml-score"), f"paths.root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == NoModelError.exit_code == 2
+    assert "no champion for leadml-synthetic" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_schema_mismatch_names_the_column(root: Path) -> None:
+    leads_path = root / "data" / "raw" / "synthetic" / "leads.parquet"
+    pd.read_parquet(leads_path).drop(columns=["browser"]).to_parquet(leads_path)
+    with pytest.raises(SchemaMismatchError, match="browser") as caught:
+        _scored(root)
+    assert caught.value.exit_code == 5
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_population_stability_is_zero_on_the_reference_and_large_on_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"x": rng.normal(size=20_000), "c": pd.Categorical(rng.choice(["a", "b"], 20_000))})
+    reference = reference_profile(train, ["x", "c"])
+    same = pd.DataFrame({"x": rng.normal(size=20_000), "c": rng.choice(["a", "b"], 20_000)})
+    shifted = pd.DataFrame({"x": rng.normal(1.0, 1.0, 20_000), "c": rng.choice(["a", "z"], 20_000)})
+    assert max(population_stability(reference, same).values()) < 0.01
+    psi = population_stability(reference, shifted)
+    assert psi["x"] > 0.25 and psi["c"] > 0.25
+
+
+def test_trend_against_the_previous_run() -> None:
+    today = pd.DataFrame({s.LEAD_ID: ["a", "b", "c", "d"], "probability": [0.5, 0.2, 0.1, 0.3]})
+    previous = pd.DataFrame({s.LEAD_ID: ["a", "b", "c"], "probability": [0.3, 0.21, 0.3]})
+    trend = add_trend(today, previous, TrendSettings(steady_band=0.02))["trend"].tolist()
+    assert trend == ["improving", "steady", "declining", "new"]
+
+
+def test_capacity_tiers_follow_todays_quantiles() -> None:
+    settings = TierSettings.from_mapping({"method": "capacity", "shares": {"A": 0.1, "B": 0.3, "C": 0.6}})
+    probabilities = np.linspace(0.01, 0.99, 1000)
+    thresholds = settings.thresholds_for(probabilities)
+    assert (probabilities >= thresholds["A"]).sum() == 100
+    assert (probabilities >= thresholds["B"]).sum() == 300
