@@ -54,6 +54,8 @@ lint: $(STAMP) ## ruff
 bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --synthetic million
+	$(BIN)/python benchmarks/bench_score.py
 
 clean: ## remove generated data and the virtual environment
 	rm -rf $(VENV) data/raw data/interim data/features outputs

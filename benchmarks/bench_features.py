@@ -103,8 +103,14 @@ def write_results(rows: list[tuple[str, str, str, str, str]], command: str) -> N
             END,
         ]
     )
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    replace_section(section, BEGIN, END)
+
+
+def replace_section(section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into RESULTS.md in place."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    if begin in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     RESULTS.write_text(text)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_features import RESULTS, machine
+from bench_features import RESULTS, machine, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("generate", "ingest", "features", "train")
@@ -54,16 +54,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic", choices=sorted(TITLES), default="default")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="time only these stages on the existing workdir (earlier stages' outputs must be there)",
+    )
     args = parser.parse_args()
     workdir = args.workdir or ROOT / "data" / "bench" / f"train-{args.synthetic}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    seconds = {stage: run_stage(stage, workdir, args.synthetic) for stage in STAGES}
+    if list(args.stages) == list(STAGES):
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seconds = {stage: run_stage(stage, workdir, args.synthetic) for stage in args.stages}
     total = sum(seconds.values())
     rows = [f"| {stage} | {value:.1f} s |" for stage, value in seconds.items()]
-    command = "`.venv/bin/python benchmarks/bench_train.py" + (
-        "`" if args.synthetic == "default" else f" --synthetic {args.synthetic}`"
-    )
+    options = "" if args.synthetic == "default" else f" --synthetic {args.synthetic}"
+    if list(args.stages) != list(STAGES):
+        options += f" --stages {' '.join(args.stages)}"
+    command = f"`.venv/bin/python benchmarks/bench_train.py{options}`"
     BEGIN, END = markers(args.synthetic)
     section = "\n".join(
         [
@@ -81,12 +90,7 @@ def main() -> None:
             END,
         ]
     )
-    text = RESULTS.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    replace_section(section, BEGIN, END)
     print(f"total {total:.1f} s; wrote {RESULTS}")
 
 

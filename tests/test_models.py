@@ -183,3 +183,10 @@ def test_early_stopping_watches_the_configured_metric(data) -> None:
         assert roc_auc_score(test[s.LABEL], model.predict_proba(test)) > 0.75
     with pytest.raises(LeadmlError, match="early_stopping_metric"):
         LightGBMSettings(early_stopping_metric="accuracy")
+
+
+def test_logreg_fits_on_a_sample_of_large_training_windows(data) -> None:
+    train, test = data
+    sampled = fit_logreg(train, LogRegSettings(max_rows=1_000))
+    assert sampled.categories == fit_logreg(train, LogRegSettings()).categories
+    assert roc_auc_score(test[s.LABEL], sampled.predict_proba(test)) > 0.75

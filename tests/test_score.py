@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from leadml import schema as s
 from leadml import sinks
 from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_score, run_train
-from leadml.errors import NoModelError, SchemaMismatchError
+from leadml.errors import NoModelError, SchemaMismatchError, TrackingUnavailableError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import (
     TierSettings,
@@ -256,18 +256,34 @@ def test_unseen_categories_are_scored_and_counted(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- failures
-def test_no_champion_gives_exit_code_2_and_a_message(tmp_path: Path) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "leadml-score"), f"paths.root={tmp_path}"],
+def _score_command(root: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    """``leadml-score`` as a scheduler runs it, against the given tracking store."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "leadml-score"), f"paths.root={root}"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
         check=False,
+        timeout=180,
     )
+
+
+def test_no_champion_gives_exit_code_2_and_a_message(tmp_path: Path) -> None:
+    result = _score_command(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
     assert result.returncode == NoModelError.exit_code == 2
     assert "no champion for leadml-synthetic" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unreachable_tracking_server_gives_exit_code_6(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _score_command(tmp_path, f"http://127.0.0.1:{port}")
+    assert result.returncode == TrackingUnavailableError.exit_code == 6
+    assert f"127.0.0.1:{port} is unreachable" in result.stderr
 
 
 def test_schema_mismatch_names_the_column(root: Path) -> None:

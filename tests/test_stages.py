@@ -136,7 +136,7 @@ def test_cli_reports_a_missing_source_in_one_line(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # SourceMissingError: the documented exit code
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()
     assert len(message) == 1 and "accounts.parquet" in message[0], result.stderr

@@ -83,6 +83,10 @@ class LogRegSettings:
     C: float = 1.0  # inverse L2 strength on standardised features
     max_iter: int = 2000
     min_frequency: int = 20  # rarer categories share one "infrequent" column
+    # fit on a random sample of at most this many rows: a linear model's coefficients settle
+    # long before a million rows, while its dense one-hot design matrix grows with every row
+    max_rows: int = 500_000
+    seed: int = 0
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> LogRegSettings:
@@ -295,6 +299,9 @@ def fit_logreg(train: pd.DataFrame, settings: LogRegSettings) -> LogRegModel:
         ]
     )
     model = LogRegModel(pipeline, names, categories)
+    if len(train) > settings.max_rows:
+        train = train.sample(settings.max_rows, random_state=settings.seed)
+        logger.info("logreg: fitting on a random %d of the training rows", settings.max_rows)
     pipeline.fit(model.prepare(train), train[s.LABEL].to_numpy())
     logger.info("logreg: %d features fitted in %.1fs", len(names), time.perf_counter() - started)
     return model

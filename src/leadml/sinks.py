@@ -72,7 +72,8 @@ def _fsync(path: Path) -> None:
 
 
 def read_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame:
-    return pd.read_parquet(partition_dir(base, as_of) / PART_FILE)
+    """Every part file of the partition (the Spark engine writes several with score.spark.output_files)."""
+    return pd.read_parquet(partition_dir(base, as_of))
 
 
 def previous_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame | None:

@@ -419,33 +419,45 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
     scorer = tracking.load_scorer(model_uri)
 
+    engine = str(score_cfg.get("engine") or "pandas")
+    if engine not in ("pandas", "spark"):
+        raise LeadmlError(f"score.engine must be 'pandas' or 'spark', got {engine!r}")
     interim_dir = Path(score_cfg["interim_dir"])
     ingested = ingest_stage(data, interim_dir)
-    tables = read_interim(interim_dir, s.CRM_TABLES)
-    as_of = resolve_as_of(score_cfg.get("as_of"), tables)
     settings = (
         FeatureSettings.from_mapping(scorer.feature_settings)
         if getattr(scorer, "feature_settings", None)
         else feature_settings(data, cfg["features"])
     )
-    features = open_lead_features(tables, as_of, settings)
-    if features.empty:
-        raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {data.get('name')}: nothing to score")
-    check_model_input(features, scorer)
-    deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID])
     tiers = TierSettings.from_mapping(cfg["tiers"])
-    scored = score_leads(scorer, features, tiers, explain=bool(score_cfg["explain"]), deal_value=deal_value)
-    output_dir = Path(score_cfg["output_dir"])
-    previous = sinks.previous_partition(output_dir, as_of)
-    scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
-    scored.insert(1, s.AS_OF, as_of)
-    scored["model_version"] = str(version)
-    written_to = sinks.write_partition(scored, output_dir, as_of)
+    reference = getattr(scorer, "reference", None) or {}
+    if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
+        from leadml.spark_engine import score_from_config
+
+        result = score_from_config(score_cfg, interim_dir, scorer, settings, tiers, str(version))
+        as_of, scored, written_to = result.as_of, result.scored, result.output
+        psi_features, unseen = result.psi, result.unseen
+    else:
+        tables = read_interim(interim_dir, s.CRM_TABLES)
+        as_of = resolve_as_of(score_cfg.get("as_of"), tables)
+        features = open_lead_features(tables, as_of, settings)
+        if features.empty:
+            raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {data.get('name')}: nothing to score")
+        check_model_input(features, scorer)
+        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID])
+        explain = bool(score_cfg["explain"])
+        scored = score_leads(scorer, features, tiers, explain=explain, deal_value=deal_value)
+        output_dir = Path(score_cfg["output_dir"])
+        previous = sinks.previous_partition(output_dir, as_of)
+        scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
+        scored.insert(1, s.AS_OF, as_of)
+        scored["model_version"] = str(version)
+        written_to = sinks.write_partition(scored, output_dir, as_of)
+        psi_features = population_stability(reference.get("features", {}), features)
+        unseen = unseen_categories(scorer, features)
     sql = score_cfg.get("sql") or {}
     sql_rows = sinks.upsert_scores(sql["url"], sql["table"], scored) if sql.get("url") else None
 
-    reference = getattr(scorer, "reference", None) or {}
-    psi_features = population_stability(reference.get("features", {}), features)
     psi_score = (
         population_stability({PROBABILITY: reference["score"]}, scored)[PROBABILITY]
         if reference.get("score")
@@ -463,7 +475,6 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         )
     for line in warnings:
         logger.warning("drift against the training reference: %s", line)
-    unseen = unseen_categories(scorer, features)
     tier_counts = scored["tier"].value_counts().sort_index()
     seconds = round(time.perf_counter() - started, 2)
     metrics = {
@@ -485,6 +496,7 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             "as_of": f"{as_of:%Y-%m-%d}",
             "model_uri": model_uri,
             "model_version": version,
+            "engine": engine,
             "explain": score_cfg["explain"],
             "tiers": dict(cfg["tiers"]),
             "output": str(written_to),
@@ -502,6 +514,7 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "sql_rows": sql_rows,
         "model_uri": model_uri,
         "model_version": str(version),
+        "engine": engine,
         "warnings": warnings,
         "unseen": unseen,
         "run_id": run_id,

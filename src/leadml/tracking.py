@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for one parameter value
+SCHEMA_SAMPLE_ROWS = 1000
 
 
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
@@ -48,6 +49,7 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
     import mlflow
 
     _quiet_mlflow()
+    check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         found = mlflow.get_experiment_by_name(experiment)
@@ -63,6 +65,20 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
     except Exception as error:  # MLflow raises many types for an unreachable or broken store
         raise TrackingUnavailableError(
             f"MLflow tracking at {tracking_uri} is not usable: {_first_line(error)}"
+        ) from None
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow's own client retries for minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as error:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri} is unreachable: {type(error).__name__}"
         ) from None
 
 
@@ -143,6 +159,9 @@ def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, contex
     import mlflow
 
     dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36], targets="label")
+    # MLflow infers the schema value by value (minutes for millions of rows); the dtypes of a
+    # sample give the same schema, while the profile still counts the whole frame
+    dataset.schema = infer_signature(frame.head(SCHEMA_SAMPLE_ROWS)).inputs
     mlflow.log_input(dataset, context=context)
 
 
@@ -169,7 +188,7 @@ def _requirements() -> list[str]:
     ]
 
 
-def infer_signature(model_input: pd.DataFrame, model_output: pd.DataFrame) -> Any:
+def infer_signature(model_input: pd.DataFrame, model_output: pd.DataFrame | None = None) -> Any:
     from mlflow.models import infer_signature as infer
 
     return infer(model_input, model_output)

@@ -1,0 +1,702 @@
+"""Nightly scoring on Spark (``leadml-score score.engine=spark``): the pandas engine's figures, in tasks.
+
+Spark reads the validated interim tables, keeps the leads that may be open on the run
+date and their earlier activities, and splits them into buckets by a hash of the lead
+id. Each bucket is one ``cogroup(...).applyInArrow`` call that runs the *same* pandas
+code as the pandas engine: :func:`leadml.features.open_lead_features` on the bucket's
+leads, outcomes and activities (accounts are broadcast), then
+:func:`leadml.scoring.score_leads` with the registered :class:`~leadml.scorer.LeadScorer`
+(probability, exact TreeSHAP reasons, sub-scores, expected value). Every one of those
+figures depends on its own lead only, so a bucket computes it exactly as the whole
+table would.
+
+What depends on all of today's leads is done once, globally: the percentile and the
+tier thresholds (``capacity`` shares are quantiles of today's probabilities) from the
+collected probabilities, the trend from a join with the previous partition, and the
+model-input check and drift (PSI) from small per-bucket summaries. A second pass
+(``mapInArrow``) applies them with the pandas engine's own functions, and the result
+replaces ``as_of=YYYY-MM-DD/`` atomically as ``part-<i>.parquet`` files, like
+:func:`leadml.sinks.write_partition`.
+
+Arrow UDFs (not pandas UDFs) carry the data: each task converts Arrow to pandas with
+pyarrow itself, so PySpark's own pandas conversion, which does not yet fully support
+pandas 3, is never on the path of a figure. The output directory and the interim
+tables must be on a file system that the driver and every executor see (local disk
+with ``local[*]``; a shared mount on a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from leadml import schema as s
+from leadml import sinks
+from leadml.errors import LeadmlError, known_settings
+from leadml.evaluate import assign_tiers
+from leadml.features import FeatureSettings, open_lead_features
+from leadml.scorer import PROBABILITY, LeadScorer, as_model_input
+from leadml.scoring import (
+    UNSEEN,
+    TierSettings,
+    TrendSettings,
+    _psi,
+    add_trend,
+    score_leads,
+    unseen_categories,
+)
+from leadml.stages import MANIFEST, _deal_values, check_model_input, resolve_as_of
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
+
+logger = logging.getLogger(__name__)
+
+BUCKET = "_bucket"
+SIDE = "_side"  # per-bucket summary rows (pickled), tagged apart from the scored rows
+PREVIOUS = "_previous_probability"
+OUTCOME = "_outcome_"  # prefix of the outcome columns joined onto the leads
+ACTIVITY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
+OUTCOME_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.STATUS, s.CLOSED_AT)
+PART_PREFIX = "part-"
+MICROS = 1_000_000
+# PySpark 4 warns on many calls that pandas >= 3 is not fully supported; the engine converts
+# Arrow to pandas itself (see the module docstring), so the warning is noise here.
+PANDAS3_WARNING = "PySpark does not yet fully support pandas"
+# The JVM logs errors only: its INFO and WARN lines would bury the job's summary. Spark's own logger
+# is named with the root's level, or PySpark (a "shell" to Spark) announces a level change on stderr.
+LOG4J2 = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+logger.spark.name = org.apache.spark
+logger.spark.level = error
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+# --------------------------------------------------------------------------- session
+@dataclass(frozen=True)
+class SparkSettings:
+    """``score.spark`` in ``conf/score.yaml``."""
+
+    master: str = "local[*]"
+    app_name: str = "leadml-score"
+    driver_memory: str = "2g"
+    # shuffle partitions; also the number of lead buckets unless ``buckets`` is set
+    shuffle_partitions: int = 8
+    buckets: int | None = None
+    # Parquet files per partition; 1 gives part-0.parquet, exactly the pandas engine's layout
+    output_files: int = 1
+    # interpreter of the Python workers (null: this one; on a cluster, the same path on every node)
+    python: str | None = None
+    # further Spark settings, passed as they are (e.g. spark.executor.memory)
+    conf: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.shuffle_partitions < 1 or self.output_files < 1 or (self.buckets or 1) < 1:
+            raise LeadmlError("score.spark: shuffle_partitions, buckets and output_files must be at least 1")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> SparkSettings:
+        values = known_settings(cls, mapping, "score.spark")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def is_local(self) -> bool:
+        return self.master.startswith("local")
+
+    def spark_conf(self) -> dict[str, str]:
+        """Every setting the session starts with; why each is there is said beside it."""
+        conf = {
+            "spark.master": self.master,
+            "spark.app.name": self.app_name,
+            "spark.driver.memory": self.driver_memory,  # read when the JVM starts, so set here
+            # tasks must import leadml, pandas 3 and LightGBM: run them on this project's interpreter
+            "spark.pyspark.python": self.python or sys.executable,
+            "spark.pyspark.driver.python": sys.executable,
+            # timestamps are instants in UTC everywhere (the engine compares epoch micros anyway)
+            "spark.sql.session.timeZone": "UTC",
+            # Parquet timestamps as INT64 micros adjusted to UTC (the pandas engine's type), not INT96
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.sql.execution.arrow.useLargeVarTypes": "false",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        if self.is_local:  # nothing outside this machine needs to reach the driver
+            conf |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+        return conf | {key: str(value) for key, value in self.conf.items()}
+
+
+def start_session(settings: SparkSettings) -> SparkSession:
+    """A Spark session for scoring (local by default); the caller stops it.
+
+    A session already running in this process (a notebook's) is returned as it is: Spark
+    reads master, memory and interpreter only when a session starts.
+    """
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise LeadmlError("score.engine=spark needs Java 17 or later (java on PATH or JAVA_HOME)")
+    session_class = _session_class()
+    warnings.filterwarnings("ignore", message=PANDAS3_WARNING, category=FutureWarning)
+    conf = settings.spark_conf()
+    os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # the workers' own warning filter (they run PySpark's pandas checks too), after any set already
+    ignore = f"ignore:{PANDAS3_WARNING}:FutureWarning"
+    if ignore not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), ignore]))
+    if settings.is_local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_quiet_log4j2()}")
+    builder = session_class.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    logger.info("Spark %s session on %s", spark.version, spark.sparkContext.master)
+    return spark
+
+
+@contextlib.contextmanager
+def spark_session(settings: SparkSettings) -> Iterator[SparkSession]:
+    """:func:`start_session`, stopped on the way out unless it was running before."""
+    owned = _session_class().getActiveSession() is None
+    spark = start_session(settings)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
+
+
+def _session_class() -> type[SparkSession]:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise LeadmlError("score.engine=spark needs pyspark (pip install -c constraints.txt -e .)") from None
+    return SparkSession
+
+
+def _quiet_log4j2() -> str:
+    """The JVM's log configuration (:data:`LOG4J2`), written once to the temporary folder."""
+    path = Path(tempfile.gettempdir()) / "leadml-spark-log4j2.properties"
+    if not path.exists() or path.read_text() != LOG4J2:
+        path.write_text(LOG4J2)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- reading
+def _read(spark: SparkSession, tables_dir: Path, table: str) -> DataFrame:
+    if not (tables_dir / MANIFEST).exists():
+        raise LeadmlError(f"no ingested data in {tables_dir} (run leadml-ingest, or make ingest, first)")
+    return spark.read.parquet(_uri(tables_dir / f"{table}.parquet"))
+
+
+def time_bounds(spark: SparkSession, tables_dir: Path) -> dict[str, pd.DataFrame]:
+    """The latest timestamp of each table as one-row frames: all ``stages.resolve_as_of`` reads
+    for ``latest``, without bringing the tables to the driver."""
+    from pyspark.sql import functions as F
+
+    bounds = {}
+    for table, column in ((s.LEADS, s.CREATED_AT), (s.OUTCOMES, s.CLOSED_AT), (s.ACTIVITIES, s.TIMESTAMP)):
+        micros = _read(spark, tables_dir, table).agg(F.max(F.unix_micros(column))).first()[0]
+        stamp = pd.NaT if micros is None else pd.Timestamp(int(micros), unit="us", tz="UTC")
+        bounds[table] = pd.DataFrame({column: pd.Series([stamp], dtype="datetime64[us, UTC]")})
+    return bounds
+
+
+def _inputs(
+    spark: SparkSession, tables_dir: Path, as_of: pd.Timestamp, buckets: int
+) -> tuple[DataFrame, DataFrame, pd.DataFrame]:
+    """Leads that may be open at ``as_of`` (with their outcome), their activities before it, and
+    the accounts, with a bucket column on the first two.
+
+    The filters keep a superset (a second's slack either way): the exact rules are applied
+    in each bucket by ``open_lead_features`` itself, so they cannot drift from the pandas engine.
+    """
+    from pyspark.sql import functions as F
+
+    t = _micros(as_of)
+    leads = _read(spark, tables_dir, s.LEADS)
+    outcomes = _read(spark, tables_dir, s.OUTCOMES).select(
+        *[F.col(c).alias(OUTCOME + c) for c in OUTCOME_COLUMNS]
+    )
+    created, closed = F.unix_micros(s.CREATED_AT), F.unix_micros(OUTCOME + s.CLOSED_AT)
+    candidates = (
+        leads.where(F.col(s.CREATED_AT).isNull() | (created < t + MICROS))
+        .join(outcomes, F.col(s.LEAD_ID) == F.col(OUTCOME + s.LEAD_ID), "left")
+        .where(F.col(OUTCOME + s.CLOSED_AT).isNull() | (closed >= t))
+    )
+    activities = (
+        _read(spark, tables_dir, s.ACTIVITIES)
+        .select(*ACTIVITY_COLUMNS)
+        .where(F.unix_micros(s.TIMESTAMP) < t + MICROS)
+        .join(candidates.select(s.LEAD_ID), on=s.LEAD_ID, how="left_semi")
+    )
+    bucket = F.pmod(F.xxhash64(F.col(s.LEAD_ID)), F.lit(buckets))
+    accounts = _read(spark, tables_dir, s.ACCOUNTS).toArrow().to_pandas()
+    return candidates.withColumn(BUCKET, bucket), activities.withColumn(BUCKET, bucket), accounts
+
+
+def _uri(path: Path) -> str:
+    """A local path for Spark, not percent-encoded (``Path.as_uri`` turns ``as_of=`` into ``as_of%3D``,
+    which Hadoop keeps as it is)."""
+    return f"file://{path.resolve()}"
+
+
+def _micros(as_of: pd.Timestamp) -> int:
+    return int((as_of - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1))
+
+
+# --------------------------------------------------------------------------- schemas
+def _probe(scorer: LeadScorer, explain: bool, has_deal_value: bool) -> pd.DataFrame:
+    """``score_leads`` on one lead with every feature missing: the columns and kinds it returns."""
+    empty = {name: [np.nan] for name in scorer.feature_names}
+    categories = getattr(scorer.model, "categories", {}) or {}
+    features = pd.DataFrame({**empty, **{name: [None] for name in categories if name in empty}})
+    features = as_model_input(features, scorer.feature_names)
+    features.insert(0, s.LEAD_ID, ["probe"])
+    deal_value = pd.Series([np.nan]) if has_deal_value else None
+    return score_leads(scorer, features, TierSettings(), explain=explain, deal_value=deal_value)
+
+
+def _spark_type(column: pd.Series) -> DataType:
+    from pyspark.sql import types as T
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return T.TimestampType()
+    if pd.api.types.is_bool_dtype(dtype):
+        return T.BooleanType()
+    if pd.api.types.is_integer_dtype(dtype):
+        return T.LongType()
+    if pd.api.types.is_float_dtype(dtype):
+        return T.DoubleType()
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        return T.StringType()  # lead ids, tiers, reasons, trend: text (None where there is none)
+    raise LeadmlError(f"scored column {column.name} has a type the Spark engine cannot write: {dtype}")
+
+
+def _struct(frame: pd.DataFrame, extra: Mapping[str, DataType] | None = None) -> StructType:
+    from pyspark.sql import types as T
+
+    fields = [T.StructField(str(name), _spark_type(frame[name]), True) for name in frame.columns]
+    fields += [T.StructField(name, kind, True) for name, kind in (extra or {}).items()]
+    return T.StructType(fields)
+
+
+def _arrow_schema(spark: SparkSession, struct: StructType) -> pa.Schema:
+    """The Arrow schema Spark expects back from a UDF of return type ``struct``."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false").lower() == "true"
+    return to_arrow_schema(struct, timezone="UTC", prefers_large_types=large)
+
+
+# --------------------------------------------------------------------------- first pass: buckets
+@dataclass(frozen=True)
+class _BucketJob:
+    """What every bucket needs, broadcast once to each executor."""
+
+    scorer: LeadScorer
+    accounts: pd.DataFrame
+    as_of: pd.Timestamp
+    settings: FeatureSettings
+    explain: bool
+    has_deal_value: bool
+    lead_columns: tuple[str, ...]
+    schema: pa.Schema  # scored columns, then SIDE
+
+
+def _score_bucket(job_ref: Broadcast[_BucketJob], leads: pa.Table, activities: pa.Table) -> pa.Table:
+    """Features and scores of one bucket's open leads, plus one row with the bucket's summary."""
+    job = job_ref.value
+    joined = leads.to_pandas().sort_values(s.LEAD_ID, kind="stable", ignore_index=True)
+    outcomes = joined.loc[joined[OUTCOME + s.LEAD_ID].notna(), [OUTCOME + c for c in OUTCOME_COLUMNS]]
+    tables = {
+        s.LEADS: joined[list(job.lead_columns)],
+        s.ACCOUNTS: job.accounts,
+        s.OUTCOMES: outcomes.rename(columns=lambda c: c.removeprefix(OUTCOME)),
+        s.ACTIVITIES: activities.select(list(ACTIVITY_COLUMNS)).to_pandas(),
+    }
+    features = open_lead_features(tables, job.as_of, job.settings)
+    names = [n for n in job.schema.names if n != SIDE]
+    scored = pd.DataFrame({name: pd.Series([], dtype=object) for name in names})
+    if len(features) and all(name in features.columns for name in job.scorer.feature_names):
+        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if job.has_deal_value else None
+        # the bucket's tiers and percentiles are provisional: the second pass sets them from all leads
+        scored = score_leads(job.scorer, features, TierSettings(), explain=job.explain, deal_value=deal_value)
+    side = pd.DataFrame({SIDE: [pickle.dumps(_summary(features, job.scorer))]})
+    out = pd.concat([scored[names].assign(**{SIDE: None}), side], ignore_index=True)
+    return pa.Table.from_pandas(out, schema=job.schema, preserve_index=False)
+
+
+def _summary(features: pd.DataFrame, scorer: LeadScorer) -> dict[str, Any]:
+    """What the driver needs of a bucket's features: additive counts and a one-row witness."""
+    return {
+        "rows": len(features),
+        "witness": _witness(features) if len(features) else None,
+        "drift": _drift_counts((scorer.reference or {}).get("features", {}), features),
+        "unseen": unseen_categories(scorer, features),
+    }
+
+
+def _witness(features: pd.DataFrame) -> pd.DataFrame:
+    """One row holding each column's first non-null value (null if none), in the column's own type.
+
+    Stacked over the buckets, the witnesses have every column, kind and "filled somewhere"
+    that ``stages.check_model_input`` looks at, so the driver runs that check as it is.
+    """
+    return pd.DataFrame(
+        {name: features[name].dropna().iloc[:1].reset_index(drop=True).reindex(range(1)) for name in features}
+    )
+
+
+def _drift_counts(reference: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    """Rows per bin (numbers: the reference's bins, then missing) or per level (categories), as in
+    ``scoring.population_stability``; counts add up over buckets, shares would not."""
+    counts: dict[str, Any] = {}
+    for name, ref in reference.items():
+        if name not in frame.columns:
+            continue
+        column = frame[name]
+        if ref["kind"] == "numeric":
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+            missing = np.isnan(values)
+            edges = np.asarray(ref["edges"])
+            bins = np.bincount(
+                np.searchsorted(edges, values[~missing], side="left"), minlength=len(edges) + 1
+            )
+            counts[name] = np.append(bins, missing.sum()).astype(np.int64)
+        else:
+            labels = column.astype(object).where(column.notna(), "__missing__").astype(str)
+            labels = labels.where(labels.isin(set(ref["shares"])), UNSEEN)
+            counts[name] = {str(k): int(v) for k, v in labels.value_counts().items()}
+    return counts
+
+
+# --------------------------------------------------------------------------- driver: merge summaries
+@dataclass
+class _Summary:
+    rows: int = 0
+    witnesses: list[pd.DataFrame] = field(default_factory=list)
+    drift: dict[str, Any] = field(default_factory=dict)
+    unseen: dict[str, int] = field(default_factory=dict)
+
+    def add(self, part: Mapping[str, Any]) -> None:
+        self.rows += part["rows"]
+        if part["witness"] is not None:
+            self.witnesses.append(part["witness"])
+        for name, counts in part["drift"].items():
+            if isinstance(counts, dict):
+                merged = self.drift.setdefault(name, {})
+                for level, n in counts.items():
+                    merged[level] = merged.get(level, 0) + n
+            else:
+                self.drift[name] = self.drift.get(name, 0) + counts
+        for name, n in part["unseen"].items():
+            self.unseen[name] = self.unseen.get(name, 0) + n
+
+    def witness(self) -> pd.DataFrame:
+        return pd.concat(self.witnesses, ignore_index=True)
+
+
+def psi_from_counts(reference: Mapping[str, Any], counts: Mapping[str, Any], rows: int) -> dict[str, float]:
+    """``scoring.population_stability`` from counts summed over buckets (the same figures)."""
+    psi = {}
+    for name, ref in reference.items():
+        if name not in counts:
+            continue
+        if ref["kind"] == "numeric":
+            today = np.asarray(counts[name], dtype=np.float64) / max(rows, 1)
+            expected = np.asarray(ref["shares"], dtype=np.float64)
+        else:
+            total = sum(counts[name].values())
+            keys = sorted(set(ref["shares"]) | {UNSEEN})
+            today = np.array([counts[name].get(k, 0) / total if total else 0.0 for k in keys])
+            expected = np.array([ref["shares"].get(k, 0.0) for k in keys])
+        psi[name] = _psi(expected, today)
+    return psi
+
+
+# --------------------------------------------------------------------------- second pass: global
+@dataclass(frozen=True)
+class _FinishJob:
+    """The global figures every scored row is finished with."""
+
+    sorted_probabilities: np.ndarray
+    thresholds: Mapping[str, float]
+    floor_tier: str
+    trend: TrendSettings
+    as_of: pd.Timestamp
+    model_version: str
+    schema: pa.Schema | None = None
+
+
+def _finish(frame: pd.DataFrame, job: _FinishJob) -> pd.DataFrame:
+    """Percentile and tier among all of today's leads, trend, as-of and model version.
+
+    The same figures as ``score_leads`` on all leads at once and ``stages.score_stage``: the
+    percentile counts the leads at or below (``rank(method="max")``), tiers come from
+    ``assign_tiers`` with thresholds from every probability.
+    """
+    frame = frame.copy()
+    previous_probability = frame.pop(PREVIOUS)
+    known = previous_probability.notna().to_numpy()
+    previous = pd.DataFrame(
+        {s.LEAD_ID: frame[s.LEAD_ID].to_numpy()[known], PROBABILITY: previous_probability.to_numpy()[known]}
+    )
+    probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
+    at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
+    frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
+    frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
+    frame = add_trend(frame, previous, job.trend)
+    frame.insert(1, s.AS_OF, pd.Series(job.as_of, index=frame.index, dtype="datetime64[us, UTC]"))
+    frame["model_version"] = job.model_version
+    return frame
+
+
+def _finish_batches(
+    job_ref: Broadcast[_FinishJob], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    job = job_ref.value
+    assert job.schema is not None
+    for batch in batches:
+        finished = _finish(batch.to_pandas(), job)
+        yield from pa.Table.from_pandas(finished, schema=job.schema, preserve_index=False).to_batches()
+
+
+# --------------------------------------------------------------------------- the engine
+@dataclass
+class SparkScoring:
+    """What ``stages.score_stage`` needs after a Spark run: the rows written and the run record's parts."""
+
+    as_of: pd.Timestamp
+    scored: pd.DataFrame  # the written partition, read back
+    output: Path
+    psi: dict[str, float]  # per feature, against the training reference
+    unseen: dict[str, int]  # rows per categorical feature with a level the model never saw
+    buckets: int
+
+
+def score_with_spark(
+    spark: SparkSession,
+    tables_dir: Path,
+    scorer: LeadScorer,
+    as_of: pd.Timestamp,
+    settings: FeatureSettings,
+    tiers: TierSettings,
+    *,
+    output_dir: Path,
+    explain: bool = True,
+    trend: TrendSettings | None = None,
+    model_version: str = "",
+    buckets: int | None = None,
+    output_files: int = 1,
+) -> SparkScoring:
+    """Score every lead open at ``as_of`` in Spark and replace its partition under ``output_dir``.
+
+    Same rows and figures as the pandas engine (``stages.score_stage``). Raises
+    :class:`~leadml.errors.SchemaMismatchError` before writing anything when today's
+    features do not match the model, and :class:`~leadml.errors.LeadmlError` when no lead is open.
+    """
+    from pyspark.sql import types as T
+
+    trend = trend or TrendSettings()
+    buckets = buckets or int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    leads, activities, accounts = _inputs(spark, tables_dir, as_of, buckets)
+    lead_columns = tuple(c for c in leads.columns if c != BUCKET and not c.startswith(OUTCOME))
+    has_deal_value = s.ESTIMATED_DEAL_VALUE in lead_columns
+    probe = _probe(scorer, explain, has_deal_value)
+    first_struct = _struct(probe, {SIDE: T.BinaryType()})
+    job = _BucketJob(
+        scorer,
+        accounts,
+        as_of,
+        settings,
+        explain,
+        has_deal_value,
+        lead_columns,
+        _arrow_schema(spark, first_struct),
+    )
+    job_ref = spark.sparkContext.broadcast(job)
+    first = (
+        leads.groupBy(BUCKET)
+        .cogroup(activities.groupBy(BUCKET))
+        .applyInArrow(functools.partial(_score_bucket, job_ref), schema=first_struct)
+        .persist()
+    )
+    broadcasts = [job_ref]
+    try:
+        summary = _collect_summary(first)
+        _check(summary, scorer, as_of, tables_dir)
+        scored = first.where(first[SIDE].isNull()).drop(SIDE)
+        probabilities = np.sort(scored.select(PROBABILITY).toArrow().column(0).to_numpy())
+        logger.info("scored %d leads in %d buckets", len(probabilities), buckets)
+        finish = _FinishJob(
+            probabilities, tiers.thresholds_for(probabilities), tiers.floor_tier, trend, as_of, model_version
+        )
+        final_struct = _struct(_finish(probe.assign(**{PREVIOUS: np.nan}), finish))
+        finish_ref = spark.sparkContext.broadcast(replace(finish, schema=_arrow_schema(spark, final_struct)))
+        broadcasts.append(finish_ref)
+        finished = _with_previous(spark, scored, output_dir, as_of).mapInArrow(
+            functools.partial(_finish_batches, finish_ref), schema=final_struct
+        )
+        written = write_partition_spark(finished, output_dir, as_of, output_files)
+    finally:
+        first.unpersist()
+        for ref in broadcasts:
+            ref.unpersist()
+    reference = (scorer.reference or {}).get("features", {})
+    return SparkScoring(
+        as_of=as_of,
+        scored=pd.read_parquet(written),
+        output=written,
+        psi=psi_from_counts(reference, summary.drift, summary.rows),
+        unseen=summary.unseen,
+        buckets=buckets,
+    )
+
+
+def score_from_config(
+    score_cfg: Mapping[str, Any],
+    tables_dir: Path,
+    scorer: LeadScorer,
+    settings: FeatureSettings,
+    tiers: TierSettings,
+    model_version: str,
+) -> SparkScoring:
+    """``stages.score_stage`` with ``score.engine=spark``: a session from ``score.spark``, the run
+    date from ``score.as_of`` (``latest`` read by Spark), and :func:`score_with_spark`."""
+    spark_settings = SparkSettings.from_mapping(score_cfg.get("spark"))
+    with spark_session(spark_settings) as spark:
+        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(spark, tables_dir))
+        return score_with_spark(
+            spark,
+            tables_dir,
+            scorer,
+            as_of,
+            settings,
+            tiers,
+            output_dir=Path(score_cfg["output_dir"]),
+            explain=bool(score_cfg["explain"]),
+            trend=TrendSettings(float(score_cfg["trend_band"])),
+            model_version=model_version,
+            buckets=spark_settings.buckets,
+            output_files=spark_settings.output_files,
+        )
+
+
+def _collect_summary(first: DataFrame) -> _Summary:
+    summary = _Summary()
+    for row in first.where(first[SIDE].isNotNull()).select(SIDE).collect():
+        summary.add(pickle.loads(row[0]))
+    return summary
+
+
+def _check(summary: _Summary, scorer: LeadScorer, as_of: pd.Timestamp, tables_dir: Path) -> None:
+    """The pandas engine's checks, in its order: open leads, then the model-input check."""
+    if summary.rows == 0:
+        raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {tables_dir}: nothing to score")
+    check_model_input(summary.witness(), scorer)
+
+
+def _with_previous(
+    spark: SparkSession, scored: DataFrame, output_dir: Path, as_of: pd.Timestamp
+) -> DataFrame:
+    """``scored`` with the probability of the latest earlier partition (null for a new lead)."""
+    from pyspark.sql import functions as F
+
+    folder = previous_partition_dir(output_dir, as_of)
+    if folder is None:
+        return scored.withColumn(PREVIOUS, F.lit(None).cast("double"))
+    parts = [_uri(p) for p in sorted(folder.glob(f"{PART_PREFIX}*.parquet"))]
+    logger.info("trend against %s", folder)
+    previous = (
+        spark.read.parquet(*parts)
+        .select(F.col(s.LEAD_ID), F.col(PROBABILITY).cast("double").alias(PREVIOUS))
+        .dropDuplicates([s.LEAD_ID])
+    )
+    return scored.join(previous, on=s.LEAD_ID, how="left")
+
+
+def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
+    """The latest partition strictly before ``as_of`` with at least one part file (either engine's)."""
+    if not base.exists():
+        return None
+    found: dict[pd.Timestamp, Path] = {}
+    for folder in base.glob(f"{sinks.PARTITION_PREFIX}*"):
+        try:
+            day = pd.Timestamp(folder.name.removeprefix(sinks.PARTITION_PREFIX), tz="UTC")
+        except ValueError:
+            continue
+        if day < as_of.normalize() and any(folder.glob(f"{PART_PREFIX}*.parquet")):
+            found[day] = folder
+    return found[max(found)] if found else None
+
+
+# --------------------------------------------------------------------------- writing
+def write_partition_spark(frame: DataFrame, base: Path, as_of: pd.Timestamp, files: int = 1) -> Path:
+    """Replace the partition of ``as_of`` under ``base`` with ``frame``, atomically; returns its folder.
+
+    Spark writes into a hidden staging folder beside the partition; its part files are
+    renamed ``part-0.parquet``, ``part-1.parquet``... (sorted by lead id, ranges in file
+    order), Spark's markers and checksums removed, and the folder swapped into place as
+    :func:`leadml.sinks.write_partition` does, with its recovery of interrupted runs.
+    """
+    final = sinks.partition_dir(base, as_of)
+    base.mkdir(parents=True, exist_ok=True)
+    sinks.recover_partition(final)
+    token = uuid.uuid4().hex[:8]
+    staging = base / f".{final.name}.tmp-{token}"
+    try:
+        ordered = frame.repartitionByRange(files, s.LEAD_ID).sortWithinPartitions(s.LEAD_ID)
+        ordered.write.mode("errorifexists").parquet(_uri(staging))
+        _tidy(staging)
+        retired = base / f".{final.name}.old-{token}"
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _tidy(staging: Path) -> None:
+    """Keep only the part files, named ``part-<i>.parquet``, and flush them to disk."""
+    parts = sorted(staging.glob(f"{PART_PREFIX}*.parquet"))
+    if not parts:
+        raise LeadmlError(f"Spark wrote no Parquet file into {staging}")
+    for leftover in staging.iterdir():
+        if leftover not in parts:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    for index, part in enumerate(parts):
+        target = staging / f"{PART_PREFIX}{index}.parquet"
+        os.replace(part, target)
+        with open(target, "rb") as handle:
+            os.fsync(handle.fileno())
