@@ -147,7 +147,8 @@ def test_both_engines_write_the_same_partition(project: Path, spark_runs, day: s
 
 
 def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, spark_runs) -> None:
-    from leadml.spark_engine import _drift_counts, _Summary, psi_from_counts
+    from leadml.scoring import drift_counts, psi_from_counts
+    from leadml.spark_engine import _Summary
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     features = open_lead_features(
@@ -159,7 +160,7 @@ def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, sp
     for rows in np.array_split(np.arange(len(features)), 3):
         part = features.iloc[rows]
         summary.add(
-            {"rows": len(part), "witness": None, "drift": _drift_counts(reference, part), "unseen": {}}
+            {"rows": len(part), "witness": None, "drift": drift_counts(reference, part), "unseen": {}}
         )
     assert psi_from_counts(reference, summary.drift, summary.rows) == pytest.approx(expected, abs=1e-12)
     assert spark_runs[DAYS[1]].psi == pytest.approx(expected, abs=1e-12)

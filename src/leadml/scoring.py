@@ -231,22 +231,47 @@ def population_stability(reference: Mapping[str, Any], frame: pd.DataFrame) -> d
     PSI = sum over bins of (today - reference) * ln(today / reference); above 0.1 is a
     moderate shift and above 0.25 a large one by the usual rule of thumb.
     """
-    psi: dict[str, float] = {}
+    return psi_from_counts(reference, drift_counts(reference, frame), len(frame))
+
+
+def drift_counts(reference: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    """Rows per bin (numbers: the reference's bins, then missing) or per level (categories).
+
+    Counts add up over partitions of the rows (Spark buckets); shares would not.
+    """
+    counts: dict[str, Any] = {}
     for name, ref in reference.items():
         if name not in frame.columns:
             continue
         column = frame[name]
         if ref["kind"] == "numeric":
             values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-            today = _numeric_shares(values, np.asarray(ref["edges"]))
-            expected = np.asarray(ref["shares"], dtype=np.float64)
+            missing = np.isnan(values)
+            edges = np.asarray(ref["edges"])
+            bins = np.bincount(
+                np.searchsorted(edges, values[~missing], side="left"), minlength=len(edges) + 1
+            )
+            counts[name] = np.append(bins, missing.sum()).astype(np.int64)
         else:
             labels = column.astype(object).where(column.notna(), "__missing__").astype(str)
-            known = set(ref["shares"])
-            labels = labels.where(labels.isin(known), UNSEEN)
-            shares = labels.value_counts(normalize=True)
-            keys = sorted(known | {UNSEEN})
-            today = np.array([shares.get(k, 0.0) for k in keys])
+            labels = labels.where(labels.isin(set(ref["shares"])), UNSEEN)
+            counts[name] = {str(k): int(v) for k, v in labels.value_counts().items()}
+    return counts
+
+
+def psi_from_counts(reference: Mapping[str, Any], counts: Mapping[str, Any], rows: int) -> dict[str, float]:
+    """PSI per column from :func:`drift_counts` of all of today's rows (possibly summed over parts)."""
+    psi = {}
+    for name, ref in reference.items():
+        if name not in counts:
+            continue
+        if ref["kind"] == "numeric":
+            today = np.asarray(counts[name], dtype=np.float64) / max(rows, 1)
+            expected = np.asarray(ref["shares"], dtype=np.float64)
+        else:
+            total = sum(counts[name].values())
+            keys = sorted(set(ref["shares"]) | {UNSEEN})
+            today = np.array([counts[name].get(k, 0) / total if total else 0.0 for k in keys])
             expected = np.array([ref["shares"].get(k, 0.0) for k in keys])
         psi[name] = _psi(expected, today)
     return psi

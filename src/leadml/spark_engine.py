@@ -53,11 +53,11 @@ from leadml.evaluate import assign_tiers
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scorer import PROBABILITY, LeadScorer, as_model_input
 from leadml.scoring import (
-    UNSEEN,
     TierSettings,
     TrendSettings,
-    _psi,
     add_trend,
+    drift_counts,
+    psi_from_counts,
     score_leads,
     unseen_categories,
 )
@@ -359,7 +359,7 @@ def _summary(features: pd.DataFrame, scorer: LeadScorer) -> dict[str, Any]:
     return {
         "rows": len(features),
         "witness": _witness(features) if len(features) else None,
-        "drift": _drift_counts((scorer.reference or {}).get("features", {}), features),
+        "drift": drift_counts((scorer.reference or {}).get("features", {}), features),
         "unseen": unseen_categories(scorer, features),
     }
 
@@ -373,29 +373,6 @@ def _witness(features: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {name: features[name].dropna().iloc[:1].reset_index(drop=True).reindex(range(1)) for name in features}
     )
-
-
-def _drift_counts(reference: Mapping[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
-    """Rows per bin (numbers: the reference's bins, then missing) or per level (categories), as in
-    ``scoring.population_stability``; counts add up over buckets, shares would not."""
-    counts: dict[str, Any] = {}
-    for name, ref in reference.items():
-        if name not in frame.columns:
-            continue
-        column = frame[name]
-        if ref["kind"] == "numeric":
-            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-            missing = np.isnan(values)
-            edges = np.asarray(ref["edges"])
-            bins = np.bincount(
-                np.searchsorted(edges, values[~missing], side="left"), minlength=len(edges) + 1
-            )
-            counts[name] = np.append(bins, missing.sum()).astype(np.int64)
-        else:
-            labels = column.astype(object).where(column.notna(), "__missing__").astype(str)
-            labels = labels.where(labels.isin(set(ref["shares"])), UNSEEN)
-            counts[name] = {str(k): int(v) for k, v in labels.value_counts().items()}
-    return counts
 
 
 # --------------------------------------------------------------------------- driver: merge summaries
@@ -422,24 +399,6 @@ class _Summary:
 
     def witness(self) -> pd.DataFrame:
         return pd.concat(self.witnesses, ignore_index=True)
-
-
-def psi_from_counts(reference: Mapping[str, Any], counts: Mapping[str, Any], rows: int) -> dict[str, float]:
-    """``scoring.population_stability`` from counts summed over buckets (the same figures)."""
-    psi = {}
-    for name, ref in reference.items():
-        if name not in counts:
-            continue
-        if ref["kind"] == "numeric":
-            today = np.asarray(counts[name], dtype=np.float64) / max(rows, 1)
-            expected = np.asarray(ref["shares"], dtype=np.float64)
-        else:
-            total = sum(counts[name].values())
-            keys = sorted(set(ref["shares"]) | {UNSEEN})
-            today = np.array([counts[name].get(k, 0) / total if total else 0.0 for k in keys])
-            expected = np.array([ref["shares"].get(k, 0.0) for k in keys])
-        psi[name] = _psi(expected, today)
-    return psi
 
 
 # --------------------------------------------------------------------------- second pass: global
