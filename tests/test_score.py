@@ -149,7 +149,7 @@ def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) ->
     pd.testing.assert_frame_equal(frame, frame_again)
     partition = Path(first["output"])
     assert sorted(p.name for p in partition.iterdir()) == [sinks.PART_FILE]
-    assert not [p for p in partition.parent.iterdir() if p.name.startswith(".")]
+    assert not sinks.leftovers(partition.parent)
     _, later = _scored(root, "2025-12-15")
     carried = later[later[s.LEAD_ID].isin(frame[s.LEAD_ID])]
     assert len(carried) > 0
@@ -186,7 +186,38 @@ def test_a_run_that_dies_while_writing_leaves_the_previous_partition(
     pd.testing.assert_frame_equal(pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE), before)
     _, after = _scored(root, "2025-12-01")  # the re-run cleans up and completes
     pd.testing.assert_frame_equal(before, after)
-    assert not [p for p in Path(summary["output"]).parent.iterdir() if p.name.startswith(".")]
+    assert not sinks.leftovers(Path(summary["output"]).parent)
+
+
+def test_a_second_run_of_the_same_date_refuses_while_the_first_holds_it(root: Path) -> None:
+    """The lock is held by another process (a real second scorer would be too slow for a test)."""
+    first, before = _scored(root, "2025-12-01")
+    base = Path(first["output"]).parent
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pandas as pd; from pathlib import Path; from leadml import sinks\n"
+            "with sinks.date_lock(Path(sys.argv[1]), pd.Timestamp('2025-12-01', tz='UTC')):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+            str(base),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(sinks.RunInProgressError, match=f"pid {holder.pid}") as caught:
+            _scored(root, "2025-12-01")
+        assert caught.value.exit_code == 7
+        pd.testing.assert_frame_equal(
+            sinks.read_partition(base, pd.Timestamp("2025-12-01", tz="UTC")), before
+        )
+    finally:
+        holder.kill()  # SIGKILL: the OS drops the lock with the process
+        holder.wait()
+    _, after = _scored(root, "2025-12-01")
+    pd.testing.assert_frame_equal(before, after)
 
 
 def test_interrupted_swap_is_recovered(tmp_path: Path) -> None:

@@ -226,7 +226,7 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
     assert spark.range(3).count() == 3  # the session running before was left running
     assert again.output == first.output
     assert sorted(p.name for p in again.output.iterdir()) == ["part-0.parquet", "part-1.parquet"]
-    assert not [p for p in first.output.parent.iterdir() if p.name.startswith(".")]
+    assert not sinks.leftovers(first.output.parent)
     reread = _by_lead(pd.read_parquet(again.output))
     assert reread[s.LEAD_ID].is_unique
     pd.testing.assert_frame_equal(reread, before)
@@ -244,7 +244,7 @@ def test_a_failed_write_leaves_the_previous_partition(spark, spark_runs) -> None
     with pytest.raises(Exception, match="disk full"):
         write_partition_spark(broken, partition.parent, _day(DAYS[1]))
     pd.testing.assert_frame_equal(pd.read_parquet(partition), before)
-    assert not [p for p in partition.parent.iterdir() if p.name.startswith(".")]
+    assert not sinks.leftovers(partition.parent)
 
 
 def test_a_column_gone_from_the_source_stops_before_writing(

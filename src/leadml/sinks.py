@@ -8,11 +8,13 @@ re-run of the same date replaces it whole (never appends). The SQL sink upserts 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,43 @@ logger = logging.getLogger(__name__)
 PART_FILE = "part-0.parquet"
 PARTITION_PREFIX = "as_of="
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class RunInProgressError(LeadmlError):
+    """Another run is scoring the same date into the same folder."""
+
+    exit_code = 7
+
+
+@contextlib.contextmanager
+def date_lock(base: Path, as_of: pd.Timestamp) -> Iterator[None]:
+    """Hold an exclusive lock on one date's partition for the whole run, or refuse at once.
+
+    Two runs of one date would otherwise interleave their trend reads, Parquet swap and SQL
+    upserts. The lock is an OS file lock (``flock``), released when the process ends, even
+    by SIGKILL, so a dead run never blocks the next one.
+    """
+    import fcntl
+
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / f".lock-{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunInProgressError(
+                f"another run is scoring {as_of:%Y-%m-%d} into {base} ({holder}); try again when it ends"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def partition_dir(base: Path, as_of: pd.Timestamp) -> Path:
@@ -64,6 +103,11 @@ def recover_partition(final: Path) -> None:
             logger.warning("restored %s from an interrupted run", final)
         else:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def leftovers(base: Path) -> list[Path]:
+    """Staging or retired partition folders of interrupted runs under ``base`` (not the lock files)."""
+    return sorted(p for p in base.glob(f".{PARTITION_PREFIX}*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
 def _fsync(path: Path) -> None:

@@ -553,20 +553,21 @@ def score_from_config(
     spark_settings = SparkSettings.from_mapping(score_cfg.get("spark"))
     with spark_session(spark_settings) as spark:
         as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(spark, tables_dir))
-        return score_with_spark(
-            spark,
-            tables_dir,
-            scorer,
-            as_of,
-            settings,
-            tiers,
-            output_dir=Path(score_cfg["output_dir"]),
-            explain=bool(score_cfg["explain"]),
-            trend=TrendSettings(float(score_cfg["trend_band"])),
-            model_version=model_version,
-            buckets=spark_settings.buckets,
-            output_files=spark_settings.output_files,
-        )
+        with sinks.date_lock(Path(score_cfg["output_dir"]), as_of):
+            return score_with_spark(
+                spark,
+                tables_dir,
+                scorer,
+                as_of,
+                settings,
+                tiers,
+                output_dir=Path(score_cfg["output_dir"]),
+                explain=bool(score_cfg["explain"]),
+                trend=TrendSettings(float(score_cfg["trend_band"])),
+                model_version=model_version,
+                buckets=spark_settings.buckets,
+                output_files=spark_settings.output_files,
+            )
 
 
 def _collect_summary(first: DataFrame) -> _Summary:

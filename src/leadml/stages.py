@@ -448,11 +448,12 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         explain = bool(score_cfg["explain"])
         scored = score_leads(scorer, features, tiers, explain=explain, deal_value=deal_value)
         output_dir = Path(score_cfg["output_dir"])
-        previous = sinks.previous_partition(output_dir, as_of)
-        scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
-        scored.insert(1, s.AS_OF, as_of)
-        scored["model_version"] = str(version)
-        written_to = sinks.write_partition(scored, output_dir, as_of)
+        with sinks.date_lock(output_dir, as_of):  # a second run of this date refuses at once
+            previous = sinks.previous_partition(output_dir, as_of)
+            scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
+            scored.insert(1, s.AS_OF, as_of)
+            scored["model_version"] = str(version)
+            written_to = sinks.write_partition(scored, output_dir, as_of)
         psi_features = population_stability(reference.get("features", {}), features)
         unseen = unseen_categories(scorer, features)
     sql = score_cfg.get("sql") or {}
