@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -75,3 +78,27 @@ def activities_table(rows: Sequence[tuple]) -> pd.DataFrame:
 
 def tables(leads: pd.DataFrame, outcomes: pd.DataFrame, activities: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {s.ACCOUNTS: accounts_table(), s.LEADS: leads, s.OUTCOMES: outcomes, s.ACTIVITIES: activities}
+
+
+@contextlib.contextmanager
+def local_tracking() -> Iterator[None]:
+    """Inside, runs use the project's own SQLite store whatever ``MLFLOW_TRACKING_URI`` says."""
+    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def train_project(config_for: Callable[[str], Any]) -> None:
+    """generate, ingest, features and train, each with ``config_for(stage)``: a champion to score."""
+    from leadml.cli import run_features, run_generate, run_ingest, run_train
+
+    for stage, run in (
+        ("generate", run_generate),
+        ("ingest", run_ingest),
+        ("features", run_features),
+        ("train", run_train),
+    ):
+        run(config_for(stage))

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from factories import local_tracking, train_project
 from leadml import schema as s
 from leadml import sinks
-from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_score, run_train
+from leadml.cli import CONFIG_DIR, run_score
 from leadml.errors import NoModelError, SchemaMismatchError, TrackingUnavailableError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import (
@@ -56,18 +57,8 @@ def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder with a champion trained on a small CRM (monotone constraints on)."""
     root = tmp_path_factory.mktemp("score")
-    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        for stage, run in (
-            ("generate", run_generate),
-            ("ingest", run_ingest),
-            ("features", run_features),
-            ("train", run_train),
-        ):
-            run(_cfg(root, stage))
-    finally:
-        if previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    with local_tracking():
+        train_project(lambda stage: _cfg(root, stage))
     return root
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +11,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from factories import local_tracking, train_project
 from leadml import schema as s
 from leadml import sinks
-from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_score, run_train
+from leadml.cli import CONFIG_DIR, run_score
 from leadml.errors import SchemaMismatchError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import TierSettings, TrendSettings, population_stability, score_leads, unseen_categories
@@ -60,21 +60,11 @@ def _day(day: str) -> pd.Timestamp:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A champion trained on a small CRM, and the pandas engine's partitions of both days."""
     root = tmp_path_factory.mktemp("spark")
-    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        for stage, run in (
-            ("generate", run_generate),
-            ("ingest", run_ingest),
-            ("features", run_features),
-            ("train", run_train),
-        ):
-            run(_cfg(root, stage))
+    with local_tracking():
+        train_project(lambda stage: _cfg(root, stage))
         for day in DAYS:
             run_score(_cfg(root, "score", [f"score.as_of={day}"]))
         yield root
-    finally:
-        if previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(scope="module")
