@@ -1,141 +1,280 @@
-"""Benchmark: explained scoring of 1,000,000 leads against LightGBM's own TreeSHAP.
+"""Benchmark: nightly scoring of 1,000,000 (and 4,000,000) open leads with explanations.
 
 Uses the million-lead data and the champion that ``bench_train.py --synthetic million``
-left in ``data/bench/train-million`` (run that first). Builds the features of every lead
-as of the data's last day (1M rows, whether open or not, so the batch is a full million),
-then in one run measures on the same booster and rows:
+left in ``data/bench/train-million`` (run that first). Measures, on the same booster:
 
-1. ``scoring.score_leads`` with explanations: probability, percentile, tier, grouped
-   reasons and sub-scores per row;
-2. plain scoring (``LeadScorer.predict``) and the booster's own ``predict``;
-3. LightGBM's ``predict(pred_contrib=True)``, the reference for explanations.
+1. Explained scoring throughput: ``scoring.score_leads`` (probability, tier, grouped
+   reasons, sub-scores) over the features of 1,000,000 leads in batches of 100,000,
+   against LightGBM's own ``predict(pred_contrib=True)`` on the same rows (target: at
+   least 5x), and the largest difference between the two explanations (target: 1e-4).
+2. Plain scoring (``LeadScorer.predict``) against the booster's own ``predict`` on the
+   same rows (target: within 1.5x).
+3. The whole scoring job (``buckets.score_in_buckets``: split into lead buckets, features,
+   probabilities, reasons, tiers, trend, Parquet) on 1,000,000 and 4,000,000 open leads,
+   each in a fresh process whose peak resident memory is read from the kernel (target:
+   at most 2 GB, and at most 10% more at 4M).
 
-Peak memory is the process's maximum resident set size after each step. Results go to
-benchmarks/RESULTS.md.
+The scoring inputs are the million data's validated tables with the outcomes left out
+(so every lead is open on the run date); the 4M set repeats each lead and its events
+four times under new ids. Results go to benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/bench_score.py [--workdir data/bench/train-million] [--rows 1000000]
+    .venv/bin/python benchmarks/bench_score.py [--reference-rows N] [--skip-4m]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_features import RESULTS, machine, replace_section
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from bench_features import machine, replace_section
 
 from leadml import schema as s
 from leadml import tracking
 from leadml.features import FeatureSettings, build_features, data_end
-from leadml.scoring import TierSettings, score_leads
-from leadml.stages import read_interim
+from leadml.stages import MANIFEST, read_interim
+from leadml.treeshap import FastTreeExplainer
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- score:begin -->", "<!-- score:end -->"
+BATCH_ROWS = 100_000
+MODEL_NAME = "leadml-synthetic"
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kilobytes on Linux
-
-
-def default_feature_settings() -> FeatureSettings:
-    """The shipped features config (for a model trained before models carried their settings)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from leadml.cli import CONFIG_DIR
-    from leadml.stages import feature_settings
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("score"), resolve=True)
-    return feature_settings(cfg["data"], cfg["features"])
+def load_champion(workdir: Path):  # type: ignore[no-untyped-def]
+    store = workdir / "mlflow.db"
+    if not store.exists():
+        raise SystemExit(f"no trained model in {workdir}: run benchmarks/bench_train.py --synthetic million")
+    tracking.configure(f"sqlite:///{store}", MODEL_NAME, workdir / "mlruns")
+    model_uri, version = tracking.production_model(MODEL_NAME)
+    return tracking.load_scorer(model_uri), version
 
 
 def timed(label: str, fn):  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - started
-    print(f"  {label}: {seconds:.1f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
+    print(f"  {label}: {seconds:.1f} s", flush=True)
     return seconds, result
+
+
+# --------------------------------------------------------------------------- inputs
+def open_lead_tables(source: Path, target: Path, copies: int) -> Path:
+    """The validated tables with no outcomes (every lead open), each lead repeated ``copies`` times."""
+    if (target / MANIFEST).exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy(source / f"{s.ACCOUNTS}.parquet", target / f"{s.ACCOUNTS}.parquet")
+    outcomes = pq.read_schema(source / f"{s.OUTCOMES}.parquet")
+    pq.write_table(outcomes.empty_table(), target / f"{s.OUTCOMES}.parquet")
+    for table in (s.LEADS, s.ACTIVITIES):
+        handle = pq.ParquetFile(source / f"{table}.parquet")
+        with pq.ParquetWriter(target / f"{table}.parquet", handle.schema_arrow) as writer:
+            for copy in range(copies):
+                for batch in handle.iter_batches(batch_size=1_000_000):
+                    writer.write_table(_renamed(pa.Table.from_batches([batch]), copy))
+    (target / MANIFEST).write_text(json.dumps({"source": str(source), "copies": copies}))
+    return target
+
+
+def _renamed(table: pa.Table, copy: int) -> pa.Table:
+    if copy == 0:
+        return table
+    index = table.schema.get_field_index(s.LEAD_ID)
+    ids = pc.binary_join_element_wise(pc.cast(table.column(index), pa.string()), f"r{copy}", "-")
+    return table.set_column(index, table.schema.field(index), ids.cast(table.schema.field(index).type))
+
+
+# --------------------------------------------------------------------------- 1 and 2: throughput
+def every_lead_features(workdir: Path, scorer) -> tuple[pd.Timestamp, float, pd.DataFrame]:  # type: ignore[no-untyped-def]
+    """Features of every lead (open or not) as of the data's last day: a full million rows."""
+    tables = read_interim(workdir / "data" / "interim" / "synthetic", s.CRM_TABLES)
+    as_of = data_end(tables).normalize()
+    settings = FeatureSettings.from_mapping(scorer.feature_settings)
+    seconds, features = timed(
+        f"features of {len(tables[s.LEADS]):,} leads",
+        lambda: build_features(tables[s.LEADS], tables[s.ACCOUNTS], tables[s.ACTIVITIES], as_of, settings),
+    )
+    return as_of, seconds, features
+
+
+def throughput(workdir: Path, reference_rows: int) -> dict[str, object]:
+    from leadml.scoring import TierSettings, score_leads
+
+    scorer, version = load_champion(workdir)
+    as_of, feature_seconds, features = every_lead_features(workdir, scorer)
+    rows = len(features)
+    booster, iteration = scorer.model.booster, scorer.model.best_iteration
+    scorer.explain(features.head(10))  # builds the explainer's tables and loads the compiled kernel
+    build, _ = timed("explainer tables", lambda: FastTreeExplainer.from_booster(booster, iteration))
+
+    def explained() -> int:
+        done = 0
+        for start in range(0, rows, BATCH_ROWS):
+            done += len(score_leads(scorer, features.iloc[start : start + BATCH_ROWS], TierSettings()))
+        return done
+
+    explained_s, done = timed("score_leads with explanations, batches of 100,000", explained)
+    assert done == rows
+    prepared = scorer.model.prepare(features)
+    plain_s, _ = timed("LeadScorer.predict", lambda: scorer.predict(features))
+    native_s, _ = timed("booster.predict", lambda: booster.predict(prepared, num_iteration=iteration))
+    subset = features.iloc[:reference_rows]
+    reference_s, reference = timed(
+        f"booster.predict(pred_contrib=True) on {len(subset):,} rows",
+        lambda: booster.predict(scorer.model.prepare(subset), pred_contrib=True, num_iteration=iteration),
+    )
+    fast = scorer.explain(subset).to_numpy()
+    return {
+        "version": version,
+        "as_of": as_of,
+        "rows": rows,
+        "trees": booster.num_trees() if iteration <= 0 else iteration,
+        "features": booster.num_feature(),
+        "feature_seconds": feature_seconds,
+        "table_seconds": build,
+        "table_mb": scorer._fast().table_bytes / 1e6,
+        "explained_rate": rows / explained_s,
+        "explained_s": explained_s,
+        "reference_rows": len(subset),
+        "reference_s": reference_s,
+        "reference_rate": len(subset) / reference_s,
+        "max_difference": float(np.abs(fast - np.asarray(reference)).max()),
+        "plain_rate": rows / plain_s,
+        "native_rate": rows / native_s,
+    }
+
+
+# --------------------------------------------------------------------------- 3: the job, memory
+def job_in_child(workdir: Path, tables_dir: Path, output: Path) -> dict[str, float]:
+    """``score_in_buckets`` in a fresh process; its wall time and peak resident memory."""
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(workdir), str(tables_dir), str(output)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    lines = (child.stdout.read() if child.stdout else "").strip().splitlines()
+    report = json.loads(lines[-1]) if lines else {}
+    if status != 0:
+        raise SystemExit(f"the scoring child failed with status {status}")
+    report.update(seconds=seconds, peak_gb=usage.ru_maxrss / 1024**2)
+    print(f"  job on {report['leads']:,} open leads: {seconds:.1f} s, peak RSS {report['peak_gb']:.2f} GB")
+    return report
+
+
+def child(workdir: Path, tables_dir: Path, output: Path) -> None:
+    from leadml.buckets import score_in_buckets, time_bounds
+    from leadml.scoring import TierSettings
+    from leadml.stages import resolve_as_of
+
+    scorer, version = load_champion(workdir)
+    as_of = resolve_as_of("latest", time_bounds(tables_dir))
+    started = time.perf_counter()
+    outcome = score_in_buckets(
+        tables_dir,
+        scorer,
+        as_of,
+        FeatureSettings.from_mapping(scorer.feature_settings),
+        TierSettings(),
+        output_dir=output / "scored",
+        work_dir=output / "work",
+        model_version=str(version),
+    )
+    seconds = time.perf_counter() - started
+    print(json.dumps({"leads": len(outcome.probabilities), "buckets": outcome.buckets, "job_s": seconds}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench" / "train-million")
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--reference-rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-4m", action="store_true")
+    parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    store = args.workdir / "mlflow.db"
-    if not store.exists():
-        raise SystemExit(
-            f"no trained model in {args.workdir}: run benchmarks/bench_train.py --synthetic million"
-        )
-    tracking.configure(f"sqlite:///{store}", "leadml-synthetic", args.workdir / "mlruns")
-    model_uri, version = tracking.production_model("leadml-synthetic")
-    scorer = tracking.load_scorer(model_uri)
-    tables = read_interim(args.workdir / "data" / "interim" / "synthetic", s.CRM_TABLES)
-    as_of = data_end(tables).normalize()
-    settings = (
-        FeatureSettings.from_mapping(scorer.feature_settings)
-        if getattr(scorer, "feature_settings", None)
-        else default_feature_settings()
+    if args.child:
+        child(*args.child)
+        return
+    source = args.workdir / "data" / "interim" / "synthetic"
+    bench = args.workdir.parent / "score"
+    sets = {"1M": open_lead_tables(source, bench / "open-1m", 1)}
+    if not args.skip_4m:
+        sets["4M"] = open_lead_tables(source, bench / "open-4m", 4)
+    jobs = {"1M": job_in_child(args.workdir, sets["1M"], bench / "out-1M")}
+    figures = throughput(args.workdir, args.reference_rows)
+    if not args.skip_4m:
+        jobs["4M"] = job_in_child(args.workdir, sets["4M"], bench / "out-4M")
+    write_results(figures, jobs, args)
+
+
+def write_results(f: dict, jobs: dict[str, dict], args: argparse.Namespace) -> None:
+    options = "" if args.reference_rows == 1_000_000 else f" --reference-rows {args.reference_rows}"
+    options += " --skip-4m" if args.skip_4m else ""
+    subset = (
+        "the same rows"
+        if f["reference_rows"] == f["rows"]
+        else f"the first {f['reference_rows']:,} of the same rows"
     )
-    leads = tables[s.LEADS].head(args.rows)
-    accounts, activities = tables[s.ACCOUNTS], tables[s.ACTIVITIES]
-    del tables
-    feature_seconds, features = timed(
-        f"features of {len(leads):,} leads",
-        lambda: build_features(leads, accounts, activities, as_of, settings),
-    )
-    rows = len(features)
-    booster = scorer.model.booster
-    prepared = scorer.model.prepare(features)
-    trees = booster.num_trees() if scorer.model.best_iteration <= 0 else scorer.model.best_iteration
-    explained, scored = timed(
-        "score_leads with explanations", lambda: score_leads(scorer, features, TierSettings())
-    )
-    rss_explained = peak_rss_gb()
-    plain, _ = timed("LeadScorer.predict", lambda: scorer.predict(features))
-    native, _ = timed(
-        "booster.predict", lambda: booster.predict(prepared, num_iteration=scorer.model.best_iteration)
-    )
-    contrib, values = timed(
-        "booster.predict(pred_contrib=True)",
-        lambda: booster.predict(prepared, pred_contrib=True, num_iteration=scorer.model.best_iteration),
-    )
-    assert np.isfinite(np.asarray(values)).all() and len(scored) == rows
-    table = [
-        ("explained scoring (`score_leads`: probability, tier, grouped reasons, sub-scores)", explained),
-        ("LightGBM `predict(pred_contrib=True)` (reference for explanations)", contrib),
-        ("plain scoring (`LeadScorer.predict`: preparation, booster, calibrator)", plain),
-        ("LightGBM `predict` (reference for plain scoring)", native),
+    job_rows = [
+        f"| {name} | {job['leads']:,} | {job['buckets']} | {job['seconds']:.0f} s | "
+        f"{job['leads'] / job['seconds']:,.0f} | {job['peak_gb']:.2f} GB |"
+        for name, job in jobs.items()
     ]
-    rows_option = "" if args.rows == 1_000_000 else f" --rows {args.rows}"
+    growth = ""
+    if "4M" in jobs:
+        ratio = jobs["4M"]["peak_gb"] / jobs["1M"]["peak_gb"]
+        growth = f" Peak memory at 4M is {ratio:.2f}x that at 1M (target at most 1.10x)."
     lines = [
         BEGIN,
-        f"## Scoring {rows:,} leads (model version {version} from `bench_train.py --synthetic million`)",
+        f"## Scoring 1,000,000 open leads with explanations (model version {f['version']})",
         "",
         f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}.",
-        f"Command: `.venv/bin/python benchmarks/bench_score.py{rows_option}`"
-        " (after `bench_train.py --synthetic million`)",
+        f"Command: `.venv/bin/python benchmarks/bench_score.py{options}` "
+        "(after `bench_train.py --synthetic million`).",
         "",
-        f"Model: {trees} trees, {booster.num_feature()} features. Features built first "
-        f"({feature_seconds:.1f} s, as of {as_of:%Y-%m-%d}).",
+        f"Model: {f['trees']} trees of up to 31 leaves, {f['features']} features; explainer tables "
+        f"{f['table_mb']:.0f} MB built in {f['table_seconds']:.1f} s. Features of {f['rows']:,} leads as of "
+        f"{f['as_of']:%Y-%m-%d} built first ({f['feature_seconds']:.1f} s).",
         "",
-        "| measure | wall time | rows per second |",
-        "|---|---|---|",
-        *[f"| {label} | {seconds:.1f} s | {rows / seconds:,.0f} |" for label, seconds in table],
+        "| measure | rows per second | reference | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| explained scoring (`score_leads`: probability, tier, grouped reasons, sub-scores; batches of "
+        f"100,000) against LightGBM `predict(pred_contrib=True)` | {f['explained_rate']:,.0f} | "
+        f"{f['reference_rate']:,.0f} | {f['explained_rate'] / f['reference_rate']:.1f}x | >= 5x |",
+        f"| plain scoring (`LeadScorer.predict`) against LightGBM `predict` | {f['plain_rate']:,.0f} | "
+        f"{f['native_rate']:,.0f} | {f['native_rate'] / f['plain_rate']:.2f}x slower | <= 1.5x |",
         "",
-        f"Explained scoring runs at {contrib / explained:.2f}x LightGBM's own TreeSHAP throughput and "
-        f"plain scoring at {native / plain:.2f}x the booster's `predict`. Peak resident memory of the "
-        f"process after explained scoring: {rss_explained:.2f} GB (features and model included).",
+        f"All {f['rows']:,} rows were explained in {f['explained_s']:.0f} s; LightGBM's TreeSHAP ran on "
+        f"{subset} ({f['reference_s']:.0f} s). Largest difference between the two explanations over "
+        f"those rows: {f['max_difference']:.1e} in log-odds (target 1e-4).",
+        "",
+        "The whole job (`buckets.score_in_buckets`, as `leadml-score` runs it after ingestion: split into "
+        "lead buckets of 100,000, features, probabilities, reasons, tiers, trend, Parquet), each in a "
+        "fresh process; peak resident memory from the kernel (`wait4`):",
+        "",
+        "| open leads | rows | buckets | wall time | rows per second | peak memory |",
+        "|---|---|---|---|---|---|",
+        *job_rows,
+        "",
+        f"Target: at most 2 GB at 1M.{growth}",
         END,
     ]
-    section = "\n".join(lines)
-    replace_section(section, BEGIN, END)
-    print(f"wrote {RESULTS}")
+    replace_section("\n".join(lines), BEGIN, END)
+    print("wrote benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -18,7 +20,7 @@ from factories import local_tracking, train_project
 from leadml import schema as s
 from leadml import sinks
 from leadml.cli import CONFIG_DIR, run_score
-from leadml.errors import NoModelError, SchemaMismatchError, TrackingUnavailableError
+from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import (
     TierSettings,
@@ -148,6 +150,20 @@ def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) ->
     assert (later.loc[~later[s.LEAD_ID].isin(frame[s.LEAD_ID]), "trend"] == "new").all()
 
 
+def test_lead_buckets_give_the_same_rows_as_one_bucket(root: Path) -> None:
+    """Percentiles, tiers and trend are global figures: splitting the leads must not change them."""
+    frames = {}
+    for name, bucket_leads in (("one", 1_000_000), ("many", 700)):
+        extra = (f"score.bucket_leads={bucket_leads}", f"score.output_dir={root / 'scored' / name}")
+        _scored(root, "2025-12-01", extra)
+        summary, frames[name] = _scored(root, "2025-12-15", extra)
+        assert summary["buckets"] == (1 if name == "one" else 9)  # 6000 leads in buckets of 700
+        assert not list((root / "data" / "scoring" / "synthetic" / "work").iterdir())  # bucket files removed
+    one, many = (frames[k].sort_values(s.LEAD_ID, ignore_index=True) for k in ("one", "many"))
+    pd.testing.assert_frame_equal(one, many)
+    assert set(one["trend"]) > {"new"}
+
+
 def test_sql_sink_upserts_without_duplicates(root: Path) -> None:
     database = root / "scores.db"
     sql = [f"score.sql.url=sqlite:///{database}", "score.sql.table=lead_scores"]
@@ -167,10 +183,14 @@ def test_a_run_that_dies_while_writing_leaves_the_previous_partition(
 ) -> None:
     summary, before = _scored(root, "2025-12-01")
 
-    def die(*args, **kwargs):
-        raise KeyboardInterrupt("killed")
+    write_table = pq.ParquetWriter.write_table
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", die)
+    def die_in_the_partition(self, table, *args, **kwargs):  # bucket files are written, the partition not
+        if ".tmp-" in str(self.where):
+            raise KeyboardInterrupt("killed")
+        return write_table(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", die_in_the_partition)
     with pytest.raises(KeyboardInterrupt):
         _scored(root, "2025-12-01")
     monkeypatch.undo()
@@ -232,6 +252,20 @@ def test_explanations_add_up_to_the_margin_for_every_row(root: Path) -> None:
     families = scored["fit_score"] + scored["engagement_score"] + scored["base_value"]
     other = [n for n in scorer.feature_names if scorer.metadata[n]["family"] not in ("fit", "engagement")]
     np.testing.assert_allclose(families + contributions[other].sum(axis=1).to_numpy(), margin, atol=1e-6)
+
+
+def test_fast_and_lightgbm_explainers_agree_and_the_tables_are_not_pickled(root: Path) -> None:
+    scorer = _scorer(root)
+    _, features = _open_features(root, scorer)
+    fast = scorer.explain(features, "fast")
+    pd.testing.assert_frame_equal(fast, scorer.explain(features, "lightgbm"), rtol=0, atol=1e-9)
+    predicted, contributions = scorer.predict_explained(features)
+    np.testing.assert_allclose(predicted["margin"], scorer.predict(features)["margin"], atol=1e-9)
+    pd.testing.assert_frame_equal(contributions, fast)
+    assert scorer._fast_explainer is not None
+    assert pickle.loads(pickle.dumps(scorer))._fast_explainer is None
+    with pytest.raises(LeadmlError, match="explainer must be one of"):
+        scorer.explain(features, "kernel")
 
 
 def test_more_engagement_never_lowers_a_monotone_score(root: Path) -> None:

@@ -137,8 +137,8 @@ def test_both_engines_write_the_same_partition(project: Path, spark_runs, day: s
 
 
 def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, spark_runs) -> None:
+    from leadml.buckets import BucketSummaries
     from leadml.scoring import drift_counts, psi_from_counts
-    from leadml.spark_engine import _Summary
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     features = open_lead_features(
@@ -146,7 +146,7 @@ def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, sp
     )
     reference = scorer.reference["features"]
     expected = population_stability(reference, features)
-    summary = _Summary()
+    summary = BucketSummaries()
     for rows in np.array_split(np.arange(len(features)), 3):
         part = features.iloc[rows]
         summary.add(
@@ -179,7 +179,9 @@ def test_leads_without_any_activity_score_as_in_pandas(spark, project: Path, sco
     )
     tables = read_interim(interim, s.CRM_TABLES)
 
-    got = _by_lead(_spark_score(spark, interim, scorer, DAYS[1], tmp_path / "scored", buckets=8).scored)
+    got = _by_lead(
+        pd.read_parquet(_spark_score(spark, interim, scorer, DAYS[1], tmp_path / "scored", buckets=8).output)
+    )
     features = open_lead_features(
         tables, _day(DAYS[1]), FeatureSettings.from_mapping(scorer.feature_settings)
     )
@@ -220,7 +222,7 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
     reread = _by_lead(pd.read_parquet(again.output))
     assert reread[s.LEAD_ID].is_unique
     pd.testing.assert_frame_equal(reread, before)
-    pd.testing.assert_frame_equal(_by_lead(again.scored), before)
+    pd.testing.assert_frame_equal(_by_lead(pd.read_parquet(again.output)), before)
 
 
 def test_a_failed_write_leaves_the_previous_partition(spark, spark_runs) -> None:

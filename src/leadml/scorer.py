@@ -15,10 +15,14 @@ import numpy as np
 import pandas as pd
 
 from leadml.calibration import Calibrator
+from leadml.errors import LeadmlError
 from leadml.models import LightGBMModel, ScoringModel
+from leadml.treeshap import FastTreeExplainer, booster_matrix
 
 PROBABILITY, MARGIN = "probability", "margin"
 BASE_VALUE = "base_value"
+# exact TreeSHAP implementations: leadml.treeshap (default) or LightGBM's predict(pred_contrib=True)
+EXPLAINERS = ("fast", "lightgbm")
 
 
 @dataclass
@@ -31,29 +35,69 @@ class LeadScorer:
     feature_settings: dict[str, Any] | None = None
     # training-window distributions of every feature and of the score, for drift (PSI) checks
     reference: dict[str, Any] = field(default_factory=dict)
+    # built on first use from the booster; never pickled (the tables are large and cheap to rebuild)
+    _fast_explainer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fast_explainer"] = None
+        return state
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        margin = self.model.predict_margin(frame)
-        return pd.DataFrame(
-            {PROBABILITY: self.calibrator.predict_proba(margin), MARGIN: margin}, index=frame.index
-        )
+        return self._predicted(self.model.predict_margin(frame), frame.index)
+
+    def predict_explained(
+        self, frame: pd.DataFrame, method: str = "fast"
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`predict` and :meth:`explain` in one pass over the trees.
+
+        Exact TreeSHAP is additive, so the margin is the row sum of the contributions (the
+        booster's own margin within 1e-12) and the trees are not walked a second time.
+        """
+        contributions = self.explain(frame, method)
+        margin = contributions.to_numpy(dtype=np.float64).sum(axis=1)
+        return self._predicted(margin, frame.index), contributions
+
+    def _predicted(self, margin: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        return pd.DataFrame({PROBABILITY: self.calibrator.predict_proba(margin), MARGIN: margin}, index=index)
 
     @property
     def can_explain(self) -> bool:
         return isinstance(self.model, LightGBMModel)
 
-    def explain(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def explain(self, frame: pd.DataFrame, method: str = "fast") -> pd.DataFrame:
         """Exact TreeSHAP contributions in log-odds, one column per feature plus ``base_value``.
 
-        Per row, base value plus contributions equals the booster's margin.
+        Per row, base value plus contributions equals the booster's margin. ``fast`` and
+        ``lightgbm`` give the same numbers (within 1e-12); ``fast`` is many times quicker.
         """
         if not isinstance(self.model, LightGBMModel):
             raise TypeError(f"{type(self.model).__name__} has no tree explainer")
-        contributions = self.model.booster.predict(
-            self.model.prepare(frame), pred_contrib=True, num_iteration=self.model.best_iteration
-        )
+        if method not in EXPLAINERS:
+            raise LeadmlError(f"score.explainer must be one of {list(EXPLAINERS)}, got {method!r}")
+        prepared = self.model.prepare(frame)
+        if method == "fast":
+            contributions = self._fast().shap_values(booster_matrix(prepared))
+        else:
+            contributions = self.model.booster.predict(
+                prepared, pred_contrib=True, num_iteration=self.model.best_iteration
+            )
         columns = [*self.feature_names, BASE_VALUE]
         return pd.DataFrame(np.asarray(contributions), columns=columns, index=frame.index)
+
+    def _fast(self) -> FastTreeExplainer:
+        if getattr(self, "_fast_explainer", None) is None:
+            assert isinstance(self.model, LightGBMModel)
+            booster, categories = self.model.booster, self.model.categories
+            # the booster's category codes must be ours, or the matrix would mean something else
+            trained = [list(levels) for levels in (booster.pandas_categorical or [])]
+            ours = [list(categories[name]) for name in self.model.feature_names if name in categories]
+            if trained != ours:
+                raise LeadmlError(
+                    "the booster's categorical levels differ from the model's: use score.explainer=lightgbm"
+                )
+            self._fast_explainer = FastTreeExplainer.from_booster(booster, self.model.best_iteration)
+        return self._fast_explainer
 
 
 def as_model_input(frame: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:

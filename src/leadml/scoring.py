@@ -64,15 +64,21 @@ def score_leads(
     tiers: TierSettings,
     *,
     explain: bool = True,
+    explainer: str = "fast",
     deal_value: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One row per lead: probability, percentile, tier, reasons, sub-scores and expected value.
 
     ``features`` holds ``lead_id`` and the model's feature columns. Reasons group the exact
     TreeSHAP contributions back to original columns, so every derived part of a column
-    (its 7/30/90-day counts, recency, one-hot levels) counts once.
+    (its 7/30/90-day counts, recency, one-hot levels) counts once. ``explainer`` picks the
+    TreeSHAP implementation (``LeadScorer.explain``): both give the same numbers.
     """
-    predicted = scorer.predict(features)
+    explained = explain and scorer.can_explain
+    if explained:
+        predicted, contributions = scorer.predict_explained(features, explainer)
+    else:
+        predicted = scorer.predict(features)
     probability = predicted[PROBABILITY].to_numpy()
     out = pd.DataFrame({s.LEAD_ID: features[s.LEAD_ID].to_numpy()})
     out[PROBABILITY] = probability
@@ -83,8 +89,7 @@ def score_leads(
     if deal_value is not None:
         values = pd.to_numeric(deal_value, errors="coerce").to_numpy(dtype=np.float64)
         out["expected_value"] = probability * values
-    if explain and scorer.can_explain:
-        contributions = scorer.explain(features)
+    if explained:
         out = pd.concat([out, explanation_columns(contributions, scorer, features)], axis=1)
     return out
 
@@ -142,13 +147,16 @@ def _sentences(
     Each distinct value of a feature is put into words once, then spread over its rows.
     """
     sentences = np.full(len(feature_index), None, dtype=object)
-    names = feature_values.columns
+    names = feature_values.columns.tolist()  # a pandas (Arrow-backed) index is slow to read item by item
     for f in np.unique(feature_index[useful]):
         rows = np.flatnonzero(useful & (feature_index == f))
         column = feature_values.iloc[rows, f]
         codes, uniques = pd.factorize(column.astype(object), use_na_sentinel=True)
-        words = np.array([_sentence(metadata, names[f], value) for value in uniques] + [None], dtype=object)
-        words[-1] = _sentence(metadata, names[f], None)
+        name = names[f]
+        words = np.array(
+            [_sentence(metadata, name, value) for value in uniques.tolist()] + [None], dtype=object
+        )
+        words[-1] = _sentence(metadata, name, None)
         sentences[rows] = words[codes]  # code -1 (missing) takes the last entry
     return sentences
 

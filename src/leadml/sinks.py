@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leadml import schema as s
 from leadml.errors import LeadmlError
@@ -70,25 +72,58 @@ def partition_dir(base: Path, as_of: pd.Timestamp) -> Path:
     return base / f"{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
 
 
-def write_partition(frame: pd.DataFrame, base: Path, as_of: pd.Timestamp) -> Path:
-    """Replace the partition of ``as_of`` under ``base`` with ``frame``; returns its folder."""
+@contextlib.contextmanager
+def staged_partition(base: Path, as_of: pd.Timestamp) -> Iterator[Path]:
+    """A hidden staging folder beside the partition of ``as_of``, swapped into place on success.
+
+    The caller creates the folder and writes its part files; when the block ends without
+    an error the old partition is retired, the staging folder renamed into place and the
+    retired one removed. On an error the staging folder is removed and the old partition
+    stays as it was. Interrupted runs' leftovers are cleared first (:func:`recover_partition`).
+    """
     final = partition_dir(base, as_of)
     try:
         base.mkdir(parents=True, exist_ok=True)
         recover_partition(final)
-        token = uuid.uuid4().hex[:8]
-        staging = base / f".{final.name}.tmp-{token}"
-        staging.mkdir()
-        frame.to_parquet(staging / PART_FILE, index=False)
-        _fsync(staging / PART_FILE)
+    except OSError as error:
+        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+    token = uuid.uuid4().hex[:8]
+    staging = base / f".{final.name}.tmp-{token}"
+    try:
+        yield staging
+        for part in staging.glob("*.parquet"):
+            _fsync(part)
         retired = base / f".{final.name}.old-{token}"
         if final.exists():
             os.replace(final, retired)
         os.replace(staging, final)
         shutil.rmtree(retired, ignore_errors=True)
     except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
         raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
-    return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_partition(frame: pd.DataFrame, base: Path, as_of: pd.Timestamp) -> Path:
+    """Replace the partition of ``as_of`` under ``base`` with ``frame``; returns its folder."""
+    with staged_partition(base, as_of) as staging:
+        staging.mkdir()
+        frame.to_parquet(staging / PART_FILE, index=False)
+    return partition_dir(base, as_of)
+
+
+def write_partition_tables(
+    tables: Iterable[pa.Table], schema: pa.Schema, base: Path, as_of: pd.Timestamp
+) -> Path:
+    """Replace the partition of ``as_of`` with ``tables`` streamed into one part file (bounded memory)."""
+    with staged_partition(base, as_of) as staging:
+        staging.mkdir()
+        with pq.ParquetWriter(staging / PART_FILE, schema) as writer:
+            for table in tables:
+                writer.write_table(table)
+    return partition_dir(base, as_of)
 
 
 def recover_partition(final: Path) -> None:
@@ -120,19 +155,19 @@ def read_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     return pd.read_parquet(partition_dir(base, as_of))
 
 
-def previous_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame | None:
-    """The latest scored partition strictly before ``as_of`` (None when there is none)."""
+def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
+    """The latest partition strictly before ``as_of`` with at least one part file (either engine's)."""
     if not base.exists():
         return None
-    dates = []
+    found: dict[pd.Timestamp, Path] = {}
     for folder in base.glob(f"{PARTITION_PREFIX}*"):
         try:
             day = pd.Timestamp(folder.name.removeprefix(PARTITION_PREFIX), tz="UTC")
         except ValueError:
             continue
-        if day < as_of.normalize() and (folder / PART_FILE).exists():
-            dates.append(day)
-    return read_partition(base, max(dates)) if dates else None
+        if day < as_of.normalize() and any(folder.glob("part-*.parquet")):
+            found[day] = folder
+    return found[max(found)] if found else None
 
 
 def check_identifier(name: str, what: str) -> str:
@@ -144,32 +179,57 @@ def check_identifier(name: str, what: str) -> str:
 
 def upsert_scores(url: str, table: str, frame: pd.DataFrame) -> int:
     """Insert or update ``frame`` keyed by (lead_id, as_of) in one transaction; returns rows written."""
+    return upsert_frames(url, table, [frame])
+
+
+def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_000) -> int:
+    """:func:`upsert_frames` of a written partition, read in batches (bounded memory)."""
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for part in sorted(folder.glob("part-*.parquet")):
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas()
+
+    return upsert_frames(url, table, frames())
+
+
+def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
+    """Insert or update every frame's rows keyed by (lead_id, as_of), all in one transaction.
+
+    The table is created from the first frame's columns when it does not exist. Table and
+    column names must be plain identifiers; values are bound parameters.
+    """
     import sqlalchemy as sa
     from sqlalchemy.exc import SQLAlchemyError
 
     from leadml.sources import mask_url
 
     check_identifier(table, "score table")
-    for column in frame.columns:
-        check_identifier(column, "score column")
-    metadata = sa.MetaData()
-    columns = [
-        sa.Column(name, _sql_type(frame[name]), primary_key=name in (s.LEAD_ID, s.AS_OF))
-        for name in frame.columns
-    ]
-    target = sa.Table(table, metadata, *columns)
-    records = _records(frame)
+    written = 0
     try:
         engine = sa.create_engine(url)
         with engine.begin() as connection:
-            metadata.create_all(connection, checkfirst=True)
-            statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
-            for start in range(0, len(records), 5_000):
-                connection.execute(statement, records[start : start + 5_000])
+            statement = None
+            for frame in frames:
+                if statement is None:
+                    for column in frame.columns:
+                        check_identifier(column, "score column")
+                    metadata = sa.MetaData()
+                    columns = [
+                        sa.Column(name, _sql_type(frame[name]), primary_key=name in (s.LEAD_ID, s.AS_OF))
+                        for name in frame.columns
+                    ]
+                    target = sa.Table(table, metadata, *columns)
+                    metadata.create_all(connection, checkfirst=True)
+                    statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
+                records = _records(frame)
+                for start in range(0, len(records), 5_000):
+                    connection.execute(statement, records[start : start + 5_000])
+                written += len(records)
         engine.dispose()
     except (SQLAlchemyError, ImportError) as error:
         raise LeadmlError(f"cannot write scores to table {table} in {mask_url(url)}: {error}") from None
-    return len(records)
+    return written
 
 
 def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore[no-untyped-def]

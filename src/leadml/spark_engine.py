@@ -35,7 +35,6 @@ import pickle
 import shutil
 import sys
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -48,20 +47,20 @@ import pyarrow as pa
 
 from leadml import schema as s
 from leadml import sinks
-from leadml.errors import LeadmlError, known_settings
-from leadml.evaluate import assign_tiers
-from leadml.features import FeatureSettings, open_lead_features
-from leadml.scorer import PROBABILITY, LeadScorer, as_model_input
-from leadml.scoring import (
-    TierSettings,
-    TrendSettings,
-    add_trend,
-    drift_counts,
-    psi_from_counts,
-    score_leads,
-    unseen_categories,
+from leadml.buckets import (
+    PREVIOUS,
+    BucketSummaries,
+    Finish,
+    ScoringOutcome,
+    bucket_summary,
+    finish_rows,
+    probe,
 )
-from leadml.stages import MANIFEST, _deal_values, check_model_input, resolve_as_of
+from leadml.errors import LeadmlError, known_settings
+from leadml.features import FeatureSettings, open_lead_features
+from leadml.scorer import PROBABILITY, LeadScorer
+from leadml.scoring import TierSettings, TrendSettings, score_leads
+from leadml.stages import MANIFEST, _deal_values, resolve_as_of
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -72,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 BUCKET = "_bucket"
 SIDE = "_side"  # per-bucket summary rows (pickled), tagged apart from the scored rows
-PREVIOUS = "_previous_probability"
 OUTCOME = "_outcome_"  # prefix of the outcome columns joined onto the leads
 ACTIVITY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
 OUTCOME_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.STATUS, s.CLOSED_AT)
@@ -272,17 +270,6 @@ def _micros(as_of: pd.Timestamp) -> int:
 
 
 # --------------------------------------------------------------------------- schemas
-def _probe(scorer: LeadScorer, explain: bool, has_deal_value: bool) -> pd.DataFrame:
-    """``score_leads`` on one lead with every feature missing: the columns and kinds it returns."""
-    empty = {name: [np.nan] for name in scorer.feature_names}
-    categories = getattr(scorer.model, "categories", {}) or {}
-    features = pd.DataFrame({**empty, **{name: [None] for name in categories if name in empty}})
-    features = as_model_input(features, scorer.feature_names)
-    features.insert(0, s.LEAD_ID, ["probe"])
-    deal_value = pd.Series([np.nan]) if has_deal_value else None
-    return score_leads(scorer, features, TierSettings(), explain=explain, deal_value=deal_value)
-
-
 def _spark_type(column: pd.Series) -> DataType:
     from pyspark.sql import types as T
 
@@ -326,6 +313,7 @@ class _BucketJob:
     as_of: pd.Timestamp
     settings: FeatureSettings
     explain: bool
+    explainer: str
     has_deal_value: bool
     lead_columns: tuple[str, ...]
     schema: pa.Schema  # scored columns, then SIDE
@@ -348,119 +336,30 @@ def _score_bucket(job_ref: Broadcast[_BucketJob], leads: pa.Table, activities: p
     if len(features) and all(name in features.columns for name in job.scorer.feature_names):
         deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if job.has_deal_value else None
         # the bucket's tiers and percentiles are provisional: the second pass sets them from all leads
-        scored = score_leads(job.scorer, features, TierSettings(), explain=job.explain, deal_value=deal_value)
-    side = pd.DataFrame({SIDE: [pickle.dumps(_summary(features, job.scorer))]})
+        scored = score_leads(
+            job.scorer,
+            features,
+            TierSettings(),
+            explain=job.explain,
+            explainer=job.explainer,
+            deal_value=deal_value,
+        )
+    side = pd.DataFrame({SIDE: [pickle.dumps(bucket_summary(features, job.scorer))]})
     out = pd.concat([scored[names].assign(**{SIDE: None}), side], ignore_index=True)
     return pa.Table.from_pandas(out, schema=job.schema, preserve_index=False)
 
 
-def _summary(features: pd.DataFrame, scorer: LeadScorer) -> dict[str, Any]:
-    """What the driver needs of a bucket's features: additive counts and a one-row witness."""
-    return {
-        "rows": len(features),
-        "witness": _witness(features) if len(features) else None,
-        "drift": drift_counts((scorer.reference or {}).get("features", {}), features),
-        "unseen": unseen_categories(scorer, features),
-    }
-
-
-def _witness(features: pd.DataFrame) -> pd.DataFrame:
-    """One row holding each column's first non-null value (null if none), in the column's own type.
-
-    Stacked over the buckets, the witnesses have every column, kind and "filled somewhere"
-    that ``stages.check_model_input`` looks at, so the driver runs that check as it is.
-    """
-    return pd.DataFrame(
-        {name: features[name].dropna().iloc[:1].reset_index(drop=True).reindex(range(1)) for name in features}
-    )
-
-
-# --------------------------------------------------------------------------- driver: merge summaries
-@dataclass
-class _Summary:
-    rows: int = 0
-    witnesses: list[pd.DataFrame] = field(default_factory=list)
-    drift: dict[str, Any] = field(default_factory=dict)
-    unseen: dict[str, int] = field(default_factory=dict)
-
-    def add(self, part: Mapping[str, Any]) -> None:
-        self.rows += part["rows"]
-        if part["witness"] is not None:
-            self.witnesses.append(part["witness"])
-        for name, counts in part["drift"].items():
-            if isinstance(counts, dict):
-                merged = self.drift.setdefault(name, {})
-                for level, n in counts.items():
-                    merged[level] = merged.get(level, 0) + n
-            else:
-                self.drift[name] = self.drift.get(name, 0) + counts
-        for name, n in part["unseen"].items():
-            self.unseen[name] = self.unseen.get(name, 0) + n
-
-    def witness(self) -> pd.DataFrame:
-        return pd.concat(self.witnesses, ignore_index=True)
-
-
-# --------------------------------------------------------------------------- second pass: global
-@dataclass(frozen=True)
-class _FinishJob:
-    """The global figures every scored row is finished with."""
-
-    sorted_probabilities: np.ndarray
-    thresholds: Mapping[str, float]
-    floor_tier: str
-    trend: TrendSettings
-    as_of: pd.Timestamp
-    model_version: str
-    schema: pa.Schema | None = None
-
-
-def _finish(frame: pd.DataFrame, job: _FinishJob) -> pd.DataFrame:
-    """Percentile and tier among all of today's leads, trend, as-of and model version.
-
-    The same figures as ``score_leads`` on all leads at once and ``stages.score_stage``: the
-    percentile counts the leads at or below (``rank(method="max")``), tiers come from
-    ``assign_tiers`` with thresholds from every probability.
-    """
-    frame = frame.copy()
-    previous_probability = frame.pop(PREVIOUS)
-    known = previous_probability.notna().to_numpy()
-    previous = pd.DataFrame(
-        {s.LEAD_ID: frame[s.LEAD_ID].to_numpy()[known], PROBABILITY: previous_probability.to_numpy()[known]}
-    )
-    probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
-    at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
-    frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
-    frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
-    frame = add_trend(frame, previous, job.trend)
-    frame.insert(1, s.AS_OF, pd.Series(job.as_of, index=frame.index, dtype="datetime64[us, UTC]"))
-    frame["model_version"] = job.model_version
-    return frame
-
-
 def _finish_batches(
-    job_ref: Broadcast[_FinishJob], batches: Iterator[pa.RecordBatch]
+    job_ref: Broadcast[Finish], batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
     job = job_ref.value
     assert job.schema is not None
     for batch in batches:
-        finished = _finish(batch.to_pandas(), job)
+        finished = finish_rows(batch.to_pandas(), job)
         yield from pa.Table.from_pandas(finished, schema=job.schema, preserve_index=False).to_batches()
 
 
 # --------------------------------------------------------------------------- the engine
-@dataclass
-class SparkScoring:
-    """What ``stages.score_stage`` needs after a Spark run: the rows written and the run record's parts."""
-
-    as_of: pd.Timestamp
-    scored: pd.DataFrame  # the written partition, read back
-    output: Path
-    psi: dict[str, float]  # per feature, against the training reference
-    unseen: dict[str, int]  # rows per categorical feature with a level the model never saw
-    buckets: int
-
-
 def score_with_spark(
     spark: SparkSession,
     tables_dir: Path,
@@ -471,11 +370,12 @@ def score_with_spark(
     *,
     output_dir: Path,
     explain: bool = True,
+    explainer: str = "fast",
     trend: TrendSettings | None = None,
     model_version: str = "",
     buckets: int | None = None,
     output_files: int = 1,
-) -> SparkScoring:
+) -> ScoringOutcome:
     """Score every lead open at ``as_of`` in Spark and replace its partition under ``output_dir``.
 
     Same rows and figures as the pandas engine (``stages.score_stage``). Raises
@@ -489,14 +389,15 @@ def score_with_spark(
     leads, activities, accounts = _inputs(spark, tables_dir, as_of, buckets)
     lead_columns = tuple(c for c in leads.columns if c != BUCKET and not c.startswith(OUTCOME))
     has_deal_value = s.ESTIMATED_DEAL_VALUE in lead_columns
-    probe = _probe(scorer, explain, has_deal_value)
-    first_struct = _struct(probe, {SIDE: T.BinaryType()})
+    probe_rows = probe(scorer, explain, explainer, has_deal_value)
+    first_struct = _struct(probe_rows, {SIDE: T.BinaryType()})
     job = _BucketJob(
         scorer,
         accounts,
         as_of,
         settings,
         explain,
+        explainer,
         has_deal_value,
         lead_columns,
         _arrow_schema(spark, first_struct),
@@ -511,14 +412,14 @@ def score_with_spark(
     broadcasts = [job_ref]
     try:
         summary = _collect_summary(first)
-        _check(summary, scorer, as_of, tables_dir)
+        summary.check(scorer, as_of, tables_dir)
         scored = first.where(first[SIDE].isNull()).drop(SIDE)
         probabilities = np.sort(scored.select(PROBABILITY).toArrow().column(0).to_numpy())
         logger.info("scored %d leads in %d buckets", len(probabilities), buckets)
-        finish = _FinishJob(
+        finish = Finish(
             probabilities, tiers.thresholds_for(probabilities), tiers.floor_tier, trend, as_of, model_version
         )
-        final_struct = _struct(_finish(probe.assign(**{PREVIOUS: np.nan}), finish))
+        final_struct = _struct(finish_rows(probe_rows.assign(**{PREVIOUS: np.nan}), finish))
         finish_ref = spark.sparkContext.broadcast(replace(finish, schema=_arrow_schema(spark, final_struct)))
         broadcasts.append(finish_ref)
         finished = _with_previous(spark, scored, output_dir, as_of).mapInArrow(
@@ -529,12 +430,13 @@ def score_with_spark(
         first.unpersist()
         for ref in broadcasts:
             ref.unpersist()
-    reference = (scorer.reference or {}).get("features", {})
-    return SparkScoring(
+    written_rows = pd.read_parquet(written, columns=[PROBABILITY, "tier"])
+    return ScoringOutcome(
         as_of=as_of,
-        scored=pd.read_parquet(written),
         output=written,
-        psi=psi_from_counts(reference, summary.drift, summary.rows),
+        probabilities=np.sort(written_rows[PROBABILITY].to_numpy(dtype=np.float64)),
+        tier_counts={str(k): int(v) for k, v in written_rows["tier"].value_counts().sort_index().items()},
+        psi=summary.psi(scorer),
         unseen=summary.unseen,
         buckets=buckets,
     )
@@ -547,7 +449,7 @@ def score_from_config(
     settings: FeatureSettings,
     tiers: TierSettings,
     model_version: str,
-) -> SparkScoring:
+) -> ScoringOutcome:
     """``stages.score_stage`` with ``score.engine=spark``: a session from ``score.spark``, the run
     date from ``score.as_of`` (``latest`` read by Spark), and :func:`score_with_spark`."""
     spark_settings = SparkSettings.from_mapping(score_cfg.get("spark"))
@@ -563,6 +465,7 @@ def score_from_config(
                 tiers,
                 output_dir=Path(score_cfg["output_dir"]),
                 explain=bool(score_cfg["explain"]),
+                explainer=str(score_cfg.get("explainer") or "fast"),
                 trend=TrendSettings(float(score_cfg["trend_band"])),
                 model_version=model_version,
                 buckets=spark_settings.buckets,
@@ -570,18 +473,11 @@ def score_from_config(
             )
 
 
-def _collect_summary(first: DataFrame) -> _Summary:
-    summary = _Summary()
+def _collect_summary(first: DataFrame) -> BucketSummaries:
+    summary = BucketSummaries()
     for row in first.where(first[SIDE].isNotNull()).select(SIDE).collect():
         summary.add(pickle.loads(row[0]))
     return summary
-
-
-def _check(summary: _Summary, scorer: LeadScorer, as_of: pd.Timestamp, tables_dir: Path) -> None:
-    """The pandas engine's checks, in its order: open leads, then the model-input check."""
-    if summary.rows == 0:
-        raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {tables_dir}: nothing to score")
-    check_model_input(summary.witness(), scorer)
 
 
 def _with_previous(
@@ -590,7 +486,7 @@ def _with_previous(
     """``scored`` with the probability of the latest earlier partition (null for a new lead)."""
     from pyspark.sql import functions as F
 
-    folder = previous_partition_dir(output_dir, as_of)
+    folder = sinks.previous_partition_dir(output_dir, as_of)
     if folder is None:
         return scored.withColumn(PREVIOUS, F.lit(None).cast("double"))
     parts = [_uri(p) for p in sorted(folder.glob(f"{PART_PREFIX}*.parquet"))]
@@ -603,21 +499,6 @@ def _with_previous(
     return scored.join(previous, on=s.LEAD_ID, how="left")
 
 
-def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
-    """The latest partition strictly before ``as_of`` with at least one part file (either engine's)."""
-    if not base.exists():
-        return None
-    found: dict[pd.Timestamp, Path] = {}
-    for folder in base.glob(f"{sinks.PARTITION_PREFIX}*"):
-        try:
-            day = pd.Timestamp(folder.name.removeprefix(sinks.PARTITION_PREFIX), tz="UTC")
-        except ValueError:
-            continue
-        if day < as_of.normalize() and any(folder.glob(f"{PART_PREFIX}*.parquet")):
-            found[day] = folder
-    return found[max(found)] if found else None
-
-
 # --------------------------------------------------------------------------- writing
 def write_partition_spark(frame: DataFrame, base: Path, as_of: pd.Timestamp, files: int = 1) -> Path:
     """Replace the partition of ``as_of`` under ``base`` with ``frame``, atomically; returns its folder.
@@ -627,24 +508,11 @@ def write_partition_spark(frame: DataFrame, base: Path, as_of: pd.Timestamp, fil
     order), Spark's markers and checksums removed, and the folder swapped into place as
     :func:`leadml.sinks.write_partition` does, with its recovery of interrupted runs.
     """
-    final = sinks.partition_dir(base, as_of)
-    base.mkdir(parents=True, exist_ok=True)
-    sinks.recover_partition(final)
-    token = uuid.uuid4().hex[:8]
-    staging = base / f".{final.name}.tmp-{token}"
-    try:
+    with sinks.staged_partition(base, as_of) as staging:
         ordered = frame.repartitionByRange(files, s.LEAD_ID).sortWithinPartitions(s.LEAD_ID)
         ordered.write.mode("errorifexists").parquet(_uri(staging))
         _tidy(staging)
-        retired = base / f".{final.name}.old-{token}"
-        if final.exists():
-            os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+    return sinks.partition_dir(base, as_of)
 
 
 def _tidy(staging: Path) -> None:

@@ -36,7 +36,6 @@ from leadml.features import (
     flat_feature_metadata,
     flat_snapshots,
     metadata_to_json,
-    open_lead_features,
 )
 from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest
 from leadml.scorer import PROBABILITY
@@ -401,14 +400,7 @@ def _emptied_columns(features: pd.DataFrame, scorer: Any, max_training_missing: 
 def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Score every open lead as of the run date with the production model; write, sink and track it."""
     from leadml import sinks, tracking
-    from leadml.scoring import (
-        TierSettings,
-        TrendSettings,
-        add_trend,
-        population_stability,
-        score_leads,
-        unseen_categories,
-    )
+    from leadml.scoring import TierSettings, TrendSettings, population_stability
 
     started = time.perf_counter()
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
@@ -434,33 +426,35 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
         from leadml.spark_engine import score_from_config
 
-        result = score_from_config(score_cfg, interim_dir, scorer, settings, tiers, str(version))
-        as_of, scored, written_to = result.as_of, result.scored, result.output
-        psi_features, unseen = result.psi, result.unseen
-    else:
-        tables = read_interim(interim_dir, s.CRM_TABLES)
-        as_of = resolve_as_of(score_cfg.get("as_of"), tables)
-        features = open_lead_features(tables, as_of, settings)
-        if features.empty:
-            raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {data.get('name')}: nothing to score")
-        check_model_input(features, scorer)
-        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID])
-        explain = bool(score_cfg["explain"])
-        scored = score_leads(scorer, features, tiers, explain=explain, deal_value=deal_value)
+        outcome = score_from_config(score_cfg, interim_dir, scorer, settings, tiers, str(version))
+    else:  # lead buckets one after another in this process, in bounded memory
+        from leadml.buckets import score_in_buckets, time_bounds
+
+        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
         output_dir = Path(score_cfg["output_dir"])
         with sinks.date_lock(output_dir, as_of):  # a second run of this date refuses at once
-            previous = sinks.previous_partition(output_dir, as_of)
-            scored = add_trend(scored, previous, TrendSettings(score_cfg["trend_band"]))
-            scored.insert(1, s.AS_OF, as_of)
-            scored["model_version"] = str(version)
-            written_to = sinks.write_partition(scored, output_dir, as_of)
-        psi_features = population_stability(reference.get("features", {}), features)
-        unseen = unseen_categories(scorer, features)
+            outcome = score_in_buckets(
+                interim_dir,
+                scorer,
+                as_of,
+                settings,
+                tiers,
+                output_dir=output_dir,
+                work_dir=Path(score_cfg["work_dir"]),
+                bucket_leads=int(score_cfg.get("bucket_leads") or 100_000),
+                explain=bool(score_cfg["explain"]),
+                explainer=str(score_cfg.get("explainer") or "fast"),
+                trend=TrendSettings(float(score_cfg["trend_band"])),
+                model_version=str(version),
+                progress=bool(cfg.get("progress", False)),
+            )
+    as_of, written_to, psi_features, unseen = outcome.as_of, outcome.output, outcome.psi, outcome.unseen
+    probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     sql = score_cfg.get("sql") or {}
-    sql_rows = sinks.upsert_scores(sql["url"], sql["table"], scored) if sql.get("url") else None
+    sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
 
     psi_score = (
-        population_stability({PROBABILITY: reference["score"]}, scored)[PROBABILITY]
+        population_stability({PROBABILITY: reference["score"]}, probabilities)[PROBABILITY]
         if reference.get("score")
         else float("nan")
     )
@@ -476,14 +470,14 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         )
     for line in warnings:
         logger.info("drift against the training reference: %s", line)  # the CLI prints them
-    tier_counts = scored["tier"].value_counts().sort_index()
+    tier_counts = outcome.tier_counts
     seconds = round(time.perf_counter() - started, 2)
     metrics = {
-        "leads": len(scored),
-        "probability.mean": float(scored[PROBABILITY].mean()),
-        "probability.p50": float(scored[PROBABILITY].median()),
-        "probability.p90": float(scored[PROBABILITY].quantile(0.9)),
-        "expected_conversions": float(scored[PROBABILITY].sum()),
+        "leads": len(probabilities),
+        "probability.mean": float(probabilities[PROBABILITY].mean()),
+        "probability.p50": float(probabilities[PROBABILITY].median()),
+        "probability.p90": float(probabilities[PROBABILITY].quantile(0.9)),
+        "expected_conversions": float(probabilities[PROBABILITY].sum()),
         "psi.score": psi_score,
         "psi.features_above_warn": len(drifted),
         "unseen_category_rows": sum(unseen.values()),
@@ -498,7 +492,9 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             "model_uri": model_uri,
             "model_version": version,
             "engine": engine,
+            "buckets": outcome.buckets,
             "explain": score_cfg["explain"],
+            "explainer": score_cfg.get("explainer") or "fast",
             "tiers": dict(cfg["tiers"]),
             "output": str(written_to),
         },
@@ -509,13 +505,14 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     )
     return {
         "as_of": as_of,
-        "leads": len(scored),
-        "tiers": {str(k): int(v) for k, v in tier_counts.items()},
+        "leads": len(probabilities),
+        "tiers": dict(tier_counts),
         "output": str(written_to),
         "sql_rows": sql_rows,
         "model_uri": model_uri,
         "model_version": str(version),
         "engine": engine,
+        "buckets": outcome.buckets,
         "warnings": warnings,
         "unseen": unseen,
         "run_id": run_id,

@@ -1,0 +1,433 @@
+"""Nightly scoring in bounded memory (the pandas engine), and what it shares with the Spark engine.
+
+Both engines score leads in buckets split by a hash of the lead id. Every figure of a
+lead (features, probability, exact TreeSHAP reasons, sub-scores, expected value)
+depends on that lead only, so a bucket computes it exactly as the whole table would.
+What depends on all of today's leads is done once, globally: the percentile and the
+tier thresholds from the probabilities of every bucket, and the model-input check and
+drift from small additive per-bucket summaries. A second pass finishes every bucket's
+rows with those figures and the trend against the previous partition.
+
+The pandas engine (:func:`score_in_buckets`) splits the interim Parquet tables into
+bucket files batch by batch with Arrow, so no table is ever whole in memory: peak
+memory follows ``score.bucket_leads``, not the number of leads. The finished rows are
+streamed into the partition's staging folder, which replaces ``as_of=YYYY-MM-DD/`` in
+one rename (:func:`leadml.sinks.staged_partition`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from leadml import schema as s
+from leadml import sinks
+from leadml.errors import LeadmlError
+from leadml.evaluate import assign_tiers
+from leadml.features import FeatureSettings, open_lead_features
+from leadml.progress import progress_iter
+from leadml.scorer import PROBABILITY, LeadScorer, as_model_input
+from leadml.scoring import (
+    TierSettings,
+    TrendSettings,
+    add_trend,
+    drift_counts,
+    psi_from_counts,
+    score_leads,
+    unseen_categories,
+)
+from leadml.stages import MANIFEST, _deal_values, check_model_input
+
+logger = logging.getLogger(__name__)
+
+PREVIOUS = "_previous_probability"
+ACTIVITY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
+SPLIT_BATCH_ROWS = 500_000  # rows of one table in memory while it is split into buckets
+WRITE_BATCH_ROWS = 100_000
+RUN_PREFIX = "run-"
+
+
+# --------------------------------------------------------------------------- shared with Spark
+def probe(scorer: LeadScorer, explain: bool, explainer: str, has_deal_value: bool) -> pd.DataFrame:
+    """``score_leads`` on one lead with every feature missing: the columns and kinds it returns."""
+    empty = {name: [np.nan] for name in scorer.feature_names}
+    categories = getattr(scorer.model, "categories", {}) or {}
+    features = pd.DataFrame({**empty, **{name: [None] for name in categories if name in empty}})
+    features = as_model_input(features, scorer.feature_names)
+    features.insert(0, s.LEAD_ID, ["probe"])
+    deal_value = pd.Series([np.nan]) if has_deal_value else None
+    return score_leads(
+        scorer, features, TierSettings(), explain=explain, explainer=explainer, deal_value=deal_value
+    )
+
+
+def bucket_summary(features: pd.DataFrame, scorer: LeadScorer) -> dict[str, Any]:
+    """What the global checks need of a bucket's features: additive counts and a one-row witness."""
+    return {
+        "rows": len(features),
+        "witness": _witness(features) if len(features) else None,
+        "drift": drift_counts((scorer.reference or {}).get("features", {}), features),
+        "unseen": unseen_categories(scorer, features),
+    }
+
+
+def _witness(features: pd.DataFrame) -> pd.DataFrame:
+    """One row holding each column's first non-null value (null if none), in the column's own type.
+
+    Stacked over the buckets, the witnesses have every column, kind and "filled somewhere"
+    that ``stages.check_model_input`` looks at, so the check runs on them as it is.
+    """
+    return pd.DataFrame(
+        {name: features[name].dropna().iloc[:1].reset_index(drop=True).reindex(range(1)) for name in features}
+    )
+
+
+@dataclass
+class BucketSummaries:
+    """Per-bucket summaries merged: rows, witnesses, drift counts and unseen levels."""
+
+    rows: int = 0
+    witnesses: list[pd.DataFrame] = field(default_factory=list)
+    drift: dict[str, Any] = field(default_factory=dict)
+    unseen: dict[str, int] = field(default_factory=dict)
+
+    def add(self, part: Mapping[str, Any]) -> None:
+        self.rows += part["rows"]
+        if part["witness"] is not None:
+            self.witnesses.append(part["witness"])
+        for name, counts in part["drift"].items():
+            if isinstance(counts, dict):
+                merged = self.drift.setdefault(name, {})
+                for level, n in counts.items():
+                    merged[level] = merged.get(level, 0) + n
+            else:
+                self.drift[name] = self.drift.get(name, 0) + counts
+        for name, n in part["unseen"].items():
+            self.unseen[name] = self.unseen.get(name, 0) + n
+
+    def witness(self) -> pd.DataFrame:
+        return pd.concat(self.witnesses, ignore_index=True)
+
+    def check(self, scorer: LeadScorer, as_of: pd.Timestamp, source: Path) -> None:
+        """The checks of a whole run, in order: any open lead, then the model-input check."""
+        if self.rows == 0:
+            raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {source}: nothing to score")
+        check_model_input(self.witness(), scorer)
+
+    def psi(self, scorer: LeadScorer) -> dict[str, float]:
+        return psi_from_counts((scorer.reference or {}).get("features", {}), self.drift, self.rows)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The global figures every scored row is finished with."""
+
+    sorted_probabilities: np.ndarray
+    thresholds: Mapping[str, float]
+    floor_tier: str
+    trend: TrendSettings
+    as_of: pd.Timestamp
+    model_version: str
+    schema: pa.Schema | None = None
+
+
+def finish_rows(frame: pd.DataFrame, job: Finish) -> pd.DataFrame:
+    """Percentile and tier among all of today's leads, trend, as-of and model version.
+
+    The same figures as ``score_leads`` on all leads at once: the percentile counts the
+    leads at or below (``rank(method="max")``), tiers come from ``assign_tiers`` with
+    thresholds from every probability. ``frame`` carries the previous run's probability
+    in :data:`PREVIOUS` (null for a new lead).
+    """
+    frame = frame.copy()
+    previous_probability = frame.pop(PREVIOUS)
+    known = previous_probability.notna().to_numpy()
+    previous = pd.DataFrame(
+        {s.LEAD_ID: frame[s.LEAD_ID].to_numpy()[known], PROBABILITY: previous_probability.to_numpy()[known]}
+    )
+    probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
+    at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
+    frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
+    frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
+    frame = add_trend(frame, previous, job.trend)
+    frame.insert(1, s.AS_OF, pd.Series(job.as_of, index=frame.index, dtype="datetime64[us, UTC]"))
+    frame["model_version"] = job.model_version
+    return frame
+
+
+@dataclass
+class ScoringOutcome:
+    """What ``stages.score_stage`` needs after either engine: where the rows went and their figures."""
+
+    as_of: pd.Timestamp
+    output: Path
+    probabilities: np.ndarray  # of every scored lead, in no particular order
+    tier_counts: dict[str, int]
+    psi: dict[str, float]  # per feature, against the training reference
+    unseen: dict[str, int]  # rows per categorical feature with a level the model never saw
+    buckets: int
+
+
+# --------------------------------------------------------------------------- the pandas engine
+def bucket_of(lead_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Bucket number of each lead id: a stable hash of the id, modulo ``buckets``."""
+    values = np.asarray(lead_ids.to_numpy(zero_copy_only=False), dtype=object)
+    return (pd.util.hash_array(values) % np.uint64(buckets)).astype(np.int64)
+
+
+def arrow_schema(frame: pd.DataFrame) -> pa.Schema:
+    """A fixed Arrow schema for scored rows: text columns stay text even where a bucket has no value."""
+    fields = []
+    for name in frame.columns:
+        dtype = frame[name].dtype
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            kind = pa.timestamp("us", tz="UTC")
+        elif pd.api.types.is_bool_dtype(dtype):
+            kind = pa.bool_()
+        elif pd.api.types.is_integer_dtype(dtype):
+            kind = pa.int64()
+        elif pd.api.types.is_float_dtype(dtype):
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(str(name), kind))
+    return pa.schema(fields)
+
+
+def time_bounds(tables_dir: Path) -> dict[str, pd.DataFrame]:
+    """The latest timestamp of each table as one-row frames (all ``resolve_as_of`` reads for
+    ``latest``), read column by column in batches."""
+    bounds = {}
+    for table, column in ((s.LEADS, s.CREATED_AT), (s.OUTCOMES, s.CLOSED_AT), (s.ACTIVITIES, s.TIMESTAMP)):
+        latest = None
+        for batch in _batches(_table_path(tables_dir, table), [column]):
+            top = pc.max(batch.column(0)).as_py()
+            if top is not None:
+                latest = top if latest is None else max(latest, top)
+        stamp = pd.NaT if latest is None else pd.Timestamp(latest)
+        if not pd.isna(stamp):
+            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        bounds[table] = pd.DataFrame({column: pd.Series([stamp], dtype="datetime64[us, UTC]")})
+    return bounds
+
+
+def _table_path(tables_dir: Path, table: str) -> Path:
+    if not (tables_dir / MANIFEST).exists():
+        raise LeadmlError(f"no ingested data in {tables_dir} (run leadml-ingest, or make ingest, first)")
+    return tables_dir / f"{table}.parquet"
+
+
+def _batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    try:
+        handle = pq.ParquetFile(path)
+        yield from handle.iter_batches(batch_size=SPLIT_BATCH_ROWS, columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        raise LeadmlError(f"cannot read {path}: {error}") from None
+
+
+def _split(
+    paths: list[Path],
+    columns: list[str] | None,
+    folder: Path,
+    buckets: int,
+    keep: Callable[[pa.Table], pa.Array] | None = None,
+) -> list[Path]:
+    """Rows of ``paths`` written to ``folder/bucket-<k>.parquet`` by the hash of their lead id."""
+    folder.mkdir(parents=True)
+    targets = [folder / f"bucket-{k}.parquet" for k in range(buckets)]
+    writers: list[pq.ParquetWriter] = []
+    try:
+        for path in paths:
+            for batch in _batches(path, columns):
+                table = pa.Table.from_batches([batch])
+                if keep is not None:
+                    table = table.filter(keep(table))
+                if not writers:
+                    writers = [pq.ParquetWriter(target, table.schema) for target in targets]
+                table = table.cast(writers[0].schema)
+                bucket = bucket_of(table.column(s.LEAD_ID), buckets)
+                order = np.argsort(bucket, kind="stable")
+                grouped = table.take(pa.array(order))
+                bounds = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=buckets))])
+                for k in range(buckets):
+                    if bounds[k + 1] > bounds[k]:
+                        writers[k].write_table(grouped.slice(bounds[k], bounds[k + 1] - bounds[k]))
+    finally:
+        for writer in writers:
+            writer.close()
+    return targets if writers else []
+
+
+def _read_bucket(paths: list[Path], k: int, empty: pd.DataFrame) -> pd.DataFrame:
+    return pq.read_table(paths[k]).to_pandas() if paths else empty
+
+
+def _empty_frame(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_schema(path).empty_table().select(columns or pq.read_schema(path).names).to_pandas()
+
+
+def _clear_dead_runs(work_dir: Path) -> None:
+    """Work folders of runs whose process is gone (killed, or the machine went down)."""
+    for folder in work_dir.glob(f"{RUN_PREFIX}*"):
+        pid = folder.name.removeprefix(RUN_PREFIX).split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def score_in_buckets(
+    tables_dir: Path,
+    scorer: LeadScorer,
+    as_of: pd.Timestamp,
+    settings: FeatureSettings,
+    tiers: TierSettings,
+    *,
+    output_dir: Path,
+    work_dir: Path,
+    bucket_leads: int = 100_000,
+    explain: bool = True,
+    explainer: str = "fast",
+    trend: TrendSettings | None = None,
+    model_version: str = "",
+    progress: bool = False,
+) -> ScoringOutcome:
+    """Score every lead open at ``as_of`` bucket by bucket and replace its partition under ``output_dir``.
+
+    Raises :class:`~leadml.errors.SchemaMismatchError` before writing anything when today's
+    features do not match the model, and :class:`~leadml.errors.LeadmlError` when no lead is open.
+    """
+    trend = trend or TrendSettings()
+    leads_path = _table_path(tables_dir, s.LEADS)
+    buckets = max(1, math.ceil(pq.ParquetFile(leads_path).metadata.num_rows / max(bucket_leads, 1)))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _clear_dead_runs(work_dir)
+    run_dir = work_dir / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        return _score(
+            tables_dir, scorer, as_of, settings, tiers, output_dir, run_dir, buckets,
+            explain, explainer, trend, model_version, progress,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _score(
+    tables_dir: Path, scorer: LeadScorer, as_of: pd.Timestamp, settings: FeatureSettings,
+    tiers: TierSettings, output_dir: Path, run_dir: Path, buckets: int, explain: bool, explainer: str,
+    trend: TrendSettings, model_version: str, progress: bool,
+) -> ScoringOutcome:  # fmt: skip
+    before = pa.scalar(as_of + pd.Timedelta(seconds=1), type=pa.timestamp("us", tz="UTC"))
+
+    def created_in_time(table: pa.Table) -> pa.Array:  # a superset: open_lead_features applies the rules
+        created = pc.cast(table.column(s.CREATED_AT), pa.timestamp("us", tz="UTC"))
+        return pc.or_kleene(pc.is_null(created), pc.less(created, before))
+
+    def earlier_events(table: pa.Table) -> pa.Array:
+        return pc.less(pc.cast(table.column(s.TIMESTAMP), pa.timestamp("us", tz="UTC")), before)
+
+    paths = {table: _table_path(tables_dir, table) for table in s.CRM_TABLES}
+    parts = {
+        s.LEADS: _split([paths[s.LEADS]], None, run_dir / s.LEADS, buckets, created_in_time),
+        s.OUTCOMES: _split([paths[s.OUTCOMES]], None, run_dir / s.OUTCOMES, buckets),
+        s.ACTIVITIES: _split(
+            [paths[s.ACTIVITIES]], list(ACTIVITY_COLUMNS), run_dir / s.ACTIVITIES, buckets, earlier_events
+        ),
+    }
+    previous_dir = sinks.previous_partition_dir(output_dir, as_of)
+    previous_parts = (
+        _split(
+            sorted(previous_dir.glob("*.parquet")), [s.LEAD_ID, PROBABILITY], run_dir / "previous", buckets
+        )
+        if previous_dir is not None
+        else []
+    )
+    empty = {
+        s.LEADS: _empty_frame(paths[s.LEADS]),
+        s.OUTCOMES: _empty_frame(paths[s.OUTCOMES]),
+        s.ACTIVITIES: _empty_frame(paths[s.ACTIVITIES], list(ACTIVITY_COLUMNS)),
+    }
+    accounts = pd.read_parquet(paths[s.ACCOUNTS])
+    has_deal_value = s.ESTIMATED_DEAL_VALUE in empty[s.LEADS].columns
+    scored_schema = arrow_schema(probe(scorer, explain, explainer, has_deal_value))
+    summaries = BucketSummaries()
+    probabilities: list[np.ndarray] = []
+    scored_paths: list[Path | None] = []
+    (run_dir / "scored").mkdir()
+    for k in progress_iter(range(buckets), progress, "scoring lead buckets", unit="bucket"):
+        tables = {name: _read_bucket(parts[name], k, empty[name]) for name in parts}
+        tables[s.ACCOUNTS] = accounts
+        features = open_lead_features(tables, as_of, settings)
+        summaries.add(bucket_summary(features, scorer))
+        if len(features) == 0 or any(name not in features.columns for name in scorer.feature_names):
+            scored_paths.append(None)
+            continue
+        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if has_deal_value else None
+        # tiers and percentiles here are provisional: the second pass sets them from all leads
+        scored = score_leads(
+            scorer, features, TierSettings(), explain=explain, explainer=explainer, deal_value=deal_value
+        )
+        path = run_dir / "scored" / f"bucket-{k}.parquet"
+        pq.write_table(pa.Table.from_pandas(scored, schema=scored_schema, preserve_index=False), path)
+        scored_paths.append(path)
+        probabilities.append(scored[PROBABILITY].to_numpy(dtype=np.float64))
+        logger.info("bucket %d of %d: %d open leads scored (%d so far)", k + 1, buckets, len(scored),
+                    sum(len(p) for p in probabilities))  # fmt: skip
+    summaries.check(scorer, as_of, tables_dir)
+    everything = np.sort(np.concatenate(probabilities))
+    finish = Finish(
+        everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version
+    )
+    final_schema = arrow_schema(finish_rows(_read_scored(scored_paths, scored_schema, 0).head(0), finish))
+    tier_counts: dict[str, int] = {}
+
+    def finished_tables() -> Iterator[pa.Table]:
+        for k, path in enumerate(scored_paths):
+            if path is None:
+                continue
+            scored = _with_previous(pq.read_table(path).to_pandas(), previous_parts, k)
+            for start in range(0, len(scored), WRITE_BATCH_ROWS):
+                rows = finish_rows(scored.iloc[start : start + WRITE_BATCH_ROWS], finish)
+                for tier, count in rows["tier"].value_counts().items():
+                    tier_counts[str(tier)] = tier_counts.get(str(tier), 0) + int(count)
+                yield pa.Table.from_pandas(rows, schema=final_schema, preserve_index=False)
+
+    written = sinks.write_partition_tables(finished_tables(), final_schema, output_dir, as_of)
+    return ScoringOutcome(
+        as_of=as_of,
+        output=written,
+        probabilities=everything,
+        tier_counts=dict(sorted(tier_counts.items())),
+        psi=summaries.psi(scorer),
+        unseen=summaries.unseen,
+        buckets=buckets,
+    )
+
+
+def _read_scored(paths: list[Path | None], schema: pa.Schema, k: int) -> pd.DataFrame:
+    found = [p for p in paths if p is not None]
+    table = pq.read_table(found[k]) if found else schema.empty_table()
+    return table.to_pandas().assign(**{PREVIOUS: np.nan})
+
+
+def _with_previous(scored: pd.DataFrame, previous_parts: list[Path], k: int) -> pd.DataFrame:
+    """``scored`` with the probability of the latest earlier run of each lead (NaN for a new one)."""
+    if not previous_parts:
+        return scored.assign(**{PREVIOUS: np.nan})
+    before = pq.read_table(previous_parts[k]).to_pandas().drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
+    return scored.assign(**{PREVIOUS: scored[s.LEAD_ID].map(before[PROBABILITY]).astype("float64")})
