@@ -15,10 +15,12 @@ left in ``data/bench/train-million`` (run that first). Measures, on the same boo
    at most 2 GB, and at most 10% more at 4M).
 
 The scoring inputs are the million data's validated tables with the outcomes left out
-(so every lead is open on the run date); the 4M set repeats each lead and its events
-four times under new ids. Results go to benchmarks/RESULTS.md.
+(so every lead is open on the run date), its leads and their events repeated under new
+ids up to exactly 1,000,000 and 4,000,000 leads. Figures of each part are kept in
+data/bench/score/results.json, so one part can be re-run alone; results go to
+benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/bench_score.py [--reference-rows N] [--skip-4m]
+    .venv/bin/python benchmarks/bench_score.py [--reference-rows N] [--parts job-1M,throughput,job-4M]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from bench_features import machine, replace_section
 
 from leadml import schema as s
 from leadml import tracking
-from leadml.features import FeatureSettings, build_features, data_end
+from leadml.features import FeatureSettings, build_features
 from leadml.stages import MANIFEST, read_interim
 from leadml.treeshap import FastTreeExplainer
 
@@ -69,8 +71,12 @@ def timed(label: str, fn):  # type: ignore[no-untyped-def]
 
 
 # --------------------------------------------------------------------------- inputs
-def open_lead_tables(source: Path, target: Path, copies: int) -> Path:
-    """The validated tables with no outcomes (every lead open), each lead repeated ``copies`` times."""
+def open_lead_tables(source: Path, target: Path, n_leads: int) -> Path:
+    """The validated tables with no outcomes (every lead open) and exactly ``n_leads`` leads.
+
+    The source's leads are repeated under new ids (``<id>-r1``, ``-r2``...), each with its
+    events, until there are ``n_leads``; the last copy takes the first leads only.
+    """
     if (target / MANIFEST).exists():
         return target
     shutil.rmtree(target, ignore_errors=True)
@@ -78,13 +84,21 @@ def open_lead_tables(source: Path, target: Path, copies: int) -> Path:
     shutil.copy(source / f"{s.ACCOUNTS}.parquet", target / f"{s.ACCOUNTS}.parquet")
     outcomes = pq.read_schema(source / f"{s.OUTCOMES}.parquet")
     pq.write_table(outcomes.empty_table(), target / f"{s.OUTCOMES}.parquet")
+    available = pq.ParquetFile(source / f"{s.LEADS}.parquet").metadata.num_rows
+    copies = -(-n_leads // available)
+    last = n_leads - (copies - 1) * available
+    first_ids = pq.read_table(source / f"{s.LEADS}.parquet", columns=[s.LEAD_ID]).column(0)
+    partial = first_ids.slice(0, last).combine_chunks()
     for table in (s.LEADS, s.ACTIVITIES):
         handle = pq.ParquetFile(source / f"{table}.parquet")
         with pq.ParquetWriter(target / f"{table}.parquet", handle.schema_arrow) as writer:
             for copy in range(copies):
                 for batch in handle.iter_batches(batch_size=1_000_000):
-                    writer.write_table(_renamed(pa.Table.from_batches([batch]), copy))
-    (target / MANIFEST).write_text(json.dumps({"source": str(source), "copies": copies}))
+                    rows = pa.Table.from_batches([batch])
+                    if copy == copies - 1 and last < available:
+                        rows = rows.filter(pc.is_in(rows.column(s.LEAD_ID), value_set=partial))
+                    writer.write_table(_renamed(rows, copy))
+    (target / MANIFEST).write_text(json.dumps({"source": str(source), "leads": n_leads}))
     return target
 
 
@@ -97,10 +111,13 @@ def _renamed(table: pa.Table, copy: int) -> pa.Table:
 
 
 # --------------------------------------------------------------------------- 1 and 2: throughput
-def every_lead_features(workdir: Path, scorer) -> tuple[pd.Timestamp, float, pd.DataFrame]:  # type: ignore[no-untyped-def]
-    """Features of every lead (open or not) as of the data's last day: a full million rows."""
-    tables = read_interim(workdir / "data" / "interim" / "synthetic", s.CRM_TABLES)
-    as_of = data_end(tables).normalize()
+def every_lead_features(tables_dir: Path, scorer) -> tuple[pd.Timestamp, float, pd.DataFrame]:  # type: ignore[no-untyped-def]
+    """Features of every lead of ``tables_dir`` (all open) as of the scoring job's date."""
+    from leadml.buckets import time_bounds
+    from leadml.stages import resolve_as_of
+
+    tables = read_interim(tables_dir, s.CRM_TABLES)
+    as_of = resolve_as_of("latest", time_bounds(tables_dir))
     settings = FeatureSettings.from_mapping(scorer.feature_settings)
     seconds, features = timed(
         f"features of {len(tables[s.LEADS]):,} leads",
@@ -109,11 +126,11 @@ def every_lead_features(workdir: Path, scorer) -> tuple[pd.Timestamp, float, pd.
     return as_of, seconds, features
 
 
-def throughput(workdir: Path, reference_rows: int) -> dict[str, object]:
+def throughput(workdir: Path, tables_dir: Path, reference_rows: int) -> dict[str, object]:
     from leadml.scoring import TierSettings, score_leads
 
     scorer, version = load_champion(workdir)
-    as_of, feature_seconds, features = every_lead_features(workdir, scorer)
+    as_of, feature_seconds, features = every_lead_features(tables_dir, scorer)
     rows = len(features)
     booster, iteration = scorer.model.booster, scorer.model.best_iteration
     scorer.explain(features.head(10))  # builds the explainer's tables and loads the compiled kernel
@@ -138,7 +155,7 @@ def throughput(workdir: Path, reference_rows: int) -> dict[str, object]:
     fast = scorer.explain(subset).to_numpy()
     return {
         "version": version,
-        "as_of": as_of,
+        "as_of": f"{as_of:%Y-%m-%d}",
         "rows": rows,
         "trees": booster.num_trees() if iteration <= 0 else iteration,
         "features": booster.num_feature(),
@@ -203,7 +220,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench" / "train-million")
     parser.add_argument("--reference-rows", type=int, default=1_000_000)
-    parser.add_argument("--skip-4m", action="store_true")
+    parser.add_argument(
+        "--parts", default="job-1M,throughput,job-4M", help="comma-separated; others keep their saved figures"
+    )
     parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -211,68 +230,79 @@ def main() -> None:
         return
     source = args.workdir / "data" / "interim" / "synthetic"
     bench = args.workdir.parent / "score"
-    sets = {"1M": open_lead_tables(source, bench / "open-1m", 1)}
-    if not args.skip_4m:
-        sets["4M"] = open_lead_tables(source, bench / "open-4m", 4)
-    jobs = {"1M": job_in_child(args.workdir, sets["1M"], bench / "out-1M")}
-    figures = throughput(args.workdir, args.reference_rows)
-    if not args.skip_4m:
-        jobs["4M"] = job_in_child(args.workdir, sets["4M"], bench / "out-4M")
-    write_results(figures, jobs, args)
+    saved = bench / "results.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    sizes = {"1M": 1_000_000, "4M": 4_000_000}
+    for part in args.parts.split(","):
+        if part.startswith("job-"):
+            name = part.removeprefix("job-")
+            tables = open_lead_tables(source, bench / f"open-{name}", sizes[name])
+            results[part] = job_in_child(args.workdir, tables, bench / f"out-{name}")
+        elif part == "throughput":
+            tables = open_lead_tables(source, bench / "open-1M", sizes["1M"])
+            results[part] = throughput(args.workdir, tables, args.reference_rows)
+        else:
+            raise SystemExit(f"unknown part {part!r}")
+        results[part]["command"] = " ".join(sys.argv[1:])
+        bench.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results, indent=1, default=str))
+    write_results(results)
 
 
-def write_results(f: dict, jobs: dict[str, dict], args: argparse.Namespace) -> None:
-    options = "" if args.reference_rows == 1_000_000 else f" --reference-rows {args.reference_rows}"
-    options += " --skip-4m" if args.skip_4m else ""
-    subset = (
-        "the same rows"
-        if f["reference_rows"] == f["rows"]
-        else f"the first {f['reference_rows']:,} of the same rows"
-    )
-    job_rows = [
-        f"| {name} | {job['leads']:,} | {job['buckets']} | {job['seconds']:.0f} s | "
-        f"{job['leads'] / job['seconds']:,.0f} | {job['peak_gb']:.2f} GB |"
-        for name, job in jobs.items()
-    ]
-    growth = ""
-    if "4M" in jobs:
-        ratio = jobs["4M"]["peak_gb"] / jobs["1M"]["peak_gb"]
-        growth = f" Peak memory at 4M is {ratio:.2f}x that at 1M (target at most 1.10x)."
-    lines = [
-        BEGIN,
-        f"## Scoring 1,000,000 open leads with explanations (model version {f['version']})",
-        "",
-        f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}.",
-        f"Command: `.venv/bin/python benchmarks/bench_score.py{options}` "
-        "(after `bench_train.py --synthetic million`).",
-        "",
-        f"Model: {f['trees']} trees of up to 31 leaves, {f['features']} features; explainer tables "
-        f"{f['table_mb']:.0f} MB built in {f['table_seconds']:.1f} s. Features of {f['rows']:,} leads as of "
-        f"{f['as_of']:%Y-%m-%d} built first ({f['feature_seconds']:.1f} s).",
-        "",
-        "| measure | rows per second | reference | ratio | target |",
-        "|---|---|---|---|---|",
-        f"| explained scoring (`score_leads`: probability, tier, grouped reasons, sub-scores; batches of "
-        f"100,000) against LightGBM `predict(pred_contrib=True)` | {f['explained_rate']:,.0f} | "
-        f"{f['reference_rate']:,.0f} | {f['explained_rate'] / f['reference_rate']:.1f}x | >= 5x |",
-        f"| plain scoring (`LeadScorer.predict`) against LightGBM `predict` | {f['plain_rate']:,.0f} | "
-        f"{f['native_rate']:,.0f} | {f['native_rate'] / f['plain_rate']:.2f}x slower | <= 1.5x |",
-        "",
-        f"All {f['rows']:,} rows were explained in {f['explained_s']:.0f} s; LightGBM's TreeSHAP ran on "
-        f"{subset} ({f['reference_s']:.0f} s). Largest difference between the two explanations over "
-        f"those rows: {f['max_difference']:.1e} in log-odds (target 1e-4).",
-        "",
-        "The whole job (`buckets.score_in_buckets`, as `leadml-score` runs it after ingestion: split into "
-        "lead buckets of 100,000, features, probabilities, reasons, tiers, trend, Parquet), each in a "
-        "fresh process; peak resident memory from the kernel (`wait4`):",
-        "",
-        "| open leads | rows | buckets | wall time | rows per second | peak memory |",
-        "|---|---|---|---|---|---|",
-        *job_rows,
-        "",
-        f"Target: at most 2 GB at 1M.{growth}",
-        END,
-    ]
+def write_results(results: dict[str, dict]) -> None:
+    f = results.get("throughput")
+    jobs = {k.removeprefix("job-"): v for k, v in results.items() if k.startswith("job-")}
+    lines = [BEGIN, "## Scoring 1,000,000 open leads with explanations", ""]
+    if f:
+        subset = (
+            "the same rows"
+            if f["reference_rows"] == f["rows"]
+            else f"the first {f['reference_rows']:,} of the same rows"
+        )
+        lines += [
+            f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}, model version {f['version']} "
+            "from `bench_train.py --synthetic million`. Command: "
+            f"`.venv/bin/python benchmarks/bench_score.py {f['command']}`.",
+            "",
+            f"Model: {f['trees']} trees of up to 31 leaves, {f['features']} features; explainer tables "
+            f"{f['table_mb']:.0f} MB built in {f['table_seconds']:.1f} s. Features of {f['rows']:,} open "
+            f"leads as of {f['as_of']} built first ({f['feature_seconds']:.1f} s).",
+            "",
+            "| measure | rows per second | reference | ratio | target |",
+            "|---|---|---|---|---|",
+            f"| explained scoring (`score_leads`: probability, tier, grouped reasons, sub-scores; batches "
+            f"of 100,000) against LightGBM `predict(pred_contrib=True)` | {f['explained_rate']:,.0f} | "
+            f"{f['reference_rate']:,.0f} | {f['explained_rate'] / f['reference_rate']:.1f}x | >= 5x |",
+            f"| plain scoring (`LeadScorer.predict`) against LightGBM `predict` | {f['plain_rate']:,.0f} | "
+            f"{f['native_rate']:,.0f} | {f['native_rate'] / f['plain_rate']:.2f}x slower | <= 1.5x |",
+            "",
+            f"All {f['rows']:,} rows were explained in {f['explained_s']:.0f} s; LightGBM's TreeSHAP ran on "
+            f"{subset} ({f['reference_s']:.0f} s). Largest difference between the two explanations over "
+            f"those rows: {f['max_difference']:.1e} in log-odds (target 1e-4).",
+            "",
+        ]
+    if jobs:
+        lines += [
+            "The whole job (`buckets.score_in_buckets`, as `leadml-score` runs it after ingestion: split "
+            "into lead buckets of 100,000, features, probabilities, reasons, tiers, trend, Parquet), each "
+            "in a fresh process; peak resident memory from the kernel (`wait4`):",
+            "",
+            "| open leads | buckets | wall time | rows per second | peak memory |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {job['leads']:,} | {job['buckets']} | {job['seconds']:.0f} s | "
+                f"{job['leads'] / job['seconds']:,.0f} | {job['peak_gb']:.2f} GB |"
+                for job in jobs.values()
+            ],
+            "",
+        ]
+        if "1M" in jobs and "4M" in jobs:
+            ratio = jobs["4M"]["peak_gb"] / jobs["1M"]["peak_gb"]
+            lines.append(
+                f"Peak memory at 4M is {ratio:.2f}x that at 1M "
+                "(target: at most 2 GB at 1M, at most 1.10x at 4M)."
+            )
+    lines.append(END)
     replace_section("\n".join(lines), BEGIN, END)
     print("wrote benchmarks/RESULTS.md")
 

@@ -25,3 +25,34 @@ def test_bucket_of_is_the_same_for_every_arrow_layout_of_the_ids() -> None:
 def test_buckets_are_filled_evenly() -> None:
     counts = np.bincount(bucket_of(pa.array([f"lead-{i}" for i in range(100_000)]), 10), minlength=10)
     assert counts.min() > 9_500 and counts.max() < 10_500
+
+
+def test_split_keeps_every_row_when_batches_carry_different_dictionaries(tmp_path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    from leadml import buckets
+
+    path = tmp_path / "activities.parquet"
+    parts = [
+        pa.table(
+            {"lead_id": [f"L{i}" for i in range(6)], "kind": pa.array(list("aabbcc")).dictionary_encode()}
+        ),
+        pa.table(
+            {"lead_id": [f"L{i}" for i in range(6)], "kind": pa.array(list("zzyyaa")).dictionary_encode()}
+        ),
+    ]
+    with pq.ParquetWriter(path, parts[0].schema) as writer:
+        for part in parts:
+            writer.write_table(part)
+    monkeypatch.setattr(buckets, "SPLIT_BATCH_ROWS", 6)
+    files = buckets._split([path], None, tmp_path / "split", 3)
+    frames = [buckets._read_bucket(files, k, None) for k in range(3)]
+    rows = sorted(
+        (lead, kind) for frame in frames for lead, kind in zip(frame["lead_id"], frame["kind"], strict=True)
+    )
+    expected = sorted(
+        (lead, kind)
+        for part in parts
+        for lead, kind in zip(*(c.to_pylist() for c in part.columns), strict=True)
+    )
+    assert rows == expected

@@ -159,3 +159,15 @@ def test_too_many_bad_rows_stop_the_run_and_keep_them(pipeline: Path, tmp_path: 
         pd.read_parquet(raw / "activities.parquet")
     )
     assert not (tmp_path / "data/interim/synthetic/activities.parquet").exists()
+
+
+def test_upstream_seconds_follow_the_manifest_links(tmp_path: Path) -> None:
+    from leadml.stages import upstream_seconds
+
+    interim = tmp_path / "interim.json"
+    interim.write_text(json.dumps({"stage": "ingest", "seconds": 8.5}))
+    features = {"stage": "features", "seconds": 10.25, "input_manifest": str(interim)}
+    assert upstream_seconds(features) == {"features": 10.25, "ingest": 8.5}
+    assert upstream_seconds({"stage": "features", "seconds": 1, "input_manifest": "gone.json"}) == {
+        "features": 1.0
+    }

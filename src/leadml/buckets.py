@@ -286,12 +286,13 @@ def _split(
 ) -> list[Path]:
     """Rows of ``paths`` written to ``folder/bucket-<k>.arrow`` by the hash of their lead id.
 
-    Bucket files are Arrow IPC with LZ4: written and read back much faster than Parquet,
-    and only this run reads them.
+    Bucket files are Arrow IPC streams with LZ4: written and read back much faster than
+    Parquet, and only this run reads them. (Streams, not IPC files: each batch of the source
+    may carry its own dictionary for a categorical column, which only streams allow.)
     """
     folder.mkdir(parents=True)
     targets = [folder / f"bucket-{k}.arrow" for k in range(buckets)]
-    writers: list[pa.ipc.RecordBatchFileWriter] = []
+    writers: list[pa.ipc.RecordBatchStreamWriter] = []
     schema: pa.Schema | None = None
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     try:
@@ -302,7 +303,7 @@ def _split(
                     table = table.filter(keep(table))
                 if schema is None:
                     schema = table.schema
-                    writers = [pa.ipc.new_file(target, schema, options=options) for target in targets]
+                    writers = [pa.ipc.new_stream(target, schema, options=options) for target in targets]
                 table = table.cast(schema)
                 bucket = bucket_of(table.column(s.LEAD_ID), buckets)
                 order = np.argsort(bucket, kind="stable")
@@ -323,12 +324,12 @@ def _read_bucket(paths: list[Path], k: int, empty: pd.DataFrame) -> pd.DataFrame
 
 def _read_arrow(path: Path) -> pd.DataFrame:
     with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all().to_pandas()
+        return pa.ipc.open_stream(source).read_all().to_pandas()
 
 
 def _write_arrow(table: pa.Table, path: Path) -> None:
     options = pa.ipc.IpcWriteOptions(compression="lz4")
-    with pa.ipc.new_file(path, table.schema, options=options) as writer:
+    with pa.ipc.new_stream(path, table.schema, options=options) as writer:
         writer.write_table(table)
 
 

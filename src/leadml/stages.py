@@ -250,6 +250,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
                 {"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap."
             )
         tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+        tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
         labels = result.test[s.LABEL].to_numpy()
         curves = {k: v for k, v in result.probabilities.items() if k != "base_rate"}
         tracking.log_figure(plots.reliability_figure(labels, curves), "plots/reliability.png")
@@ -311,6 +312,25 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
+
+
+def upstream_seconds(manifest: Mapping[str, Any]) -> dict[str, float]:
+    """Duration of each earlier stage, following the manifests' ``input_manifest`` links.
+
+    With the train stage's own ``seconds.total``, the run records where the time of a
+    whole ``make train`` went.
+    """
+    seconds: dict[str, float] = {}
+    seen: set[str] = set()
+    while manifest:
+        if "stage" in manifest and "seconds" in manifest:
+            seconds[str(manifest["stage"])] = float(manifest["seconds"])
+        link = manifest.get("input_manifest")
+        if not link or link in seen or not Path(link).exists():
+            break
+        seen.add(link)
+        manifest = json.loads(Path(link).read_text())
+    return seconds
 
 
 def window_fingerprint(rows: pd.DataFrame) -> str:
