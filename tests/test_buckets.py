@@ -56,3 +56,5 @@ def test_split_keeps_every_row_when_batches_carry_different_dictionaries(tmp_pat
         for lead, kind in zip(*(c.to_pylist() for c in part.columns), strict=True)
     )
     assert rows == expected
+    for frame in frames:  # a bucket's categories are its own values, not its source batch's
+        assert set(frame["kind"].cat.categories) == set(frame["kind"])

@@ -311,11 +311,26 @@ def _split(
                 bounds = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=buckets))])
                 for k in range(buckets):
                     if bounds[k + 1] > bounds[k]:
-                        writers[k].write_table(grouped.slice(bounds[k], bounds[k + 1] - bounds[k]))
+                        part = grouped.slice(bounds[k], bounds[k + 1] - bounds[k])
+                        writers[k].write_table(_compact_dictionaries(part))
     finally:
         for writer in writers:
             writer.close()
     return targets if writers else []
+
+
+def _compact_dictionaries(table: pa.Table) -> pa.Table:
+    """Dictionary columns re-encoded with only the values they hold.
+
+    A slice keeps its source's whole dictionary: a bucket of events would carry every lead
+    id of the batch, and pandas would build a category of them all for every chunk.
+    """
+    for index, column_field in enumerate(table.schema):
+        if pa.types.is_dictionary(column_field.type):
+            values = pc.cast(table.column(index), column_field.type.value_type)
+            encoded = pc.dictionary_encode(values).cast(column_field.type)
+            table = table.set_column(index, column_field, encoded)
+    return table
 
 
 def _read_bucket(paths: list[Path], k: int, empty: pd.DataFrame) -> pd.DataFrame:
@@ -392,12 +407,15 @@ def _score(
 ) -> ScoringOutcome:  # fmt: skip
     before = pa.scalar(as_of + pd.Timedelta(seconds=1), type=pa.timestamp("us", tz="UTC"))
 
+    def microseconds(column: pa.ChunkedArray) -> pa.ChunkedArray:  # nanoseconds truncate: a filter only
+        return pc.cast(column, pa.timestamp("us", tz="UTC"), safe=False)
+
     def created_in_time(table: pa.Table) -> pa.Array:  # a superset: open_lead_features applies the rules
-        created = pc.cast(table.column(s.CREATED_AT), pa.timestamp("us", tz="UTC"))
+        created = microseconds(table.column(s.CREATED_AT))
         return pc.or_kleene(pc.is_null(created), pc.less(created, before))
 
     def earlier_events(table: pa.Table) -> pa.Array:
-        return pc.less(pc.cast(table.column(s.TIMESTAMP), pa.timestamp("us", tz="UTC")), before)
+        return pc.less(microseconds(table.column(s.TIMESTAMP)), before)
 
     paths = {table: _table_path(tables_dir, table) for table in s.CRM_TABLES}
     parts = {
@@ -453,7 +471,8 @@ def _score(
     finish = Finish(
         everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version
     )
-    final_schema = arrow_schema(finish_rows(_read_scored(scored_paths, scored_schema, 0).head(0), finish))
+    no_rows = scored_schema.empty_table().to_pandas().assign(**{PREVIOUS: np.nan})
+    final_schema = arrow_schema(finish_rows(no_rows, finish))
     tier_counts: dict[str, int] = {}
 
     def finished_tables() -> Iterator[pa.Table]:
@@ -479,12 +498,6 @@ def _score(
         unseen=summaries.unseen,
         buckets=buckets,
     )
-
-
-def _read_scored(paths: list[Path | None], schema: pa.Schema, k: int) -> pd.DataFrame:
-    found = [p for p in paths if p is not None]
-    frame = _read_arrow(found[k]) if found else schema.empty_table().to_pandas()
-    return frame.assign(**{PREVIOUS: np.nan})
 
 
 def _with_previous(scored: pd.DataFrame, previous_parts: list[Path], k: int) -> pd.DataFrame:
