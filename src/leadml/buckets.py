@@ -270,9 +270,16 @@ def _table_path(tables_dir: Path, table: str) -> Path:
 
 
 def _batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The file's rows in batches, one row group in memory at a time.
+
+    Not ``ParquetFile.iter_batches``: measured on 90 million events it held far more than
+    a row group (1.44 GB peak against 0.61 GB reading row group by row group).
+    """
     try:
         handle = pq.ParquetFile(path)
-        yield from handle.iter_batches(batch_size=SPLIT_BATCH_ROWS, columns=columns)
+        for group in range(handle.num_row_groups):
+            rows = handle.read_row_group(group, columns=columns)
+            yield from rows.to_batches(max_chunksize=SPLIT_BATCH_ROWS)
     except (OSError, pa.ArrowException) as error:
         raise LeadmlError(f"cannot read {path}: {error}") from None
 
