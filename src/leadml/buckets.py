@@ -48,6 +48,7 @@ from leadml.scoring import (
     TierSettings,
     TrendSettings,
     add_trend,
+    column_kind,
     drift_counts,
     psi_from_counts,
     score_leads,
@@ -178,7 +179,7 @@ class ScoringOutcome:
 
     as_of: pd.Timestamp
     output: Path
-    probabilities: np.ndarray  # of every scored lead, in no particular order
+    probabilities: np.ndarray  # of every scored lead, sorted
     tier_counts: dict[str, int]
     psi: dict[str, float]  # per feature, against the training reference
     unseen: dict[str, int]  # rows per categorical feature with a level the model never saw
@@ -227,23 +228,22 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+ARROW_TYPES = {
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "bool": pa.bool_(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+}
+
+
 def arrow_schema(frame: pd.DataFrame) -> pa.Schema:
     """A fixed Arrow schema for scored rows: text columns stay text even where a bucket has no value."""
-    fields = []
-    for name in frame.columns:
-        dtype = frame[name].dtype
-        if isinstance(dtype, pd.DatetimeTZDtype):
-            kind = pa.timestamp("us", tz="UTC")
-        elif pd.api.types.is_bool_dtype(dtype):
-            kind = pa.bool_()
-        elif pd.api.types.is_integer_dtype(dtype):
-            kind = pa.int64()
-        elif pd.api.types.is_float_dtype(dtype):
-            kind = pa.float64()
-        else:
-            kind = pa.string()
-        fields.append(pa.field(str(name), kind))
-    return pa.schema(fields)
+    return pa.schema(
+        [
+            pa.field(str(name), ARROW_TYPES.get(column_kind(frame[name]) or "text", pa.string()))
+            for name in frame
+        ]
+    )
 
 
 def time_bounds(tables_dir: Path) -> dict[str, pd.DataFrame]:
@@ -356,7 +356,8 @@ def _write_arrow(table: pa.Table, path: Path) -> None:
 
 
 def _empty_frame(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    return pq.read_schema(path).empty_table().select(columns or pq.read_schema(path).names).to_pandas()
+    empty = pq.read_schema(path).empty_table()
+    return (empty.select(columns) if columns else empty).to_pandas()
 
 
 def _clear_dead_runs(work_dir: Path) -> None:

@@ -170,6 +170,22 @@ def _sentence(metadata: Mapping[str, FeatureMeta], name: str, value: Any) -> str
     return meta.describe(value)
 
 
+def column_kind(column: pd.Series) -> str | None:
+    """How every sink stores a scored column: timestamp, bool, int, float or text (None: none of them)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamp"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        return "text"
+    return None
+
+
 def _percentile(probability: np.ndarray) -> np.ndarray:
     """Share of today's leads scoring at or below each lead, in percent (ties share a rank)."""
     if len(probability) == 0:

@@ -177,11 +177,6 @@ def check_identifier(name: str, what: str) -> str:
     return name
 
 
-def upsert_scores(url: str, table: str, frame: pd.DataFrame) -> int:
-    """Insert or update ``frame`` keyed by (lead_id, as_of) in one transaction; returns rows written."""
-    return upsert_frames(url, table, [frame])
-
-
 def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_000) -> int:
     """:func:`upsert_frames` of a written partition, read in batches (bounded memory)."""
 
@@ -248,15 +243,12 @@ def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore
 def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
     import sqlalchemy as sa
 
+    from leadml.scoring import column_kind
+
     if column.name == s.AS_OF:
         return sa.String(10)
-    if pd.api.types.is_bool_dtype(column):
-        return sa.Boolean()
-    if pd.api.types.is_integer_dtype(column):
-        return sa.BigInteger()
-    if pd.api.types.is_float_dtype(column):
-        return sa.Float()
-    return sa.Text()
+    kinds = {"bool": sa.Boolean(), "int": sa.BigInteger(), "float": sa.Float()}
+    return kinds.get(column_kind(column) or "text", sa.Text())
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

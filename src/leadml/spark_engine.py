@@ -59,7 +59,7 @@ from leadml.buckets import (
 from leadml.errors import LeadmlError, known_settings
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scorer import PROBABILITY, LeadScorer
-from leadml.scoring import TierSettings, TrendSettings, score_leads
+from leadml.scoring import TierSettings, TrendSettings, column_kind, score_leads
 from leadml.stages import MANIFEST, _deal_values, resolve_as_of
 
 if TYPE_CHECKING:
@@ -273,18 +273,19 @@ def _micros(as_of: pd.Timestamp) -> int:
 def _spark_type(column: pd.Series) -> DataType:
     from pyspark.sql import types as T
 
-    dtype = column.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        return T.TimestampType()
-    if pd.api.types.is_bool_dtype(dtype):
-        return T.BooleanType()
-    if pd.api.types.is_integer_dtype(dtype):
-        return T.LongType()
-    if pd.api.types.is_float_dtype(dtype):
-        return T.DoubleType()
-    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        return T.StringType()  # lead ids, tiers, reasons, trend: text (None where there is none)
-    raise LeadmlError(f"scored column {column.name} has a type the Spark engine cannot write: {dtype}")
+    kinds = {
+        "timestamp": T.TimestampType(),
+        "bool": T.BooleanType(),
+        "int": T.LongType(),
+        "float": T.DoubleType(),
+        "text": T.StringType(),  # lead ids, tiers, reasons, trend: text (None where there is none)
+    }
+    kind = column_kind(column)
+    if kind is None:
+        raise LeadmlError(
+            f"scored column {column.name} has a type the Spark engine cannot write: {column.dtype}"
+        )
+    return kinds[kind]
 
 
 def _struct(frame: pd.DataFrame, extra: Mapping[str, DataType] | None = None) -> StructType:
