@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test train score generate ingest features lint bench clean mlflow-ui
+.PHONY: help install system-deps test train score report forecast notebooks generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install leadml with its locked dependencies
 
-test: $(STAMP) ## lint (ruff) and run the test suite
+CHROMIUM := /usr/bin/chromium
+system-deps: ## Debian's chromium for the browser tests (installed when run as root with apt-get)
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else \
+	    echo "note: $(CHROMIUM) is missing and cannot be installed here: the browser tests will skip"; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps ## lint (ruff) and run the test suite
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -35,6 +48,16 @@ train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, 
 
 score: $(STAMP) ## the nightly job: score open leads with the champion into data/scored (after make train)
 	$(BIN)/leadml-score $(ARGS)
+
+report: $(STAMP) ## the leadership report (HTML) and ranked CSV of the latest scored run (after make score)
+	$(BIN)/leadml-report $(ARGS)
+
+forecast: $(STAMP) ## funnel forecast: forward, reverse and capacity tables (after make train; capacity after make score)
+	$(BIN)/leadml-forecast $(ARGS)
+
+notebooks: $(STAMP) ## run both notebooks on the trained project; executed copies in reports/notebooks/ (after make train)
+	@mkdir -p reports/notebooks
+	$(BIN)/jupyter execute --kernel_name=python3 --output='../reports/notebooks/{notebook_name}' notebooks/01-explore-leads.ipynb notebooks/02-model-diagnostics.ipynb
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the local tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -86,9 +86,40 @@ def local_tracking() -> Iterator[None]:
     previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         yield
-    finally:
+    finally:  # mlflow.set_tracking_uri exports the URI it is given: that one must not leak out
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
         if previous is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+# a project small enough to train in well under a minute, with a gate that always promotes
+SMALL_PROJECT: dict[str, Any] = {
+    "synthetic.n_leads": 5000,
+    "synthetic.start": "2024-07-01",
+    "synthetic.end": "2026-01-01",
+    "evaluation.bootstrap": 10,
+    "evaluation.shap_rows": 200,
+    "guards.leakage_max_rows": 20000,
+    "model.n_estimators": 80,
+    "model.learning_rate": 0.1,
+    "model.early_stopping_rounds": 20,
+    "promotion.min_roc_auc": 0.5,
+    "promotion.max_ece": 1.0,
+    "promotion.min_gain_over_logreg": -1.0,
+}
+
+
+def project_config(
+    root: Any, name: str, overrides: Sequence[str] = (), changes: Mapping[str, Any] | None = None
+) -> Any:
+    """Config ``name`` of a small project under ``root``: SMALL_PROJECT, ``changes``, ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from leadml.cli import CONFIG_DIR
+
+    settings = {**SMALL_PROJECT, **(changes or {})}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, [f"paths.root={root}", *(f"{k}={v}" for k, v in settings.items()), *overrides])
 
 
 def train_project(config_for: Callable[[str], Any]) -> None:

@@ -153,6 +153,12 @@ def test_capacity_thresholds_hold_the_top_shares() -> None:
     assert (tiers == "D").sum() == 800
 
 
+def test_capacity_thresholds_are_exact_where_floating_point_is_not() -> None:
+    probabilities = np.arange(100) / 100  # 0.07 * 100 == 7.000000000000001
+    thresholds = capacity_thresholds(probabilities, {"A": 0.07})
+    assert (assign_tiers(probabilities, thresholds) == "A").sum() == 7
+
+
 def test_compare_models_gives_the_same_columns_for_every_model() -> None:
     labels, probabilities = calibrated_sample(3000)
     models = {

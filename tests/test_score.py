@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
-from factories import local_tracking, train_project
+from factories import local_tracking, project_config, train_project
 from leadml import schema as s
 from leadml import sinks
-from leadml.cli import CONFIG_DIR, run_score
+from leadml.cli import run_score
 from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import (
@@ -31,28 +30,17 @@ from leadml.scoring import (
     score_leads,
     unseen_categories,
 )
-from leadml.stages import read_interim
+from leadml.stages import SCORING_RUN_RECORD, read_interim
 
-SMALL = [
-    "synthetic.n_leads=6000",
-    "synthetic.start=2024-07-01",
-    "synthetic.end=2026-01-01",
-    "evaluation.bootstrap=10",
-    "evaluation.shap_rows=200",
-    "guards.leakage_max_rows=20000",
-    "model.n_estimators=120",
-    "model.learning_rate=0.1",
-    "model.early_stopping_rounds=20",
-    "model.monotone_constraints=true",
-    "promotion.min_roc_auc=0.5",
-    "promotion.max_ece=1.0",
-    "promotion.min_gain_over_logreg=-1.0",
-]
+SMALL = {
+    "synthetic.n_leads": 6000,
+    "model.n_estimators": 120,
+    "model.monotone_constraints": "true",
+}
 
 
 def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(name, [f"paths.root={root}", *SMALL, *overrides])
+    return project_config(root, name, overrides, SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +129,7 @@ def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) ->
     _, frame_again = _scored(root, "2025-12-01")
     pd.testing.assert_frame_equal(frame, frame_again)
     partition = Path(first["output"])
-    assert sorted(p.name for p in partition.iterdir()) == [sinks.PART_FILE]
+    assert sorted(p.name for p in partition.iterdir()) == [SCORING_RUN_RECORD, sinks.PART_FILE]
     assert not sinks.leftovers(partition.parent)
     _, later = _scored(root, "2025-12-15")
     carried = later[later[s.LEAD_ID].isin(frame[s.LEAD_ID])]
@@ -190,10 +178,9 @@ def test_a_run_that_dies_while_writing_leaves_the_previous_partition(
             raise KeyboardInterrupt("killed")
         return write_table(self, table, *args, **kwargs)
 
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", die_in_the_partition)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(pq.ParquetWriter, "write_table", die_in_the_partition)
         _scored(root, "2025-12-01")
-    monkeypatch.undo()
     pd.testing.assert_frame_equal(pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE), before)
     _, after = _scored(root, "2025-12-01")  # the re-run cleans up and completes
     pd.testing.assert_frame_equal(before, after)

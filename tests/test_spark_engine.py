@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
-from factories import local_tracking, train_project
+from factories import local_tracking, project_config, train_project
 from leadml import schema as s
 from leadml import sinks
-from leadml.cli import CONFIG_DIR, run_score
+from leadml.cli import run_score
 from leadml.errors import SchemaMismatchError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import TierSettings, TrendSettings, population_stability, score_leads, unseen_categories
@@ -27,29 +26,17 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
 ]
 
-SMALL = [
-    "synthetic.n_leads=3000",
-    "synthetic.start=2024-07-01",
-    "synthetic.end=2026-01-01",
-    "evaluation.bootstrap=10",
-    "evaluation.shap_rows=200",
-    "guards.leakage_max_rows=20000",
-    "model.n_estimators=80",
-    "model.learning_rate=0.1",
-    "model.early_stopping_rounds=20",
-    "model.n_jobs=1",  # two cores shared with Spark's workers: no OpenMP threads fighting over them
-    "promotion.min_roc_auc=0.5",
-    "promotion.max_ece=1.0",
-    "promotion.min_gain_over_logreg=-1.0",
-    "tiers=capacity",  # thresholds from all of today's leads: the part no bucket can do alone
-]
+SMALL = {
+    "synthetic.n_leads": 3000,
+    "model.n_jobs": 1,  # two cores shared with Spark's workers: no OpenMP threads fighting over them
+    "tiers": "capacity",  # thresholds from all of today's leads: the part no bucket can do alone
+}
 DAYS = ("2025-11-17", "2025-12-01")  # the second run has a trend against the first
 REASONS = [f"{d}_reason_{i}" for d in ("positive", "negative") for i in (1, 2, 3)]
 
 
 def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(name, [f"paths.root={root}", *SMALL, *overrides])
+    return project_config(root, name, overrides, SMALL)
 
 
 def _day(day: str) -> pd.Timestamp:

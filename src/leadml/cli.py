@@ -161,6 +161,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         f"gate: version {summary['version']} of {summary['registered_model']} {verdict}: "
         + "; ".join(summary["reasons"])
     )
+    _echo(f"train: report {summary['report']}")
     _echo(f"run {summary['run_id']} in {summary['tracking_uri']} ({summary['seconds']} s)")
     _echo("look at it with: make mlflow-ui")
     return summary
@@ -187,6 +188,60 @@ def run_score(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def run_report(cfg: DictConfig) -> Any:
+    """Write the leadership report (HTML) and the ranked CSV of a scored run."""
+    from leadml.report import report_stage
+
+    files = report_stage(_container(cfg), Path(cfg.paths.root))
+    _echo(f"report: {files.leads:,} open leads as of {files.as_of:%Y-%m-%d}")
+    _echo(f"report: wrote {files.html}")
+    _echo(f"report: wrote {files.csv}")
+    return files
+
+
+# --------------------------------------------------------------------------- forecast
+def run_forecast(cfg: DictConfig) -> dict[str, Any]:
+    """Funnel forecast: forward (planned leads), reverse (leads for a revenue target), capacity."""
+    from leadml.forecast import ALL, TOTAL, forecast_stage
+
+    summary = forecast_stage(_container(cfg), Path(cfg.paths.root))
+    level = f"{summary['level']:.0%}"
+    history = summary["history"].loc[ALL]
+    _echo(
+        f"forecast: history as of {summary['as_of']:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
+        f"{int(history['won']):,} won within {summary['horizon_days']} days "
+        f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
+        "left out of the rates"
+    )
+    forward = summary["forward"].loc[TOTAL]
+    _echo(
+        f"forecast: {int(forward['planned_leads']):,} planned leads ({summary['planned_from']}): "
+        f"{forward['expected_conversions']:,.1f} conversions [{int(forward['conversions_low']):,}, "
+        f"{int(forward['conversions_high']):,}], revenue {forward['expected_revenue']:,.0f} "
+        f"[{forward['revenue_low']:,.0f}, {forward['revenue_high']:,.0f}] ({level} intervals)"
+    )
+    reverse = summary["reverse"].loc[TOTAL]
+    _echo(
+        f"forecast: revenue {summary['revenue_target']:,.0f} ({summary['revenue_target_from']}) needs "
+        f"{int(reverse['mix_expected']):,} leads of the mix in expectation, "
+        f"{int(reverse['mix_at_confidence']):,} to reach it with {summary['confidence']:.0%} confidence"
+    )
+    if summary["capacity"] is None:
+        _echo("forecast: no scored run, so no capacity plan (run leadml-score first)")
+    else:
+        capacity = summary["capacity"].loc[TOTAL]
+        _echo(
+            f"forecast: {summary['reps']} reps work {int(capacity['worked_leads']):,} of "
+            f"{int(capacity['open_leads']):,} open leads (probability >= {summary['threshold']:.3f}): "
+            f"{capacity['expected_wins']:,.1f} wins expected [{int(capacity['wins_low']):,}, "
+            f"{int(capacity['wins_high']):,}]"
+        )
+    folder = Path(summary["files"]["json"]).parent
+    names = ", ".join(Path(path).name for path in summary["files"].values())
+    _echo(f"forecast: wrote {names} to {folder} ({summary['seconds']} s)")
+    return summary
+
+
 # --------------------------------------------------------------------------- wrappers
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
@@ -207,3 +262,5 @@ ingest = _entry_point("ingest", run_ingest)
 features = _entry_point("features", run_features)
 train = _entry_point("train", run_train)
 score = _entry_point("score", run_score)
+report = _entry_point("report", run_report)
+forecast = _entry_point("forecast", run_forecast)

@@ -323,7 +323,8 @@ def capacity_thresholds(
     for tier, share in shares.items():
         if not 0 < share <= 1:
             raise ValueError(f"tier {tier}: share must be in (0, 1], got {share}")
-        rows_in = max(1, int(np.ceil(share * len(p))))
+        # round first: 0.07 * 100 is 7.000000000000001 in floating point, which ceil makes 8
+        rows_in = max(1, int(np.ceil(round(share * len(p), 9))))
         thresholds[tier] = float(p[rows_in - 1])
     return thresholds
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from leadml.evaluate import DEFAULT_N_BINS, grouped_shap_values
@@ -165,4 +166,20 @@ def shap_beeswarm_figure(
         group_remaining_features=False,
     )
     axes.set_title("SHAP values by " + ("original column" if by_group else "feature"))
+    return figure
+
+
+def score_distribution_figure(probabilities: np.ndarray, thresholds: Mapping[str, float]) -> Figure:
+    """Histogram of today's calibrated probabilities with the tier thresholds marked."""
+    figure, axes = plt.subplots(figsize=(7.0, 3.6))
+    values = np.asarray(probabilities, dtype=np.float64)
+    upper = float(np.quantile(values, 0.999)) if len(values) else 1.0
+    axes.hist(values, bins=np.linspace(0, max(upper, 1e-3), 50), color="#2458d6", alpha=0.85)
+    for tier, threshold in sorted(thresholds.items(), key=lambda item: item[1]):
+        if threshold <= upper:
+            axes.axvline(threshold, **_REFERENCE_STYLE)
+            axes.annotate(f"{tier} ≥ {threshold:.0%}", (threshold, 0.95), xycoords=("data", "axes fraction"),
+                          rotation=90, va="top", ha="right", fontsize=8, color="grey")  # fmt: skip
+    axes.set(xlabel="calibrated probability of conversion", ylabel="open leads", title="Score distribution")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
     return figure

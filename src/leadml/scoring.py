@@ -123,6 +123,27 @@ def explanation_columns(
     return out
 
 
+def grouped_reasons(
+    contributions: pd.DataFrame, scorer: LeadScorer, features: pd.DataFrame
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Every group's contribution of each row, the group names, and each group's sentence.
+
+    The same sentences as the reasons of :func:`explanation_columns` (a group quotes its
+    feature with the largest |contribution|), for all groups instead of the top three:
+    what a per-lead waterfall shows. Returns (rows x groups, groups, rows x groups of text).
+    """
+    names = scorer.feature_names
+    metadata = {name: FeatureMeta(**meta) for name, meta in scorer.metadata.items()}
+    values = contributions[names].to_numpy(dtype=np.float64)
+    summed, groups = grouped_shap_values(values, names, metadata)
+    representative = _representatives(values, names, groups, metadata)
+    every_row = np.ones(len(values), dtype=bool)
+    sentences = np.empty(summed.shape, dtype=object)
+    for g in range(len(groups)):
+        sentences[:, g] = _sentences(features[names], representative[:, g], every_row, metadata)
+    return summed, groups, sentences
+
+
 def _representatives(
     values: np.ndarray, names: Sequence[str], groups: Sequence[str], metadata: Mapping[str, FeatureMeta]
 ) -> np.ndarray:

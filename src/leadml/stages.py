@@ -51,6 +51,8 @@ from leadml.sources import (
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# the scoring run's summary inside its partition (a leading "_": Parquet readers skip it)
+SCORING_RUN_RECORD = "_scoring_run.json"
 SNAPSHOTS = "snapshots.parquet"
 FEATURE_METADATA = "feature_metadata.json"
 FLAT_TABLE = "leads"
@@ -200,7 +202,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
     import yaml
 
-    from leadml import plots, tracking
+    from leadml import model_report, plots, tracking
     from leadml.scorer import as_model_input
     from leadml.train import BASELINE_LOGREG, ORACLE, promotion_gate, train_and_evaluate
 
@@ -282,6 +284,21 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         decision = promotion_gate(
             metrics.loc[result.model_name], metrics.loc[BASELINE_LOGREG], champion_metrics, cfg["promotion"]
         )
+        # the report before the alias moves: a report that cannot be written fails the run unpromoted
+        report_run = model_report.RunInfo(
+            run_id=run_id,
+            version=version,
+            registered_model=model_name,
+            tracking_uri=uri,
+            champion_version=champion_version,
+            champion_metrics=champion_metrics,
+            stage_seconds=upstream_seconds(features_manifest),
+            elapsed_seconds=time.perf_counter() - started,
+        )
+        report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
+        model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata)
+        report_artifact = tracking.log_file(report_path, "report")
+        tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
         if decision.promote:
             tracking.set_alias(model_name, tracking.CHAMPION, version)
         tracking.log_dict(
@@ -309,6 +326,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "calibration": result.calibration,
         "has_oracle": ORACLE in result.probabilities,
         "model_name": result.model_name,
+        "report": str(report_path),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
@@ -523,7 +541,7 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         records={"warnings.json": {"drift": warnings, "unseen_categories": unseen}, "ingest.json": ingested},
         tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
     )
-    return {
+    summary = {
         "as_of": as_of,
         "leads": len(probabilities),
         "tiers": dict(tier_counts),
@@ -539,6 +557,17 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "tracking_uri": uri,
         "seconds": seconds,
     }
+    run_record = {
+        **summary,
+        "as_of": f"{as_of:%Y-%m-%d}",
+        "thresholds": dict(tiers.thresholds_for(outcome.probabilities)),
+        "floor_tier": tiers.floor_tier,
+        "psi_score": None if pd.isna(psi_score) else psi_score,
+        "expected_conversions": metrics["expected_conversions"],
+    }
+    # beside the rows, for the report (leadml-report), which must not need the tracking server
+    write_json_atomic(run_record, Path(written_to) / SCORING_RUN_RECORD)
+    return summary
 
 
 def _deal_values(leads: pd.DataFrame, lead_ids: pd.Series) -> pd.Series | None:

@@ -50,7 +50,14 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
 
     _quiet_mlflow()
     check_reachable(tracking_uri)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    # set_tracking_uri also exports the URI; left there, it would become the "environment's"
+    # store of every later stage of this process (a notebook, a test) whatever its own root
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     try:
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
@@ -152,6 +159,14 @@ def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_text(frame.to_csv(index=False), artifact_file)
+
+
+def log_file(path: Path, artifact_dir: str | None = None) -> str:
+    """Copy a local file into the run's artifacts; returns its artifact path."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+    return f"{artifact_dir}/{Path(path).name}" if artifact_dir else Path(path).name
 
 
 def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, context: str) -> None:
@@ -277,6 +292,29 @@ def load_scorer(model_uri: str) -> Any:
     if scorer is None:
         raise NoModelError(f"{model_uri} is not a leadml scorer")
     return scorer
+
+
+def model_run(model_uri: str) -> dict[str, Any]:
+    """The training run that logged ``model_uri``: ``run_id``, its ``config`` (config.yaml),
+    ``metrics`` and ``datasets`` (window -> logged digest, to check that re-created rows are
+    the ones the model was evaluated on)."""
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        found = mlflow.get_run(run_id)
+        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+    except (MlflowException, OSError) as error:
+        raise NoModelError(f"cannot find the training run of {model_uri}: {_first_line(error)}") from None
+    datasets = {}
+    for dataset_input in found.inputs.dataset_inputs if found.inputs else ():
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        if "mlflow.data.context" in tags:
+            datasets[tags["mlflow.data.context"]] = dataset_input.dataset.digest
+    metrics = dict(found.data.metrics)
+    return {"run_id": run_id, "config": config or {}, "metrics": metrics, "datasets": datasets}
 
 
 def log_scoring_run(

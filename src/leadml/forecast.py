@@ -1,0 +1,1128 @@
+"""Funnel forecast: historical conversion, forward and reverse forecasts, sales capacity.
+
+Everything here rests on one definition, the product's label: a lead created at ``t``
+*converts* when it is won with ``closed_at <= t + horizon_days``.
+
+Rates are measured on the **mature cohort** only: leads whose whole horizon has elapsed
+before the end of the data (``created_at + horizon_days <= as_of``). A younger lead may
+still be won inside its horizon after the data ends; counting it as "not converted"
+would bias every rate downwards, the more so the faster leads are arriving. Younger
+leads are counted apart (``immature_leads``) and never enter a rate.
+
+Forecast intervals are posterior predictive: each simulated draw takes a conversion
+rate from ``Beta(won + prior, not_converted + prior)`` (the uncertainty of the
+historical rate), then the number of conversions of the planned leads from
+``Binomial(n, rate)`` (the noise of the future leads), then the revenue of those wins
+by a two-stage bootstrap of the historical won deal values (a resampled history per
+draw, then deals drawn from it, so the uncertainty of the deal-value distribution enters
+too). An interval therefore widens both when few leads are planned and when the history
+of a source is short. Sources are independent; the ``total`` row sums them draw by draw.
+
+The functions are pure (DataFrames in, DataFrames out); :func:`forecast_stage` does the
+I/O for ``leadml-forecast``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml import schema as s
+from leadml.calendar import to_utc
+from leadml.errors import LeadmlError, known_settings
+
+logger = logging.getLogger(__name__)
+
+ALL = "all"  # the pooled row of the history table
+TOTAL = "total"  # the summed row of the forward, reverse and capacity tables
+UNKNOWN = "unknown"  # leads without a value in the grouping column
+POOLED = "all (pooled)"  # where a rate or deal values came from when a source's own are not used
+PROBABILITY = "probability"  # leadml.scorer.PROBABILITY, the scored partition's column
+TIER = "tier"
+EXPECTED_VALUE = "expected_value"
+DEAL_VALUES = "won_deal_values"  # history column: the raw won deal values, for resampling
+UNKNOWN_SOURCE_RULES = ("error", "pooled")
+
+DEFAULT_PRIOR = 0.5  # Jeffreys prior on a conversion rate
+MIN_WINS_FOR_VALUES = 20  # fewer won deal values than this: resample the pooled ones
+EXACT_SUM_MAX = 400  # per draw, won deals are resampled one by one up to this many (CLT beyond)
+REPLICATES = 200  # bootstrap replicates of the historical deal values (the two-stage bootstrap)
+_CHUNK_VALUES = 2_000_000  # resampled deal values held in memory at once
+_NORMAL_VARIANCE = 30.0  # Poisson-binomial: normal approximation from this variance on, exact below
+_DAY = pd.Timedelta(days=1)
+
+
+# --------------------------------------------------------------------------- checks
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], table: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise LeadmlError(
+            f"{table}: missing column(s) {missing} needed by the forecast (found: {list(frame.columns)})"
+        )
+
+
+def _whole_number(value: Any, name: str, minimum: int = 0) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LeadmlError(f"{name} must be a whole number >= {minimum}, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise LeadmlError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def _share(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LeadmlError(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise LeadmlError(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}")
+    return number
+
+
+def _draws(value: Any) -> int:
+    return _whole_number(value, "draws", minimum=100)
+
+
+def _unknown_rule(value: str) -> str:
+    if value not in UNKNOWN_SOURCE_RULES:
+        raise LeadmlError(f"unknown_source must be one of {list(UNKNOWN_SOURCE_RULES)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- history
+def data_end(leads: pd.DataFrame, outcomes: pd.DataFrame) -> pd.Timestamp:
+    """The last moment the lead and outcome tables know about (their latest timestamp)."""
+    stamps = [
+        pd.to_datetime(leads[s.CREATED_AT], utc=True).max(),
+        pd.to_datetime(outcomes[s.CLOSED_AT], utc=True).max() if len(outcomes) else pd.NaT,
+    ]
+    present = [stamp for stamp in stamps if not pd.isna(stamp)]
+    if not present:
+        raise LeadmlError("leads and outcomes hold no timestamps, so the forecast has no end of data")
+    return max(present)
+
+
+def historical_rates(
+    leads: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    horizon_days: int,
+    as_of: pd.Timestamp | str | None = None,
+    by: str = s.SOURCE,
+) -> pd.DataFrame:
+    """Conversion within ``horizon_days`` per value of ``by``, on the mature cohort, plus an ``all`` row.
+
+    ``as_of`` is the end of what is known (default: the latest timestamp of the two
+    tables); a backtest passes an earlier date, and then leads created later and outcomes
+    closed later are ignored. Only leads with ``created_at + horizon_days <= as_of`` count
+    (the mature cohort): younger leads could still convert inside their horizon, and
+    counting them would bias the rates downwards. They are reported as ``immature_leads``.
+
+    Columns, indexed by the values of ``by`` (missing values as ``unknown``), sorted by
+    mature leads: ``leads`` (mature), ``won`` (won within the horizon), ``not_converted``,
+    ``conversion_rate`` (won / leads), ``immature_leads``, ``days_to_convert_mean`` and
+    ``_median`` (created -> closed of those wins), ``deal_value_mean`` and ``_median``,
+    ``won_with_value`` and ``won_deal_values`` (the raw deal values of those wins as a
+    float array, what :func:`forecast_forward` resamples; leave it out of a CSV with
+    :func:`rates_table`). ``attrs`` holds ``as_of`` and ``horizon_days``.
+    """
+    horizon = _whole_number(horizon_days, "horizon_days", minimum=1)
+    _require_columns(leads, (s.LEAD_ID, s.CREATED_AT, by), "leads")
+    _require_columns(outcomes, (s.LEAD_ID, s.STATUS, s.CLOSED_AT, s.DEAL_VALUE), "outcomes")
+    end = to_utc(as_of) if as_of is not None else data_end(leads, outcomes)
+    window = pd.Timedelta(days=horizon)
+
+    keys = leads[by].astype("string").fillna(UNKNOWN).reset_index(drop=True)
+    if (keys == ALL).any():
+        raise LeadmlError(f"leads: column {by!r} holds the value {ALL!r}, which names the pooled row")
+    won = outcomes[(outcomes[s.STATUS].astype("string") == s.WON).to_numpy(bool)].drop_duplicates(s.LEAD_ID)
+    undated = int(won[s.CLOSED_AT].isna().sum())
+    if undated:
+        logger.warning("%d won leads have no closed_at; they are not counted as conversions", undated)
+    # the won outcome of each lead, by position (-1: none)
+    position = pd.Index(won[s.LEAD_ID].astype("string")).get_indexer(leads[s.LEAD_ID].astype("string"))
+    has_win = position >= 0
+    created = _nanoseconds(leads[s.CREATED_AT])
+    closed = np.where(has_win, _nanoseconds(won[s.CLOSED_AT])[position], np.nan)
+    value = np.where(has_win, won[s.DEAL_VALUE].to_numpy("float64", na_value=np.nan)[position], np.nan)
+    end_ns, window_ns = float(end.value), float(window.value)
+    frame = pd.DataFrame(
+        {
+            "key": keys,
+            "mature": created + window_ns <= end_ns,
+            "converted": (closed <= created + window_ns) & (closed <= end_ns),  # NaN compares False
+            "days": (closed - created) / float(_DAY.value),
+            "value": value,
+        }
+    )[created <= end_ns]
+    rows = {str(key): _rate_row(part) for key, part in frame.groupby("key", sort=False)}
+    order = [*sorted(rows, key=lambda key: (-rows[key]["leads"], key)), ALL]
+    rows[ALL] = _rate_row(frame)
+    values = pd.Series([rows[key].pop(DEAL_VALUES) for key in order], index=order, dtype=object)
+    table = pd.DataFrame.from_dict({key: rows[key] for key in order}, orient="index")
+    table = table.astype({c: "int64" for c in ("leads", "won", "not_converted", "immature_leads")})
+    table = table.astype({"won_with_value": "int64"})
+    table[DEAL_VALUES] = values
+    table.index.name = by
+    table.attrs.update(as_of=end.isoformat(), horizon_days=horizon)
+    logger.info(
+        "history as of %s: %d mature leads, %d won within %d days, %d immature leads left out",
+        end,
+        table.loc[ALL, "leads"],
+        table.loc[ALL, "won"],
+        horizon,
+        table.loc[ALL, "immature_leads"],
+    )
+    return table
+
+
+def _nanoseconds(stamps: pd.Series) -> np.ndarray:
+    """UTC timestamps as float nanoseconds since the epoch (NaT as NaN), for fast comparisons."""
+    utc = pd.to_datetime(stamps, utc=True).dt.as_unit("ns")
+    values = utc.to_numpy("int64", na_value=0).astype("float64")
+    values[utc.isna().to_numpy()] = np.nan
+    return values
+
+
+def _rate_row(part: pd.DataFrame) -> dict[str, Any]:
+    mature = part["mature"].to_numpy()
+    converted = part["converted"].to_numpy() & mature
+    leads, won = int(mature.sum()), int(converted.sum())
+    days = part["days"].to_numpy()[converted]
+    values = part["value"].to_numpy()[converted]
+    values = values[~np.isnan(values)]
+    return {
+        "leads": leads,
+        "won": won,
+        "not_converted": leads - won,
+        "conversion_rate": won / leads if leads else np.nan,
+        "immature_leads": int((~mature).sum()),
+        "days_to_convert_mean": float(days.mean()) if won else np.nan,
+        "days_to_convert_median": float(np.median(days)) if won else np.nan,
+        "deal_value_mean": float(values.mean()) if len(values) else np.nan,
+        "deal_value_median": float(np.median(values)) if len(values) else np.nan,
+        "won_with_value": len(values),
+        DEAL_VALUES: values.astype("float64"),
+    }
+
+
+def rates_table(history: pd.DataFrame) -> pd.DataFrame:
+    """The history table without the raw deal-value arrays (for a CSV or a report)."""
+    return history.drop(columns=[DEAL_VALUES])
+
+
+def recent_volume(
+    leads: pd.DataFrame,
+    as_of: pd.Timestamp | str,
+    period_days: int = 30,
+    lookback_days: int = 90,
+    by: str = s.SOURCE,
+) -> dict[str, int]:
+    """Leads per ``period_days`` per source at the pace of the last ``lookback_days`` before ``as_of``.
+
+    The default plan of ``leadml-forecast`` when none is given ("the same again").
+    """
+    end = to_utc(as_of)
+    created = pd.to_datetime(leads[s.CREATED_AT], utc=True)
+    recent = leads[(created > end - pd.Timedelta(days=lookback_days)) & (created <= end)]
+    counts = recent[by].astype("string").fillna(UNKNOWN).value_counts()
+    scale = period_days / lookback_days
+    return {str(key): round(count * scale) for key, count in counts.items() if round(count * scale) > 0}
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclass(frozen=True)
+class _SourceModel:
+    """What the simulation needs about one source: Beta posterior, deal values, where they came from."""
+
+    source: str
+    alpha: float
+    beta: float
+    values: np.ndarray = field(repr=False)
+    rate_from: str
+    values_from: str
+    days_to_convert: float
+
+    @property
+    def rate(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def value_mean(self) -> float:
+        return float(self.values.mean())
+
+
+def _positive(value: Any, name: str) -> float:
+    """``value`` as a finite positive float, or an error naming the setting."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LeadmlError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise LeadmlError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def _check_history(history: pd.DataFrame) -> None:
+    _require_columns(
+        history,
+        ("leads", "won", "not_converted", "days_to_convert_mean", DEAL_VALUES),
+        "history (the table of historical_rates)",
+    )
+    if ALL not in history.index:
+        raise LeadmlError(f"history has no {ALL!r} row (make it with historical_rates)")
+
+
+def _source_model(
+    history: pd.DataFrame, source: str, prior: float, min_wins: int, unknown_source: str
+) -> _SourceModel:
+    """The posterior of ``source``'s rate and the deal values to resample (documented fallbacks)."""
+    pooled = history.loc[ALL]
+    pooled_values = np.asarray(pooled[DEAL_VALUES], dtype="float64")
+    if len(pooled_values) == 0:
+        raise LeadmlError(
+            "no won deal values in the mature history, so revenue cannot be forecast "
+            "(outcomes.deal_value is empty for every win within the horizon)"
+        )
+    known = source in history.index and source != ALL and int(history.loc[source, "leads"]) > 0
+    if not known:
+        sources = [str(k) for k in history.index if k != ALL and int(history.loc[k, "leads"]) > 0]
+        why = (
+            "has only immature leads (none whose horizon has elapsed)"
+            if source in history.index and source != ALL
+            else "does not appear in the history"
+        )
+        if unknown_source == "error":
+            raise LeadmlError(
+                f"source {source!r} {why}, so it has no conversion rate; known sources: {sources}. "
+                "Fix the name, or set unknown_source=pooled (forecast.unknown_source) to forecast it "
+                "with the pooled rate"
+            )
+        logger.warning(
+            "source %r %s: forecast with the pooled rate and deal values of all sources; its interval "
+            "does not include how much a new source may differ from the average one",
+            source,
+            why,
+        )
+        row, rate_from = pooled, POOLED
+    else:
+        row, rate_from = history.loc[source], source
+    values = np.asarray(row[DEAL_VALUES], dtype="float64")
+    values_from = rate_from
+    if len(values) < min_wins:
+        if rate_from != POOLED:
+            logger.info(
+                "source %r has %d won deal values (< %d): revenue resamples the pooled ones",
+                source,
+                len(values),
+                min_wins,
+            )
+        values, values_from = pooled_values, POOLED
+    days = row["days_to_convert_mean"]
+    if pd.isna(days):
+        days = pooled["days_to_convert_mean"]
+    return _SourceModel(
+        source=source,
+        alpha=float(row["won"]) + prior,
+        beta=float(row["not_converted"]) + prior,
+        values=values,
+        rate_from=rate_from,
+        values_from=values_from,
+        days_to_convert=float(days),
+    )
+
+
+def _rng(seed: int, source: str) -> np.random.Generator:
+    """A generator per (seed, source): a source's draws do not change when another is planned."""
+    return np.random.default_rng([int(seed), zlib.crc32(source.encode("utf-8"))])
+
+
+def _revenue(counts: np.ndarray, model: _SourceModel, rng: np.random.Generator) -> np.ndarray:
+    """Revenue of each draw: the sum of ``counts[d]`` deal values, by a two-stage bootstrap.
+
+    The historical deal values are only a sample of what deals are worth, so each draw
+    first takes one of :data:`REPLICATES` bootstrap replicates of them (resampled with
+    replacement), then draws its won deals from that replicate. The uncertainty of the
+    whole distribution (mean, spread, tail) enters the interval, not only the noise of
+    the future deals. Up to :data:`EXACT_SUM_MAX` deals a draw sums them one by one;
+    beyond, the sum is normal with the replicate's mean and variance (central limit).
+    """
+    values = model.values
+    m = len(values)
+    replicates = max(1, min(REPLICATES, _CHUNK_VALUES // m))
+    boot = values[rng.integers(0, m, size=(replicates, m))]  # one resampled history per row
+    which = rng.integers(0, replicates, size=len(counts))  # the replicate of each draw
+    sums = np.zeros(len(counts), dtype="float64")
+    exact = np.flatnonzero((counts > 0) & (counts <= EXACT_SUM_MAX))
+    ends = np.cumsum(counts[exact])
+    start = 0
+    while start < len(exact):
+        before = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, before + _CHUNK_VALUES, side="right")))
+        part = exact[start:stop]
+        k = counts[part]
+        owner = np.repeat(np.arange(len(part)), k)
+        picks = boot[which[part][owner], rng.integers(0, m, int(k.sum()))]
+        sums[part] = np.bincount(owner, weights=picks, minlength=len(part))
+        start = stop
+    large = counts > EXACT_SUM_MAX
+    if large.any():
+        k = counts[large].astype("float64")
+        mean, sd = boot.mean(axis=1)[which[large]], boot.std(axis=1)[which[large]]
+        sums[large] = np.maximum(k * mean + np.sqrt(k) * sd * rng.standard_normal(int(large.sum())), 0.0)
+    return sums
+
+
+def _simulate(
+    n: int, model: _SourceModel, draws: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior predictive conversions and revenue of ``n`` new leads (one value per draw)."""
+    rates = rng.beta(model.alpha, model.beta, size=draws)
+    conversions = rng.binomial(n, rates)
+    return conversions, _revenue(conversions, model, rng)
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """Equal-tailed interval; for counts it holds at least ``level`` of the draws."""
+    low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- forward
+def forecast_forward(
+    history: pd.DataFrame,
+    planned: Mapping[str, int],
+    *,
+    level: float = 0.9,
+    draws: int = 20_000,
+    seed: int = 0,
+    prior: float = DEFAULT_PRIOR,
+    min_wins: int = MIN_WINS_FOR_VALUES,
+    unknown_source: str = "error",
+) -> pd.DataFrame:
+    """Expected conversions and revenue of ``planned`` new leads per source, with ``level`` intervals.
+
+    ``history`` is the table of :func:`historical_rates` (mature cohort only). A draw takes
+    the rate from ``Beta(won + prior, not_converted + prior)``, the conversions from
+    ``Binomial(planned, rate)`` and the revenue of those wins by a two-stage bootstrap of
+    that source's historical won deal values (see :func:`_revenue`); a source with fewer
+    than ``min_wins`` of them resamples the pooled values of all sources instead
+    (``values_from`` says which: a handful of deals says little about the next ones).
+    Conversions count wins within the history's horizon of each lead's creation;
+    ``days_to_convert`` is the historical mean of those wins. Every source has its own
+    random stream (``seed`` and its name), so adding a source leaves the others' figures
+    as they were.
+
+    Columns, indexed by source then ``total``: ``planned_leads``, ``conversion_rate``
+    (posterior mean), ``expected_conversions``, ``conversions_low``/``_high``,
+    ``deal_value_mean``, ``expected_revenue``, ``revenue_low``/``_high``,
+    ``days_to_convert``, ``rate_from``, ``values_from``.
+
+    A planned source with no mature history is an error naming it (a forecast must not
+    quietly assume an untested channel converts like the average one); with
+    ``unknown_source="pooled"`` it gets the pooled rate and values instead, with a
+    warning, and ``rate_from`` says so. ``total`` sums the sources draw by draw.
+    """
+    _check_history(history)
+    level, draws, rule = _share(level, "level"), _draws(draws), _unknown_rule(unknown_source)
+    prior = _positive(prior, "prior")
+    plan = checked_plan(planned)
+    rows: dict[str, dict[str, Any]] = {}
+    total_conversions = np.zeros(draws, dtype="int64")
+    total_revenue = np.zeros(draws, dtype="float64")
+    for source, n in plan.items():
+        model = _source_model(history, source, prior, min_wins, rule)
+        conversions, revenue = _simulate(n, model, draws, _rng(seed, source))
+        total_conversions += conversions
+        total_revenue += revenue
+        rows[source] = _forward_row(n, model.rate, model.value_mean, conversions, revenue, level)
+        rows[source].update(
+            days_to_convert=model.days_to_convert, rate_from=model.rate_from, values_from=model.values_from
+        )
+    expected = sum(row["expected_conversions"] for row in rows.values())
+    n_total = sum(plan.values())
+    rows[TOTAL] = _forward_row(
+        n_total,
+        expected / n_total if n_total else np.nan,
+        np.nan,
+        total_conversions,
+        total_revenue,
+        level,
+    )
+    rows[TOTAL]["expected_conversions"] = expected
+    rows[TOTAL]["expected_revenue"] = sum(rows[k]["expected_revenue"] for k in plan)
+    rows[TOTAL]["deal_value_mean"] = rows[TOTAL]["expected_revenue"] / expected if expected else np.nan
+    rows[TOTAL]["days_to_convert"] = (
+        sum(rows[k]["days_to_convert"] * rows[k]["expected_conversions"] for k in plan) / expected
+        if expected
+        else np.nan
+    )
+    rows[TOTAL].update(rate_from="", values_from="")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = s.SOURCE
+    table.attrs.update(level=level, draws=draws, seed=seed)
+    return table
+
+
+def _forward_row(
+    n: int, rate: float, value_mean: float, conversions: np.ndarray, revenue: np.ndarray, level: float
+) -> dict[str, Any]:
+    conversions_low, conversions_high = _interval(conversions, level)
+    revenue_low, revenue_high = _interval(revenue, level)
+    return {
+        "planned_leads": int(n),
+        "conversion_rate": rate,
+        "expected_conversions": n * rate,
+        "conversions_low": int(conversions_low),
+        "conversions_high": int(conversions_high),
+        "deal_value_mean": value_mean,
+        "expected_revenue": n * rate * value_mean,
+        "revenue_low": revenue_low,
+        "revenue_high": revenue_high,
+    }
+
+
+def checked_plan(planned: Mapping[str, Any]) -> dict[str, int]:
+    """``{source: leads}`` with whole, non-negative numbers of leads."""
+    if not isinstance(planned, Mapping):
+        raise LeadmlError(f"planned leads must be a mapping of source to leads, got {type(planned).__name__}")
+    plan = {str(source): _whole_number(n, f"planned leads of {source!r}") for source, n in planned.items()}
+    if not plan:
+        raise LeadmlError("no planned leads: give at least one source and its number of leads")
+    return plan
+
+
+# --------------------------------------------------------------------------- reverse
+def leads_needed(
+    history: pd.DataFrame,
+    revenue_target: float,
+    *,
+    mix: Mapping[str, float] | None = None,
+    confidence: float = 0.5,
+    draws: int = 20_000,
+    seed: int = 0,
+    prior: float = DEFAULT_PRIOR,
+    min_wins: int = MIN_WINS_FOR_VALUES,
+    unknown_source: str = "error",
+    max_leads: int = 10_000_000,
+) -> pd.DataFrame:
+    """New leads needed to reach ``revenue_target``, per source alone and for a mix of sources.
+
+    For each source with mature history: ``alone_expected``, the fewest leads whose
+    expected revenue reaches the target, and ``alone_at_confidence``, the fewest whose
+    revenue reaches it with probability ``confidence`` in the same simulation as
+    :func:`forecast_forward` (a search over the number of leads). ``mix`` gives shares
+    per source (normalised to sum to one; default: the sources' shares of mature
+    historical leads); ``mix_expected`` (target / expected revenue per lead of the mix,
+    rounded up) and ``mix_at_confidence`` (the fewest leads of the mix whose revenue
+    reaches the target with ``confidence``) are split per source in whole leads
+    (:func:`allocate`), with the totals on the ``total`` row. With ``confidence=0.5`` the
+    median revenue reaches the target; a higher confidence asks for more leads. The
+    search stops within 0.1% of the answer (about the simulation's own precision), and
+    what it returns always reaches the confidence in the simulation. Unknown sources in
+    ``mix`` follow ``unknown_source`` as in :func:`forecast_forward`.
+    """
+    _check_history(history)
+    confidence, draws, rule = _share(confidence, "confidence"), _draws(draws), _unknown_rule(unknown_source)
+    prior = _positive(prior, "prior")
+    target = _positive(revenue_target, "revenue_target")
+    shares = _mix_shares(history, mix)
+    known = [str(k) for k in history.index if k != ALL and int(history.loc[k, "leads"]) > 0]
+    sources = known + [k for k in shares if k not in known]
+    models = {k: _source_model(history, k, prior, min_wins, rule) for k in sources}
+
+    def probability(allocation: Mapping[str, int]) -> float:
+        revenue = np.zeros(draws, dtype="float64")
+        for source, n in allocation.items():
+            revenue += _simulate(n, models[source], draws, _rng(seed, source))[1]
+        return float(np.mean(revenue >= target))
+
+    rows: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        model = models[source]
+        per_lead = model.rate * model.value_mean
+        expected = math.ceil(target / per_lead)
+        rows[source] = {
+            "share": shares.get(source, 0.0),
+            "conversion_rate": model.rate,
+            "deal_value_mean": model.value_mean,
+            "revenue_per_lead": per_lead,
+            "alone_expected": expected,
+            "alone_at_confidence": _fewest(
+                lambda n, source=source: probability({source: n}),
+                confidence,
+                _normal_guess(lambda n, source=source: {source: n}, models, target, confidence, max_leads),
+                max_leads,
+            ),
+        }
+    per_lead_mix = sum(share * models[k].rate * models[k].value_mean for k, share in shares.items())
+    mix_expected = math.ceil(target / per_lead_mix)
+    mix_total = _fewest(
+        lambda n: probability(allocate(n, shares)),
+        confidence,
+        _normal_guess(lambda n: allocate(n, shares), models, target, confidence, max_leads),
+        max_leads,
+    )
+    for source in sources:
+        rows[source]["mix_expected"] = allocate(mix_expected, shares).get(source, 0)
+        rows[source]["mix_at_confidence"] = allocate(mix_total, shares).get(source, 0)
+    rows[TOTAL] = {
+        "share": 1.0,
+        "conversion_rate": sum(share * models[k].rate for k, share in shares.items()),
+        "deal_value_mean": np.nan,
+        "revenue_per_lead": per_lead_mix,
+        "alone_expected": np.nan,
+        "alone_at_confidence": np.nan,
+        "mix_expected": mix_expected,
+        "mix_at_confidence": mix_total,
+    }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    counts = ["alone_expected", "alone_at_confidence", "mix_expected", "mix_at_confidence"]
+    table = table.astype(dict.fromkeys(counts, "Int64"))
+    table.index.name = s.SOURCE
+    table.attrs.update(revenue_target=target, confidence=confidence, draws=draws, seed=seed)
+    return table
+
+
+def _mix_shares(history: pd.DataFrame, mix: Mapping[str, float] | None) -> dict[str, float]:
+    if mix is None:
+        counts = history.drop(index=ALL)["leads"]
+        counts = counts[counts > 0]
+        if counts.empty:
+            raise LeadmlError("the history has no mature leads, so there is no mix to forecast")
+        return {str(k): float(v) / float(counts.sum()) for k, v in counts.items()}
+    if not isinstance(mix, Mapping) or not mix:
+        raise LeadmlError(f"mix must be a mapping of source to share, got {mix!r}")
+    weights: dict[str, float] = {}
+    for source, share in mix.items():
+        try:
+            weight = float(share)
+        except (TypeError, ValueError):
+            raise LeadmlError(f"mix share of {source!r} must be a number >= 0, got {share!r}") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise LeadmlError(f"mix share of {source!r} must be a number >= 0, got {share!r}")
+        weights[str(source)] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise LeadmlError(f"mix shares must not all be zero, got {dict(mix)}")
+    if abs(total - 1.0) > 1e-6:
+        logger.info("mix shares sum to %s; normalised to 1", total)
+    return {k: w / total for k, w in weights.items() if w > 0}
+
+
+def allocate(total: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """``total`` leads split by ``shares`` in whole leads (largest remainders), summing to ``total``."""
+    raw = {k: total * share for k, share in shares.items()}
+    counts = {k: math.floor(v) for k, v in raw.items()}
+    left = total - sum(counts.values())
+    for k in sorted(raw, key=lambda k: (counts[k] - raw[k], k))[:left]:
+        counts[k] += 1
+    return counts
+
+
+def _revenue_moments(model: _SourceModel, n: int) -> tuple[float, float]:
+    """Mean and variance of the simulated revenue of ``n`` leads (beta-binomial wins, resampled values)."""
+    a, b, r = model.alpha, model.beta, model.rate
+    wins_mean = n * r
+    wins_variance = n * r * (1 - r) * (a + b + n) / (a + b + 1)
+    values = model.values
+    mean = float(values.mean())
+    variance = float(values.var(ddof=1)) if len(values) > 1 else 0.0
+    return wins_mean * mean, (
+        wins_mean * variance
+        + mean**2 * wins_variance
+        + (wins_variance + wins_mean**2) * variance / len(values)
+    )
+
+
+def _normal_guess(
+    allocation: Callable[[int], Mapping[str, int]],
+    models: Mapping[str, _SourceModel],
+    target: float,
+    confidence: float,
+    max_leads: int,
+) -> int:
+    """Fewest leads whose revenue reaches the target with ``confidence`` under a normal approximation.
+
+    Only a starting point: the simulation then decides (revenue is skewed, the normal is not).
+    """
+    z = NormalDist().inv_cdf(confidence)
+
+    def enough(n: int) -> bool:
+        moments = [_revenue_moments(models[k], count) for k, count in allocation(n).items()]
+        return sum(m for m, _ in moments) - z * math.sqrt(sum(v for _, v in moments)) >= target
+
+    high = 1
+    while not enough(high) and high < max_leads:
+        high = min(2 * high, max_leads)
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
+
+
+def _fewest(reaches: Callable[[int], float], confidence: float, guess: int, max_leads: int) -> int:
+    """Smallest n with ``reaches(n) >= confidence``, ``reaches`` rising with n (up to simulation noise).
+
+    Brackets the answer by steps growing from 2% around ``guess``, then narrows the
+    bracket by interpolating on the simulated probabilities (Illinois false position) to
+    within 0.1% of the answer (about the simulation's own precision), or one lead.
+    """
+    n = min(max(1, guess), max_leads)
+    step = max(1, math.ceil(0.02 * n))
+    p = reaches(n)
+    if p >= confidence:
+        high, p_high = n, p
+        while True:
+            low = max(0, high - step)
+            p_low = reaches(low) if low > 0 else 0.0  # no leads, no revenue
+            if p_low < confidence:
+                break
+            high, p_high, step = low, p_low, 2 * step
+    else:
+        low, p_low = n, p
+        while True:
+            if low >= max_leads:
+                raise LeadmlError(
+                    f"the revenue target is not reached with confidence {confidence} even with "
+                    f"{max_leads:,} leads"
+                )
+            high = min(low + step, max_leads)
+            p_high = reaches(high)
+            if p_high >= confidence:
+                break
+            low, p_low, step = high, p_high, 2 * step
+    kept = 0  # which end was kept last time (Illinois: halve its weight when it is kept twice)
+    while high - low > max(1, high // 1000):
+        share = (confidence - p_low) / (p_high - p_low) if p_high > p_low else 0.5
+        middle = min(max(low + round(share * (high - low)), low + 1), high - 1)
+        p_middle = reaches(middle)
+        if p_middle >= confidence:
+            high, p_high = middle, p_middle
+            if kept == -1:
+                p_low = confidence - (confidence - p_low) / 2
+            kept = -1
+        else:
+            low, p_low = middle, p_middle
+            if kept == 1:
+                p_high = confidence + (p_high - confidence) / 2
+            kept = 1
+    return high
+
+
+# --------------------------------------------------------------------------- capacity
+def capacity_plan(
+    open_scores: pd.DataFrame,
+    reps: int,
+    leads_per_rep_per_day: int,
+    days: int,
+    *,
+    level: float = 0.9,
+) -> pd.DataFrame:
+    """Which open leads the team can work, highest probability first, and the wins to expect.
+
+    ``open_scores`` is a scored partition (``probability``, ``tier``; ``lead_id`` breaks
+    ties; ``expected_value`` is summed when present). The team works
+    ``reps * leads_per_rep_per_day * days`` leads. Rows per tier (ordered by mean
+    probability, highest first) and ``total``: ``open_leads``, ``worked_leads``,
+    ``worked_share``, ``probability_threshold`` (the lowest probability worked; on the
+    ``total`` row, the cut that fits the capacity: working every lead at or above it
+    works ``worked_leads`` leads, plus any tied exactly at the cut, see
+    ``attrs["tied_at_threshold"]``), ``expected_wins`` (sum of the worked leads'
+    probabilities) with a ``level`` interval (exact Poisson-binomial, or its normal
+    approximation when the variance is large), and ``expected_value``.
+    """
+    _require_columns(open_scores, (PROBABILITY, TIER), "scored leads")
+    level = _share(level, "level")
+    capacity = (
+        _whole_number(reps, "reps")
+        * _whole_number(leads_per_rep_per_day, "leads_per_rep_per_day")
+        * _whole_number(days, "days")
+    )
+    probability = open_scores[PROBABILITY].astype("float64")
+    bad = int((probability.isna() | (probability < 0) | (probability > 1)).sum())
+    if bad:
+        raise LeadmlError(f"scored leads: {bad} rows have a probability missing or outside [0, 1]")
+    keys = [PROBABILITY, *([s.LEAD_ID] if s.LEAD_ID in open_scores.columns else [])]
+    ranked = open_scores.sort_values(keys, ascending=[False, *[True] * (len(keys) - 1)], kind="stable")
+    worked = min(capacity, len(ranked))
+    ranked = ranked.assign(_worked=np.arange(len(ranked)) < worked, _tier=ranked[TIER].astype("string"))
+    ranked["_tier"] = ranked["_tier"].fillna(UNKNOWN)
+    has_value = EXPECTED_VALUE in ranked.columns
+    order = ranked.groupby("_tier")[PROBABILITY].mean().sort_values(ascending=False).index
+    rows = {str(tier): _capacity_row(ranked[ranked["_tier"] == tier], level, has_value) for tier in order}
+    rows[TOTAL] = _capacity_row(ranked, level, has_value)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = TIER
+    threshold = rows[TOTAL]["probability_threshold"]
+    tied = int(
+        (ranked[PROBABILITY] == threshold).sum()
+        - (ranked.loc[ranked["_worked"], PROBABILITY] == threshold).sum()
+    )
+    table.attrs.update(capacity=capacity, threshold=threshold, tied_at_threshold=tied, level=level)
+    if tied:
+        logger.info("%d leads not worked have the same probability as the last worked lead", tied)
+    return table
+
+
+def _capacity_row(part: pd.DataFrame, level: float, has_value: bool) -> dict[str, Any]:
+    worked = part[part["_worked"]]
+    p = worked[PROBABILITY].to_numpy("float64")
+    low, high = poisson_binomial_interval(p, level)
+    row = {
+        "open_leads": len(part),
+        "worked_leads": len(worked),
+        "worked_share": len(worked) / len(part) if len(part) else np.nan,
+        "probability_threshold": float(p.min()) if len(p) else np.nan,
+        "expected_wins": float(p.sum()),
+        "wins_low": low,
+        "wins_high": high,
+    }
+    if has_value:
+        row[EXPECTED_VALUE] = float(worked[EXPECTED_VALUE].astype("float64").sum())
+    return row
+
+
+def poisson_binomial_interval(p: np.ndarray, level: float) -> tuple[int, int]:
+    """Equal-tailed ``level`` interval of the number of successes of independent Bernoulli(p_i).
+
+    Exact (the distribution built lead by lead) when its variance is below 30; beyond,
+    the normal approximation with continuity correction, accurate there by the central
+    limit theorem since every term is bounded.
+    """
+    p = np.asarray(p, dtype="float64")
+    sure = int((p >= 1).sum())
+    q = p[(p > 0) & (p < 1)]
+    mean, variance = float(q.sum()), float((q * (1 - q)).sum())
+    if variance == 0:
+        return sure, sure
+    if variance >= _NORMAL_VARIANCE:
+        z = NormalDist().inv_cdf((1 + level) / 2)
+        sd = math.sqrt(variance)
+        low = max(0, math.ceil(mean - z * sd - 0.5))
+        high = min(len(q), math.floor(mean + z * sd + 0.5))
+        return sure + low, sure + high
+    top = min(len(q), math.ceil(mean + 12 * math.sqrt(variance) + 30))
+    pmf = np.zeros(top + 1)
+    pmf[0] = 1.0
+    for pi in q:
+        shifted = pmf[:-1] * pi
+        pmf *= 1 - pi
+        pmf[1:] += shifted
+    cdf = np.cumsum(pmf)
+    low = int(np.searchsorted(cdf, (1 - level) / 2 - 1e-12))
+    high = min(top, int(np.searchsorted(cdf, (1 + level) / 2 - 1e-12)))
+    return sure + low, sure + high
+
+
+# --------------------------------------------------------------------------- settings and I/O
+@dataclass(frozen=True)
+class ForecastSettings:
+    """The ``forecast:`` section of ``conf/forecast.yaml`` (unknown keys are an error)."""
+
+    input_dir: str = "data/interim/synthetic"
+    scored_dir: str = "data/scored/synthetic"
+    output_dir: str = "reports/forecast/synthetic"
+    horizon_days: int = 90
+    as_of: str | None = None
+    planned: Mapping[str, int] | None = None
+    planned_csv: str | None = None
+    planned_period_days: int = 30
+    lookback_days: int = 90
+    unknown_source: str = "error"
+    revenue_target: float | None = None
+    mix: Mapping[str, float] | None = None
+    confidence: float = 0.9
+    scored_as_of: str | None = None
+    reps: int | None = None
+    leads_per_rep_per_day: int = 20
+    days: int = 5
+    level: float = 0.9
+    draws: int = 20_000
+    seed: int = 0
+    prior: float = DEFAULT_PRIOR
+    min_wins: int = MIN_WINS_FOR_VALUES
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> ForecastSettings:
+        values = known_settings(cls, mapping, "forecast")
+        values = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()}
+        defaults = cls()
+        values = {
+            k: v
+            for k, v in values.items()
+            if v is not None or getattr(defaults, k) is None  # null: the default
+        }
+        if values.get("planned") == {}:
+            values["planned"] = None
+        if values.get("mix") == {}:
+            values["mix"] = None
+        settings = cls(**values)
+        if settings.planned is not None and settings.planned_csv is not None:
+            raise LeadmlError("set forecast.planned or forecast.planned_csv, not both")
+        _unknown_rule(settings.unknown_source)
+        return settings
+
+
+def read_planned_csv(path: Path) -> dict[str, int]:
+    """``{source: leads}`` from a CSV with a header ``source,leads``; any problem names the file and row.
+
+    Rows are numbered like the quarantine's ``source_row``: 1 is the first data row (line 2).
+    """
+    if not path.is_file():
+        raise LeadmlError(f"planned leads file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise LeadmlError(f"planned leads file {path} is not a readable CSV: {error}") from None
+    frame.columns = [str(c).strip().casefold() for c in frame.columns]
+    missing = [c for c in ("source", "leads") if c not in frame.columns]
+    if missing:
+        raise LeadmlError(
+            f"planned leads file {path}: missing column(s) {missing} "
+            f"(found {list(frame.columns)}; expected a header line 'source,leads')"
+        )
+    if frame.empty:
+        raise LeadmlError(f"planned leads file {path} has a header but no rows")
+    plan: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for number, (source, leads) in enumerate(zip(frame["source"], frame["leads"], strict=True), start=1):
+        where = f"planned leads file {path}, row {number} (line {number + 1})"
+        name = str(source).strip()
+        if not name:
+            raise LeadmlError(f"{where}: column 'source' is empty")
+        text = str(leads).strip()
+        try:
+            plan_n = _whole_number(text, "leads")
+        except LeadmlError:
+            raise LeadmlError(f"{where}: column 'leads' must be a whole number >= 0, got {text!r}") from None
+        if name in plan:
+            raise LeadmlError(f"{where}: source {name!r} is planned twice (also row {rows[name]})")
+        plan[name], rows[name] = plan_n, number
+    return plan
+
+
+def canonical_plan(
+    planned: Mapping[str, Any], synonyms: Mapping[str, str], known: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Source names spelled as ingestion stores them (``Paid Search`` -> ``paid_search``, synonyms).
+
+    A name that is already one of the ``known`` sources is kept as it is.
+    """
+    from leadml.contracts import normalise_token
+
+    out: dict[str, Any] = {}
+    original: dict[str, str] = {}
+    for name, value in planned.items():
+        token = str(name)
+        if token not in known:
+            token = normalise_token(token)
+            token = synonyms.get(token, token)
+        if token in out:
+            raise LeadmlError(f"sources {original[token]!r} and {name!r} are the same source {token!r}")
+        out[token], original[token] = value, str(name)
+    return out
+
+
+def latest_partition(scored_dir: Path, as_of: str | None = None) -> Path | None:
+    """The scored partition of ``as_of`` (YYYY-MM-DD), or the latest; None when there is none."""
+    from leadml.sinks import PARTITION_PREFIX
+
+    found = sorted(
+        p for p in scored_dir.glob(f"{PARTITION_PREFIX}*") if p.is_dir() and any(p.glob("part-*.parquet"))
+    )
+    if as_of in (None, "", "latest"):
+        return found[-1] if found else None
+    wanted = scored_dir / f"{PARTITION_PREFIX}{pd.Timestamp(str(as_of)):%Y-%m-%d}"
+    if wanted not in found:
+        raise LeadmlError(f"no scored run for {as_of} in {scored_dir}")
+    return wanted
+
+
+def read_scored_columns(partition: Path) -> pd.DataFrame:
+    """The columns the capacity plan uses from a scored partition (not the reasons: less memory)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(partition.glob("part-*.parquet"))
+    names = set(pq.read_schema(files[0]).names)
+    wanted = [c for c in (s.LEAD_ID, PROBABILITY, TIER, EXPECTED_VALUE) if c in names]
+    return pd.concat([pd.read_parquet(f, columns=wanted) for f in files], ignore_index=True)
+
+
+def _path(root: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _records(table: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+    if table is None:
+        return None
+    frame = table.reset_index().astype(object)
+    frame = frame.where(frame.notna(), None)
+    return frame.to_dict(orient="records")
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    """``table`` (with its index) as CSV, written beside ``path`` and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            table.to_csv(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _plan(settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp) -> tuple[dict, str]:
+    """The planned leads per source and where they came from (CSV, config, or the recent pace)."""
+    if settings.planned_csv is not None:
+        path = _path(root, settings.planned_csv)
+        return read_planned_csv(path), str(path)
+    if settings.planned is not None:
+        return dict(settings.planned), "forecast.planned"
+    plan = recent_volume(leads, end, settings.planned_period_days, settings.lookback_days)
+    return (
+        plan,
+        f"the pace of the last {settings.lookback_days} days, per {settings.planned_period_days} days",
+    )
+
+
+def _default_reps(leads: pd.DataFrame, end: pd.Timestamp, lookback_days: int) -> int:
+    """The distinct owners of the leads created in the last ``lookback_days`` (the sales team)."""
+    if s.OWNER not in leads.columns:
+        raise LeadmlError("forecast.reps is not set and the leads have no owner column: set forecast.reps")
+    created = pd.to_datetime(leads[s.CREATED_AT], utc=True)
+    reps = int(leads.loc[created > end - pd.Timedelta(days=lookback_days), s.OWNER].nunique())
+    if reps == 0:
+        raise LeadmlError(
+            f"forecast.reps is not set and no lead of the last {lookback_days} days names an owner: "
+            "set forecast.reps"
+        )
+    return reps
+
+
+def _capacity(
+    settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp
+) -> tuple[pd.DataFrame | None, Path | None, int | None]:
+    """The capacity plan on the chosen scored run; (None, None, None) when there is no scored run."""
+    partition = latest_partition(_path(root, settings.scored_dir), settings.scored_as_of)
+    if partition is None:
+        logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", settings.scored_dir)
+        return None, None, None
+    reps = settings.reps if settings.reps is not None else _default_reps(leads, end, settings.lookback_days)
+    try:
+        table = capacity_plan(
+            read_scored_columns(partition),
+            reps,
+            settings.leads_per_rep_per_day,
+            settings.days,
+            level=settings.level,
+        )
+    except LeadmlError as error:
+        raise LeadmlError(f"{partition}: {error}") from None
+    return table, partition, reps
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Read the interim tables and the latest scored run, forecast, write CSVs and one JSON.
+
+    ``cfg`` is the whole composed config (``forecast``, ``data``); relative paths are read
+    from ``root``. Writes ``history.csv``, ``forward.csv``, ``reverse.csv``,
+    ``capacity.csv`` (when there is a scored run) and ``forecast.json`` (everything,
+    with the settings) to ``forecast.output_dir``, and returns the tables as DataFrames
+    (``history``, ``forward``, ``reverse``, ``capacity`` or None) with what made them.
+
+    Defaults when a setting is null: the plan is the last ``lookback_days``' pace per
+    ``planned_period_days``; the revenue target is the plan's expected revenue; reps are
+    the distinct owners of the leads created in the last ``lookback_days``.
+    """
+    from leadml.contracts import IngestSettings
+    from leadml.sources import write_json_atomic
+    from leadml.stages import read_interim
+
+    started = time.perf_counter()
+    settings = ForecastSettings.from_mapping(cfg.get("forecast"))
+    data = cfg.get("data") or {}
+    if data.get("kind", "crm") != "crm":
+        raise LeadmlError(
+            f"leadml-forecast needs CRM tables with created and closed dates "
+            f"(data={data.get('name')} is {data.get('kind')})"
+        )
+    tables = read_interim(_path(root, settings.input_dir), (s.LEADS, s.OUTCOMES))
+    leads, outcomes = tables[s.LEADS], tables[s.OUTCOMES]
+    history = historical_rates(leads, outcomes, settings.horizon_days, settings.as_of)
+    end = pd.Timestamp(history.attrs["as_of"])
+    synonyms = IngestSettings.from_mapping({"synonyms": data.get("synonyms")}).synonyms_for(s.SOURCE)
+
+    known = tuple(str(k) for k in history.index if k != ALL)
+    plan, planned_from = _plan(settings, root, leads, end)
+    plan = canonical_plan(plan, synonyms, known)
+    common = {
+        "draws": settings.draws,
+        "seed": settings.seed,
+        "prior": settings.prior,
+        "min_wins": settings.min_wins,
+        "unknown_source": settings.unknown_source,
+    }
+    forward = forecast_forward(history, plan, level=settings.level, **common)
+    target, target_from = settings.revenue_target, "forecast.revenue_target"
+    if target is None:
+        target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
+    mix = canonical_plan(settings.mix, synonyms, known) if settings.mix is not None else None
+    reverse = leads_needed(history, target, mix=mix, confidence=settings.confidence, **common)
+    capacity, partition, reps = _capacity(settings, root, leads, end)
+
+    out = _path(root, settings.output_dir)
+    outputs = {"history": rates_table(history), "forward": forward, "reverse": reverse, "capacity": capacity}
+    files: dict[str, str] = {}
+    for name, table in outputs.items():
+        if table is not None:
+            _write_csv(table, out / f"{name}.csv")
+            files[name] = str(out / f"{name}.csv")
+    summary: dict[str, Any] = {
+        "as_of": end,
+        "horizon_days": settings.horizon_days,
+        "planned": plan,
+        "planned_from": planned_from,
+        "revenue_target": target,
+        "revenue_target_from": target_from,
+        "mix": {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0},
+        "confidence": settings.confidence,
+        "level": settings.level,
+        "scored_partition": None if partition is None else str(partition),
+        "reps": reps,
+        "capacity_leads": None if capacity is None else capacity.attrs["capacity"],
+        "threshold": None if capacity is None else capacity.attrs["threshold"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    record = _json_ready(
+        {**summary, "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+    )
+    record.update({name: _records(table) for name, table in outputs.items()})
+    write_json_atomic(record, out / "forecast.json")
+    files["json"] = str(out / "forecast.json")
+    return {**summary, "files": files, **outputs}
