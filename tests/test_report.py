@@ -107,6 +107,8 @@ def test_page_is_self_contained_and_escapes_data(reported: dict) -> None:
     # nothing fetched from anywhere: no external scripts, styles or images
     assert not re.search(r"""(src|href)=["']https?://""", page)
     assert len(re.findall(r"<script\b", page)) == 1  # the report's own sorting/filtering script
+    # closed leads: the rate the probability is about sits beside the sales team's conversion rate
+    assert "won within 90 days</th>" in page
 
 
 def test_reasons_are_sentences_never_feature_names(reported: dict) -> None:

@@ -42,6 +42,7 @@ import pandas as pd
 from leadml import schema as s
 from leadml.calendar import to_utc
 from leadml.errors import LeadmlError, known_settings
+from leadml.sinks import find_partition
 
 logger = logging.getLogger(__name__)
 
@@ -938,21 +939,6 @@ def canonical_plan(
     return out
 
 
-def latest_partition(scored_dir: Path, as_of: str | None = None) -> Path | None:
-    """The scored partition of ``as_of`` (YYYY-MM-DD), or the latest; None when there is none."""
-    from leadml.sinks import PARTITION_PREFIX
-
-    found = sorted(
-        p for p in scored_dir.glob(f"{PARTITION_PREFIX}*") if p.is_dir() and any(p.glob("part-*.parquet"))
-    )
-    if as_of in (None, "", "latest"):
-        return found[-1] if found else None
-    wanted = scored_dir / f"{PARTITION_PREFIX}{pd.Timestamp(str(as_of)):%Y-%m-%d}"
-    if wanted not in found:
-        raise LeadmlError(f"no scored run for {as_of} in {scored_dir}")
-    return wanted
-
-
 def read_scored_columns(partition: Path) -> pd.DataFrame:
     """The columns the capacity plan uses from a scored partition (not the reasons: less memory)."""
     import pyarrow.parquet as pq
@@ -1021,7 +1007,7 @@ def _capacity(
     settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp
 ) -> tuple[pd.DataFrame | None, Path | None, int | None]:
     """The capacity plan on the chosen scored run; (None, None, None) when there is no scored run."""
-    partition = latest_partition(_path(root, settings.scored_dir), settings.scored_as_of)
+    partition = find_partition(_path(root, settings.scored_dir), settings.scored_as_of)
     if partition is None:
         logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", settings.scored_dir)
         return None, None, None

@@ -30,7 +30,7 @@ from leadml.evaluate import assign_tiers
 from leadml.features import FeatureMeta, FeatureSettings, open_lead_features
 from leadml.scorer import BASE_VALUE, PROBABILITY, LeadScorer, as_model_input
 from leadml.scoring import grouped_reasons
-from leadml.sinks import PARTITION_PREFIX
+from leadml.sinks import PARTITION_PREFIX, find_partition, written_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +79,10 @@ class ReportSettings:
 # --------------------------------------------------------------------------- reading
 def scored_partition(scored_dir: Path, as_of: str | None) -> Path:
     """The partition of ``as_of`` (YYYY-MM-DD), or the latest one for ``latest``/None."""
-    partitions = sorted(p for p in scored_dir.glob(f"{PARTITION_PREFIX}*") if p.is_dir())
-    if not partitions:
+    partition = find_partition(scored_dir, as_of)
+    if partition is None:
         raise LeadmlError(f"no scored run in {scored_dir} (run leadml-score, or make score, first)")
-    if as_of in (None, "", "latest"):
-        return partitions[-1]
-    wanted = scored_dir / f"{PARTITION_PREFIX}{pd.Timestamp(str(as_of)):%Y-%m-%d}"
-    if wanted not in partitions:
-        dates = ", ".join(p.name.removeprefix(PARTITION_PREFIX) for p in partitions[-5:])
-        raise LeadmlError(f"no scored run for {as_of} in {scored_dir} (latest runs: {dates})")
-    return wanted
+    return partition
 
 
 def read_scored(partition: Path) -> pd.DataFrame:
@@ -169,8 +163,7 @@ def resolved_predictions(
     """
     closed = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
     frames = []
-    for partition in sorted(scored_dir.glob(f"{PARTITION_PREFIX}*")):
-        run_date = pd.Timestamp(partition.name.removeprefix(PARTITION_PREFIX), tz="UTC")
+    for run_date, partition in written_partitions(scored_dir).items():
         if run_date >= as_of:
             continue
         rows = pd.concat(
@@ -345,6 +338,10 @@ def conversion_analysis(
 ) -> dict[str, Any]:
     """Closed leads per source and per tier: leads, won, rate, days to convert, and why.
 
+    Two rates: won of closed (the sales team's conversion rate, whenever the win came) and
+    won within the horizon of the snapshot, the event the model's probability is about, so
+    the mean probability is compared with the latter.
+
     The tier is the one the model gives the lead's first snapshot under today's thresholds;
     the reasons are the groups with the largest mean contribution among won leads and the
     most negative among lost ones.
@@ -367,6 +364,8 @@ def conversion_analysis(
     })  # fmt: skip
     frame["tier"] = assign_tiers(frame[PROBABILITY].to_numpy(), thresholds, floor_tier)
     frame["won"] = (first[s.LEAD_ID].map(closed[s.STATUS]) == s.WON).to_numpy()
+    # what the probability is about: won within the horizon of that snapshot (its label)
+    frame["won_in_horizon"] = pd.to_numeric(first[s.LABEL], errors="coerce").to_numpy()
     closed_at = pd.to_datetime(first[s.LEAD_ID].map(closed[s.CLOSED_AT]), utc=True)
     created_at = pd.to_datetime(first[s.LEAD_ID].map(created), utc=True)
     days = (closed_at - created_at).dt.total_seconds() / 86400
@@ -394,7 +393,7 @@ def _conversion_table(frame: pd.DataFrame, by: str, order: Sequence[str] | None 
         frame.assign(**{by: values})
         .groupby(by, sort=False)
         .agg(leads=("won", "size"), won=("won", "sum"), mean_probability=(PROBABILITY, "mean"),
-             days_to_convert=("days_to_convert", "mean"))
+             won_in_horizon=("won_in_horizon", "mean"), days_to_convert=("days_to_convert", "mean"))
         .reset_index()
     )  # fmt: skip
     table["conversion_rate"] = table["won"] / table["leads"]

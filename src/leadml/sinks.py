@@ -155,19 +155,35 @@ def read_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     return pd.read_parquet(partition_dir(base, as_of))
 
 
-def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
-    """The latest partition strictly before ``as_of`` with at least one part file (either engine's)."""
-    if not base.exists():
-        return None
+def written_partitions(base: Path) -> dict[pd.Timestamp, Path]:
+    """Every partition under ``base`` with at least one part file (either engine's), oldest first."""
     found: dict[pd.Timestamp, Path] = {}
-    for folder in base.glob(f"{PARTITION_PREFIX}*"):
+    for folder in base.glob(f"{PARTITION_PREFIX}*") if base.exists() else ():
         try:
             day = pd.Timestamp(folder.name.removeprefix(PARTITION_PREFIX), tz="UTC")
         except ValueError:
             continue
-        if day < as_of.normalize() and any(folder.glob("part-*.parquet")):
+        if folder.is_dir() and any(folder.glob("part-*.parquet")):
             found[day] = folder
-    return found[max(found)] if found else None
+    return dict(sorted(found.items()))
+
+
+def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
+    """The latest partition strictly before ``as_of``."""
+    earlier = [folder for day, folder in written_partitions(base).items() if day < as_of.normalize()]
+    return earlier[-1] if earlier else None
+
+
+def find_partition(base: Path, as_of: str | None) -> Path | None:
+    """The partition of ``as_of`` (YYYY-MM-DD), or the latest for ``latest``/None; None if there is none."""
+    found = written_partitions(base)
+    if as_of in (None, "", "latest"):
+        return list(found.values())[-1] if found else None
+    day = pd.Timestamp(str(as_of), tz="UTC").normalize()
+    if day not in found:
+        latest = ", ".join(f"{d:%Y-%m-%d}" for d in list(found)[-5:]) or "none"
+        raise LeadmlError(f"no scored run for {as_of} in {base} (latest runs: {latest})")
+    return found[day]
 
 
 def check_identifier(name: str, what: str) -> str:
