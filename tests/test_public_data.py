@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from factories import local_tracking
 from leadml import schema as s
-from leadml.cli import CONFIG_DIR, run_features, run_ingest
+from leadml.cli import CONFIG_DIR, run_features, run_ingest, run_train
 
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
 pytestmark = [
@@ -44,3 +45,16 @@ def test_x_education_flat_table_through_contracts_and_features(tmp_path: Path) -
         for m in json.loads((tmp_path / "data/features/x_education/feature_metadata.json").read_text())
     }
     assert meta["Lead Source"]["family"] == "source" and meta["TotalVisits"]["kind"] == "numeric"
+
+
+def test_x_education_trains_with_its_own_out_of_order_split(tmp_path: Path) -> None:
+    """``data=x_education`` chooses ``split=order`` itself (no time column); train runs end to end."""
+    cfg = _cfg("train", tmp_path, "x_education")
+    assert cfg.split.kind == "order"
+    with local_tracking():
+        run_ingest(_cfg("ingest", tmp_path, "x_education"))
+        run_features(_cfg("features", tmp_path, "x_education"))
+        summary = run_train(cfg)
+    assert summary["split"]["test"]["rows"] > 0
+    assert summary["version"] == "1"
+    assert (tmp_path / "reports" / "x_education" / "model-v1.html").exists()
