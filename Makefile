@@ -37,7 +37,7 @@ system-deps: ## Debian's chromium for the browser tests (installed when run as r
 	fi
 
 test: $(STAMP) system-deps ## lint (ruff) and run the test suite
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/python -m pytest
 
 train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, calibrate, evaluate, register
@@ -72,7 +72,7 @@ features: $(STAMP) ## build point-in-time training snapshots into data/features
 	$(BIN)/leadml-features $(ARGS)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
 
 bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_features.py
