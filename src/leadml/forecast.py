@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -43,6 +41,7 @@ from leadml import schema as s
 from leadml.calendar import to_utc
 from leadml.errors import LeadmlError, known_settings
 from leadml.sinks import find_partition
+from leadml.sources import write_csv_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -962,19 +961,6 @@ def _records(table: pd.DataFrame | None) -> list[dict[str, Any]] | None:
     return frame.to_dict(orient="records")
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    """``table`` (with its index) as CSV, written beside ``path`` and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            table.to_csv(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _plan(settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp) -> tuple[dict, str]:
     """The planned leads per source and where they came from (CSV, config, or the recent pace)."""
     if settings.planned_csv is not None:
@@ -1087,7 +1073,7 @@ def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     files: dict[str, str] = {}
     for name, table in outputs.items():
         if table is not None:
-            _write_csv(table, out / f"{name}.csv")
+            write_csv_atomic(table, out / f"{name}.csv")
             files[name] = str(out / f"{name}.csv")
     summary: dict[str, Any] = {
         "as_of": end,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 from matplotlib.figure import Figure
 
 MISSING = "\u2013"  # an en dash where a figure is missing
@@ -30,6 +31,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.globals["finite"] = finite
     env.filters.update(
         number=format_number,
         percent=format_percent,
@@ -43,13 +45,14 @@ def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
-def figure_data_uri(figure: Figure, dpi: int = 110) -> str:
-    """The figure as a PNG data URI for an ``<img src>``; the figure is closed."""
+def figure_data_uri(figure: Figure, dpi: int = 110, close: bool = True) -> str:
+    """The figure as a PNG data URI for an ``<img src>``; closed unless it is used again."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
+    if close:
+        plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -62,22 +65,23 @@ def write_page(text: str, path: Path) -> Path:
     return path
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def finite(value: Any) -> bool:
+    """Whether a figure is there to show: a number, not None, NaN or infinite (templates use it too)."""
+    return isinstance(value, int | float | np.number) and math.isfinite(float(value))
 
 
 def format_number(value: Any, digits: int = 0) -> str:
-    return MISSING if _missing(value) else f"{float(value):,.{digits}f}"
+    return MISSING if not finite(value) else f"{float(value):,.{digits}f}"
 
 
 def format_percent(value: Any, digits: int = 1) -> str:
     """A share (0.123) as a percentage (12.3%)."""
-    return MISSING if _missing(value) else f"{100 * float(value):.{digits}f}%"
+    return MISSING if not finite(value) else f"{100 * float(value):.{digits}f}%"
 
 
 def format_money(value: Any) -> str:
-    return MISSING if _missing(value) else f"${float(value):,.0f}"
+    return MISSING if not finite(value) else f"${float(value):,.0f}"
 
 
 def format_signed(value: Any, digits: int = 2) -> str:
-    return MISSING if _missing(value) else f"{float(value):+.{digits}f}"
+    return MISSING if not finite(value) else f"{float(value):+.{digits}f}"

@@ -13,7 +13,6 @@ Every text goes through the autoescaping template: a column name is never markup
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from leadml import html, plots
 from leadml import schema as s
 from leadml.features import FeatureMeta
+from leadml.html import finite
 from leadml.train import BASELINE_LOGREG, BASELINE_RATE, ORACLE, GateDecision, TrainingResult
 
 UNCALIBRATED_SUFFIX = "_uncalibrated"
@@ -77,10 +78,6 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float | np.number) and math.isfinite(float(value))
 
 
 def metrics_shown(columns: Sequence[str]) -> list[Metric]:
@@ -146,26 +143,37 @@ def oracle_gap(comparison: pd.DataFrame, model_name: str) -> dict[str, Any] | No
     return gap
 
 
-def figures(
+# chart name -> file name under plots/ in the training run's artifacts
+CHART_ARTIFACTS = {
+    "reliability": "reliability",
+    "roc": "roc",
+    "precision_recall": "precision_recall",
+    "gains": "cumulative_gains",
+    "importance": "shap_importance",
+    "beeswarm": "shap_beeswarm",
+}
+
+
+def chart_figures(
     labels: np.ndarray,
     probabilities: Mapping[str, np.ndarray],
     shap_importance: pd.DataFrame | None = None,
     shap_sample: tuple[np.ndarray, pd.DataFrame] | None = None,
     metadata: Mapping[str, FeatureMeta] | None = None,
-) -> dict[str, str]:
-    """The charts as PNG data URIs (the base rate's flat score has no curve worth drawing)."""
+) -> dict[str, Figure]:
+    """The evaluation charts (the base rate's flat score has no curve worth drawing)."""
     curves = {name: p for name, p in probabilities.items() if name != BASELINE_RATE}
     charts = {
-        "reliability": html.figure_data_uri(plots.reliability_figure(labels, curves)),
-        "roc": html.figure_data_uri(plots.roc_figure(labels, curves)),
-        "precision_recall": html.figure_data_uri(plots.precision_recall_figure(labels, curves)),
-        "gains": html.figure_data_uri(plots.gains_figure(labels, curves)),
+        "reliability": plots.reliability_figure(labels, curves),
+        "roc": plots.roc_figure(labels, curves),
+        "precision_recall": plots.precision_recall_figure(labels, curves),
+        "gains": plots.gains_figure(labels, curves),
     }
     if shap_importance is not None and len(shap_importance):
-        charts["importance"] = html.figure_data_uri(plots.shap_importance_figure(shap_importance))
+        charts["importance"] = plots.shap_importance_figure(shap_importance)
     if shap_sample is not None and shap_sample[0].size:
         values, sample = shap_sample
-        charts["beeswarm"] = html.figure_data_uri(plots.shap_beeswarm_figure(values, sample, metadata))
+        charts["beeswarm"] = plots.shap_beeswarm_figure(values, sample, metadata)
     return charts
 
 
@@ -190,7 +198,7 @@ def tier_records(tiers: pd.DataFrame) -> list[dict[str, Any]]:
     """Conversion per tier with its interval, share of leads, share of wins and lift over the base rate."""
     rows, positives = float(tiers["rows"].sum()), float(tiers["positives"].sum())
     base_rate = positives / rows if rows else float("nan")
-    top_rate = max([_float(v) for v in tiers["conversion_high"] if _finite(_float(v))] or [1.0])
+    top_rate = max([_float(v) for v in tiers["conversion_high"] if finite(_float(v))] or [1.0])
     records = []
     for _, row in tiers.iterrows():
         rate = _float(row["conversion_rate"])
@@ -206,8 +214,8 @@ def tier_records(tiers: pd.DataFrame) -> list[dict[str, Any]]:
                 "mean_probability": _float(row["mean_probability"]),
                 "share_of_rows": row["rows"] / rows if rows else float("nan"),
                 "share_of_wins": row["positives"] / positives if positives else float("nan"),
-                "lift": rate / base_rate if base_rate and _finite(rate) else float("nan"),
-                "bar": 100 * rate / top_rate if _finite(rate) and top_rate > 0 else 0.0,
+                "lift": rate / base_rate if base_rate and finite(rate) else float("nan"),
+                "bar": 100 * rate / top_rate if finite(rate) and top_rate > 0 else 0.0,
             }
         )
     return records
@@ -260,7 +268,7 @@ def _describe(value: Any) -> str:
 
 
 def _better(metric: Metric, delta: float, new: float, old: float) -> bool | None:
-    if not _finite(delta) or abs(delta) < 1e-12:
+    if not finite(delta) or abs(delta) < 1e-12:
         return None
     if metric.higher_is_better is None:
         target = metric.target if metric.target is not None else 0.0
@@ -420,8 +428,9 @@ def model_report_context(
     run: RunInfo,
     config: Mapping[str, Any],
     metadata: Mapping[str, FeatureMeta] | None = None,
+    charts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the template shows, as plain records."""
+    """Everything the template shows, as plain records (``charts``: data URIs already drawn)."""
     comparison, model_name = result.comparison, result.model_name
     labels = result.test[s.LABEL].to_numpy()
     model_row = comparison.loc[model_name]
@@ -455,7 +464,14 @@ def model_report_context(
         if BASELINE_LOGREG in comparison.index
         else float("nan"),
         "oracle": oracle_gap(comparison, model_name),
-        "charts": figures(labels, result.probabilities, result.shap_importance, result.shap_sample, metadata),
+        "charts": charts
+        if charts is not None
+        else {
+            name: html.figure_data_uri(figure)
+            for name, figure in chart_figures(
+                labels, result.probabilities, result.shap_importance, result.shap_sample, metadata
+            ).items()
+        },
         "importance": importance_table(result.shap_importance),
         "tiers": tier_records(result.tiers),
         "calibration": calibration_summary(result.calibration, comparison, model_name),
@@ -466,7 +482,6 @@ def model_report_context(
         "leakage": leakage_summary(result.leakage, result.leakage_flagged, config.get("guards", {})),
         "split": split_records(result.split, result.purged_rows),
         "timings": timing_records(result.seconds, run.stage_seconds, run.elapsed_seconds),
-        "finite": _finite,
     }
 
 
@@ -481,7 +496,8 @@ def write_model_report(
     run: RunInfo,
     config: Mapping[str, Any],
     metadata: Mapping[str, FeatureMeta] | None = None,
+    charts: Mapping[str, str] | None = None,
 ) -> Path:
     """Render the report of a training run and write it atomically to ``path``."""
-    context = model_report_context(result, decision, run, config, metadata)
+    context = model_report_context(result, decision, run, config, metadata, charts)
     return html.write_page(render_model_report(context), path)

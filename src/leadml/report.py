@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from leadml.features import FeatureMeta, FeatureSettings, open_lead_features
 from leadml.scorer import BASE_VALUE, PROBABILITY, LeadScorer, as_model_input
 from leadml.scoring import grouped_reasons
 from leadml.sinks import PARTITION_PREFIX, find_partition, written_partitions
+from leadml.sources import write_csv_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -526,22 +526,14 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         cards=cards,
         timeline_days=settings.timeline_days,
         analysis=_records(analysis),
-        finite=finite,
     )
     out = Path(report_cfg["output_dir"])
     stem = f"leads-{as_of:%Y-%m-%d}"
     html_path = html.write_page(page, out / f"{stem}.html")
-    csv_path = out / f"{stem}.csv"
-    staging = csv_path.with_name(f".{csv_path.name}.partial")
-    ranked_csv(frame, settings.personal_columns).to_csv(staging, index=False)
-    staging.replace(csv_path)
+    ranked = ranked_csv(frame, settings.personal_columns)
+    csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
     return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
 
 
 def _records(analysis: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v for k, v in analysis.items()}
-
-
-def finite(value: Any) -> bool:
-    """For templates: whether a figure is there to show (not None or NaN)."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))

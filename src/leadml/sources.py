@@ -333,6 +333,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike[str], index: bool = True) -> Path:
+    """Write ``frame`` as UTF-8 CSV to ``path`` atomically; returns the path."""
+    with _atomic_file(path) as handle:
+        handle.write(frame.to_csv(index=index).encode("utf-8"))
+    return Path(path)
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically; returns the path."""
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"

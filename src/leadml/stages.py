@@ -202,7 +202,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
     import yaml
 
-    from leadml import model_report, plots, tracking
+    from leadml import html, model_report, tracking
     from leadml.scorer import as_model_input
     from leadml.train import BASELINE_LOGREG, ORACLE, promotion_gate, train_and_evaluate
 
@@ -254,20 +254,14 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
         tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
         labels = result.test[s.LABEL].to_numpy()
-        curves = {k: v for k, v in result.probabilities.items() if k != "base_rate"}
-        tracking.log_figure(plots.reliability_figure(labels, curves), "plots/reliability.png")
-        tracking.log_figure(plots.roc_figure(labels, curves), "plots/roc.png")
-        tracking.log_figure(plots.precision_recall_figure(labels, curves), "plots/precision_recall.png")
-        tracking.log_figure(plots.gains_figure(labels, curves), "plots/cumulative_gains.png")
-        if result.shap_importance is not None and result.shap_sample is not None:
+        if result.shap_importance is not None:
             tracking.log_table(result.shap_importance, "shap_importance.csv")
-            tracking.log_figure(
-                plots.shap_importance_figure(result.shap_importance), "plots/shap_importance.png"
-            )
-            values, sample = result.shap_sample
-            tracking.log_figure(
-                plots.shap_beeswarm_figure(values, sample, metadata), "plots/shap_beeswarm.png"
-            )
+        charts = {}  # drawn once: logged to the run and embedded in the model report
+        for chart, figure in model_report.chart_figures(
+            labels, result.probabilities, result.shap_importance, result.shap_sample, metadata
+        ).items():
+            charts[chart] = html.figure_data_uri(figure, close=False)
+            tracking.log_figure(figure, f"plots/{model_report.CHART_ARTIFACTS[chart]}.png")
 
         names = result.scorer.feature_names
         example = as_model_input(result.test.head(5), names)
@@ -296,7 +290,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             elapsed_seconds=time.perf_counter() - started,
         )
         report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
-        model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata)
+        model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata, charts)
         report_artifact = tracking.log_file(report_path, "report")
         tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
         if decision.promote:
