@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install system-deps test train score report forecast notebooks generate ingest features lint bench clean mlflow-ui
+.PHONY: help install system-deps test train score report forecast backtest notebooks generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ report: $(STAMP) ## the leadership report (HTML) and ranked CSV of the latest sc
 
 forecast: $(STAMP) ## funnel forecast: forward, reverse and capacity tables (after make train; capacity after make score)
 	$(BIN)/leadml-forecast $(ARGS)
+
+backtest: $(STAMP) ## rolling backtest: train before each cutoff, test on the next period (after make features)
+	$(BIN)/leadml-backtest $(ARGS)
 
 notebooks: $(STAMP) ## run both notebooks on the trained project; executed copies in reports/notebooks/ (after make train)
 	@mkdir -p reports/notebooks

@@ -106,6 +106,7 @@ SMALL_PROJECT: dict[str, Any] = {
     "promotion.min_roc_auc": 0.5,
     "promotion.max_ece": 1.0,
     "promotion.min_gain_over_logreg": -1.0,
+    "promotion.min_gain_over_points": -1.0,
 }
 
 

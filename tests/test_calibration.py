@@ -5,10 +5,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit
 from sklearn.metrics import log_loss
 
+from leadml import schema as s
 from leadml.calibration import PROBABILITY_FLOOR, CalibrationSettings, fit_calibrator
 from leadml.errors import LeadmlError
 
@@ -88,3 +90,67 @@ def test_bad_inputs_fail_with_a_clear_message() -> None:
         fit_calibrator(np.array([0.0, np.nan]), np.array([0, 1]), "sigmoid")
     with pytest.raises(LeadmlError, match="cv_fold"):
         CalibrationSettings.from_mapping({"name": "auto", "cv_fold": 3})
+
+
+def _calibration_window(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A calibration window over 8 weekly dates of 50 rows each."""
+    rng = np.random.default_rng(seed)
+    dates = pd.Timestamp("2025-01-06", tz="UTC") + pd.to_timedelta(7 * (np.arange(n) // 50), unit="D")
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: [f"L{i}" for i in range(n)],
+            s.AS_OF: dates,
+            s.LABEL: (rng.random(n) < 0.3).astype("int8"),
+        }
+    ).sample(frac=1, random_state=seed)  # row order must not matter
+
+
+def test_recent_window_keeps_the_latest_whole_dates_and_says_so() -> None:
+    frame = _calibration_window()
+    rows, window = CalibrationSettings(recent_fraction=0.3).window(frame)
+    assert len(rows) == 150  # 30% of 400 rows is 120, rounded up to the 3 latest whole dates
+    assert rows[s.AS_OF].min() == frame[s.AS_OF].max() - pd.Timedelta(weeks=2)
+    assert window["calibration_rows"] == 150
+    assert window["calibration_window"].startswith(
+        "the latest 30% of the calibration window (as_of 2025-02-10 to 2025-02-24): 150 of 400 rows"
+    )
+    whole, described = CalibrationSettings().window(frame)
+    assert whole is frame and described["calibration_window"].startswith("the whole calibration window")
+    ordered = frame.drop(columns=[s.AS_OF]).assign(**{s.ORDER_KEY: np.arange(400.0)})
+    recent, _ = CalibrationSettings(recent_fraction=0.25).window(ordered)
+    assert sorted(recent[s.ORDER_KEY]) == list(np.arange(300.0, 400.0))
+    unordered = frame.drop(columns=[s.AS_OF])
+    assert CalibrationSettings(recent_fraction=0.1).window(unordered)[0].equals(unordered.iloc[-40:])
+
+
+def test_calibrator_records_its_window() -> None:
+    margin, labels = sigmoid_truth(n=500)
+    window = {"calibration_rows": 500, "calibration_window": "the whole calibration window: 500 of 500 rows"}
+    for method in METHODS:
+        description = fit_calibrator(margin, labels, method, window=window).describe()
+        assert description["calibration_rows"] == 500 and "whole" in description["calibration_window"]
+
+
+def test_recent_window_follows_a_rising_base_rate() -> None:
+    rng = np.random.default_rng(3)
+    n = 8000
+    margin = rng.normal(0, 1.5, n + 2000)
+    shift = np.linspace(-2.5, -0.5, n + 2000)  # the base rate climbs over the rows
+    labels = (rng.random(n + 2000) < expit(margin + shift)).astype(int)
+    frame = pd.DataFrame({s.ORDER_KEY: np.arange(n, dtype=float), s.LABEL: labels[:n], "margin": margin[:n]})
+    test_margin, test_labels = margin[n:], labels[n:]
+    errors = {}
+    for fraction in (None, 0.2):
+        rows, window = CalibrationSettings(recent_fraction=fraction).window(frame)
+        calibrator = fit_calibrator(
+            rows["margin"].to_numpy(), rows[s.LABEL].to_numpy(), "sigmoid", window=window
+        )
+        errors[fraction] = abs(calibrator.predict_proba(test_margin).mean() - test_labels.mean())
+    assert errors[0.2] < errors[None] / 2
+
+
+def test_recent_fraction_must_be_a_share() -> None:
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(LeadmlError, match="recent_fraction"):
+            CalibrationSettings(recent_fraction=bad)
+    assert CalibrationSettings.from_mapping({"name": "auto", "recent_fraction": None}).recent_fraction is None

@@ -10,7 +10,14 @@ import pytest
 
 from leadml.errors import LeadmlError
 from leadml.features import LABEL, FeatureMeta
-from leadml.guards import check_minimum_data, enforce_leakage, leakage_report, stratified_subsample
+from leadml.guards import (
+    OutcomeLevelSettings,
+    check_minimum_data,
+    enforce_leakage,
+    leakage_report,
+    outcome_coded_levels,
+    stratified_subsample,
+)
 
 
 def planted_training_table(n: int = 6000, seed: int = 0) -> tuple[pd.DataFrame, dict[str, FeatureMeta]]:
@@ -118,3 +125,83 @@ def test_enforce_with_nothing_flagged_and_bad_action() -> None:
     assert enforce_leakage(clean, "stop") == []
     with pytest.raises(LeadmlError, match="leakage_action"):
         enforce_leakage(clean, "ignore")
+
+
+def status_field_table(n: int = 8000, seed: int = 3) -> tuple[pd.DataFrame, dict[str, FeatureMeta]]:
+    """A CRM status field sales fill in during follow-up: a third of its rows name the outcome.
+
+    Alone it ranks well below the AUC threshold (most rows are blank or say "contacted"), which
+    is why the single-feature AUC test misses it and the outcome-coded test must not.
+    """
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n)
+    label = (rng.random(n) < 1 / (1 + np.exp(-(signal - 0.6)))).astype("int8")
+    recorded = rng.random(n) < 0.3
+    status = np.where(
+        recorded,
+        np.where(label == 1, rng.choice(["closed_won", "will_enrol"], n), rng.choice(["ringing", "lost"], n)),
+        np.where(rng.random(n) < 0.5, "contacted", None),
+    )
+    # an honest category with a rare level that converts far less than average
+    seniority = np.where(signal < -2.2, "student", rng.choice(["staff", "manager", "director"], n))
+    table = pd.DataFrame(
+        {
+            "lead_id": np.arange(n),
+            LABEL: label,
+            "signal": signal,
+            "status": pd.Categorical(status),
+            "seniority": pd.Categorical(seniority),
+        }
+    )
+    kinds = {"signal": "numeric", "status": "categorical", "seniority": "categorical"}
+    metadata = {name: FeatureMeta(name, "other", name, "{value}", kind=kind) for name, kind in kinds.items()}
+    return table, metadata
+
+
+def test_outcome_coded_levels_are_judged_against_the_base_rate() -> None:
+    labels = np.r_[np.ones(300), np.zeros(9700)]  # base rate 3%
+    rare_but_ordinary = pd.Series(np.r_[["a"] * 6, ["b"] * 294, ["a"] * 194, ["b"] * 9506])
+    # level a converts at 3%, level b at 3%: nothing certain about either
+    assert outcome_coded_levels(rare_but_ordinary, labels) == (0.0, [])
+    # a level converting at 0.5% when the base is 3% is not yet "all but certain" either
+    mixed = pd.Series(np.r_[["x"] * 10, ["y"] * 290, ["x"] * 1990, ["y"] * 7710])
+    assert outcome_coded_levels(mixed, labels)[0] == 0.0
+    # but a level that never converts across thousands of rows is
+    never = pd.Series(np.r_[["y"] * 300, ["x"] * 6000, ["y"] * 3700])
+    share, levels = outcome_coded_levels(never, labels)
+    assert levels == ["x"] and share == pytest.approx(0.6)
+
+
+def test_outcome_coded_levels_ignore_small_levels_and_count_missing_as_a_level() -> None:
+    labels = np.r_[np.ones(15), np.zeros(485), np.ones(100), np.zeros(400)]
+    values = pd.Series([*["won_note"] * 15, *[None] * 485, *["a", "b"] * 250])
+    share, levels = outcome_coded_levels(values, labels)
+    assert levels == ["(missing)"] and share == pytest.approx(0.485)
+    assert outcome_coded_levels(values, labels, OutcomeLevelSettings(min_rows=10))[1] == [
+        "(missing)",
+        "won_note",
+    ]
+
+
+def test_a_status_field_is_flagged_as_outcome_coded_though_its_auc_is_moderate() -> None:
+    table, metadata = status_field_table()
+    report = leakage_report(table, metadata).set_index("feature")
+    status = report.loc["status"]
+    assert status["strength"] < 0.95 and not status["too_predictive"]
+    assert status["outcome_coded"] and status["flagged"]
+    assert 0.25 < status["outcome_levels_share"] < 0.35
+    assert set(status["outcome_levels"].split("; ")) == {"closed_won", "will_enrol", "ringing", "lost"}
+    assert status["reason"].startswith(
+        f"outcome-coded: {status['outcome_levels_share']:.0%} of rows in levels"
+    )
+    for honest in ("signal", "seniority"):
+        assert not report.loc[honest, "flagged"], honest
+    assert report.loc["signal", "outcome_levels_share"] == 0.0  # numbers are left to the AUC test
+
+
+def test_enforce_exclude_returns_the_names_without_stopping(caplog: pytest.LogCaptureFixture) -> None:
+    table, metadata = status_field_table()
+    with caplog.at_level(logging.INFO, logger="leadml.guards"):
+        excluded = enforce_leakage(leakage_report(table, metadata), "exclude")
+    assert excluded == ["status"]
+    assert "excluded from training: status: outcome-coded" in caplog.text

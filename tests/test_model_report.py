@@ -118,6 +118,7 @@ def _fake_result() -> TrainingResult:
         purged_rows={"calibration": 12, "test": 7},
         leakage=leakage,
         leakage_flagged=[HOSTILE_COLUMN],
+        leakage_excluded=[],
         comparison=comparison,
         tiers=tiers,
         calibration={

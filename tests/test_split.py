@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from leadml import schema as s
 from leadml.errors import LeadmlError
-from leadml.split import SplitSettings, split_snapshots, split_summary, split_with_report
+from leadml.split import SplitSettings, latest_rows, split_snapshots, split_summary, split_with_report
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -199,3 +199,57 @@ def test_any_snapshots_split_into_disjoint_ordered_windows(
     assert not leads[0] & leads[1] and not leads[0] & leads[2] and not leads[1] & leads[2]
     kept = sum(len(part) for part in parts.values())
     assert kept + sum(result.purged_rows.values()) + result.gap_rows == len(frame)
+
+
+def test_explicit_time_bounds_pin_the_test_window_and_leave_later_rows_out() -> None:
+    snapshots = weekly_snapshots()
+    start, end = START + pd.Timedelta(weeks=40), START + pd.Timedelta(weeks=52)
+    result = split_with_report(
+        snapshots, SplitSettings(test_start=start, test_end=end.date().isoformat(), calibration_months=2)
+    )
+    test = result.parts["test"]
+    assert test[s.AS_OF].min() > start and test[s.AS_OF].max() == end
+    assert result.parts["calibration"][s.AS_OF].max() <= start
+    assert result.parts["calibration"][s.AS_OF].min() > start - pd.DateOffset(months=2)
+    assert result.later_rows == int((snapshots[s.AS_OF] > end).sum()) > 0
+    kept = sum(len(part) for part in result.parts.values())
+    assert kept + sum(result.purged_rows.values()) + result.gap_rows + result.later_rows == len(snapshots)
+    default = split_with_report(snapshots, SplitSettings())
+    explicit = split_with_report(
+        snapshots, SplitSettings(test_start=default.bounds["test"][0], test_end=snapshots[s.AS_OF].max())
+    )
+    for name in ("train", "calibration", "test"):  # the defaults are the explicit bounds they imply
+        assert explicit.parts[name].equals(default.parts[name])
+
+
+def test_explicit_order_bounds_take_the_calibration_share_of_the_rows_before() -> None:
+    frame = weekly_snapshots().drop(columns=[s.AS_OF])
+    frame[s.ORDER_KEY] = np.arange(len(frame), dtype=float)
+    result = split_with_report(
+        frame, SplitSettings(kind="order", test_start=999.0, test_end=1199.0, calibration_fraction=0.25)
+    )
+    parts = result.parts
+    assert parts["test"][s.ORDER_KEY].min() >= 1000 and parts["test"][s.ORDER_KEY].max() <= 1199
+    assert parts["calibration"][s.ORDER_KEY].min() >= 750 and parts["calibration"][s.ORDER_KEY].max() <= 999
+    assert parts["train"][s.ORDER_KEY].max() < 750
+    assert result.later_rows == len(frame) - 1200
+
+
+def test_explicit_bounds_are_checked() -> None:
+    with pytest.raises(LeadmlError, match="start before it ends"):
+        split_snapshots(weekly_snapshots(), SplitSettings(test_start="2025-01-01", test_end="2024-12-01"))
+    with pytest.raises(LeadmlError, match=r"test_start and split\.test_end need"):
+        SplitSettings(kind="random", test_end=3)
+
+
+def test_latest_rows_keep_whole_dates_order_or_row_order() -> None:
+    snapshots = weekly_snapshots()
+    latest = latest_rows(snapshots, 0.1)
+    assert len(latest) >= 0.1 * len(snapshots)
+    assert latest[s.AS_OF].min() > snapshots.drop(index=latest.index)[s.AS_OF].max()
+    assert len(latest_rows(snapshots, 1.0)) == len(snapshots)
+    ordered = pd.DataFrame({s.ORDER_KEY: [5.0, 1.0, 3.0, 2.0, 4.0]})
+    assert sorted(latest_rows(ordered, 0.4)[s.ORDER_KEY]) == [4.0, 5.0]
+    assert list(latest_rows(pd.DataFrame({"x": range(10)}), 0.25)["x"]) == [7, 8, 9]
+    with pytest.raises(LeadmlError, match="latest share"):
+        latest_rows(ordered, 0)

@@ -155,6 +155,18 @@ def test_planted_leak_is_caught_by_name(root: Path) -> None:
     with pytest.raises(LeadmlError, match=r"days_to_close_entered_by_sales.*features\.exclude"):
         run_train(_cfg(root))
 
+    # with leakage_action=exclude the sentinel's evidence decides, and the run records it
+    import mlflow
+
+    summary = run_train(_cfg(root, ["guards.leakage_action=exclude"]))
+    assert summary["leakage_excluded"] == ["days_to_close_entered_by_sales"]
+    assert "single-feature AUC" in summary["leakage_flagged"]["days_to_close_entered_by_sales"]
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.tags["leakage.excluded"] == "days_to_close_entered_by_sales"
+    inputs = mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary['version']}").metadata
+    assert "days_to_close_entered_by_sales" not in inputs.get_input_schema().input_names()
+    assert "left out of the model" in Path(summary["report"]).read_text()
+
 
 def test_pure_noise_is_never_promoted(root: Path) -> None:
     snapshots = pd.read_parquet(root / "data/features/synthetic/snapshots.parquet")
@@ -186,3 +198,16 @@ def test_calibration_verdict_says_whether_it_helped_and_why_not() -> None:
     assert "already calibrated" in already
     small = calibration_verdict(_comparison((0.22, 0.03), (0.21, 0.02)), "lightgbm", _split(0.1, 0.1))
     assert "calibration_months" in small
+
+
+def test_recent_window_calibration_is_recorded_and_shap_rows_zero_skips_explanations(root: Path) -> None:
+    summary = run_train(_cfg(root, ["calibration.recent_fraction=0.5", "evaluation.shap_rows=0"]))
+    calibration = summary["calibration"]
+    window_rows = summary["split"]["calibration"]["rows"]
+    assert 0.5 * window_rows <= calibration["calibration_rows"] < window_rows
+    assert calibration["calibration_window"].startswith("the latest 50% of the calibration window (as_of ")
+
+    from mlflow import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"])}
+    assert "calibration.json" in artifacts and "shap_importance.csv" not in artifacts

@@ -4,6 +4,10 @@ Fitted on the calibration window, after the model. Every calibrator is monotone
 non-decreasing in the margin, so the calibrated model keeps the booster's ranking of
 leads, except that isotonic regression is a step function: leads whose margins fall on
 one step get the same probability (ties). ``describe()`` reports how many steps there are.
+
+``recent_fraction`` fits the calibrator on the latest part of the calibration window only
+(:meth:`CalibrationSettings.window`): when the base rate drifts, a map fitted on recent rows
+misses the next period by less. ``describe()`` records which rows the calibrator saw.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 
+from leadml import schema as s
 from leadml.errors import LeadmlError, known_settings
+from leadml.split import latest_rows, position_column
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +41,60 @@ class CalibrationSettings:
     name: str = "isotonic"  # one of METHODS
     cv_folds: int = 5  # folds for method "auto"
     seed: int = 0
+    # fit on the latest share of the calibration window only; None: the whole window
+    recent_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
             raise LeadmlError(f"calibration.name must be one of {METHODS}, got {self.name!r}")
         if self.cv_folds < 2:
             raise LeadmlError("calibration.cv_folds must be at least 2")
+        if self.recent_fraction is not None and not 0 < self.recent_fraction <= 1:
+            raise LeadmlError(
+                f"calibration.recent_fraction must be null or in (0, 1], got {self.recent_fraction}"
+            )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> CalibrationSettings:
         return cls(**known_settings(cls, mapping, "calibration"))
+
+    def window(self, calibration: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """(rows to fit the calibrator on, their description for ``fit_calibrator(window=...)``).
+
+        The whole calibration window, or with ``recent_fraction`` its latest rows by ``as_of``
+        (whole dates kept together), else ``order_key``, else row order.
+        """
+        if self.recent_fraction is None or self.recent_fraction >= 1:
+            return calibration, describe_window(calibration, len(calibration), None)
+        rows = latest_rows(calibration, self.recent_fraction)
+        return rows, describe_window(rows, len(calibration), self.recent_fraction)
+
+
+def describe_window(rows: pd.DataFrame, of_rows: int, recent_fraction: float | None) -> dict[str, Any]:
+    """``calibration_rows`` and a sentence naming the rows a calibrator is fitted on."""
+    positives = int(rows[s.LABEL].sum()) if s.LABEL in rows.columns else 0
+    column = position_column(rows)
+    span = ""
+    if column is not None and len(rows):
+        first, last = (_plain(value) for value in (rows[column].min(), rows[column].max()))
+        span = f" ({column} {first} to {last})"
+    which = (
+        "the whole calibration window"
+        if recent_fraction is None
+        else f"the latest {recent_fraction:.0%} of the calibration window"
+    )
+    return {
+        "calibration_rows": len(rows),
+        "calibration_window": f"{which}{span}: {len(rows):,} of {of_rows:,} rows, {positives:,} positives",
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.date().isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class Calibrator(Protocol):
@@ -118,12 +169,19 @@ class IsotonicCalibrator:
 
 
 def fit_calibrator(
-    scores_margin: np.ndarray, labels: np.ndarray, method: str, *, cv_folds: int = 5, seed: int = 0
+    scores_margin: np.ndarray,
+    labels: np.ndarray,
+    method: str,
+    *,
+    cv_folds: int = 5,
+    seed: int = 0,
+    window: Mapping[str, Any] | None = None,
 ) -> Calibrator:
     """A calibrator from margins and 0/1 labels of the calibration window.
 
     ``auto`` compares isotonic and sigmoid by mean log loss over stratified ``cv_folds``
     folds of these rows, records both losses, and refits the winner on all rows.
+    ``window`` (from :meth:`CalibrationSettings.window`) is kept in ``describe()``.
     """
     margin = np.asarray(scores_margin, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
@@ -136,8 +194,10 @@ def fit_calibrator(
         logger.info(
             "calibration auto: %s (cv log loss %s)", choice, {k: round(v, 5) for k, v in losses.items()}
         )
-        return calibrator
-    return _fit_one(margin, y, method)
+    else:
+        calibrator = _fit_one(margin, y, method)
+    calibrator.details.update(window or {})
+    return calibrator
 
 
 def cross_validated_log_loss(

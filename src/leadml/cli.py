@@ -122,9 +122,42 @@ def run_features(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- train
+PREPARE_CHOICES = ("auto", "always", "never")
+
+
+def prepare_upstream(cfg: DictConfig) -> None:
+    """Ingest and build features first when ``cfg.prepare`` asks for it (see conf/train.yaml).
+
+    ``auto`` rebuilds when the features are missing, were built from another data or features
+    config, or a source file changed since it was ingested: ``leadml-train data=bank`` then
+    runs end to end from the raw files, and a second run reuses them.
+    """
+    from leadml.stages import stale_upstream
+
+    mode = str(cfg.get("prepare", "never"))
+    if mode not in PREPARE_CHOICES:
+        raise LeadmlError(f"prepare must be one of {', '.join(PREPARE_CHOICES)}, got {mode!r}")
+    interim_dir = Path(cfg.paths.interim_dir) / cfg.data.name
+    features_dir = Path(cfg.input_dir)
+    if mode == "never":
+        return
+    reason = "prepare=always"
+    if mode == "auto":
+        reason = stale_upstream(_container(cfg.data), _container(cfg.features), interim_dir, features_dir)
+        if reason is None:
+            return
+    _echo(f"prepare: {reason}; running ingest and features first")
+    values = _container(cfg)
+    run_ingest(OmegaConf.create({**values, "output_dir": str(interim_dir)}))
+    run_features(OmegaConf.create({**values, "input_dir": str(interim_dir), "output_dir": str(features_dir)}))
+
+
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
     from leadml.stages import train_stage
+
+    prepare_upstream(cfg)
+    from leadml.train import BASELINE_POINTS
 
     summary = train_stage(_container(cfg), Path(cfg.paths.root))
     split = summary["split"]
@@ -145,6 +178,17 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             f"  PR AUC {row['pr_auc']:.4f}  log loss {row['log_loss']:.4f}  Brier {row['brier']:.4f}"
             f"  ECE {row['ece']:.4f}"
         )
+    if BASELINE_POINTS not in table.index:
+        _echo(
+            f"  {BASELINE_POINTS:<24} none: no points rules in the data config "
+            f"(add data.points to conf/data/{cfg.data.name}.yaml for a traditional-scoring baseline)"
+        )
+    flagged = summary.get("leakage_flagged") or {}
+    if flagged:
+        what = "excluded from the model" if summary.get("leakage_excluded") else "trained on anyway"
+        _echo(f"leakage sentinel: {len(flagged)} column(s) flagged, {what}:")
+        for name, reason in flagged.items():
+            _echo(f"  {name}: {reason}")
     calibration = summary["calibration"]
     _echo(
         f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')}), "
@@ -242,6 +286,27 @@ def run_forecast(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+# --------------------------------------------------------------------------- backtest
+def run_backtest(cfg: DictConfig) -> dict[str, Any]:
+    """Rolling backtest: train before each cutoff, test on the next period, report drift."""
+    from leadml.backtest import backtest_stage, table_lines
+
+    prepare_upstream(cfg)
+    summary = backtest_stage(_container(cfg), Path(cfg.paths.root))
+    _echo(
+        f"backtest: {len(summary['periods'])} periods of {summary['data']} ({summary['split_kind']} split), "
+        f"model {summary['model']} trained before each cutoff"
+    )
+    for line in table_lines(summary["table"]):
+        _echo(f"  {line}")
+    for sentence in summary["summary"]:
+        _echo(f"backtest: {sentence}")
+    for path in summary["files"].values():
+        _echo(f"backtest: wrote {path}")
+    _echo(f"backtest: run {summary['run_id']} in {summary['tracking_uri']} ({summary['seconds']} s)")
+    return summary
+
+
 # --------------------------------------------------------------------------- wrappers
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
@@ -264,3 +329,4 @@ train = _entry_point("train", run_train)
 score = _entry_point("score", run_score)
 report = _entry_point("report", run_report)
 forecast = _entry_point("forecast", run_forecast)
+backtest = _entry_point("backtest", run_backtest)

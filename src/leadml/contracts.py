@@ -266,7 +266,9 @@ class ColumnSpec:
 
     ``allowed`` (category only) and ``min``/``max`` (integer/float only) quarantine other values;
     ``unique`` quarantines duplicates of non-null values; ``personal`` marks data that is never a
-    feature; ``format`` is a strptime format for timestamp text (None: ISO 8601).
+    feature; ``format`` is a strptime format for timestamp text (None: ISO 8601); ``missing_values``
+    are this column's own missing markers, added to the table's (``-1`` for "never contacted" in a
+    day count; compared as numbers in a number column, so ``-1.0`` matches too).
     """
 
     name: str
@@ -279,8 +281,12 @@ class ColumnSpec:
     unique: bool = False
     personal: bool = False
     format: str | None = None
+    missing_values: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "missing_values", tuple(str(value) for value in as_tuple(self.missing_values))
+        )
         if self.dtype not in DTYPES:
             raise LeadmlError(f"column {self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.allowed is not None:
@@ -293,6 +299,24 @@ class ColumnSpec:
             raise LeadmlError(f"column {self.name}: min/max need dtype integer or float, not {self.dtype}")
         if not self.required and not self.nullable:
             raise LeadmlError(f"column {self.name}: an optional column must be nullable")
+        if self.dtype in ("integer", "float"):
+            wrong = [value for value in self.missing_values if not _is_number(value)]
+            if wrong:
+                raise LeadmlError(
+                    f"column {self.name}: missing value(s) {', '.join(wrong)} of a {self.dtype} column "
+                    "must be numbers"
+                )
+
+    def missing_markers(self, settings: IngestSettings) -> frozenset[str]:
+        """The table's missing markers plus this column's own, trimmed and case-folded."""
+        markers = settings.all_missing_markers()
+        if not self.missing_values:
+            return markers
+        return markers | {value.strip().casefold() for value in self.missing_values}
+
+    def numeric_missing_values(self) -> np.ndarray:
+        """This column's missing values as numbers (number columns)."""
+        return np.array([float(value) for value in self.missing_values if _is_number(value)], dtype="float64")
 
 
 @dataclass(frozen=True)
@@ -453,22 +477,48 @@ def column_specs_from_config(groups: Mapping[str, Sequence[str]] | None) -> tupl
     return tuple(specs)
 
 
+OUTCOMES_TABLE = "outcomes"
+
+
 @dataclass(frozen=True)
-class FlatContract:
-    """A single one-row-per-lead table with a target column (see :func:`flat_contract`)."""
+class FlatOutcomes:
+    """Dated events (won deals) in a second table, joined to the flat table by its id: the label.
+
+    A lead is positive when one of its events falls within ``horizon_days`` after its time
+    column. A lead is labelled only when that whole window was observed: its time is not
+    before ``observed_from`` (null: no bound) and time + horizon is not after ``observed_until``
+    (null: the latest timestamp of either table). Naive bounds are in the ingest time zone.
+    """
 
     table: TableContract
     id_column: str
-    target: str
-    positive: tuple[Any, ...]
+    time_column: str
+    horizon_days: float
+    observed_from: pd.Timestamp | None = None
+    observed_until: pd.Timestamp | None = None
+
+    @property
+    def horizon(self) -> pd.Timedelta:
+        return pd.Timedelta(days=self.horizon_days)
+
+
+@dataclass(frozen=True)
+class FlatContract:
+    """A one-row-per-lead table labelled by a target column or by outcomes (see :func:`flat_contract`)."""
+
+    table: TableContract
+    id_column: str
+    target: str | None
+    positive: tuple[Any, ...] = ()
     negative: tuple[Any, ...] = ()
     time_column: str | None = None
     order_column: str | None = None
     drop: tuple[str, ...] = ()
+    outcomes: FlatOutcomes | None = None
 
     @property
     def numeric_target(self) -> bool:
-        return self.table.column(self.target).dtype == "float"
+        return self.target is not None and self.table.column(self.target).dtype == "float"
 
 
 FLAT_KEYS: tuple[str, ...] = (
@@ -482,7 +532,9 @@ FLAT_KEYS: tuple[str, ...] = (
     "drop",
     *_GROUP_DTYPES,
     "personal",
+    "missing_values",
 )
+OUTCOME_KEYS: tuple[str, ...] = ("table", "id", "time", "horizon_days", "observed_from", "observed_until")
 
 
 def _is_number(value: Any) -> bool:
@@ -495,7 +547,65 @@ def _is_number(value: Any) -> bool:
     return True
 
 
-def flat_contract(mapping: Mapping[str, Any]) -> FlatContract:
+def _optional_timestamp(value: Any, key: str) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    try:
+        return pd.Timestamp(str(value))
+    except ValueError:
+        raise LeadmlError(f"outcomes: {key} {value!r} is not a date or timestamp") from None
+
+
+def flat_outcomes(mapping: Mapping[str, Any], lead_time_column: str | None) -> FlatOutcomes:
+    """The outcomes of a flat table from config (see :func:`flat_contract`)."""
+    values = dict(mapping)
+    unknown = sorted(set(values) - set(OUTCOME_KEYS))
+    if unknown:
+        raise LeadmlError(f"unknown outcomes key(s) {', '.join(unknown)}; known: {', '.join(OUTCOME_KEYS)}")
+    for key in ("id", "time", "horizon_days"):
+        if values.get(key) is None or values.get(key) == "":
+            raise LeadmlError(f"outcomes config needs {key!r}")
+    if not lead_time_column:
+        raise LeadmlError(
+            "a flat table labelled by outcomes needs its own 'time' column: the horizon starts there"
+        )
+    if not _is_number(values["horizon_days"]) or float(values["horizon_days"]) <= 0:
+        raise LeadmlError(f"outcomes: horizon_days must be a positive number, got {values['horizon_days']!r}")
+    id_column, time_column = str(values["id"]), str(values["time"])
+    observed_from = _optional_timestamp(values.get("observed_from"), "observed_from")
+    observed_until = _optional_timestamp(values.get("observed_until"), "observed_until")
+    if (
+        observed_from is not None
+        and observed_until is not None
+        and to_utc(observed_from) >= to_utc(observed_until)
+    ):
+        raise LeadmlError("outcomes: observed_from must be before observed_until")
+    table = TableContract(
+        OUTCOMES_TABLE,
+        (_id(id_column), ColumnSpec(time_column, "timestamp", nullable=False)),
+        primary_key=(id_column,),
+    )
+    return FlatOutcomes(
+        table=table,
+        id_column=id_column,
+        time_column=time_column,
+        horizon_days=float(values["horizon_days"]),
+        observed_from=observed_from,
+        observed_until=observed_until,
+    )
+
+
+def _with_missing_values(specs: list[ColumnSpec], mapping: Mapping[str, Any] | None) -> list[ColumnSpec]:
+    given = {str(column): as_tuple(values) for column, values in dict(mapping or {}).items()}
+    undeclared = sorted(set(given) - {spec.name for spec in specs})
+    if undeclared:
+        raise LeadmlError(
+            f"missing_values for undeclared column(s) {', '.join(undeclared)}; declare them in a column group"
+        )
+    return [replace(spec, missing_values=given[spec.name]) if spec.name in given else spec for spec in specs]
+
+
+def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None = None) -> FlatContract:
     """Contract of a flat lead table from config.
 
     Keys: ``id`` (lead id column, or ``source_row`` for the row number), ``target``,
@@ -503,38 +613,66 @@ def flat_contract(mapping: Mapping[str, Any]) -> FlatContract:
     are then quarantined; without it every other value is a negative), ``time`` (a timestamp
     column -> ``as_of``) or ``order`` (a numeric column, or ``source_row``, kept for an
     out-of-time order), ``drop`` (removed before anything else, e.g. filled in after the
-    outcome), column groups as in :func:`column_specs_from_config`, ``name`` (default leads).
+    outcome), column groups as in :func:`column_specs_from_config`, ``missing_values``
+    (``{column: [values]}``: a declared column's own missing markers, e.g. ``{pdays: [-1]}``),
+    ``name`` (default leads).
+
+    ``outcomes`` (the data config's ``outcomes``: ``table`` (its source, not read here), ``id``,
+    ``time``, ``horizon_days``, optional ``observed_from`` / ``observed_until``) labels the leads
+    by dated events in a second table instead of a target column (see :class:`FlatOutcomes`):
+    then ``target``, ``positive`` and ``negative`` are not given, and ``time`` and a real ``id``
+    column are required. The outcome table's other columns never reach the lead table.
     """
     values = dict(mapping)
     unknown = sorted(set(values) - set(FLAT_KEYS))
     if unknown:
         raise LeadmlError(f"unknown flat-table key(s) {', '.join(unknown)}; known: {', '.join(FLAT_KEYS)}")
-    for key in ("id", "target", "positive"):
+    if outcomes is not None:
+        given = [key for key in ("target", "positive", "negative") if values.get(key) not in (None, "", [])]
+        if given:
+            raise LeadmlError(
+                f"flat table config: {', '.join(given)} given although the label comes from outcomes; "
+                "give either a target column or outcomes"
+            )
+    required = ("id",) if outcomes is not None else ("id", "target", "positive")
+    for key in required:
         if not as_tuple(values.get(key)) or values.get(key) == "":
-            raise LeadmlError(f"flat table config needs {key!r}")
-    positive, negative = as_tuple(values["positive"]), as_tuple(values.get("negative"))
+            raise LeadmlError(f"flat table config needs {key!r}" + ("" if key == "id" else " (or outcomes)"))
+    positive, negative = as_tuple(values.get("positive")), as_tuple(values.get("negative"))
     if values.get("time") and values.get("order"):
         raise LeadmlError("flat table config: give either 'time' or 'order', not both")
-    id_column, target = str(values["id"]), str(values["target"])
+    id_column = str(values["id"])
+    target = str(values["target"]) if outcomes is None else None
     time_column = str(values["time"]) if values.get("time") else None
     order_column = str(values["order"]) if values.get("order") else None
+    flat_outcomes_ = None
+    if outcomes is not None:
+        if id_column == SOURCE_ROW:
+            raise LeadmlError(
+                "a flat table labelled by outcomes needs an id column to join them on, not source_row"
+            )
+        flat_outcomes_ = flat_outcomes(outcomes, time_column)
 
     numeric_target = all(_is_number(value) for value in (*positive, *negative))
     specs: list[ColumnSpec] = []
     if id_column != SOURCE_ROW:
         specs.append(_id(id_column))
-    specs.append(ColumnSpec(target, "float" if numeric_target else "category", nullable=False))
+    if target is not None:
+        specs.append(ColumnSpec(target, "float" if numeric_target else "category", nullable=False))
     if time_column:
         specs.append(ColumnSpec(time_column, "timestamp", nullable=False))
     if order_column and order_column != SOURCE_ROW:
         specs.append(ColumnSpec(order_column, "float", nullable=False))
     group_values = {key: values[key] for key in (*_GROUP_DTYPES, "personal") if values.get(key)}
     specs.extend(column_specs_from_config(group_values))
+    specs = _with_missing_values(specs, values.get("missing_values"))
     table = TableContract(
         str(values.get("name") or s.LEADS),
         tuple(specs),
         primary_key=(id_column,) if id_column != SOURCE_ROW else (),
     )
+    if flat_outcomes_ is not None and table.name == OUTCOMES_TABLE:
+        raise LeadmlError(f"flat table config: name {OUTCOMES_TABLE!r} is the outcomes table's")
     return FlatContract(
         table=table,
         id_column=id_column,
@@ -544,6 +682,7 @@ def flat_contract(mapping: Mapping[str, Any]) -> FlatContract:
         time_column=time_column,
         order_column=order_column,
         drop=tuple(str(column) for column in as_tuple(values.get("drop"))),
+        outcomes=flat_outcomes_,
     )
 
 
@@ -570,8 +709,11 @@ Parsed = tuple[pd.Series, np.ndarray, list[RowProblem]]
 class TableReport:
     """Counts of one validated table. ``reason_counts`` counts rows per reason category (a row with two
     reasons counts twice); ``collateral_rows`` were quarantined only because a row they depend on was
-    (an event of a quarantined lead), so they do not count against ``max_bad_share``; ``added_rows``
-    were created by ingestion (open outcomes), so the output has accepted_rows + added_rows rows.
+    (an event of a quarantined lead), so they do not count against ``max_bad_share``; ``excluded_rows``
+    are sound rows set aside by a rule that is not about their quality (a lead whose label is not yet
+    known), quarantined with their reason but not counted against ``max_bad_share`` either;
+    ``added_rows`` were created by ingestion (open outcomes), so the output has accepted_rows +
+    added_rows rows.
     """
 
     table: str
@@ -588,11 +730,12 @@ class TableReport:
     dropped_columns: tuple[str, ...] = ()
     quarantine_path: str | None = None
     collateral_rows: int = 0
+    excluded_rows: int = 0
 
     @property
     def bad_rows(self) -> int:
-        """Quarantined rows that are wrong themselves (not only because a row they belong to was)."""
-        return self.quarantined_rows - self.collateral_rows
+        """Quarantined rows that are wrong themselves (not because a row they belong to was, nor excluded)."""
+        return self.quarantined_rows - self.collateral_rows - self.excluded_rows
 
     @property
     def bad_share(self) -> float:
@@ -606,6 +749,7 @@ class TableReport:
             "accepted_rows": self.accepted_rows,
             "quarantined_rows": self.quarantined_rows,
             "collateral_rows": self.collateral_rows,
+            "excluded_rows": self.excluded_rows,
             "added_rows": self.added_rows,
             "bad_share": round(self.bad_share, 6),
             "reasons": dict(self.reason_counts),
@@ -686,7 +830,7 @@ def _empty_dtype(spec: ColumnSpec) -> Any:
 
 
 def _parse_string(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
-    cleaned, missing = _clean_text(as_text(raw), settings.all_missing_markers())
+    cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
     return cleaned, missing, []
 
 
@@ -698,7 +842,7 @@ def _token_lookup(
     Work is done once per distinct value, which is what makes 20 million categorical rows cheap.
     """
     codes, uniques = pd.factorize(as_text(raw))
-    cleaned, missing = _clean_text(pd.Series(uniques, dtype="str"), settings.all_missing_markers())
+    cleaned, missing = _clean_text(pd.Series(uniques, dtype="str"), spec.missing_markers(settings))
     tokens = normalise_tokens(cleaned)
     synonyms = {**squashed_spellings(spec.allowed or ()), **settings.synonyms_for(spec.name)}
     if synonyms:
@@ -779,8 +923,12 @@ def _parse_number(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) ->
         numbers = raw.to_numpy(dtype="float64", na_value=np.nan)
         missing = np.isnan(numbers)
     else:
-        cleaned, missing = _clean_text(as_text(raw), settings.all_missing_markers())
+        cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
         numbers = pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if spec.missing_values:
+        marked = np.isin(numbers, spec.numeric_missing_values())
+        missing = missing | marked
+        numbers = np.where(marked, np.nan, numbers)
     problems = []
     finite = np.isfinite(numbers)
     invalid = ~missing & ~finite
@@ -809,7 +957,7 @@ def _timestamps_from_text(
     raw: pd.Series, spec: ColumnSpec, settings: IngestSettings
 ) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray]:
     """(UTC timestamps, missing, unparseable, invalid local time) from text."""
-    cleaned, missing = _clean_text(as_text(raw), settings.all_missing_markers())
+    cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
     cleaned = cleaned.reset_index(drop=True)
     # utc=True for every value: offsets are honoured and a naive value reads as UTC wall-clock time,
     # which is then re-read in the configured zone; to_datetime never sees a naive/aware mix.
@@ -1007,6 +1155,8 @@ def check_bad_share(report: TableReport, max_bad_share: float) -> None:
         if report.collateral_rows
         else ""
     )
+    if report.excluded_rows:
+        collateral += f" (nor {report.excluded_rows:,} sound rows set aside, e.g. not yet labelled)"
     raise ContractError(
         f"{report.table} from {report.source}: {report.bad_rows:,} of {report.input_rows:,} rows "
         f"({report.bad_share:.1%}){collateral} broke the contract, more than max_bad_share "

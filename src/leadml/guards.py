@@ -1,18 +1,24 @@
 """Checks that stop a training run before it learns from too little data or from leaks.
 
 A leak is a feature that predicts the label too well on its own (out-of-fold single
-feature ROC AUC), or one that is filled in only at or after the outcome (present for
-nearly all positives and nearly no negatives).
+feature ROC AUC), one that is filled in only at or after the outcome (present for
+nearly all positives and nearly no negatives), or a category whose values record the
+outcome (a large share of rows sits in levels whose outcome is all but certain: a CRM
+"status" or "tag" field the sales team fills in during follow-up, such as "Closed by
+Horizzon" or "Ringing"). Such a field can look only moderately predictive as a whole
+(X Education's Tags: single-feature AUC 0.92) while a third of its rows name the outcome.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
 from leadml import schema as s
@@ -21,8 +27,8 @@ from leadml.features import LABEL, FeatureMeta
 
 logger = logging.getLogger(__name__)
 
-STOP, WARN = "stop", "warn"
-LEAKAGE_ACTIONS: tuple[str, ...] = (STOP, WARN)
+STOP, WARN, EXCLUDE = "stop", "warn", "exclude"
+LEAKAGE_ACTIONS: tuple[str, ...] = (STOP, WARN, EXCLUDE)
 NUMERIC_BINS = 32
 # pseudo-rows pulling a bin's target rate to the overall rate, so rare bins do not look perfect
 _RATE_PRIOR_ROWS = 5.0
@@ -105,6 +111,44 @@ def out_of_fold_target_rate(bins: np.ndarray, labels: np.ndarray, folds: np.ndar
     return scores
 
 
+@dataclass(frozen=True)
+class OutcomeLevelSettings:
+    """When a category's levels count as recording the outcome (see :func:`outcome_coded_levels`)."""
+
+    # a feature is flagged when at least this share of rows sits in outcome-coded levels
+    max_share: float = 0.10
+    # a level is outcome-coded when its 95% interval lies beyond the base odds by this factor
+    factor: float = 5.0
+    # levels with fewer rows are not judged
+    min_rows: int = 20
+
+
+def outcome_coded_levels(
+    values: pd.Series, labels: np.ndarray, settings: OutcomeLevelSettings = OutcomeLevelSettings()
+) -> tuple[float, list[str]]:
+    """(share of rows in outcome-coded levels, those levels by size) of one categorical feature.
+
+    A level is outcome-coded when the 95% Jeffreys interval of its positive rate lies
+    entirely above ``1 - (1 - base) / factor`` (nearly all convert) or entirely below
+    ``base / factor`` (nearly none do), ``base`` being the overall rate. Relative to the base
+    rate, so a level converting at 2% is not "certain" when everyone converts at 3%. Missing
+    values form a level of their own.
+    """
+    base = float(np.mean(labels)) if len(labels) else 0.0
+    if not 0 < base < 1:
+        return 0.0, []
+    text = values.astype("string").fillna("(missing)").to_numpy()
+    levels = pd.DataFrame({"level": text, "label": labels}).groupby("level", sort=False)["label"]
+    counts = levels.agg(["size", "sum"])
+    counts = counts[counts["size"] >= settings.min_rows]
+    positives, rows = counts["sum"].to_numpy(), counts["size"].to_numpy()
+    low = beta.ppf(0.025, positives + 0.5, rows - positives + 0.5)
+    high = beta.ppf(0.975, positives + 0.5, rows - positives + 0.5)
+    coded = (low >= 1 - (1 - base) / settings.factor) | (high <= base / settings.factor)
+    chosen = counts[coded].sort_values("size", ascending=False)
+    return float(chosen["size"].sum() / len(values)), [str(level) for level in chosen.index]
+
+
 def _feature_columns(train: pd.DataFrame, metadata: Mapping[str, FeatureMeta] | None) -> list[str]:
     if metadata:
         return [name for name in metadata if name in train.columns]
@@ -121,6 +165,7 @@ def leakage_report(
     post_outcome_presence: tuple[float, float] = (0.95, 0.05),
     label: str = LABEL,
     group_column: str | None = s.LEAD_ID,
+    outcome_levels: OutcomeLevelSettings = OutcomeLevelSettings(),
 ) -> pd.DataFrame:
     """Single-feature out-of-fold ROC AUC and presence by class for every feature, leaks flagged.
 
@@ -132,6 +177,10 @@ def leakage_report(
 
     ``post_outcome``: present in at least ``post_outcome_presence[0]`` of positives and at
     most ``post_outcome_presence[1]`` of negatives.
+
+    ``outcome_coded``: a categorical feature with at least ``outcome_levels.max_share`` of the
+    rows in levels whose outcome is all but certain (:func:`outcome_coded_levels`, on all rows).
+    Numbers are left to the AUC test: a bin of "old leads" that never convert is not a leak.
     """
     labels_all = pd.to_numeric(train[label]).to_numpy(dtype="float64")
     features = _feature_columns(train, metadata)
@@ -154,6 +203,11 @@ def leakage_report(
             auc = float(roc_auc_score(labels, scores))
         else:
             auc = float("nan")
+        coded_share, coded_levels = (
+            outcome_coded_levels(train[name], labels_all, outcome_levels)
+            if kind == "categorical" or not pd.api.types.is_numeric_dtype(train[name].dtype)
+            else (0.0, [])
+        )
         present = train[name].notna().to_numpy()
         present_positive = float(present[positive_rows].mean()) if positive_rows.any() else float("nan")
         present_negative = float(present[~positive_rows].mean()) if (~positive_rows).any() else float("nan")
@@ -165,17 +219,29 @@ def leakage_report(
                 "strength": max(auc, 1 - auc),
                 "present_positive": present_positive,
                 "present_negative": present_negative,
+                "outcome_levels_share": coded_share,
+                "outcome_levels": "; ".join(coded_levels),
             }
         )
     report = pd.DataFrame.from_records(
         records,
-        columns=["feature", "kind", "auc", "strength", "present_positive", "present_negative"],
+        columns=[
+            "feature",
+            "kind",
+            "auc",
+            "strength",
+            "present_positive",
+            "present_negative",
+            "outcome_levels_share",
+            "outcome_levels",
+        ],
     )
     report["too_predictive"] = report["strength"] > threshold
     report["post_outcome"] = (report["present_positive"] >= min_positive_presence) & (
         report["present_negative"] <= max_negative_presence
     )
-    report["flagged"] = report["too_predictive"] | report["post_outcome"]
+    report["outcome_coded"] = report["outcome_levels_share"] >= outcome_levels.max_share
+    report["flagged"] = report["too_predictive"] | report["post_outcome"] | report["outcome_coded"]
     report["reason"] = [_reason(row, threshold) for row in report.itertuples()]
     return report.sort_values("strength", ascending=False, ignore_index=True)
 
@@ -189,11 +255,22 @@ def _reason(row: Any, threshold: float) -> str:
             f"post_outcome: filled for {row.present_positive:.0%} of positives"
             f" and {row.present_negative:.0%} of negatives"
         )
+    if row.outcome_coded:
+        levels = row.outcome_levels.split("; ")
+        shown = ", ".join(levels[:4]) + (f" and {len(levels) - 4} more" if len(levels) > 4 else "")
+        reasons.append(
+            f"outcome-coded: {row.outcome_levels_share:.0%} of rows in levels whose outcome is all but"
+            f" certain ({shown})"
+        )
     return "; ".join(reasons)
 
 
 def enforce_leakage(report: pd.DataFrame, action: str = STOP) -> list[str]:
-    """Stop (raise LeadmlError) or warn about the flagged features; returns their names."""
+    """Stop (raise LeadmlError), warn about, or announce the exclusion of the flagged features.
+
+    Returns their names; with ``exclude`` the caller trains without them (the report, logged
+    to the run, is the record of why).
+    """
     if action not in LEAKAGE_ACTIONS:
         raise LeadmlError(
             f"guards.leakage_action must be one of {', '.join(LEAKAGE_ACTIONS)}, got '{action}'"
@@ -207,9 +284,13 @@ def enforce_leakage(report: pd.DataFrame, action: str = STOP) -> list[str]:
         raise LeadmlError(
             f"possible target leakage in {len(names)} feature(s): {details}. "
             f"Exclude them with features.exclude=[{','.join(names)}] "
+            "(or let the sentinel exclude what it flags with guards.leakage_action=exclude), "
             "or, if they are known before the outcome, continue with guards.leakage_action=warn"
         )
-    logger.warning("possible target leakage, training continues: %s", details)
+    if action == EXCLUDE:
+        logger.info("possible target leakage, excluded from training: %s", details)
+    else:
+        logger.warning("possible target leakage, training continues: %s", details)
     return names
 
 

@@ -15,7 +15,9 @@ outcomes, activities) and adds the cross-table rules:
 * activities before their lead's ``created_at`` are kept and counted (anonymous web
   visits are often attributed to a lead later).
 
-:func:`ingest_flat` does the same for a single one-row-per-lead table with a target.
+:func:`ingest_flat` does the same for a single one-row-per-lead table, labelled by a target
+column or by dated events in a second table (outcomes joined by id, positive within a horizon;
+leads whose horizon was not fully observed are set aside, see :func:`ingest_flat`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -78,11 +80,16 @@ BEFORE_CREATED = "activities before the lead's created_at (kept)"
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Accepted tables, quarantined rows and reports, each keyed by table name."""
+    """Accepted tables, quarantined rows and reports, each keyed by table name.
+
+    ``labels``: how a flat table labelled by outcomes was labelled (horizon, observation window,
+    counts); empty otherwise.
+    """
 
     tables: dict[str, pd.DataFrame]
     quarantines: dict[str, pd.DataFrame]
     reports: dict[str, TableReport]
+    labels: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -322,6 +329,207 @@ def _target_check(contract: FlatContract) -> RowCheck:
     return check
 
 
+NOT_LABELLED_EARLY = "not labelled: before observed_from"
+NOT_LABELLED_IMMATURE = "not labelled: horizon not elapsed"
+OUTCOMES_SOURCE_ROW = "outcomes source row"
+
+
+def _unknown_id_check(leads: ValidatedTable, lead_id: str, outcome_id: str, leads_name: str) -> RowCheck:
+    """Outcome rows whose id is not an accepted lead; those of a quarantined lead are collateral."""
+    accepted = pd.Index(leads.accepted[lead_id].astype("str"))
+    rejected = leads.quarantine[lead_id].str.strip().dropna() if len(leads.quarantine) else None
+
+    def check(frame: pd.DataFrame) -> list[RowProblem]:
+        ids = frame[outcome_id]
+        unknown = ids.notna().to_numpy() & (positions_in(ids, accepted) < 0)
+        if not unknown.any():
+            return []
+        collateral = np.zeros(len(frame), dtype=bool)
+        if rejected is not None and len(rejected):
+            collateral[unknown] = is_in(ids[unknown], pd.Index(rejected.unique()))
+        missing = unknown & ~collateral
+        problems = [
+            RowProblem(
+                missing,
+                f"{outcome_id} not in {leads_name}",
+                f"{outcome_id} " + ids[missing] + f" not in {leads_name}",
+            ),
+            RowProblem(
+                collateral,
+                LEAD_QUARANTINED,
+                f"{outcome_id} " + ids[collateral] + f" was quarantined in {leads_name}",
+            ),
+        ]
+        return [problem for problem in problems if problem.mask.any()]
+
+    return check
+
+
+def _lead_times(leads: pd.DataFrame, lead_id: str, time_column: str, ids: pd.Series) -> pd.Series:
+    """The lead's time for each of ``ids`` (NaT when unknown), indexed like ``ids``."""
+    positions = positions_in(ids, pd.Index(leads[lead_id].astype("str")))
+    return pd.Series(leads[time_column].array.take(positions, allow_fill=True), index=ids.index)
+
+
+def _event_before_time_check(leads: pd.DataFrame, contract: FlatContract) -> RowCheck:
+    outcomes = contract.outcomes
+    assert outcomes is not None and contract.time_column is not None
+    time_column = contract.time_column
+
+    def check(frame: pd.DataFrame) -> list[RowProblem]:
+        lead_time = _lead_times(leads, contract.id_column, time_column, frame[outcomes.id_column])
+        early = (frame[outcomes.time_column] < lead_time).to_numpy(dtype=bool, na_value=False)
+        if not early.any():
+            return []
+        messages = (
+            f"{outcomes.time_column} "
+            + _iso(frame.loc[early, outcomes.time_column])
+            + f" is before the lead's {time_column} "
+            + _iso(lead_time[early])
+        )
+        return [RowProblem(early, f"{outcomes.time_column} before {time_column}", messages)]
+
+    return check
+
+
+def _localised_bound(value: pd.Timestamp | None, timezone: str) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    return value.tz_localize(timezone).tz_convert("UTC") if value.tzinfo is None else value.tz_convert("UTC")
+
+
+def _quarantine_leads_with_rejected_outcomes(
+    leads: ValidatedTable, raw_leads: pd.DataFrame, outcomes: ValidatedTable, contract: FlatContract
+) -> ValidatedTable:
+    """Leads whose every outcome row was quarantined: their label is unknown, so they go too."""
+    assert contract.outcomes is not None
+    rejected = outcomes.quarantine
+    if rejected.empty:
+        return leads
+    rejected_ids = rejected[contract.outcomes.id_column].str.strip()
+    lead_ids = leads.accepted[contract.id_column].astype("str")
+    lost = ~is_in(lead_ids, outcomes.accepted[contract.outcomes.id_column]) & is_in(lead_ids, rejected_ids)
+    if not lost.any():
+        return leads
+    first_row = rejected.assign(_id=rejected_ids).groupby("_id")[SOURCE_ROW].min()
+    rows = lead_ids[lost].map(first_row).astype("int64").astype("str")
+    messages = f"outcome row quarantined ({OUTCOMES_SOURCE_ROW} " + rows + ")"
+    return move_to_quarantine(leads, raw_leads, lost, messages, "outcome row quarantined", collateral=True)
+
+
+def _set_aside_unobserved(
+    leads: ValidatedTable,
+    raw_leads: pd.DataFrame,
+    contract: FlatContract,
+    observed_from: pd.Timestamp | None,
+    observed_until: pd.Timestamp,
+) -> ValidatedTable:
+    """Leads whose horizon window was not fully observed: quarantined as excluded (not bad) rows."""
+    assert contract.outcomes is not None and contract.time_column is not None
+    time_column, horizon = contract.time_column, contract.outcomes.horizon
+    days = f"{contract.outcomes.horizon_days:g}"
+    excluded = 0
+    times = leads.accepted[time_column]
+    if observed_from is not None:
+        early = (times < observed_from).to_numpy(dtype=bool, na_value=False)
+        if early.any():
+            messages = (
+                f"not labelled: {time_column} "
+                + _iso(times[early])
+                + f" is before observed_from {observed_from.isoformat()} (its outcomes are not observed)"
+            )
+            leads = move_to_quarantine(leads, raw_leads, early, messages, NOT_LABELLED_EARLY)
+            excluded += int(early.sum())
+            times = leads.accepted[time_column]
+    immature = (times + horizon > observed_until).to_numpy(dtype=bool, na_value=False)
+    if immature.any():
+        messages = (
+            f"not labelled: {time_column} "
+            + _iso(times[immature])
+            + f" + {days} days is after the end of observation {observed_until.isoformat()}"
+        )
+        leads = move_to_quarantine(leads, raw_leads, immature, messages, NOT_LABELLED_IMMATURE)
+        excluded += int(immature.sum())
+    return _with_report(leads, excluded_rows=leads.report.excluded_rows + excluded)
+
+
+def _outcome_labels(
+    leads: pd.DataFrame, outcomes: pd.DataFrame, contract: FlatContract
+) -> tuple[np.ndarray, int]:
+    """(label per lead, leads whose event came after the horizon)."""
+    assert contract.outcomes is not None and contract.time_column is not None
+    spec = contract.outcomes
+    positions = positions_in(leads[contract.id_column].astype("str"), pd.Index(outcomes[spec.id_column]))
+    event = pd.Series(outcomes[spec.time_column].array.take(positions, allow_fill=True), index=leads.index)
+    delay = event - leads[contract.time_column]
+    within = (delay <= spec.horizon).to_numpy(dtype=bool, na_value=False)
+    later = (delay > spec.horizon).to_numpy(dtype=bool, na_value=False)
+    return within, int(later.sum())
+
+
+def _labelled_by_outcomes(
+    raw: pd.DataFrame,
+    raw_outcomes: pd.DataFrame,
+    contract: FlatContract,
+    settings: IngestSettings,
+    *,
+    source: str,
+    quarantine_path: str | None,
+    outcomes_source: str,
+    outcomes_quarantine_path: str | None,
+) -> tuple[ValidatedTable, ValidatedTable, np.ndarray, dict[str, Any]]:
+    """Leads and outcomes validated, unobserved leads set aside, labels of the rest, the labelling record."""
+    spec = contract.outcomes
+    assert spec is not None and contract.time_column is not None
+    leads = validate_table(
+        raw, contract.table, settings, source=source, quarantine_path=quarantine_path, enforce_bad_share=False
+    )
+    outcomes = validate_table(
+        raw_outcomes,
+        spec.table,
+        settings,
+        source=outcomes_source,
+        quarantine_path=outcomes_quarantine_path,
+        row_checks=[
+            _unknown_id_check(leads, contract.id_column, spec.id_column, contract.table.name),
+            _event_before_time_check(leads.accepted, contract),
+        ],
+        enforce_bad_share=False,
+    )
+    outcomes = _with_report(outcomes, collateral_rows=outcomes.report.reason_counts.get(LEAD_QUARANTINED, 0))
+    leads = _quarantine_leads_with_rejected_outcomes(leads, raw, outcomes, contract)
+
+    observed_from = _localised_bound(spec.observed_from, settings.timezone)
+    observed_until = _localised_bound(spec.observed_until, settings.timezone)
+    until_from = "config"
+    if observed_until is None:
+        latest = [leads.accepted[contract.time_column].max(), outcomes.accepted[spec.time_column].max()]
+        observed_until = (
+            max(value for value in latest if pd.notna(value)) if any(map(pd.notna, latest)) else None
+        )
+        until_from = "latest timestamp in the data"
+    if observed_until is not None:
+        leads = _set_aside_unobserved(leads, raw, contract, observed_from, observed_until)
+    positive, after_horizon = _outcome_labels(leads.accepted, outcomes.accepted, contract)
+    labels = {
+        "label": f"{spec.time_column} within {spec.horizon_days:g} days after {contract.time_column}",
+        "horizon_days": spec.horizon_days,
+        "observed_from": None if observed_from is None else observed_from.isoformat(),
+        "observed_until": None if observed_until is None else observed_until.isoformat(),
+        "observed_until_from": until_from,
+        "labelled_leads": len(leads.accepted),
+        "positives": int(positive.sum()),
+        "outcomes_after_horizon": after_horizon,
+        "not_labelled": {
+            reason: leads.report.reason_counts.get(reason, 0)
+            for reason in (NOT_LABELLED_EARLY, NOT_LABELLED_IMMATURE)
+        },
+    }
+    if after_horizon:
+        leads = _warn(leads, "outcome after the horizon (label 0)", after_horizon)
+    return leads, outcomes, positive, labels
+
+
 def ingest_flat(
     raw: pd.DataFrame,
     contract: FlatContract,
@@ -330,29 +538,67 @@ def ingest_flat(
     source: str = "the flat table",
     quarantine_path: str | None = None,
     enforce_bad_share: bool = True,
+    outcomes: pd.DataFrame | None = None,
+    outcomes_source: str = "the outcomes table",
+    outcomes_quarantine_path: str | None = None,
 ) -> IngestResult:
-    """Validate a one-row-per-lead table with a target.
+    """Validate a one-row-per-lead table labelled by a target column or by outcomes.
 
     Output columns: ``lead_id`` (str), ``label`` (int64, 1 = positive), ``as_of`` (UTC timestamp,
     when a time column is configured) or ``order_key`` (float64, when an order is configured),
     then the declared columns typed and undeclared columns unchanged. Drop columns are removed
     first and listed in the report; the original target column is removed (it is the label).
+
+    With ``contract.outcomes`` the label comes from the ``outcomes`` frame (one dated event per
+    lead id, e.g. won deals): 1 when the event is at most ``horizon_days`` after the lead's time
+    column. Outcome rows are checked like any table (missing or unparseable date, duplicate id,
+    an id not in the leads, an event before the lead's time: quarantined with file, column and
+    row); a lead whose only outcome row was rejected is quarantined too (collateral). Leads whose
+    horizon window was not fully observed (see :class:`~leadml.contracts.FlatOutcomes`) are set
+    aside in the quarantine with the reason, as excluded rows that do not count against
+    ``max_bad_share``. The result holds the validated outcomes table as well, whose columns never
+    join the lead table, and ``labels`` (horizon, observation window, counts).
     """
     table_name = contract.table.name
+    if (contract.outcomes is None) != (outcomes is None):
+        raise ContractError(
+            f"{table_name} from {source}: "
+            + (
+                "outcomes are configured but no outcomes table was given"
+                if outcomes is None
+                else "an outcomes table was given but the contract has a target column"
+            )
+        )
     dropped = tuple(column for column in contract.drop if column in raw.columns)
     not_found = [column for column in contract.drop if column not in raw.columns]
     settings = settings.with_fixed_reference_time()
-    validated = validate_table(
-        raw.drop(columns=list(dropped)),
-        contract.table,
-        settings,
-        source=source,
-        quarantine_path=quarantine_path,
-        row_checks=[_target_check(contract)],
-        enforce_bad_share=False,
-    )
+    raw = raw.drop(columns=list(dropped))
+    validated_outcomes: ValidatedTable | None = None
+    labels: dict[str, Any] = {}
+    if contract.outcomes is not None:
+        assert outcomes is not None
+        validated, validated_outcomes, positive, labels = _labelled_by_outcomes(
+            raw,
+            outcomes,
+            contract,
+            settings,
+            source=source,
+            quarantine_path=quarantine_path,
+            outcomes_source=outcomes_source,
+            outcomes_quarantine_path=outcomes_quarantine_path,
+        )
+    else:
+        validated = validate_table(
+            raw,
+            contract.table,
+            settings,
+            source=source,
+            quarantine_path=quarantine_path,
+            row_checks=[_target_check(contract)],
+            enforce_bad_share=False,
+        )
+        positive, _ = _labels(validated.accepted[contract.target], contract)
     accepted = validated.accepted
-    positive, _ = _labels(accepted[contract.target], contract)
     leading: dict[str, Any] = {
         s.LEAD_ID: (
             pd.Series(validated.accepted_source_rows, dtype="int64").astype("str")
@@ -382,7 +628,14 @@ def ingest_flat(
     report = replace(validated.report, dropped_columns=dropped)
     if not_found:
         report = replace(report, warnings={**report.warnings, "drop columns not in source": len(not_found)})
-    result = IngestResult({table_name: table}, {table_name: validated.quarantine}, {table_name: report})
+    result = IngestResult(
+        {table_name: table}, {table_name: validated.quarantine}, {table_name: report}, labels
+    )
+    if validated_outcomes is not None:
+        name = validated_outcomes.report.table
+        result.tables[name] = validated_outcomes.accepted
+        result.quarantines[name] = validated_outcomes.quarantine
+        result.reports[name] = validated_outcomes.report
     logger.info("%s: %d positives of %d accepted leads", table_name, int(positive.sum()), len(table))
     if enforce_bad_share:
         check_bad_shares(result, settings)

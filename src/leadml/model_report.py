@@ -25,10 +25,20 @@ from matplotlib.figure import Figure
 from leadml import html, plots
 from leadml import schema as s
 from leadml.features import FeatureMeta
+from leadml.guards import OutcomeLevelSettings
 from leadml.html import finite
-from leadml.train import BASELINE_LOGREG, BASELINE_RATE, ORACLE, GateDecision, TrainingResult
+from leadml.train import (
+    BASELINE_LOGREG,
+    BASELINE_POINTS,
+    BASELINE_RATE,
+    ORACLE,
+    GateDecision,
+    TrainingResult,
+)
 
 UNCALIBRATED_SUFFIX = "_uncalibrated"
+# how a comparison row is named in chart legends and the metrics table (default: its own name)
+DISPLAY_NAMES = {BASELINE_POINTS: "points (traditional)"}
 IMPORTANCE_ROWS = 15
 LEAKAGE_ROWS = 8
 # a model this far above the generator's true probabilities can only be reading a leak
@@ -92,13 +102,21 @@ def model_role(name: str, model_name: str) -> str:
         return "the same model before calibration"
     return {
         BASELINE_LOGREG: "baseline: logistic regression on the same features",
+        BASELINE_POINTS: "baseline: traditional points scoring, the hand-written sheet of data.points",
         BASELINE_RATE: "baseline: the training base rate for every lead",
         ORACLE: "oracle: the generator's true probabilities (the best any model can do)",
     }.get(name, "")
 
 
 def comparison_order(index: Sequence[str], model_name: str) -> list[str]:
-    preferred = [model_name, f"{model_name}{UNCALIBRATED_SUFFIX}", BASELINE_LOGREG, BASELINE_RATE, ORACLE]
+    preferred = [
+        model_name,
+        f"{model_name}{UNCALIBRATED_SUFFIX}",
+        BASELINE_LOGREG,
+        BASELINE_POINTS,
+        BASELINE_RATE,
+        ORACLE,
+    ]
     return [n for n in preferred if n in index] + [n for n in index if n not in preferred]
 
 
@@ -111,6 +129,7 @@ def metric_table(comparison: pd.DataFrame, model_name: str) -> list[dict[str, An
         records.append(
             {
                 "model": str(name),
+                "label": DISPLAY_NAMES.get(str(name), str(name)),
                 "role": model_role(str(name), model_name),
                 "highlight": name == model_name,
                 "cells": [
@@ -162,7 +181,7 @@ def chart_figures(
     metadata: Mapping[str, FeatureMeta] | None = None,
 ) -> dict[str, Figure]:
     """The evaluation charts (the base rate's flat score has no curve worth drawing)."""
-    curves = {name: p for name, p in probabilities.items() if name != BASELINE_RATE}
+    curves = {DISPLAY_NAMES.get(name, name): p for name, p in probabilities.items() if name != BASELINE_RATE}
     charts = {
         "reliability": plots.reliability_figure(labels, curves),
         "roc": plots.roc_figure(labels, curves),
@@ -206,6 +225,7 @@ def tier_records(tiers: pd.DataFrame) -> list[dict[str, Any]]:
             {
                 "tier": str(row["tier"]),
                 "min_probability": _float(row["min_probability"]),
+                "min_points": _float(row.get("min_points")),  # model=points: the sheet's own minimum
                 "rows": int(row["rows"]),
                 "positives": int(row["positives"]),
                 "conversion_rate": rate,
@@ -219,6 +239,58 @@ def tier_records(tiers: pd.DataFrame) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def points_section(points: Mapping[str, Any], comparison: pd.DataFrame, model_name: str) -> dict[str, Any]:
+    """The traditional scoring sheet: its rules, the fitted points-to-log-odds map, its row, its tiers.
+
+    ``points`` is ``TrainingResult.points``; without rules, the note saying there is no baseline.
+    """
+    if not points.get("available"):
+        note = points.get("note") or "no points baseline: the data config has no points rules (data.points)"
+        return {
+            "available": False,
+            "note": str(note),
+            "skipped": list(points.get("skipped") or []),
+            "is_model": False,
+            "gain": float("nan"),
+            "tiers": [],
+        }
+    row = str(points.get("row") or BASELINE_POINTS)
+    auc = {
+        name: _float(comparison.loc[name, "roc_auc"]) if name in comparison.index else float("nan")
+        for name in (row, model_name)
+    }
+    tiers = points.get("tiers") or {}
+    by_probability = tiers.get("probability") or {}
+    return {
+        "available": True,
+        "row": row,
+        "is_model": row == model_name,
+        "label": DISPLAY_NAMES.get(row, row),
+        "roc_auc": auc[row],
+        "gain": auc[model_name] - auc[row] if row != model_name else float("nan"),
+        "slope": _float(points.get("slope")),
+        "intercept": _float(points.get("intercept")),
+        "mean_total": _float(points.get("mean_total")),
+        "total_range": [_float(v) for v in points.get("total_range") or []],
+        "rules": [
+            {
+                "rule": int(rule["rule"]),
+                "criterion": str(rule["criterion"]),
+                "points": _float(rule["points"]),
+                "training_share": _float(rule["training_share"]),
+            }
+            for rule in points.get("rules") or []
+        ],
+        "skipped": list(points.get("skipped") or []),
+        "tiers": [
+            {"tier": str(tier), "points": _float(minimum), "probability": _float(by_probability.get(tier))}
+            for tier, minimum in (tiers.get("points") or {}).items()
+        ],
+        "floor_tier": str(tiers.get("floor_tier", "")),
+        "agreement": _float(tiers.get("agreement")),
+    }
 
 
 def calibration_summary(
@@ -344,6 +416,11 @@ def gate_summary(
         rules.append(f"ECE at most {settings['max_ece']}")
     if "min_gain_over_logreg" in settings:
         rules.append(f"ROC AUC at least the logistic baseline's + {settings['min_gain_over_logreg']}")
+    if "min_gain_over_points" in settings:
+        rules.append(
+            f"ROC AUC at least traditional points scoring's + {settings['min_gain_over_points']}"
+            " (when the data config has a points sheet)"
+        )
     if "champion_tolerance" in settings:
         rules.append(
             f"ROC AUC at most {settings['champion_tolerance']} below the champion's on the same test rows"
@@ -365,6 +442,7 @@ def leakage_summary(
             "strength": _float(row["strength"]),
             "present_positive": _float(row["present_positive"]),
             "present_negative": _float(row["present_negative"]),
+            "outcome_levels_share": _float(row.get("outcome_levels_share", 0.0)),
             "flagged": bool(row["flagged"]),
         }
         for _, row in leakage.head(top).iterrows()
@@ -372,6 +450,7 @@ def leakage_summary(
     return {
         "checked": len(leakage),
         "threshold": guards.get("leakage_threshold"),
+        "outcome_level_share": guards.get("outcome_level_share", OutcomeLevelSettings.max_share),
         "action": guards.get("leakage_action"),
         "flagged": [{"feature": str(name), "reason": str(reasons.get(name, ""))} for name in flagged],
         "strongest": strongest,
@@ -474,6 +553,7 @@ def model_report_context(
         },
         "importance": importance_table(result.shap_importance),
         "tiers": tier_records(result.tiers),
+        "points": points_section(getattr(result, "points", None) or {}, comparison, model_name),
         "calibration": calibration_summary(result.calibration, comparison, model_name),
         "champion": champion_comparison(run.champion_version, run.champion_metrics, model_row, run.version),
         "gate": gate_summary(

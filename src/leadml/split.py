@@ -9,6 +9,11 @@ Three kinds:
 - ``order``: flat tables with an ``order_key`` column; fractions of rows instead of months.
 - ``random``: stratified by lead, only for data without time.
 
+``test_start`` / ``test_end`` pin the test window to (test_start, test_end] of ``as_of`` or
+``order_key`` instead of the latest months or fraction (``leadml-backtest`` moves it back in
+time); rows after ``test_end`` are left out. With an explicit ``test_start`` on order data,
+``calibration_fraction`` is the share of the rows before the test window.
+
 A lead never has snapshots on both sides of a boundary: it belongs to the window of its
 first snapshot, and its snapshots in later windows are purged (never moved back in time).
 Assigning leads by their last snapshot instead would select on the outcome (a lead stops
@@ -18,6 +23,7 @@ having snapshots when it closes), which inflates the positive rate of earlier wi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +40,7 @@ TRAIN, CALIBRATION, TEST = "train", "calibration", "test"
 WINDOWS: tuple[str, ...] = (TRAIN, CALIBRATION, TEST)
 SPLIT_KINDS: tuple[str, ...] = ("time", "order", "random")
 _GAP = "gap"
+_LATER = "later"  # after an explicit test_end
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class SplitSettings:
     calibration_fraction: float = 0.2
     seed: int = 0
     allow_random_with_time: bool = False
+    # explicit test window (test_start, test_end] of as_of (a date) or order_key (a number) for
+    # kind time or order; None: the latest test_months / test_fraction, up to the last row
+    test_start: Any = None
+    test_end: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
@@ -59,6 +70,8 @@ class SplitSettings:
             raise LeadmlError(
                 "split.test_fraction and split.calibration_fraction must be in (0, 1) and sum to less than 1"
             )
+        if self.kind == "random" and (self.test_start is not None or self.test_end is not None):
+            raise LeadmlError("split.test_start and split.test_end need split.kind time or order")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> SplitSettings:
@@ -73,6 +86,7 @@ class SplitResult:
     purged_rows: dict[str, int]  # rows of leads first seen in an earlier window, per window dropped from
     gap_rows: int  # rows dated inside a gap
     bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # window -> (first, last) boundary
+    later_rows: int = 0  # rows after an explicit split.test_end
 
 
 def split_snapshots(snapshots: pd.DataFrame, settings: SplitSettings) -> dict[str, pd.DataFrame]:
@@ -96,11 +110,12 @@ def split_with_report(snapshots: pd.DataFrame, settings: SplitSettings) -> Split
         result = _purged_parts(snapshots, assign(position), assign(first_position), bounds)
     _check_parts(result, settings.kind)
     logger.info(
-        "split %s: %s; purged %s; %d rows in gaps",
+        "split %s: %s; purged %s; %d rows in gaps, %d after the test window",
         settings.kind,
         ", ".join(f"{name} {len(part)} rows" for name, part in result.parts.items()),
         result.purged_rows,
         result.gap_rows,
+        result.later_rows,
     )
     return result
 
@@ -125,13 +140,41 @@ def split_summary(parts: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]
     return summary
 
 
+def position_column(frame: pd.DataFrame) -> str | None:
+    """The column that orders rows in time: ``as_of``, else ``order_key``, else None (row order)."""
+    return next((column for column in (s.AS_OF, s.ORDER_KEY) if column in frame.columns), None)
+
+
+def latest_rows(frame: pd.DataFrame, fraction: float) -> pd.DataFrame:
+    """The latest ``fraction`` of the rows, by ``as_of``, else ``order_key``, else row order.
+
+    Whole dates (order values) stay together, as in ``models.early_stopping_split``: the cut
+    falls before the date holding the first kept row, so a little more than ``fraction`` may
+    be kept, never less; ``fraction`` 1 keeps every row.
+    """
+    if not 0 < fraction <= 1:
+        raise LeadmlError(f"the latest share of rows must be in (0, 1], got {fraction}")
+    keep = min(len(frame), max(1, math.ceil(len(frame) * fraction - 1e-9)))
+    column = position_column(frame)
+    if column is None or frame.empty:
+        return frame.iloc[len(frame) - keep :]
+    position = frame[column]
+    cut = position.sort_values(kind="stable").iloc[len(frame) - keep]
+    return frame[(position >= cut).to_numpy()]
+
+
 WindowAssigner = Callable[[pd.Series], np.ndarray]
 
 
 def _time_windows(as_of: pd.Series, settings: SplitSettings) -> tuple[WindowAssigner, dict[str, tuple]]:
-    last = as_of.max()
+    last = as_of.max() if settings.test_end is None else _as_date(settings.test_end, as_of)
     gap = pd.Timedelta(days=settings.gap_days)
-    test_start = last - pd.DateOffset(months=settings.test_months)  # exclusive
+    test_start = (  # exclusive
+        last - pd.DateOffset(months=settings.test_months)
+        if settings.test_start is None
+        else _as_date(settings.test_start, as_of)
+    )
+    _check_test_bounds(test_start, last)
     calibration_end = test_start - gap
     calibration_start = calibration_end - pd.DateOffset(months=settings.calibration_months)  # exclusive
     train_end = calibration_start - gap
@@ -143,9 +186,10 @@ def _time_windows(as_of: pd.Series, settings: SplitSettings) -> tuple[WindowAssi
                 values <= calibration_start,
                 values <= calibration_end,
                 values <= test_start,
+                values <= last,
             ],
-            [TRAIN, _GAP, CALIBRATION, _GAP],
-            default=TEST,
+            [TRAIN, _GAP, CALIBRATION, _GAP, TEST],
+            default=_LATER,
         )
 
     bounds = {
@@ -157,20 +201,49 @@ def _time_windows(as_of: pd.Series, settings: SplitSettings) -> tuple[WindowAssi
 
 
 def _order_windows(order_key: pd.Series, settings: SplitSettings) -> tuple[WindowAssigner, dict[str, tuple]]:
-    test_start = order_key.quantile(1 - settings.test_fraction)
-    calibration_start = order_key.quantile(1 - settings.test_fraction - settings.calibration_fraction)
+    last = order_key.max() if settings.test_end is None else float(settings.test_end)
+    in_range = order_key[order_key <= last]
+    if settings.test_start is None:
+        test_start = in_range.quantile(1 - settings.test_fraction)
+        calibration_start = in_range.quantile(1 - settings.test_fraction - settings.calibration_fraction)
+    else:
+        test_start = float(settings.test_start)
+        before = in_range[in_range <= test_start]
+        calibration_start = before.quantile(1 - settings.calibration_fraction) if len(before) else test_start
+    _check_test_bounds(test_start, last)
 
     def assign(values: pd.Series) -> np.ndarray:
         return np.select(
-            [values <= calibration_start, values <= test_start], [TRAIN, CALIBRATION], default=TEST
+            [values <= calibration_start, values <= test_start, values <= last],
+            [TRAIN, CALIBRATION, TEST],
+            default=_LATER,
         )
 
     bounds = {
         TRAIN: (order_key.min(), calibration_start),
         CALIBRATION: (calibration_start, test_start),
-        TEST: (test_start, order_key.max()),
+        TEST: (test_start, last),
     }
     return assign, bounds
+
+
+def _as_date(value: Any, like: pd.Series) -> pd.Timestamp:
+    """A configured date as a timestamp comparable with ``like`` (UTC when it has no zone)."""
+    stamp = pd.Timestamp(value)
+    zone = getattr(like.dtype, "tz", None)
+    if zone is not None and stamp.tzinfo is None:
+        stamp = stamp.tz_localize(zone)
+    elif zone is None and stamp.tzinfo is not None:
+        stamp = stamp.tz_convert(None)
+    return stamp
+
+
+def _check_test_bounds(test_start: Any, test_end: Any) -> None:
+    if not test_start < test_end:
+        raise LeadmlError(
+            f"split: the test window must start before it ends, got test_start {_plain(test_start)} "
+            f"and test_end {_plain(test_end)}"
+        )
 
 
 def _purged_parts(
@@ -180,7 +253,13 @@ def _purged_parts(
     purged = (window != lead_window) & ~in_gap
     parts = {name: snapshots[(window == name) & ~purged] for name in WINDOWS}
     purged_rows = {name: int(((window == name) & purged).sum()) for name in WINDOWS}
-    return SplitResult(parts=parts, purged_rows=purged_rows, gap_rows=int(in_gap.sum()), bounds=bounds)
+    return SplitResult(
+        parts=parts,
+        purged_rows=purged_rows,
+        gap_rows=int(in_gap.sum()),
+        bounds=bounds,
+        later_rows=int((window == _LATER).sum()),
+    )
 
 
 def _random_split(snapshots: pd.DataFrame, settings: SplitSettings) -> SplitResult:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 
 from leadml import schema as s
 from leadml.contracts import (
+    OUTCOMES_TABLE,
     SETTINGS_KEYS,
     IngestSettings,
     column_specs_from_config,
@@ -77,9 +78,9 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     """Validate every configured source into ``output_dir`` (tables, quarantine/, manifest)."""
     started = time.perf_counter()
     settings = _ingest_settings(data)
-    specs: dict[str, Mapping[str, Any]] = (
-        dict(data["tables"]) if _kind(data) == "crm" else {FLAT_TABLE: data["table"]}
-    )
+    if _kind(data) == "flat":  # checked before reading, so a config error costs no time
+        contract = flat_contract(data["contract"], data.get("outcomes"))
+    specs = source_specs(data)
     sources = {table: describe_source(spec) for table, spec in specs.items()}
     quarantine_paths = {table: str(output_dir / "quarantine" / f"{table}.parquet") for table in specs}
     raw = {}
@@ -99,11 +100,14 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     else:
         result = ingest_flat(
             raw[FLAT_TABLE],
-            flat_contract(data["contract"]),
+            contract,
             settings,
             source=sources[FLAT_TABLE],
             quarantine_path=quarantine_paths[FLAT_TABLE],
             enforce_bad_share=False,
+            outcomes=raw.get(OUTCOMES_TABLE),
+            outcomes_source=sources.get(OUTCOMES_TABLE, "the outcomes table"),
+            outcomes_quarantine_path=quarantine_paths.get(OUTCOMES_TABLE),
         )
     for table, rejected in result.quarantines.items():
         write_parquet_atomic(rejected, quarantine_paths[table])
@@ -123,8 +127,79 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     record.update(
         data_name=data.get("name"), kind=_kind(data), seconds=round(time.perf_counter() - started, 2)
     )
+    if result.labels:
+        record["labels"] = result.labels
     write_json_atomic(record, output_dir / MANIFEST)
     return record
+
+
+def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every source the data config reads, by table name."""
+    if _kind(data) == "crm":
+        return dict(data["tables"])
+    specs: dict[str, Mapping[str, Any]] = {FLAT_TABLE: data["table"]}
+    if data.get("outcomes"):
+        specs[OUTCOMES_TABLE] = data["outcomes"]["table"]
+    return specs
+
+
+def config_fingerprint(data: Mapping[str, Any], features: Mapping[str, Any]) -> str:
+    """sha256 of the data and features configs the snapshots are built from.
+
+    ``features.exclude`` is left out: training drops excluded columns itself, so changing
+    it needs no rebuild. So are file locations (the sources are compared by content: a project
+    copied to another folder is still current) and the points sheet (see BUILD_IRRELEVANT_KEYS).
+    """
+    payload = {
+        "data": _without_locations(data),
+        "features": {k: v for k, v in features.items() if k != "exclude"},
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stale_upstream(
+    data: Mapping[str, Any], features: Mapping[str, Any], interim_dir: Path, features_dir: Path
+) -> str | None:
+    """Why the ingested data and features must be rebuilt before training, or None when current.
+
+    Current means: both stages finished, the features were built from this data and features
+    config, and every source still has the bytes (sha256) it had when it was ingested.
+    """
+    if not (features_dir / MANIFEST).exists():
+        return f"no features in {features_dir} yet"
+    if not (interim_dir / MANIFEST).exists():
+        return f"no ingested data in {interim_dir} yet"
+    built = json.loads((features_dir / MANIFEST).read_text())
+    if built.get("config_fingerprint") != config_fingerprint(data, features):
+        return "the data or features config changed since the features were built"
+    ingested = json.loads((interim_dir / MANIFEST).read_text())
+    tables = ingested.get("tables", {})
+    for table, spec in source_specs(data).items():
+        recorded = tables.get(table, {}).get("source_fingerprint")
+        if recorded is None or not _source_exists(spec):
+            return f"table {table} was not ingested from {describe_source(spec)}"
+        if recorded != fingerprint_source(spec):
+            return f"{describe_source(spec)} changed since it was ingested"
+    return None
+
+
+# data config keys that do not change what ingest and features build: file locations (the
+# sources are compared by content) and the points sheet (read by training)
+BUILD_IRRELEVANT_KEYS = ("path", "ground_truth", "points")
+
+
+def _without_locations(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_locations(v) for k, v in value.items() if k not in BUILD_IRRELEVANT_KEYS}
+    if isinstance(value, list):
+        return [_without_locations(item) for item in value]
+    return value
+
+
+def _source_exists(spec: Mapping[str, Any]) -> bool:
+    path = spec.get("path")
+    return path is None or Path(str(path)).exists()
 
 
 def _dictionary_encoded(table: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -189,6 +264,7 @@ def features_stage(
         "features": len(meta),
         "horizon_days": horizon,
         "fingerprint": fingerprint_file(output_dir / SNAPSHOTS),
+        "config_fingerprint": config_fingerprint(data, features),
         "input_manifest": str(input_dir / MANIFEST),
         "seconds": round(time.perf_counter() - started, 2),
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
@@ -198,24 +274,35 @@ def features_stage(
 
 
 # --------------------------------------------------------------------------- train
-def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
-    import yaml
-
-    from leadml import html, model_report, tracking
-    from leadml.scorer import as_model_input
-    from leadml.train import BASELINE_LOGREG, ORACLE, promotion_gate, train_and_evaluate
-
-    started = time.perf_counter()
-    input_dir = Path(cfg["input_dir"])
+def read_features(
+    input_dir: Path, exclude: Iterable[str] = ()
+) -> tuple[pd.DataFrame, dict[str, FeatureMeta], dict[str, Any], list[dict[str, Any]]]:
+    """(snapshots, metadata, manifest, metadata records) of the features stage, ``exclude`` left out."""
     if not (input_dir / MANIFEST).exists():
         raise LeadmlError(f"no features in {input_dir} (run leadml-features, or make features, first)")
     snapshots = pd.read_parquet(input_dir / SNAPSHOTS)
     features_manifest = json.loads((input_dir / MANIFEST).read_text())
     metadata_records = json.loads((input_dir / FEATURE_METADATA).read_text())
     metadata = {m["name"]: FeatureMeta(**m) for m in metadata_records}
-    snapshots = snapshots.drop(columns=[c for c in cfg["features"].get("exclude", ()) if c in snapshots])
+    snapshots = snapshots.drop(columns=[c for c in exclude if c in snapshots])
     metadata = {name: meta for name, meta in metadata.items() if name in snapshots.columns}
+    return snapshots, metadata, features_manifest, metadata_records
+
+
+def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
+    import yaml
+
+    from leadml import html, model_report, tracking
+    from leadml.points import POINTS as POINTS_MODEL
+    from leadml.scorer import as_model_input
+    from leadml.train import BASELINE_LOGREG, BASELINE_POINTS, ORACLE, promotion_gate, train_and_evaluate
+
+    started = time.perf_counter()
+    input_dir = Path(cfg["input_dir"])
+    snapshots, metadata, features_manifest, metadata_records = read_features(
+        input_dir, cfg["features"].get("exclude", ())
+    )
     truth_path = cfg["data"].get("ground_truth")
     truth = pd.read_parquet(truth_path) if truth_path and Path(truth_path).exists() else None
 
@@ -240,6 +327,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_dict(result.split, "split.json")
         tracking.log_dict({"purged_rows": result.purged_rows}, "split_purged.json")
         tracking.log_table(result.leakage, "leakage_report.csv")
+        if result.leakage_excluded:
+            tracking.set_tags({"leakage.excluded": ", ".join(result.leakage_excluded)})
         tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
         tracking.log_table(result.tiers, "tiers.csv")
         tracking.log_dict(result.calibration, "calibration.json")
@@ -275,8 +364,15 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         if champion_version is not None:
             champion_metrics = _rescore_champion(model_name, champion_version, result.test, names, labels)
         metrics = result.comparison
+        points = None
+        if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
+            points = metrics.loc[BASELINE_POINTS]
         decision = promotion_gate(
-            metrics.loc[result.model_name], metrics.loc[BASELINE_LOGREG], champion_metrics, cfg["promotion"]
+            metrics.loc[result.model_name],
+            metrics.loc[BASELINE_LOGREG],
+            champion_metrics,
+            cfg["promotion"],
+            points=points,
         )
         # the report before the alias moves: a report that cannot be written fails the run unpromoted
         report_run = model_report.RunInfo(
@@ -319,11 +415,18 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "comparison": result.comparison,
         "calibration": result.calibration,
         "has_oracle": ORACLE in result.probabilities,
+        "leakage_flagged": _flagged_reasons(result.leakage, result.leakage_flagged),
+        "leakage_excluded": list(result.leakage_excluded),
         "model_name": result.model_name,
         "report": str(report_path),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
+
+
+def _flagged_reasons(leakage: pd.DataFrame, flagged: list[str]) -> dict[str, str]:
+    reasons = dict(zip(leakage["feature"], leakage["reason"], strict=False))
+    return {name: str(reasons.get(name, "")) for name in flagged}
 
 
 def upstream_seconds(manifest: Mapping[str, Any]) -> dict[str, float]:

@@ -124,7 +124,8 @@ def log_params(config: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
-def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
+def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
+    """Finite numbers of ``metrics`` (others are skipped); ``step`` for a series such as backtest periods."""
     import mlflow
 
     clean = {
@@ -132,7 +133,7 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
         for key, value in metrics.items()
         if isinstance(value, int | float) and not math.isnan(float(value)) and not math.isinf(float(value))
     }
-    mlflow.log_metrics(clean)
+    mlflow.log_metrics(clean, step=step)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -25,7 +25,13 @@ from leadml.evaluate import (
     tier_table,
 )
 from leadml.features import FeatureMeta
-from leadml.guards import check_minimum_data, enforce_leakage, leakage_report
+from leadml.guards import (
+    EXCLUDE,
+    OutcomeLevelSettings,
+    check_minimum_data,
+    enforce_leakage,
+    leakage_report,
+)
 from leadml.models import (
     BaseRate,
     LogRegSettings,
@@ -33,6 +39,15 @@ from leadml.models import (
     fit_logreg,
     fit_model,
     model_settings_from_mapping,
+)
+from leadml.points import (
+    PointsModel,
+    fit_points,
+    mapped_tiers,
+    points_summary,
+    points_tier_table,
+    tier_agreement,
+    training_sheet,
 )
 from leadml.scorer import PROBABILITY, LeadScorer
 from leadml.scoring import reference_profile
@@ -42,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 ORACLE = "oracle"
 BASELINE_LOGREG, BASELINE_RATE = "logreg_baseline", "base_rate"
+BASELINE_POINTS = "points_baseline"  # the data config's traditional scoring sheet (data.points)
 REFERENCE_ROWS = 200_000  # training rows profiled for drift checks
 
 
@@ -53,6 +69,7 @@ class TrainingResult:
     purged_rows: dict[str, int]
     leakage: pd.DataFrame
     leakage_flagged: list[str]
+    leakage_excluded: list[str]  # flagged features left out of the model (guards.leakage_action=exclude)
     comparison: pd.DataFrame  # one row per model on the same test rows, with intervals
     tiers: pd.DataFrame
     calibration: dict[str, Any]
@@ -62,6 +79,9 @@ class TrainingResult:
     shap_importance: pd.DataFrame | None
     shap_sample: tuple[np.ndarray, pd.DataFrame] | None
     seconds: dict[str, float] = field(default_factory=dict)
+    # the points baseline (data.points): its comparison row, rules, fitted map, and with
+    # model=points its tiers in points and as probabilities; {"available": False, "note"} without rules
+    points: dict[str, Any] = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -85,31 +105,48 @@ def train_and_evaluate(
     check_minimum_data(train, guards["min_snapshots"], guards["min_positives"])
     lap("split")
 
-    leakage = leakage_report(
-        train,
-        metadata,
-        threshold=guards["leakage_threshold"],
-        n_folds=guards["leakage_folds"],
-        max_rows=guards["leakage_max_rows"],
-        post_outcome_presence=tuple(guards["post_outcome_presence"]),
-    )
+    leakage = sentinel_report(train, metadata, guards)
     flagged = enforce_leakage(leakage, guards["leakage_action"])
+    excluded = flagged if guards["leakage_action"] == EXCLUDE else []
+    if excluded:
+        train, calibration, test = (part.drop(columns=excluded) for part in (train, calibration, test))
+        split.parts.update(train=train, calibration=calibration, test=test)
+        metadata = {name: meta for name, meta in metadata.items() if name not in excluded}
     lap("leakage")
 
     model_config = dict(config["model"])
     model_name = str(model_config.pop("name"))
-    model = fit_model(train, model_settings_from_mapping({"name": model_name, **model_config}), metadata)
+    # the scoring sheet (data.points) minus rules on columns left out of the model
+    left_out = {
+        *(config.get("features", {}).get("exclude") or ()),
+        *snapshots.columns.difference(train.columns),
+    }
+    sheet, skipped_rules = training_sheet(config["data"].get("points"), left_out)
+    model_settings = model_settings_from_mapping(
+        {"name": model_name, **model_config}, sheet, config["data"].get("name")
+    )
+    model = fit_model(train, model_settings, metadata)
     logreg = model if model_name == "logreg" else fit_logreg(train, LogRegSettings.from_mapping({}))
+    points: PointsModel | None = None
+    if isinstance(model, PointsModel):
+        points = model
+    elif sheet is not None:
+        points = fit_points(train, sheet["rules"], sheet["tiers"])
     base = BaseRate.fit(train)
+    points_record = points_summary(points, model_name if points is model else BASELINE_POINTS, skipped_rules)
+    if points is None:
+        logger.warning("%s: add them to conf/data/%s.yaml", points_record["note"], config["data"].get("name"))
     lap("fit")
 
     calibration_settings = CalibrationSettings.from_mapping(config["calibration"])
+    calibration_rows, calibration_window = calibration_settings.window(calibration)
     calibrator = fit_calibrator(
-        model.predict_margin(calibration),
-        calibration[s.LABEL].to_numpy(),
+        model.predict_margin(calibration_rows),
+        calibration_rows[s.LABEL].to_numpy(),
         calibration_settings.name,
         cv_folds=calibration_settings.cv_folds,
         seed=calibration_settings.seed,
+        window=calibration_window,
     )
     names = feature_columns(train)
     scorer = LeadScorer(model, calibrator, names, {n: asdict(m) for n, m in metadata.items() if n in names})
@@ -121,6 +158,7 @@ def train_and_evaluate(
         model_name: scorer.predict(test)["probability"].to_numpy(),
         f"{model_name}_uncalibrated": model.predict_proba(test),
         BASELINE_LOGREG: logreg.predict_proba(test),
+        **({BASELINE_POINTS: points.predict_proba(test)} if points is not None else {}),
         BASELINE_RATE: base.predict_proba(test),
     }
     if truth is not None and s.AS_OF in test:
@@ -143,17 +181,42 @@ def train_and_evaluate(
     thresholds = dict(tier_settings.get("thresholds") or {})
     if tier_settings.get("method") == "capacity":
         thresholds = capacity_thresholds(probabilities[model_name], dict(tier_settings["shares"]))
-    tiers = tier_table(
-        labels,
-        probabilities[model_name],
-        thresholds,
-        n_boot=evaluation["bootstrap"],
-        groups=test[s.LEAD_ID].to_numpy(),
-    )
+    floor_tier = str(tier_settings.get("floor_tier") or "D")
+    # model=points with data.points.tiers: the sheet's own tiers, each minimum also as a probability
+    point_thresholds = mapped_tiers(model, calibrator) if isinstance(model, PointsModel) else None
+    if point_thresholds is not None and isinstance(model, PointsModel) and model.tiers:
+        total = model.total_points(test)
+        tiers = points_tier_table(
+            labels,
+            probabilities[model_name],
+            total,
+            model.tiers,
+            point_thresholds,
+            floor_tier,
+            n_boot=evaluation["bootstrap"],
+            groups=test[s.LEAD_ID].to_numpy(),
+        )
+        points_record["tiers"] = {
+            "points": dict(model.tiers),
+            "probability": point_thresholds,
+            "floor_tier": floor_tier,
+            "agreement": tier_agreement(
+                probabilities[model_name], point_thresholds, total, model.tiers, floor_tier
+            ),
+        }
+    else:
+        tiers = tier_table(
+            labels,
+            probabilities[model_name],
+            thresholds,
+            floor_tier,
+            n_boot=evaluation["bootstrap"],
+            groups=test[s.LEAD_ID].to_numpy(),
+        )
     lap("evaluate")
 
     shap_importance, shap_sample = None, None
-    if scorer.can_explain:
+    if scorer.can_explain and evaluation["shap_rows"] > 0:
         sample = test.sample(min(len(test), evaluation["shap_rows"]), random_state=evaluation["seed"])
         contributions = scorer.explain(sample)
         values = contributions[names].to_numpy()
@@ -169,6 +232,7 @@ def train_and_evaluate(
         purged_rows=split.purged_rows,
         leakage=leakage,
         leakage_flagged=flagged,
+        leakage_excluded=excluded,
         comparison=comparison,
         tiers=tiers,
         calibration={
@@ -184,6 +248,26 @@ def train_and_evaluate(
         shap_importance=shap_importance,
         shap_sample=shap_sample,
         seconds=seconds,
+        points=points_record,
+    )
+
+
+def sentinel_report(
+    train: pd.DataFrame, metadata: Mapping[str, FeatureMeta], guards: Mapping[str, Any]
+) -> pd.DataFrame:
+    """The leakage sentinel's evidence on the training window, with the ``guards`` config's thresholds."""
+    return leakage_report(
+        train,
+        metadata,
+        threshold=guards["leakage_threshold"],
+        n_folds=guards["leakage_folds"],
+        max_rows=guards["leakage_max_rows"],
+        post_outcome_presence=tuple(guards["post_outcome_presence"]),
+        outcome_levels=OutcomeLevelSettings(
+            max_share=guards.get("outcome_level_share", OutcomeLevelSettings.max_share),
+            factor=guards.get("outcome_level_factor", OutcomeLevelSettings.factor),
+            min_rows=guards.get("outcome_level_min_rows", OutcomeLevelSettings.min_rows),
+        ),
     )
 
 
@@ -222,9 +306,25 @@ def calibration_verdict(
     else:
         why = (
             f"the calibration window ({split['calibration']['positives']:,} positives) is too small "
-            "or unlike the test window; try calibration=sigmoid or a longer split.calibration_months"
+            "or unlike the test window; try calibration=sigmoid or a longer calibration window "
+            "(split.calibration_months, or split.calibration_fraction without time)"
         )
     return f"not improved: {figures}; {why}"
+
+
+NO_SIGNAL = "no usable signal"
+
+
+def no_signal_reason(metrics: Mapping[str, float]) -> str | None:
+    """A sentence when the test ROC AUC cannot be told from chance (its 95% interval holds 0.5)."""
+    low, high = metrics.get("roc_auc_low", np.nan), metrics.get("roc_auc_high", np.nan)
+    if not (np.isfinite(low) and np.isfinite(high)) or not low <= 0.5 <= high:
+        return None
+    return (
+        f"{NO_SIGNAL}: test ROC AUC {metrics['roc_auc']:.4f} [{low:.4f}, {high:.4f}] cannot be told from "
+        "chance (0.5); the features carry no information about the outcome that holds on later leads, "
+        "so the scores would only rank at random (check the label definition and the feature columns)"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,11 +338,17 @@ def promotion_gate(
     logreg: Mapping[str, float],
     champion: Mapping[str, float] | None,
     settings: Mapping[str, Any],
+    points: Mapping[str, float] | None = None,
 ) -> GateDecision:
-    """Promote only above an absolute floor, ahead of the logistic baseline and not behind the champion."""
+    """Promote only with signal, above an absolute floor, ahead of the logistic and points baselines
+    (the points one when the data config has a sheet) and not behind the champion."""
     reasons: list[str] = []
     passed = True
     auc, ece = candidate["roc_auc"], candidate["ece"]
+    no_signal = no_signal_reason(candidate)
+    if no_signal:
+        passed = False
+        reasons.append(no_signal)
     if not auc >= settings["min_roc_auc"]:
         passed = False
         reasons.append(f"ROC AUC {auc:.4f} below the floor {settings['min_roc_auc']}")
@@ -254,6 +360,13 @@ def promotion_gate(
         passed = False
         reasons.append(
             f"ROC AUC {auc:.4f} does not beat the logistic baseline {logreg['roc_auc']:.4f} (+{margin})"
+        )
+    points_margin = settings.get("min_gain_over_points", 0.0)
+    if points is not None and not auc >= points["roc_auc"] + points_margin:
+        passed = False
+        reasons.append(
+            f"ROC AUC {auc:.4f} does not beat traditional points scoring {points['roc_auc']:.4f} "
+            f"(+{points_margin}): the hand-written sheet ranks these leads better"
         )
     if champion is None:
         reasons.append("no champion yet")

@@ -1,0 +1,260 @@
+"""Flat-table sources: labels from an outcomes table within a horizon, and per-column missing values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leadml import schema as s
+from leadml.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract, parse_column
+from leadml.errors import ContractError, LeadmlError
+from leadml.ingest import LABEL, check_bad_shares, ingest_flat
+from leadml.stages import ingest_stage
+
+SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
+CONTRACT = {"id": "mql_id", "time": "first_contact", "categorical": ["origin"]}
+OUTCOMES = {"id": "mql_id", "time": "won_date", "horizon_days": 30}
+
+
+def raw_leads() -> pd.DataFrame:
+    return pd.DataFrame({
+        "mql_id": ["m1", "m2", "m3", "m4", "m5", "m6"],
+        "first_contact": ["2024-01-01", "2024-01-01", "2024-01-01", "2024-01-10", "2024-01-10", "2024-03-20"],
+        "origin": ["Paid Search", "organic", "email", "email", "social", "email"],
+    })  # fmt: skip
+
+
+def raw_outcomes() -> pd.DataFrame:
+    return pd.DataFrame({
+        "mql_id": ["m1", "m2", "m4"],
+        # m1 on the last day of its 30, m2 one day too late, m4 within; the deal columns ride along
+        "won_date": ["2024-01-31 00:00:00", "2024-02-01 12:00:00", "2024-01-15 08:30:00"],
+        "business_segment": ["pet", "car", "toys"],
+        "declared_monthly_revenue": ["0", "5000", "100"],
+    })  # fmt: skip
+
+
+def ingest(leads=None, outcomes=None, contract=CONTRACT, spec=OUTCOMES, settings=SETTINGS, **kwargs):
+    return ingest_flat(
+        raw_leads() if leads is None else leads,
+        flat_contract(contract, spec),
+        settings,
+        outcomes=raw_outcomes() if outcomes is None else outcomes,
+        enforce_bad_share=False,
+        **kwargs,
+    )
+
+
+def reasons(result, table: str) -> dict[int, str]:
+    quarantine = result.quarantines[table]
+    return dict(zip(quarantine[SOURCE_ROW].tolist(), quarantine[REASON].tolist(), strict=True))
+
+
+# --------------------------------------------------------------------------- outcomes join
+def test_label_is_an_outcome_within_the_horizon_after_the_time_column():
+    result = ingest(spec={**OUTCOMES, "observed_until": "2024-06-01"})
+    leads = result.tables[s.LEADS]
+    assert leads[s.LEAD_ID].tolist() == ["m1", "m2", "m3", "m4", "m5", "m6"]
+    assert leads[LABEL].tolist() == [1, 0, 0, 1, 0, 0]
+    assert leads[s.AS_OF].tolist()[0] == pd.Timestamp("2024-01-01T00:00Z")
+    assert list(leads.columns) == [s.LEAD_ID, LABEL, s.AS_OF, "origin"]
+    # the closed-deal columns stay in the outcomes table; they never reach the lead table
+    assert {"business_segment", "declared_monthly_revenue", "won_date"}.isdisjoint(leads.columns)
+    assert "business_segment" in result.tables["outcomes"]
+    assert result.reports[s.LEADS].warnings == {"outcome after the horizon (label 0)": 1}
+    assert result.labels["positives"] == 2 and result.labels["outcomes_after_horizon"] == 1
+    assert result.labels["observed_until_from"] == "config"
+
+
+def test_leads_whose_horizon_has_not_elapsed_are_set_aside_and_counted():
+    # the data ends with m6's first contact (2024-03-20): leads first contacted after 2024-02-19
+    # have not had their 30 days; m4 and m5 (2024-01-10) end on 2024-02-09, just in time
+    result = ingest(spec={**OUTCOMES, "observed_until": "2024-02-09T00:00:00"})
+    report = result.reports[s.LEADS]
+    assert result.tables[s.LEADS][s.LEAD_ID].tolist() == ["m1", "m2", "m3", "m4", "m5"]
+    assert reasons(result, s.LEADS) == {
+        6: "not labelled: first_contact 2024-03-20T00:00:00Z + 30 days is after the end of observation "
+        "2024-02-09T00:00:00+00:00"
+    }
+    assert report.accepted_rows + report.quarantined_rows == report.input_rows == 6
+    assert report.excluded_rows == 1 and report.bad_rows == 0 and report.bad_share == 0.0
+    assert report.reason_counts == {"not labelled: horizon not elapsed": 1}
+    assert result.labels["not_labelled"]["not labelled: horizon not elapsed"] == 1
+    check_bad_shares(result, IngestSettings(max_bad_share=0.0))  # set aside, not bad
+
+
+def test_without_observed_until_the_data_ends_at_its_latest_timestamp():
+    result = ingest()
+    assert result.labels["observed_until"] == "2024-03-20T00:00:00+00:00"
+    assert result.labels["observed_until_from"] == "latest timestamp in the data"
+    # 2024-01-10 + 30 days is before 2024-03-20; m6 (2024-03-20) has had no time at all
+    assert result.tables[s.LEADS][s.LEAD_ID].tolist() == ["m1", "m2", "m3", "m4", "m5"]
+
+
+def test_leads_before_observed_from_are_not_labelled():
+    spec = {**OUTCOMES, "observed_from": "2024-01-05", "observed_until": "2024-06-01"}
+    result = ingest(spec=spec)
+    assert result.tables[s.LEADS][s.LEAD_ID].tolist() == ["m4", "m5", "m6"]
+    assert set(reasons(result, s.LEADS)) == {1, 2, 3}
+    assert reasons(result, s.LEADS)[1].startswith(
+        "not labelled: first_contact 2024-01-01T00:00:00Z is before"
+    )
+    assert result.reports[s.LEADS].excluded_rows == 3
+    assert result.labels["not_labelled"] == {
+        "not labelled: before observed_from": 3,
+        "not labelled: horizon not elapsed": 0,
+    }
+
+
+def test_naive_observation_bounds_are_read_in_the_ingest_time_zone():
+    settings = IngestSettings(timezone="Europe/Berlin", reference_time="2024-06-01")
+    result = ingest(spec={**OUTCOMES, "observed_until": "2024-06-01"}, settings=settings)
+    assert result.labels["observed_until"] == "2024-05-31T22:00:00+00:00"
+
+
+def test_bad_outcome_rows_are_quarantined_with_column_and_row():
+    outcomes = pd.DataFrame({
+        "mql_id": ["m1", "m9", "m2", "m3", "m4", "m4", "m5", None, "m6"],
+        "won_date": [
+            "2024-01-20", "2024-01-20", "not a date", "2023-12-31 10:00:00", "2024-01-12", "2024-01-13",
+            "2024-01-20", "2024-01-20", "",
+        ],
+    })  # fmt: skip
+    leads = raw_leads()
+    leads.loc[4, "first_contact"] = "yesterday"  # m5 is quarantined itself
+    result = ingest(leads=leads, outcomes=outcomes, spec={**OUTCOMES, "observed_until": "2024-06-01"})
+    assert reasons(result, "outcomes") == {
+        2: "mql_id m9 not in leads",
+        3: "won_date: 'not a date' is not an ISO 8601 timestamp",
+        4: "won_date 2023-12-31T10:00:00Z is before the lead's first_contact 2024-01-01T00:00:00Z",
+        6: "duplicate mql_id m4, kept source row 5",
+        7: "mql_id m5 was quarantined in leads",
+        8: "mql_id: missing value",
+        9: "won_date: missing value",
+    }
+    report = result.reports["outcomes"]
+    assert report.accepted_rows + report.quarantined_rows == report.input_rows == 9
+    assert report.collateral_rows == 1  # the outcome of m5, whose lead was quarantined
+    # a lead whose only outcome row was rejected has no known label: quarantined, never guessed 0
+    assert reasons(result, s.LEADS) == {
+        2: "outcome row quarantined (outcomes source row 3)",
+        3: "outcome row quarantined (outcomes source row 4)",
+        5: "first_contact: 'yesterday' is not an ISO 8601 timestamp",
+        6: "outcome row quarantined (outcomes source row 9)",
+    }
+    leads_report = result.reports[s.LEADS]
+    assert leads_report.collateral_rows == 3 and leads_report.bad_rows == 1
+    table = result.tables[s.LEADS]
+    assert dict(zip(table[s.LEAD_ID], table[LABEL], strict=True)) == {"m1": 1, "m4": 1}
+
+
+def test_too_many_bad_outcome_rows_stop_the_run_naming_the_file(tmp_path: Path):
+    bad = pd.DataFrame({"mql_id": ["m1", "x1", "x2"], "won_date": ["2024-01-02", "2024-01-02", "2024-01-02"]})
+    result = ingest(
+        outcomes=bad,
+        outcomes_source="csv file deals.csv",
+        outcomes_quarantine_path=str(tmp_path / "outcomes.parquet"),
+    )
+    with pytest.raises(ContractError, match=r"outcomes from csv file deals\.csv: 2 of 3 rows .*not in leads"):
+        check_bad_shares(result, SETTINGS)
+
+
+def test_ingest_stage_reads_the_outcomes_table_and_records_the_labels(tmp_path: Path):
+    raw_leads().to_csv(tmp_path / "mqls.csv", index=False)
+    outcomes = raw_outcomes()
+    outcomes.loc[2, "won_date"] = "someday"
+    outcomes.to_csv(tmp_path / "deals.csv", index=False)
+    data = {
+        "name": "tiny",
+        "kind": "flat",
+        "reference_time": "2024-06-01",
+        "max_bad_share": 0.5,
+        "table": {"format": "csv", "path": str(tmp_path / "mqls.csv")},
+        "contract": CONTRACT,
+        "outcomes": {"table": {"format": "csv", "path": str(tmp_path / "deals.csv")}, **OUTCOMES},
+    }
+    record = ingest_stage(data, tmp_path / "out")
+    assert set(record["tables"]) == {s.LEADS, "outcomes"}
+    deals = record["tables"]["outcomes"]
+    assert deals["source"] == f"csv file {tmp_path / 'deals.csv'}"
+    assert deals["reasons"] == {"won_date: not a timestamp": 1}
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine" / "outcomes.parquet")
+    assert quarantine[[SOURCE_ROW, "won_date"]].values.tolist() == [[3, "someday"]]
+    leads = record["tables"][s.LEADS]
+    assert leads["accepted_rows"] + leads["quarantined_rows"] == leads["input_rows"] == 6
+    assert leads["excluded_rows"] == 1  # m6: the data ends on its first contact
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["labels"]["horizon_days"] == 30
+    assert manifest["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == 1
+    written = pd.read_parquet(tmp_path / "out" / "leads.parquet")
+    assert "business_segment" not in written and LABEL in written
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("contract", "outcomes", "message"),
+    [
+        ({**CONTRACT, "target": "won", "positive": [1]}, OUTCOMES, "label comes from outcomes"),
+        ({"id": "mql_id", "order": "n"}, OUTCOMES, "needs its own 'time' column"),
+        ({**CONTRACT, "id": "source_row"}, OUTCOMES, "needs an id column"),
+        (CONTRACT, {**OUTCOMES, "horizon": 30}, "unknown outcomes key"),
+        (CONTRACT, {"id": "mql_id", "time": "won_date"}, "needs 'horizon_days'"),
+        (CONTRACT, {**OUTCOMES, "horizon_days": 0}, "positive number"),
+        (CONTRACT, {**OUTCOMES, "observed_from": "2024-02-01", "observed_until": "2024-01-01"}, "before"),
+        (CONTRACT, None, "needs 'target'"),
+    ],
+)
+def test_outcome_config_mistakes_are_named(contract, outcomes, message):
+    with pytest.raises(LeadmlError, match=message):
+        flat_contract(contract, outcomes)
+
+
+def test_an_outcomes_table_needs_outcomes_in_the_contract_and_back():
+    with pytest.raises(ContractError, match="no outcomes table"):
+        ingest_flat(raw_leads(), flat_contract(CONTRACT, OUTCOMES), SETTINGS)
+    contract = flat_contract(
+        {"id": "mql_id", "time": "first_contact", "target": "origin", "positive": ["email"]}
+    )
+    with pytest.raises(ContractError, match="has a target column"):
+        ingest_flat(raw_leads(), contract, SETTINGS, outcomes=raw_outcomes())
+
+
+# --------------------------------------------------------------------------- per-column missing values
+def test_a_columns_own_missing_values_are_missing_in_that_column_only():
+    raw = pd.DataFrame({
+        "pdays": ["-1", "12", "-1.0", " -1 ", "x"],
+        "previous": ["-1", "0", "2", "1", "0"],
+        "poutcome": ["unknown", "success", "Unknown", "failure", "other"],
+        "job": ["unknown", "admin.", "retired", "unknown", "student"],
+        "y": ["no", "yes", "no", "no", "yes"],
+    })  # fmt: skip
+    config = {
+        "id": "source_row", "target": "y", "positive": ["yes"], "order": "source_row",
+        "numeric": ["pdays", "previous"], "categorical": ["poutcome", "job"],
+        "missing_values": {"pdays": [-1], "poutcome": ["unknown"]},
+    }  # fmt: skip
+    result = ingest_flat(raw, flat_contract(config), SETTINGS, enforce_bad_share=False)
+    table = result.tables[s.LEADS]
+    assert table["pdays"].tolist()[:4] == pytest.approx([np.nan, 12.0, np.nan, np.nan], nan_ok=True)
+    assert table["previous"].tolist()[0] == -1.0  # another column's -1 is a number
+    assert table["poutcome"].isna().tolist()[:4] == [True, False, True, False]
+    assert "unknown" in set(table["job"].astype("str"))  # not declared missing for job
+    assert reasons(result, s.LEADS) == {5: "pdays: 'x' is not a number"}
+
+
+def test_numeric_missing_values_match_numbers_from_parquet_too():
+    spec = ColumnSpec("pdays", "integer", missing_values=("-1",))
+    typed, problems = parse_column(pd.Series([-1, 5, -1, None], dtype="Int64"), spec, SETTINGS)
+    assert typed.isna().tolist() == [True, False, True, True] and problems == []
+
+
+def test_missing_values_must_name_a_declared_column_and_fit_its_type():
+    config = {"id": "source_row", "target": "y", "positive": ["yes"], "numeric": ["pdays"]}
+    with pytest.raises(LeadmlError, match=r"undeclared column.*pday"):
+        flat_contract({**config, "missing_values": {"pday": [-1]}})
+    with pytest.raises(LeadmlError, match="must be numbers"):
+        flat_contract({**config, "missing_values": {"pdays": ["never"]}})
