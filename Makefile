@@ -55,7 +55,7 @@ report: $(STAMP) ## the leadership report (HTML) and ranked CSV of the latest sc
 forecast: $(STAMP) ## funnel forecast: forward, reverse and capacity tables (after make train; capacity after make score)
 	$(BIN)/leadml-forecast $(ARGS)
 
-backtest: $(STAMP) ## rolling backtest: train before each cutoff, test on the next period (after make features)
+backtest: $(STAMP) ## rolling backtest: train before each cutoff, test on the next period (make backtest ARGS=data=bank)
 	$(BIN)/leadml-backtest $(ARGS)
 
 notebooks: $(STAMP) ## run both notebooks on the trained project; executed copies in reports/notebooks/ (after make train)

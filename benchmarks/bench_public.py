@@ -116,19 +116,46 @@ def set_section(data: str, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def backtest_section(summary: dict[str, Any]) -> list[str]:
-    table: pd.DataFrame = summary["table"]
-    columns = [c for c in summary.get("display_columns", table.columns)]
+BACKTEST_COLUMNS = {
+    "period": "period",
+    "rows": "rows",
+    "history_base_rate": "base rate before",
+    "base_rate": "base rate",
+    "roc_auc": "ROC AUC",
+    "ece": "ECE",
+    "ece_recent": "ECE, recent-window calibration",
+    "brier": "Brier",
+    "baseline_logreg_roc_auc": "logistic ROC AUC",
+    "baseline_points_roc_auc": "points ROC AUC",
+    "score_psi": "score PSI",
+    "top_drift_features": "most drifted features (PSI)",
+}
+
+
+def _backtest_cell(column: str, value: Any) -> str:
+    if column == "roc_auc" or not isinstance(value, float):
+        return str(value)
+    return f"{value:.1%}" if "base_rate" in column else f"{value:.3f}"
+
+
+def backtest_section(summary: dict[str, Any], command: str) -> list[str]:
+    table: pd.DataFrame = summary["table"].copy()
+    table["roc_auc"] = [
+        f"{row.roc_auc:.3f} [{row.roc_auc_low:.3f}, {row.roc_auc_high:.3f}]" for row in table.itertuples()
+    ]
+    columns = [column for column in BACKTEST_COLUMNS if column in table.columns]
     lines = [
         "### Rolling backtest, `data=bank`",
         "",
-        "| " + " | ".join(columns) + " |",
+        f"`{command}`: {len(table)} periods over the latest half of the rows (in date order), each"
+        " tested by a model trained on every row before it (its latest 20% calibrating).",
+        "",
+        "| " + " | ".join(BACKTEST_COLUMNS[column] for column in columns) + " |",
         "|---" * len(columns) + "|",
     ]
     for _, row in table[columns].iterrows():
-        cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *[f"- {sentence}" for sentence in summary.get("findings", [])], ""]
+        lines.append("| " + " | ".join(_backtest_cell(column, row[column]) for column in columns) + " |")
+    lines += ["", *[f"- {sentence}" for sentence in summary["summary"]], ""]
     return lines
 
 
@@ -161,7 +188,7 @@ def main() -> None:
             ]
         if data == "bank":
             backtest = run_backtest(config("backtest", "bank", args.workdir / "bank"))
-            sections += backtest_section(backtest)
+            sections += backtest_section(backtest, "leadml-backtest data=bank")
 
     command = f".venv/bin/python benchmarks/bench_public.py --bootstrap {args.bootstrap}"
     section = "\n".join(

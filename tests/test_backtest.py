@@ -13,9 +13,10 @@ from scipy.special import expit, logit
 
 from factories import local_tracking, project_config
 from leadml import schema as s
-from leadml.backtest import BacktestSettings, backtest_periods, base_rate_shift, summary_sentences
+from leadml.backtest import BacktestSettings, backtest_periods, summary_sentences
 from leadml.cli import run_backtest
 from leadml.errors import LeadmlError
+from leadml.evaluate import base_rate_shift
 from leadml.features import flat_feature_metadata, metadata_to_json
 
 # small models and guards for tables of a few thousand rows

@@ -20,9 +20,12 @@ pytestmark = [
 ]
 
 
-def _cfg(name: str, root: Path, data: str):
+def _cfg(name: str, root: Path, data: str, overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(name, [f"paths.root={root}", f"paths.public_data_dir={PUBLIC}", f"data={data}"])
+        return compose(
+            name,
+            [f"paths.root={root}", f"paths.public_data_dir={PUBLIC}", f"data={data}", *(overrides or [])],
+        )
 
 
 def test_x_education_flat_table_through_contracts_and_features(tmp_path: Path) -> None:
@@ -47,17 +50,39 @@ def test_x_education_flat_table_through_contracts_and_features(tmp_path: Path) -
     assert meta["Lead Source"]["family"] == "source" and meta["TotalVisits"]["kind"] == "numeric"
 
 
-def test_x_education_trains_with_its_own_out_of_order_split(tmp_path: Path) -> None:
-    """``data=x_education`` chooses ``split=order`` itself (no time column); train runs end to end."""
-    cfg = _cfg("train", tmp_path, "x_education")
-    assert cfg.split.kind == "order"
+@pytest.mark.parametrize("data", ["x_education", "olist", "bank"])
+def test_train_runs_end_to_end_from_the_shared_files(
+    tmp_path: Path, data: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``leadml-train data=<set>`` alone: ingest and features first, then a registered model whose
+    metrics table has the model against points, logistic regression and base rate."""
+    cfg = _cfg("train", tmp_path, data, ["evaluation.bootstrap=50", "evaluation.shap_rows=500"])
     with local_tracking():
-        run_ingest(_cfg("ingest", tmp_path, "x_education"))
-        run_features(_cfg("features", tmp_path, "x_education"))
         summary = run_train(cfg)
-    assert summary["split"]["test"]["rows"] > 0
     assert summary["version"] == "1"
-    assert (tmp_path / "reports" / "x_education" / "model-v1.html").exists()
+    comparison = summary["comparison"]
+    assert {"lightgbm", "logreg_baseline", "points_baseline", "base_rate"} <= set(comparison.index)
+    assert (tmp_path / "reports" / data / "model-v1.html").exists()
+    printed = capsys.readouterr().out
+    assert "prepare: no features in" in printed
+    for row in ("lightgbm ", "logreg_baseline ", "points_baseline ", "base_rate "):
+        assert f"  {row}" in printed and "ROC AUC" in printed
+    model = comparison.loc["lightgbm"]
+    if data == "x_education":
+        assert cfg.split.kind == "order"
+        # the sentinel's evidence, not a list in the config, leaves out what sales filled in
+        assert summary["leakage_excluded"] == ["Tags", "Lead Quality"]
+        assert "outcome-coded" in summary["leakage_flagged"]["Tags"]
+        assert "leakage sentinel: 2 column(s) flagged, excluded from the model" in printed
+        assert 0.85 < model["roc_auc"] < 0.96  # 0.98 with the leaks
+    elif data == "olist":
+        assert cfg.split.kind == "time"
+        assert model["roc_auc_low"] > 0.6
+    else:
+        assert cfg.split.kind == "order"
+        # the conversion rate rises several-fold over the rows: the test window converts far more
+        assert summary["split"]["test"]["rate"] > 3 * summary["split"]["train"]["rate"]
+        assert not summary["promoted"]
 
 
 def _features(tmp_path: Path, data: str) -> tuple[dict, pd.DataFrame, dict]:

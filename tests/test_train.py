@@ -211,3 +211,41 @@ def test_recent_window_calibration_is_recorded_and_shap_rows_zero_skips_explanat
 
     artifacts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"])}
     assert "calibration.json" in artifacts and "shap_importance.csv" not in artifacts
+
+
+def _windows(train: tuple[int, int], calibration: tuple[int, int], test: tuple[int, int]) -> dict:
+    return {
+        name: {"rows": rows, "positives": positives, "rate": positives / rows}
+        for name, (rows, positives) in {"train": train, "calibration": calibration, "test": test}.items()
+    }
+
+
+def test_base_rate_drift_flags_a_moved_test_window_and_not_noise() -> None:
+    from leadml.train import base_rate_drift
+
+    moved = base_rate_drift(_windows((27127, 1367), (9042, 1066), (9042, 2856)))  # the bank data
+    assert moved["flagged"] and moved["change"] > 3
+    assert moved["sentence"].startswith("base rate train 5.0%, calibration 11.8%, test 31.6%: the test")
+    assert "p < 0.001" in moved["sentence"] and "calibration.recent_fraction" in moved["sentence"]
+    steady = base_rate_drift(_windows((30000, 3000), (10000, 1010), (10000, 1030)))
+    assert (
+        not steady["flagged"] and steady["sentence"] == "base rate train 10.0%, calibration 10.1%, test 10.3%"
+    )
+    # significant but small (a large sample): not worth a warning
+    assert not base_rate_drift(_windows((10**6, 10**5), (10**6, 10**5), (10**6, 1.1 * 10**5)))["flagged"]
+
+
+def test_gate_requires_beating_the_points_sheet_when_there_is_one() -> None:
+    from leadml.train import promotion_gate
+
+    settings = {"min_roc_auc": 0.5, "max_ece": 1.0, "min_gain_over_logreg": 0.0, "champion_tolerance": 0.005}
+    candidate = {"roc_auc": 0.64, "roc_auc_low": 0.62, "roc_auc_high": 0.66, "ece": 0.02}
+    logreg = {"roc_auc": 0.60}
+    assert promotion_gate(candidate, logreg, None, settings).promote
+    beaten = promotion_gate(candidate, logreg, None, settings, points={"roc_auc": 0.69})
+    assert not beaten.promote
+    assert any("does not beat traditional points scoring 0.6900" in reason for reason in beaten.reasons)
+    lenient = promotion_gate(
+        candidate, logreg, None, {**settings, "min_gain_over_points": -0.1}, points={"roc_auc": 0.69}
+    )
+    assert lenient.promote

@@ -36,12 +36,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
-from scipy.stats import norm
 
 from leadml import schema as s
-from leadml.calibration import CalibrationSettings, fit_calibrator
+from leadml.calibration import CalibrationSettings, fit_on_window
 from leadml.errors import LeadmlError, known_settings
-from leadml.evaluate import binary_metrics
+from leadml.evaluate import base_rate_shift, binary_metrics
 from leadml.features import FeatureMeta
 from leadml.guards import check_minimum_data
 from leadml.scorer import PROBABILITY
@@ -143,18 +142,6 @@ def fold_config(config: Mapping[str, Any], period: Period) -> dict[str, Any]:
     return {**config, "split": split}
 
 
-def base_rate_shift(
-    history_positives: int, history_rows: int, positives: int, rows: int
-) -> tuple[float, float]:
-    """(relative change of the rate, two-sided p-value of a two-proportion z-test) period vs history."""
-    before, after = history_positives / history_rows, positives / rows
-    pooled = (history_positives + positives) / (history_rows + rows)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / history_rows + 1 / rows))
-    p_value = float(2 * norm.sf(abs(after - before) / spread)) if spread > 0 else 1.0
-    change = (after - before) / before if before > 0 else math.inf
-    return change, p_value
-
-
 def population_status(score_psi: float, feature_psi: float, settings: BacktestSettings) -> str:
     worst = np.nanmax([score_psi, feature_psi, 0.0])
     return SHIFT if worst > settings.shift_psi else WATCH if worst > settings.watch_psi else STABLE
@@ -228,18 +215,11 @@ def run_fold(
     calibration = replace(
         CalibrationSettings.from_mapping(config["calibration"]), recent_fraction=settings.recent_fraction
     )
-    recent_rows, window = calibration.window(result.windows["calibration"])
     model = result.scorer.model
     try:
-        recent = fit_calibrator(
-            model.predict_margin(recent_rows),
-            recent_rows[s.LABEL].to_numpy(),
-            calibration.name,
-            cv_folds=calibration.cv_folds,
-            seed=calibration.seed,
-            window=window,
-        )
+        recent = fit_on_window(model.predict_margin, result.windows["calibration"], calibration)
     except LeadmlError as error:
+        window = calibration.window(result.windows["calibration"])[1]
         raise LeadmlError(
             f"backtest fold {period.number} of {settings.folds}: the recent-window calibrator cannot be "
             f"fitted on {window['calibration_window']} ({error}); use a larger backtest.recent_fraction"
@@ -285,7 +265,7 @@ def run_fold(
         "calibration_method": result.calibration.get("method"),
         "calibration_rows": result.calibration.get("calibration_rows"),
         "recent_calibration_method": recent.method,
-        "recent_calibration_rows": window["calibration_rows"],
+        "recent_calibration_rows": recent.describe().get("calibration_rows"),
     }
     for name, prefix in BASELINES.items():
         if name in comparison.index:

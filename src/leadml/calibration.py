@@ -13,7 +13,7 @@ misses the next period by less. ``describe()`` records which rows the calibrator
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -260,3 +260,19 @@ def _check_inputs(margin: np.ndarray, labels: np.ndarray, method: str) -> None:
         raise LeadmlError("calibration margins must be finite")
     if method != "none" and len(np.unique(labels)) < 2:
         raise LeadmlError("calibration needs both labels in the calibration window")
+
+
+def fit_on_window(
+    margin: Callable[[pd.DataFrame], np.ndarray], calibration: pd.DataFrame, settings: CalibrationSettings
+) -> Calibrator:
+    """The calibrator ``settings`` name, fitted on (the recent part of) the calibration window's rows,
+    ``margin`` being the model's margin function; its description says which rows it saw."""
+    rows, window = settings.window(calibration)
+    return fit_calibrator(
+        margin(rows),
+        rows[s.LABEL].to_numpy(),
+        settings.name,
+        cv_folds=settings.cv_folds,
+        seed=settings.seed,
+        window=window,
+    )

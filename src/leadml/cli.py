@@ -168,6 +168,9 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             for w in ("train", "calibration", "test")
         )
     )
+    drift = summary.get("base_rate_drift") or {}
+    if drift.get("sentence"):
+        _echo(f"train: {drift['sentence']}")
     table = summary["comparison"][
         ["roc_auc", "roc_auc_low", "roc_auc_high", "pr_auc", "log_loss", "brier", "ece"]
     ]

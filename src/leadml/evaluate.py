@@ -9,11 +9,13 @@ estimate and its interval measure exactly the same thing.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from leadml.features import FeatureMeta
 
@@ -396,3 +398,15 @@ def grouped_shap_importance(
     total = table["mean_abs_shap"].sum()
     table["share"] = table["mean_abs_shap"] / total if total > 0 else 0.0
     return table.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
+
+
+def base_rate_shift(
+    history_positives: int, history_rows: int, positives: int, rows: int
+) -> tuple[float, float]:
+    """(relative change of the rate, two-sided p-value of a two-proportion z-test) period vs history."""
+    before, after = history_positives / history_rows, positives / rows
+    pooled = (history_positives + positives) / (history_rows + rows)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / history_rows + 1 / rows))
+    p_value = float(2 * norm.sf(abs(after - before) / spread)) if spread > 0 else 1.0
+    change = (after - before) / before if before > 0 else math.inf
+    return change, p_value

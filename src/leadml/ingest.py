@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -429,27 +429,29 @@ def _set_aside_unobserved(
     time_column, horizon = contract.time_column, contract.outcomes.horizon
     days = f"{contract.outcomes.horizon_days:g}"
     excluded = 0
-    times = leads.accepted[time_column]
+    checks: list[tuple[Callable[[pd.Series], pd.Series], str, str]] = []
     if observed_from is not None:
-        early = (times < observed_from).to_numpy(dtype=bool, na_value=False)
-        if early.any():
-            messages = (
-                f"not labelled: {time_column} "
-                + _iso(times[early])
-                + f" is before observed_from {observed_from.isoformat()} (its outcomes are not observed)"
+        checks.append(
+            (
+                lambda times: times < observed_from,
+                f" is before observed_from {observed_from.isoformat()} (its outcomes are not observed)",
+                NOT_LABELLED_EARLY,
             )
-            leads = move_to_quarantine(leads, raw_leads, early, messages, NOT_LABELLED_EARLY)
-            excluded += int(early.sum())
-            times = leads.accepted[time_column]
-    immature = (times + horizon > observed_until).to_numpy(dtype=bool, na_value=False)
-    if immature.any():
-        messages = (
-            f"not labelled: {time_column} "
-            + _iso(times[immature])
-            + f" + {days} days is after the end of observation {observed_until.isoformat()}"
         )
-        leads = move_to_quarantine(leads, raw_leads, immature, messages, NOT_LABELLED_IMMATURE)
-        excluded += int(immature.sum())
+    checks.append(
+        (
+            lambda times: times + horizon > observed_until,
+            f" + {days} days is after the end of observation {observed_until.isoformat()}",
+            NOT_LABELLED_IMMATURE,
+        )
+    )
+    for unobserved, why, category in checks:
+        times = leads.accepted[time_column]
+        mask = unobserved(times).to_numpy(dtype=bool, na_value=False)
+        if mask.any():
+            messages = f"not labelled: {time_column} " + _iso(times[mask]) + why
+            leads = move_to_quarantine(leads, raw_leads, mask, messages, category)
+            excluded += int(mask.sum())
     return _with_report(leads, excluded_rows=leads.report.excluded_rows + excluded)
 
 

@@ -296,7 +296,14 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     from leadml import html, model_report, tracking
     from leadml.points import POINTS as POINTS_MODEL
     from leadml.scorer import as_model_input
-    from leadml.train import BASELINE_LOGREG, BASELINE_POINTS, ORACLE, promotion_gate, train_and_evaluate
+    from leadml.train import (
+        BASELINE_LOGREG,
+        BASELINE_POINTS,
+        ORACLE,
+        base_rate_drift,
+        promotion_gate,
+        train_and_evaluate,
+    )
 
     started = time.perf_counter()
     input_dir = Path(cfg["input_dir"])
@@ -325,6 +332,11 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
                 window,
             )
         tracking.log_dict(result.split, "split.json")
+        drift = base_rate_drift(result.split)
+        if "change" in drift:
+            tracking.log_metrics(
+                {"change": drift["change"], "p_value": drift["p_value"]}, prefix="base_rate_drift."
+            )
         tracking.log_dict({"purged_rows": result.purged_rows}, "split_purged.json")
         tracking.log_table(result.leakage, "leakage_report.csv")
         if result.leakage_excluded:
@@ -417,6 +429,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "has_oracle": ORACLE in result.probabilities,
         "leakage_flagged": _flagged_reasons(result.leakage, result.leakage_flagged),
         "leakage_excluded": list(result.leakage_excluded),
+        "base_rate_drift": drift,
         "model_name": result.model_name,
         "report": str(report_path),
         "seconds": round(time.perf_counter() - started, 1),

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from leadml import schema as s
-from leadml.calibration import CalibrationSettings, fit_calibrator
+from leadml.calibration import CalibrationSettings, fit_on_window
 from leadml.evaluate import (
+    base_rate_shift,
     binary_metrics,
     capacity_thresholds,
     compare_models,
@@ -139,15 +140,7 @@ def train_and_evaluate(
     lap("fit")
 
     calibration_settings = CalibrationSettings.from_mapping(config["calibration"])
-    calibration_rows, calibration_window = calibration_settings.window(calibration)
-    calibrator = fit_calibrator(
-        model.predict_margin(calibration_rows),
-        calibration_rows[s.LABEL].to_numpy(),
-        calibration_settings.name,
-        cv_folds=calibration_settings.cv_folds,
-        seed=calibration_settings.seed,
-        window=calibration_window,
-    )
+    calibrator = fit_on_window(model.predict_margin, calibration, calibration_settings)
     names = feature_columns(train)
     scorer = LeadScorer(model, calibrator, names, {n: asdict(m) for n, m in metadata.items() if n in names})
     scorer.reference = training_reference(scorer, train, seed=config["evaluation"]["seed"])
@@ -310,6 +303,33 @@ def calibration_verdict(
             "(split.calibration_months, or split.calibration_fraction without time)"
         )
     return f"not improved: {figures}; {why}"
+
+
+def base_rate_drift(
+    split: Mapping[str, Mapping[str, Any]], p_value: float = 0.01, min_relative_change: float = 0.25
+) -> dict[str, Any]:
+    """Did the positive rate of the test window move from its history's (train + calibration)?
+
+    Flagged when a two-proportion test gives p below ``p_value`` and the rate changed by more
+    than ``min_relative_change`` (the thresholds of ``leadml-backtest``); then calibration on
+    the latest rows (``calibration.recent_fraction``) may help, and the backtest shows whether.
+    """
+    history_rows = split["train"]["rows"] + split["calibration"]["rows"]
+    history_positives = split["train"]["positives"] + split["calibration"]["positives"]
+    test_rows, test_positives = split["test"]["rows"], split["test"]["positives"]
+    if not history_rows or not test_rows:
+        return {"flagged": False, "sentence": ""}
+    change, p = base_rate_shift(history_positives, history_rows, test_positives, test_rows)
+    flagged = p < p_value and abs(change) > min_relative_change
+    rates = ", ".join(f"{window} {split[window]['rate']:.1%}" for window in ("train", "calibration", "test"))
+    sentence = f"base rate {rates}"
+    if flagged:
+        sentence += (
+            f": the test window's rate moved {change:+.0%} from its history's"
+            f" ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'}); expect"
+            " calibration to suffer (try calibration.recent_fraction=0.25, and leadml-backtest)"
+        )
+    return {"change": change, "p_value": p, "flagged": flagged, "sentence": sentence}
 
 
 NO_SIGNAL = "no usable signal"
