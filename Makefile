@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP) ## create .venv and install leadml with its locked dependencies
 
 CHROMIUM := /usr/bin/chromium
-system-deps: ## Debian's chromium for the browser tests (installed when run as root with apt-get)
+# the tests start their own throwaway cluster with these binaries (tests/postgres.py)
+PG_INITDB := /usr/lib/postgresql/*/bin/initdb
+system-deps: ## Debian's chromium and postgresql for the browser and PostgreSQL tests (installed when root with apt-get)
 	@if [ ! -x $(CHROMIUM) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's chromium for the browser tests"; \
@@ -33,6 +35,17 @@ system-deps: ## Debian's chromium for the browser tests (installed when run as r
 	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
 	  else \
 	    echo "note: $(CHROMIUM) is missing and cannot be installed here: the browser tests will skip"; \
+	  fi; \
+	fi
+	@if ! ls $(PG_INITDB) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's postgresql for the PostgreSQL source and sink tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	  else \
+	    echo "note: the PostgreSQL server ($(PG_INITDB)) is missing and cannot be installed here:" \
+	      "the PostgreSQL tests will skip"; \
 	  fi; \
 	fi
 

@@ -45,6 +45,7 @@ from leadml.features import FeatureMeta
 from leadml.guards import check_minimum_data
 from leadml.scorer import PROBABILITY
 from leadml.scoring import population_stability
+from leadml.sources import masked_urls
 from leadml.split import SplitSettings, split_with_report
 from leadml.train import BASELINE_LOGREG, BASELINE_POINTS, BASELINE_RATE, train_and_evaluate
 
@@ -522,8 +523,8 @@ def backtest_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "population_watch": table.loc[table["population"] == WATCH, "period"].tolist(),
     }
     with tracking.run(run_name=f"backtest-{model}", tags={"leadml.kind": "backtest"}) as run_id:
-        tracking.log_params({k: v for k, v in cfg.items() if k != "hydra"})
-        tracking.log_text(yaml.safe_dump(_plain_tree(dict(cfg)), sort_keys=False), "config.yaml")
+        tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
+        tracking.log_text(yaml.safe_dump(_plain_tree(masked_urls(dict(cfg))), sort_keys=False), "config.yaml")
         for record in table.to_dict(orient="records"):
             numbers = {k: _number(v) for k, v in record.items() if k != "period" and _number(v) is not None}
             tracking.log_metrics(numbers, prefix="backtest.", step=int(record["period"]))
@@ -545,7 +546,7 @@ def backtest_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             "periods": [{k: _json_value(v) for k, v in r.items()} for r in table.to_dict(orient="records")],
             "files": {k: str(v) for k, v in files.items()},
             "run_id": run_id,
-            "tracking_uri": uri,
+            "tracking_uri": tracking.masked_uri(uri),
             "seconds": round(time.perf_counter() - started, 1),
         }
         write_json_atomic(record, files["json"])

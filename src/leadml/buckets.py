@@ -415,15 +415,20 @@ def score_in_buckets(
     trend = trend or TrendSettings()
     leads_path = _table_path(tables_dir, s.LEADS)
     buckets = max(1, math.ceil(pq.ParquetFile(leads_path).metadata.num_rows / max(bucket_leads, 1)))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    _clear_dead_runs(work_dir)
-    _fix_mmap_threshold()
     run_dir = work_dir / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        _clear_dead_runs(work_dir)
+        _fix_mmap_threshold()
         return _score(
             tables_dir, scorer, as_of, settings, tiers, output_dir, run_dir, buckets,
             explain, explainer, trend, model_version, progress,
         )  # fmt: skip
+    except OSError as error:  # the work folder read-only or not a folder, the disk full: a message
+        where = error.filename or work_dir
+        raise LeadmlError(
+            f"scoring cannot write {where} (score.work_dir): {error.strerror or error}"
+        ) from None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -9,7 +9,7 @@ silently: accepted + quarantined = input, always.
 Value rules, in order: missing markers -> null; text trimmed; categories case-folded,
 separators turned into ``_`` and mapped through synonyms; numbers and ISO 8601
 timestamps parsed (naive timestamps are local time in ``IngestSettings.timezone``);
-then nullability, allowed values, ranges and "not in the future" are checked.
+then nullability, allowed values, ranges and "not in the future" (nor before 1900) are checked.
 
 Duplicate keys (the primary key, and every ``unique`` column) are resolved among rows
 that pass every other check, so a broken row never displaces a good one. Rule
@@ -45,6 +45,9 @@ DUPLICATE_RULES: tuple[str, ...] = ("most_complete", "first", "last")
 # pandas-written Parquet, us from strings), so equal data gives equal frames.
 TIMESTAMP_UNIT = "us"
 TIMESTAMP_DTYPE = f"datetime64[{TIMESTAMP_UNIT}, UTC]"
+# Earlier timestamps are quarantined: no CRM fact is that old (0001-01-01 and 1899-12-30 are common
+# placeholders), and the features' time keys hold 1900 to 2172 only (features._time_key).
+EARLIEST_TIMESTAMP = pd.Timestamp("1900-01-01", tz="UTC")
 
 # Columns added to every quarantine frame next to the original values.
 SOURCE_ROW = "source_row"
@@ -941,6 +944,11 @@ def _parse_number(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) ->
                 _value_problem(raw, fractional, spec.name, "is not a whole number", "not a whole number")
             )
         invalid = invalid | fractional
+        huge = finite & ~fractional & (np.abs(numbers) >= 2.0**63)  # beyond a 64-bit integer
+        if huge.any():
+            what = "is too large for a whole number"
+            problems.append(_value_problem(raw, huge, spec.name, what, "too large"))
+        invalid = invalid | huge
     range_problems = _range_problems(raw, numbers, finite & ~invalid, spec)
     for problem in range_problems:
         invalid = invalid | problem.mask
@@ -1008,7 +1016,11 @@ def _parse_timestamp(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings)
                 raw, future, spec.name, f"is in the future (after {reference.isoformat()})", "in the future"
             )
         )
-    return parsed.mask(future), missing, problems
+    ancient = (parsed < EARLIEST_TIMESTAMP).to_numpy(dtype=bool, na_value=False)
+    if ancient.any():
+        what = f"is before {EARLIEST_TIMESTAMP:%Y-%m-%d} (not a plausible date)"
+        problems.append(_value_problem(raw, ancient, spec.name, what, "before 1900"))
+    return parsed.mask(future | ancient), missing, problems
 
 
 _PARSERS: Mapping[str, Callable[[pd.Series, ColumnSpec, IngestSettings], Parsed]] = {

@@ -25,7 +25,7 @@ import pandas as pd
 from leadml import schema as s
 from leadml.arrays import argsort_int, positions_in
 from leadml.calendar import snapshot_dates, to_utc
-from leadml.errors import known_settings
+from leadml.errors import LeadmlError, known_settings
 from leadml.progress import progress_iter
 
 logger = logging.getLogger(__name__)
@@ -453,7 +453,7 @@ def data_end(tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
     ]
     present = [to_utc(c) for c in candidates if not pd.isna(c)]
     if not present:
-        raise ValueError("the tables hold no timestamps, so there is no end of data")
+        raise LeadmlError("the tables hold no timestamps, so there is no end of data")
     return max(present)
 
 
@@ -507,6 +507,8 @@ def build_training_snapshots(
     leads, accounts, outcomes, activities = (
         tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
     )
+    if leads.empty:  # every lead quarantined (with a max_bad_share that let it through)
+        raise LeadmlError("no snapshot fits: the leads table holds no accepted lead")
     end = data_end(tables) if end is None else to_utc(end)
     horizon = pd.Timedelta(days=settings.horizon_days)
     first_created = to_utc(leads[s.CREATED_AT].min())
@@ -528,7 +530,7 @@ def build_training_snapshots(
         frame.insert(2, LABEL, (won[positions] & (closed_s[positions] <= t + horizon_s)).astype("int8"))
         frames.append(frame)
     if not frames:
-        raise ValueError(
+        raise LeadmlError(
             f"no snapshot fits: data from {first_created:%Y-%m-%d} to {end:%Y-%m-%d} is shorter than "
             f"one cadence plus the {settings.horizon_days}-day horizon"
         )

@@ -219,6 +219,12 @@ def _activities_before_created(activities: pd.DataFrame, leads: pd.DataFrame) ->
     return int((activities[s.TIMESTAMP].array < created).sum())
 
 
+def _check_has_rows(raw: pd.DataFrame, table: str, source: str) -> None:
+    """A lead table without rows is an export that went wrong, not a day without leads."""
+    if len(raw) == 0:
+        raise ContractError(f"{table} from {source}: no rows (a header only?), so there is nothing to ingest")
+
+
 def check_bad_shares(result: IngestResult, settings: IngestSettings) -> None:
     """Raise ContractError for the first table with more bad rows than ``settings.max_bad_share``."""
     for report in result.reports.values():
@@ -247,6 +253,7 @@ def ingest_crm(
         raise ContractError(f"missing CRM table(s) {', '.join(missing)}; given: {', '.join(raw) or '(none)'}")
     settings = settings.with_fixed_reference_time()
     sources, quarantine_paths = dict(sources or {}), dict(quarantine_paths or {})
+    _check_has_rows(raw[s.LEADS], s.LEADS, sources.get(s.LEADS, "the leads frame"))
     frames = {table: raw[table] if table in raw else _empty_raw(contracts[table]) for table in s.CRM_TABLES}
 
     def validate(table: str, row_checks: Sequence[RowCheck] = ()) -> ValidatedTable:
@@ -571,6 +578,7 @@ def ingest_flat(
                 else "an outcomes table was given but the contract has a target column"
             )
         )
+    _check_has_rows(raw, table_name, source)
     dropped = tuple(column for column in contract.drop if column in raw.columns)
     not_found = [column for column in contract.drop if column not in raw.columns]
     settings = settings.with_fixed_reference_time()

@@ -2,8 +2,10 @@
 
 A partition ``as_of=YYYY-MM-DD/`` is written to a hidden temporary folder beside it and
 renamed into place, so a run that dies leaves the previous partition untouched and a
-re-run of the same date replaces it whole (never appends). The SQL sink upserts by
-(lead id, as-of) in one transaction.
+re-run of the same date replaces it whole (never appends). The SQL sink (SQLite or PostgreSQL)
+upserts by (lead id, as-of) in one transaction: ``INSERT ... ON CONFLICT (lead_id, as_of) DO
+UPDATE``. Its table and column names must be plain SQL names and go through a SQLAlchemy
+``Table`` (quoted where needed); every value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 PART_FILE = "part-0.parquet"
 PARTITION_PREFIX = "as_of="
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class RunInProgressError(LeadmlError):
@@ -47,9 +47,13 @@ def date_lock(base: Path, as_of: pd.Timestamp) -> Iterator[None]:
     """
     import fcntl
 
-    base.mkdir(parents=True, exist_ok=True)
     path = base / f".lock-{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
-    with open(path, "a+") as handle:
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 (closed by the with block below)
+    except OSError as error:  # read-only, not a folder, disk full: a message, not a traceback
+        raise LeadmlError(f"cannot write scores to {base}: {error.strerror or error}") from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -187,10 +191,13 @@ def find_partition(base: Path, as_of: str | None) -> Path | None:
 
 
 def check_identifier(name: str, what: str) -> str:
-    """A SQL table or column name from config: letters, digits and underscores only."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise LeadmlError(f"{what} {name!r} is not a plain SQL identifier (letters, digits, underscores)")
-    return name
+    """A SQL table or column name (``what``: its config key), or a LeadmlError naming both.
+
+    The rule of :func:`leadml.sources.check_sql_name`: letters, digits and underscores.
+    """
+    from leadml.sources import check_sql_name
+
+    return check_sql_name(name, what)
 
 
 def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_000) -> int:
@@ -211,14 +218,15 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
     column names must be plain identifiers; values are bound parameters.
     """
     import sqlalchemy as sa
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from leadml.sources import mask_url
+    from leadml.sources import _scrubbed, engine_url, mask_url
 
-    check_identifier(table, "score table")
+    check_identifier(table, "score.sql.table")
     written = 0
+    engine = None
     try:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(engine_url(url))
         with engine.begin() as connection:
             statement = None
             for frame in frames:
@@ -237,9 +245,17 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
                 for start in range(0, len(records), 5_000):
                     connection.execute(statement, records[start : start + 5_000])
                 written += len(records)
-        engine.dispose()
     except (SQLAlchemyError, ImportError) as error:
-        raise LeadmlError(f"cannot write scores to table {table} in {mask_url(url)}: {error}") from None
+        # the driver's own message: SQLAlchemy's would repeat the statement and thousands of values
+        detail = getattr(error, "orig", None) or error
+        if isinstance(error, ArgumentError):
+            detail = "invalid database URL"
+        raise LeadmlError(
+            f"cannot write scores to table {table} in {mask_url(url)}: {_scrubbed(str(detail), url)}"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
     return written
 
 
@@ -263,13 +279,22 @@ def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
 
     if column.name == s.AS_OF:
         return sa.String(10)
-    kinds = {"bool": sa.Boolean(), "int": sa.BigInteger(), "float": sa.Float()}
+    kinds = {
+        "bool": sa.Boolean(),
+        "int": sa.BigInteger(),
+        "float": sa.Float(),  # double precision in PostgreSQL, REAL (8 bytes) in SQLite
+        "timestamp": sa.DateTime(timezone=True),  # timestamptz in PostgreSQL; SQLite keeps UTC text
+    }
     return kinds.get(column_kind(column) or "text", sa.Text())
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
+    """Plain Python values for the driver: None for every missing value, timestamps in UTC."""
     out = frame.copy()
     if s.AS_OF in out:
         out[s.AS_OF] = pd.to_datetime(out[s.AS_OF], utc=True).dt.strftime("%Y-%m-%d")
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.DatetimeTZDtype) and name != s.AS_OF:
+            out[name] = out[name].dt.tz_convert("UTC")
     out = out.astype(object).where(out.notna(), None)
     return out.to_dict("records")

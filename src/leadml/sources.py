@@ -4,7 +4,10 @@ A source spec is a mapping, usually one entry of ``conf/data/*.yaml`` ``tables``
 
 * ``format``: csv | parquet | sql (inferred from ``path``'s suffix or ``url`` when absent)
 * ``path``: CSV or Parquet file (or Parquet dataset folder)
-* ``url``, and ``table`` (optionally ``schema``) or ``query``: a SQLAlchemy source
+* ``url``, and ``table`` (optionally ``schema``) or ``query``: a SQLAlchemy source. ``table``
+  and ``schema`` must be plain SQL names (letters, digits, underscores; see :func:`check_sql_name`)
+  and are quoted by SQLAlchemy, case kept as written; a ``query`` is the user's own SQL and runs
+  as written with the URL's credentials. A bare ``postgresql://`` URL uses psycopg 3.
 * ``columns``: ``{canonical_name: source_name}``; unmapped columns keep their names
 * ``sep``, ``encoding``: CSV options (default ``,`` and utf-8)
 
@@ -48,6 +51,10 @@ _CHUNK_BYTES = 1 << 20
 _SQL_CHUNK_ROWS = 100_000
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _SQLALCHEMY_LINK = re.compile(r"\(Background on this error at: [^)]*\)")
+# pyarrow's "Expected 14 columns, got 15: <the record's text>"
+_CSV_RECORD = re.compile(r"(Expected \d+ columns, got \d+): .*")
+# a table, schema or column name taken from config: at most 63 characters, PostgreSQL's limit
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 # --------------------------------------------------------------------------- specs
@@ -60,12 +67,33 @@ def _format(spec: Mapping[str, Any]) -> str:
     return {"csv": "csv", "txt": "csv", "parquet": "parquet", "pq": "parquet"}.get(suffix, suffix)
 
 
-def checked_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec as a plain dict with ``format`` filled in; unknown keys or formats raise LeadmlError."""
+def check_sql_name(name: Any, key: str) -> str:
+    """A table, schema or column name from config, or a LeadmlError naming ``key`` and the name.
+
+    Only plain names pass: a letter or underscore, then letters, digits or underscores, at most
+    63 characters. SQLAlchemy then quotes them where needed (mixed case, reserved words), so
+    they are used exactly as written; anything else (``leads; DROP TABLE outcomes; --``,
+    ``x" OR 1=1 --``, spaces, dots) is refused rather than quoted into an odd but valid name.
+    """
+    if not isinstance(name, str) or not _SQL_NAME.fullmatch(name):
+        raise LeadmlError(
+            f"{key}: {name!r} is not a plain SQL name (a letter or underscore, then letters, digits "
+            "or underscores, at most 63 characters)"
+        )
+    return name
+
+
+def checked_spec(spec: Mapping[str, Any], where: str = "source") -> dict[str, Any]:
+    """The spec as a plain dict with ``format`` filled in; unknown keys or formats raise LeadmlError.
+
+    ``where`` names the spec in messages (``data.tables.leads``).
+    """
     values = dict(spec)
     unknown = sorted(set(values) - set(SPEC_KEYS))
     if unknown:
-        raise LeadmlError(f"unknown source key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}")
+        raise LeadmlError(
+            f"{where}: unknown source key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}"
+        )
     values["format"] = _format(values)
     if values["format"] not in FORMATS:
         raise LeadmlError(f"source format {values['format']!r} is not one of {', '.join(FORMATS)}")
@@ -76,6 +104,9 @@ def checked_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise LeadmlError(
                 f"a sql source needs exactly one of 'table' or 'query' ({mask_url(values['url'])})"
             )
+        for key in ("table", "schema"):
+            if values.get(key) is not None:
+                check_sql_name(values[key], f"{where}.{key}")
     elif not values.get("path"):
         raise LeadmlError(f"a {values['format']} source needs 'path'")
     return values
@@ -90,6 +121,29 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def masked_urls(value: Any) -> Any:
+    """A config tree with every ``url`` value's password masked: what may be logged (MLflow params)."""
+    if isinstance(value, Mapping):
+        return {
+            key: mask_url(item) if key == "url" and isinstance(item, str) else masked_urls(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [masked_urls(item) for item in value]
+    return value
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy opens: a bare ``postgresql://`` gets psycopg 3, the driver leadml installs
+    (SQLAlchemy 2.1 picks it too; 2.0 would pick psycopg2)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
 
 
 def _scrubbed(message: str, url: str) -> str:
@@ -145,12 +199,35 @@ def _read_csv(values: Mapping[str, Any]) -> pd.DataFrame:
             encoding=encoding,
             engine="pyarrow",
         )
-    except pd.errors.EmptyDataError:
-        raise LeadmlError(f"csv file {path} is empty (no header row)") from None
+    except pd.errors.EmptyDataError:  # no header, so none of the columns its contract requires
+        raise ContractError(f"csv file {path} is empty (no header row)") from None
     except (pd.errors.ParserError, ValueError) as error:
-        detail = " ".join(str(error).split())
+        # pyarrow quotes the broken record, whose values may be personal data: say where it is instead
+        detail, ragged = _CSV_RECORD.subn(r"\1", " ".join(str(error).split()))
+        line = _first_ragged_line(path, values.get("sep") or ",", encoding) if ragged else None
+        where = f" (the record starting on line {line})" if line else ""
         hint = f"; it is not {encoding}: set 'encoding' in the source" if "UTF8" in detail else ""
-        raise LeadmlError(f"csv file {path} cannot be parsed: {detail}{hint}") from None
+        raise LeadmlError(f"csv file {path} cannot be parsed: {detail}{where}{hint}") from None
+
+
+def _first_ragged_line(path: Path, sep: str, encoding: str) -> int | None:
+    """The line where the first record with another number of fields than the header starts, if found."""
+    import csv
+
+    if len(sep) != 1:
+        return None
+    try:
+        with path.open(newline="", encoding=encoding, errors="replace") as handle:
+            reader = csv.reader(handle, delimiter=sep)
+            header = next(reader, None)
+            start = reader.line_num + 1
+            for record in reader:
+                if header is not None and record and len(record) != len(header):
+                    return start
+                start = reader.line_num + 1
+    except (csv.Error, OSError):  # e.g. a field beyond the csv module's size limit
+        return None
+    return None
 
 
 def _read_parquet(values: Mapping[str, Any]) -> pd.DataFrame:
@@ -186,7 +263,7 @@ def _connection(url: str, description: str) -> Iterator[Any]:
     if sqlite_file is not None and not sqlite_file.exists():
         raise SourceMissingError(f"database file not found: {sqlite_file} ({mask_url(url)})")
     try:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(engine_url(url))
     except (SQLAlchemyError, ImportError) as error:
         raise LeadmlError(f"cannot open database {mask_url(url)}: {_scrubbed(str(error), url)}") from None
     try:

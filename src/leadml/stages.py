@@ -7,11 +7,14 @@ previous outputs as they were.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,11 @@ from leadml.features import (
 from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest
 from leadml.scorer import PROBABILITY
 from leadml.sources import (
+    checked_spec,
     describe_source,
     fingerprint_file,
     fingerprint_source,
+    masked_urls,
     read_source,
     write_json_atomic,
     write_parquet_atomic,
@@ -134,12 +139,18 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
 
 
 def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """Every source the data config reads, by table name."""
+    """Every source the data config reads, by table name; a bad spec or SQL name names its config key."""
     if _kind(data) == "crm":
-        return dict(data["tables"])
-    specs: dict[str, Mapping[str, Any]] = {FLAT_TABLE: data["table"]}
-    if data.get("outcomes"):
-        specs[OUTCOMES_TABLE] = data["outcomes"]["table"]
+        specs = dict(data["tables"])
+        keys = {table: f"data.tables.{table}" for table in specs}
+    else:
+        specs = {FLAT_TABLE: data["table"]}
+        keys = {FLAT_TABLE: "data.table"}
+        if data.get("outcomes"):
+            specs[OUTCOMES_TABLE] = data["outcomes"]["table"]
+            keys[OUTCOMES_TABLE] = "data.outcomes.table"
+    for table, spec in specs.items():
+        checked_spec(spec, keys[table])
     return specs
 
 
@@ -318,8 +329,9 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     tracking.configure(uri, mlflow_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
     model_name = mlflow_cfg["registered_model"]
     with tracking.run(run_name=f"train-{cfg['model']['name']}") as run_id:
-        tracking.log_params({k: v for k, v in cfg.items() if k != "hydra"})
-        tracking.log_text(yaml.safe_dump(dict(cfg), sort_keys=False), "config.yaml")
+        # database passwords in data.tables.*.url or score.sql.url never reach the tracking store
+        tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
+        tracking.log_text(yaml.safe_dump(masked_urls(dict(cfg)), sort_keys=False), "config.yaml")
         result = train_and_evaluate(snapshots, metadata, cfg, truth)
         if _kind(cfg["data"]) == "crm":
             result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
@@ -369,7 +381,6 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         signature = tracking.infer_signature(example, result.scorer.predict(example))
         model_uri = tracking.log_model(tracking.scorer_pyfunc(result.scorer), "model", signature, example)
         version = tracking.register(model_uri, model_name)
-        tracking.set_alias(model_name, tracking.CHALLENGER, version)
 
         champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
         champion_metrics = None
@@ -391,7 +402,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             run_id=run_id,
             version=version,
             registered_model=model_name,
-            tracking_uri=uri,
+            tracking_uri=tracking.masked_uri(uri),
             champion_version=champion_version,
             champion_metrics=champion_metrics,
             stage_seconds=upstream_seconds(features_manifest),
@@ -399,25 +410,31 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         )
         report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
         model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata, charts)
-        report_artifact = tracking.log_file(report_path, "report")
-        tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
-        if decision.promote:
-            tracking.set_alias(model_name, tracking.CHAMPION, version)
-        tracking.log_dict(
-            {
-                "promote": decision.promote,
-                "reasons": decision.reasons,
-                "champion_before": champion_version,
-                "version": version,
-            },
-            "promotion.json",
-        )
-        tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
-        tracking.log_metrics({"seconds.total": time.perf_counter() - started})
+        try:
+            report_artifact = tracking.log_file(report_path, "report")
+            tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
+            tracking.log_dict(
+                {
+                    "promote": decision.promote,
+                    "reasons": decision.reasons,
+                    "champion_before": champion_version,
+                    "version": version,
+                },
+                "promotion.json",
+            )
+            tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
+            tracking.log_metrics({"seconds.total": time.perf_counter() - started})
+            # the aliases move last: a run that fails on the way (tracking server gone) moves none
+            tracking.set_alias(model_name, tracking.CHALLENGER, version)
+            if decision.promote:
+                tracking.set_alias(model_name, tracking.CHAMPION, version)
+        except BaseException:
+            report_path.unlink(missing_ok=True)  # no report of a version whose run did not finish
+            raise
 
     summary = {
         "run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": tracking.masked_uri(uri),
         "registered_model": model_name,
         "version": version,
         "promoted": decision.promote,
@@ -472,12 +489,15 @@ def _rescore_champion(
 ) -> dict[str, float] | None:
     """The champion's metrics on the candidate's test rows, or None when it cannot score them."""
     from leadml import tracking
+    from leadml.errors import TrackingUnavailableError
     from leadml.evaluate import binary_metrics
     from leadml.scorer import as_model_input
 
     try:
         champion = tracking.load_pyfunc(f"models:/{model_name}/{version}")
         predicted = champion.predict(as_model_input(test, names))
+    except TrackingUnavailableError:
+        raise  # not "the champion cannot score": nobody could tell
     except Exception as error:  # a champion built on other features cannot score these rows
         logger.warning("champion version %s cannot score the test rows: %s", version, error)
         return None
@@ -546,7 +566,16 @@ def _emptied_columns(features: pd.DataFrame, scorer: Any, max_training_missing: 
 
 
 def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """Score every open lead as of the run date with the production model; write, sink and track it."""
+    """Score every open lead as of the run date with the production model; write, sink and track it.
+
+    With the pandas engine the date's lock is held until the run is tracked, and a run that fails
+    after writing its partition (the tracking server went away) puts the date's previous one back.
+    """
+    with contextlib.ExitStack() as held:
+        return _score_stage(cfg, root, held)
+
+
+def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack) -> dict[str, Any]:
     from leadml import sinks, tracking
     from leadml.scoring import TierSettings, TrendSettings, population_stability
 
@@ -554,6 +583,8 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
     if _kind(data) != "crm":
         raise LeadmlError(f"leadml-score needs a CRM source (data={data.get('name')} is {_kind(data)})")
+    if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
+        sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
     tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
     model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
@@ -580,26 +611,25 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
 
         as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
         output_dir = Path(score_cfg["output_dir"])
-        with sinks.date_lock(output_dir, as_of):  # a second run of this date refuses at once
-            outcome = score_in_buckets(
-                interim_dir,
-                scorer,
-                as_of,
-                settings,
-                tiers,
-                output_dir=output_dir,
-                work_dir=Path(score_cfg["work_dir"]),
-                bucket_leads=int(score_cfg.get("bucket_leads") or 100_000),
-                explain=bool(score_cfg["explain"]),
-                explainer=str(score_cfg.get("explainer") or "fast"),
-                trend=TrendSettings(float(score_cfg["trend_band"])),
-                model_version=str(version),
-                progress=bool(cfg.get("progress", False)),
-            )
+        held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
+        held.enter_context(_undone_on_error(output_dir, as_of))  # until the run is tracked
+        outcome = score_in_buckets(
+            interim_dir,
+            scorer,
+            as_of,
+            settings,
+            tiers,
+            output_dir=output_dir,
+            work_dir=Path(score_cfg["work_dir"]),
+            bucket_leads=int(score_cfg.get("bucket_leads") or 100_000),
+            explain=bool(score_cfg["explain"]),
+            explainer=str(score_cfg.get("explainer") or "fast"),
+            trend=TrendSettings(float(score_cfg["trend_band"])),
+            model_version=str(version),
+            progress=bool(cfg.get("progress", False)),
+        )
     as_of, written_to, psi_features, unseen = outcome.as_of, outcome.output, outcome.psi, outcome.unseen
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
-    sql = score_cfg.get("sql") or {}
-    sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
 
     psi_score = (
         population_stability({PROBABILITY: reference["score"]}, probabilities)[PROBABILITY]
@@ -651,6 +681,8 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         records={"warnings.json": {"drift": warnings, "unseen_categories": unseen}, "ingest.json": ingested},
         tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
     )
+    sql = score_cfg.get("sql") or {}  # after the run is tracked: a run that cannot be, sinks nothing
+    sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
     summary = {
         "as_of": as_of,
         "leads": len(probabilities),
@@ -664,7 +696,7 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "warnings": warnings,
         "unseen": unseen,
         "run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": tracking.masked_uri(uri),
         "seconds": seconds,
     }
     run_record = {
@@ -678,6 +710,58 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     write_json_atomic(run_record, Path(written_to) / SCORING_RUN_RECORD)
     return summary
+
+
+@contextlib.contextmanager
+def _undone_on_error(output_dir: Path, as_of: pd.Timestamp) -> Iterator[None]:
+    """The date's partition as it was before the run, if the run fails after writing it.
+
+    Rows whose scoring run is missing from MLflow (the server went away after they were written)
+    must not look like a finished night: the previous partition comes back from a hard-linked
+    copy (no data copied), or the new one goes when there was none.
+    """
+    from leadml import sinks
+
+    final = sinks.partition_dir(output_dir, as_of)
+    kept, undone = output_dir / f".keep-{final.name}", output_dir / f".undo-{final.name}"
+    try:
+        if kept.is_dir() and not final.exists():  # a run died while putting it back
+            os.replace(kept, final)
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.rmtree(undone, ignore_errors=True)
+        if final.is_dir():
+            shutil.copytree(final, kept, copy_function=_link_or_copy)
+    except OSError as error:
+        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+    try:
+        yield
+    except BaseException:
+        if final.is_dir() and _files(final) != _files(kept):
+            try:
+                os.replace(final, undone)
+                if kept.is_dir():
+                    os.replace(kept, final)
+                shutil.rmtree(undone, ignore_errors=True)
+                logger.warning("the run failed after writing %s: put the previous partition back", final)
+            except OSError as error:  # the run's own error matters more
+                logger.error("could not put the previous partition %s back: %s", final, error)
+        raise
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+def _files(folder: Path) -> set[tuple[str, int]]:
+    """(name, inode) of every file in ``folder``: equal sets, the very same files."""
+    if not folder.is_dir():
+        return set()
+    return {(path.name, path.stat().st_ino) for path in folder.iterdir() if path.is_file()}
 
 
 def _deal_values(leads: pd.DataFrame, lead_ids: pd.Series) -> pd.Series | None:

@@ -4,28 +4,38 @@ Tracking defaults to an embedded SQLite store in the project folder (``mlflow.db
 artifacts under ``mlruns/``); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in
 config points at a server instead. Models are registered and promoted with aliases
 (``challenger``, ``champion``), never with the deprecated stages.
+
+A server that stops answering, at the start or in the middle of a run, ends the run with
+:class:`~leadml.errors.TrackingUnavailableError` (exit code 6) naming the tracking URI with
+any password masked, never with MLflow's traceback. How long MLflow's HTTP client keeps
+trying first is its own setting: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 7, exponential
+backoff of ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (2) seconds, about 4 minutes in all) and
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s per request).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from leadml.errors import NoModelError, TrackingUnavailableError
+from leadml.errors import LeadmlError, NoModelError, TrackingUnavailableError
 
 logger = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for one parameter value
 SCHEMA_SAMPLE_ROWS = 1000
+# the store configure() pointed MLflow at, named by the error when it stops answering
+_current = {"uri": ""}
 
 
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
@@ -50,6 +60,7 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
 
     _quiet_mlflow()
     check_reachable(tracking_uri)
+    _current["uri"] = tracking_uri
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     # set_tracking_uri also exports the URI; left there, it would become the "environment's"
@@ -70,8 +81,10 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
     except Exception as error:  # MLflow raises many types for an unreachable or broken store
+        if _unreachable(error):
+            raise _unavailable(error, "open the experiment") from None
         raise TrackingUnavailableError(
-            f"MLflow tracking at {tracking_uri} is not usable: {_first_line(error)}"
+            f"MLflow tracking at {masked_uri(tracking_uri)} is not usable: {_first_line(error)}"
         ) from None
 
 
@@ -82,11 +95,31 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     import requests
 
     try:
-        requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+        answer = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
     except requests.RequestException as error:
         raise TrackingUnavailableError(
-            f"MLflow tracking server {tracking_uri} is unreachable: {type(error).__name__}"
+            f"MLflow tracking server {masked_uri(tracking_uri)} is unreachable: {_reason(error)}"
         ) from None
+    if answer.status_code >= 500:  # a proxy in front of a server that is down
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {masked_uri(tracking_uri)} is unreachable: "
+            f"/health answered HTTP {answer.status_code}"
+        )
+
+
+def masked_uri(uri: str) -> str:
+    """``uri`` with the password of its user part, if any, replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if not password:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _first_line(error: BaseException) -> str:
@@ -94,13 +127,146 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-@contextlib.contextmanager
-def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """An MLflow run; yields its id. A failure inside marks the run FAILED."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+# how MLflow words a request that never got an answer (it re-raises requests' errors as text)
+_UNREACHABLE_TEXT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Connection aborted",
+    "Connection reset",
+    "RemoteDisconnected",
+    "timeout exception",
+    "Read timed out",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the tracking server did not answer (down, unreachable, retries spent)."""
+    import requests
+    import urllib3
+
+    network = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+        urllib3.exceptions.MaxRetryError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.NewConnectionError,
+        ConnectionError,
+        TimeoutError,
+    )
+    for link in _chain(error):
+        if isinstance(link, network):
+            return True
+        if type(link).__module__.startswith("mlflow") and any(
+            text in str(link) for text in _UNREACHABLE_TEXT
+        ):
+            return True
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    """A few words on why the server did not answer (MLflow's own message is one long URL)."""
+    text = " ".join(str(link) for link in _chain(error))
+    names = {type(link).__name__ for link in _chain(error)}
+    if "Connection refused" in text or "ConnectionRefusedError" in names:
+        return "connection refused"
+    if "timed out" in text or "timeout" in text or names & {"Timeout", "ReadTimeout", "ConnectTimeout"}:
+        return "no answer in time (MLFLOW_HTTP_REQUEST_TIMEOUT)"
+    if "too many" in text and "error responses" in text:
+        return "it kept answering with server errors (retries exhausted)"
+    if "Name or service not known" in text or "name resolution" in text:
+        return "unknown host"
+    if "Max retries exceeded" in text:
+        return "retries exhausted"
+    return type(error).__name__
+
+
+def _unavailable(error: BaseException, action: str) -> TrackingUnavailableError:
     import mlflow
 
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as active:
+    uri = _current["uri"] or mlflow.get_tracking_uri()
+    return TrackingUnavailableError(
+        f"MLflow tracking server {masked_uri(uri)} did not answer when leadml tried to {action}: "
+        f"{_reason(error)} (run it again once the server is back)"
+    )
+
+
+def _tracked(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn an unreachable tracking server inside the wrapped call into TrackingUnavailableError."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except LeadmlError:
+                raise
+            except Exception as error:
+                if _unreachable(error):
+                    raise _unavailable(error, action) from None
+                raise
+
+        return call
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _single_attempt() -> Iterator[None]:
+    """MLflow's HTTP calls inside try once, briefly (for the bookkeeping after a failure)."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    timeout = min(10, MLFLOW_HTTP_REQUEST_TIMEOUT.get())
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _end_failed_run() -> None:
+    """Mark the active run FAILED with one quick attempt: after the server went away, MLflow's own
+    end of run would retry for minutes and then replace the real error with its own traceback."""
+    import mlflow
+
+    with _single_attempt():
+        try:
+            mlflow.end_run("FAILED")  # leaves the run in this process even when the server is down
+        except Exception as error:
+            logger.warning("could not mark the MLflow run FAILED: %s", _first_line(error))
+
+
+@contextlib.contextmanager
+def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """An MLflow run; yields its id. A failure inside marks the run FAILED (when the server answers)."""
+    import mlflow
+
+    active = _tracked("start a run")(mlflow.start_run)(run_name=run_name, tags=dict(tags or {}))
+    try:
         yield active.info.run_id
+    except BaseException:
+        _end_failed_run()
+        raise
+    _tracked("finish the run")(mlflow.end_run)()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -115,6 +281,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@_tracked("log parameters")
 def log_params(config: Mapping[str, Any]) -> None:
     import mlflow
 
@@ -124,6 +291,7 @@ def log_params(config: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
+@_tracked("log metrics")
 def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
     """Finite numbers of ``metrics`` (others are skipped); ``step`` for a series such as backtest periods."""
     import mlflow
@@ -136,18 +304,21 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None
     mlflow.log_metrics(clean, step=step)
 
 
+@_tracked("log an artifact")
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_text(text, artifact_file)
 
 
+@_tracked("log an artifact")
 def log_dict(obj: Any, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_dict(obj, artifact_file)
 
 
+@_tracked("log a plot")
 def log_figure(figure: Any, artifact_file: str) -> None:
     import matplotlib.pyplot as plt
     import mlflow
@@ -156,12 +327,14 @@ def log_figure(figure: Any, artifact_file: str) -> None:
     plt.close(figure)
 
 
+@_tracked("log an artifact")
 def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_text(frame.to_csv(index=False), artifact_file)
 
 
+@_tracked("log an artifact")
 def log_file(path: Path, artifact_dir: str | None = None) -> str:
     """Copy a local file into the run's artifacts; returns its artifact path."""
     import mlflow
@@ -170,6 +343,7 @@ def log_file(path: Path, artifact_dir: str | None = None) -> str:
     return f"{artifact_dir}/{Path(path).name}" if artifact_dir else Path(path).name
 
 
+@_tracked("log the datasets")
 def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, context: str) -> None:
     """Record a dataset (its schema, size and fingerprint) as an input of the run."""
     import mlflow
@@ -181,6 +355,7 @@ def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, contex
     mlflow.log_input(dataset, context=context)
 
 
+@_tracked("log the model")
 def log_model(python_model: Any, name: str, signature: Any, input_example: pd.DataFrame) -> str:
     """Log a pyfunc and return its model URI."""
     import mlflow
@@ -210,6 +385,7 @@ def infer_signature(model_input: pd.DataFrame, model_output: pd.DataFrame | None
     return infer(model_input, model_output)
 
 
+@_tracked("register the model")
 def register(model_uri: str, name: str) -> str:
     """Register a logged model; returns the new version."""
     import mlflow
@@ -217,12 +393,14 @@ def register(model_uri: str, name: str) -> str:
     return str(mlflow.register_model(model_uri, name).version)
 
 
+@_tracked("move a model alias")
 def set_alias(name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, version)
 
 
+@_tracked("look up a model alias")
 def version_by_alias(name: str, alias: str) -> str | None:
     """The version holding ``alias``, or None when there is none (or no such model yet)."""
     from mlflow import MlflowClient
@@ -230,16 +408,20 @@ def version_by_alias(name: str, alias: str) -> str | None:
 
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+    except MlflowException as error:
+        if _unreachable(error):  # not "no champion": the server did not say
+            raise _unavailable(error, f"look up @{alias} of {name}") from None
         return None
 
 
+@_tracked("load a model")
 def load_pyfunc(model_uri: str) -> Any:
     import mlflow
 
     return mlflow.pyfunc.load_model(model_uri)
 
 
+@_tracked("set run tags")
 def set_tags(tags: Mapping[str, str]) -> None:
     import mlflow
 
@@ -285,10 +467,12 @@ def load_scorer(model_uri: str) -> Any:
 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as error:
-        raise NoModelError(f"cannot load model {model_uri}: {_first_line(error)}") from None
-    except OSError as error:
-        raise NoModelError(f"cannot load model {model_uri}: {error}") from None
+    except Exception as error:
+        if _unreachable(error):
+            raise _unavailable(error, f"load model {model_uri}") from None
+        if isinstance(error, MlflowException | OSError):
+            raise NoModelError(f"cannot load model {model_uri}: {_first_line(error)}") from None
+        raise
     scorer = getattr(model.unwrap_python_model(), "scorer", None)
     if scorer is None:
         raise NoModelError(f"{model_uri} is not a leadml scorer")
@@ -307,8 +491,12 @@ def model_run(model_uri: str) -> dict[str, Any]:
         run_id = mlflow.models.get_model_info(model_uri).run_id
         found = mlflow.get_run(run_id)
         config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    except (MlflowException, OSError) as error:
-        raise NoModelError(f"cannot find the training run of {model_uri}: {_first_line(error)}") from None
+    except Exception as error:
+        if _unreachable(error):
+            raise _unavailable(error, f"read the training run of {model_uri}") from None
+        if isinstance(error, MlflowException | OSError):
+            raise NoModelError(f"cannot find the training run of {model_uri}: {_first_line(error)}") from None
+        raise
     datasets = {}
     for dataset_input in found.inputs.dataset_inputs if found.inputs else ():
         tags = {tag.key: tag.value for tag in dataset_input.tags}
@@ -318,6 +506,7 @@ def model_run(model_uri: str) -> dict[str, Any]:
     return {"run_id": run_id, "config": config or {}, "metrics": metrics, "datasets": datasets}
 
 
+@_tracked("log the scoring run")
 def log_scoring_run(
     run_name: str,
     params: Mapping[str, Any],
@@ -327,13 +516,11 @@ def log_scoring_run(
     tags: Mapping[str, str],
 ) -> str:
     """One run in the scoring experiment: what was scored, how, and how it drifted; returns its id."""
-    import mlflow
-
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as active:
+    with run(run_name, tags) as run_id:
         log_params(params)
         log_metrics(metrics)
         for name, table in tables.items():
             log_table(table, name)
         for name, record in records.items():
             log_dict(record, name)
-        return active.info.run_id
+    return run_id
