@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -134,3 +136,26 @@ def train_project(config_for: Callable[[str], Any]) -> None:
         ("train", run_train),
     ):
         run(config_for(stage))
+
+
+def copy_project(trained: Any, target: Any) -> None:
+    """Copy a trained project's data, artifacts and SQLite store into ``target`` (so a test may
+    break or re-score it) and point the copied store at the copied artifacts."""
+    from pathlib import Path
+
+    trained, target = Path(trained), Path(target)
+    for name in ("data", "mlruns"):
+        shutil.copytree(trained / name, target / name)
+    shutil.copy(trained / "mlflow.db", target / "mlflow.db")
+    with sqlite3.connect(target / "mlflow.db") as connection:  # the store names the original folder
+        for table, column in (
+            ("experiments", "artifact_location"),
+            ("runs", "artifact_uri"),
+            ("model_versions", "source"),
+            ("model_versions", "storage_location"),
+            ("logged_models", "artifact_location"),
+        ):
+            with contextlib.suppress(sqlite3.OperationalError):  # a column this MLflow version lacks
+                connection.execute(
+                    f"update {table} set {column} = replace({column}, ?, ?)", (str(trained), str(target))
+                )

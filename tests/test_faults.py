@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from factories import local_tracking, project_config, train_project
+from factories import copy_project, local_tracking, project_config, train_project
 from leadml import cli, sinks
 from leadml import schema as s
 from leadml.errors import ContractError, LeadmlError, NoModelError
@@ -57,21 +57,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def root(trained: Path, tmp_path: Path) -> Iterator[Path]:
     """A copy of the trained project (data, store, artifacts), so a test may break it."""
-    for name in ("data", "mlruns"):
-        shutil.copytree(trained / name, tmp_path / name)
-    shutil.copy(trained / "mlflow.db", tmp_path / "mlflow.db")
-    with sqlite3.connect(tmp_path / "mlflow.db") as connection:  # the store names the original folder
-        for table, column in (
-            ("experiments", "artifact_location"),
-            ("runs", "artifact_uri"),
-            ("model_versions", "source"),
-            ("model_versions", "storage_location"),
-            ("logged_models", "artifact_location"),
-        ):
-            with contextlib.suppress(sqlite3.OperationalError):  # a column this MLflow version lacks
-                connection.execute(
-                    f"update {table} set {column} = replace({column}, ?, ?)", (str(trained), str(tmp_path))
-                )
+    copy_project(trained, tmp_path)
     with local_tracking():
         yield tmp_path
 

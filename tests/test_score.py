@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from factories import local_tracking, project_config, train_project
+from factories import copy_project, local_tracking, project_config, train_project
 from leadml import schema as s
 from leadml import sinks
 from leadml.cli import run_score
@@ -56,29 +55,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def root(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the trained project, so each test scores into its own folders and store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for name in ("data", "mlruns"):
-        shutil.copytree(trained / name, tmp_path / name)
-    shutil.copy(trained / "mlflow.db", tmp_path / "mlflow.db")
-    _repoint_artifacts(tmp_path / "mlflow.db", trained, tmp_path)
+    copy_project(trained, tmp_path)
     return tmp_path
-
-
-def _repoint_artifacts(database: Path, old: Path, new: Path) -> None:
-    """The copied store still names the original artifact folder; point it at the copy."""
-    with sqlite3.connect(database) as connection:
-        for table, column in (
-            ("experiments", "artifact_location"),
-            ("runs", "artifact_uri"),
-            ("model_versions", "source"),
-            ("model_versions", "storage_location"),
-            ("logged_models", "artifact_location"),
-        ):
-            try:
-                connection.execute(
-                    f"update {table} set {column} = replace({column}, ?, ?)", (str(old), str(new))
-                )
-            except sqlite3.OperationalError:
-                continue  # a column this MLflow version does not have
 
 
 def _scored(root: Path, as_of: str = "latest", extra: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame]:

@@ -460,19 +460,28 @@ def production_model(registered_model: str, model_uri: str | None = None) -> tup
     return f"models:/{registered_model}@{CHAMPION}", version
 
 
-def load_scorer(model_uri: str) -> Any:
-    """The :class:`leadml.scorer.LeadScorer` inside a logged pyfunc."""
-    import mlflow
+@contextlib.contextmanager
+def _model_lookup(action: str, missing: str) -> Iterator[None]:
+    """An unreachable server inside becomes TrackingUnavailableError (exit 6), a model, version,
+    run or file that is not there NoModelError (exit 2) starting with ``missing``."""
     from mlflow.exceptions import MlflowException
 
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        yield
     except Exception as error:
         if _unreachable(error):
-            raise _unavailable(error, f"load model {model_uri}") from None
+            raise _unavailable(error, action) from None
         if isinstance(error, MlflowException | OSError):
-            raise NoModelError(f"cannot load model {model_uri}: {_first_line(error)}") from None
+            raise NoModelError(f"{missing}: {_first_line(error)}") from None
         raise
+
+
+def load_scorer(model_uri: str) -> Any:
+    """The :class:`leadml.scorer.LeadScorer` inside a logged pyfunc."""
+    import mlflow
+
+    with _model_lookup(f"load model {model_uri}", f"cannot load model {model_uri}"):
+        model = mlflow.pyfunc.load_model(model_uri)
     scorer = getattr(model.unwrap_python_model(), "scorer", None)
     if scorer is None:
         raise NoModelError(f"{model_uri} is not a leadml scorer")
@@ -485,18 +494,13 @@ def model_run(model_uri: str) -> dict[str, Any]:
     the ones the model was evaluated on)."""
     import mlflow
     import yaml
-    from mlflow.exceptions import MlflowException
 
-    try:
+    with _model_lookup(
+        f"read the training run of {model_uri}", f"cannot find the training run of {model_uri}"
+    ):
         run_id = mlflow.models.get_model_info(model_uri).run_id
         found = mlflow.get_run(run_id)
         config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    except Exception as error:
-        if _unreachable(error):
-            raise _unavailable(error, f"read the training run of {model_uri}") from None
-        if isinstance(error, MlflowException | OSError):
-            raise NoModelError(f"cannot find the training run of {model_uri}: {_first_line(error)}") from None
-        raise
     datasets = {}
     for dataset_input in found.inputs.dataset_inputs if found.inputs else ():
         tags = {tag.key: tag.value for tag in dataset_input.tags}
