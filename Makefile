@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install system-deps test train score report forecast backtest notebooks generate ingest features lint bench clean mlflow-ui
+.PHONY: help install system-deps test train score report forecast backtest export serve notebooks generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,16 @@ forecast: $(STAMP) ## funnel forecast: forward, reverse and capacity tables (aft
 
 backtest: $(STAMP) ## rolling backtest: train before each cutoff, test on the next period (make backtest ARGS=data=bank)
 	$(BIN)/leadml-backtest $(ARGS)
+
+export: $(STAMP) ## copy the champion to models/<name>-v<version>/ with MODEL_CARD.md and SHA256SUMS (after make train)
+	$(BIN)/leadml-export $(ARGS)
+
+# the newest export unless MODEL=models/<name>-v<version> is given
+MODEL ?= $(shell ls -dt models/*-v[0-9]* 2>/dev/null | head -n 1)
+PORT ?= 5001
+serve: $(STAMP) ## real-time endpoint on 127.0.0.1:5001 for the newest export (MODEL=models/<name>-v<n> PORT=...; after make export)
+	@test -n "$(MODEL)" || { echo "no exported model in models/: run make export first"; exit 2; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 notebooks: $(STAMP) ## run both notebooks on the trained project; executed copies in reports/notebooks/ (after make train)
 	@mkdir -p reports/notebooks

@@ -159,3 +159,12 @@ def copy_project(trained: Any, target: Any) -> None:
                 connection.execute(
                     f"update {table} set {column} = replace({column}, ?, ?)", (str(trained), str(target))
                 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the kernel's choice, released at once)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

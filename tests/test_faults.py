@@ -29,37 +29,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from factories import copy_project, local_tracking, project_config, train_project
+from factories import local_tracking
 from leadml import cli, sinks
 from leadml import schema as s
 from leadml.errors import ContractError, LeadmlError, NoModelError
 from leadml.sinks import RunInProgressError
 
-SMALL = {"synthetic.n_leads": 1500}
-OVERRIDES = [f"{key}={value}" for key, value in SMALL.items()]
+OVERRIDES: list[str] = []  # the shared project (conftest.trained_project): scoring needs no settings
 MODEL = "leadml-synthetic"
 LEADML_SCORE = Path(sys.executable).parent / "leadml-score"
 
 
-def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
-    return project_config(root, name, overrides, SMALL)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder with a champion trained on a small generated CRM."""
-    root = tmp_path_factory.mktemp("faults")
-    with local_tracking():
-        train_project(lambda stage: _cfg(root, stage))
-    return root
-
-
 @pytest.fixture
-def root(trained: Path, tmp_path: Path) -> Iterator[Path]:
-    """A copy of the trained project (data, store, artifacts), so a test may break it."""
-    copy_project(trained, tmp_path)
+def root(project_copy) -> Iterator[Path]:
+    """A copy of the shared trained project (data, store, artifacts), so a test may break it."""
     with local_tracking():
-        yield tmp_path
+        yield project_copy("faults")
 
 
 def leadml_score(root: Path, *overrides: str) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ import pytest
 
 from factories import local_tracking, project_config
 from leadml import schema as s
-from leadml.cli import run_features, run_generate, run_ingest, run_train
+from leadml.cli import run_train
 from leadml.evaluate import compare_models, tier_table
 from leadml.model_report import (
     RunInfo,
@@ -184,16 +184,14 @@ def test_report_pieces_and_escaping() -> None:
 
 # --------------------------------------------------------------------------- make train
 @pytest.fixture(scope="module")
-def trained_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict, str]:
-    """A project trained twice (the second run has a champion to compare with) and what train printed."""
-    root = tmp_path_factory.mktemp("model_report")
+def trained_twice(project_copy) -> tuple[Path, dict, dict, str]:
+    """A project trained twice (the second run has a champion to compare with) and what train printed:
+    the shared project's data (generated, ingested, featured), in a store of its own."""
+    root = project_copy("model_report", tracking=False)
     printed = io.StringIO()
-    with local_tracking():
-        for stage, run in (("generate", run_generate), ("ingest", run_ingest), ("features", run_features)):
-            run(_cfg(root, stage))
-        with contextlib.redirect_stdout(printed):
-            first = run_train(_cfg(root, "train"))
-            second = run_train(_cfg(root, "train"))
+    with local_tracking(), contextlib.redirect_stdout(printed):
+        first = run_train(_cfg(root, "train"))
+        second = run_train(_cfg(root, "train"))
     return root, first, second, printed.getvalue()
 
 

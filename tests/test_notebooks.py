@@ -15,15 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factories import (
-    activities_table,
-    at,
-    leads_table,
-    local_tracking,
-    outcomes_table,
-    project_config,
-    train_project,
-)
+from factories import activities_table, at, leads_table, outcomes_table
 from leadml import explore
 from leadml import schema as s
 from leadml.scorer import PROBABILITY
@@ -31,20 +23,13 @@ from leadml.scorer import PROBABILITY
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPLORE, DIAGNOSTICS = "01-explore-leads.ipynb", "02-model-diagnostics.ipynb"
 CELL_TIMEOUT = 300  # seconds per cell
-SMALL = {"synthetic.n_leads": 4000, "evaluation.shap_rows": 300, "model.n_estimators": 60}
-
-
-def _cfg(root: Path, name: str):
-    return project_config(root, name, (), SMALL)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder with generated, ingested, featured data and a champion in its own store."""
-    root = tmp_path_factory.mktemp("notebooks")
-    with local_tracking():
-        train_project(lambda stage: _cfg(root, stage))
-    return root
+def project(project_copy) -> Path:
+    """A project folder with generated, ingested, featured data and a champion in its own store
+    (a copy of the shared trained project, conftest.trained_project)."""
+    return project_copy("notebooks")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from factories import SMALL_PROJECT, local_tracking
 from leadml import model_report
 from leadml import schema as s
 from leadml.calibration import SigmoidCalibrator, fit_calibrator
-from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_score, run_train
+from leadml.cli import CONFIG_DIR, run_score, run_train
 from leadml.errors import LeadmlError, SettingsError
 from leadml.features import FeatureMeta
 from leadml.models import model_settings_from_mapping
@@ -276,11 +276,9 @@ def _cfg(root: Path, name: str, overrides: tuple[str, ...] = ()):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("points")
-    for stage, run in (("generate", run_generate), ("ingest", run_ingest), ("features", run_features)):
-        run(_cfg(root, stage))
-    return root
+def project(project_copy) -> Path:
+    """SMALL_PROJECT generated, ingested and featured (the shared project's data, no store or model)."""
+    return project_copy("points", tracking=False)
 
 
 def only(project: Path, features: set[str]) -> str:

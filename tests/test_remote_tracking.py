@@ -29,7 +29,7 @@ import pytest
 
 from factories import project_config
 from leadml import sinks, tracking
-from leadml.cli import run_features, run_generate, run_ingest, run_score, run_train
+from leadml.cli import run_score, run_train
 from leadml.errors import TrackingUnavailableError
 
 BIN = Path(sys.executable).parent
@@ -200,11 +200,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]
 
 
 @pytest.fixture(scope="module")
-def prepared(server: TrackingServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """generate, ingest and features (no tracking) while the server starts; then wait for it."""
-    root = tmp_path_factory.mktemp("remote-project")
-    for stage, run in (("generate", run_generate), ("ingest", run_ingest), ("features", run_features)):
-        run(_cfg(root, stage))
+def prepared(server: TrackingServer, project_copy) -> Path:
+    """The shared project's data, generated, ingested and featured (no tracking), copied while the
+    server starts; then wait for it."""
+    root = project_copy("remote-project", tracking=False)
     server.wait()
     return root
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factories import local_tracking, project_config, train_project
+from factories import local_tracking, project_config
 from leadml import schema as s
 from leadml import sinks
 from leadml.cli import run_score
@@ -26,11 +26,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
 ]
 
-SMALL = {
-    "synthetic.n_leads": 3000,
-    "model.n_jobs": 1,  # two cores shared with Spark's workers: no OpenMP threads fighting over them
-    "tiers": "capacity",  # thresholds from all of today's leads: the part no bucket can do alone
-}
+SMALL = {"tiers": "capacity"}  # thresholds from all of today's leads: the part no bucket can do alone
 DAYS = ("2025-11-17", "2025-12-01")  # the second run has a trend against the first
 REASONS = [f"{d}_reason_{i}" for d in ("positive", "negative") for i in (1, 2, 3)]
 
@@ -44,11 +40,11 @@ def _day(day: str) -> pd.Timestamp:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A champion trained on a small CRM, and the pandas engine's partitions of both days."""
-    root = tmp_path_factory.mktemp("spark")
+def project(project_copy) -> Iterator[Path]:
+    """A champion trained on a small CRM (a copy of the shared one, conftest.trained_project), and the
+    pandas engine's partitions of both days."""
+    root = project_copy("spark")
     with local_tracking():
-        train_project(lambda stage: _cfg(root, stage))
         for day in DAYS:
             run_score(_cfg(root, "score", [f"score.as_of={day}"]))
         yield root

@@ -95,8 +95,9 @@ def test_champion_pyfunc_scores_feature_rows(root: Path) -> None:
     run_train(_cfg(root))
     model = mlflow.pyfunc.load_model("models:/leadml-synthetic@champion")
     snapshots = pd.read_parquet(root / "data/features/synthetic/snapshots.parquet").head(50)
-    inputs = model.metadata.get_input_schema().input_names()
-    assert not set(s.PERSONAL_DATA_COLUMNS) & set(inputs)
+    # the signature names both request shapes (features, lead fields); no personal column in either
+    assert not set(s.PERSONAL_DATA_COLUMNS) & set(model.metadata.get_input_schema().input_names())
+    inputs = model.unwrap_python_model().scorer.feature_names
     frame = snapshots[inputs].copy()
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):

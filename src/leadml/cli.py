@@ -8,11 +8,12 @@ stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,10 @@ def run_score(cfg: DictConfig) -> dict[str, Any]:
         _echo(f"score: drift warning: {line}")
     sink = f"; {summary['sql_rows']:,} rows upserted to {cfg.score.sql.table}" if summary["sql_rows"] else ""
     _echo(f"score: wrote {summary['output']}{sink} ({summary['seconds']} s)")
-    _echo(f"score: run {summary['run_id']} in {summary['tracking_uri']}")
+    if summary["run_id"]:
+        _echo(f"score: run {summary['run_id']} in {summary['tracking_uri']}")
+    else:
+        _echo("score: not tracked in MLflow (score.track); the run's figures are in _scoring_run.json")
     return summary
 
 
@@ -310,6 +314,88 @@ def run_backtest(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+# --------------------------------------------------------------------------- export
+# config groups whose choice a training run may have made, data first (it may choose others)
+RECREATE_GROUPS = ("data", "model", "split", "calibration", "tiers", "features", "synthetic")
+
+
+def run_export(cfg: DictConfig) -> dict[str, Any]:
+    """Copy the champion (or export.version / export.alias) to models/<name>-v<version>/."""
+    from leadml.export import export_stage
+
+    summary = export_stage(_container(cfg), Path(cfg.paths.root), recreate=recreate_overrides)
+    aliases = ", ".join(f"@{alias}" for alias in summary["aliases"]) or "no alias"
+    _echo(
+        f"export: version {summary['version']} of {summary['registered_model']} ({aliases}), "
+        f"run {summary['run_id']} from {summary['tracking_uri']}"
+    )
+    _echo(f"export: {len(summary['files'])} files with SHA256SUMS; model card {summary['model_card']}")
+    _echo(f"export: wrote {summary['path']} ({summary['seconds']} s)")
+    return summary
+
+
+def recreate_overrides(logged: dict[str, Any]) -> list[str]:
+    """The ``leadml-train`` overrides that compose ``logged`` (a run's config.yaml) again.
+
+    Group choices are found by composing each option and keeping the one that leaves the
+    fewest differences; the remaining differences become ``key=value`` overrides.
+    """
+    from leadml.model_card import recreate_overrides as differences
+    from leadml.model_card import unshared_keys
+
+    base = [f"paths.root={(logged.get('paths') or {}).get('root', '.')}"]
+    composed: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def compose(overrides: list[str]) -> dict[str, Any]:
+        key = tuple(overrides)
+        if key not in composed:
+            composed[key] = _composed("train", base + overrides)
+        return composed[key]
+
+    def distance(overrides: list[str]) -> int:  # differing values plus keys on one side only
+        candidate = compose(overrides)
+        return len(differences(logged, candidate)) + len(unshared_keys(logged, candidate))
+
+    chosen: list[str] = []
+    with _hydra_context():
+        for group in RECREATE_GROUPS:
+            options = sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+            if len(options) < 2 or logged.get(group) == compose(chosen).get(group):
+                continue  # nothing to choose, or the current choice gives this section already
+            best = min(options, key=lambda option: distance([*chosen, f"{group}={option}"]))
+            if distance([*chosen, f"{group}={best}"]) < distance(chosen):
+                chosen.append(f"{group}={best}")
+        overrides = differences(logged, compose(chosen), chosen)
+        left = differences(logged, compose(overrides))
+    if left:  # a value the override grammar cannot carry: the card says the command is not enough
+        logger.warning("the re-create command misses %s", left)
+        overrides.append("# and as in the run's config.yaml: " + " ".join(left))
+    return overrides
+
+
+@contextlib.contextmanager
+def _hydra_context() -> Iterator[None]:
+    """Hydra's config search as the entry points set it up (already there inside one of them)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            yield
+
+
+def _composed(config_name: str, overrides: list[str]) -> dict[str, Any]:
+    """A config composed as the entry points do (inside one of them or from a test or notebook)."""
+    from hydra import compose
+
+    with _hydra_context():
+        values = _container(compose(config_name, overrides))
+    values.pop("hydra", None)
+    return values
+
+
 # --------------------------------------------------------------------------- wrappers
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
@@ -333,3 +419,4 @@ score = _entry_point("score", run_score)
 report = _entry_point("report", run_report)
 forecast = _entry_point("forecast", run_forecast)
 backtest = _entry_point("backtest", run_backtest)
+export = _entry_point("export", run_export)

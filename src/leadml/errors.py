@@ -43,6 +43,12 @@ class TrackingUnavailableError(LeadmlError):
     exit_code = 6
 
 
+class ModelIntegrityError(NoModelError):
+    """An exported model folder differs from its checksums: a file was changed, removed or added."""
+
+    exit_code = 8
+
+
 class SettingsError(LeadmlError, ValueError):
     """A config section names a setting that does not exist (a typo must not be ignored)."""
 

@@ -453,6 +453,7 @@ class ReportFiles:
 def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     """Read a scored run and everything around it; write the HTML report and the ranked CSV."""
     from leadml import html, plots, tracking
+    from leadml.export import local_model_folder
     from leadml.stages import SCORING_RUN_RECORD, read_interim
 
     report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
@@ -467,10 +468,14 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     floor_tier = str(record.get("floor_tier") or "D")
     tiers = tier_order(thresholds, floor_tier, frame["tier"].unique())
 
-    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-    tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
     version = str(frame["model_version"].iloc[0]) if "model_version" in frame.columns and len(frame) else ""
     model_uri = f"models:/{mlflow_cfg['registered_model']}/{version}" if version.isdigit() else version
+    scored_with = str(record.get("model_uri") or "")
+    if scored_with and local_model_folder(scored_with) is not None:
+        model_uri = scored_with  # scored offline from an exported folder: no tracking server needed
+    else:
+        uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+        tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
     scorer = tracking.load_scorer(model_uri)
     horizon = int((scorer.feature_settings or {}).get("horizon_days", 90))
 

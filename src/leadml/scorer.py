@@ -35,6 +35,9 @@ class LeadScorer:
     feature_settings: dict[str, Any] | None = None
     # training-window distributions of every feature and of the score, for drift (PSI) checks
     reference: dict[str, Any] = field(default_factory=dict)
+    # tiers of the test window's evaluation: {method, thresholds (probability minimum per tier),
+    # floor_tier, note}; what the served model tiers one lead with
+    tiers: dict[str, Any] = field(default_factory=dict)
     # built on first use from the booster; never pickled (the tables are large and cheap to rebuild)
     _fast_explainer: Any = field(default=None, init=False, repr=False, compare=False)
 

@@ -112,6 +112,10 @@ def explanation_columns(
     for direction, sign in (("positive", 1.0), ("negative", -1.0)):
         order = np.argsort(-sign * summed, axis=1, kind="stable")[:, :N_REASONS]
         for rank in range(N_REASONS):
+            if rank >= order.shape[1]:  # fewer columns than reasons: the rest stay empty
+                out[f"{direction}_reason_{rank + 1}"] = None
+                out[f"{direction}_contribution_{rank + 1}"] = np.nan
+                continue
             group_index = order[:, rank]
             contribution = summed[np.arange(len(summed)), group_index]
             useful = sign * contribution > 0

@@ -306,7 +306,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
 
     from leadml import html, model_report, tracking
     from leadml.points import POINTS as POINTS_MODEL
-    from leadml.scorer import as_model_input
+    from leadml.serving import feature_example
     from leadml.train import (
         BASELINE_LOGREG,
         BASELINE_POINTS,
@@ -377,9 +377,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             tracking.log_figure(figure, f"plots/{model_report.CHART_ARTIFACTS[chart]}.png")
 
         names = result.scorer.feature_names
-        example = as_model_input(result.test.head(5), names)
-        signature = tracking.infer_signature(example, result.scorer.predict(example))
-        model_uri = tracking.log_model(tracking.scorer_pyfunc(result.scorer), "model", signature, example)
+        example = feature_example(result.scorer, result.test.head(5))
+        model_uri = tracking.log_model(result.scorer, "model", example)
         version = tracking.register(model_uri, model_name)
 
         champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
@@ -494,7 +493,7 @@ def _rescore_champion(
     from leadml.scorer import as_model_input
 
     try:
-        champion = tracking.load_pyfunc(f"models:/{model_name}/{version}")
+        champion = tracking.load_scorer(f"models:/{model_name}/{version}")
         predicted = champion.predict(as_model_input(test, names))
     except TrackingUnavailableError:
         raise  # not "the champion cannot score": nobody could tell
@@ -565,6 +564,23 @@ def _emptied_columns(features: pd.DataFrame, scorer: Any, max_training_missing: 
     return emptied
 
 
+def scoring_tracked(score_cfg: Mapping[str, Any]) -> bool:
+    """Whether the scoring run is logged to MLflow (``score.track``).
+
+    ``auto``: yes for a model from the registry or a run; no for an exported folder
+    (``score.model_uri=models/<name>-v<n>``), which scores where no tracking server is
+    reachable. The run's figures are in ``scoring_run.json`` beside the rows either way.
+    """
+    from leadml.export import local_model_folder
+
+    track = score_cfg.get("track", "auto")
+    if track == "auto":
+        return local_model_folder(str(score_cfg.get("model_uri") or "models:/")) is None
+    if isinstance(track, bool):
+        return track
+    raise LeadmlError(f"score.track must be auto, true or false, got {track!r}")
+
+
 def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Score every open lead as of the run date with the production model; write, sink and track it.
 
@@ -586,7 +602,9 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
         sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-    tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
+    tracked = scoring_tracked(score_cfg)
+    if tracked:
+        tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
     model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
     scorer = tracking.load_scorer(model_uri)
 
@@ -663,23 +681,32 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         **{f"tier.{tier}": int(count) for tier, count in tier_counts.items()},
         **{f"psi.{name}": value for name, value in psi_features.items()},
     }
-    run_id = tracking.log_scoring_run(
-        run_name=f"score-{as_of:%Y-%m-%d}",
-        params={
-            "as_of": f"{as_of:%Y-%m-%d}",
-            "model_uri": model_uri,
-            "model_version": version,
-            "engine": engine,
-            "buckets": outcome.buckets,
-            "explain": score_cfg["explain"],
-            "explainer": score_cfg.get("explainer") or "fast",
-            "tiers": dict(cfg["tiers"]),
-            "output": str(written_to),
-        },
-        metrics=metrics,
-        tables={"psi.csv": pd.DataFrame({"feature": list(psi_features), "psi": list(psi_features.values())})},
-        records={"warnings.json": {"drift": warnings, "unseen_categories": unseen}, "ingest.json": ingested},
-        tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
+    run_id = (
+        None
+        if not tracked
+        else tracking.log_scoring_run(
+            run_name=f"score-{as_of:%Y-%m-%d}",
+            params={
+                "as_of": f"{as_of:%Y-%m-%d}",
+                "model_uri": model_uri,
+                "model_version": version,
+                "engine": engine,
+                "buckets": outcome.buckets,
+                "explain": score_cfg["explain"],
+                "explainer": score_cfg.get("explainer") or "fast",
+                "tiers": dict(cfg["tiers"]),
+                "output": str(written_to),
+            },
+            metrics=metrics,
+            tables={
+                "psi.csv": pd.DataFrame({"feature": list(psi_features), "psi": list(psi_features.values())})
+            },
+            records={
+                "warnings.json": {"drift": warnings, "unseen_categories": unseen},
+                "ingest.json": ingested,
+            },
+            tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
+        )
     )
     sql = score_cfg.get("sql") or {}  # after the run is tracked: a run that cannot be, sinks nothing
     sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
@@ -696,7 +723,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         "warnings": warnings,
         "unseen": unseen,
         "run_id": run_id,
-        "tracking_uri": tracking.masked_uri(uri),
+        "tracking_uri": tracking.masked_uri(uri) if tracked else None,
         "seconds": seconds,
     }
     run_record = {

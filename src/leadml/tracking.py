@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ def resolve_tracking_uri(configured: str | None, root: Path) -> str:
 
 
 def _quiet_mlflow() -> None:
+    # MLflow draws a progress bar for every artifact it downloads (a model, a run's JSON file)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic", "sqlalchemy.engine"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     warnings.filterwarnings("ignore", module="mlflow")
@@ -356,26 +358,38 @@ def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, contex
 
 
 @_tracked("log the model")
-def log_model(python_model: Any, name: str, signature: Any, input_example: pd.DataFrame) -> str:
-    """Log a pyfunc and return its model URI."""
+def log_model(scorer: Any, name: str, example: pd.DataFrame) -> str:
+    """Log ``scorer`` as the leadml pyfunc (``leadml.pyfunc``) and return its model URI.
+
+    Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
+    signature of both request shapes and ``example`` (features shape) as the input example.
+    """
+    import tempfile
+
     import mlflow
 
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=python_model,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=_requirements(),
-    )
+    from leadml.pyfunc import LeadScorerModel, signature
+    from leadml.serving import MODEL_INFO_ARTIFACT, write_model_info
+
+    with tempfile.TemporaryDirectory() as folder:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=LeadScorerModel(scorer),
+            artifacts={MODEL_INFO_ARTIFACT: str(write_model_info(scorer, Path(folder)))},
+            signature=signature(scorer, example),
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
     return info.model_uri
 
 
 def _requirements() -> list[str]:
+    """What the pickle needs: leadml itself (installed from its repository) and its runtime packages."""
     from importlib.metadata import version
 
     return [
         f"{package}=={version(package)}"
-        for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "pyarrow", "mlflow")
+        for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "numba", "pyarrow", "mlflow")
     ]
 
 
@@ -414,13 +428,6 @@ def version_by_alias(name: str, alias: str) -> str | None:
         return None
 
 
-@_tracked("load a model")
-def load_pyfunc(model_uri: str) -> Any:
-    import mlflow
-
-    return mlflow.pyfunc.load_model(model_uri)
-
-
 @_tracked("set run tags")
 def set_tags(tags: Mapping[str, str]) -> None:
     import mlflow
@@ -428,29 +435,17 @@ def set_tags(tags: Mapping[str, str]) -> None:
     mlflow.set_tags(dict(tags))
 
 
-def scorer_pyfunc(scorer: Any) -> Any:
-    """Wrap a :class:`leadml.scorer.LeadScorer` as an MLflow pyfunc model."""
-    import mlflow.pyfunc
-
-    class LeadScorerModel(mlflow.pyfunc.PythonModel):
-        def __init__(self, wrapped: Any) -> None:
-            self.scorer = wrapped
-
-        def predict(
-            self, context: Any, model_input: pd.DataFrame, params: dict | None = None
-        ) -> pd.DataFrame:
-            return self.scorer.predict(model_input)
-
-    return LeadScorerModel(scorer)
-
-
 def production_model(registered_model: str, model_uri: str | None = None) -> tuple[str, str]:
     """(model URI, version label) of the model to score with: ``model_uri`` or the champion.
 
-    ``model_uri`` may be ``models:/name/3``, ``models:/name@alias`` or ``runs:/<id>/model``.
+    ``model_uri`` may be ``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model`` or an
+    exported folder (``models/<name>-v3``, labelled with the version it was exported from).
     """
     if model_uri:
-        return model_uri, model_uri
+        from leadml.export import exported_version, local_model_folder
+
+        folder = local_model_folder(str(model_uri))
+        return str(model_uri), (exported_version(folder) if folder else None) or str(model_uri)
     version = version_by_alias(registered_model, CHAMPION)
     if version is None:
         raise NoModelError(
@@ -477,15 +472,70 @@ def _model_lookup(action: str, missing: str) -> Iterator[None]:
 
 
 def load_scorer(model_uri: str) -> Any:
-    """The :class:`leadml.scorer.LeadScorer` inside a logged pyfunc."""
+    """The :class:`leadml.scorer.LeadScorer` inside a logged pyfunc or an exported folder.
+
+    An exported folder is checked against its ``SHA256SUMS`` first and never needs the
+    tracking server; a modified one raises :class:`~leadml.errors.ModelIntegrityError`.
+    """
     import mlflow
 
+    from leadml.export import local_model_folder, verify_folder
+
+    folder = local_model_folder(model_uri)
+    if folder is not None:
+        verify_folder(folder)
     with _model_lookup(f"load model {model_uri}", f"cannot load model {model_uri}"):
         model = mlflow.pyfunc.load_model(model_uri)
     scorer = getattr(model.unwrap_python_model(), "scorer", None)
     if scorer is None:
         raise NoModelError(f"{model_uri} is not a leadml scorer")
     return scorer
+
+
+@_tracked("download the model")
+def download_model(model_uri: str, target: Path) -> Path:
+    """The registry's files of ``model_uri`` copied into ``target`` (a new folder); returns it."""
+    import mlflow
+
+    target.mkdir(parents=True)
+    with _model_lookup(f"download model {model_uri}", f"cannot download model {model_uri}"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+
+
+@_tracked("read a model version")
+def version_details(name: str, version: str) -> dict[str, Any]:
+    """Aliases, run and registration time of one registered version."""
+    from mlflow import MlflowClient
+
+    with _model_lookup(f"read version {version} of {name}", f"no version {version} of {name}"):
+        found = MlflowClient().get_model_version(name, str(version))
+    created = pd.Timestamp(int(found.creation_timestamp), unit="ms", tz="UTC").isoformat()
+    return {"aliases": sorted(found.aliases or []), "run_id": found.run_id, "created_at": created}
+
+
+@_tracked("read the training run's artifacts")
+def run_artifacts(run_id: str, names: Sequence[str]) -> dict[str, Any]:
+    """The run's JSON artifacts parsed, CSV ones as frames, others as text; absent ones left out."""
+    import io
+    import json
+
+    import mlflow
+
+    found: dict[str, Any] = {}
+    for name in names:
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+        except Exception as error:
+            if _unreachable(error):
+                raise _unavailable(error, f"read {name} of run {run_id}") from None
+            continue  # an older run without this artifact
+        if name.endswith(".json"):
+            found[name] = json.loads(text)
+        elif name.endswith(".csv"):
+            found[name] = pd.read_csv(io.StringIO(text))
+        else:
+            found[name] = text
+    return found
 
 
 def model_run(model_uri: str) -> dict[str, Any]:

@@ -85,6 +85,16 @@ class TrainingResult:
     points: dict[str, Any] = field(default_factory=dict)
 
 
+def _tier_note(tier_settings: Mapping[str, Any], points_sheet: bool) -> str:
+    """How the stored thresholds came about, for the model card and the served model."""
+    if points_sheet:
+        return "the points sheet's tiers (data.points.tiers), each minimum mapped to a probability"
+    if tier_settings.get("method") == "capacity":
+        shares = ", ".join(f"{k} top {float(v):.0%}" for k, v in dict(tier_settings["shares"]).items())
+        return f"capacity shares ({shares}) of the test window's leads, fixed as probabilities"
+    return "fixed probability minimums (conf/tiers)"
+
+
 def train_and_evaluate(
     snapshots: pd.DataFrame,
     metadata: Mapping[str, FeatureMeta],
@@ -206,6 +216,12 @@ def train_and_evaluate(
             n_boot=evaluation["bootstrap"],
             groups=test[s.LEAD_ID].to_numpy(),
         )
+    scorer.tiers = {
+        "method": str(tier_settings.get("method") or "probability"),
+        "thresholds": {str(k): float(v) for k, v in (point_thresholds or thresholds).items()},
+        "floor_tier": floor_tier,
+        "note": _tier_note(tier_settings, bool(point_thresholds and getattr(model, "tiers", None))),
+    }
     lap("evaluate")
 
     shap_importance, shap_sample = None, None
