@@ -17,11 +17,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from factories import free_port
 
 SERVER_USER = "postgres"
 DATABASE = "leadml"
@@ -55,12 +56,6 @@ def server_binaries() -> Path | None:
 
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _as_server_user() -> list[str]:
@@ -129,7 +124,7 @@ def postgres_cluster() -> Iterator[str]:
             "initdb",
         )  # fmt: skip
         for _attempt in range(3):  # another process may take the free port before the server binds it
-            port = _free_port()
+            port = free_port()
             options = f"-p {port} -k {folder} {_SERVER_SETTINGS}"
             try:
                 _run(

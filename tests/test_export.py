@@ -129,7 +129,7 @@ def test_recreate_command_composes_the_runs_config_again(exported) -> None:
     import yaml
 
     from leadml.cli import _composed
-    from leadml.model_card import recreate_overrides as differences
+    from leadml.model_card import config_differences as differences
 
     root, summary = exported
     run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary["run_id"])

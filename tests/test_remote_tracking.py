@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from factories import project_config
+from factories import free_port, project_config
 from leadml import sinks, tracking
 from leadml.cli import run_score, run_train
 from leadml.errors import TrackingUnavailableError
@@ -45,12 +45,6 @@ TRAIN = ["prepare=never", "model.n_jobs=1"]  # one thread: two cores shared with
 START_TIMEOUT = 180.0  # seconds: the server imports all of MLflow, slow on a busy machine
 
 pytestmark = pytest.mark.skipif(not MLFLOW.exists(), reason=f"no mlflow executable at {MLFLOW}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TrackingServer:
@@ -73,7 +67,7 @@ class TrackingServer:
 
     def start(self, port: int | None = None) -> None:
         """Launch it (same store and artifacts every time); :meth:`wait` for it to answer."""
-        self.port, self.starts = port or _free_port(), self.starts + 1
+        self.port, self.starts = port or free_port(), self.starts + 1
         command = [
             str(MLFLOW), "server",
             "--backend-store-uri", f"sqlite:///{self.store}",

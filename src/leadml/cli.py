@@ -340,7 +340,7 @@ def recreate_overrides(logged: dict[str, Any]) -> list[str]:
     Group choices are found by composing each option and keeping the one that leaves the
     fewest differences; the remaining differences become ``key=value`` overrides.
     """
-    from leadml.model_card import recreate_overrides as differences
+    from leadml.model_card import config_differences as differences
     from leadml.model_card import unshared_keys
 
     base = [f"paths.root={(logged.get('paths') or {}).get('root', '.')}"]

@@ -57,11 +57,13 @@ def folder_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def write_checksums(folder: Path) -> Path:
-    lines = [f"{digest}  {name}\n" for name, digest in folder_digests(folder).items()]
-    path = folder / CHECKSUMS
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+def write_checksums(folder: Path) -> dict[str, str]:
+    """Write ``SHA256SUMS`` of every other file in ``folder``; returns what it lists."""
+    digests = folder_digests(folder)
+    (folder / CHECKSUMS).write_text(
+        "".join(f"{d}  {name}\n" for name, d in digests.items()), encoding="utf-8"
+    )
+    return digests
 
 
 def read_checksums(path: Path) -> dict[str, str]:
@@ -199,8 +201,7 @@ def export_stage(
         )
         (staging / MODEL_CARD).write_text(model_card.render(facts, cfg), encoding="utf-8")
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        write_checksums(staging)
-        verify_folder(staging)
+        listed = write_checksums(staging)
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -211,7 +212,7 @@ def export_stage(
         "version": version,
         "aliases": record["aliases"],
         "run_id": run["run_id"],
-        "files": sorted(folder_digests(target)),
+        "files": sorted(listed),
         "model_card": str(target / MODEL_CARD),
         "tracking_uri": tracking.masked_uri(uri),
         "seconds": round(time.perf_counter() - started, 2),

@@ -542,7 +542,7 @@ def _quoted(override: str) -> str:
     return "'" + override.replace("'", "'\\''") + "'"
 
 
-def recreate_overrides(
+def config_differences(
     logged: Mapping[str, Any], defaults: Mapping[str, Any], groups: Iterable[str] = ()
 ) -> list[str]:
     """``key=value`` overrides that turn ``defaults`` into ``logged`` (group choices first).

@@ -517,10 +517,11 @@ def model_info(scorer: LeadScorer) -> dict[str, Any]:
     """What travels beside the pickle as JSON: readable without unpickling."""
     from importlib.metadata import version
 
+    tiers = Tiers.of(scorer)
     return {
         "leadml_version": version("leadml"),
         "features": list(scorer.feature_names),
-        "tiers": {"thresholds": dict(Tiers.of(scorer).thresholds), "floor_tier": Tiers.of(scorer).floor_tier},
+        "tiers": {"thresholds": dict(tiers.thresholds), "floor_tier": tiers.floor_tier},
         "lead_fields": lead_fields(scorer),
         "feature_settings": getattr(scorer, "feature_settings", None),
     }

@@ -569,13 +569,14 @@ def scoring_tracked(score_cfg: Mapping[str, Any]) -> bool:
 
     ``auto``: yes for a model from the registry or a run; no for an exported folder
     (``score.model_uri=models/<name>-v<n>``), which scores where no tracking server is
-    reachable. The run's figures are in ``scoring_run.json`` beside the rows either way.
+    reachable. The run's figures are in ``_scoring_run.json`` beside the rows either way.
     """
     from leadml.export import local_model_folder
 
     track = score_cfg.get("track", "auto")
     if track == "auto":
-        return local_model_folder(str(score_cfg.get("model_uri") or "models:/")) is None
+        model_uri = score_cfg.get("model_uri")
+        return not model_uri or local_model_folder(str(model_uri)) is None
     if isinstance(track, bool):
         return track
     raise LeadmlError(f"score.track must be auto, true or false, got {track!r}")
@@ -681,10 +682,9 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         **{f"tier.{tier}": int(count) for tier, count in tier_counts.items()},
         **{f"psi.{name}": value for name, value in psi_features.items()},
     }
-    run_id = (
-        None
-        if not tracked
-        else tracking.log_scoring_run(
+    run_id = None
+    if tracked:
+        run_id = tracking.log_scoring_run(
             run_name=f"score-{as_of:%Y-%m-%d}",
             params={
                 "as_of": f"{as_of:%Y-%m-%d}",
@@ -707,7 +707,6 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
             },
             tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
         )
-    )
     sql = score_cfg.get("sql") or {}  # after the run is tracked: a run that cannot be, sinks nothing
     sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
     summary = {

@@ -384,7 +384,7 @@ def log_model(scorer: Any, name: str, example: pd.DataFrame) -> str:
 
 
 def _requirements() -> list[str]:
-    """What the pickle needs: leadml itself (installed from its repository) and its runtime packages."""
+    """The packages the pickle needs besides leadml itself (installed from its repository)."""
     from importlib.metadata import version
 
     return [
