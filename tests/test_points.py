@@ -217,7 +217,7 @@ def test_the_model_and_a_scorer_around_it_pickle(model) -> None:
     again = pickle.loads(pickle.dumps(model))
     assert again.predict_margin(test) == pytest.approx(model.predict_margin(test))
     scorer = LeadScorer(model, SigmoidCalibrator(1.0, 0.0), model.feature_names)
-    assert not scorer.can_explain  # scoring runs without reasons, as for the logistic model
+    assert not scorer.can_explain  # scoring runs without reasons
     restored = pickle.loads(pickle.dumps(scorer))
     assert restored.predict(test)["probability"].to_numpy() == pytest.approx(
         scorer.predict(test)["probability"].to_numpy()

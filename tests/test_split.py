@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from leadml import schema as s
 from leadml.errors import LeadmlError
-from leadml.split import SplitSettings, latest_rows, split_snapshots, split_summary, split_with_report
+from leadml.split import (
+    RANDOM_FALLBACK_NOTE,
+    SplitSettings,
+    latest_rows,
+    resolve_split,
+    split_snapshots,
+    split_summary,
+    split_with_report,
+)
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -253,3 +261,132 @@ def test_latest_rows_keep_whole_dates_order_or_row_order() -> None:
     assert list(latest_rows(pd.DataFrame({"x": range(10)}), 0.25)["x"]) == [7, 8, 9]
     with pytest.raises(LeadmlError, match="latest share"):
         latest_rows(ordered, 0)
+
+
+# --------------------------------------------------------------------------- exact copies (dup_group)
+def flat_rows_with_copies(n_groups: int = 600, seed: int = 0) -> pd.DataFrame:
+    """One row per lead (a flat table); groups of 1 to 4 exact copies spread over the whole file."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([1, 1, 1, 2, 3, 4], n_groups)
+    group = np.repeat(np.arange(n_groups), sizes)
+    rng.shuffle(group)  # copies of one row lie anywhere in the file
+    label = (rng.random(n_groups) < 0.3).astype("int8")[group]
+    frame = pd.DataFrame(
+        {
+            s.LEAD_ID: [str(i + 1) for i in range(len(group))],
+            s.ORDER_KEY: np.arange(len(group), dtype="float64") + 1,
+            s.AS_OF: (START + pd.to_timedelta(rng.integers(0, 730, len(group)), unit="D")).as_unit("ns"),
+            s.LABEL: label,
+            "x": rng.normal(size=n_groups)[group],
+        }
+    )
+    first_row = pd.Series(np.arange(len(group))).groupby(group).transform("min").to_numpy()
+    frame.insert(1, s.DUP_GROUP, frame[s.LEAD_ID].to_numpy()[first_row])
+    return frame
+
+
+def _windows_per_group(result) -> pd.Series:
+    kept = pd.concat([part.assign(window=name) for name, part in result.parts.items()])
+    return kept.groupby(s.DUP_GROUP)["window"].nunique()
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        SplitSettings(kind="time", test_months=4, calibration_months=4),
+        SplitSettings(kind="time", test_months=4, calibration_months=4, gap_days=20),
+        SplitSettings(kind="order"),
+        SplitSettings(kind="random", allow_random_with_time=True),
+    ],
+    ids=["time", "time-gap", "order", "random"],
+)
+def test_exact_copies_never_straddle_a_window_boundary(settings_: SplitSettings) -> None:
+    frame = flat_rows_with_copies()
+    result = split_with_report(frame, settings_)
+    assert (_windows_per_group(result) == 1).all()
+    kept = sum(len(part) for part in result.parts.values())
+    dropped = sum(result.purged_rows.values()) + sum(result.duplicate_rows.values())
+    assert kept + dropped + result.gap_rows + result.later_rows == len(frame)
+    assert sum(result.purged_rows.values()) == 0  # one row per lead: only copies are dropped
+    if settings_.kind == "random":
+        assert kept == len(frame) and sum(result.duplicate_rows.values()) == 0
+        return
+    assert result.duplicate_rows["train"] == 0  # nothing is moved back in time
+    assert result.duplicate_rows["calibration"] > 0 and result.duplicate_rows["test"] > 0
+    # a group is kept in the window of its first row (by as_of or order_key), and only there
+    column = s.AS_OF if settings_.kind == "time" else s.ORDER_KEY
+    first = frame.groupby(s.DUP_GROUP)[column].min()
+    for part in result.parts.values():
+        kept_first = part.groupby(s.DUP_GROUP)[column].min()
+        assert (kept_first == first.loc[kept_first.index]).all()
+
+
+def test_copies_dropped_from_a_later_window_are_counted_apart_from_purged_leads() -> None:
+    frame = pd.DataFrame(
+        {
+            s.LEAD_ID: ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+            s.DUP_GROUP: ["1", "2", "3", "1", "5", "6", "3", "8", "1", "6"],
+            s.ORDER_KEY: np.arange(10, dtype="float64"),
+            s.LABEL: np.array([1, 0, 1, 1, 1, 1, 1, 1, 1, 1], "int8"),
+        }
+    )
+    result = split_with_report(
+        frame, SplitSettings(kind="order", test_fraction=0.3, calibration_fraction=0.3)
+    )
+    assert sorted(result.parts["train"][s.LEAD_ID]) == ["1", "2", "3", "4"]  # 4 is a copy of 1: same window
+    assert sorted(result.parts["calibration"][s.LEAD_ID]) == ["5", "6"]  # 7 copies 3 (train): dropped
+    assert sorted(result.parts["test"][s.LEAD_ID]) == ["8"]  # 9 copies 1, 10 copies 6: dropped
+    assert result.duplicate_rows == {"train": 0, "calibration": 1, "test": 2}
+    assert result.purged_rows == {"train": 0, "calibration": 0, "test": 0}
+
+
+def test_random_split_draws_groups_of_copies_whole_and_groups_of_one_like_leads() -> None:
+    frame = flat_rows_with_copies(n_groups=2000).drop(columns=[s.AS_OF, s.ORDER_KEY])
+    result = split_with_report(frame, SplitSettings(kind="random"))
+    assert (_windows_per_group(result) == 1).all()
+    assert 0.15 < len(result.parts["test"]) / len(frame) < 0.25
+    # every row its own group: the same draw as by lead without the column
+    alone = frame.assign(**{s.DUP_GROUP: frame[s.LEAD_ID]})
+    by_group = split_snapshots(alone, SplitSettings(kind="random"))
+    by_lead = split_snapshots(frame.drop(columns=[s.DUP_GROUP]), SplitSettings(kind="random"))
+    for name, part in by_lead.items():
+        assert by_group[name][s.LEAD_ID].tolist() == part[s.LEAD_ID].tolist()
+
+
+# --------------------------------------------------------------------------- resolve_split
+def _columns(*names: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=[s.LEAD_ID, s.LABEL, *names])
+
+
+def test_resolve_split_keeps_settings_the_snapshots_allow() -> None:
+    for settings_, frame in [
+        (SplitSettings(), _columns(s.AS_OF)),
+        (SplitSettings(kind="order"), _columns(s.ORDER_KEY)),
+        (SplitSettings(kind="random"), _columns()),
+        (SplitSettings(kind="random"), _columns(s.AS_OF)),  # split_with_report refuses it, as ever
+        (SplitSettings(kind="order"), _columns(s.AS_OF)),  # an explicit order: split_with_report says why
+    ]:
+        assert resolve_split(frame, settings_) == (settings_, None)
+
+
+def test_resolve_split_falls_back_to_order_then_random_with_a_note() -> None:
+    default = SplitSettings(test_months=2, seed=4)
+    settings_, note = resolve_split(_columns(s.ORDER_KEY), default)
+    assert settings_.kind == "order" and settings_.seed == 4 and settings_.test_months == 2
+    assert note is not None and note.startswith("no time column (data.contract.time): split by the order")
+    assert "the last 20% of rows by order_key are the test window" in note
+    for settings_ in (default, SplitSettings(kind="order")):
+        resolved, note = resolve_split(_columns(), settings_)
+        assert resolved.kind == "random" and resolved.test_fraction == settings_.test_fraction
+        assert note == (
+            "no time or order column (data.contract.time / order): random split by lead, so the test "
+            "figures are not out of time"
+        )
+        assert note == RANDOM_FALLBACK_NOTE
+
+
+def test_resolve_split_refuses_explicit_test_bounds_it_cannot_keep() -> None:
+    with pytest.raises(LeadmlError, match=r"test_end need split.kind=time, but the data has no time column"):
+        resolve_split(_columns(s.ORDER_KEY), SplitSettings(test_start="2024-01-01", test_end="2024-02-01"))
+    with pytest.raises(LeadmlError, match="but the data has no time or order column"):
+        resolve_split(_columns(), SplitSettings(kind="order", test_start=10.0))

@@ -1,8 +1,8 @@
 """Nightly scoring in bounded memory (the pandas engine), and what it shares with the Spark engine.
 
 Both engines score leads in buckets split by a hash of the lead id. Every figure of a
-lead (features, probability, exact TreeSHAP reasons, sub-scores, expected value)
-depends on that lead only, so a bucket computes it exactly as the whole table would.
+lead (features, probability, exact reasons, sub-scores, expected value) depends on
+that lead only, so a bucket computes it exactly as the whole table would.
 What depends on all of today's leads is done once, globally: the percentile and the
 tier thresholds from the probabilities of every bucket, and the model-input check and
 drift from small additive per-bucket summaries. A second pass finishes every bucket's

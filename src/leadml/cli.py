@@ -96,6 +96,9 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
             f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
             f"{report['quarantined_rows']:,} quarantined"
         )
+        duplicates = report.get("duplicates") or {}
+        if duplicates.get("rows") or duplicates.get("conflicting_rows"):
+            _echo(f"ingest {table}: {duplicates['sentence']}")
     _echo(f"ingest: wrote {cfg.output_dir}")
     return summary
 

@@ -441,7 +441,7 @@ def segment_calibration(predicted: pd.DataFrame, by: str = s.SOURCE) -> pd.DataF
 def explain_sample(
     scorer: LeadScorer, rows: pd.DataFrame, n: int = 2000, seed: int = 0
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Exact TreeSHAP values (rows x features, log-odds) of a random sample of ``rows`` and its features.
+    """Exact SHAP values (rows x features, log-odds) of a random sample of ``rows`` and its features.
 
     What ``evaluate.grouped_shap_importance`` and ``plots.shap_beeswarm_figure`` take.
     """

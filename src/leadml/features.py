@@ -627,15 +627,21 @@ def metadata_to_json(meta: Mapping[str, FeatureMeta]) -> list[dict[str, Any]]:
     return [asdict(m) for m in meta.values()]
 
 
+# the columns of a flat table's snapshots that are not features
+FLAT_KEY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL, s.DUP_GROUP)
+
+
 def flat_snapshots(
     table: pd.DataFrame, personal: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> pd.DataFrame:
     """Training rows of a one-row-per-lead table: its columns are the features as they are.
 
     Personal-data columns are removed; text columns become categoricals and nullable
-    integers or booleans become floats, which is what the models consume.
+    integers or booleans become floats, which is what the models consume. The key columns
+    (:data:`FLAT_KEY_COLUMNS`: lead id, as_of or order_key, label and, for a table with exact
+    duplicate rows, dup_group) are kept as they are and are not features.
     """
-    keys = [c for c in (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL) if c in table.columns]
+    keys = [c for c in FLAT_KEY_COLUMNS if c in table.columns]
     dropped = set(personal) | set(exclude) | set(keys)
     out = table[keys].copy()
     out[LABEL] = out[LABEL].astype("int8")
@@ -657,7 +663,7 @@ def flat_feature_metadata(snapshots: pd.DataFrame, families: Mapping[str, str]) 
     """Metadata for a flat table's features; families come from the data config (default other)."""
     meta = {}
     for column in snapshots.columns:
-        if column in (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL):
+        if column in FLAT_KEY_COLUMNS:
             continue
         kind = "categorical" if isinstance(snapshots[column].dtype, pd.CategoricalDtype) else "numeric"
         meta[column] = FeatureMeta(

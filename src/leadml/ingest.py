@@ -17,7 +17,9 @@ outcomes, activities) and adds the cross-table rules:
 
 :func:`ingest_flat` does the same for a single one-row-per-lead table, labelled by a target
 column or by dated events in a second table (outcomes joined by id, positive within a horizon;
-leads whose horizon was not fully observed are set aside, see :func:`ingest_flat`).
+leads whose horizon was not fully observed are set aside, see :func:`ingest_flat`). It also finds
+rows that are exact copies of another row (:func:`find_duplicates`): they are counted and, when there
+are any, tied together by a ``dup_group`` column so the split keeps each group in one window.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,11 +56,14 @@ from leadml.contracts import (
 from leadml.errors import ContractError
 
 __all__ = [
+    "DUP_GROUP",
     "LABEL",
     "ORDER_KEY",
+    "Duplicates",
     "IngestResult",
     "IngestSettings",
     "check_bad_shares",
+    "find_duplicates",
     "frame_fingerprint",
     "ingest_crm",
     "ingest_flat",
@@ -70,6 +75,8 @@ logger = logging.getLogger(__name__)
 LABEL = s.LABEL
 # Flat tables without a time column: the column that orders leads for an out-of-time split.
 ORDER_KEY = s.ORDER_KEY
+# Flat tables with exact duplicate rows: the lead id of the first row of each row's group of copies.
+DUP_GROUP = s.DUP_GROUP
 
 UNKNOWN_ACCOUNT = "account_id not in accounts (lead kept, firmographics missing)"
 NOT_IN_LEADS = "lead_id not in leads"
@@ -83,13 +90,108 @@ class IngestResult:
     """Accepted tables, quarantined rows and reports, each keyed by table name.
 
     ``labels``: how a flat table labelled by outcomes was labelled (horizon, observation window,
-    counts); empty otherwise.
+    counts); empty otherwise. ``duplicates``: per flat table, its exact and conflicting duplicate rows
+    (:meth:`Duplicates.to_dict`); empty for the CRM tables.
     """
 
     tables: dict[str, pd.DataFrame]
     quarantines: dict[str, pd.DataFrame]
     reports: dict[str, TableReport]
     labels: dict[str, Any] = field(default_factory=dict)
+    duplicates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- duplicate rows
+@dataclass(frozen=True)
+class Duplicates:
+    """Rows of a flat table that are exact copies of another row, and rows whose label conflicts.
+
+    ``rows``: rows with at least one exact copy (every member of a group of two or more), in
+    ``groups`` groups; ``conflicting_rows``: rows whose every compared column but the label equals
+    that of a row with the other label; ``group``: per row, the lead id of the first row of its
+    group (its own id when it has no copy), or None when no row has a copy.
+    """
+
+    rows: int
+    groups: int
+    conflicting_rows: int
+    columns: tuple[str, ...]
+    group: pd.Series | None = field(default=None, repr=False, compare=False)
+
+    def sentence(self) -> str:
+        """One line for the ingest and features summaries."""
+        conflicting = (
+            f"{_count(self.conflicting_rows, 'row shares', 'rows share')} their features with a row of the "
+            "other label"
+        )
+        if not self.rows:
+            return f"no row is an exact copy of another; {conflicting}"
+        copies = "row is an exact copy" if self.rows == 1 else "rows are exact copies"
+        return (
+            f"{self.rows:,} {copies} of another row (in {_count(self.groups, 'group', 'groups')}), kept "
+            f"together in one split window; {conflicting}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "groups": self.groups,
+            "conflicting_rows": self.conflicting_rows,
+            "columns": list(self.columns),
+            "sentence": self.sentence(),
+        }
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _row_codes(columns: Iterable[pd.Series | np.ndarray], rows: int) -> np.ndarray:
+    """One integer per row, equal exactly when the rows are equal in every one of ``columns``.
+
+    Missing values are equal to each other. The codes are numbered in order of first appearance.
+    """
+    key = np.zeros(rows, dtype=np.int64)
+    for values in columns:
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        # key < rows and codes < rows, so the product stays far inside int64 for any table in memory
+        key, _ = pd.factorize(key * len(uniques) + codes.astype(np.int64))
+        key = key.astype(np.int64, copy=False)
+    return key
+
+
+def find_duplicates(table: pd.DataFrame, ignore: Sequence[str] = ()) -> Duplicates:
+    """Exact copies among the rows of a flat table, compared on every column but ``ignore``.
+
+    ``ignore`` names columns that differ between copies by construction (the lead id and the
+    order key when they are the row number). The label is compared for exact copies and left out
+    for conflicting ones (the same values with the other label).
+    """
+    columns = [column for column in table.columns if column not in set(ignore)]
+    if LABEL not in columns:
+        raise ContractError(f"find_duplicates needs the {LABEL!r} column")
+    features = [column for column in columns if column != LABEL]
+    feature_key = _row_codes((table[column] for column in features), len(table))
+    exact_key = _row_codes((feature_key, table[LABEL].to_numpy()), len(table))
+    group_sizes = np.bincount(exact_key, minlength=1)
+    copied = group_sizes[exact_key] >= 2
+    # each exact group lies inside one feature group: a feature group holding two exact groups
+    # holds both labels
+    feature_of_group = np.zeros(len(group_sizes), dtype=np.int64)
+    feature_of_group[exact_key] = feature_key
+    conflicting = np.bincount(feature_of_group, minlength=1)[feature_key] >= 2
+    group = None
+    if copied.any():
+        _, first = np.unique(exact_key, return_index=True)
+        group = pd.Series(table[s.LEAD_ID].to_numpy()[first[exact_key]], index=table.index, name=DUP_GROUP)
+        group = group.astype(table[s.LEAD_ID].dtype)
+    return Duplicates(
+        rows=int(copied.sum()),
+        groups=int((group_sizes >= 2).sum()),
+        conflicting_rows=int(conflicting.sum()),
+        columns=tuple(str(column) for column in columns),
+        group=group,
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -555,8 +657,11 @@ def ingest_flat(
 
     Output columns: ``lead_id`` (str), ``label`` (int64, 1 = positive), ``as_of`` (UTC timestamp,
     when a time column is configured) or ``order_key`` (float64, when an order is configured),
-    then the declared columns typed and undeclared columns unchanged. Drop columns are removed
-    first and listed in the report; the original target column is removed (it is the label).
+    ``dup_group`` (str, only when some rows are exact copies of another: see
+    :func:`find_duplicates`; compared on every column but the row number), then the declared
+    columns typed and undeclared columns unchanged. Drop columns are removed first and listed in
+    the report; the original target column is removed (it is the label). ``duplicates`` of the
+    result counts the exact copies and the rows whose features recur with the other label.
 
     With ``contract.outcomes`` the label comes from the ``outcomes`` frame (one dated event per
     lead id, e.g. won deals): 1 when the event is at most ``horizon_days`` after the lead's time
@@ -627,19 +732,31 @@ def ingest_flat(
         )
     renamed = {contract.id_column, contract.target, contract.time_column, contract.order_column}
     rest = accepted.drop(columns=[column for column in accepted.columns if column in renamed])
-    clash = sorted(set(leading) & set(rest.columns))
+    clash = sorted((set(leading) | {DUP_GROUP}) & set(rest.columns))
     if clash:
         raise ContractError(
             f"{table_name} from {source}: column(s) {', '.join(clash)} would clash with the "
             "columns ingestion adds; drop or rename them"
         )
     table = pd.concat([pd.DataFrame(leading, index=accepted.index), rest], axis=1)
+    row_numbers = [
+        column
+        for column, from_row in ((s.LEAD_ID, contract.id_column), (ORDER_KEY, contract.order_column))
+        if from_row == SOURCE_ROW
+    ]
+    duplicates = find_duplicates(table, ignore=row_numbers)
+    if duplicates.group is not None:
+        table.insert(len(leading), DUP_GROUP, duplicates.group)
 
     report = replace(validated.report, dropped_columns=dropped)
     if not_found:
         report = replace(report, warnings={**report.warnings, "drop columns not in source": len(not_found)})
     result = IngestResult(
-        {table_name: table}, {table_name: validated.quarantine}, {table_name: report}, labels
+        {table_name: table},
+        {table_name: validated.quarantine},
+        {table_name: report},
+        labels,
+        duplicates={table_name: duplicates.to_dict()},
     )
     if validated_outcomes is not None:
         name = validated_outcomes.report.table
@@ -647,6 +764,7 @@ def ingest_flat(
         result.quarantines[name] = validated_outcomes.quarantine
         result.reports[name] = validated_outcomes.report
     logger.info("%s: %d positives of %d accepted leads", table_name, int(positive.sum()), len(table))
+    logger.info("%s: %s", table_name, duplicates.sentence())
     if enforce_bad_share:
         check_bad_shares(result, settings)
     return result
@@ -698,6 +816,8 @@ def manifest(
             "quarantine_path": _optional_text(quarantine_paths.get(table) or report.quarantine_path),
             "columns": {str(column): str(dtype) for column, dtype in frame.dtypes.items()},
         }
+        if table in result.duplicates:
+            tables[table]["duplicates"] = result.duplicates[table]
     created = created_at if created_at is not None else pd.Timestamp.now(tz="UTC")
     return {
         "stage": "ingest",

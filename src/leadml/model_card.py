@@ -334,12 +334,16 @@ def _drivers(facts: CardFacts) -> str:
     lines = [
         "## What drives the score",
         "",
-        "Mean |SHAP| of each column or channel on the test window (exact TreeSHAP, log-odds):",
+        f"Mean |SHAP| of each column or channel on the test window, in log-odds ({_explanation(facts)}):",
         "",
     ]
     for _, row in importance.head(TOP_DRIVERS).iterrows():
         lines.append(f"- {row['group']}: {row['mean_abs_shap']:.3f} ({row['share']:.0%} of the total)")
     return "\n".join(lines) + "\n"
+
+
+def _explanation(facts: CardFacts) -> str:
+    return getattr(facts.scorer, "explanation_method", None) or "exact TreeSHAP"
 
 
 def _gate(facts: CardFacts) -> str:

@@ -552,6 +552,7 @@ def model_report_context(
             ).items()
         },
         "importance": importance_table(result.shap_importance),
+        "explanation": getattr(result.scorer, "explanation_method", None) or "exact TreeSHAP",
         "tiers": tier_records(result.tiers),
         "points": points_section(getattr(result, "points", None) or {}, comparison, model_name),
         "calibration": calibration_summary(result.calibration, comparison, model_name),

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # leadml.points builds on this module; it is imported where i
 
 logger = logging.getLogger(__name__)
 
-NON_FEATURE_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, s.LABEL)
+NON_FEATURE_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, s.LABEL, s.DUP_GROUP)
 PROBABILITY_FLOOR = 1e-6
 EARLY_STOPPING_METRICS: tuple[str, ...] = ("auc", "binary_logloss")
 

@@ -46,8 +46,8 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
                 verify_folder(Path(info).resolve().parents[1])
             except LeadmlError as error:
                 raise to_mlflow_error(error) from None
-        if self.scorer.can_explain:  # the first request must not pay for the tree tables
-            self.scorer._fast()
+        if self.scorer.can_explain:  # the first request must not pay for the tree tables or the means
+            self.scorer.prepare_explainer()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:

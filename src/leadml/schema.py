@@ -99,3 +99,6 @@ COUNTRIES: tuple[str, ...] = ("us", "gb", "de", "fr", "nl", "br", "in", "au", "c
 # training snapshots and flat tables
 LABEL = "label"  # 1 when the lead is won within the horizon (flat tables: the positive target)
 ORDER_KEY = "order_key"  # flat tables without time: the column that orders rows for out-of-time splits
+# flat tables with exact duplicate rows: the lead id of the first row of each row's group of exact
+# copies (every column but the row number); the split keeps a group in one window. Never a feature.
+DUP_GROUP = "dup_group"

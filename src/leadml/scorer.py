@@ -4,6 +4,9 @@ MLflow wraps a :class:`LeadScorer` as one pyfunc (see ``tracking.py``), so the s
 artifact scores on one machine and inside Spark. Its input is the feature frame
 (categoricals as text, numbers as floats); its output the calibrated probability and
 the model's raw margin in log-odds.
+
+Explanations are exact contributions in log-odds that add up to the margin: TreeSHAP for a
+LightGBM model (``leadml.treeshap``), linear SHAP for the logistic one (``leadml.linear_explain``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import pandas as pd
 
 from leadml.calibration import Calibrator
 from leadml.errors import LeadmlError
+from leadml.linear_explain import LinearExplainer, design_matrix, is_linear, profile_design_means
 from leadml.models import LightGBMModel, ScoringModel
 from leadml.treeshap import FastTreeExplainer, booster_matrix
 
 PROBABILITY, MARGIN = "probability", "margin"
 BASE_VALUE = "base_value"
-# exact TreeSHAP implementations: leadml.treeshap (default) or LightGBM's predict(pred_contrib=True)
+# exact TreeSHAP implementations: leadml.treeshap (default) or LightGBM's predict(pred_contrib=True);
+# a logistic model has one exact explainer (leadml.linear_explain) whichever is named
 EXPLAINERS = ("fast", "lightgbm")
 
 
@@ -38,12 +43,18 @@ class LeadScorer:
     # tiers of the test window's evaluation: {method, thresholds (probability minimum per tier),
     # floor_tier, note}; what the served model tiers one lead with
     tiers: dict[str, Any] = field(default_factory=dict)
+    # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
+    # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
+    linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)
     # built on first use from the booster; never pickled (the tables are large and cheap to rebuild)
     _fast_explainer: Any = field(default=None, init=False, repr=False, compare=False)
+    # built on first use from the logistic pipeline; never pickled (rebuilt in milliseconds)
+    _linear_explainer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fast_explainer"] = None
+        state["_linear_explainer"] = None
         return state
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,11 +63,16 @@ class LeadScorer:
     def predict_explained(
         self, frame: pd.DataFrame, method: str = "fast"
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """:meth:`predict` and :meth:`explain` in one pass over the trees.
+        """:meth:`predict` and :meth:`explain` in one pass over the trees (or the design rows).
 
         Exact TreeSHAP is additive, so the margin is the row sum of the contributions (the
-        booster's own margin within 1e-12) and the trees are not walked a second time.
+        booster's own margin within 1e-12) and the trees are not walked a second time. A
+        logistic model's margin is its own (:meth:`predict`'s, bit for bit), from the same design rows.
         """
+        if is_linear(self.model):
+            self._check_method(method)
+            contributions, margin = self._linear_explained(frame)
+            return self._predicted(margin, frame.index), contributions
         contributions = self.explain(frame, method)
         margin = contributions.to_numpy(dtype=np.float64).sum(axis=1)
         return self._predicted(margin, frame.index), contributions
@@ -66,18 +82,31 @@ class LeadScorer:
 
     @property
     def can_explain(self) -> bool:
-        return isinstance(self.model, LightGBMModel)
+        return isinstance(self.model, LightGBMModel) or is_linear(self.model)
+
+    @property
+    def explanation_method(self) -> str | None:
+        """How the contributions are computed, in words (None: this model has no explainer)."""
+        if isinstance(self.model, LightGBMModel):
+            return "exact TreeSHAP"
+        if is_linear(self.model):
+            return "exact linear SHAP, each coefficient times the distance from its training mean"
+        return None
 
     def explain(self, frame: pd.DataFrame, method: str = "fast") -> pd.DataFrame:
-        """Exact TreeSHAP contributions in log-odds, one column per feature plus ``base_value``.
+        """Exact contributions in log-odds, one column per feature plus ``base_value``.
 
-        Per row, base value plus contributions equals the booster's margin. ``fast`` and
-        ``lightgbm`` give the same numbers (within 1e-12); ``fast`` is many times quicker.
+        Per row, base value plus contributions equals the model's margin. For LightGBM, TreeSHAP:
+        ``fast`` and ``lightgbm`` give the same numbers (within 1e-12); ``fast`` is many times
+        quicker. For the logistic model, linear SHAP against the training rows
+        (``leadml.linear_explain``) whichever ``method`` is named.
         """
+        if is_linear(self.model):
+            self._check_method(method)
+            return self._linear_explained(frame)[0]
         if not isinstance(self.model, LightGBMModel):
-            raise TypeError(f"{type(self.model).__name__} has no tree explainer")
-        if method not in EXPLAINERS:
-            raise LeadmlError(f"score.explainer must be one of {list(EXPLAINERS)}, got {method!r}")
+            raise TypeError(f"{type(self.model).__name__} has no explainer")
+        self._check_method(method)
         prepared = self.model.prepare(frame)
         if method == "fast":
             contributions = self._fast().shap_values(booster_matrix(prepared))
@@ -87,6 +116,35 @@ class LeadScorer:
             )
         columns = [*self.feature_names, BASE_VALUE]
         return pd.DataFrame(np.asarray(contributions), columns=columns, index=frame.index)
+
+    def prepare_explainer(self) -> None:
+        """Build the explainer now (tree tables, or the linear model's means) rather than on first use."""
+        if isinstance(self.model, LightGBMModel):
+            self._fast()
+        elif is_linear(self.model):
+            self._linear()
+
+    @staticmethod
+    def _check_method(method: str) -> None:
+        if method not in EXPLAINERS:
+            raise LeadmlError(f"score.explainer must be one of {list(EXPLAINERS)}, got {method!r}")
+
+    def _linear_explained(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        assert is_linear(self.model)
+        values, margin = self._linear().explain_design(design_matrix(self.model, frame))
+        columns = [*self.feature_names, BASE_VALUE]
+        return pd.DataFrame(values, columns=columns, index=frame.index), margin
+
+    def _linear(self) -> LinearExplainer:
+        if getattr(self, "_linear_explainer", None) is None:
+            means = getattr(self, "linear_means", None)  # a scorer pickled before the field existed
+            profile = (getattr(self, "reference", None) or {}).get("features")
+            if means is None:
+                means = profile_design_means(self.model, profile)
+                if not profile:  # not kept: the training profile may be set later (train sets it last)
+                    return LinearExplainer.from_model(self.model, means)
+            self._linear_explainer = LinearExplainer.from_model(self.model, means)
+        return self._linear_explainer
 
     def _fast(self) -> FastTreeExplainer:
         if getattr(self, "_fast_explainer", None) is None:

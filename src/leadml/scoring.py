@@ -70,9 +70,10 @@ def score_leads(
     """One row per lead: probability, percentile, tier, reasons, sub-scores and expected value.
 
     ``features`` holds ``lead_id`` and the model's feature columns. Reasons group the exact
-    TreeSHAP contributions back to original columns, so every derived part of a column
-    (its 7/30/90-day counts, recency, one-hot levels) counts once. ``explainer`` picks the
-    TreeSHAP implementation (``LeadScorer.explain``): both give the same numbers.
+    contributions (TreeSHAP, or linear SHAP for a logistic model) back to original columns, so
+    every derived part of a column (its 7/30/90-day counts, recency, one-hot levels) counts once.
+    ``explainer`` picks the TreeSHAP implementation (``LeadScorer.explain``): both give the same
+    numbers (a logistic model has one).
     """
     explained = explain and scorer.can_explain
     if explained:

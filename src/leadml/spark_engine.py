@@ -6,9 +6,8 @@ id. Each bucket is one ``cogroup(...).applyInArrow`` call that runs the *same* p
 code as the pandas engine: :func:`leadml.features.open_lead_features` on the bucket's
 leads, outcomes and activities (accounts are broadcast), then
 :func:`leadml.scoring.score_leads` with the registered :class:`~leadml.scorer.LeadScorer`
-(probability, exact TreeSHAP reasons, sub-scores, expected value). Every one of those
-figures depends on its own lead only, so a bucket computes it exactly as the whole
-table would.
+(probability, exact reasons, sub-scores, expected value). Every one of those figures
+depends on its own lead only, so a bucket computes it exactly as the whole table would.
 
 What depends on all of today's leads is done once, globally: the percentile and the
 tier thresholds (``capacity`` shares are quantiles of today's probabilities) from the

@@ -18,6 +18,15 @@ A lead never has snapshots on both sides of a boundary: it belongs to the window
 first snapshot, and its snapshots in later windows are purged (never moved back in time).
 Assigning leads by their last snapshot instead would select on the outcome (a lead stops
 having snapshots when it closes), which inflates the positive rate of earlier windows.
+
+A flat table whose rows include exact copies of another row carries a ``dup_group`` column (the
+lead id of the group's first row, see :func:`leadml.ingest.find_duplicates`): a group is kept in
+one window the same way, by the window of its first row for kinds time and order (its rows in
+later windows are dropped and counted as ``duplicate_rows``), and drawn as a whole for kind random.
+Without the column every row is its own group.
+
+:func:`resolve_split` picks the kind the snapshots allow when the configured one needs a column
+they lack (time -> order -> random), with a note saying so.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +96,8 @@ class SplitResult:
     gap_rows: int  # rows dated inside a gap
     bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # window -> (first, last) boundary
     later_rows: int = 0  # rows after an explicit split.test_end
+    # rows dropped per window because an exact copy of the row (same dup_group) is in an earlier window
+    duplicate_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WINDOWS, 0))
 
 
 def split_snapshots(snapshots: pd.DataFrame, settings: SplitSettings) -> dict[str, pd.DataFrame]:
@@ -107,17 +118,58 @@ def split_with_report(snapshots: pd.DataFrame, settings: SplitSettings) -> Split
             raise LeadmlError(f"split {settings.kind}: {int(position.isna().sum())} rows have no {column}")
         assign, bounds = (_time_windows if settings.kind == "time" else _order_windows)(position, settings)
         first_position = position.groupby(snapshots[s.LEAD_ID], sort=False, observed=True).transform("min")
-        result = _purged_parts(snapshots, assign(position), assign(first_position), bounds)
+        group_window = None
+        if s.DUP_GROUP in snapshots.columns:
+            group_first = first_position.groupby(snapshots[s.DUP_GROUP], sort=False, observed=True)
+            group_window = assign(group_first.transform("min"))
+        result = _purged_parts(snapshots, assign(position), assign(first_position), bounds, group_window)
     _check_parts(result, settings.kind)
     logger.info(
-        "split %s: %s; purged %s; %d rows in gaps, %d after the test window",
+        "split %s: %s; purged %s; copies of an earlier window's rows %s; %d rows in gaps, "
+        "%d after the test window",
         settings.kind,
         ", ".join(f"{name} {len(part)} rows" for name, part in result.parts.items()),
         result.purged_rows,
+        result.duplicate_rows,
         result.gap_rows,
         result.later_rows,
     )
     return result
+
+
+RANDOM_FALLBACK_NOTE = (
+    "no time or order column (data.contract.time / order): random split by lead, so the test figures "
+    "are not out of time"
+)
+
+
+def resolve_split(snapshots: pd.DataFrame, settings: SplitSettings) -> tuple[SplitSettings, str | None]:
+    """The split settings the snapshots allow, and a one-line note when they differ from ``settings``.
+
+    Kind time without ``as_of`` but with ``order_key`` becomes kind order (the data config gave
+    ``order:`` but did not choose ``split=order``); kind time or order with neither column becomes
+    kind random (a flat table with neither ``time:`` nor ``order:``). Kind order with only ``as_of``
+    and an explicit kind random are left as they are (:func:`split_with_report` says what is
+    wrong). An explicit ``test_start`` / ``test_end`` cannot follow a change of kind: refused.
+    """
+    if settings.kind == "random":
+        return settings, None
+    has_time, has_order = s.AS_OF in snapshots.columns, s.ORDER_KEY in snapshots.columns
+    if (settings.kind == "time" and has_time) or (settings.kind == "order" and (has_order or has_time)):
+        return settings, None
+    if settings.kind == "time" and has_order:
+        kind, missing = "order", "no time column (data.contract.time)"
+        note = (
+            f"{missing}: split by the order column (data.contract.order) instead, the last "
+            f"{settings.test_fraction:.0%} of rows by {s.ORDER_KEY} are the test window"
+        )
+    else:
+        kind, missing, note = "random", "no time or order column", RANDOM_FALLBACK_NOTE
+    if settings.test_start is not None or settings.test_end is not None:
+        raise LeadmlError(
+            f"split.test_start / split.test_end need split.kind={settings.kind}, but the data has {missing}"
+        )
+    return replace(settings, kind=kind), note
 
 
 def split_summary(parts: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
@@ -247,18 +299,27 @@ def _check_test_bounds(test_start: Any, test_end: Any) -> None:
 
 
 def _purged_parts(
-    snapshots: pd.DataFrame, window: np.ndarray, lead_window: np.ndarray, bounds: dict[str, tuple]
+    snapshots: pd.DataFrame,
+    window: np.ndarray,
+    lead_window: np.ndarray,
+    bounds: dict[str, tuple],
+    group_window: np.ndarray | None = None,
 ) -> SplitResult:
+    """Rows kept in their window when their lead (and their group of copies) starts there."""
     in_gap = window == _GAP
     purged = (window != lead_window) & ~in_gap
-    parts = {name: snapshots[(window == name) & ~purged] for name in WINDOWS}
-    purged_rows = {name: int(((window == name) & purged).sum()) for name in WINDOWS}
+    copied = np.zeros(len(window), dtype=bool)
+    if group_window is not None:
+        copied = (window != group_window) & ~in_gap & ~purged
+    dropped = purged | copied
+    parts = {name: snapshots[(window == name) & ~dropped] for name in WINDOWS}
     return SplitResult(
         parts=parts,
-        purged_rows=purged_rows,
+        purged_rows={name: int(((window == name) & purged).sum()) for name in WINDOWS},
         gap_rows=int(in_gap.sum()),
         bounds=bounds,
         later_rows=int((window == _LATER).sum()),
+        duplicate_rows={name: int(((window == name) & copied).sum()) for name in WINDOWS},
     )
 
 
@@ -268,19 +329,21 @@ def _random_split(snapshots: pd.DataFrame, settings: SplitSettings) -> SplitResu
             f"split.kind=random refused: the data has an {s.AS_OF!r} column, so evaluation must be out of "
             "time (use split=time, or set split.allow_random_with_time=true to override)"
         )
-    lead_label = snapshots.groupby(s.LEAD_ID, sort=True, observed=True)[s.LABEL].max()
+    # by lead, or by group of exact copies when the table has them (a flat table: one row per lead)
+    key = s.DUP_GROUP if s.DUP_GROUP in snapshots.columns else s.LEAD_ID
+    group_label = snapshots.groupby(key, sort=True, observed=True)[s.LABEL].max()
     rng = np.random.default_rng(settings.seed)
-    draw = pd.Series(np.empty(len(lead_label), dtype=object), index=lead_label.index)
+    draw = pd.Series(np.empty(len(group_label), dtype=object), index=group_label.index)
     # stratify by shuffling within each class and cutting at the same fractions
-    for _, leads in lead_label.groupby(lead_label):
-        order = rng.permutation(len(leads))
-        n_test = round(len(leads) * settings.test_fraction)
-        n_calibration = round(len(leads) * settings.calibration_fraction)
-        names = np.full(len(leads), TRAIN, dtype=object)
+    for _, groups in group_label.groupby(group_label):
+        order = rng.permutation(len(groups))
+        n_test = round(len(groups) * settings.test_fraction)
+        n_calibration = round(len(groups) * settings.calibration_fraction)
+        names = np.full(len(groups), TRAIN, dtype=object)
         names[order[:n_test]] = TEST
         names[order[n_test : n_test + n_calibration]] = CALIBRATION
-        draw[leads.index] = names
-    window = snapshots[s.LEAD_ID].map(draw).to_numpy()
+        draw[groups.index] = names
+    window = snapshots[key].map(draw).to_numpy()
     parts = {name: snapshots[window == name] for name in WINDOWS}
     return SplitResult(parts=parts, purged_rows=dict.fromkeys(WINDOWS, 0), gap_rows=0)
 
@@ -291,8 +354,11 @@ def _check_parts(result: SplitResult, kind: str) -> None:
         where = _describe_bounds(result.bounds.get(name), kind)
         if part.empty:
             purged = result.purged_rows.get(name, 0)
-            why = (
-                f" ({purged} rows purged: their leads were first seen in an earlier window)" if purged else ""
+            copies = result.duplicate_rows.get(name, 0)
+            why = "".join(
+                f" ({count} rows purged: {reason} first seen in an earlier window)"
+                for count, reason in ((purged, "their leads were"), (copies, "exact copies of them were"))
+                if count
             )
             raise LeadmlError(f"split {kind}: the {name} window{where} is empty{why}")
         if int(part[s.LABEL].sum()) == 0:

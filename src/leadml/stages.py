@@ -253,6 +253,7 @@ def features_stage(
         snapshots = build_training_snapshots(tables, settings, progress=progress)
         meta = feature_metadata(snapshots.columns, settings)
         horizon = settings.horizon_days
+        duplicates = None
     else:
         contract = data["contract"]
         table = read_interim(input_dir, (FLAT_TABLE,))[FLAT_TABLE]
@@ -261,6 +262,8 @@ def features_stage(
         )
         meta = flat_feature_metadata(snapshots, data.get("families", {}))
         horizon = None
+        ingested = json.loads((input_dir / MANIFEST).read_text()).get("tables", {}).get(FLAT_TABLE, {})
+        duplicates = ingested.get("duplicates")
     write_parquet_atomic(snapshots, output_dir / SNAPSHOTS)
     write_json_atomic(metadata_to_json(meta), output_dir / FEATURE_METADATA)
     summary = {
@@ -274,6 +277,7 @@ def features_stage(
         "positive_rate": float(snapshots[LABEL].mean()) if len(snapshots) else 0.0,
         "features": len(meta),
         "horizon_days": horizon,
+        **({} if duplicates is None else {"duplicates": duplicates}),
         "fingerprint": fingerprint_file(output_dir / SNAPSHOTS),
         "config_fingerprint": config_fingerprint(data, features),
         "input_manifest": str(input_dir / MANIFEST),
