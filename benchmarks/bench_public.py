@@ -11,6 +11,7 @@ benchmarks/RESULTS.md with the published figures of the data README beside them.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -29,7 +30,7 @@ from leadml.cli import CONFIG_DIR, run_backtest, run_features, run_ingest, run_t
 
 BEGIN, END = "<!-- public:begin -->", "<!-- public:end -->"
 MODELS = {
-    "lightgbm": "LightGBM, calibrated",
+    "lightgbm": "leadml (the selected procedure, calibrated)",
     "logreg_baseline": "logistic regression",
     "points_baseline": "points (hand-written sheet)",
     "base_rate": "base rate",
@@ -98,14 +99,42 @@ def split_line(summary: dict[str, Any]) -> str:
     )
 
 
-def set_section(data: str, summary: dict[str, Any]) -> list[str]:
+def reference_line(data: str, root: Path, summary: dict[str, Any]) -> str:
+    """Plain LightGBM on the same rows (measured here) and FLAML (from benchmarks/reference.json)."""
+    from bench_reference import model_frames, plain_lightgbm, reference_rows
+
+    frames = model_frames(reference_rows(data, root / "reference")["parts"])
+    plain = plain_lightgbm(frames["pre_test"], frames["test"])
+    ours = summary["comparison"].loc[summary["model_name"], "roc_auc"]
+    line = (
+        f"Reference on the same rows: plain LightGBM (300 trees, learning rate 0.03, 15 leaves, trained on"
+        f" every row before the test window) ROC AUC {plain:.3f}; leadml {ours:.3f} ({ours - plain:+.3f})"
+    )
+    reference = ROOT / "benchmarks" / "reference.json"
+    flaml = {}
+    if reference.exists():
+        flaml = json.loads(reference.read_text()).get("sets", {}).get(data, {}).get("flaml") or {}
+    runs = {
+        name.replace("_", " "): run.get("roc_auc") for name, run in flaml.items() if isinstance(run, dict)
+    }
+    if runs:
+        figures = ", ".join(f"{name} {value:.3f}" for name, value in runs.items() if value is not None)
+        line += f"; FLAML, 60 s (`bench_reference.py`, measured {flaml.get('measured', '')}): {figures}"
+    return line + "."
+
+
+def set_section(data: str, summary: dict[str, Any], root: Path) -> list[str]:
     lines = [
         f"### `data={data}`",
         "",
         f"Split: {split_line(summary)}. Gate: {'promoted' if summary['promoted'] else 'not promoted'}"
         f" ({'; '.join(summary['reasons'])}). {summary['wall_seconds']:.0f} s from the raw files.",
         "",
+        f"Selection: {summary.get('selection', '')}.",
+        "",
         *metrics_table(summary["comparison"], summary["model_name"]),
+        "",
+        reference_line(data, root, summary),
         "",
     ]
     if summary.get("leakage_flagged"):
@@ -170,7 +199,7 @@ def main() -> None:
     sections = []
     for data in args.sets.split(","):
         summary = train_set(data, args.workdir / data, args.bootstrap)
-        sections += set_section(data, summary)
+        sections += set_section(data, summary, args.workdir / data)
         if data == "x_education":
             extra = train_set(
                 data,
@@ -194,7 +223,7 @@ def main() -> None:
     section = "\n".join(
         [
             BEGIN,
-            "## Public data sets: out-of-time quality against the baselines (issue 6)",
+            "## Public data sets: out-of-time quality against the baselines and references (issues 6, 17)",
             "",
             f"Measured {pd.Timestamp.now():%Y-%m-%d} on {machine()} with `{command}` (fresh folder;"
             " each set ingested, featured and trained from `../shared/data/public` as"

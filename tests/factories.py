@@ -105,6 +105,8 @@ SMALL_PROJECT: dict[str, Any] = {
     "model.n_estimators": 80,
     "model.learning_rate": 0.1,
     "model.early_stopping_rounds": 20,
+    # a short model search: the configured settings and two more trials
+    "selection.trials": 3,
     "promotion.min_roc_auc": 0.5,
     "promotion.max_ece": 1.0,
     "promotion.min_gain_over_logreg": -1.0,

@@ -22,6 +22,7 @@ SMALL = [
     "evaluation.bootstrap=20",
     "evaluation.shap_rows=300",
     "guards.leakage_max_rows=20000",
+    "selection.trials=3",
 ]
 QUICK_LIGHTGBM = ["model.n_estimators=150", "model.learning_rate=0.1", "model.early_stopping_rounds=20"]
 

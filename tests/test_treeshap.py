@@ -163,3 +163,69 @@ def test_the_explainer_survives_pickling() -> None:
     again = pickle.loads(pickle.dumps(explainer))
     matrix = booster_matrix(frame.head(50))
     np.testing.assert_array_equal(again.shap_values(matrix), explainer.shap_values(matrix))
+
+
+# LightGBM's random-forest mode needs bagging; its model text carries an ``average_output`` line
+RANDOM_FOREST = {"boosting": "rf", "bagging_freq": 1, "bagging_fraction": 0.6, "feature_fraction": 0.8}
+TREE_MODES = {
+    "random forest": RANDOM_FOREST,
+    "extra trees": {"extra_trees": True},
+    "random forest of extra trees": {**RANDOM_FOREST, "extra_trees": True},
+}
+
+
+@pytest.mark.parametrize("mode", list(TREE_MODES))
+@pytest.mark.parametrize("features", ["numeric", "numeric and categorical"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_forest_and_extra_trees_equal_lightgbm(mode: str, features: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    frame = _random_frame(rng, 3000, n_categories=70)
+    target = _target(frame, rng)
+    numeric = features == "numeric"
+    columns = ["x0", "x1", "x2", "x3"] if numeric else list(frame.columns)
+    params = {"objective": "binary", "verbose": -1, "seed": seed, "num_leaves": 31, **TREE_MODES[mode]}
+    n_trees = 25
+    booster = lgb.train(params, lgb.Dataset(frame[columns], target), num_boost_round=n_trees)
+    assert booster.num_trees() == n_trees
+    averaged = booster.model_to_string().splitlines()
+    assert ("average_output" in averaged) == (params.get("boosting") == "rf")
+    if not numeric:  # the categorical splits are exercised, not just present in the data
+        kinds = booster.trees_to_dataframe()["decision_type"]
+        assert (kinds == "==").any()
+    rows = _rows_to_explain(frame, rng, booster)[columns]
+    matrix = booster_matrix(rows)
+    for iteration in (None, 7):  # all trees, then a prefix of them
+        used = iteration or n_trees
+        expected = booster.predict(rows, pred_contrib=True, num_iteration=iteration)
+        raw = booster.predict(rows, raw_score=True, num_iteration=iteration)
+        for depth in (10, 0):  # tables, then every leaf computed per row
+            explainer = FastTreeExplainer.from_booster(booster, iteration, max_table_depth=depth)
+            assert explainer.n_trees == used
+            assert explainer.average_output == (params.get("boosting") == "rf")
+            got = explainer.shap_values(matrix)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+            np.testing.assert_allclose(got.sum(axis=1), raw, rtol=0, atol=TOLERANCE)
+        # LightGBM's raw score (and so pred_contrib) is the trees' SUM even in rf mode; only the
+        # probability averages them: sigmoid(sum / trees used)
+        margin = got.sum(axis=1) / (used if explainer.average_output else 1)
+        probability = booster.predict(rows, num_iteration=iteration)
+        np.testing.assert_allclose(probability, 1 / (1 + np.exp(-margin)), rtol=0, atol=1e-12)
+
+
+def test_a_random_forest_regression_is_explained_too() -> None:
+    rng = np.random.default_rng(9)
+    frame = _random_frame(rng, 1500, n_categories=10)
+    target = frame["x2"] * 3 + frame["x0"].fillna(0) + (frame["c1"] == "c") * 2.0
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1, **RANDOM_FOREST}, lgb.Dataset(frame, target), 15
+    )
+    rows = _random_frame(rng, 200, n_categories=10)
+    for iteration in (None, 4):
+        got = FastTreeExplainer.from_booster(booster, iteration).shap_values(booster_matrix(rows))
+        np.testing.assert_allclose(
+            got, booster.predict(rows, pred_contrib=True, num_iteration=iteration), rtol=0, atol=TOLERANCE
+        )
+        # identity output: the prediction is the trees' mean, the contributions add up to their sum
+        np.testing.assert_allclose(
+            got.sum(axis=1) / (iteration or 15), booster.predict(rows, num_iteration=iteration), atol=1e-12
+        )

@@ -4,11 +4,11 @@ The latest ``test_share`` of the rows (by ``as_of`` for snapshots over time, who
 kept together, or by ``order_key`` for flat tables) is cut into ``folds`` consecutive
 periods of about equal size. For each period, :func:`leadml.train.train_and_evaluate` runs
 on the same snapshots with the test window pinned to the period (``split.test_start`` /
-``split.test_end``), so everything before the period is the history: its latest
-``split.calibration_months`` (or ``calibration_fraction`` of its rows) calibrate, the rest
-trains, with the guards, the leakage sentinel and ``features.exclude`` exactly as in
-training. A second calibrator is then fitted on the latest ``recent_fraction`` of the same
-calibration window and scored on the same test rows.
+``split.test_end``), so everything before the period is the history, and the whole training
+procedure runs on it (model selection on time-ordered validation folds, the refit on every
+history row, the calibrator on the folds' out-of-sample margins), with the guards, the leakage
+sentinel and ``features.exclude`` exactly as in training. A second calibrator is then fitted on
+the latest ``recent_fraction`` of those out-of-sample margins and scored on the same test rows.
 
 Per period: the metrics of the model and its baselines, the base rate of the period and of
 its history with a two-proportion test, and the population stability index (PSI) of the
@@ -45,6 +45,7 @@ from leadml.features import FeatureMeta
 from leadml.guards import check_minimum_data
 from leadml.scorer import PROBABILITY
 from leadml.scoring import population_stability
+from leadml.selection import MARGIN
 from leadml.sources import masked_urls
 from leadml.split import SplitSettings, split_with_report
 from leadml.train import BASELINE_LOGREG, BASELINE_POINTS, BASELINE_RATE, train_and_evaluate
@@ -204,7 +205,8 @@ def run_fold(
     started = time.perf_counter()
     column = _position_column(config)
     try:
-        result = train_and_evaluate(snapshots, metadata, fold_config(config, period))
+        # the estimate only: the procedure fitted before the period; no refit for production
+        result = train_and_evaluate(snapshots, metadata, fold_config(config, period), deploy=False)
     except LeadmlError as error:
         where = f"backtest fold {period.number} of {settings.folds} ({period.describe(column)})"
         raise type(error)(f"{where}: {error}") from None
@@ -217,15 +219,20 @@ def run_fold(
         CalibrationSettings.from_mapping(config["calibration"]), recent_fraction=settings.recent_fraction
     )
     model = result.scorer.model
+    # the calibrator learns from out-of-sample margins of the validation folds (as training does)
+    assert result.selection is not None and result.development is not None
+    out_of_sample = result.selection.oos[MARGIN]
+    validated = result.development.loc[out_of_sample.index]
     try:
-        recent = fit_on_window(model.predict_margin, result.windows["calibration"], calibration)
+        recent = fit_on_window(lambda rows: out_of_sample.loc[rows.index].to_numpy(), validated, calibration)
     except LeadmlError as error:
-        window = calibration.window(result.windows["calibration"])[1]
+        window = calibration.window(validated)[1]
         raise LeadmlError(
             f"backtest fold {period.number} of {settings.folds}: the recent-window calibrator cannot be "
             f"fitted on {window['calibration_window']} ({error}); use a larger backtest.recent_fraction"
         ) from None
-    recent_metrics = binary_metrics(labels, recent.predict_proba(model.predict_margin(test)))
+    offset = getattr(result.scorer.calibrator, "offset", 0.0)  # margins relative to the history's rate
+    recent_metrics = binary_metrics(labels, recent.predict_proba(model.predict_margin(test) - offset))
 
     reference = result.scorer.reference
     score_psi = population_stability(

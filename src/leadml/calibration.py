@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 PROBABILITY_FLOOR = 1e-6
 METHODS: tuple[str, ...] = ("isotonic", "sigmoid", "none", "auto")
-AUTO_CANDIDATES: tuple[str, ...] = ("isotonic", "sigmoid")
+# "none" competes too: a calibrator is kept only where it lowers out-of-sample log loss
+AUTO_CANDIDATES: tuple[str, ...] = ("isotonic", "sigmoid", "none")
 
 
 @dataclass(frozen=True)
@@ -148,14 +149,32 @@ class SigmoidCalibrator:
 
 @dataclass
 class IsotonicCalibrator:
-    """Isotonic regression of the label on the margin, clipped outside the fitted range."""
+    """Centred isotonic regression of the label on the margin (Oron and Flournoy, 2017).
+
+    Plain isotonic regression is a step function: every lead on one step gets the same
+    probability, which throws away ranking (ROC AUC) the model had. Here each step is replaced by
+    its centre and the probability interpolates linearly between centres, so it rises strictly
+    with the margin inside the fitted range and stays flat (clipped) beyond the outer centres.
+    """
 
     regression: IsotonicRegression
     method: str = "isotonic"
     details: dict[str, Any] = field(default_factory=dict)
 
+    def _knots(self) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.regression.X_thresholds_, self.regression.y_thresholds_
+        levels, block = np.unique(y, return_inverse=True)
+        centres = np.bincount(block, weights=x) / np.bincount(block)
+        return centres, levels
+
     def predict_proba(self, margin: np.ndarray) -> np.ndarray:
-        return _clip(self.regression.predict(np.asarray(margin, dtype=np.float64)))
+        centres, levels = self._knots()
+        values = np.asarray(margin, dtype=np.float64)
+        probability = np.interp(values, centres, levels)
+        # beyond the outer centres the map is flat; a vanishing slope keeps the margin's order there
+        # too (ties would cost ROC AUC), moving no probability by 2e-6 or more
+        outside = values - np.clip(values, centres[0], centres[-1])
+        return _clip(probability + 1e-6 * np.arctan(outside))
 
     def describe(self) -> dict[str, Any]:
         levels = np.unique(self.regression.y_thresholds_)
@@ -163,9 +182,38 @@ class IsotonicCalibrator:
             "method": self.method,
             "steps": len(levels),
             "margin_range": [float(self.regression.X_min_), float(self.regression.X_max_)],
-            "preserves_ranking": "up to ties: margins on one step share a probability",
+            "preserves_ranking": "exactly (interpolated between the steps' centres)",
             **self.details,
         }
+
+
+@dataclass
+class RelativeCalibrator:
+    """A calibrator of margins relative to the base log-odds of the model's training rows.
+
+    ``predict_proba(margin)`` is ``inner.predict_proba(margin - offset)``, ``offset`` being the
+    log-odds of the positive rate the model was fitted on (``leadml.selection.base_log_odds``):
+    the calibrator was fitted on out-of-sample margins of models fitted on earlier histories,
+    each taken relative to its own history's rate, so a refit on a history with another rate is
+    mapped the same way. Monotone in the margin like ``inner``.
+    """
+
+    inner: Calibrator
+    offset: float
+
+    @property
+    def method(self) -> str:
+        return self.inner.method
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.inner.details  # type: ignore[attr-defined,no-any-return]
+
+    def predict_proba(self, margin: np.ndarray) -> np.ndarray:
+        return self.inner.predict_proba(np.asarray(margin, dtype=np.float64) - self.offset)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "margin_offset": self.offset}
 
 
 def fit_calibrator(

@@ -172,9 +172,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             for w in ("train", "calibration", "test")
         )
     )
+    for note in summary.get("notes") or ():
+        _echo(f"train: {note}")
     drift = summary.get("base_rate_drift") or {}
     if drift.get("sentence"):
         _echo(f"train: {drift['sentence']}")
+    if summary.get("selection"):
+        _echo(f"selection: {summary['selection']}")
     table = summary["comparison"][
         ["roc_auc", "roc_auc_low", "roc_auc_high", "pr_auc", "log_loss", "brier", "ece"]
     ]
@@ -206,6 +210,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         _echo(
             f"oracle: the generator's true probabilities reach ROC AUC {oracle:.4f}; "
             f"the model is {oracle - model:.4f} below"
+        )
+    deployment = summary.get("deployment") or {}
+    if deployment.get("refit"):
+        through = f" through {deployment['through']}" if deployment.get("through") is not None else ""
+        _echo(
+            f"deployed: the same procedure refitted on every labelled row ({deployment['rows']:,} rows, "
+            f"{deployment['positives']:,} won{through}), calibrated on the latest out-of-sample predictions"
         )
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
     _echo(

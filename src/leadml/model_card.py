@@ -19,6 +19,7 @@ from leadml.scorer import LeadScorer
 
 RUN_ARTIFACTS = (
     "split.json",
+    "selection.json",
     "split_purged.json",
     "calibration.json",
     "promotion.json",
@@ -210,6 +211,7 @@ def _training_data(facts: CardFacts, config: Mapping[str, Any]) -> str:
             + ", ".join(f"{k} {v:,}" for k, v in dropped.items())
             + "."
         )
+    lines += _procedure(facts)
     digests = facts.run.get("datasets") or {}
     if digests:
         lines.append(
@@ -514,6 +516,29 @@ def _share(value: float) -> str:
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def _procedure(facts: CardFacts) -> list[str]:
+    """How the model was chosen, and what the registered refit was trained on."""
+    lines: list[str] = []
+    selection = _artifact(facts, "selection.json") or {}
+    if selection.get("sentence"):
+        lines.append(
+            "\nModel selection, on the rows before the test window only: the procedure "
+            f"{selection['sentence']}."
+        )
+    trained = getattr(facts.scorer, "trained", None) or {}
+    if trained.get("refit"):
+        span = ""
+        if trained.get("through") is not None:
+            span = f", {trained['position_column']} {trained['first']} to {trained['through']}"
+        lines.append(
+            "\nThe test-window figures below are those of the procedure fitted on the rows before the "
+            "test window. **This model is the same procedure refitted on every labelled row**: "
+            f"{trained['rows']:,} rows, {trained['positives']:,} won ({trained['rate']:.1%}){span}; its "
+            "calibrator was fitted on out-of-sample predictions of the latest rows."
+        )
+    return lines
 
 
 def _artifact(facts: CardFacts, name: str) -> Any:

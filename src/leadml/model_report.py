@@ -562,8 +562,32 @@ def model_report_context(
         ),
         "leakage": leakage_summary(result.leakage, result.leakage_flagged, config.get("guards", {})),
         "split": split_records(result.split, result.purged_rows),
+        "selection": selection_record(result),
+        "deployment": _plain_record(getattr(result, "deployment", None) or {}),
         "timings": timing_records(result.seconds, run.stage_seconds, run.elapsed_seconds),
     }
+
+
+def selection_record(result: TrainingResult) -> dict[str, Any] | None:
+    """The selection's evidence for the report: candidates, folds, the search's best settings."""
+    selection = getattr(result, "selection", None)
+    if selection is None:
+        return None
+    record = _plain_record(selection.describe())
+    development = getattr(result, "development", None)
+    record["development_rows"] = len(development) if development is not None else 0
+    return record
+
+
+def _plain_record(value: Any) -> Any:
+    """JSON-like values with numpy scalars and NaN made plain for the template."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain_record(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_record(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def render_model_report(context: Mapping[str, Any]) -> str:

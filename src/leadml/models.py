@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import lightgbm as lgb
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 NON_FEATURE_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, s.LABEL, s.DUP_GROUP)
 PROBABILITY_FLOOR = 1e-6
 EARLY_STOPPING_METRICS: tuple[str, ...] = ("auc", "binary_logloss")
+BOOSTING_MODES: tuple[str, ...] = ("gbdt", "rf")
 
 
 class ScoringModel(Protocol):
@@ -50,8 +51,9 @@ class LightGBMSettings:
     name: str = "lightgbm"
     n_estimators: int = 2000  # upper bound; early stopping picks the number used
     learning_rate: float = 0.03
-    num_leaves: int = 31
-    min_child_samples: int = 100
+    # None ("auto" in the config): sized from the training rows' positives (:func:`sized_lightgbm`)
+    num_leaves: int | None = 31
+    min_child_samples: int | None = 100
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
@@ -63,10 +65,24 @@ class LightGBMSettings:
     # after the ranking stopped improving
     early_stopping_metric: str = "auc"
     monotone_constraints: bool = False
+    # LightGBM's extremely randomised trees (random thresholds) and random-forest mode (averaged
+    # trees on bagged rows): both read by the fast explainer like any LightGBM tree
+    extra_trees: bool = False
+    boosting: str = "gbdt"
+    # smoothing of categorical splits (LightGBM's cat_smooth, min_data_per_group)
+    cat_smooth: float = 10.0
+    min_data_per_group: int = 100
+    # tune within selection's budget (Optuna, time-ordered validation); false: these settings only
+    search: bool = True
     seed: int = 0
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
+        for name in ("num_leaves", "min_child_samples"):
+            if getattr(self, name) == "auto":
+                object.__setattr__(self, name, None)
+        if self.boosting not in BOOSTING_MODES:
+            raise LeadmlError(f"model.boosting must be one of {BOOSTING_MODES}, got {self.boosting!r}")
         if not 0 < self.early_stopping_fraction < 1:
             raise LeadmlError("model.early_stopping_fraction must be in (0, 1)")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
@@ -161,11 +177,14 @@ class LightGBMModel:
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         return prepare_features(frame, self.feature_names, self.categories)
 
+    @property
+    def margin_scale(self) -> float:
+        """1, or 1/trees for a random-forest booster (see :func:`margin_scale`)."""
+        return margin_scale(self.booster, self.best_iteration)
+
     def predict_margin(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.asarray(
-            self.booster.predict(self.prepare(frame), raw_score=True, num_iteration=self.best_iteration),
-            dtype=np.float64,
-        )
+        raw = self.booster.predict(self.prepare(frame), raw_score=True, num_iteration=self.best_iteration)
+        return np.asarray(raw, dtype=np.float64) * self.margin_scale
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return expit(self.predict_margin(frame))
@@ -189,27 +208,61 @@ def prepare_features(
     return pd.DataFrame(prepared, index=frame.index)
 
 
-def fit_lightgbm(
-    train: pd.DataFrame, settings: LightGBMSettings, metadata: Mapping[str, FeatureMeta] | None = None
-) -> LightGBMModel:
-    """Gradient-boosted trees with native categoricals and early stopping on the latest training rows."""
-    started = time.perf_counter()
-    names = feature_columns(train)
-    categories = {c: train[c].cat.categories.tolist() for c in categorical_columns(train, names)}
-    fit_rows, stop_rows = early_stopping_split(train, settings.early_stopping_fraction)
-    for part_name, part in (("fit", fit_rows), ("early-stopping", stop_rows)):
-        if part[s.LABEL].nunique() < 2:
-            raise LeadmlError(f"the {part_name} part of the training window needs both labels")
+def margin_scale(booster: lgb.Booster, iterations: int | None = None) -> float:
+    """What turns a booster's raw score into log-odds: 1, or 1/trees in random-forest mode.
+
+    LightGBM's ``raw_score`` (and ``pred_contrib``) add up the trees even when it averages them for
+    probabilities (``boosting="rf"``); scaling by 1/trees makes the margin and every contribution
+    log-odds again, and keeps them additive.
+    """
+    if booster.params.get("boosting", "gbdt") not in ("rf", "random_forest"):
+        return 1.0
+    trees = booster.current_iteration() if not iterations or iterations <= 0 else iterations
+    return 1.0 / max(1, min(trees, booster.current_iteration()))
+
+
+def sized_lightgbm(settings: LightGBMSettings, rows: int, positives: int) -> LightGBMSettings:
+    """``settings`` with ``num_leaves`` and ``min_child_samples`` left to "auto" sized from the data.
+
+    The leaf size follows the rarer class (a twentieth of it, 10 to 300 rows), so a few hundred
+    leads still get splits while hundreds of thousands get the smooth leaves that generalise;
+    fewer than 1,000 of the rarer class get shallower trees (7 leaves instead of 15).
+    """
+    rarer = max(1, min(positives, rows - positives))
+    sized = {}
+    if settings.min_child_samples is None:
+        sized["min_child_samples"] = int(np.clip(round(rarer / 20), 10, 300))
+    if settings.num_leaves is None:
+        sized["num_leaves"] = 15 if rarer >= 1000 else 7
+    return replace(settings, **sized) if sized else settings
+
+
+def lightgbm_params(
+    settings: LightGBMSettings,
+    names: list[str],
+    categories: Mapping[str, list[Any]],
+    metadata: Mapping[str, FeatureMeta] | None = None,
+) -> dict[str, Any]:
+    """LightGBM's parameters for ``settings`` (sized first: see :func:`sized_lightgbm`)."""
+    if settings.num_leaves is None or settings.min_child_samples is None:
+        raise LeadmlError("lightgbm settings must be sized (sized_lightgbm) before fitting")
+    rf = settings.boosting == "rf"
+    bagging = settings.bagging_fraction < 1 or rf
     params: dict[str, Any] = {
         "objective": "binary",
         "metric": settings.early_stopping_metric,
+        "boosting": settings.boosting,
+        "extra_trees": settings.extra_trees,
         "learning_rate": settings.learning_rate,
         "num_leaves": settings.num_leaves,
         "min_child_samples": settings.min_child_samples,
         "feature_fraction": settings.feature_fraction,
-        "bagging_fraction": settings.bagging_fraction,
-        "bagging_freq": settings.bagging_freq if settings.bagging_fraction < 1 else 0,
+        # random-forest mode needs bagging
+        "bagging_fraction": min(settings.bagging_fraction, 0.9) if rf else settings.bagging_fraction,
+        "bagging_freq": max(settings.bagging_freq, 1) if bagging else 0,
         "lambda_l2": settings.lambda_l2,
+        "cat_smooth": settings.cat_smooth,
+        "min_data_per_group": settings.min_data_per_group,
         "seed": settings.seed,
         "num_threads": settings.n_jobs,
         "deterministic": True,
@@ -217,6 +270,70 @@ def fit_lightgbm(
     }
     if settings.monotone_constraints:
         params["monotone_constraints"] = monotone_vector(names, metadata or {}, set(categories))
+    return params
+
+
+def training_categories(train: pd.DataFrame, names: list[str]) -> dict[str, list[Any]]:
+    return {c: train[c].cat.categories.tolist() for c in categorical_columns(train, names)}
+
+
+def split_trees(booster: lgb.Booster, iterations: int) -> int:
+    """How many of the first ``iterations`` trees split at least once (0: a constant model)."""
+    trees = booster.dump_model(num_iteration=iterations)["tree_info"]
+    return sum(1 for tree in trees if tree.get("num_leaves", 1) > 1)
+
+
+def fit_lightgbm_rounds(
+    train: pd.DataFrame,
+    settings: LightGBMSettings,
+    rounds: int,
+    metadata: Mapping[str, FeatureMeta] | None = None,
+) -> LightGBMModel:
+    """LightGBM on every row of ``train`` with a fixed number of trees (chosen by validation before).
+
+    The refit of a selected procedure: no rows are held back, because the number of trees was
+    already chosen on time-ordered validation folds (:mod:`leadml.selection`).
+    """
+    started = time.perf_counter()
+    names = feature_columns(train)
+    categories = training_categories(train, names)
+    positives = int(train[s.LABEL].sum())
+    if positives in (0, len(train)):
+        raise LeadmlError("the training rows need both labels")
+    settings = sized_lightgbm(settings, len(train), positives)
+    params = lightgbm_params(settings, names, categories, metadata)
+    data = lgb.Dataset(
+        prepare_features(train, names, categories),
+        label=train[s.LABEL].to_numpy(),
+        categorical_feature=list(categories) or "auto",
+        free_raw_data=True,
+    )
+    booster = lgb.train(params, data, num_boost_round=max(1, int(rounds)))
+    report = {
+        "fit_rows": len(train),
+        "trees": int(rounds),
+        "split_trees": split_trees(booster, int(rounds)),
+        "num_leaves": settings.num_leaves,
+        "min_child_samples": settings.min_child_samples,
+        "fit_seconds": time.perf_counter() - started,
+    }
+    logger.info("lightgbm: %d trees on %d rows, %.1fs", rounds, len(train), report["fit_seconds"])
+    return LightGBMModel(booster, names, categories, int(rounds), report, pd.Index([]))
+
+
+def fit_lightgbm(
+    train: pd.DataFrame, settings: LightGBMSettings, metadata: Mapping[str, FeatureMeta] | None = None
+) -> LightGBMModel:
+    """Gradient-boosted trees with native categoricals and early stopping on the latest training rows."""
+    started = time.perf_counter()
+    names = feature_columns(train)
+    categories = training_categories(train, names)
+    fit_rows, stop_rows = early_stopping_split(train, settings.early_stopping_fraction)
+    for part_name, part in (("fit", fit_rows), ("early-stopping", stop_rows)):
+        if part[s.LABEL].nunique() < 2:
+            raise LeadmlError(f"the {part_name} part of the training window needs both labels")
+    settings = sized_lightgbm(settings, len(fit_rows), int(fit_rows[s.LABEL].sum()))
+    params = lightgbm_params(settings, names, categories, metadata)
     fit_set = lgb.Dataset(
         prepare_features(fit_rows, names, categories),
         label=fit_rows[s.LABEL].to_numpy(),
@@ -241,6 +358,7 @@ def fit_lightgbm(
         "best_iteration": best_iteration,
         "early_stopping_metric": settings.early_stopping_metric,
         "early_stopping_score": float(booster.best_score["early_stopping"][settings.early_stopping_metric]),
+        "split_trees": split_trees(booster, best_iteration),
         "fit_seconds": time.perf_counter() - started,
     }
     logger.info(

@@ -43,6 +43,9 @@ class LeadScorer:
     # tiers of the test window's evaluation: {method, thresholds (probability minimum per tier),
     # floor_tier, note}; what the served model tiers one lead with
     tiers: dict[str, Any] = field(default_factory=dict)
+    # what the registered refit was fitted on: rows, positives, and the last as_of / order_key it
+    # saw ("through"), so a later run rescores it only on rows it never saw
+    trained: dict[str, Any] = field(default_factory=dict)
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -115,7 +118,9 @@ class LeadScorer:
                 prepared, pred_contrib=True, num_iteration=self.model.best_iteration
             )
         columns = [*self.feature_names, BASE_VALUE]
-        return pd.DataFrame(np.asarray(contributions), columns=columns, index=frame.index)
+        # a random-forest booster's raw contributions add up its trees: 1/trees makes them log-odds
+        scaled = np.asarray(contributions, dtype=np.float64) * self.model.margin_scale
+        return pd.DataFrame(scaled, columns=columns, index=frame.index)
 
     def prepare_explainer(self) -> None:
         """Build the explainer now (tree tables, or the linear model's means) rather than on first use."""

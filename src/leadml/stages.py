@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from leadml import schema as s
@@ -315,7 +316,10 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         BASELINE_LOGREG,
         BASELINE_POINTS,
         ORACLE,
+        TOO_LITTLE_DATA,
+        GateEvidence,
         base_rate_drift,
+        fitting_failure_reason,
         promotion_gate,
         train_and_evaluate,
     )
@@ -336,7 +340,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         # database passwords in data.tables.*.url or score.sql.url never reach the tracking store
         tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
         tracking.log_text(yaml.safe_dump(masked_urls(dict(cfg)), sort_keys=False), "config.yaml")
-        result = train_and_evaluate(snapshots, metadata, cfg, truth)
+        result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         if _kind(cfg["data"]) == "crm":
             result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
         for window, rows in result.windows.items():
@@ -353,7 +357,19 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             tracking.log_metrics(
                 {"change": drift["change"], "p_value": drift["p_value"]}, prefix="base_rate_drift."
             )
-        tracking.log_dict({"purged_rows": result.purged_rows}, "split_purged.json")
+        tracking.log_dict(
+            {"purged_rows": result.purged_rows, "duplicate_rows": result.duplicate_rows}, "split_purged.json"
+        )
+        if result.selection is not None:
+            tracking.log_dict(result.selection.describe(), "selection.json")
+            if not result.selection.trials.empty:
+                tracking.log_table(result.selection.trials, "selection_trials.csv")
+            tracking.log_metrics(
+                {str(name): float(row["roc_auc"]) for name, row in result.selection.table.iterrows()},
+                prefix="validation.",
+            )
+            tracking.set_tags({"selection.chosen": result.selection.chosen})
+        tracking.log_dict(result.deployment, "deployment.json")
         tracking.log_table(result.leakage, "leakage_report.csv")
         if result.leakage_excluded:
             tracking.set_tags({"leakage.excluded": ", ".join(result.leakage_excluded)})
@@ -393,12 +409,22 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         points = None
         if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
             points = metrics.loc[BASELINE_POINTS]
+        notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
+        evidence = GateEvidence(
+            uncalibrated=metrics.loc[f"{result.model_name}_uncalibrated"],
+            too_little_data=notes[0] if notes else None,
+            fitting_failure=fitting_failure_reason(result.evaluated.model) if result.evaluated else None,
+            base_rate_moved=bool(drift.get("flagged")),
+            recentred_ece=result.calibration.get("recentred_ece"),
+            recentred_ece_low=result.calibration.get("recentred_ece_low"),
+        )
         decision = promotion_gate(
             metrics.loc[result.model_name],
             metrics.loc[BASELINE_LOGREG],
             champion_metrics,
             cfg["promotion"],
             points=points,
+            evidence=evidence,
         )
         # the report before the alias moves: a report that cannot be written fails the run unpromoted
         report_run = model_report.RunInfo(
@@ -451,6 +477,10 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "leakage_excluded": list(result.leakage_excluded),
         "base_rate_drift": drift,
         "model_name": result.model_name,
+        "selection": result.selection.sentence if result.selection is not None else "",
+        "deployment": result.deployment,
+        "notes": list(result.notes),
+        "duplicate_rows": result.duplicate_rows,
         "report": str(report_path),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -487,10 +517,14 @@ def window_fingerprint(rows: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
+MIN_CHAMPION_ROWS = 200  # unseen test rows (with both labels) needed to rescore the champion
+
+
 def _rescore_champion(
     model_name: str, version: str, test: pd.DataFrame, names: list[str], labels: Any
-) -> dict[str, float] | None:
-    """The champion's metrics on the candidate's test rows, or None when it cannot score them."""
+) -> dict[str, Any] | None:
+    """The champion's metrics on the candidate's test rows it never saw, None when it cannot score
+    them, or ``{"note": ...}`` when it was trained on them (a refit saw every labelled row)."""
     from leadml import tracking
     from leadml.errors import TrackingUnavailableError
     from leadml.evaluate import binary_metrics
@@ -498,13 +532,36 @@ def _rescore_champion(
 
     try:
         champion = tracking.load_scorer(f"models:/{model_name}/{version}")
-        predicted = champion.predict(as_model_input(test, names))
+        unseen = unseen_rows(test, getattr(champion, "trained", None) or {})
+        if unseen is not None and (
+            unseen.sum() < MIN_CHAMPION_ROWS or len(np.unique(np.asarray(labels)[unseen])) < 2
+        ):
+            return {
+                "note": f"champion v{version} was trained on this test window (its refit saw every "
+                "labelled row), so it cannot be compared on it; the candidate is judged on its own"
+            }
+        rows = test if unseen is None else test[unseen]
+        chosen = np.asarray(labels) if unseen is None else np.asarray(labels)[unseen]
+        predicted = champion.predict(as_model_input(rows, names))
     except TrackingUnavailableError:
         raise  # not "the champion cannot score": nobody could tell
     except Exception as error:  # a champion built on other features cannot score these rows
         logger.warning("champion version %s cannot score the test rows: %s", version, error)
         return None
-    return binary_metrics(labels, predicted["probability"].to_numpy())
+    return {**binary_metrics(chosen, predicted["probability"].to_numpy()), "rows": len(rows)}
+
+
+def unseen_rows(test: pd.DataFrame, trained: Mapping[str, Any]) -> np.ndarray | None:
+    """Which test rows lie after everything a refitted champion was trained on (None: no record)."""
+    column, through = trained.get("position_column"), trained.get("through")
+    if not trained.get("refit"):
+        return None
+    if column is None or through is None or column not in test.columns:
+        return np.zeros(len(test), dtype=bool)  # a refit without time saw every row
+    position = test[column]
+    if column == s.AS_OF:
+        return (position > pd.Timestamp(through)).to_numpy()
+    return (position > float(through)).to_numpy()
 
 
 # --------------------------------------------------------------------------- score

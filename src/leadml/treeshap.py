@@ -21,6 +21,14 @@ LightGBM's ``NumericalDecision``/``CategoricalDecision`` exactly (missing types,
 directions, categorical bitsets). Tests cross-check it against ``pred_contrib`` on
 random models. The result has LightGBM's layout: one column per feature, then the
 expected value (the base value), in raw-score (log-odds) units.
+
+Random-forest boosters (``boosting="rf"``, an ``average_output`` line in the model text)
+are explained like any other, tree values as stored: LightGBM's ``pred_contrib`` and
+``predict(raw_score=True)`` both SUM the trees' outputs in that mode (``GBDT::PredictRaw``);
+only the transformed ``predict()`` divides by the number of trees first. So, as there, the
+contributions add up to the raw score, and the model's probability is
+``sigmoid(raw score / n_trees)`` (:attr:`FastTreeExplainer.average_output`, ``.n_trees``).
+Rescaling the trees by ``1 / n_trees`` here would break the equality with both.
 """
 
 from __future__ import annotations
@@ -67,9 +75,14 @@ class _Tree:
     cat_threshold: np.ndarray
 
 
-def _parse_model(text: str) -> tuple[int, list[_Tree]]:
-    """Number of features and the trees of LightGBM's text model format."""
+def _parse_model(text: str) -> tuple[int, list[_Tree], bool]:
+    """Number of features, the trees of LightGBM's text model format, and its ``average_output`` flag.
+
+    The flag (random-forest mode) is a bare header line; the tree values are used as they are,
+    since LightGBM's raw score and ``pred_contrib`` sum them in that mode too (module docstring).
+    """
     header, _, body = text.partition("\nTree=")
+    average_output = any(line.strip() == "average_output" for line in header.splitlines())
     body = body.partition("end of trees")[0]
     fields = dict(line.split("=", 1) for line in header.splitlines() if "=" in line)
     if int(fields.get("num_tree_per_iteration", "1")) != 1:
@@ -81,7 +94,7 @@ def _parse_model(text: str) -> tuple[int, list[_Tree]]:
         if values.get("is_linear", "0") != "0":
             raise UnsupportedModelError("fast TreeSHAP does not cover linear trees")
         trees.append(_tree_from_fields(values))
-    return n_features, trees
+    return n_features, trees, average_output
 
 
 def _numbers(values: dict[str, str], key: str, dtype: type) -> np.ndarray:
@@ -328,10 +341,15 @@ class FastTreeExplainer:
 
     Built once per model (tables are precomputed here); :meth:`shap_values` takes the
     numeric matrix LightGBM predicts on (:func:`booster_matrix`).
+
+    ``average_output`` is True for a random-forest booster: its contributions (like LightGBM's)
+    add up to the sum of the ``n_trees`` trees' outputs, and ``booster.predict`` transforms
+    that sum divided by ``n_trees``.
     """
 
     def __init__(self, model_text: str, max_table_depth: int = DEFAULT_MAX_TABLE_DEPTH) -> None:
-        self.n_features, trees = _parse_model(model_text)
+        self.n_features, trees, self.average_output = _parse_model(model_text)
+        self.n_trees = len(trees)
         self._build(trees, max_table_depth)
 
     @classmethod

@@ -1,0 +1,615 @@
+"""Model selection in time: candidates compete on validation folds before the test window is seen.
+
+The procedure that is evaluated on the test window and then refitted for production:
+
+1. **Folds.** The latest ``folds x fold_share`` of the development rows (everything before the
+   test window) are cut into ``folds`` consecutive blocks; each block is predicted by a model fitted
+   on every row before it (an expanding window, like the production model predicting tonight's
+   leads). A lead (or a group of exact copies) belongs to the block of its first row, so its later
+   rows never validate a model that saw its earlier ones. Data without time gets random blocks
+   of leads instead.
+2. **Search.** LightGBM is tuned by Optuna (TPE) within a bounded number of trials and seconds on
+   the mean validation ROC AUC over the folds; the number of trees is the best iteration of the
+   mean validation curve (``lightgbm.cv``). The space covers gradient boosting, LightGBM's
+   extremely randomised trees and its random-forest mode, leaf sizes and regularisation. The
+   first trial is always the configured settings, sized to the data.
+3. **Selection.** Logistic regression is scored on the same folds; the simpler model wins when it
+   is within ``simpler_tolerance`` of the best. The points sheet is scored too (for the record).
+4. **Out-of-sample margins.** Every validation row keeps the margin its fold's model gave it:
+   the calibrator is fitted on those (time-ordered cross-fitting), never on rows a model saw.
+
+Pure: frames in, a :class:`Selection` out; no file I/O, no MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from leadml import schema as s
+from leadml.errors import LeadmlError, known_settings
+from leadml.features import FeatureMeta
+from leadml.models import (
+    LightGBMSettings,
+    LogRegSettings,
+    ScoringModel,
+    feature_columns,
+    fit_lightgbm_rounds,
+    fit_logreg,
+    lightgbm_params,
+    margin_scale,
+    prepare_features,
+    sized_lightgbm,
+    training_categories,
+)
+from leadml.split import position_column
+
+logger = logging.getLogger(__name__)
+
+LIGHTGBM, LOGREG, POINTS = "lightgbm", "logreg", "points"
+CANDIDATES: tuple[str, ...] = (LIGHTGBM, LOGREG, POINTS)
+FOLD, MARGIN = "fold", "margin"
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """``selection:`` in the config."""
+
+    # validation blocks at the end of the development rows, each this share of them
+    folds: int = 3
+    fold_share: float = 0.15
+    # the LightGBM search: at most this many Optuna trials and seconds (0 trials: no search)
+    trials: int = 30
+    seconds: float = 60.0
+    # rows a search trial fits on per fold (a random sample beyond it); the refit uses every row
+    max_search_rows: int = 60_000
+    early_stopping_rounds: int = 50
+    max_trees: int = 2000
+    # fewest trees a LightGBM candidate may have: a validation curve that peaks at the first few
+    # trees (a drifting base rate does that) would otherwise pick a fragile one-tree model
+    min_trees: int = 20
+    # trees of a random forest (LightGBM's rf mode: averaged, so their number is not tuned)
+    forest_trees: int = 200
+    # a simpler candidate within this ROC AUC of the best, or within one standard error of the
+    # paired per-fold difference, wins (logistic regression over LightGBM)
+    simpler_tolerance: float = 0.002
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 1 or not 0 < self.fold_share * self.folds < 1:
+            raise LeadmlError(
+                "selection.folds must be at least 1 and selection.folds x selection.fold_share below 1, "
+                f"got {self.folds} x {self.fold_share}"
+            )
+        if self.trials < 0 or self.seconds < 0:
+            raise LeadmlError("selection.trials and selection.seconds must not be negative")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> SelectionSettings:
+        return cls(**known_settings(cls, mapping or {}, "selection"))
+
+
+@dataclass
+class Fold:
+    fit: np.ndarray  # positions (iloc) of the rows the fold's model is fitted on
+    validate: np.ndarray  # positions of the rows it predicts
+    first: Any = None  # first and last position (as_of / order_key) of the validation block
+    last: Any = None
+
+
+@dataclass
+class Selection:
+    """What the procedure chose on the development rows, and the evidence."""
+
+    chosen: str  # lightgbm or logreg
+    lightgbm: LightGBMSettings | None  # tuned and sized settings (n_estimators = the trees to refit)
+    logreg: LogRegSettings
+    table: pd.DataFrame  # one row per candidate: mean and per-fold validation ROC AUC
+    trials: pd.DataFrame  # one row per search trial
+    # development rows validated: fold and the chosen model's out-of-sample margin, relative to the
+    # base log-odds of the rows its fold's model was fitted on (see base_log_odds)
+    oos: pd.DataFrame
+    folds: list[Fold] = field(default_factory=list)
+    sentence: str = ""
+    seconds: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record for the run and the model report."""
+        return {
+            "chosen": self.chosen,
+            "sentence": self.sentence,
+            "candidates": self.table.reset_index().to_dict(orient="records"),
+            "lightgbm": None if self.lightgbm is None else _settings_record(self.lightgbm),
+            "folds": [
+                {
+                    "fit_rows": len(f.fit),
+                    "validation_rows": len(f.validate),
+                    "first": str(f.first),
+                    "last": str(f.last),
+                }
+                for f in self.folds
+            ],
+            "trials": len(self.trials),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _settings_record(settings: LightGBMSettings) -> dict[str, Any]:
+    keys = (
+        "boosting",
+        "extra_trees",
+        "n_estimators",
+        "learning_rate",
+        "num_leaves",
+        "min_child_samples",
+        "lambda_l2",
+        "feature_fraction",
+        "bagging_fraction",
+        "cat_smooth",
+        "min_data_per_group",
+    )
+    return {key: getattr(settings, key) for key in keys}
+
+
+def validation_folds(rows: pd.DataFrame, settings: SelectionSettings) -> list[Fold]:
+    """Time-ordered expanding-window folds over the latest rows (random blocks without time)."""
+    group = _groups(rows)
+    column = position_column(rows)
+    if column is None:
+        return _random_folds(rows, group, settings)
+    position = rows[column].to_numpy()
+    first_of_group = pd.Series(position).groupby(group.to_numpy(), sort=False).transform("min").to_numpy()
+    ordered = np.sort(position)
+    folds = []
+    for k in range(settings.folds):
+        start = ordered[
+            min(len(ordered) - 1, int(len(ordered) * (1 - settings.fold_share * (settings.folds - k))))
+        ]
+        end_index = int(len(ordered) * (1 - settings.fold_share * (settings.folds - k - 1)))
+        in_block = position >= start
+        if k < settings.folds - 1 and end_index < len(ordered):
+            in_block &= position < ordered[end_index]
+        # a lead's rows validate only where the lead is new: earlier rows of it were fitted on
+        validate = np.flatnonzero(in_block & (first_of_group >= start))
+        fit = np.flatnonzero(position < start)
+        if len(validate) and len(fit):
+            folds.append(
+                Fold(fit, validate, _plain(position[validate].min()), _plain(position[validate].max()))
+            )
+    return _usable(folds, rows)
+
+
+def _random_folds(rows: pd.DataFrame, group: pd.Series, settings: SelectionSettings) -> list[Fold]:
+    rng = np.random.default_rng(settings.seed)
+    groups = group.unique()
+    shuffled = groups[rng.permutation(len(groups))]
+    size = max(1, round(len(groups) * settings.fold_share))
+    codes = pd.Series(np.arange(len(shuffled)), index=shuffled)
+    rank = codes.reindex(group.to_numpy()).to_numpy()
+    folds = []
+    for k in range(settings.folds):
+        held = (rank >= k * size) & (rank < (k + 1) * size)
+        folds.append(Fold(np.flatnonzero(~held), np.flatnonzero(held), f"random block {k + 1}", ""))
+    return _usable(folds, rows)
+
+
+def _usable(folds: list[Fold], rows: pd.DataFrame) -> list[Fold]:
+    labels = rows[s.LABEL].to_numpy()
+    usable = [
+        fold
+        for fold in folds
+        if 0 < labels[fold.validate].sum() < len(fold.validate) and 0 < labels[fold.fit].sum() < len(fold.fit)
+    ]
+    if not usable:
+        raise LeadmlError(
+            "selection: no validation fold has both labels in its rows and in the rows before it "
+            f"({len(rows):,} development rows, {int(labels.sum()):,} positives); "
+            "too little data to choose a model"
+        )
+    return usable
+
+
+def _groups(rows: pd.DataFrame) -> pd.Series:
+    if s.DUP_GROUP in rows.columns:
+        return rows[s.DUP_GROUP].astype(str).where(rows[s.DUP_GROUP].notna(), rows[s.LEAD_ID].astype(str))
+    return rows[s.LEAD_ID].astype(str)
+
+
+def _plain(value: Any) -> Any:
+    stamp = pd.Timestamp(value) if isinstance(value, np.datetime64 | pd.Timestamp) else None
+    if stamp is not None:
+        return stamp.date().isoformat()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+@dataclass
+class _CvData:
+    """The development rows prepared once for LightGBM's cross-validation."""
+
+    matrix: pd.DataFrame
+    labels: np.ndarray
+    names: list[str]
+    categories: dict[str, list[Any]]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+
+def _cv_data(rows: pd.DataFrame, folds: Sequence[Fold], settings: SelectionSettings) -> _CvData:
+    names = feature_columns(rows)
+    categories = training_categories(rows, names)
+    rng = np.random.default_rng(settings.seed)
+    cv_folds = []
+    for fold in folds:
+        fit = fold.fit
+        if len(fit) > settings.max_search_rows:  # the latest rows matter most: keep them all
+            keep = np.sort(rng.choice(len(fit) - 1, settings.max_search_rows - 1, replace=False))
+            fit = np.append(fit[keep], fit[-1])
+        cv_folds.append((fit, fold.validate))
+    return _CvData(
+        prepare_features(rows, names, categories), rows[s.LABEL].to_numpy(), names, categories, cv_folds
+    )
+
+
+def cross_validate_lightgbm(
+    data: _CvData,
+    settings: LightGBMSettings,
+    selection: SelectionSettings,
+    metadata: Mapping[str, FeatureMeta] | None = None,
+    keep_boosters: bool = False,
+) -> tuple[float, int, Any]:
+    """(mean validation ROC AUC at the best iteration of the mean curve, that iteration, cv boosters)."""
+    params = lightgbm_params(settings, data.names, data.categories, metadata)
+    params["metric"] = "auc"
+    dataset = lgb.Dataset(
+        data.matrix,
+        label=data.labels,
+        categorical_feature=list(data.categories) or "auto",
+        free_raw_data=False,
+    )
+    forest = settings.boosting == "rf"
+    result = lgb.cv(
+        params,
+        dataset,
+        # a forest's trees are averaged, not added: more never overfit, so it grows to its size
+        num_boost_round=selection.forest_trees if forest else selection.max_trees,
+        folds=data.folds,
+        stratified=False,
+        callbacks=[] if forest else [lgb.early_stopping(selection.early_stopping_rounds, verbose=False)],
+        return_cvbooster=keep_boosters,
+    )
+    curve = np.asarray(result["valid auc-mean"])
+    if forest:
+        return float(curve[-1]), len(curve), result.get("cvbooster")
+    if len(curve) < selection.min_trees:  # stopped early: the curve goes on flat enough to extend
+        curve = np.append(curve, np.full(selection.min_trees - len(curve), curve[-1]))
+    best = selection.min_trees - 1 + int(np.nanargmax(curve[selection.min_trees - 1 :]))
+    return float(curve[best]), best + 1, result.get("cvbooster")
+
+
+def _suggest(trial: Any, base: LightGBMSettings, rows: int, positives: int) -> LightGBMSettings:
+    # gradient boosting, with random thresholds (extremely randomised trees), a random forest, and
+    # a forest of extremely randomised trees (what AutoML libraries often pick on drifting data)
+    mode = trial.suggest_categorical("mode", ["gbdt", "extra_trees", "rf", "extra_forest"])
+    forest = mode in ("rf", "extra_forest")
+    rarer = max(10, min(positives, rows - positives))
+    values: dict[str, Any] = {
+        "boosting": "rf" if forest else "gbdt",
+        "extra_trees": mode in ("extra_trees", "extra_forest"),
+        "num_leaves": trial.suggest_int("num_leaves", 3, 63, log=True),
+        "min_child_samples": trial.suggest_int(
+            "min_child_samples", 5, max(10, min(1000, rarer // 4)), log=True
+        ),
+        # a forest's leaves are one Newton step from the base rate: a large L2 penalty would shrink
+        # them by an amount that depends on the rows per leaf, so a refit on more rows gives margins
+        # on another scale than the models its calibrator learnt from
+        "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 1.0 if forest else 100.0, log=True),
+        "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
+        "cat_smooth": trial.suggest_float("cat_smooth", 1.0, 100.0, log=True),
+        "min_data_per_group": trial.suggest_int("min_data_per_group", 5, 200, log=True),
+    }
+    if forest:
+        values["bagging_fraction"] = trial.suggest_float("rf_bagging_fraction", 0.3, 0.9)
+    else:
+        values["learning_rate"] = trial.suggest_float("learning_rate", 0.01, 0.2, log=True)
+        values["bagging_fraction"] = trial.suggest_float("bagging_fraction", 0.5, 1.0)
+    return replace(base, **values)
+
+
+def _first_trial(settings: LightGBMSettings) -> dict[str, Any]:
+    """The configured settings as Optuna parameters, so the search starts from them."""
+    values = {
+        "mode": _mode(settings),
+        "num_leaves": int(np.clip(settings.num_leaves or 15, 3, 63)),
+        "min_child_samples": int(settings.min_child_samples or 10),
+        "lambda_l2": float(np.clip(settings.lambda_l2, 1e-2, 100.0)),
+        "feature_fraction": float(np.clip(settings.feature_fraction, 0.3, 1.0)),
+        "cat_smooth": float(np.clip(settings.cat_smooth, 1.0, 100.0)),
+        "min_data_per_group": int(np.clip(settings.min_data_per_group, 5, 200)),
+    }
+    if settings.boosting == "rf":
+        values["rf_bagging_fraction"] = float(np.clip(settings.bagging_fraction, 0.3, 0.9))
+    else:
+        values["learning_rate"] = float(np.clip(settings.learning_rate, 0.01, 0.2))
+        values["bagging_fraction"] = float(np.clip(settings.bagging_fraction, 0.5, 1.0))
+    return values
+
+
+def _mode(settings: LightGBMSettings) -> str:
+    if settings.boosting == "rf":
+        return "extra_forest" if settings.extra_trees else "rf"
+    return "extra_trees" if settings.extra_trees else "gbdt"
+
+
+MODE_NAMES = {
+    "gbdt": "gradient boosting",
+    "extra_trees": "extremely randomised trees",
+    "rf": "random forest",
+    "extra_forest": "forest of extremely randomised trees",
+}
+
+
+def tune_lightgbm(
+    data: _CvData,
+    base: LightGBMSettings,
+    selection: SelectionSettings,
+    metadata: Mapping[str, FeatureMeta] | None = None,
+    progress: bool = False,
+) -> tuple[LightGBMSettings, float, pd.DataFrame]:
+    """The best LightGBM settings on the folds (trees in ``n_estimators``), its score, every trial."""
+    import optuna
+
+    positives, rows = int(data.labels.sum()), len(data.labels)
+    records: list[dict[str, Any]] = []
+
+    def run(settings: LightGBMSettings) -> float:
+        started = time.perf_counter()
+        score, trees, _ = cross_validate_lightgbm(data, settings, selection, metadata)
+        records.append(
+            {
+                "roc_auc": score,
+                "trees": trees,
+                **_settings_record(replace(settings, n_estimators=trees)),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        logger.info(
+            "selection: trial %d ROC AUC %.4f with %d trees (%s)",
+            len(records),
+            score,
+            trees,
+            records[-1]["seconds"],
+        )
+        return score if np.isfinite(score) else 0.0
+
+    if selection.trials <= 1 or not base.search:
+        run(base)
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=selection.seed, n_startup_trials=min(10, selection.trials))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.enqueue_trial(_first_trial(base))
+        bar = _bar(progress, selection.trials)
+        study.optimize(
+            lambda trial: run(_suggest(trial, base, rows, positives)),
+            n_trials=selection.trials,
+            timeout=selection.seconds or None,
+            callbacks=[lambda *_: bar.update(1)] if bar is not None else None,
+        )
+        if bar is not None:
+            bar.close()
+    trials = pd.DataFrame.from_records(records)
+    best = trials.iloc[int(trials["roc_auc"].fillna(0).to_numpy().argmax())]
+    values = {key: best[key] for key in _settings_record(base)}
+    values = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+    return replace(base, **values), float(best["roc_auc"]), trials
+
+
+def _bar(progress: bool, total: int) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="model search", unit="trial", leave=False, disable=None)
+
+
+def _fold_margins(
+    rows: pd.DataFrame, folds: Sequence[Fold], fit: Any
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(positions, out-of-sample margins, per-fold ROC AUC) of ``fit(fit_rows)`` models over the folds."""
+    positions, margins, aucs = [], [], []
+    labels = rows[s.LABEL].to_numpy()
+    for fold in folds:
+        model: ScoringModel = fit(rows.iloc[fold.fit])
+        margin = model.predict_margin(rows.iloc[fold.validate]) - base_log_odds(labels[fold.fit])
+        positions.append(fold.validate)
+        margins.append(margin)
+        aucs.append(_auc(labels[fold.validate], margin))
+    return np.concatenate(positions), np.concatenate(margins), aucs
+
+
+def select_model(
+    rows: pd.DataFrame,
+    candidates: Sequence[str],
+    lightgbm: LightGBMSettings,
+    logreg: LogRegSettings,
+    settings: SelectionSettings,
+    metadata: Mapping[str, FeatureMeta] | None = None,
+    fitters: Mapping[str, Callable[[pd.DataFrame], ScoringModel]] | None = None,
+    progress: bool = False,
+) -> Selection:
+    """Choose among ``candidates`` on time-ordered folds of the development ``rows`` (see the module).
+
+    ``fitters`` fit the other candidates and baselines on a frame: ``logreg`` and, where the data
+    config has a sheet, ``points`` (scored on the folds for the record, or the only candidate).
+    """
+    fitters = dict(fitters or {})
+    fitters.setdefault(LOGREG, lambda part: fit_logreg(part, logreg))
+    started = time.perf_counter()
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown or not candidates:
+        raise LeadmlError(f"selection candidates must be among {list(CANDIDATES)}, got {list(candidates)}")
+    folds = validation_folds(rows, settings)
+    labels = rows[s.LABEL].to_numpy()
+    fold_rows = int(np.mean([len(f.fit) for f in folds]))
+    fold_positives = int(np.mean([labels[f.fit].sum() for f in folds]))
+    table: dict[str, dict[str, Any]] = {}
+    tuned: LightGBMSettings | None = None
+    trials = pd.DataFrame()
+    cv_data: _CvData | None = None
+    if LIGHTGBM in candidates:
+        cv_data = _cv_data(rows, folds, settings)
+        base = sized_lightgbm(lightgbm, fold_rows, fold_positives)
+        tuned, score, trials = tune_lightgbm(cv_data, base, settings, metadata, progress)
+        table[LIGHTGBM] = {"roc_auc": score, "trees": tuned.n_estimators, "fold_roc_auc": None}
+    margins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in (LOGREG, POINTS):
+        if name in fitters and (name in candidates or name == POINTS or LIGHTGBM in candidates):
+            positions, margin, aucs = _fold_margins(rows, folds, fitters[name])
+            margins[name] = (positions, margin)
+            table[name] = {"roc_auc": float(np.nanmean(aucs)), "trees": None, "fold_roc_auc": aucs}
+    if LIGHTGBM in candidates:
+        assert tuned is not None and cv_data is not None
+        positions, margin = _lightgbm_margins(cv_data, folds, tuned, metadata)
+        margins[LIGHTGBM] = (positions, margin)
+        ends = np.cumsum([len(f.validate) for f in folds])
+        table[LIGHTGBM]["fold_roc_auc"] = [
+            _auc(labels[part], score)
+            for part, score in zip(np.split(positions, ends[:-1]), np.split(margin, ends[:-1]), strict=True)
+        ]
+    chosen = _choose(table, candidates, settings.simpler_tolerance)
+    positions, margin = margins[chosen]
+    oos = pd.DataFrame(
+        {FOLD: _fold_numbers(folds, positions), MARGIN: margin}, index=rows.index[positions]
+    ).sort_index()
+    frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("candidate")
+    selection = Selection(
+        chosen=chosen,
+        lightgbm=tuned,
+        logreg=logreg,
+        table=frame,
+        trials=trials,
+        oos=oos,
+        folds=folds,
+        seconds=time.perf_counter() - started,
+    )
+    selection.sentence = selection_sentence(selection)
+    logger.info("selection: %s (%.1fs)", selection.sentence, selection.seconds)
+    return selection
+
+
+def _fold_numbers(folds: Sequence[Fold], positions: np.ndarray) -> np.ndarray:
+    number = np.zeros(positions.max() + 1 if len(positions) else 0, dtype=np.int64)
+    for k, fold in enumerate(folds, start=1):
+        number[fold.validate] = k
+    return number[positions]
+
+
+def _lightgbm_margins(
+    data: _CvData, folds: Sequence[Fold], tuned: LightGBMSettings, metadata: Mapping[str, FeatureMeta] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relative out-of-sample margins of the tuned settings: each fold's model on all its fit rows."""
+    positions, margins = [], []
+    params = lightgbm_params(tuned, data.names, data.categories, metadata)
+    for fold in folds:
+        fit, validate = fold.fit, fold.validate
+        dataset = lgb.Dataset(
+            data.matrix.iloc[fit],
+            label=data.labels[fit],
+            categorical_feature=list(data.categories) or "auto",
+        )
+        booster = lgb.train(params, dataset, num_boost_round=tuned.n_estimators)
+        positions.append(validate)
+        margin = booster.predict(data.matrix.iloc[validate], raw_score=True) * margin_scale(booster)
+        margins.append(margin - base_log_odds(data.labels[fit]))
+    return np.concatenate(positions), np.asarray(np.concatenate(margins), dtype=np.float64)
+
+
+def base_log_odds(labels: np.ndarray) -> float:
+    """The log-odds of the positive rate of a model's training rows.
+
+    Every model's margin is anchored there (LightGBM starts from it, a logistic intercept absorbs
+    it), so a model fitted on a later, higher-rate history gives higher margins to the same lead.
+    The calibrator therefore reads the margin relative to it (:class:`leadml.calibration.
+    RelativeCalibrator`): fitted on how each fold's model, relative to its own history, did on the
+    next block, it maps a refit's relative margin the same way, without counting a drifted base
+    rate twice.
+    """
+    rate = float(np.clip(np.mean(labels), 1e-6, 1 - 1e-6))
+    return float(np.log(rate / (1 - rate)))
+
+
+def _choose(table: Mapping[str, Mapping[str, Any]], candidates: Sequence[str], tolerance: float) -> str:
+    """The best candidate, unless a simpler one is within reach of it: within ``tolerance`` or one
+    standard error of their paired difference over the folds (the one-standard-error rule: on a
+    few noisy folds a more complex model's lead is often luck of the draw)."""
+    scores = {name: table[name]["roc_auc"] for name in candidates if name in table}
+    scores = {name: (score if np.isfinite(score) else -math.inf) for name, score in scores.items()}
+    best_name = max(scores, key=scores.__getitem__)
+    for name in (POINTS, LOGREG, LIGHTGBM):  # simplest first
+        if name not in scores:
+            continue
+        reach = max(tolerance, _paired_error(table[best_name], table[name]))
+        if scores[name] >= scores[best_name] - reach:
+            return name
+    return best_name
+
+
+def _paired_error(best: Mapping[str, Any], other: Mapping[str, Any]) -> float:
+    """Standard error of the mean per-fold ROC AUC difference (0 with fewer than 2 folds)."""
+    first, second = best.get("fold_roc_auc"), other.get("fold_roc_auc")
+    if not first or not second or len(first) != len(second) or len(first) < 2:
+        return 0.0
+    difference = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    difference = difference[np.isfinite(difference)]
+    if len(difference) < 2:
+        return 0.0
+    return float(np.std(difference, ddof=1) / np.sqrt(len(difference)))
+
+
+def selection_sentence(selection: Selection) -> str:
+    """One sentence: which candidate won on the validation folds, by how much."""
+    table = selection.table
+    figures = ", ".join(f"{name} {row.roc_auc:.4f}" for name, row in table.iterrows())
+    folds = len(selection.folds)
+    what = selection.chosen
+    if selection.chosen == LIGHTGBM and selection.lightgbm is not None:
+        tuned = selection.lightgbm
+        mode = MODE_NAMES[_mode(tuned)]
+        what = (
+            f"LightGBM ({mode}, {tuned.n_estimators} trees, {tuned.num_leaves} leaves, min "
+            f"{tuned.min_child_samples} rows per leaf; best of {len(selection.trials)} trials)"
+        )
+    elif selection.chosen == POINTS:
+        what = "the points sheet (model=points)"
+    elif selection.chosen == LOGREG:
+        what = "logistic regression"
+        if LIGHTGBM in table.index:
+            what += " (the simpler model, within reach of LightGBM or ahead of it)"
+    return f"chose {what} on {folds} time-ordered validation fold(s): mean ROC AUC {figures}"
+
+
+def refit(
+    rows: pd.DataFrame,
+    selection: Selection,
+    fitters: Mapping[str, Callable[[pd.DataFrame], ScoringModel]],
+    metadata: Mapping[str, FeatureMeta] | None = None,
+) -> ScoringModel:
+    """The chosen model fitted on every row of ``rows`` with the chosen settings."""
+    if selection.chosen == LIGHTGBM:
+        assert selection.lightgbm is not None
+        return fit_lightgbm_rounds(rows, selection.lightgbm, selection.lightgbm.n_estimators, metadata)
+    return fitters[selection.chosen](rows)

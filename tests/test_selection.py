@@ -1,0 +1,306 @@
+"""Model selection in time and the refit: each failure mode of issue 17 on small generated data.
+
+- a few hundred rows with real signal give a model that splits, and no "no signal" verdict;
+- labels independent of the features give "no signal";
+- validation folds never put a lead (or a group of copies) on both sides;
+- under a rising base rate, the refit on every labelled row beats the model of the training window;
+- the gate allows for the test window's size and a moved base rate, says "too little data",
+  "keep the sheet" and "fitting failure" when they are the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from scipy.special import expit, logit
+from sklearn.metrics import roc_auc_score
+
+from leadml import schema as s
+from leadml.calibration import fit_calibrator
+from leadml.cli import CONFIG_DIR
+from leadml.features import flat_feature_metadata
+from leadml.models import LightGBMSettings, LogRegSettings, fit_lightgbm_rounds, sized_lightgbm
+from leadml.selection import LIGHTGBM, LOGREG, SelectionSettings, select_model, validation_folds
+from leadml.stages import unseen_rows
+from leadml.train import (
+    FITTING_FAILURE,
+    KEEP_THE_SHEET,
+    NO_SIGNAL,
+    TOO_LITTLE_DATA,
+    GateEvidence,
+    fitting_failure_reason,
+    promotion_gate,
+    recentred_ece,
+    train_and_evaluate,
+)
+
+GATE = {
+    "min_roc_auc": 0.6,
+    "max_ece": 0.03,
+    "min_gain_over_logreg": 0.0,
+    "min_gain_over_points": 0.0,
+    "champion_tolerance": 0.005,
+}
+
+
+def leads(
+    n: int, seed: int = 0, signal: float = 1.0, rates: tuple[float, float] = (0.2, 0.2)
+) -> pd.DataFrame:
+    """One row per lead in order: two numbers and a channel carry ``signal``; the base rate moves
+    from ``rates[0]`` to ``rates[1]`` over the rows."""
+    rng = np.random.default_rng(seed)
+    progress = np.arange(n) / n
+    x1, x2, noise = rng.normal(size=(3, n))
+    channel = rng.choice(["web", "event", "partner"], n, p=[0.5, 0.3, 0.2])
+    intercept = logit(rates[0]) + progress * (logit(rates[1]) - logit(rates[0]))
+    margin = intercept + signal * (1.0 * x1 + 0.6 * x2 + np.where(channel == "event", 0.8, 0.0))
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: [f"L{i:05d}" for i in range(n)],
+            s.ORDER_KEY: np.arange(n, dtype="float64"),
+            s.LABEL: (rng.random(n) < expit(margin)).astype("int8"),
+            "x1": x1,
+            "x2": x2,
+            "noise": noise,
+            "channel": pd.Categorical(channel),
+        }
+    )
+
+
+def config(*overrides: str) -> dict[str, Any]:
+    """The composed train config for generated flat data: order split, no points sheet."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                "split=order",
+                "evaluation.bootstrap=100",
+                "evaluation.shap_rows=100",
+                "selection.trials=6",
+                "++data.points=null",
+                *overrides,
+            ],
+        )
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def train(frame: pd.DataFrame, *overrides: str, deploy: bool = True):  # type: ignore[no-untyped-def]
+    metadata = flat_feature_metadata(frame, {"x1": "fit", "x2": "engagement"})
+    return train_and_evaluate(frame, metadata, config(*overrides), deploy=deploy)
+
+
+def gate(result: Any, settings: dict[str, Any] | None = None) -> Any:
+    """The gate as the train stage calls it."""
+    from leadml.train import base_rate_drift
+
+    metrics = result.comparison
+    notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
+    evidence = GateEvidence(
+        uncalibrated=metrics.loc[f"{result.model_name}_uncalibrated"],
+        too_little_data=notes[0] if notes else None,
+        fitting_failure=fitting_failure_reason(result.evaluated.model),
+        base_rate_moved=bool(base_rate_drift(result.split)["flagged"]),
+        recentred_ece=result.calibration["recentred_ece"],
+        recentred_ece_low=result.calibration["recentred_ece_low"],
+    )
+    return promotion_gate(
+        metrics.loc[result.model_name], metrics.loc["logreg_baseline"], None, settings or GATE, None, evidence
+    )
+
+
+# --------------------------------------------------------------------------- small data, real signal
+def test_a_few_hundred_rows_with_signal_give_a_model_that_splits_and_no_no_signal_verdict() -> None:
+    result = train(leads(600, seed=1), "selection.trials=4")
+    model = result.evaluated.model
+    if result.selection.chosen == LIGHTGBM:
+        assert model.fit_report["split_trees"] > 0
+    margin = model.predict_margin(result.test)
+    assert np.std(margin) > 0, "a constant model"
+    decision = gate(result)
+    assert not any(reason.startswith(NO_SIGNAL) for reason in decision.reasons)
+    # 600 rows are fewer than guards.min_snapshots: trained, then refused for that reason
+    assert any(reason.startswith(TOO_LITTLE_DATA) for reason in decision.reasons)
+    assert result.comparison.loc["lightgbm", "roc_auc"] > 0.65
+
+
+def test_the_default_leaf_size_follows_the_data() -> None:
+    auto = LightGBMSettings(num_leaves=None, min_child_samples=None)
+    small, large = sized_lightgbm(auto, 400, 80), sized_lightgbm(auto, 300_000, 30_000)
+    assert (small.min_child_samples, small.num_leaves) == (10, 7)
+    assert (large.min_child_samples, large.num_leaves) == (300, 15)
+    frame = leads(400, seed=2)
+    model = fit_lightgbm_rounds(frame, small, 50)
+    assert model.fit_report["split_trees"] > 0
+
+
+def test_a_model_without_a_split_is_a_fitting_failure_not_no_signal() -> None:
+    frame = leads(400, seed=3)
+    model = fit_lightgbm_rounds(frame, LightGBMSettings(min_child_samples=300, num_leaves=15), 30)
+    assert model.fit_report["split_trees"] == 0
+    reason = fitting_failure_reason(model)
+    assert reason is not None and reason.startswith(FITTING_FAILURE) and "min_child_samples 300" in reason
+    chance = {"roc_auc": 0.5, "roc_auc_low": 0.5, "roc_auc_high": 0.5, "ece": 0.01}
+    decision = promotion_gate(
+        chance, {"roc_auc": 0.7}, None, GATE, None, GateEvidence(fitting_failure=reason)
+    )
+    assert decision.reasons[0].startswith(FITTING_FAILURE)
+    assert not any(r.startswith(NO_SIGNAL) for r in decision.reasons)
+
+
+def test_labels_independent_of_the_features_give_no_signal() -> None:
+    result = train(leads(6000, seed=4, signal=0.0), "selection.trials=3")
+    decision = gate(result, {**GATE, "min_roc_auc": 0.0, "max_ece": 1.0, "min_gain_over_logreg": -1.0})
+    assert not decision.promote
+    assert any(reason.startswith(NO_SIGNAL) for reason in decision.reasons)
+
+
+# --------------------------------------------------------------------------- folds
+def test_validation_folds_are_later_than_their_fit_rows_and_keep_leads_and_copies_whole() -> None:
+    frame = leads(3000, seed=5)
+    # leads with several rows, and groups of copies
+    frame[s.LEAD_ID] = [f"L{i // 3:05d}" for i in range(len(frame))]
+    frame[s.ORDER_KEY] = np.arange(len(frame)) // 2
+    frame[s.DUP_GROUP] = [f"G{i // 7:05d}" for i in range(len(frame))]
+    folds = validation_folds(frame, SelectionSettings(folds=3, fold_share=0.15))
+    assert len(folds) == 3
+    position = frame[s.ORDER_KEY].to_numpy()
+    for fold in folds:
+        assert position[fold.fit].max() < position[fold.validate].min()
+        for key in (s.LEAD_ID, s.DUP_GROUP):
+            assert set(frame[key].iloc[fold.fit]).isdisjoint(frame[key].iloc[fold.validate])
+    covered = np.concatenate([fold.validate for fold in folds])
+    assert len(covered) == len(set(covered))
+
+
+def test_data_without_time_gets_random_folds_of_whole_leads() -> None:
+    frame = leads(2000, seed=6).drop(columns=[s.ORDER_KEY])
+    folds = validation_folds(frame, SelectionSettings(folds=3, fold_share=0.2))
+    assert len(folds) == 3
+    for fold in folds:
+        assert set(frame[s.LEAD_ID].iloc[fold.fit]).isdisjoint(frame[s.LEAD_ID].iloc[fold.validate])
+        assert 350 <= len(fold.validate) <= 450
+
+
+def test_selection_prefers_the_simpler_model_within_its_tolerance_and_records_every_trial() -> None:
+    frame = leads(4000, seed=7)  # a linear truth: logistic regression is as good as trees
+    metadata = flat_feature_metadata(frame, {})
+    settings = SelectionSettings(trials=5, seconds=30, simpler_tolerance=0.02)
+    selection = select_model(
+        frame, (LIGHTGBM, LOGREG), LightGBMSettings(), LogRegSettings(), settings, metadata
+    )
+    assert selection.chosen == LOGREG
+    assert len(selection.trials) == 5 and {"roc_auc", "trees", "boosting"} <= set(selection.trials.columns)
+    assert selection.oos.index.isin(frame.index).all() and np.isfinite(selection.oos["margin"]).all()
+    assert "logistic regression" in selection.sentence
+    strict = select_model(
+        frame, (LIGHTGBM, LOGREG), LightGBMSettings(), LogRegSettings(), SelectionSettings(trials=1), metadata
+    )
+    table = strict.table
+    expected = LOGREG if table.loc[LOGREG, "roc_auc"] >= table.loc[LIGHTGBM, "roc_auc"] - 0.002 else LIGHTGBM
+    assert strict.chosen == expected
+
+
+# --------------------------------------------------------------------------- refit
+def test_under_a_rising_base_rate_the_refit_beats_the_training_window_model() -> None:
+    frame = leads(12000, seed=8, rates=(0.04, 0.35))
+    # the relation moves too: the event channel only pays off in the later rows
+    late = frame[s.ORDER_KEY].to_numpy() > 0.6 * len(frame)
+    rng = np.random.default_rng(9)
+    boost = np.where(late & (frame["channel"] == "partner").to_numpy(), 2.0, 0.0)
+    base = logit(0.04 + (0.35 - 0.04) * frame[s.ORDER_KEY].to_numpy() / len(frame))
+    frame[s.LABEL] = (rng.random(len(frame)) < expit(base + frame["x1"] + boost)).astype("int8")
+    result = train(frame, "selection.trials=3", "guards.min_snapshots=100", "guards.min_positives=10")
+    assert result.deployment["refit"] and result.deployment["rows"] == len(result.development) + len(
+        result.test
+    )
+    # score leads that come after every labelled row, drawn like the latest ones
+    future = leads(4000, seed=10, rates=(0.35, 0.35))
+    future[s.LABEL] = (
+        rng.random(len(future))
+        < expit(logit(0.35) + future["x1"] + np.where(future["channel"] == "partner", 2.0, 0.0))
+    ).astype("int8")
+    refit_auc = roc_auc_score(future[s.LABEL], result.scorer.predict(future)["probability"])
+    window = result.windows["train"]
+    old = train_and_evaluate(
+        window,
+        flat_feature_metadata(window, {}),
+        config("selection.trials=3", "guards.min_snapshots=100", "guards.min_positives=10"),
+        deploy=False,
+    ).evaluated
+    old_auc = roc_auc_score(future[s.LABEL], old.predict(future)["probability"])
+    assert refit_auc > old_auc + 0.01
+    # and the refit is calibrated to the latest base rate, not the history's
+    assert abs(result.scorer.predict(future)["probability"].mean() - future[s.LABEL].mean()) < 0.08
+
+
+def test_the_refit_records_what_it_saw_and_a_later_run_rescores_it_only_on_unseen_rows() -> None:
+    test = pd.DataFrame({s.ORDER_KEY: [1.0, 5.0, 9.0]})
+    trained = {"refit": True, "position_column": s.ORDER_KEY, "through": 5.0}
+    assert unseen_rows(test, trained).tolist() == [False, False, True]
+    assert unseen_rows(test, {}) is None  # an older champion: compared on every row as before
+    assert not unseen_rows(test, {"refit": True, "position_column": None, "through": None}).any()
+    dated = pd.DataFrame({s.AS_OF: pd.to_datetime(["2025-01-01", "2025-03-01"], utc=True)})
+    stamp = {"refit": True, "position_column": s.AS_OF, "through": "2025-02-01T00:00:00+00:00"}
+    assert unseen_rows(dated, stamp).tolist() == [False, True]
+
+
+# --------------------------------------------------------------------------- calibration and the gate
+def test_calibration_auto_keeps_no_calibrator_when_none_helps() -> None:
+    rng = np.random.default_rng(11)
+    margin = rng.normal(size=20000)
+    labels = (rng.random(len(margin)) < expit(margin)).astype(int)  # already calibrated
+    calibrator = fit_calibrator(margin, labels, "auto")
+    assert "none" in calibrator.details["cv_log_loss"]
+    assert calibrator.method == "none"
+    shifted = (rng.random(len(margin)) < expit(2 * margin - 1)).astype(int)
+    assert fit_calibrator(margin, shifted, "auto").method != "none"
+
+
+def test_the_ece_ceiling_allows_for_a_small_test_window_but_not_for_real_miscalibration() -> None:
+    noisy = {"roc_auc": 0.9, "ece": 0.035, "ece_low": 0.023, "ece_high": 0.050}
+    decision = promotion_gate(noisy, {"roc_auc": 0.85}, None, GATE)
+    assert decision.promote and any("inside the interval" in reason for reason in decision.reasons)
+    bad = {"roc_auc": 0.9, "ece": 0.08, "ece_low": 0.06, "ece_high": 0.10}
+    decision = promotion_gate(bad, {"roc_auc": 0.85}, None, GATE)
+    assert not decision.promote and any("above the ceiling" in reason for reason in decision.reasons)
+
+
+def test_a_moved_base_rate_is_judged_on_the_recentred_calibration() -> None:
+    rng = np.random.default_rng(12)
+    margin = rng.normal(size=5000)
+    labels = (rng.random(len(margin)) < expit(margin + 1.0)).astype(int)  # the rate moved up
+    probabilities = expit(margin)
+    assert recentred_ece(labels, probabilities) < 0.03
+    moved = {"roc_auc": 0.75, "ece": 0.15, "ece_low": 0.14, "ece_high": 0.16}
+    evidence = GateEvidence(base_rate_moved=True, recentred_ece=recentred_ece(labels, probabilities))
+    decision = promotion_gate(moved, {"roc_auc": 0.7}, None, GATE, None, evidence)
+    assert decision.promote and any("base rate's move" in reason for reason in decision.reasons)
+    squashed = expit(0.2 * margin)  # a wrong shape stays wrong after recentring
+    evidence = GateEvidence(base_rate_moved=True, recentred_ece=recentred_ece(labels, squashed))
+    assert not promotion_gate(moved, {"roc_auc": 0.7}, None, GATE, None, evidence).promote
+
+
+def test_too_little_data_and_a_better_sheet_are_said_as_such() -> None:
+    good = {"roc_auc": 0.8, "ece": 0.01, "roc_auc_low": 0.75, "roc_auc_high": 0.85}
+    note = f"{TOO_LITTLE_DATA}: 400 training snapshots, need at least 1000"
+    decision = promotion_gate(good, {"roc_auc": 0.78}, None, GATE, None, GateEvidence(too_little_data=note))
+    assert not decision.promote
+    assert any(
+        r.startswith(TOO_LITTLE_DATA) and "logistic baseline reached ROC AUC 0.7800" in r
+        for r in decision.reasons
+    )
+    decision = promotion_gate(good, {"roc_auc": 0.78}, None, GATE, {"roc_auc": 0.83})
+    assert not decision.promote
+    sheet = [r for r in decision.reasons if r.startswith(KEEP_THE_SHEET)]
+    assert sheet and "0.8300" in sheet[0] and "0.8000" in sheet[0]
+
+
+def test_a_champion_trained_on_the_test_window_is_not_compared_on_it() -> None:
+    good = {"roc_auc": 0.8, "ece": 0.01}
+    note = {"note": "champion v3 was trained on this test window"}
+    decision = promotion_gate(good, {"roc_auc": 0.7}, note, GATE)
+    assert decision.promote and note["note"] in decision.reasons
