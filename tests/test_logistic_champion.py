@@ -94,10 +94,11 @@ def features(project: Path, scorer) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def train_rows(project: Path) -> pd.DataFrame:
-    """The training window of the run, split again as train split it (the rows the model was fitted on)."""
+    """Every labelled row of the run, split again as train split it: the deployed refit was fitted on
+    all three windows (issue 17: evaluate the procedure, deploy its refit)."""
     snapshots, *_ = read_features(project / "data" / "features" / "synthetic", ())
     split = split_with_report(snapshots, SplitSettings.from_mapping(_cfg(project, "train")["split"]))
-    return split.parts["train"]
+    return pd.concat([split.parts[window] for window in ("train", "calibration", "test")])
 
 
 def _hostile(features: pd.DataFrame, scorer) -> pd.DataFrame:

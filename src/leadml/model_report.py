@@ -368,8 +368,10 @@ def champion_comparison(
                 "(it was built on other features), so there is nothing to compare on the same rows."
             ),
         }
+    if "note" in champion_metrics:  # a refitted champion that saw this run's whole test window
+        return {"rows": [], "sentence": f"{str(champion_metrics['note']).capitalize()}."}
     rows = []
-    for metric in metrics_shown([k for k in champion_metrics if k in candidate]):
+    for metric in metrics_shown([k for k in champion_metrics if k in candidate and k != "rows"]):
         old, new = _float(champion_metrics[metric.key]), _float(candidate[metric.key])
         delta = new - old
         rows.append(
