@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from leadml import schema as s
@@ -170,3 +171,34 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def flat_leads(
+    n: int,
+    seed: int = 0,
+    rates: tuple[float, float] = (0.2, 0.2),
+    signal: float = 1.0,
+    event: float = 0.5,
+) -> pd.DataFrame:
+    """One row per lead in order (a flat table's snapshots): two numbers and a channel carry
+    ``signal`` (the event channel adds ``event`` to the log-odds), a noise column carries none, and
+    the base rate moves from ``rates[0]`` to ``rates[1]`` over the rows."""
+    from scipy.special import expit, logit
+
+    rng = np.random.default_rng(seed)
+    progress = np.arange(n) / n
+    x1, x2, noise = rng.normal(size=(3, n))
+    channel = rng.choice(["web", "event", "partner"], n, p=[0.5, 0.3, 0.2])
+    intercept = logit(rates[0]) + progress * (logit(rates[1]) - logit(rates[0]))
+    margin = intercept + signal * (1.0 * x1 + 0.6 * x2 + np.where(channel == "event", event, 0.0))
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: [f"L{i:05d}" for i in range(n)],
+            s.ORDER_KEY: np.arange(n, dtype="float64"),
+            s.LABEL: (rng.random(n) < expit(margin)).astype("int8"),
+            "x1": x1,
+            "x2": x2,
+            "noise": noise,
+            "channel": pd.Categorical(channel),
+        }
+    )

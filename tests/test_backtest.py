@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import expit, logit
 
-from factories import local_tracking, project_config
+from factories import flat_leads, local_tracking, project_config
 from leadml import schema as s
 from leadml.backtest import BacktestSettings, backtest_periods, summary_sentences
 from leadml.cli import run_backtest
@@ -37,24 +36,7 @@ def _cfg(root: Path, *overrides: str):
 
 def drifting_table(n: int = 16000, seed: int = 0, rates: tuple[float, float] = (0.05, 0.30)) -> pd.DataFrame:
     """One row per lead in order: a stable signal (x1, x2, channel) while the base rate climbs."""
-    rng = np.random.default_rng(seed)
-    progress = np.arange(n) / n
-    x1, x2, noise = rng.normal(size=(3, n))
-    channel = rng.choice(["web", "event", "partner"], n, p=[0.5, 0.3, 0.2])
-    intercept = logit(rates[0]) + progress * (logit(rates[1]) - logit(rates[0]))
-    margin = intercept + 1.0 * x1 + 0.6 * x2 + np.where(channel == "event", 0.5, 0.0)
-    frame = pd.DataFrame(
-        {
-            s.LEAD_ID: [f"L{i:05d}" for i in range(n)],
-            s.ORDER_KEY: np.arange(n, dtype="float64"),
-            s.LABEL: (rng.random(n) < expit(margin)).astype("int8"),
-            "x1": x1,
-            "x2": x2,
-            "noise": noise,
-            "channel": pd.Categorical(channel),
-        }
-    )
-    return frame
+    return flat_leads(n, seed, rates)
 
 
 def write_features(root: Path, snapshots: pd.DataFrame, name: str = "synthetic") -> None:
@@ -89,7 +71,7 @@ def test_rising_base_rate_is_flagged_and_recent_calibration_helps(root: Path) ->
     assert {"score_psi", "max_feature_psi", "top_drift_features", "baseline_logreg_ece"} <= set(table.columns)
     sentences = summary["summary"]
     assert sentences[0].startswith("base rate rose from")
-    assert "recent-window calibration (latest 25% of the calibration window) lowered ECE" in sentences[1]
+    assert "recent-window calibration (latest 25% of the out-of-sample rows) lowered ECE" in sentences[1]
 
     out = root / "reports" / "synthetic"
     csv = pd.read_csv(out / "backtest.csv")

@@ -112,10 +112,10 @@ def test_recent_window_keeps_the_latest_whole_dates_and_says_so() -> None:
     assert rows[s.AS_OF].min() == frame[s.AS_OF].max() - pd.Timedelta(weeks=2)
     assert window["calibration_rows"] == 150
     assert window["calibration_window"].startswith(
-        "the latest 30% of the calibration window (as_of 2025-02-10 to 2025-02-24): 150 of 400 rows"
+        "the latest 30% of the out-of-sample rows (as_of 2025-02-10 to 2025-02-24): 150 of 400 rows"
     )
     whole, described = CalibrationSettings().window(frame)
-    assert whole is frame and described["calibration_window"].startswith("the whole calibration window")
+    assert whole is frame and described["calibration_window"].startswith("every out-of-sample row")
     ordered = frame.drop(columns=[s.AS_OF]).assign(**{s.ORDER_KEY: np.arange(400.0)})
     recent, _ = CalibrationSettings(recent_fraction=0.25).window(ordered)
     assert sorted(recent[s.ORDER_KEY]) == list(np.arange(300.0, 400.0))

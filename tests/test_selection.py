@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
+from factories import flat_leads
 from leadml import schema as s
 from leadml.calibration import fit_calibrator
 from leadml.cli import CONFIG_DIR
@@ -52,23 +53,7 @@ def leads(
 ) -> pd.DataFrame:
     """One row per lead in order: two numbers and a channel carry ``signal``; the base rate moves
     from ``rates[0]`` to ``rates[1]`` over the rows."""
-    rng = np.random.default_rng(seed)
-    progress = np.arange(n) / n
-    x1, x2, noise = rng.normal(size=(3, n))
-    channel = rng.choice(["web", "event", "partner"], n, p=[0.5, 0.3, 0.2])
-    intercept = logit(rates[0]) + progress * (logit(rates[1]) - logit(rates[0]))
-    margin = intercept + signal * (1.0 * x1 + 0.6 * x2 + np.where(channel == "event", 0.8, 0.0))
-    return pd.DataFrame(
-        {
-            s.LEAD_ID: [f"L{i:05d}" for i in range(n)],
-            s.ORDER_KEY: np.arange(n, dtype="float64"),
-            s.LABEL: (rng.random(n) < expit(margin)).astype("int8"),
-            "x1": x1,
-            "x2": x2,
-            "noise": noise,
-            "channel": pd.Categorical(channel),
-        }
-    )
+    return flat_leads(n, seed, rates, signal, event=0.8)
 
 
 def config(*overrides: str) -> dict[str, Any]:

@@ -207,7 +207,7 @@ def test_recent_window_calibration_is_recorded_and_shap_rows_zero_skips_explanat
     calibration = summary["calibration"]
     window_rows = summary["split"]["calibration"]["rows"]
     assert 0.5 * window_rows <= calibration["calibration_rows"] < window_rows
-    assert calibration["calibration_window"].startswith("the latest 50% of the calibration window (as_of ")
+    assert calibration["calibration_window"].startswith("the latest 50% of the out-of-sample rows (as_of ")
 
     from mlflow import MlflowClient
 

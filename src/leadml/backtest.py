@@ -366,7 +366,7 @@ def summary_sentences(table: pd.DataFrame, settings: BacktestSettings) -> list[s
 
     lower = int((table["ece_recent"] < table["ece"]).sum())
     standard, recent = table["ece"].mean(), table["ece_recent"].mean()
-    which = f"recent-window calibration (latest {settings.recent_fraction:.0%} of the calibration window)"
+    which = f"recent-window calibration (latest {settings.recent_fraction:.0%} of the out-of-sample rows)"
     figures = f"in {lower} of {len(table)} periods (mean {standard:.3f} -> {recent:.3f})"
     helped = recent < standard and lower > len(table) / 2
     sentences.append(

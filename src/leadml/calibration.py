@@ -5,7 +5,7 @@ non-decreasing in the margin, so the calibrated model keeps the booster's rankin
 leads, except that isotonic regression is a step function: leads whose margins fall on
 one step get the same probability (ties). ``describe()`` reports how many steps there are.
 
-``recent_fraction`` fits the calibrator on the latest part of the calibration window only
+``recent_fraction`` fits the calibrator on the latest part of its rows only
 (:meth:`CalibrationSettings.window`): when the base rate drifts, a map fitted on recent rows
 misses the next period by less. ``describe()`` records which rows the calibrator saw.
 """
@@ -42,7 +42,8 @@ class CalibrationSettings:
     name: str = "isotonic"  # one of METHODS
     cv_folds: int = 5  # folds for method "auto"
     seed: int = 0
-    # fit on the latest share of the calibration window only; None: the whole window
+    # fit on the latest share of the calibration rows only (the out-of-sample predictions of the
+    # validation folds); None: all of them
     recent_fraction: float | None = None
 
     def __post_init__(self) -> None:
@@ -80,9 +81,9 @@ def describe_window(rows: pd.DataFrame, of_rows: int, recent_fraction: float | N
         first, last = (_plain(value) for value in (rows[column].min(), rows[column].max()))
         span = f" ({column} {first} to {last})"
     which = (
-        "the whole calibration window"
+        "every out-of-sample row"
         if recent_fraction is None
-        else f"the latest {recent_fraction:.0%} of the calibration window"
+        else f"the latest {recent_fraction:.0%} of the out-of-sample rows"
     )
     return {
         "calibration_rows": len(rows),

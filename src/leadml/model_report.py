@@ -77,7 +77,7 @@ class RunInfo:
     registered_model: str
     tracking_uri: str = ""
     champion_version: str | None = None
-    champion_metrics: Mapping[str, float] | None = None  # the champion re-scored on the same test rows
+    champion_metrics: Mapping[str, Any] | None = None  # the champion re-scored on test rows it never saw
     stage_seconds: Mapping[str, float] = field(default_factory=dict)  # earlier stages
     elapsed_seconds: float | None = None  # this stage until the report
 
@@ -425,7 +425,7 @@ def gate_summary(
         )
     if "champion_tolerance" in settings:
         rules.append(
-            f"ROC AUC at most {settings['champion_tolerance']} below the champion's on the same test rows"
+            f"ROC AUC at most {settings['champion_tolerance']} below the champion's on test rows it never saw"
         )
     reasons = list(decision.reasons)
     return {"promote": bool(decision.promote), "headline": headline, "reasons": reasons, "rules": rules}
@@ -588,7 +588,12 @@ def _plain_record(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain_record(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 1e15:
+            return int(value)
     return value
 
 

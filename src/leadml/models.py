@@ -277,6 +277,18 @@ def training_categories(train: pd.DataFrame, names: list[str]) -> dict[str, list
     return {c: train[c].cat.categories.tolist() for c in categorical_columns(train, names)}
 
 
+def training_dataset(
+    rows: pd.DataFrame, names: list[str], categories: Mapping[str, list[Any]]
+) -> lgb.Dataset:
+    """LightGBM's view of ``rows``: the model's columns and the label, categoricals native."""
+    return lgb.Dataset(
+        prepare_features(rows, names, categories),
+        label=rows[s.LABEL].to_numpy(),
+        categorical_feature=list(categories) or "auto",
+        free_raw_data=True,
+    )
+
+
 def split_trees(booster: lgb.Booster, iterations: int) -> int:
     """How many of the first ``iterations`` trees split at least once (0: a constant model)."""
     trees = booster.dump_model(num_iteration=iterations)["tree_info"]
@@ -302,13 +314,9 @@ def fit_lightgbm_rounds(
         raise LeadmlError("the training rows need both labels")
     settings = sized_lightgbm(settings, len(train), positives)
     params = lightgbm_params(settings, names, categories, metadata)
-    data = lgb.Dataset(
-        prepare_features(train, names, categories),
-        label=train[s.LABEL].to_numpy(),
-        categorical_feature=list(categories) or "auto",
-        free_raw_data=True,
+    booster = lgb.train(
+        params, training_dataset(train, names, categories), num_boost_round=max(1, int(rounds))
     )
-    booster = lgb.train(params, data, num_boost_round=max(1, int(rounds)))
     report = {
         "fit_rows": len(train),
         "trees": int(rounds),
@@ -334,12 +342,7 @@ def fit_lightgbm(
             raise LeadmlError(f"the {part_name} part of the training window needs both labels")
     settings = sized_lightgbm(settings, len(fit_rows), int(fit_rows[s.LABEL].sum()))
     params = lightgbm_params(settings, names, categories, metadata)
-    fit_set = lgb.Dataset(
-        prepare_features(fit_rows, names, categories),
-        label=fit_rows[s.LABEL].to_numpy(),
-        categorical_feature=list(categories) or "auto",
-        free_raw_data=True,
-    )
+    fit_set = training_dataset(fit_rows, names, categories)
     stop_set = lgb.Dataset(
         prepare_features(stop_rows, names, categories), label=stop_rows[s.LABEL].to_numpy(), reference=fit_set
     )

@@ -228,7 +228,8 @@ def _plain(value: Any) -> Any:
     stamp = pd.Timestamp(value) if isinstance(value, np.datetime64 | pd.Timestamp) else None
     if stamp is not None:
         return stamp.date().isoformat()
-    return value.item() if isinstance(value, np.generic) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
