@@ -285,16 +285,36 @@ def cross_validate_lightgbm(
         num_boost_round=selection.forest_trees if forest else selection.max_trees,
         folds=data.folds,
         stratified=False,
-        callbacks=[] if forest else [lgb.early_stopping(selection.early_stopping_rounds, verbose=False)],
+        callbacks=[] if forest else [_patience(selection.early_stopping_rounds, selection.min_trees)],
         return_cvbooster=keep_boosters,
     )
     curve = np.asarray(result["valid auc-mean"])
     if forest:
         return float(curve[-1]), len(curve), result.get("cvbooster")
-    if len(curve) < selection.min_trees:  # stopped early: the curve goes on flat enough to extend
-        curve = np.append(curve, np.full(selection.min_trees - len(curve), curve[-1]))
-    best = selection.min_trees - 1 + int(np.nanargmax(curve[selection.min_trees - 1 :]))
+    start = min(selection.min_trees, len(curve)) - 1
+    best = start + int(np.nanargmax(curve[start:]))
     return float(curve[best]), best + 1, result.get("cvbooster")
+
+
+def _patience(rounds: int, min_trees: int) -> Callable[[Any], None]:
+    """Early stopping that keeps the whole validation curve and looks only at ``min_trees`` on.
+
+    LightGBM's own ``early_stopping`` cuts the curve at its best iteration: a curve that peaks
+    at the second tree would then be scored by that peak for a model of ``min_trees`` trees.
+    """
+    best = {"score": -math.inf, "iteration": 0}
+
+    def callback(env: Any) -> None:
+        iteration = env.iteration + 1
+        score = float(np.mean([entry[2] for entry in env.evaluation_result_list if entry[1] == "auc"]))
+        if iteration >= min_trees and score > best["score"]:
+            best.update(score=score, iteration=iteration)
+        if iteration >= min_trees and iteration - best["iteration"] >= rounds:
+            # the whole curve so far is kept (LightGBM truncates results at the given iteration)
+            raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+
+    callback.order = 30  # type: ignore[attr-defined]
+    return callback
 
 
 def _dataset(data: _CvData) -> lgb.Dataset:
