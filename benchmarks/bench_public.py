@@ -177,7 +177,8 @@ def backtest_section(summary: dict[str, Any], command: str) -> list[str]:
         "### Rolling backtest, `data=bank`",
         "",
         f"`{command}`: {len(table)} periods over the latest half of the rows (in date order), each"
-        " tested by a model trained on every row before it (its latest 20% calibrating).",
+        " tested by the training procedure run on every row before it (selection on validation folds,"
+        " refit, calibration on out-of-sample predictions).",
         "",
         "| " + " | ".join(BACKTEST_COLUMNS[column] for column in columns) + " |",
         "|---" * len(columns) + "|",
