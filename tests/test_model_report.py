@@ -206,6 +206,12 @@ def test_train_writes_logs_and_links_the_report(trained_twice: tuple[Path, dict,
         assert path == root / "reports" / "synthetic" / f"model-v{summary['version']}.html"
         assert path.exists() and not list(path.parent.glob(".*partial"))
         assert f"train: report {path}\n" in printed
+        assert f"selection: {summary['selection']}\n" in printed and summary["selection"].startswith("chose ")
+    # the registered model is the refit on every labelled row; the first run's data ended early
+    assert second["deployment"]["refit"] and second["deployment"]["rows"] > first["deployment"]["rows"]
+    assert printed.count("deployed: the same procedure refitted on every labelled row") == 2
+    page = Path(second["report"]).read_text(encoding="utf-8")
+    assert 'id="selection-table"' in page and "the same procedure refitted on every labelled row" in page
 
     from mlflow import MlflowClient
 
