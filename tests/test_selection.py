@@ -80,18 +80,10 @@ def train(frame: pd.DataFrame, *overrides: str, deploy: bool = True):  # type: i
 
 def gate(result: Any, settings: dict[str, Any] | None = None) -> Any:
     """The gate as the train stage calls it."""
-    from leadml.train import base_rate_drift
+    from leadml.train import base_rate_drift, gate_evidence
 
     metrics = result.comparison
-    notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
-    evidence = GateEvidence(
-        uncalibrated=metrics.loc[f"{result.model_name}_uncalibrated"],
-        too_little_data=notes[0] if notes else None,
-        fitting_failure=fitting_failure_reason(result.evaluated.model),
-        base_rate_moved=bool(base_rate_drift(result.split)["flagged"]),
-        recentred_ece=result.calibration["recentred_ece"],
-        recentred_ece_low=result.calibration["recentred_ece_low"],
-    )
+    evidence = gate_evidence(result, bool(base_rate_drift(result.split)["flagged"]))
     return promotion_gate(
         metrics.loc[result.model_name], metrics.loc["logreg_baseline"], None, settings or GATE, None, evidence
     )

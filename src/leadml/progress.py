@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -15,3 +15,12 @@ def progress_iter(items: Iterable[T], enabled: bool, description: str, unit: str
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=description, unit=unit, leave=False, disable=None)
+
+
+def progress_bar(enabled: bool, total: int, description: str, unit: str = "it") -> Any:
+    """A tqdm bar to ``update`` by hand when ``enabled`` (a loop that is not an iterable), else None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, leave=False, disable=None)

@@ -51,6 +51,7 @@ from leadml.models import (
     sized_lightgbm,
     training_categories,
 )
+from leadml.progress import progress_bar
 from leadml.split import position_column
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,8 @@ def cross_validate_lightgbm(
     settings: LightGBMSettings,
     selection: SelectionSettings,
     metadata: Mapping[str, FeatureMeta] | None = None,
-    keep_boosters: bool = False,
-) -> tuple[float, int, Any]:
-    """(mean validation ROC AUC at the best iteration of the mean curve, that iteration, cv boosters)."""
+) -> tuple[float, int]:
+    """(mean validation ROC AUC at the best iteration of the mean curve, that iteration)."""
     params = lightgbm_params(settings, data.names, data.categories, metadata)
     params["metric"] = "auc"
     dataset = _dataset(data)
@@ -286,14 +286,13 @@ def cross_validate_lightgbm(
         folds=data.folds,
         stratified=False,
         callbacks=[] if forest else [_patience(selection.early_stopping_rounds, selection.min_trees)],
-        return_cvbooster=keep_boosters,
     )
     curve = np.asarray(result["valid auc-mean"])
     if forest:
-        return float(curve[-1]), len(curve), result.get("cvbooster")
+        return float(curve[-1]), len(curve)
     start = min(selection.min_trees, len(curve)) - 1
     best = start + int(np.nanargmax(curve[start:]))
-    return float(curve[best]), best + 1, result.get("cvbooster")
+    return float(curve[best]), best + 1
 
 
 def _patience(rounds: int, min_trees: int) -> Callable[[Any], None]:
@@ -421,7 +420,7 @@ def tune_lightgbm(
 
     def run(settings: LightGBMSettings) -> float:
         started = time.perf_counter()
-        score, trees, _ = cross_validate_lightgbm(data, settings, selection, metadata)
+        score, trees = cross_validate_lightgbm(data, settings, selection, metadata)
         records.append(
             {
                 "roc_auc": score,
@@ -448,7 +447,7 @@ def tune_lightgbm(
         study.enqueue_trial(_first_trial(base))
         # and the settings a data scientist would try first, so the search starts from both
         study.enqueue_trial(_first_trial(replace(base, **COMMON_START)))
-        bar = _bar(progress, selection.trials)
+        bar = progress_bar(progress, selection.trials, "model search", "trial")
         study.optimize(
             lambda trial: run(_suggest(trial, base, rows, positives)),
             n_trials=selection.trials,
@@ -462,14 +461,6 @@ def tune_lightgbm(
     values = {key: best[key] for key in _settings_record(base)}
     values = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
     return replace(base, **values), float(best["roc_auc"]), trials
-
-
-def _bar(progress: bool, total: int) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="model search", unit="trial", leave=False, disable=None)
 
 
 def _fold_margins(

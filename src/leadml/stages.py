@@ -316,10 +316,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         BASELINE_LOGREG,
         BASELINE_POINTS,
         ORACLE,
-        TOO_LITTLE_DATA,
-        GateEvidence,
         base_rate_drift,
-        fitting_failure_reason,
+        gate_evidence,
         promotion_gate,
         train_and_evaluate,
     )
@@ -409,22 +407,13 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         points = None
         if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
             points = metrics.loc[BASELINE_POINTS]
-        notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
-        evidence = GateEvidence(
-            uncalibrated=metrics.loc[f"{result.model_name}_uncalibrated"],
-            too_little_data=notes[0] if notes else None,
-            fitting_failure=fitting_failure_reason(result.evaluated.model) if result.evaluated else None,
-            base_rate_moved=bool(drift.get("flagged")),
-            recentred_ece=result.calibration.get("recentred_ece"),
-            recentred_ece_low=result.calibration.get("recentred_ece_low"),
-        )
         decision = promotion_gate(
             metrics.loc[result.model_name],
             metrics.loc[BASELINE_LOGREG],
             champion_metrics,
             cfg["promotion"],
             points=points,
-            evidence=evidence,
+            evidence=gate_evidence(result, bool(drift.get("flagged"))),
         )
         # the report before the alias moves: a report that cannot be written fails the run unpromoted
         report_run = model_report.RunInfo(
@@ -530,25 +519,24 @@ def _rescore_champion(
     from leadml.evaluate import binary_metrics
     from leadml.scorer import as_model_input
 
+    labels = np.asarray(labels)
     try:
         champion = tracking.load_scorer(f"models:/{model_name}/{version}")
         unseen = unseen_rows(test, getattr(champion, "trained", None) or {})
-        if unseen is not None and (
-            unseen.sum() < MIN_CHAMPION_ROWS or len(np.unique(np.asarray(labels)[unseen])) < 2
-        ):
-            return {
-                "note": f"champion v{version} was trained on this test window (its refit saw every "
-                "labelled row), so it cannot be compared on it; the candidate is judged on its own"
-            }
-        rows = test if unseen is None else test[unseen]
-        chosen = np.asarray(labels) if unseen is None else np.asarray(labels)[unseen]
-        predicted = champion.predict(as_model_input(rows, names))
+        if unseen is not None:
+            test, labels = test[unseen], labels[unseen]
+            if len(test) < MIN_CHAMPION_ROWS or len(np.unique(labels)) < 2:
+                return {
+                    "note": f"champion v{version} was trained on this test window (its refit saw every "
+                    "labelled row), so it cannot be compared on it; the candidate is judged on its own"
+                }
+        predicted = champion.predict(as_model_input(test, names))
     except TrackingUnavailableError:
         raise  # not "the champion cannot score": nobody could tell
     except Exception as error:  # a champion built on other features cannot score these rows
         logger.warning("champion version %s cannot score the test rows: %s", version, error)
         return None
-    return {**binary_metrics(chosen, predicted["probability"].to_numpy()), "rows": len(rows)}
+    return {**binary_metrics(labels, predicted["probability"].to_numpy()), "rows": len(test)}
 
 
 def unseen_rows(test: pd.DataFrame, trained: Mapping[str, Any]) -> np.ndarray | None:

@@ -180,10 +180,10 @@ def train_and_evaluate(
     model_settings = model_settings_from_mapping(
         {"name": model_name, **model_config}, sheet, config["data"].get("name")
     )
+    logreg_settings = model_settings if isinstance(model_settings, LogRegSettings) else LogRegSettings()
     fitters: dict[str, Callable[[pd.DataFrame], ScoringModel]] = {
         LOGREG: lambda rows: fit_logreg(rows, logreg_settings)
     }
-    logreg_settings = model_settings if isinstance(model_settings, LogRegSettings) else LogRegSettings()
     if sheet is not None:
         fitters[POINTS] = lambda rows: fit_points(rows, sheet["rules"], sheet["tiers"])
     if isinstance(model_settings, PointsSettings):
@@ -310,8 +310,9 @@ def train_and_evaluate(
 
     labelled = pd.concat([development, test])
     if deploy:
+        test_relative = pd.Series(test_margin - calibrator.offset, index=test.index, name=MARGIN)
         scorer, deployment = deployed_scorer(
-            labelled, test, test_margin, selection, fitters, calibration_settings, metadata, feature_meta
+            labelled, test_relative, selection, fitters, calibration_settings, metadata, feature_meta
         )
     else:
         scorer, deployment = evaluated, {"refit": False}
@@ -353,7 +354,7 @@ def train_and_evaluate(
         evaluated=evaluated,
         deployment=deployment,
         notes=[note for note in (split_note, data_note) if note],
-        duplicate_rows=dict(getattr(split, "duplicate_rows", {}) or {}),
+        duplicate_rows=dict(split.duplicate_rows),
         development=development,
     )
 
@@ -367,8 +368,7 @@ CANDIDATES_OF_MODEL: dict[str, tuple[str, ...]] = {
 
 def deployed_scorer(
     labelled: pd.DataFrame,
-    test: pd.DataFrame,
-    test_margin: np.ndarray,
+    test_relative: pd.Series,
     selection: Selection,
     fitters: Mapping[str, Callable[[pd.DataFrame], ScoringModel]],
     calibration_settings: CalibrationSettings,
@@ -378,13 +378,12 @@ def deployed_scorer(
     """The procedure refitted on every labelled row, and what it was trained on.
 
     Its calibrator is fitted on out-of-sample margins over the latest rows (time-ordered
-    cross-fitting): the test window as predicted by the development refit, then the validation
-    folds before it, as many rows as the evaluated calibrator saw, so it knows the latest base rate.
+    cross-fitting): the test window as predicted by the development refit (``test_relative``,
+    relative to that refit's base log-odds), then the validation folds before it, as many rows as
+    the evaluated calibrator saw, so it knows the latest base rate.
     """
     model = refit(labelled, selection, fitters, metadata)
-    development = labelled.drop(index=test.index)
-    test_relative = test_margin - base_log_odds(development[s.LABEL].to_numpy())
-    margins = pd.concat([selection.oos[MARGIN], pd.Series(test_relative, index=test.index, name=MARGIN)])
+    margins = pd.concat([selection.oos[MARGIN], test_relative])
     rows = labelled.loc[margins.index]
     share = min(1.0, len(selection.oos) / len(rows))
     calibrator = RelativeCalibrator(
@@ -584,6 +583,19 @@ def recentred_ece_interval(
             draws.append(recentred_ece(labels[rows], probabilities[rows]))
     low, high = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
     return {"recentred_ece": point, "recentred_ece_low": float(low), "recentred_ece_high": float(high)}
+
+
+def gate_evidence(result: TrainingResult, base_rate_moved: bool) -> GateEvidence:
+    """What the gate reads of a training result beyond its metric rows."""
+    notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
+    return GateEvidence(
+        uncalibrated=result.comparison.loc[f"{result.model_name}_uncalibrated"],
+        too_little_data=notes[0] if notes else None,
+        fitting_failure=fitting_failure_reason(result.evaluated.model) if result.evaluated else None,
+        base_rate_moved=base_rate_moved,
+        recentred_ece=result.calibration.get("recentred_ece"),
+        recentred_ece_low=result.calibration.get("recentred_ece_low"),
+    )
 
 
 @dataclass(frozen=True)
