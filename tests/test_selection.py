@@ -4,6 +4,7 @@
 - labels independent of the features give "no signal";
 - validation folds never put a lead (or a group of copies) on both sides;
 - under a rising base rate, the refit on every labelled row beats the model of the training window;
+- where the relation drifts, recent rows are weighted more, chosen on the latest folds;
 - the gate allows for the test window's size and a moved base rate, says "too little data",
   "keep the sheet" and "fitting failure" when they are the reason.
 """
@@ -24,8 +25,25 @@ from leadml import schema as s
 from leadml.calibration import fit_calibrator
 from leadml.cli import CONFIG_DIR
 from leadml.features import flat_feature_metadata
-from leadml.models import LightGBMSettings, LogRegSettings, fit_lightgbm_rounds, sized_lightgbm
-from leadml.selection import LIGHTGBM, LOGREG, SelectionSettings, select_model, validation_folds
+from leadml.models import (
+    LightGBMSettings,
+    LogRegSettings,
+    fit_lightgbm_rounds,
+    fit_logreg,
+    recency_weights,
+    sized_lightgbm,
+    time_axis,
+)
+from leadml.selection import (
+    LIGHTGBM,
+    LOGREG,
+    SelectionSettings,
+    _cv_data,
+    cross_validate_lightgbm,
+    fold_weights,
+    select_model,
+    validation_folds,
+)
 from leadml.stages import unseen_rows
 from leadml.train import (
     FITTING_FAILURE,
@@ -170,7 +188,12 @@ def test_selection_prefers_the_simpler_model_within_its_tolerance_and_records_ev
         frame, (LIGHTGBM, LOGREG), LightGBMSettings(), LogRegSettings(), settings, metadata
     )
     assert selection.chosen == LOGREG
-    assert len(selection.trials) == 5 and {"roc_auc", "trees", "boosting"} <= set(selection.trials.columns)
+    # the search's 5 trials, then its best settings with each of the 3 recency half-lives
+    trials = selection.trials
+    assert len(trials) == 5 + 3 and {"roc_auc", "trees", "boosting", "fold_roc_auc"} <= set(trials.columns)
+    assert (trials["recency_half_life"].iloc[:5] == 0).all() and (
+        trials["recency_half_life"].iloc[5:] > 0
+    ).all()
     assert selection.oos.index.isin(frame.index).all() and np.isfinite(selection.oos["margin"]).all()
     assert "logistic regression" in selection.sentence
     strict = select_model(
@@ -179,6 +202,98 @@ def test_selection_prefers_the_simpler_model_within_its_tolerance_and_records_ev
     table = strict.table
     expected = LOGREG if table.loc[LOGREG, "roc_auc"] >= table.loc[LIGHTGBM, "roc_auc"] - 0.002 else LIGHTGBM
     assert strict.chosen == expected
+
+
+# --------------------------------------------------------------------------- recency
+def drifting_leads(n: int, seed: int) -> pd.DataFrame:
+    """Leads whose relation turns over the rows: x2 counts against a lead early and for it late
+    (a campaign that changed whom it reaches), x1 pays off throughout."""
+    frame = leads(n, seed=seed)
+    progress = frame[s.ORDER_KEY].to_numpy() / n
+    rng = np.random.default_rng(seed + 100)
+    margin = -1.2 + frame["x1"].to_numpy() + (4 * progress - 2) * frame["x2"].to_numpy()
+    frame[s.LABEL] = (rng.random(n) < expit(margin)).astype("int8")
+    return frame
+
+
+def test_recency_weights_halve_every_half_life_back_from_the_latest_row_and_average_one() -> None:
+    frame = pd.DataFrame({s.ORDER_KEY: [0.0, 10.0, 20.0, 30.0]})
+    weights = recency_weights(frame, 10.0)
+    assert weights is not None
+    assert np.allclose(weights[:-1] / weights[1:], 0.5) and np.isclose(weights.mean(), 1.0)
+    assert recency_weights(frame, 0.0) is None
+    assert recency_weights(frame.rename(columns={s.ORDER_KEY: "other"}), 10.0) is None
+    dates = pd.DataFrame({s.AS_OF: pd.to_datetime(["2025-01-01", "2025-01-15"], utc=True)})
+    assert np.allclose(np.diff(time_axis(dates)), 14.0)  # days, time zone or not
+    assert np.allclose(
+        time_axis(dates.assign(**{s.AS_OF: dates[s.AS_OF].dt.tz_localize(None)})), time_axis(dates)
+    )
+
+
+def test_the_latest_fold_weighs_most_where_the_rate_moves_and_otherwise_all_weigh_the_same() -> None:
+    rising = leads(3000, seed=11, rates=(0.05, 0.3))
+    settings = SelectionSettings(folds=3, fold_share=0.15, fold_weighting=2)
+    labels = rising[s.LABEL].to_numpy()
+    weights = fold_weights(validation_folds(rising, settings), settings, labels)
+    assert np.allclose(weights, np.array([1, 2, 4]) / 7)
+    random = validation_folds(rising.drop(columns=[s.ORDER_KEY]), settings)
+    assert np.allclose(fold_weights(random, settings, labels), 1 / 3)
+    assert np.allclose(
+        fold_weights(validation_folds(rising, settings), SelectionSettings(fold_weighting=1), labels), 1 / 3
+    )
+    # where the rate is stable the folds weigh the same: weighting would only add noise
+    frame = leads(3000, seed=11)
+    assert np.allclose(
+        fold_weights(validation_folds(frame, settings), settings, frame[s.LABEL].to_numpy()), 1 / 3
+    )
+
+
+def test_the_search_score_is_the_weighted_mean_of_each_fold_at_one_tree_count() -> None:
+    frame = leads(3000, seed=12, rates=(0.05, 0.3))  # a moving rate: the folds weigh 1, 2, 4
+    settings = SelectionSettings(folds=3, fold_share=0.15, max_search_rows=1500, fold_weighting=2)
+    folds = validation_folds(frame, settings)
+    data = _cv_data(frame, folds, settings)
+    assert np.allclose(data.weights, np.array([1, 2, 4]) / 7)
+    lightgbm = LightGBMSettings(
+        num_leaves=7, min_child_samples=20, learning_rate=0.1, recency_half_life=500.0
+    )
+    score, trees, per_fold = cross_validate_lightgbm(data, lightgbm, settings)
+    assert settings.min_trees <= trees <= settings.max_trees
+    assert np.isclose(score, float(data.weights @ np.asarray(per_fold)))
+    # each fold's figure is the model of its own (sampled, weighted) fit rows with that many trees
+    fit, validate = data.folds[-1]
+    model = fit_lightgbm_rounds(frame.iloc[np.sort(fit)], lightgbm, trees)
+    own = roc_auc_score(frame[s.LABEL].iloc[validate], model.predict_margin(frame.iloc[validate]))
+    assert abs(own - per_fold[-1]) < 0.01  # the same model up to the binning of its rows
+
+
+def test_where_the_relation_drifts_recent_rows_are_weighted_and_that_pays_later() -> None:
+    frame = drifting_leads(6000, seed=13)
+    metadata = flat_feature_metadata(frame, {})
+    selection = select_model(
+        frame,
+        (LIGHTGBM, LOGREG),
+        LightGBMSettings(),
+        LogRegSettings(),
+        SelectionSettings(trials=1, seconds=0),
+        metadata,
+    )
+    assert selection.logreg.recency_half_life > 0
+    assert "recent rows weighted" in selection.sentence or selection.chosen == LIGHTGBM
+    later = drifting_leads(7500, seed=14).iloc[6000:]  # what comes after: x2 counts for a lead
+    weighted = fit_logreg(frame, selection.logreg).predict_margin(later)
+    plain = fit_logreg(frame, LogRegSettings()).predict_margin(later)
+    assert roc_auc_score(later[s.LABEL], weighted) > roc_auc_score(later[s.LABEL], plain) + 0.02
+    # recency is a choice of the folds, never imposed: none competes, and time-less data gets none
+    timeless = select_model(
+        frame.drop(columns=[s.ORDER_KEY]),
+        (LOGREG,),
+        LightGBMSettings(),
+        LogRegSettings(),
+        SelectionSettings(trials=1, seconds=0),
+        metadata,
+    )
+    assert timeless.logreg.recency_half_life == 0
 
 
 # --------------------------------------------------------------------------- refit

@@ -64,7 +64,7 @@ from leadml.selection import (
     POINTS,
     Selection,
     SelectionSettings,
-    base_log_odds,
+    anchor,
     refit,
     select_model,
 )
@@ -201,7 +201,9 @@ def train_and_evaluate(
     )
     lap("select")
     model = refit(development, selection, fitters, metadata)
-    logreg = model if selection.chosen == LOGREG else fitters[LOGREG](development)
+    # the logistic baseline stays plain (unweighted): the chosen one may weigh recent rows
+    plain = selection.chosen == LOGREG and not selection.logreg.recency_half_life
+    logreg = model if plain else fitters[LOGREG](development)
     points: PointsModel | None = None
     if isinstance(model, PointsModel):
         points = model
@@ -221,7 +223,7 @@ def train_and_evaluate(
             development.loc[out_of_sample.index],
             calibration_settings,
         ),
-        base_log_odds(development[s.LABEL].to_numpy()),
+        anchor(development, selection),
     )
     names = feature_columns(train)
     feature_meta = {n: asdict(m) for n, m in metadata.items() if n in names}
@@ -390,7 +392,7 @@ def deployed_scorer(
         fit_on_window(
             lambda part: margins.loc[part.index].to_numpy(), latest_rows(rows, share), calibration_settings
         ),
-        base_log_odds(labelled[s.LABEL].to_numpy()),
+        anchor(labelled, selection),
     )
     names = feature_columns(labelled)
     scorer = LeadScorer(model, calibrator, names, feature_meta)
