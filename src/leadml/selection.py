@@ -141,7 +141,10 @@ def fold_weights(folds: Sequence[Fold], settings: SelectionSettings, labels: np.
     only a moving history pays for: on the public sets it raised bank's test ROC AUC (rate 5% to
     12% across the folds) by about 0.01, and made X Education's (a stable rate) vary by 0.015.
     """
-    moving = all(fold.in_time for fold in folds) and rate_moved(folds, labels)
+    return _weights_of(folds, settings, rate_moved(folds, labels))
+
+
+def _weights_of(folds: Sequence[Fold], settings: SelectionSettings, moving: bool) -> np.ndarray:
     ratio = settings.fold_weighting if moving else 1.0
     weights = ratio ** np.arange(len(folds), dtype=np.float64)
     return np.asarray(weights / weights.sum(), dtype=np.float64)
@@ -153,14 +156,11 @@ def fold_weights(folds: Sequence[Fold], settings: SelectionSettings, labels: np.
 RATE_MOVE = 0.5
 
 
-def _moving(folds: Sequence[Fold], rows: pd.DataFrame) -> bool:
-    return all(fold.in_time for fold in folds) and rate_moved(folds, rows[s.LABEL].to_numpy())
-
-
 def rate_moved(folds: Sequence[Fold], labels: np.ndarray) -> bool:
     """Did the positive rate of the latest validation block move from the rows before the first
-    block: a two-proportion test p < 0.01 and a change beyond :data:`RATE_MOVE`?"""
-    if not folds:
+    block: a two-proportion test p < 0.01 and a change beyond :data:`RATE_MOVE`? (Never for random
+    blocks, which have no order.)"""
+    if not folds or not all(fold.in_time for fold in folds):
         return False
     history, latest = labels[folds[0].fit], labels[folds[-1].validate]
     if not len(history) or not len(latest):
@@ -203,9 +203,7 @@ class Selection:
                     "last": str(f.last),
                     "weight": round(weight, 4),
                 }
-                for f, weight in zip(
-                    self.folds, self.weights or [1 / len(self.folds)] * len(self.folds), strict=True
-                )
+                for f, weight in zip(self.folds, self.weights, strict=True)
             ],
             "trials": len(self.trials),
             "seconds": round(self.seconds, 1),
@@ -328,7 +326,11 @@ class _CvData:
         return _span(self.axis)
 
 
-def _cv_data(rows: pd.DataFrame, folds: Sequence[Fold], settings: SelectionSettings) -> _CvData:
+def _cv_data(
+    rows: pd.DataFrame, folds: Sequence[Fold], settings: SelectionSettings, moving: bool | None = None
+) -> _CvData:
+    if moving is None:
+        moving = rate_moved(folds, rows[s.LABEL].to_numpy())
     names = feature_columns(rows)
     categories = training_categories(rows, names)
     cv_folds = [(search_rows(fold, settings), fold.validate) for fold in folds]
@@ -338,8 +340,8 @@ def _cv_data(rows: pd.DataFrame, folds: Sequence[Fold], settings: SelectionSetti
         names,
         categories,
         cv_folds,
-        fold_weights(folds, settings, rows[s.LABEL].to_numpy()),
-        _moving(folds, rows),
+        _weights_of(folds, settings, moving),
+        moving,
         time_axis(rows) if position_column(rows) else None,
     )
 
@@ -529,7 +531,7 @@ def tune_lightgbm(
             {
                 "roc_auc": score,
                 "trees": trees,
-                "fold_roc_auc": " ".join(f"{auc:.4f}" for auc in per_fold),
+                "fold_roc_auc": per_fold,
                 **_settings_record(replace(settings, n_estimators=trees)),
                 "seconds": round(time.perf_counter() - started, 2),
             }
@@ -595,10 +597,9 @@ def _best_trial(trials: pd.DataFrame, data: _CvData, tolerance: float) -> int:
     if data.moving or not len(plain) or best in plain:
         return best
     challenger = int(plain[scores[plain].argmax()])
-    first, second = (
-        [float(v) for v in str(trials["fold_roc_auc"].iloc[k]).split()] for k in (best, challenger)
-    )
-    return best if _recency_earns_its_place(first, second, data.weights, tolerance) else challenger
+    folds = trials["fold_roc_auc"]
+    earns = _recency_earns_its_place(folds.iloc[best], folds.iloc[challenger], data.weights, tolerance)
+    return best if earns else challenger
 
 
 def _recency_earns_its_place(
@@ -614,7 +615,7 @@ def _recency_earns_its_place(
     weighted one is clearly ahead. Where the positive rate moved by half or more the history is
     known to drift, and the best setting is taken as it is.
     """
-    reach = max(tolerance, _paired_error({"fold_roc_auc": weighted}, {"fold_roc_auc": unweighted}, weights))
+    reach = max(tolerance, _paired_error(weighted, unweighted, weights))
     return _fold_mean(weighted, weights) > _fold_mean(unweighted, weights) + reach
 
 
@@ -624,33 +625,31 @@ def half_life_choices(span: float, shares: Sequence[float]) -> list[float]:
 
 
 def tune_logreg(
-    rows: pd.DataFrame, folds: Sequence[Fold], logreg: LogRegSettings, settings: SelectionSettings
+    rows: pd.DataFrame,
+    folds: Sequence[Fold],
+    logreg: LogRegSettings,
+    settings: SelectionSettings,
+    weights: np.ndarray,
+    moving: bool,
 ) -> tuple[LogRegSettings, tuple[np.ndarray, np.ndarray, list[float]]]:
-    """Logistic regression's recency weighting chosen on the folds: the settings and their margins."""
+    """Logistic regression's recency weighting chosen on the folds (weighted as ``weights``): the
+    settings and their margins. Unweighted unless weighting earns its place, or the rate moved."""
     axis = time_axis(rows) if position_column(rows) else None
-    weights = fold_weights(folds, settings, rows[s.LABEL].to_numpy())
-    best: tuple[LogRegSettings, tuple[np.ndarray, np.ndarray, list[float]]] | None = None
-    plain: tuple[LogRegSettings, tuple[np.ndarray, np.ndarray, list[float]]] | None = None
+    results = []
     for half_life in half_life_choices(_span(axis), settings.recency):
         candidate = replace(logreg, recency_half_life=half_life)
-        fitter = partial(_fit_logreg, settings=candidate)
-        result = _fold_margins(rows, folds, fitter, settings, half_life)
-        score = _fold_mean(result[2], weights)
+        result = _fold_margins(rows, folds, partial(_fit_logreg, settings=candidate), settings, half_life)
+        results.append((candidate, result, _fold_mean(result[2], weights)))
         logger.info(
             "selection: logistic regression, recency half-life %g: ROC AUC %.4f (folds %s)",
             half_life,
-            score,
+            results[-1][2],
             ", ".join(f"{auc:.4f}" for auc in result[2]),
         )
-        if best is None or score > _fold_mean(best[1][2], weights) + 1e-12:
-            best = (candidate, result)
-        plain = plain or (candidate, result)
-    assert best is not None and plain is not None
-    if _moving(folds, rows) or _recency_earns_its_place(
-        best[1][2], plain[1][2], weights, settings.simpler_tolerance
-    ):
-        return best
-    return plain
+    best, plain = max(results, key=lambda found: found[2]), results[0]
+    if moving or _recency_earns_its_place(best[1][2], plain[1][2], weights, settings.simpler_tolerance):
+        return best[0], best[1]
+    return plain[0], plain[1]
 
 
 def _fit_logreg(rows: pd.DataFrame, settings: LogRegSettings) -> ScoringModel:
@@ -697,7 +696,8 @@ def select_model(
         raise LeadmlError(f"selection candidates must be among {list(CANDIDATES)}, got {list(candidates)}")
     folds = validation_folds(rows, settings)
     labels = rows[s.LABEL].to_numpy()
-    weights = fold_weights(folds, settings, labels)
+    moving = rate_moved(folds, labels)
+    weights = _weights_of(folds, settings, moving)
     fold_rows = int(np.mean([len(f.fit) for f in folds]))
     fold_positives = int(np.mean([labels[f.fit].sum() for f in folds]))
     table: dict[str, dict[str, Any]] = {}
@@ -705,14 +705,14 @@ def select_model(
     trials = pd.DataFrame()
     cv_data: _CvData | None = None
     if LIGHTGBM in candidates:
-        cv_data = _cv_data(rows, folds, settings)
+        cv_data = _cv_data(rows, folds, settings, moving)
         base = sized_lightgbm(lightgbm, fold_rows, fold_positives)
         tuned, score, trials = tune_lightgbm(cv_data, base, settings, metadata, progress)
         table[LIGHTGBM] = {"roc_auc": score, "trees": tuned.n_estimators, "fold_roc_auc": None}
     margins: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in (LOGREG, POINTS):
         if name == LOGREG and (LOGREG in candidates or LIGHTGBM in candidates):
-            logreg, (positions, margin, aucs) = tune_logreg(rows, folds, logreg, settings)
+            logreg, (positions, margin, aucs) = tune_logreg(rows, folds, logreg, settings, weights, moving)
         elif name == POINTS and name in fitters:
             positions, margin, aucs = _fold_margins(rows, folds, fitters[name], settings)
         else:
@@ -819,21 +819,21 @@ def _choose(
     for name in (POINTS, LOGREG, LIGHTGBM):  # simplest first
         if name not in scores:
             continue
-        reach = max(tolerance, _paired_error(table[best_name], table[name], weights))
+        error = _paired_error(table[best_name]["fold_roc_auc"], table[name]["fold_roc_auc"], weights)
+        reach = max(tolerance, error)
         if scores[name] >= scores[best_name] - reach:
             return name
     return best_name
 
 
 def _paired_error(
-    best: Mapping[str, Any], other: Mapping[str, Any], weights: np.ndarray | None = None
+    first: Sequence[float] | None, second: Sequence[float] | None, weights: np.ndarray | None = None
 ) -> float:
     """Standard error of the (weighted) mean per-fold ROC AUC difference (0 with fewer than 2 folds).
 
     With fold weights w (sum 1) the mean difference has variance sigma^2 x sum(w^2): with equal
     weights the familiar sigma / sqrt(folds).
     """
-    first, second = best.get("fold_roc_auc"), other.get("fold_roc_auc")
     if not first or not second or len(first) != len(second) or len(first) < 2:
         return 0.0
     difference = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
