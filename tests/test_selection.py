@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from factories import flat_leads
 from leadml import schema as s
-from leadml.calibration import fit_calibrator
+from leadml.calibration import CalibrationSettings, fit_calibrator
 from leadml.cli import CONFIG_DIR
 from leadml.features import flat_feature_metadata
 from leadml.models import (
@@ -37,6 +37,7 @@ from leadml.models import (
 from leadml.selection import (
     LIGHTGBM,
     LOGREG,
+    MARGIN,
     SelectionSettings,
     _cv_data,
     cross_validate_lightgbm,
@@ -51,9 +52,11 @@ from leadml.train import (
     NO_SIGNAL,
     TOO_LITTLE_DATA,
     GateEvidence,
+    InTimeCalibration,
     fitting_failure_reason,
+    in_time_calibration,
+    latest_calibrator,
     promotion_gate,
-    recentred_ece,
     train_and_evaluate,
 )
 
@@ -361,19 +364,58 @@ def test_the_ece_ceiling_allows_for_a_small_test_window_but_not_for_real_miscali
     assert not decision.promote and any("above the ceiling" in reason for reason in decision.reasons)
 
 
-def test_a_moved_base_rate_is_judged_on_the_recentred_calibration() -> None:
-    rng = np.random.default_rng(12)
-    margin = rng.normal(size=5000)
-    labels = (rng.random(len(margin)) < expit(margin + 1.0)).astype(int)  # the rate moved up
-    probabilities = expit(margin)
-    assert recentred_ece(labels, probabilities) < 0.03
+def moved_rate_rows(
+    test_rates: tuple[float, float], seed: int = 12, n_test: int = 8000
+) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Labelled rows, out-of-sample margins of the folds (rate 5%) and of a test window whose
+    rate goes from ``test_rates[0]`` to ``test_rates[1]`` over its rows; margins relative."""
+    rng = np.random.default_rng(seed)
+    n_folds = 6000
+    margin = rng.normal(size=n_folds + n_test)
+    base = np.concatenate([np.full(n_folds, logit(0.05)), logit(np.linspace(*test_rates, n_test))])
+    labelled = pd.DataFrame(
+        {
+            s.LEAD_ID: np.arange(n_folds + n_test).astype(str),
+            s.ORDER_KEY: np.arange(n_folds + n_test),
+            s.LABEL: (rng.random(len(margin)) < expit(base + margin)).astype("int8"),
+        }
+    )
+    folds = pd.Series(margin[:n_folds] + logit(0.05), index=labelled.index[:n_folds], name=MARGIN)
+    test = pd.Series(margin[n_folds:] + logit(0.05), index=labelled.index[n_folds:], name=MARGIN)
+    return labelled, folds, test
+
+
+def test_a_moved_base_rate_is_judged_on_the_deployed_calibration_in_time() -> None:
+    settings = CalibrationSettings.from_mapping({"name": "sigmoid"})
     moved = {"roc_auc": 0.75, "ece": 0.15, "ece_low": 0.14, "ece_high": 0.16}
-    evidence = GateEvidence(base_rate_moved=True, recentred_ece=recentred_ece(labels, probabilities))
+    # the rate stepped up to 30% and stayed: levelled on the window's earlier half, the
+    # deployed calibration is right on its later half
+    settled = in_time_calibration(*moved_rate_rows((0.3, 0.3)), settings, n_boot=100, seed=0)
+    assert settled["in_time_ece_low"] < 0.03 and abs(settled["in_time_mean_probability"] - 0.3) < 0.03
+    evidence = GateEvidence(base_rate_moved=True, in_time=InTimeCalibration.of(settled))
     decision = promotion_gate(moved, {"roc_auc": 0.7}, None, GATE, None, evidence)
     assert decision.promote and any("base rate's move" in reason for reason in decision.reasons)
-    squashed = expit(0.2 * margin)  # a wrong shape stays wrong after recentring
-    evidence = GateEvidence(base_rate_moved=True, recentred_ece=recentred_ece(labels, squashed))
-    assert not promotion_gate(moved, {"roc_auc": 0.7}, None, GATE, None, evidence).promote
+    # the rate kept rising inside the window: no calibrator fitted on the past follows it
+    rising = in_time_calibration(*moved_rate_rows((0.1, 0.6)), settings, n_boot=100, seed=0)
+    assert rising["in_time_ece_low"] > 0.03 and rising["in_time_rate_later"] > rising["in_time_rate_earlier"]
+    evidence = GateEvidence(base_rate_moved=True, in_time=InTimeCalibration.of(rising))
+    decision = promotion_gate(moved, {"roc_auc": 0.7}, None, GATE, None, evidence)
+    assert not decision.promote and any("kept moving" in reason for reason in decision.reasons)
+
+
+def test_the_deployed_calibrator_takes_its_level_from_the_latest_rows() -> None:
+    labelled, folds, test = moved_rate_rows((0.3, 0.3), n_test=3000)
+    settings = CalibrationSettings.from_mapping({"name": "sigmoid"})
+    plain = latest_calibrator(labelled, folds, test, settings, level=False)
+    levelled = latest_calibrator(labelled, folds, test, settings, level=True)
+    rate = labelled.loc[test.index, s.LABEL].mean()
+    assert abs(levelled.predict_proba(test.to_numpy()).mean() - rate) < 1e-6
+    # without a level: fitted on the latest 6,000 rows, half of them folds at 5%
+    assert plain.predict_proba(test.to_numpy()).mean() < rate - 0.05
+    # a shift in log-odds keeps the ranking
+    order = np.argsort(test.to_numpy())
+    assert np.all(np.diff(levelled.predict_proba(test.to_numpy())[order]) >= 0)
+    assert levelled.describe()["level_shift"] > 0
 
 
 def test_too_little_data_and_a_better_sheet_are_said_as_such() -> None:

@@ -201,6 +201,7 @@ class RelativeCalibrator:
 
     inner: Calibrator
     offset: float
+    level: float = 0.0  # log-odds added to the calibrated probability (``level_shift``)
 
     @property
     def method(self) -> str:
@@ -211,10 +212,39 @@ class RelativeCalibrator:
         return self.inner.details  # type: ignore[attr-defined,no-any-return]
 
     def predict_proba(self, margin: np.ndarray) -> np.ndarray:
-        return self.inner.predict_proba(np.asarray(margin, dtype=np.float64) - self.offset)
+        probability = self.inner.predict_proba(np.asarray(margin, dtype=np.float64) - self.offset)
+        return shift_log_odds(probability, self.level) if self.level else probability
 
     def describe(self) -> dict[str, Any]:
-        return {**self.inner.describe(), "margin_offset": self.offset}
+        levelled = {"level_shift": self.level} if self.level else {}
+        return {**self.inner.describe(), "margin_offset": self.offset, **levelled}
+
+
+def shift_log_odds(probability: np.ndarray, shift: float) -> np.ndarray:
+    """Every probability moved by one constant in log-odds (a monotone map: ranking kept)."""
+    p = _clip(np.asarray(probability, dtype=np.float64))
+    return _clip(expit(np.log(p / (1 - p)) + shift))
+
+
+def level_shift(probability: np.ndarray, rate: float) -> float:
+    """The constant in log-odds that moves the mean of ``probability`` to ``rate``.
+
+    Calibration-in-the-large on the latest rows: the shape (how probabilities spread around
+    their mean) stays the calibrator's, the level follows the latest base rate. 0 when ``rate``
+    is 0 or 1 (no finite shift reaches it).
+    """
+    if not 0 < rate < 1:
+        return 0.0
+    p = _clip(np.asarray(probability, dtype=np.float64))
+    margin = np.log(p / (1 - p))
+    low, high = -20.0, 20.0
+    for _ in range(60):  # bisection: the mean probability rises with the shift
+        middle = (low + high) / 2
+        if expit(margin + middle).mean() < rate:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def fit_calibrator(

@@ -17,11 +17,12 @@ import pandas as pd
 from scipy.special import expit
 
 from leadml import schema as s
-from leadml.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window
+from leadml.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
 from leadml.errors import LeadmlError
 from leadml.evaluate import (
     base_rate_shift,
     binary_metrics,
+    bootstrap_intervals,
     capacity_thresholds,
     compare_models,
     grouped_shap_importance,
@@ -311,11 +312,31 @@ def train_and_evaluate(
     lap("explain")
 
     labelled = pd.concat([development, test])
-    if deploy:
-        test_relative = pd.Series(test_margin - calibrator.offset, index=test.index, name=MARGIN)
-        scorer, deployment = deployed_scorer(
-            labelled, test_relative, selection, fitters, calibration_settings, metadata, feature_meta
+    split_info = split_summary(split.parts)
+    # where the rate moved, the deployed calibrator takes its level from the latest rows; the
+    # same procedure, replayed on the test window's halves, is what the gate judges
+    level = bool(base_rate_drift(split_info)["flagged"])
+    test_relative = pd.Series(test_margin - calibrator.offset, index=test.index, name=MARGIN)
+    in_time = (
+        in_time_calibration(
+            labelled,
+            selection.oos[MARGIN],
+            test_relative,
+            calibration_settings,
+            n_boot=min(evaluation["bootstrap"], 100),
+            seed=evaluation["seed"],
         )
+        if level
+        else {}
+    )
+    if deploy:
+        scorer, deployment = deployed_scorer(
+            labelled, test_relative, selection, fitters, calibration_settings, metadata, feature_meta, level
+        )
+        if tier_record["method"] == "capacity" and not point_thresholds:
+            # the shares hold for the probabilities the deployed calibrator gives the test window
+            deployed = scorer.calibrator.predict_proba(test_relative.to_numpy() + scorer.calibrator.offset)
+            tier_record["thresholds"] = capacity_thresholds(deployed, dict(tier_settings["shares"]))
     else:
         scorer, deployment = evaluated, {"refit": False}
     scorer.tiers = tier_record
@@ -324,7 +345,6 @@ def train_and_evaluate(
     )
     lap("refit")
 
-    split_info = split_summary(split.parts)
     return TrainingResult(
         scorer=scorer,
         model_name=model_name,
@@ -341,9 +361,7 @@ def train_and_evaluate(
                 binary_metrics(labels, probabilities[f"{model_name}_uncalibrated"])["log_loss"]
             ),
             "verdict": calibration_verdict(comparison, model_name, split_info),
-            **recentred_ece_interval(
-                labels, probabilities[model_name], min(evaluation["bootstrap"], 100), evaluation["seed"]
-            ),
+            **in_time,
         },
         test=test,
         windows=dict(split.parts),
@@ -376,22 +394,21 @@ def deployed_scorer(
     calibration_settings: CalibrationSettings,
     metadata: Mapping[str, FeatureMeta],
     feature_meta: dict[str, dict[str, Any]],
+    level: bool = False,
 ) -> tuple[LeadScorer, dict[str, Any]]:
     """The procedure refitted on every labelled row, and what it was trained on.
 
-    Its calibrator is fitted on out-of-sample margins over the latest rows (time-ordered
-    cross-fitting): the test window as predicted by the development refit (``test_relative``,
-    relative to that refit's base log-odds), then the validation folds before it, as many rows as
-    the evaluated calibrator saw, so it knows the latest base rate.
+    Its calibrator is :func:`latest_calibrator` of the test window as predicted by the
+    development refit (``test_relative``, relative to that refit's base log-odds) and the
+    validation folds before it; with ``level`` (the base rate moved) levelled on the test window.
     """
     model = refit(labelled, selection, fitters, metadata)
-    margins = pd.concat([selection.oos[MARGIN], test_relative])
-    rows = labelled.loc[margins.index]
-    share = min(1.0, len(selection.oos) / len(rows))
-    calibrator = RelativeCalibrator(
-        fit_on_window(
-            lambda part: margins.loc[part.index].to_numpy(), latest_rows(rows, share), calibration_settings
-        ),
+    calibrator = latest_calibrator(
+        labelled,
+        selection.oos[MARGIN],
+        test_relative,
+        calibration_settings,
+        level,
         anchor(labelled, selection),
     )
     names = feature_columns(labelled)
@@ -412,6 +429,70 @@ def deployed_scorer(
     }
     scorer.trained = deployment
     return scorer, deployment
+
+
+def latest_calibrator(
+    labelled: pd.DataFrame,
+    out_of_sample: pd.Series,
+    latest: pd.Series,
+    settings: CalibrationSettings,
+    level: bool,
+    offset: float = 0.0,
+) -> RelativeCalibrator:
+    """A calibrator of relative margins fitted on the latest out-of-sample rows (time-ordered
+    cross-fitting): ``latest`` (margins of rows after the folds) then the folds' margins before
+    them, as many rows as the folds hold. With ``level``, its log-odds are moved so that its mean
+    probability on ``latest`` is their rate: where the base rate moved, the newest rows are the
+    ones that resemble tonight's leads, while the shape needs the many rows.
+    """
+    margins = pd.concat([out_of_sample, latest])
+    rows = labelled.loc[margins.index]
+    share = min(1.0, len(out_of_sample) / len(rows))
+    inner = fit_on_window(lambda part: margins.loc[part.index].to_numpy(), latest_rows(rows, share), settings)
+    shift = (
+        level_shift(inner.predict_proba(latest.to_numpy()), float(labelled.loc[latest.index, s.LABEL].mean()))
+        if level
+        else 0.0
+    )
+    return RelativeCalibrator(inner, offset, shift)
+
+
+def in_time_calibration(
+    labelled: pd.DataFrame,
+    out_of_sample: pd.Series,
+    test_relative: pd.Series,
+    settings: CalibrationSettings,
+    n_boot: int,
+    seed: int,
+) -> dict[str, float]:
+    """The deployed calibration, levelled on the latest rows, checked in time on the test window.
+
+    Replayed one step back: :func:`latest_calibrator` fitted and levelled through the earlier
+    half of the test window, judged by ECE (with a bootstrap interval over leads) on the later
+    half, which it has not seen. A rate that settled at a new level passes; one that keeps
+    moving inside the window does not, and no calibrator fitted on the past can follow it.
+    Empty when a half lacks a label.
+    """
+    later = latest_rows(labelled.loc[test_relative.index], 0.5)
+    earlier = test_relative.drop(later.index)
+    labels = later[s.LABEL].to_numpy()
+    earlier_labels = labelled.loc[earlier.index, s.LABEL]
+    if earlier.empty or len(np.unique(labels)) < 2 or earlier_labels.nunique() < 2:
+        return {}
+    calibrator = latest_calibrator(labelled, out_of_sample, earlier, settings, level=True)
+    probability = calibrator.predict_proba(test_relative.loc[later.index].to_numpy())
+    low, high = bootstrap_intervals(labels, probability, n_boot, seed, groups=later[s.LEAD_ID].to_numpy())[
+        "ece"
+    ]
+    return {
+        "in_time_ece": binary_metrics(labels, probability)["ece"],
+        "in_time_ece_low": low,
+        "in_time_ece_high": high,
+        "in_time_rows": float(len(later)),
+        "in_time_rate_earlier": float(earlier_labels.mean()),
+        "in_time_rate_later": float(labels.mean()),
+        "in_time_mean_probability": float(probability.mean()),
+    }
 
 
 def _plain_value(value: Any) -> Any:
@@ -553,40 +634,6 @@ def fitting_failure_reason(model: ScoringModel) -> str | None:
     )
 
 
-def recentred_ece(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """ECE after moving every log-odds by one constant so the mean probability matches the rate.
-
-    What is left once calibration-in-the-large (a moved base rate) is taken out: the shape of
-    the calibration, which a refit calibrated on the latest window keeps.
-    """
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
-    margin = np.log(p / (1 - p))
-    target = float(np.mean(labels))
-    low, high = -20.0, 20.0
-    for _ in range(60):  # bisection: the mean probability rises with the shift
-        middle = (low + high) / 2
-        if expit(margin + middle).mean() < target:
-            low = middle
-        else:
-            high = middle
-    return float(binary_metrics(labels, expit(margin + (low + high) / 2))["ece"])
-
-
-def recentred_ece_interval(
-    labels: np.ndarray, probabilities: np.ndarray, n_boot: int, seed: int = 0
-) -> dict[str, float]:
-    """:func:`recentred_ece` with a 95% interval from ``n_boot`` row bootstrap resamples."""
-    point = recentred_ece(labels, probabilities)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(labels), len(labels))
-        if 0 < labels[rows].sum() < len(rows):
-            draws.append(recentred_ece(labels[rows], probabilities[rows]))
-    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
-    return {"recentred_ece": point, "recentred_ece_low": float(low), "recentred_ece_high": float(high)}
-
-
 def gate_evidence(result: TrainingResult, base_rate_moved: bool) -> GateEvidence:
     """What the gate reads of a training result beyond its metric rows."""
     notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
@@ -595,8 +642,7 @@ def gate_evidence(result: TrainingResult, base_rate_moved: bool) -> GateEvidence
         too_little_data=notes[0] if notes else None,
         fitting_failure=fitting_failure_reason(result.evaluated.model) if result.evaluated else None,
         base_rate_moved=base_rate_moved,
-        recentred_ece=result.calibration.get("recentred_ece"),
-        recentred_ece_low=result.calibration.get("recentred_ece_low"),
+        in_time=InTimeCalibration.of(result.calibration),
     )
 
 
@@ -614,8 +660,32 @@ class GateEvidence:
     too_little_data: str | None = None  # minimum_data_note of the development rows
     fitting_failure: str | None = None
     base_rate_moved: bool = False  # base_rate_drift(...)["flagged"]
-    recentred_ece: float | None = None
-    recentred_ece_low: float | None = None  # lower bound of its 95% interval
+    in_time: InTimeCalibration | None = None  # the deployed calibration checked on the window's halves
+
+
+@dataclass(frozen=True)
+class InTimeCalibration:
+    """What :func:`in_time_calibration` measured on the later half of the test window."""
+
+    ece: float
+    ece_low: float
+    ece_high: float
+    rate_earlier: float
+    rate_later: float
+    mean_probability: float
+
+    @classmethod
+    def of(cls, calibration: Mapping[str, Any]) -> InTimeCalibration | None:
+        if "in_time_ece" not in calibration:
+            return None
+        return cls(
+            ece=calibration["in_time_ece"],
+            ece_low=calibration["in_time_ece_low"],
+            ece_high=calibration["in_time_ece_high"],
+            rate_earlier=calibration["in_time_rate_earlier"],
+            rate_later=calibration["in_time_rate_later"],
+            mean_probability=calibration["in_time_mean_probability"],
+        )
 
 
 def promotion_gate(
@@ -705,26 +775,32 @@ def _calibration_rule(
 
     A test window of a thousand rows measures ECE with an interval several hundredths wide, so
     the model is refused only when the interval's lower bound is above the ceiling. When the base
-    rate moved between the windows, the ceiling applies to the ECE left after recentring (the
-    deployed refit recalibrates on the latest window), and the sentence says so.
+    rate moved between the windows, the evaluated calibrator (fitted on the folds, before the
+    move) cannot be right on the window; the ceiling then applies to the deployed calibration
+    checked in time (:func:`in_time_calibration`), and the sentence says so.
     """
     ece, low, high = candidate["ece"], candidate.get("ece_low", np.nan), candidate.get("ece_high", np.nan)
     if ece <= max_ece:
         return None
     interval = f" [{low:.4f}, {high:.4f}]" if np.isfinite(low) and np.isfinite(high) else ""
-    if evidence.base_rate_moved and evidence.recentred_ece is not None:
-        low_recentred = evidence.recentred_ece_low
-        within = evidence.recentred_ece <= max_ece or (low_recentred is not None and low_recentred <= max_ece)
-        if within:
-            bound = "" if low_recentred is None else f" (interval from {low_recentred:.4f})"
+    check = evidence.in_time
+    if evidence.base_rate_moved and check is not None:
+        checked = (
+            f"the deployed calibration, fitted and levelled through the earlier half of the window "
+            f"(rate {check.rate_earlier:.1%}), reaches ECE {check.ece:.4f} [{check.ece_low:.4f}, "
+            f"{check.ece_high:.4f}] on the later half (rate {check.rate_later:.1%}, mean probability "
+            f"{check.mean_probability:.1%})"
+        )
+        if check.ece <= max_ece or check.ece_low <= max_ece:
+            within = "within" if check.ece <= max_ece else "its interval reaching"
             return True, (
-                f"ECE {ece:.4f}{interval} on the test window is the base rate's move: "
-                f"{evidence.recentred_ece:.4f}{bound} once recentred on the window's rate, within the "
-                f"ceiling {max_ece}; the deployed refit is calibrated on the latest rows"
+                f"ECE {ece:.4f}{interval} on the test window is the base rate's move: {checked}, "
+                f"{within} the ceiling {max_ece}; the deployed refit is levelled on the latest rows"
             )
         return False, (
-            f"ECE {ece:.4f}{interval} above the ceiling {max_ece}, and {evidence.recentred_ece:.4f} "
-            "even after recentring on the window's moved base rate"
+            f"ECE {ece:.4f}{interval} above the ceiling {max_ece}, and the base rate kept moving "
+            f"inside the test window: {checked}; no calibrator fitted on past rows follows it, so "
+            "the probabilities would be wrong however well the model ranks"
         )
     if np.isfinite(low) and low <= max_ece:
         return True, (
