@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import shutil
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -202,3 +205,22 @@ def flat_leads(
             "channel": pd.Categorical(channel),
         }
     )
+
+
+def run_entry_point(main: Callable[[], None], argv: list[str]) -> tuple[int, str, str]:
+    """An entry point (``leadml.cli.train`` ...) run in this process as from the shell with ``argv``:
+    (exit code, stdout, stderr)."""
+    saved_argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    handlers, level = logging.root.handlers[:], logging.root.level
+    sys.argv = argv
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:  # the entry point configures logging on the captured stream: put the test's back
+        sys.argv = saved_argv
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+    return code, out.getvalue(), err.getvalue()

@@ -1,15 +1,20 @@
-"""Every primary config and every file of every config group composes and resolves."""
+"""Every primary config and every file of every config group composes and resolves; every data
+setting is a plain override, also on a data config of one's own found through hydra.searchpath."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from leadml.cli import CONFIG_DIR
+from leadml.cli import CONFIG_DIR, _data, data_config_source
+from leadml.contracts import IngestSettings
+from leadml.errors import CONFIG_FILE
 from leadml.features import FeatureSettings
+from leadml.stages import config_fingerprint
 
 CONF = Path(CONFIG_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -18,9 +23,37 @@ GROUP_FILES = sorted(
 )
 
 
-def _compose(config_name: str, overrides: list[str] | None = None):
+DATA_SETS = sorted(path.stem for path in (CONF / "data").glob("*.yaml"))
+# a user's flat config as the README's example writes it: none of the data-level settings
+MY_LEADS = """\
+name: my_leads
+kind: flat
+table: {format: csv, path: exports/leads.csv}
+contract:
+  id: Lead ID
+  target: Status
+  positive: [Won]
+  time: Created Date
+  categorical: [Source]
+"""
+
+
+def _compose(config_name: str, overrides: list[str] | None = None, hydra_node: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=hydra_node)
+
+
+def _package(group: str, option: str) -> str:
+    """Where a group option lands: its ``# @package`` header (the global package: the group's name)."""
+    header = re.search(r"^# @package (\S+)", (CONF / group / f"{option}.yaml").read_text(), re.M)
+    return header.group(1) if header and header.group(1) != "_global_" else group
+
+
+def _my_configs(tmp_path: Path) -> Path:
+    folder = tmp_path / "my_configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "my_leads.yaml").write_text(MY_LEADS)
+    return folder
 
 
 def test_there_is_a_primary_config_per_entry_point() -> None:
@@ -39,10 +72,80 @@ def test_every_group_option_composes(group: str, option: str) -> None:
     for config_name in ("generate", "ingest", "features", "train"):
         cfg = _compose(config_name, [f"{group}={option}"])
         OmegaConf.resolve(cfg)
-        assert cfg[group] is not None
+        assert cfg[_package(group, option)] is not None
 
 
 def test_paths_follow_the_root_override(tmp_path: Path) -> None:
     cfg = _compose("features", [f"paths.root={tmp_path}"])
     assert cfg.input_dir == f"{tmp_path}/data/interim/synthetic"
     assert cfg.output_dir == f"{tmp_path}/data/features/synthetic"
+
+
+def test_every_data_setting_is_a_plain_override_on_a_config_of_ones_own(tmp_path: Path) -> None:
+    overrides = [
+        f"hydra.searchpath=[file://{_my_configs(tmp_path)}]",
+        "data=my_leads",
+        "data.max_bad_share=0.15",
+        "data.timezone=Europe/Paris",
+        "data.missing_markers=[Select]",
+        "data.reference_time=2025-01-01",
+        "data.synonyms={Source: {google: paid_search}}",
+        "data.points={rules: [{feature: Source, in: [web], points: 5}]}",
+    ]
+    data = OmegaConf.to_container(_compose("train", overrides).data, resolve=True)
+    assert data["max_bad_share"] == 0.15 and data["timezone"] == "Europe/Paris"
+    assert data["missing_markers"] == ["Select"] and data["reference_time"] == "2025-01-01"
+    assert data["points"]["rules"][0]["points"] == 5
+    assert data["contract"]["id"] == "Lead ID"  # the config's own keys are all there
+    settings = IngestSettings.from_mapping(
+        {key: data[key] for key in ("timezone", "max_bad_share", "synonyms")}
+    )
+    assert settings.synonyms_for("Source")["google"] == "paid_search"
+
+
+@pytest.mark.parametrize("data_set", DATA_SETS)
+def test_the_data_defaults_change_no_data_config(data_set: str) -> None:
+    """The defaults only add keys a data config leaves out, with leadml's own default values, and
+    each data config still wins: nothing else of the composed config moves."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "data_defaults" / "base.yaml"))
+    for config_name in ("train", "score"):
+        before = OmegaConf.to_container(_compose(config_name, [f"data={data_set}", "~data_defaults"]))
+        after = OmegaConf.to_container(_compose(config_name, [f"data={data_set}"]))
+        added = {key: after["data"].pop(key) for key in set(after["data"]) - set(before["data"])}
+        assert after == before
+        assert all(value == defaults[key] for key, value in added.items()), added
+        assert (
+            IngestSettings.from_mapping({k: v for k, v in defaults.items() if k in added}) == IngestSettings()
+        )
+
+
+def test_a_data_config_overrides_the_defaults() -> None:
+    assert _compose("train", ["data=x_education"]).data.missing_markers == ["Select"]
+    assert "NA" in _compose("train", ["data=synthetic"]).data.missing_markers
+    assert _compose("train", ["data=bank", "data.max_bad_share=0.2"]).data.max_bad_share == 0.2
+    # bank lists no missing markers: the defaults add them (so the comparison above compares something)
+    assert "missing_markers" not in _compose("train", ["data=bank", "~data_defaults"]).data
+    assert _compose("train", ["data=bank"]).data.missing_markers == []
+
+
+def test_the_data_config_file_is_the_one_hydra_read(tmp_path: Path) -> None:
+    folder = _my_configs(tmp_path)
+    (folder / "data" / "bank.yaml").write_text(MY_LEADS)  # shadowed: conf/ comes first on the path
+    for choice, expected in (
+        ("my_leads", folder / "data" / "my_leads.yaml"),
+        ("bank", CONF / "data" / "bank.yaml"),
+    ):
+        cfg = _compose("train", [f"hydra.searchpath=[file://{folder}]", f"data={choice}"], hydra_node=True)
+        runtime = cfg.hydra.runtime
+        assert data_config_source(runtime.choices["data"], runtime.config_sources) == expected.resolve()
+        assert cfg.data.name == choice  # the shadowed bank.yaml (name my_leads) was not read
+    assert data_config_source("nowhere", runtime.config_sources) is None
+
+
+def test_the_config_file_never_enters_the_build_fingerprint(tmp_path: Path) -> None:
+    cfg = _compose("train", [f"paths.root={tmp_path}"])
+    plain = config_fingerprint(_data(cfg), OmegaConf.to_container(cfg.features, resolve=True))
+    with open_dict(cfg):
+        cfg.data[CONFIG_FILE] = str(tmp_path / "elsewhere" / "data" / "synthetic.yaml")
+    assert CONFIG_FILE not in _data(cfg)
+    assert config_fingerprint(_data(cfg), OmegaConf.to_container(cfg.features, resolve=True)) == plain

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
-import logging
 import os
 import shutil
 import signal
@@ -29,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from factories import local_tracking
+from factories import local_tracking, run_entry_point
 from leadml import cli, sinks
 from leadml import schema as s
 from leadml.errors import ContractError, LeadmlError, NoModelError
@@ -50,20 +48,7 @@ def root(project_copy) -> Iterator[Path]:
 def leadml_score(root: Path, *overrides: str) -> tuple[int, str, str]:
     """``leadml-score paths.root=<root> ...`` in this process, through its Hydra entry point:
     (exit code, stdout, stderr)."""
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    handlers, level = logging.root.handlers[:], logging.root.level
-    sys.argv = ["leadml-score", f"paths.root={root}", *OVERRIDES, *overrides]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.score()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    finally:  # the entry point configures logging on the captured stream: put the test's back
-        sys.argv = argv
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-    return code, out.getvalue(), err.getvalue()
+    return run_entry_point(cli.score, ["leadml-score", f"paths.root={root}", *OVERRIDES, *overrides])
 
 
 def failed_with(result: tuple[int, str, str], code: int, *named: str) -> str:

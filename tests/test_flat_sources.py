@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from leadml import schema as s
 from leadml.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract, parse_column
 from leadml.errors import ContractError, LeadmlError
 from leadml.ingest import LABEL, check_bad_shares, ingest_flat
+from leadml.sources import fingerprint_file
 from leadml.stages import ingest_stage
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
@@ -258,3 +261,112 @@ def test_missing_values_must_name_a_declared_column_and_fit_its_type():
         flat_contract({**config, "missing_values": {"pday": [-1]}})
     with pytest.raises(LeadmlError, match="must be numbers"):
         flat_contract({**config, "missing_values": {"pdays": ["never"]}})
+
+
+# --------------------------------------------------------------------------- Excel and CSV exports
+def crm_export() -> pd.DataFrame:
+    """A flat export as a spreadsheet holds it: numbers, dates and text cells, some empty or bad."""
+    return pd.DataFrame({
+        "Lead ID": [1001, 1002, 1003, 1004, 1005, 1006],
+        # naive local times: read in the ingest time zone, from text or from a date cell alike
+        "Created Date": pd.to_datetime([
+            "2024-01-02 09:30", "2024-01-03 14:00", "2024-02-01 08:15", "2024-02-10 17:45", None,
+            "2024-03-31 02:30",  # no such local time in Berlin (clocks go forward): quarantined
+        ]),
+        "Status": ["Won", "Lost", "lost", "Won", "Lost", "Lost"],
+        "Deal Size": [1500.5, None, 20.0, 7.0, 3.0, 1.0],
+        "Web Visits": [12, "twelve", 3, 0, 5, 2],  # a number column with one text cell
+        "Industry": ["Software", "retail", None, "Retail ", "software", "NA"],
+    })  # fmt: skip
+
+
+def ingest_export(tmp_path: Path, table: dict, name: str) -> dict:
+    data = {
+        "name": name,
+        "kind": "flat",
+        "timezone": "Europe/Berlin",
+        "reference_time": "2024-06-01",
+        "max_bad_share": 0.5,
+        "table": table,
+        "contract": {
+            "id": "Lead ID",
+            "target": "Status",
+            "positive": ["Won"],
+            "negative": ["Lost"],
+            "time": "Created Date",
+            "numeric": ["Deal Size", "Web Visits"],
+            "categorical": ["Industry"],
+        },
+    }
+    return ingest_stage(data, tmp_path / name)
+
+
+def test_an_xlsx_export_ingests_like_the_same_export_as_csv(tmp_path: Path):
+    export = crm_export()
+    csv_path, xlsx_path = tmp_path / "leads.csv", tmp_path / "leads.xlsx"
+    export.to_csv(csv_path, index=False)  # dates as "2024-01-02 09:30:00", as a CSV export has them
+    with pd.ExcelWriter(xlsx_path, engine="openpyxl") as writer:
+        pd.DataFrame({"note": ["a cover sheet"]}).to_excel(writer, sheet_name="About", index=False)
+        export.to_excel(writer, sheet_name="Leads", index=False)
+    from_csv = ingest_export(tmp_path, {"format": "csv", "path": str(csv_path)}, "from_csv")
+    from_xlsx = ingest_export(tmp_path, {"path": str(xlsx_path), "sheet": "Leads"}, "from_xlsx")
+
+    csv_leads = pd.read_parquet(tmp_path / "from_csv" / "leads.parquet")
+    xlsx_leads = pd.read_parquet(tmp_path / "from_xlsx" / "leads.parquet")
+    pd.testing.assert_frame_equal(xlsx_leads, csv_leads)
+    assert csv_leads[s.LEAD_ID].tolist() == ["1001", "1003", "1004"]
+    assert csv_leads[s.AS_OF].tolist()[0] == pd.Timestamp("2024-01-02 08:30", tz="UTC")
+    assert csv_leads["Web Visits"].tolist() == [12.0, 3.0, 0.0]
+    assert csv_leads["Deal Size"].tolist()[1:] == [20.0, 7.0]
+    assert csv_leads["Industry"].tolist() == ["software", np.nan, "retail"]
+    quarantined = [
+        pd.read_parquet(tmp_path / name / "quarantine" / "leads.parquet")[[SOURCE_ROW, REASON]]
+        for name in ("from_csv", "from_xlsx")
+    ]
+    pd.testing.assert_frame_equal(quarantined[1], quarantined[0])
+    assert dict(quarantined[0].itertuples(index=False)) == {
+        2: "Web Visits: 'twelve' is not a number",
+        5: "Created Date: missing value",
+        6: "Created Date: '2024-03-31 02:30:00' is not a valid local time in Europe/Berlin",
+    }
+    for key in ("input_rows", "accepted_rows", "quarantined_rows", "reasons", "output_fingerprint"):
+        assert from_xlsx["tables"][s.LEADS][key] == from_csv["tables"][s.LEADS][key], key
+    assert from_xlsx["tables"][s.LEADS]["source"] == f"xlsx file {xlsx_path} (sheet 'Leads')"
+    assert from_xlsx["tables"][s.LEADS]["source_fingerprint"] == fingerprint_file(xlsx_path)
+
+
+def test_leadml_ingest_stops_on_a_semicolon_file_with_one_line_and_exit_1(tmp_path: Path):
+    """A user's flat config (found through hydra.searchpath) on a file separated by ';'."""
+    export = tmp_path / "exports" / "leads.csv"
+    export.parent.mkdir()
+    crm_export().drop(columns=["Web Visits"]).to_csv(export, index=False, sep=";")
+    config_dir = tmp_path / "my_configs"
+    (config_dir / "data").mkdir(parents=True)
+    (config_dir / "data" / "my_leads.yaml").write_text(
+        "name: my_leads\n"
+        "kind: flat\n"
+        f"table: {{format: csv, path: {export}}}\n"
+        "contract:\n"
+        "  id: Lead ID\n"
+        "  target: Status\n"
+        "  positive: [Won]\n"
+        "  negative: [Lost]\n"
+        "  time: Created Date\n"
+    )
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "leadml-ingest"),
+            f"hydra.searchpath=[file://{config_dir}]",
+            "data=my_leads",
+            f"paths.root={tmp_path / 'project'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == LeadmlError.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"leadml-ingest: error: {export}: read 1 column with sep ',' but the header looks separated by "
+        """';' ("Lead ID;Created Date;Status..."): set sep: ";" in the source"""
+    ]

@@ -10,7 +10,7 @@ import pytest
 
 from leadml import schema as s
 from leadml.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, flat_contract
-from leadml.errors import ContractError
+from leadml.errors import ContractError, LeadmlError
 from leadml.ingest import (
     LABEL,
     ORDER_KEY,
@@ -218,7 +218,8 @@ FLAT = {
 
 def test_flat_table_with_a_target_becomes_leads_with_labels():
     settings = IngestSettings(reference_time="2024-06-01", missing_markers=("Select",))
-    result = ingest_flat(raw_flat(), flat_contract(FLAT), settings, enforce_bad_share=False)
+    contract = flat_contract({**FLAT, "open": [2]})
+    result = ingest_flat(raw_flat(), contract, settings, enforce_bad_share=False)
     table, report = result.tables[s.LEADS], result.reports[s.LEADS]
     assert report.accepted_rows + report.quarantined_rows == report.input_rows == 6
     assert list(table.columns[:3]) == [s.LEAD_ID, LABEL, ORDER_KEY]
@@ -231,13 +232,29 @@ def test_flat_table_with_a_target_becomes_leads_with_labels():
     assert "Converted" not in table and "Tags" not in table
     assert report.dropped_columns == ("Tags",)
     assert report.personal_columns == ("Email",)
-    assert reasons(result, s.LEADS) == {4: "Converted: missing value", 6: "Converted: '2' is not one of 1, 0"}
+    assert reasons(result, s.LEADS) == {4: "Converted: missing value"}
+    # the open lead is validated like the others and kept apart, without a label
+    open_rows = result.open_rows[s.LEADS]
+    assert open_rows[s.LEAD_ID].tolist() == ["p6"] and LABEL not in open_rows
+    assert open_rows["Lead Source"].astype(str).tolist() == ["google"]
+    assert open_rows[ORDER_KEY].tolist() == [106.0]
 
 
-def test_flat_target_without_negatives_treats_every_other_value_as_negative():
+def test_a_target_value_declared_nowhere_stops_with_each_value_and_its_count():
+    raw = pd.concat([raw_flat(), raw_flat().assign(**{"Prospect ID": list("abcdef")})], ignore_index=True)
+    with pytest.raises(ContractError) as error:
+        ingest_flat(raw, flat_contract(FLAT), SETTINGS, enforce_bad_share=False)
+    assert str(error.value) == (
+        "leads from the flat table: target column Converted has values under none of contract.positive, "
+        "contract.negative and contract.open: '2' (2 rows); add each to contract.positive (converted), "
+        "contract.negative (did not convert) or contract.open (still open: scored every night, never a label)"
+    )
+
+
+def test_flat_target_without_negatives_takes_the_one_other_value_as_negative():
     # YAML reads an unquoted yes as True
     config = {"id": "source_row", "target": "y", "positive": [True], "order": "source_row"}
-    raw = pd.DataFrame({"y": ["yes", "no", "maybe", None], "age": ["30", "41", "25", "50"]})
+    raw = pd.DataFrame({"y": ["yes", "no", "No", None], "age": ["30", "41", "25", "50"]})
     result = ingest_flat(raw, flat_contract(config), SETTINGS, enforce_bad_share=False)
     table = result.tables[s.LEADS]
     assert table[LABEL].tolist() == [1, 0, 0]
@@ -245,6 +262,24 @@ def test_flat_target_without_negatives_treats_every_other_value_as_negative():
     assert table[ORDER_KEY].tolist() == [1.0, 2.0, 3.0]
     assert table["age"].tolist() == ["30", "41", "25"]  # undeclared: passed through unchanged
     assert reasons(result, s.LEADS) == {4: "y: missing value"}
+    assert result.labels == {
+        "negative_taken": "y: 'no' (2 rows) taken as the negative value, "
+        "the only one besides contract.positive"
+    }
+    # two other values: which one is a loss (and which still open) is never guessed
+    raw = pd.DataFrame({"Status": ["Won", "Lost", "Open", "Lost"]})
+    config = {"id": "source_row", "target": "Status", "positive": ["Won"], "order": "source_row"}
+    with pytest.raises(ContractError, match=r"has 2 values besides contract.positive and no "
+                       r"contract.negative: 'Lost' \(2 rows\), 'Open' \(1 row\); add each"):  # fmt: skip
+        ingest_flat(raw, flat_contract(config), SETTINGS, enforce_bad_share=False)
+    table = ingest_flat(raw, flat_contract({**config, "open": ["open"]}), SETTINGS).tables[s.LEADS]
+    assert table[LABEL].tolist() == [1, 0, 0]
+
+
+def test_a_target_value_under_two_keys_is_a_config_error():
+    config = {**FLAT, "target": "Status", "positive": ["Won"], "negative": ["Lost"], "open": ["lost"]}
+    with pytest.raises(LeadmlError, match=r"'lost' is under both contract\.negative and contract\.open"):
+        flat_contract(config)
 
 
 def test_flat_time_column_becomes_a_utc_as_of():
@@ -280,3 +315,18 @@ def test_manifest_is_json_and_fingerprints_follow_the_data():
     assert frame_fingerprint(leads) == frame_fingerprint(leads.copy())
     assert frame_fingerprint(leads) != frame_fingerprint(leads.iloc[:-1])
     assert outcomes["output_fingerprint"] == frame_fingerprint(result.tables[s.OUTCOMES])
+
+
+def test_respelt_category_values_are_counted_with_examples_for_the_summary():
+    from leadml.ingest import respelt_categories, respelt_sentence
+
+    settings = IngestSettings(reference_time="2024-06-01", missing_markers=("Select",))
+    contract = flat_contract({**FLAT, "categorical": ["Lead Source"]}).table
+    respelt = respelt_categories(raw_flat(), contract, settings)
+    # 'google' is stored as written; 'Select' is missing; the numeric target is not a category
+    examples = {"Google": "google", "Olark Chat": "olark_chat", "Direct": "direct"}
+    assert respelt == {"Lead Source": {"values": 3, "examples": examples}}
+    assert respelt_sentence("leads", respelt) == (
+        "leads: category values are stored trimmed, in lower case, separators as _ (points rules and "
+        "filters use that spelling): Lead Source 'Google' -> 'google' (+2 more); all in the ingest manifest"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from leadml.errors import ContractError, LeadmlError
 from leadml.ingest import IngestResult, frame_fingerprint, ingest_crm
 from leadml.sources import (
     _scrubbed,
+    checked_spec,
     describe_source,
     fingerprint_source,
     mask_url,
@@ -125,8 +127,12 @@ def test_broken_csv_rows_and_encodings_fail_loudly(tmp_path):
         read_source({"path": str(ragged)})
     latin = tmp_path / "latin.csv"
     latin.write_bytes("lead_id;city\nL1;S\xe3o Paulo\n".encode("latin-1"))
-    with pytest.raises(LeadmlError, match="set 'encoding'"):
+    with pytest.raises(LeadmlError) as error:
         read_source({"path": str(latin), "sep": ";"})
+    assert str(error.value) == (
+        f"csv file {latin} cannot be parsed: it is not utf-8 text (byte 0xe3 on line 2); "
+        "set encoding: latin-1 in the source (or the encoding it was saved in)"
+    )
     frame = read_source({"path": str(latin), "sep": ";", "encoding": "latin-1"})
     assert frame["city"].tolist() == ["S\xe3o Paulo"]
 
@@ -165,6 +171,263 @@ def test_missing_files_and_bad_specs_raise_leadml_errors(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(LeadmlError, match="empty"):
         read_source({"path": str(tmp_path / "empty.csv")})
+
+
+# --------------------------------------------------------------------------- files not as the spec says
+@pytest.mark.parametrize(
+    ("sep", "given", "expected"),
+    [
+        (
+            ";",
+            {},
+            "read 1 column with sep ',' but the header looks separated by ';' "
+            '("Lead ID;Created Date;Status..."): set sep: ";" in the source',
+        ),
+        (
+            "\t",
+            {},
+            "read 1 column with sep ',' but the header looks separated by '\\t' "
+            '("Lead ID\\tCreated Date\\tStatus..."): set sep: "\\t" in the source',
+        ),
+        (
+            "|",
+            {},
+            "read 1 column with sep ',' but the header looks separated by '|' "
+            '("Lead ID|Created Date|Status..."): set sep: "|" in the source',
+        ),
+        (
+            ",",
+            {"sep": ";"},
+            "read 1 column with sep ';' but the header looks separated by ',' "
+            '("Lead ID,Created Date,Status..."): set sep: "," in the source',
+        ),
+    ],
+    ids=["semicolon", "tab", "pipe", "comma read with sep ;"],
+)
+def test_a_csv_separated_by_another_character_says_which_sep_to_set(tmp_path, sep, given, expected):
+    path = tmp_path / "leads.csv"
+    rows = [["Lead ID", "Created Date", "Status", "Source"], ["L1", "2024-01-01", "Won", "Web"]]
+    path.write_text("".join(sep.join(row) + "\n" for row in rows))
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(path), **given})
+    assert type(error.value) is LeadmlError  # exit 1, as any unreadable file; not a contract error
+    assert str(error.value) == f"{path}: {expected}"
+
+
+def test_a_value_holding_the_separator_does_not_hide_the_wrong_separator(tmp_path):
+    # "Smith, John" makes the second record two fields where the header is one: the parser
+    # stops on that record before any header check could run on what it read
+    path = tmp_path / "leads.csv"
+    path.write_text("Lead ID;Name;Status\nL1;Doe;Won\nL2;Smith, John;Lost\n")
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(path)})
+    assert str(error.value) == (
+        f"""{path}: read 1 column with sep ',' but the header looks separated by ';' """
+        f"""("Lead ID;Name;Status"): set sep: ";" in the source"""
+    )
+    assert read_source({"path": str(path), "sep": ";"})["Name"].tolist() == ["Doe", "Smith, John"]
+
+
+def test_a_one_column_csv_without_another_separator_is_read(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("Lead ID\nL1\nL2\n")
+    assert read_source({"path": str(path)})["Lead ID"].tolist() == ["L1", "L2"]
+
+
+def test_an_excel_workbook_read_as_csv_says_set_format_xlsx(tmp_path):
+    workbook = tmp_path / "leads.xlsx"
+    pd.DataFrame({"Lead ID": ["L1"], "Status": ["Won"]}).to_excel(workbook, index=False)
+    renamed = tmp_path / "leads.csv"  # an export saved with the wrong suffix
+    renamed.write_bytes(workbook.read_bytes())
+    for spec in ({"format": "csv", "path": str(workbook)}, {"path": str(renamed)}):
+        with pytest.raises(LeadmlError) as error:
+            read_source(spec)
+        assert str(error.value) == (
+            f"{spec['path']} is an Excel workbook, not a CSV file: set format: xlsx in the source "
+            "(and sheet: if not the first)"
+        )
+
+
+def test_an_old_xls_a_parquet_file_or_a_zip_archive_read_as_csv_says_what_it_is(tmp_path):
+    xls = tmp_path / "old.csv"
+    xls.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))  # an OLE compound file's header
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(xls)})
+    assert str(error.value) == (
+        f"{xls} is an old Excel workbook (.xls), not a CSV file: .xls is not supported; "
+        "save it as .xlsx or CSV"
+    )
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(tmp_path / "leads.xls")})
+    assert (
+        str(error.value) == "source: .xls (Excel 97-2003) is not supported; save the workbook as .xlsx or CSV"
+    )
+    parquet = tmp_path / "leads.csv"
+    pd.DataFrame({"lead_id": ["L1"]}).to_parquet(parquet)
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(parquet)})
+    assert (
+        str(error.value) == f"{parquet} is a Parquet file, not a CSV file: set format: parquet in the source"
+    )
+    archive = tmp_path / "zipped.csv"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("leads.csv", "lead_id\nL1\n")
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(archive)})
+    assert str(error.value) == (
+        f"{archive} is a zip archive, not a CSV file: extract the CSV file and set path to it"
+    )
+
+
+def test_text_in_another_encoding_says_which_encoding_to_set(tmp_path):
+    latin = tmp_path / "latin.csv"  # the undecodable byte far down: found by streaming, line counted
+    latin.write_bytes(("lead_id,city\n" + "L0,Paris\n" * 150_000 + "L1,S\xe3o Paulo\n").encode("latin-1"))
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(latin)})
+    assert str(error.value) == (
+        f"csv file {latin} cannot be parsed: it is not utf-8 text (byte 0xe3 on line 150002); "
+        "set encoding: latin-1 in the source (or the encoding it was saved in)"
+    )
+    assert read_source({"path": str(latin), "encoding": "latin-1"})["city"].iloc[-1] == "S\xe3o Paulo"
+    utf16 = tmp_path / "unicode_text.csv"  # Excel's "Unicode text": UTF-16 and tab-separated
+    utf16.write_bytes("lead_id\tcity\nL1\tS\xe3o Paulo\n".encode("utf-16"))
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(utf16)})
+    assert str(error.value) == (
+        f"csv file {utf16} cannot be parsed: it is not utf-8 text (it starts with a UTF-16 byte order "
+        "mark); set encoding: utf-16 in the source (or the encoding it was saved in)"
+    )
+    frame = read_source({"path": str(utf16), "encoding": "utf-16", "sep": "\t"})
+    assert frame["city"].tolist() == ["S\xe3o Paulo"]
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(latin), "encoding": "latin-l"})
+    assert str(error.value) == (
+        f"csv file {latin}: unknown encoding 'latin-l'; set encoding: to a Python codec name such as "
+        "utf-8, latin-1, cp1252 or utf-16"
+    )
+
+
+def test_a_folder_given_as_a_csv_file_is_one_line(tmp_path):
+    folder = tmp_path / "leads.csv"
+    folder.mkdir()
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(folder)})
+    assert str(error.value) == f"csv file {folder} cannot be read: Is a directory"
+
+
+# --------------------------------------------------------------------------- Excel
+def write_workbook(path: Path, sheets: dict[str, pd.DataFrame]) -> Path:
+    with pd.ExcelWriter(path, engine="openpyxl") as writer:
+        for name, frame in sheets.items():
+            frame.to_excel(writer, sheet_name=name, index=False)
+    return path
+
+
+def two_sheets(tmp_path: Path) -> Path:
+    leads = pd.DataFrame({
+        "Lead ID": [1001, 1002, 1003],
+        "Created Date": pd.to_datetime(["2024-01-01 09:30", "2024-01-02 10:00", None]),
+        "Deal Size": [1500.5, None, 20.0],
+        "Source": ["Web", "NA", None],
+    })  # fmt: skip
+    archive = pd.DataFrame({"Lead ID": [1], "Status": ["Lost"]})
+    return write_workbook(tmp_path / "export.xlsx", {"Leads": leads, "Archive 2023": archive})
+
+
+def test_xlsx_first_sheet_keeps_the_cell_values(tmp_path):
+    path = two_sheets(tmp_path)
+    frame = read_source({"path": str(path)})  # format inferred from the suffix, first sheet
+    assert list(frame.columns) == ["Lead ID", "Created Date", "Deal Size", "Source"]
+    assert frame["Lead ID"].tolist() == [1001, 1002, 1003]
+    assert frame["Created Date"].tolist()[:2] == [
+        pd.Timestamp("2024-01-01 09:30"),
+        pd.Timestamp("2024-01-02 10:00"),
+    ]
+    assert frame["Created Date"].isna().tolist() == [False, False, True]
+    assert frame["Deal Size"].tolist()[::2] == [1500.5, 20.0]
+    assert frame["Source"].tolist() == ["Web", "NA", np.nan]  # "NA" is left to the missing markers
+    assert describe_source({"path": str(path)}) == f"xlsx file {path}"
+
+
+@pytest.mark.parametrize("sheet", ["Archive 2023", "archive 2023", 1])
+def test_xlsx_named_or_numbered_sheet(tmp_path, sheet):
+    path = two_sheets(tmp_path)
+    frame = read_source({"format": "xlsx", "path": str(path), "sheet": sheet})
+    assert frame.to_dict("list") == {"Lead ID": [1], "Status": ["Lost"]}
+
+
+def test_a_missing_sheet_names_the_file_the_sheet_and_the_sheets_present(tmp_path):
+    path = two_sheets(tmp_path)
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(path), "sheet": "Leads 2024"})
+    assert (
+        str(error.value)
+        == f"xlsx file {path} has no sheet 'Leads 2024'; sheets present: 'Leads', 'Archive 2023'"
+    )
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(path), "sheet": 2})
+    assert str(error.value) == (
+        f"xlsx file {path} has no sheet 2 (counting from 0); sheets present: 'Leads', 'Archive 2023'"
+    )
+
+
+def test_sheet_is_checked_with_the_spec(tmp_path):
+    with pytest.raises(LeadmlError) as error:
+        checked_spec({"path": "leads.csv", "sheet": "Leads"}, "data.table")
+    assert str(error.value) == "data.table.sheet: a csv source has no sheets (sheet is for xlsx)"
+    with pytest.raises(LeadmlError) as error:
+        checked_spec({"path": "leads.xlsx", "sheet": True}, "data.table")
+    assert str(error.value) == "data.table.sheet: True is neither a sheet name nor a 0-based sheet number"
+    assert checked_spec({"path": "macros.XLSM"})["format"] == "xlsx"
+
+
+def test_an_unreadable_workbook_is_one_line_naming_the_file(tmp_path):
+    truncated = tmp_path / "truncated.xlsx"
+    truncated.write_bytes(two_sheets(tmp_path).read_bytes()[:300])
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(truncated)})
+    assert (
+        str(error.value)
+        == f"xlsx file {truncated} cannot be read as an Excel workbook: File is not a zip file"
+    )
+    text = tmp_path / "really_text.xlsx"
+    text.write_text("Lead ID,Status\nL1,Won\n")
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(text)})
+    assert str(error.value) == (
+        f"xlsx file {text} is not an Excel workbook (an .xlsx file is a zip archive, this one is not): "
+        "if it is CSV text, set format: csv in the source"
+    )
+    encrypted = tmp_path / "locked.xlsx"  # a password-protected .xlsx is an OLE file, like an .xls
+    encrypted.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    with pytest.raises(LeadmlError) as error:
+        read_source({"path": str(encrypted)})
+    assert str(error.value) == (
+        f"xlsx file {encrypted} is an old Excel workbook (.xls) or one saved with a password: neither is "
+        "supported; save it as .xlsx without a password, or as CSV"
+    )
+    with pytest.raises(LeadmlError, match=f"xlsx file not found: {tmp_path / 'nope.xlsx'}"):
+        read_source({"path": str(tmp_path / "nope.xlsx")})
+
+
+def test_a_column_mixing_numbers_dates_and_text_is_read_as_text(tmp_path):
+    cells = pd.DataFrame({
+        "Web Visits": [12, "n/a", 3.0, None],
+        "Last Call": [pd.Timestamp("2024-01-05 08:00"), "never", None, None],
+        "Employees": [10, 20, None, 40],
+    })  # fmt: skip
+    path = write_workbook(tmp_path / "mixed.xlsx", {"Sheet1": cells})
+    frame = read_source({"path": str(path)})
+    assert frame["Web Visits"].tolist() == ["12", "n/a", "3", np.nan]  # as a CSV export shows them
+    assert frame["Last Call"].tolist() == ["2024-01-05 08:00:00", "never", np.nan, np.nan]
+    assert frame["Employees"].dtype == "float64"  # one kind of value: kept as read
+    write_parquet_atomic(frame, tmp_path / "mixed.parquet")  # a mixed object column could not be
+
+
+def test_xlsx_fingerprint_is_the_sha256_of_the_bytes(tmp_path):
+    path = two_sheets(tmp_path)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fingerprint_source({"path": str(path), "sheet": "Archive 2023"}) == expected
 
 
 def test_csv_parquet_and_sqlite_table_and_query_give_the_same_result(tmp_path):

@@ -23,6 +23,7 @@ SMALL = [
     "evaluation.shap_rows=300",
     "guards.leakage_max_rows=20000",
     "selection.trials=3",
+    "selection.seconds=0",  # bounded by trials only: the same choice on a busy machine
 ]
 QUICK_LIGHTGBM = ["model.n_estimators=150", "model.learning_rate=0.1", "model.early_stopping_rounds=20"]
 
@@ -53,6 +54,7 @@ def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> 
     first = run_train(_cfg(root))
     assert first["promoted"] and first["version"] == "1" and first["champion_before"] is None
     assert first["has_oracle"]
+    assert first["leakage_checked"] > 10 and not first["leakage_flagged"]  # the sentinel's one line
     comparison = first["comparison"]
     assert {"lightgbm", "lightgbm_uncalibrated", "logreg_baseline", "base_rate", "oracle"} <= set(
         comparison.index

@@ -13,16 +13,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leadml import schema as s
-from leadml.errors import LeadmlError
+from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
 
 logger = logging.getLogger("leadml")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -46,6 +47,52 @@ def _configure_logging(cfg: DictConfig) -> None:
 
 def _show_progress(cfg: DictConfig) -> bool:
     return bool(cfg.get("progress", True)) and sys.stderr.isatty()
+
+
+def _data(cfg: DictConfig) -> dict[str, Any]:
+    """The data config for ingest and features, without ``data.config_file``.
+
+    Where the config file lives is not a setting: left out, it never enters the fingerprint that
+    decides whether ingest and features are rebuilt (a config folder moved leaves them current).
+    """
+    return {key: value for key, value in _container(cfg.data).items() if key != CONFIG_FILE}
+
+
+# --------------------------------------------------------------------------- data config file
+def data_config_source(choice: str, sources: Iterable[Mapping[str, Any]]) -> Path | None:
+    """The file Hydra composed for ``data=<choice>``, or None when no source has it.
+
+    ``sources`` are ``hydra.runtime.config_sources`` in search-path order (Hydra's own, this
+    repository's conf/, then the ``hydra.searchpath`` entries). As in Hydra, the first source
+    holding ``data/<choice>.yaml`` is the one read; a ``pkg://`` source is looked up in its package.
+    """
+    relative = f"data/{choice}.yaml"
+    for source in sources:
+        scheme, path = source.get("schema"), str(source.get("path") or "")
+        if scheme == "file" and (Path(path) / relative).is_file():
+            return (Path(path) / relative).resolve()
+        if scheme == "pkg":
+            with contextlib.suppress(ModuleNotFoundError, TypeError, ValueError):
+                found = resources.files(path.replace("/", ".").rstrip(".")).joinpath(relative)
+                if found.is_file():
+                    return Path(str(found))
+    return None
+
+
+def _record_data_config_file(cfg: DictConfig) -> None:
+    """Set ``data.config_file`` to the file the data config was read from, so that messages name
+    the file to edit (:func:`leadml.errors.data_config_file`) even when it was found through
+    ``hydra.searchpath``. Only an entry point knows it: Hydra's choices and search path."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not isinstance(cfg.get("data"), DictConfig):
+        return
+    runtime = HydraConfig.get().runtime
+    choice = runtime.choices.get("data")
+    found = data_config_source(str(choice), runtime.config_sources) if choice else None
+    if found is not None:
+        with open_dict(cfg):
+            cfg.data[CONFIG_FILE] = str(found)
 
 
 # --------------------------------------------------------------------------- generate
@@ -88,9 +135,10 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- ingest
 def run_ingest(cfg: DictConfig) -> dict[str, Any]:
     """Read every configured source, check its contract and write data/interim."""
+    from leadml.ingest import respelt_sentence
     from leadml.stages import ingest_stage
 
-    summary = ingest_stage(_container(cfg.data), Path(cfg.output_dir))
+    summary = ingest_stage(_data(cfg), Path(cfg.output_dir))
     for table, report in summary["tables"].items():
         _echo(
             f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
@@ -99,6 +147,12 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
         duplicates = report.get("duplicates") or {}
         if duplicates.get("rows") or duplicates.get("conflicting_rows"):
             _echo(f"ingest {table}: {duplicates['sentence']}")
+        if report.get("respelt"):
+            _echo(f"ingest {respelt_sentence(table, report['respelt'])}")
+    for table, kept in (summary.get("open_rows") or {}).items():
+        _echo(f"ingest {table}: {kept['rows']:,} open leads (contract.open) kept apart for scoring")
+    if (summary.get("labels") or {}).get("negative_taken"):
+        _echo(f"ingest: {summary['labels']['negative_taken']}")
     _echo(f"ingest: wrote {cfg.output_dir}")
     return summary
 
@@ -109,7 +163,7 @@ def run_features(cfg: DictConfig) -> dict[str, Any]:
     from leadml.stages import features_stage
 
     summary = features_stage(
-        _container(cfg.data),
+        _data(cfg),
         _container(cfg.features),
         Path(cfg.input_dir),
         Path(cfg.output_dir),
@@ -147,7 +201,7 @@ def prepare_upstream(cfg: DictConfig) -> None:
         return
     reason = "prepare=always"
     if mode == "auto":
-        reason = stale_upstream(_container(cfg.data), _container(cfg.features), interim_dir, features_dir)
+        reason = stale_upstream(_data(cfg), _container(cfg.features), interim_dir, features_dir)
         if reason is None:
             return
     _echo(f"prepare: {reason}; running ingest and features first")
@@ -156,10 +210,37 @@ def prepare_upstream(cfg: DictConfig) -> None:
     run_features(OmegaConf.create({**values, "input_dir": str(interim_dir), "output_dir": str(features_dir)}))
 
 
+def check_points_sheet(cfg: DictConfig) -> None:
+    """model=points needs rules in the data config: said before ingest and features run, naming
+    the file to add them to (training itself finds out only once the features are built)."""
+    from leadml.points import POINTS, no_rules_message, points_block
+
+    if cfg.model.get("name") == POINTS and points_block(_container(cfg.data.get("points"))) is None:
+        raise LeadmlError(no_rules_message(cfg.data.get("name"), data_config_file(cfg.data)))
+
+
+def sentinel_line(checked: int | None, guards: Mapping[str, Any]) -> str:
+    """The one line saying the leakage sentinel ran and flagged nothing, with the thresholds applied
+    (``guards``, as :func:`leadml.train.sentinel_report` passes them to the sentinel)."""
+    from leadml.guards import OutcomeLevelSettings
+
+    threshold = float(guards["leakage_threshold"])
+    positives, negatives = (float(share) for share in guards["post_outcome_presence"])
+    level_share = float(guards.get("outcome_level_share", OutcomeLevelSettings.max_share))
+    what = "the features" if checked is None else f"{checked:,} column{'' if checked == 1 else 's'}"
+    return (
+        f"leakage sentinel: checked {what} (single-feature AUC above {threshold:g} or below "
+        f"{1 - threshold:g}; filled for at least {positives:.0%} of positives and at most "
+        f"{negatives:.0%} of negatives; at least {level_share:.0%} of rows in outcome-coded levels): "
+        "none flagged"
+    )
+
+
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
     from leadml.stages import train_stage
 
+    check_points_sheet(cfg)
     prepare_upstream(cfg)
     from leadml.train import BASELINE_POINTS
 
@@ -192,7 +273,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     if BASELINE_POINTS not in table.index:
         _echo(
             f"  {BASELINE_POINTS:<24} none: no points rules in the data config "
-            f"(add data.points to conf/data/{cfg.data.name}.yaml for a traditional-scoring baseline)"
+            f"(add data.points to {data_config_file(cfg.data)} for a traditional-scoring baseline)"
         )
     flagged = summary.get("leakage_flagged") or {}
     if flagged:
@@ -200,6 +281,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         _echo(f"leakage sentinel: {len(flagged)} column(s) flagged, {what}:")
         for name, reason in flagged.items():
             _echo(f"  {name}: {reason}")
+    else:
+        _echo(sentinel_line(summary.get("leakage_checked"), cfg.guards))
     calibration = summary["calibration"]
     _echo(
         f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')}), "
@@ -312,6 +395,7 @@ def run_backtest(cfg: DictConfig) -> dict[str, Any]:
     """Rolling backtest: train before each cutoff, test on the next period, report drift."""
     from leadml.backtest import backtest_stage, table_lines
 
+    check_points_sheet(cfg)
     prepare_upstream(cfg)
     summary = backtest_stage(_container(cfg), Path(cfg.paths.root))
     _echo(
@@ -416,6 +500,7 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
     def main(cfg: DictConfig) -> None:
         _configure_logging(cfg)
         try:
+            _record_data_config_file(cfg)
             run(cfg)
         except LeadmlError as error:
             print(f"leadml-{config_name}: error: {error}", file=sys.stderr, flush=True)

@@ -518,6 +518,7 @@ class FlatContract:
     order_column: str | None = None
     drop: tuple[str, ...] = ()
     outcomes: FlatOutcomes | None = None
+    open: tuple[Any, ...] = ()  # target values of leads still open: scored, never labels
 
     @property
     def numeric_target(self) -> bool:
@@ -530,6 +531,7 @@ FLAT_KEYS: tuple[str, ...] = (
     "target",
     "positive",
     "negative",
+    "open",
     "time",
     "order",
     "drop",
@@ -612,8 +614,10 @@ def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None
     """Contract of a flat lead table from config.
 
     Keys: ``id`` (lead id column, or ``source_row`` for the row number), ``target``,
-    ``positive`` (values meaning converted), ``negative`` (optional: other non-null values
-    are then quarantined; without it every other value is a negative), ``time`` (a timestamp
+    ``positive`` (values meaning converted), ``negative`` (values meaning lost; may be left out
+    when the target has one other value only, which is then the negative), ``open`` (values of
+    leads still open: never labels, they are what the nightly job scores; a target value in none
+    of the three stops ingestion, see ``leadml.ingest``), ``time`` (a timestamp
     column -> ``as_of``) or ``order`` (a numeric column, or ``source_row``, kept for an
     out-of-time order), ``drop`` (removed before anything else, e.g. filled in after the
     outcome), column groups as in :func:`column_specs_from_config`, ``missing_values``
@@ -631,7 +635,9 @@ def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None
     if unknown:
         raise LeadmlError(f"unknown flat-table key(s) {', '.join(unknown)}; known: {', '.join(FLAT_KEYS)}")
     if outcomes is not None:
-        given = [key for key in ("target", "positive", "negative") if values.get(key) not in (None, "", [])]
+        given = [
+            key for key in ("target", "positive", "negative", "open") if values.get(key) not in (None, "", [])
+        ]
         if given:
             raise LeadmlError(
                 f"flat table config: {', '.join(given)} given although the label comes from outcomes; "
@@ -642,6 +648,8 @@ def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None
         if not as_tuple(values.get(key)) or values.get(key) == "":
             raise LeadmlError(f"flat table config needs {key!r}" + ("" if key == "id" else " (or outcomes)"))
     positive, negative = as_tuple(values.get("positive")), as_tuple(values.get("negative"))
+    open_values = as_tuple(values.get("open"))
+    _check_target_values_apart({"positive": positive, "negative": negative, "open": open_values})
     if values.get("time") and values.get("order"):
         raise LeadmlError("flat table config: give either 'time' or 'order', not both")
     id_column = str(values["id"])
@@ -656,7 +664,7 @@ def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None
             )
         flat_outcomes_ = flat_outcomes(outcomes, time_column)
 
-    numeric_target = all(_is_number(value) for value in (*positive, *negative))
+    numeric_target = all(_is_number(value) for value in (*positive, *negative, *open_values))
     specs: list[ColumnSpec] = []
     if id_column != SOURCE_ROW:
         specs.append(_id(id_column))
@@ -686,7 +694,21 @@ def flat_contract(mapping: Mapping[str, Any], outcomes: Mapping[str, Any] | None
         order_column=order_column,
         drop=tuple(str(column) for column in as_tuple(values.get("drop"))),
         outcomes=flat_outcomes_,
+        open=open_values,
     )
+
+
+def _check_target_values_apart(groups: Mapping[str, tuple[Any, ...]]) -> None:
+    """A target value listed under two of contract.positive / negative / open is a config error."""
+    seen: dict[str, str] = {}
+    for key, values in groups.items():
+        for value in values:
+            token = normalise_token(str(value))
+            if token in seen and seen[token] != key:
+                raise LeadmlError(
+                    f"flat table config: {value!r} is under both contract.{seen[token]} and contract.{key}"
+                )
+            seen[token] = key
 
 
 # --------------------------------------------------------------------------- results
@@ -804,6 +826,12 @@ def _clean_text(text: pd.Series, markers: frozenset[str]) -> tuple[pd.Series, np
     return stripped.mask(missing), missing
 
 
+def present_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> pd.Series:
+    """A raw column as trimmed text, its missing values (markers included) left out."""
+    cleaned, _ = _clean_text(as_text(raw), spec.missing_markers(settings))
+    return cleaned.dropna()
+
+
 def _shown(raw: pd.Series, positions: np.ndarray) -> pd.Series:
     """Original values at ``positions`` for a reason text, indexed by position."""
     text = as_text(raw.iloc[positions]).fillna("")
@@ -851,6 +879,18 @@ def _token_lookup(
     if synonyms:
         tokens = tokens.map(synonyms).fillna(tokens).astype("str")
     return codes, tokens, missing
+
+
+def respelt_values(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> dict[str, str]:
+    """{value as written: value as stored} of a category column's distinct values whose spelling
+    ingestion changes (trimmed, case-folded, separators as ``_``, synonyms), missing ones left out.
+
+    Points rules, filters and reasons see the stored spelling, so a user needs to know it.
+    """
+    _, tokens, missing = _token_lookup(raw, settings, spec)
+    written = pd.Series(pd.factorize(as_text(raw))[1], dtype="str")
+    changed = ~missing & (written.str.strip() != tokens).to_numpy()
+    return dict(zip(written[changed].str.strip(), tokens[changed], strict=True))
 
 
 def _rows(per_value: np.ndarray, codes: np.ndarray, null_value: Any) -> np.ndarray:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# data.config_file: the YAML file the data config was read from, recorded by the entry points
+# (leadml.cli) so that a message can name the file to edit; not a setting
+CONFIG_FILE = "config_file"
+
 
 class LeadmlError(Exception):
     """A failure the user can fix (config, data, environment); the CLI prints the message and exits.
@@ -63,3 +71,21 @@ def known_settings(cls: type, mapping: object, section: str) -> dict:
     if unknown:
         raise SettingsError(f"unknown {section} setting(s) {unknown}; known: {sorted(known)}")
     return values
+
+
+def data_config_file(data: Mapping[str, Any] | None) -> str:
+    """The data config file a message tells the user to edit.
+
+    ``data.config_file`` when an entry point recorded where Hydra found the file (a folder of
+    the user's own on ``hydra.searchpath`` as well as ``conf/data/``), shown relative to the
+    working directory when it lies inside it; otherwise ``conf/data/<name>.yaml``.
+    """
+    data = data or {}
+    recorded = data.get(CONFIG_FILE)
+    if not recorded:
+        return f"conf/data/{data.get('name') or '<name>'}.yaml"
+    path = Path(str(recorded))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

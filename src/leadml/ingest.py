@@ -47,10 +47,12 @@ from leadml.contracts import (
     TableContract,
     TableReport,
     ValidatedTable,
-    as_text,
     check_bad_share,
     move_to_quarantine,
     normalise_token,
+    normalise_tokens,
+    present_text,
+    respelt_values,
     validate_table,
 )
 from leadml.errors import ContractError
@@ -90,7 +92,9 @@ class IngestResult:
     """Accepted tables, quarantined rows and reports, each keyed by table name.
 
     ``labels``: how a flat table labelled by outcomes was labelled (horizon, observation window,
-    counts); empty otherwise. ``duplicates``: per flat table, its exact and conflicting duplicate rows
+    counts), or which value was taken as the negative; empty otherwise. ``open_rows``: per flat
+    table with ``contract.open``, its open leads (the table's columns without ``label``).
+    ``duplicates``: per flat table, its exact and conflicting duplicate rows
     (:meth:`Duplicates.to_dict`); empty for the CRM tables.
     """
 
@@ -99,6 +103,7 @@ class IngestResult:
     reports: dict[str, TableReport]
     labels: dict[str, Any] = field(default_factory=dict)
     duplicates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open_rows: dict[str, pd.DataFrame] = field(default_factory=dict)  # flat leads still open, by table
 
 
 # --------------------------------------------------------------------------- duplicate rows
@@ -410,32 +415,92 @@ def _target_tokens(values: Sequence[Any]) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def _labels(target: pd.Series, contract: FlatContract) -> tuple[np.ndarray, np.ndarray]:
-    """(is positive, is a configured value) per row; without configured negatives every value counts."""
+@dataclass(frozen=True)
+class TargetClasses:
+    """Per accepted row of a flat table: converted, lost, or still open (scored, never a label)."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+    open: np.ndarray
+
+
+def _target_keys(values: pd.Series, contract: FlatContract) -> pd.Series:
+    """Target values as compared with the configured ones: numbers, else normalised tokens."""
     if contract.numeric_target:
-        values = target.to_numpy(dtype="float64", na_value=np.nan)
-        positive = np.isin(values, [float(value) for value in contract.positive])
-        negative = np.isin(values, [float(value) for value in contract.negative])
+        return pd.to_numeric(values, errors="coerce")
+    return normalise_tokens(values.astype("str"))
+
+
+def _configured_keys(values: Sequence[Any], contract: FlatContract) -> frozenset[Any]:
+    if contract.numeric_target:
+        return frozenset(float(value) for value in values)
+    return _target_tokens(values)
+
+
+def _target_classes(target: pd.Series, contract: FlatContract) -> TargetClasses:
+    """The class of each row; without ``negative`` every value but the positive and open ones is
+    negative (:func:`_check_target_values` made sure there is only one such value)."""
+    keys = _target_keys(target, contract)
+    positive = keys.isin(_configured_keys(contract.positive, contract)).to_numpy()
+    is_open = keys.isin(_configured_keys(contract.open, contract)).to_numpy()
+    if contract.negative:
+        negative = keys.isin(_configured_keys(contract.negative, contract)).to_numpy()
     else:
-        tokens = target.astype("str")
-        positive = tokens.isin(_target_tokens(contract.positive)).to_numpy()
-        negative = tokens.isin(_target_tokens(contract.negative)).to_numpy()
-    known = positive | negative if contract.negative else np.ones(len(target), dtype=bool)
-    return positive, known
+        negative = ~positive & ~is_open
+    return TargetClasses(positive, negative, is_open)
 
 
-def _target_check(contract: FlatContract) -> RowCheck:
-    def check(frame: pd.DataFrame) -> list[RowProblem]:
-        target = frame[contract.target]
-        _, known = _labels(target, contract)
-        unexpected = target.notna().to_numpy() & ~known
-        if not unexpected.any():
-            return []
-        expected = ", ".join(map(str, (*contract.positive, *contract.negative)))
-        messages = f"{contract.target}: '" + as_text(target[unexpected]) + f"' is not one of {expected}"
-        return [RowProblem(unexpected, f"{contract.target}: unexpected target value", messages)]
+def _rows(count: int) -> str:
+    return _count(int(count), "row", "rows")
 
-    return check
+
+TARGET_KEYS_HINT = (
+    "add each to contract.positive (converted), contract.negative (did not convert) or contract.open "
+    "(still open: scored every night, never a label)"
+)
+
+
+def _check_target_values(
+    raw: pd.DataFrame, contract: FlatContract, settings: IngestSettings, source: str
+) -> str | None:
+    """Stop when a value of the target column is none of the configured ones.
+
+    Converted, lost and open leads must never be guessed from each other: an open lead trained
+    on as a loss biases the model towards "lost" without a word. Without ``negative`` a target
+    with one other value (``no`` next to ``yes``, ``0`` next to ``1``) takes it as the negative,
+    and the returned sentence says so; two or more other values stop here with each value and
+    its count. Missing values are left to the contract (the target column is required).
+    """
+    assert contract.target is not None
+    if contract.target not in raw.columns:
+        return None  # the contract names the missing column
+    present = present_text(raw[contract.target], contract.table.column(contract.target), settings)
+    keys = _target_keys(present, contract)
+    declared = _configured_keys((*contract.positive, *contract.negative, *contract.open), contract)
+    other = ~keys.isin(declared).to_numpy()
+    if not other.any():
+        return None
+    # one entry per value as compared, spelt as first seen; a non-number in a numeric target by itself
+    labels = keys.astype("object").where(keys.notna(), present)[other]
+    spelling = present[other].groupby(labels.to_numpy(), sort=False).first()
+    counts = labels.value_counts(sort=True)
+    if not contract.negative and len(counts) == 1:
+        return (
+            f"{contract.target}: {spelling[counts.index[0]]!r} ({_rows(counts.iloc[0])}) taken as the "
+            "negative value, the only one besides contract.positive"
+            + (" and contract.open" if contract.open else "")
+        )
+    shown = ", ".join(f"{spelling[key]!r} ({_rows(count)})" for key, count in counts.head(12).items())
+    more = f" and {len(counts) - 12} more" if len(counts) > 12 else ""
+    lead = (
+        f"has {len(counts)} values besides contract.positive and no contract.negative"
+        if not contract.negative
+        else "has values under none of contract.positive, contract.negative and contract.open"
+    )
+    raise ContractError(
+        f"{contract.table.name} from {source}: target column {contract.target} {lead}: {shown}{more}; "
+        f"{TARGET_KEYS_HINT}"
+    )
 
 
 NOT_LABELLED_EARLY = "not labelled: before observed_from"
@@ -690,6 +755,7 @@ def ingest_flat(
     raw = raw.drop(columns=list(dropped))
     validated_outcomes: ValidatedTable | None = None
     labels: dict[str, Any] = {}
+    is_open: np.ndarray | None = None
     if contract.outcomes is not None:
         assert outcomes is not None
         validated, validated_outcomes, positive, labels = _labelled_by_outcomes(
@@ -703,16 +769,21 @@ def ingest_flat(
             outcomes_quarantine_path=outcomes_quarantine_path,
         )
     else:
+        taken = _check_target_values(raw, contract, settings, source)
+        if taken:
+            logger.info("%s: %s", table_name, taken)
         validated = validate_table(
             raw,
             contract.table,
             settings,
             source=source,
             quarantine_path=quarantine_path,
-            row_checks=[_target_check(contract)],
             enforce_bad_share=False,
         )
-        positive, _ = _labels(validated.accepted[contract.target], contract)
+        classes = _target_classes(validated.accepted[contract.target], contract)
+        positive, is_open = classes.positive, classes.open
+        if taken:
+            labels = {"negative_taken": taken}
     accepted = validated.accepted
     leading: dict[str, Any] = {
         s.LEAD_ID: (
@@ -739,6 +810,11 @@ def ingest_flat(
             "columns ingestion adds; drop or rename them"
         )
     table = pd.concat([pd.DataFrame(leading, index=accepted.index), rest], axis=1)
+    open_rows = table.iloc[:0].drop(columns=[LABEL])
+    if is_open is not None and is_open.any():
+        # still open: validated like every row, kept apart for the nightly job, never a label
+        open_rows = table[is_open].drop(columns=[LABEL])
+        table = table[~is_open]
     row_numbers = [
         column
         for column, from_row in ((s.LEAD_ID, contract.id_column), (ORDER_KEY, contract.order_column))
@@ -757,17 +833,50 @@ def ingest_flat(
         {table_name: report},
         labels,
         duplicates={table_name: duplicates.to_dict()},
+        open_rows={table_name: open_rows} if contract.open else {},
     )
     if validated_outcomes is not None:
         name = validated_outcomes.report.table
         result.tables[name] = validated_outcomes.accepted
         result.quarantines[name] = validated_outcomes.quarantine
         result.reports[name] = validated_outcomes.report
-    logger.info("%s: %d positives of %d accepted leads", table_name, int(positive.sum()), len(table))
+    logger.info("%s: %d positives of %d labelled leads", table_name, int(table[LABEL].sum()), len(table))
+    if contract.open:
+        logger.info("%s: %d open leads kept apart for scoring", table_name, len(open_rows))
     logger.info("%s: %s", table_name, duplicates.sentence())
     if enforce_bad_share:
         check_bad_shares(result, settings)
     return result
+
+
+# --------------------------------------------------------------------------- spellings
+def respelt_categories(
+    raw: pd.DataFrame, contract: TableContract, settings: IngestSettings, examples: int = 3
+) -> dict[str, dict[str, Any]]:
+    """Per declared category column of ``raw``: how many distinct values ingestion respells, and
+    the first ``examples`` of them ({written: stored})."""
+    respelt = {}
+    for spec in contract.columns:
+        if spec.dtype != "category" or spec.name not in raw.columns:
+            continue
+        changes = respelt_values(raw[spec.name], spec, settings)
+        if changes:
+            respelt[spec.name] = {"values": len(changes), "examples": dict(list(changes.items())[:examples])}
+    return respelt
+
+
+def respelt_sentence(table: str, respelt: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line for the ingest summary: where category spellings changed, with an example each."""
+    shown = "; ".join(
+        f"{column} {next(iter(change['examples']))!r} -> {next(iter(change['examples'].values()))!r}"
+        + (f" (+{change['values'] - 1:,} more)" if change["values"] > 1 else "")
+        for column, change in list(respelt.items())[:4]
+    )
+    more = f"; and {len(respelt) - 4} more column(s)" if len(respelt) > 4 else ""
+    return (
+        f"{table}: category values are stored trimmed, in lower case, separators as _ "
+        f"(points rules and filters use that spelling): {shown}{more}; all in the ingest manifest"
+    )
 
 
 # --------------------------------------------------------------------------- manifest

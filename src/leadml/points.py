@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from leadml import schema as s
 from leadml.calibration import Calibrator
 from leadml.contracts import normalise_token
-from leadml.errors import LeadmlError, SettingsError
+from leadml.errors import LeadmlError, SettingsError, data_config_file
 from leadml.models import NON_FEATURE_COLUMNS, PROBABILITY_FLOOR, categorical_columns, feature_columns
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,13 @@ BASE_VALUE = "base_value"  # the column name leadml.scorer gives the base value 
 _SYMBOLS = {"eq": "=", "ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 
 
-def no_rules_message(data_name: str | None = None) -> str:
-    """What to do when model=points finds no rules in the data config."""
-    where = f"conf/data/{data_name}.yaml" if data_name else "conf/data/<name>.yaml"
+def no_rules_message(data_name: str | None = None, config_file: str | None = None) -> str:
+    """What to do when model=points finds no rules in the data config.
+
+    ``config_file`` is the file to edit (:func:`leadml.errors.data_config_file`); without it,
+    ``conf/data/<data_name>.yaml``.
+    """
+    where = config_file or data_config_file({"name": data_name})
     return (
         f"model=points: the data config{f' ({data_name})' if data_name else ''} has no points rules; "
         f"add a `points:` block with `rules:` (and optionally `tiers:`) to the data mapping in {where} "

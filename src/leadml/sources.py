@@ -1,30 +1,41 @@
-"""Reading sources (CSV, Parquet, SQL through SQLAlchemy) and writing outputs atomically.
+"""Reading sources (CSV, Parquet, Excel, SQL through SQLAlchemy) and writing outputs atomically.
 
 A source spec is a mapping, usually one entry of ``conf/data/*.yaml`` ``tables``:
 
-* ``format``: csv | parquet | sql (inferred from ``path``'s suffix or ``url`` when absent)
-* ``path``: CSV or Parquet file (or Parquet dataset folder)
+* ``format``: csv | parquet | xlsx | sql (inferred from ``path``'s suffix or ``url`` when absent)
+* ``path``: CSV, Parquet (or Parquet dataset folder) or Excel (.xlsx, .xlsm) file
 * ``url``, and ``table`` (optionally ``schema``) or ``query``: a SQLAlchemy source. ``table``
   and ``schema`` must be plain SQL names (letters, digits, underscores; see :func:`check_sql_name`)
   and are quoted by SQLAlchemy, case kept as written; a ``query`` is the user's own SQL and runs
   as written with the URL's credentials. A bare ``postgresql://`` URL uses psycopg 3.
 * ``columns``: ``{canonical_name: source_name}``; unmapped columns keep their names
 * ``sep``, ``encoding``: CSV options (default ``,`` and utf-8)
+* ``sheet``: the Excel sheet, by name or 0-based index (default the first)
 
 CSV is read as text only, so no value is coerced before its contract sees it; only
-the empty string becomes null here.
+the empty string becomes null here. Excel cells keep the values openpyxl gives (numbers,
+datetimes, text), which the contracts parse like their text; only a column that mixes kinds
+of values is turned into text (see :func:`_mixed_as_text`).
+
+A file that is not what its format says (an Excel workbook or a Parquet file read as CSV, a
+CSV separated by another character than ``sep``, text in another encoding) stops with one line
+that names the setting to change.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
 import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +46,7 @@ from leadml.errors import ContractError, LeadmlError, SourceMissingError
 
 logger = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("csv", "parquet", "sql")
+FORMATS: tuple[str, ...] = ("csv", "parquet", "xlsx", "sql")
 SPEC_KEYS: tuple[str, ...] = (
     "format",
     "path",
@@ -46,6 +57,7 @@ SPEC_KEYS: tuple[str, ...] = (
     "columns",
     "sep",
     "encoding",
+    "sheet",
 )
 _CHUNK_BYTES = 1 << 20
 _SQL_CHUNK_ROWS = 100_000
@@ -53,6 +65,14 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _SQLALCHEMY_LINK = re.compile(r"\(Background on this error at: [^)]*\)")
 # pyarrow's "Expected 14 columns, got 15: <the record's text>"
 _CSV_RECORD = re.compile(r"(Expected \d+ columns, got \d+): .*")
+# what a CSV header holding one column may really be separated by (the most frequent one wins)
+_SEPARATORS: tuple[str, ...] = (";", "\t", "|", ",")
+# first bytes of files that are not text: a zip archive (an .xlsx is one), an OLE compound
+# file (an old .xls, or an encrypted .xlsx), Parquet; and the byte order marks of UTF-16
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_PARQUET_MAGIC = b"PAR1"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # a table, schema or column name taken from config: at most 63 characters, PostgreSQL's limit
 _SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -64,7 +84,14 @@ def _format(spec: Mapping[str, Any]) -> str:
     if spec.get("url"):
         return "sql"
     suffix = Path(str(spec.get("path", ""))).suffix.lower().lstrip(".")
-    return {"csv": "csv", "txt": "csv", "parquet": "parquet", "pq": "parquet"}.get(suffix, suffix)
+    return {
+        "csv": "csv",
+        "txt": "csv",
+        "parquet": "parquet",
+        "pq": "parquet",
+        "xlsx": "xlsx",
+        "xlsm": "xlsx",
+    }.get(suffix, suffix)
 
 
 def check_sql_name(name: Any, key: str) -> str:
@@ -95,6 +122,10 @@ def checked_spec(spec: Mapping[str, Any], where: str = "source") -> dict[str, An
             f"{where}: unknown source key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}"
         )
     values["format"] = _format(values)
+    if values["format"] == "xls":
+        raise LeadmlError(
+            f"{where}: .xls (Excel 97-2003) is not supported; save the workbook as .xlsx or CSV"
+        )
     if values["format"] not in FORMATS:
         raise LeadmlError(f"source format {values['format']!r} is not one of {', '.join(FORMATS)}")
     if values["format"] == "sql":
@@ -109,7 +140,17 @@ def checked_spec(spec: Mapping[str, Any], where: str = "source") -> dict[str, An
                 check_sql_name(values[key], f"{where}.{key}")
     elif not values.get("path"):
         raise LeadmlError(f"a {values['format']} source needs 'path'")
+    if values.get("sheet") is not None:
+        _check_sheet_key(values, where)
     return values
+
+
+def _check_sheet_key(values: Mapping[str, Any], where: str) -> None:
+    sheet = values["sheet"]
+    if values["format"] != "xlsx":
+        raise LeadmlError(f"{where}.sheet: a {values['format']} source has no sheets (sheet is for xlsx)")
+    if isinstance(sheet, bool) or not isinstance(sheet, str | int):
+        raise LeadmlError(f"{where}.sheet: {sheet!r} is neither a sheet name nor a 0-based sheet number")
 
 
 def mask_url(url: str) -> str:
@@ -169,7 +210,8 @@ def describe_source(spec: Mapping[str, Any]) -> str:
     """A one-line description for messages: "csv file data/raw/leads.csv", "sql table leads in sqlite:///x.db"."""
     values = checked_spec(spec)
     if values["format"] != "sql":
-        return f"{values['format']} file {values['path']}"
+        sheet = f" (sheet {values['sheet']!r})" if values.get("sheet") is not None else ""
+        return f"{values['format']} file {values['path']}{sheet}"
     if values.get("table"):
         table = f"{values['schema']}.{values['table']}" if values.get("schema") else values["table"]
         return f"sql table {table} in {mask_url(values['url'])}"
@@ -184,30 +226,155 @@ def _existing_path(values: Mapping[str, Any]) -> Path:
     return path
 
 
+def _binary_kind(path: Path) -> str | None:
+    """What a file that is not text is, from its first bytes: xlsx, zip, xls or parquet (None: maybe text).
+
+    An OLE compound file is an old .xls workbook, or an .xlsx saved with a password.
+    """
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        head = handle.read(len(_OLE_MAGIC))
+    if head.startswith(_ZIP_MAGIC):
+        return "xlsx" if _is_workbook(path) else "zip"
+    if head.startswith(_OLE_MAGIC):
+        return "xls"
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    return None
+
+
+def _is_workbook(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.startswith("xl/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _refuse_binary(path: Path) -> None:
+    """A workbook, an archive or a Parquet file given as CSV: say which format to set instead."""
+    kind = _binary_kind(path)
+    if kind is None:
+        return
+    raise LeadmlError(
+        {
+            "xlsx": f"{path} is an Excel workbook, not a CSV file: set format: xlsx in the source "
+            "(and sheet: if not the first)",
+            "xls": f"{path} is an old Excel workbook (.xls), not a CSV file: .xls is not supported; "
+            "save it as .xlsx or CSV",
+            "parquet": f"{path} is a Parquet file, not a CSV file: set format: parquet in the source",
+            "zip": f"{path} is a zip archive, not a CSV file: extract the CSV file and set path to it",
+        }[kind]
+    )
+
+
 def _read_csv(values: Mapping[str, Any]) -> pd.DataFrame:
     path = _existing_path(values)
+    _refuse_binary(path)
+    sep = values.get("sep") or ","
     encoding = values.get("encoding") or "utf-8"
     try:
         # The pyarrow engine is ~10x faster than the C engine here, and it rejects a row with
         # too many fields instead of silently shifting it into an index.
-        return pd.read_csv(
+        frame = pd.read_csv(
             path,
             dtype=str,
             keep_default_na=False,
             na_values=[""],
-            sep=values.get("sep") or ",",
+            sep=sep,
             encoding=encoding,
             engine="pyarrow",
         )
     except pd.errors.EmptyDataError:  # no header, so none of the columns its contract requires
         raise ContractError(f"csv file {path} is empty (no header row)") from None
+    except LookupError:
+        raise LeadmlError(
+            f"csv file {path}: unknown encoding {encoding!r}; set encoding: to a Python codec name "
+            "such as utf-8, latin-1, cp1252 or utf-16"
+        ) from None
     except (pd.errors.ParserError, ValueError) as error:
         # pyarrow quotes the broken record, whose values may be personal data: say where it is instead
         detail, ragged = _CSV_RECORD.subn(r"\1", " ".join(str(error).split()))
-        line = _first_ragged_line(path, values.get("sep") or ",", encoding) if ragged else None
+        if "UTF8" in detail or isinstance(error, UnicodeDecodeError):
+            raise LeadmlError(_not_encoded_as(path, encoding)) from None
+        # a value holding the separator makes a wrongly separated file ragged before it is read
+        _check_separator(path, _header_fields(path, sep, encoding), sep)
+        line = _first_ragged_line(path, sep, encoding) if ragged else None
         where = f" (the record starting on line {line})" if line else ""
-        hint = f"; it is not {encoding}: set 'encoding' in the source" if "UTF8" in detail else ""
-        raise LeadmlError(f"csv file {path} cannot be parsed: {detail}{where}{hint}") from None
+        raise LeadmlError(f"csv file {path} cannot be parsed: {detail}{where}") from None
+    except OSError as error:  # e.g. a folder, or no permission to read
+        raise LeadmlError(f"csv file {path} cannot be read: {error.strerror or error}") from None
+    _check_separator(path, list(frame.columns), sep)
+    return frame
+
+
+def _check_separator(path: Path, header: Sequence[Any] | None, sep: str) -> None:
+    """Raise when the header is one column holding another separator: the file is separated by that.
+
+    Without this the contract would report every required column missing, naming as the one
+    present column the whole header line.
+    """
+    if header is None or len(header) != 1:
+        return
+    text = str(header[0])
+    counts = {other: text.count(other) for other in _SEPARATORS if other != sep}
+    other = max(counts, key=lambda candidate: counts[candidate])
+    if not counts[other]:
+        return
+    fields = text.split(other)
+    shown = other.join(fields[:3])
+    if len(shown) > 60:
+        shown = shown[:60] + "..."
+    elif len(fields) > 3:
+        shown += "..."
+    shown = shown.replace("\t", "\\t")
+    raise LeadmlError(
+        f'{path}: read 1 column with sep {sep!r} but the header looks separated by {other!r} ("{shown}"): '
+        f"set sep: {json.dumps(other)} in the source"
+    )
+
+
+def _header_fields(path: Path, sep: str, encoding: str) -> list[str] | None:
+    """The fields of the file's first record as ``sep`` splits them (None when it cannot be read)."""
+    if len(sep) != 1:
+        return None
+    try:
+        with path.open(newline="", encoding=encoding, errors="replace") as handle:
+            return next(csv.reader(handle, delimiter=sep), None)
+    except (csv.Error, OSError):
+        return None
+
+
+def _not_encoded_as(path: Path, encoding: str) -> str:
+    """The message for text that does not decode: where, and the encoding to try instead."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head in _UTF16_BOMS and "16" not in encoding:
+        where, suggestion = "it starts with a UTF-16 byte order mark", "utf-16"
+    else:
+        found = _first_undecodable_byte(path, encoding)
+        where = f"byte 0x{found[1]:02x} on line {found[0]}" if found else "an undecodable byte"
+        suggestion = "latin-1"
+    return (
+        f"csv file {path} cannot be parsed: it is not {encoding} text ({where}); "
+        f"set encoding: {suggestion} in the source (or the encoding it was saved in)"
+    )
+
+
+def _first_undecodable_byte(path: Path, encoding: str) -> tuple[int, int] | None:
+    """(line, byte value) of the first byte that does not decode in ``encoding``, if found; streamed."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                # error.object may begin with an incomplete character carried over, never a newline
+                return line + error.object[: error.start].count(b"\n"), error.object[error.start]
+            line += chunk.count(b"\n")
+    return None
 
 
 def _first_ragged_line(path: Path, sep: str, encoding: str) -> int | None:
@@ -238,6 +405,88 @@ def _read_parquet(values: Mapping[str, Any]) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (pyarrow.ArrowException, OSError, ValueError) as error:
         raise LeadmlError(f"parquet file {path} cannot be read: {' '.join(str(error).split())}") from None
+
+
+def _read_xlsx(values: Mapping[str, Any]) -> pd.DataFrame:
+    """One sheet of an Excel workbook, its cells as openpyxl reads them (formulas: their saved value)."""
+    path = _existing_path(values)
+    _refuse_non_workbook(path)
+    with warnings.catch_warnings():
+        # openpyxl warns about styles, data validation and other parts it does not keep, never data
+        warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
+        try:
+            workbook = pd.ExcelFile(path, engine="openpyxl")
+        except Exception as error:  # openpyxl raises anything from BadZipFile to KeyError on a damaged file
+            raise LeadmlError(
+                f"xlsx file {path} cannot be read as an Excel workbook: {_detail(error)}"
+            ) from None
+        with workbook:
+            sheet = _sheet_name(values.get("sheet"), workbook.sheet_names, path)
+            try:
+                frame = pd.read_excel(workbook, sheet_name=sheet, keep_default_na=False, na_values=[""])
+            except Exception as error:
+                raise LeadmlError(
+                    f"xlsx file {path}, sheet {sheet!r}, cannot be read: {_detail(error)}"
+                ) from None
+    frame.columns = [str(column) for column in frame.columns]  # a header cell may hold a number or date
+    return _mixed_as_text(frame)
+
+
+def _detail(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _refuse_non_workbook(path: Path) -> None:
+    """A file given as xlsx that is not one (a CSV, an .xls, a Parquet file): say what to set instead."""
+    kind = _binary_kind(path)
+    if kind == "xls":
+        raise LeadmlError(
+            f"xlsx file {path} is an old Excel workbook (.xls) or one saved with a password: neither is "
+            "supported; save it as .xlsx without a password, or as CSV"
+        )
+    if kind == "parquet":
+        raise LeadmlError(f"xlsx file {path} is a Parquet file: set format: parquet in the source")
+    if kind is None and path.is_file():
+        raise LeadmlError(
+            f"xlsx file {path} is not an Excel workbook (an .xlsx file is a zip archive, this one is not): "
+            "if it is CSV text, set format: csv in the source"
+        )
+
+
+def _sheet_name(asked: Any, names: Sequence[str], path: Path) -> str:
+    """The sheet ``asked`` names: a name (whose case Excel ignores), a 0-based number, or None: the first."""
+    if asked is None and names:
+        return names[0]
+    if isinstance(asked, int) and 0 <= asked < len(names):
+        return names[asked]
+    if isinstance(asked, str):
+        found = [name for name in names if name == asked] or [
+            name for name in names if name.casefold() == asked.casefold()
+        ]
+        if found:
+            return found[0]
+    what = f"{asked} (counting from 0)" if isinstance(asked, int) else repr(asked)
+    present = ", ".join(map(repr, names)) or "(none)"
+    raise LeadmlError(f"xlsx file {path} has no sheet {what}; sheets present: {present}")
+
+
+def _mixed_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose cells mix kinds of values (numbers and text, dates and text) as text.
+
+    Such a column cannot be stored as Parquet as it is, and its contract parses text anyway;
+    a whole number reads as in a CSV export (``12``, not ``12.0``).
+    """
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and values.dropna().map(type).nunique() > 1:
+            frame[column] = values.map(_cell_text, na_action="ignore").astype("str")
+    return frame
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _sqlite_file(url: Any) -> Path | None:
@@ -323,7 +572,7 @@ def rename_columns(frame: pd.DataFrame, columns: Mapping[str, str] | None, sourc
     return frame.rename(columns=renames)
 
 
-_READERS = {"csv": _read_csv, "parquet": _read_parquet, "sql": _read_sql}
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "xlsx": _read_xlsx, "sql": _read_sql}
 
 
 def read_source(spec: Mapping[str, Any]) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from leadml.features import (
     flat_snapshots,
     metadata_to_json,
 )
-from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest
+from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest, respelt_categories
 from leadml.scorer import PROBABILITY
 from leadml.sources import (
     checked_spec,
@@ -93,11 +93,20 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     for table, spec in specs.items():
         logger.info("reading %s from %s", table, sources[table])
         raw[table] = read_source(spec)
+    contracts = (
+        crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+        if _kind(data) == "crm"
+        else {FLAT_TABLE: contract.table}
+    )
+    respelt_by_table = {
+        table: respelt_categories(raw[table], table_contract, settings)
+        for table, table_contract in contracts.items()
+        if table in raw
+    }
     if _kind(data) == "crm":
-        extra = {s.LEADS: column_specs_from_config(data.get("extra_features"))}
         result = ingest_crm(
             raw,
-            crm_contracts(extra),
+            contracts,
             settings,
             sources=sources,
             quarantine_paths=quarantine_paths,
@@ -121,6 +130,9 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     output_paths = {table: str(output_dir / f"{table}.parquet") for table in result.tables}
     for table, frame in result.tables.items():
         write_parquet_atomic(_dictionary_encoded(table, frame), output_paths[table])
+    open_paths = {table: output_dir / open_rows_file(table) for table in result.open_rows}
+    for table, frame in result.open_rows.items():
+        write_parquet_atomic(frame, open_paths[table])
     record = manifest(
         result,
         sources=sources,
@@ -135,8 +147,21 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     )
     if result.labels:
         record["labels"] = result.labels
+    for table, respelt in respelt_by_table.items():
+        if respelt and table in record["tables"]:
+            record["tables"][table]["respelt"] = respelt
+    if result.open_rows:
+        record["open_rows"] = {
+            table: {"rows": len(frame), "output_path": str(open_paths[table])}
+            for table, frame in result.open_rows.items()
+        }
     write_json_atomic(record, output_dir / MANIFEST)
     return record
+
+
+def open_rows_file(table: str) -> str:
+    """File name of a flat table's open leads (``contract.open``) next to its labelled rows."""
+    return f"open_{table}.parquet"
 
 
 def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -463,6 +488,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "calibration": result.calibration,
         "has_oracle": ORACLE in result.probabilities,
         "leakage_flagged": _flagged_reasons(result.leakage, result.leakage_flagged),
+        "leakage_checked": len(result.leakage),  # columns the sentinel looked at
         "leakage_excluded": list(result.leakage_excluded),
         "base_rate_drift": drift,
         "model_name": result.model_name,

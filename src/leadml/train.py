@@ -18,7 +18,7 @@ from scipy.special import expit
 
 from leadml import schema as s
 from leadml.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
-from leadml.errors import LeadmlError
+from leadml.errors import LeadmlError, data_config_file
 from leadml.evaluate import (
     base_rate_shift,
     binary_metrics,
@@ -213,7 +213,7 @@ def train_and_evaluate(
     base = BaseRate.fit(development)
     points_record = points_summary(points, model_name if points is model else BASELINE_POINTS, skipped_rules)
     if points is None:
-        logger.warning("%s: add them to conf/data/%s.yaml", points_record["note"], config["data"].get("name"))
+        logger.warning("%s: add them to %s", points_record["note"], data_config_file(config["data"]))
     lap("fit")
 
     calibration_settings = CalibrationSettings.from_mapping(config["calibration"])
