@@ -5,6 +5,7 @@ The config is read from the README's text, so the README and this test cannot dr
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from factories import run_entry_point
+from factories import local_tracking, run_entry_point
 from leadml import cli
 from leadml.cli import CONFIG_DIR, run_features, run_ingest
-from leadml.errors import ContractError
+from leadml.errors import ContractError, LeadmlError
 from leadml.stages import MANIFEST, open_rows_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -57,17 +58,22 @@ def exported_leads(n: int = 2000, seed: int = 3) -> pd.DataFrame:
     )
 
 
+def readme_project(root: Path, leads: pd.DataFrame) -> list[str]:
+    """``root`` set up as the README says (the export at exports/leads.csv, the config in a folder
+    of the user's own); the overrides that find it. The caller changes into ``root``."""
+    (root / "exports").mkdir()
+    leads.to_csv(root / "exports" / "leads.csv", index=False)
+    (root / "my_configs" / "data").mkdir(parents=True)
+    (root / "my_configs" / "data" / "my_leads.yaml").write_text(readme_flat_config())
+    return [f"hydra.searchpath=[file://{root / 'my_configs'}]", "data=my_leads", f"paths.root={root}"]
+
+
 def test_the_readme_flat_example_keeps_open_leads_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the example's path is relative: exports/leads.csv
-    (tmp_path / "exports").mkdir()
     leads = exported_leads()
-    leads.to_csv(tmp_path / "exports" / "leads.csv", index=False)
-    (tmp_path / "my_configs" / "data").mkdir(parents=True)
-    (tmp_path / "my_configs" / "data" / "my_leads.yaml").write_text(readme_flat_config())
-    search = f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"
-    overrides = [search, "data=my_leads", f"paths.root={tmp_path}"]
+    overrides = readme_project(tmp_path, leads)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         ingest = compose("ingest", overrides)
         features = compose("features", overrides)
@@ -90,19 +96,9 @@ def test_a_status_declared_nowhere_stops_ingestion_with_one_line_and_the_contrac
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "exports").mkdir()
     leads = exported_leads(200)
     leads.loc[[3, 9, 50], "Status"] = "Pending"
-    leads.to_csv(tmp_path / "exports" / "leads.csv", index=False)
-    (tmp_path / "my_configs" / "data").mkdir(parents=True)
-    (tmp_path / "my_configs" / "data" / "my_leads.yaml").write_text(readme_flat_config())
-    argv = [
-        "leadml-ingest",
-        f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]",
-        "data=my_leads",
-        f"paths.root={tmp_path}",
-    ]
-    code, _, err = run_entry_point(cli.ingest, argv)
+    code, _, err = run_entry_point(cli.ingest, ["leadml-ingest", *readme_project(tmp_path, leads)])
     assert code == ContractError.exit_code == 4
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -112,3 +108,73 @@ def test_a_status_declared_nowhere_stops_ingestion_with_one_line_and_the_contrac
         "scored every night, never a label)"
     )
     assert not (tmp_path / "data" / "interim" / "my_leads" / "leads.parquet").exists()
+
+
+LENIENT_GATE = [
+    "promotion.min_roc_auc=0.5",
+    "promotion.max_ece=1.0",
+    "promotion.min_gain_over_logreg=-1.0",
+    "promotion.min_gain_over_points=-1.0",
+]
+QUICK = ["selection.trials=3", "selection.seconds=0", "evaluation.bootstrap=20", "evaluation.shap_rows=100"]
+
+
+def test_the_readme_flat_example_trains_and_scores_its_open_leads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from leadml.cli import run_export, run_report, run_score, run_train
+
+    monkeypatch.chdir(tmp_path)
+    leads = exported_leads()
+    overrides = [*readme_project(tmp_path, leads), *QUICK, *LENIENT_GATE]
+    with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        trained = run_train(compose("train", overrides))
+        assert trained["promoted"]
+        scored = run_score(compose("score", [*overrides, "score.as_of=latest"]))
+    still_open = leads.loc[leads["Status"].isin(["Open", "In progress"]), "Lead ID"]
+    assert scored["leads"] == len(still_open)
+    rows = pd.read_parquet(scored["output"])
+    assert sorted(rows["lead_id"]) == sorted(still_open)
+    latest = pd.Timestamp(leads["Created Date"].max(), tz="UTC").normalize() + pd.Timedelta(days=1)
+    assert (rows["as_of"] == latest).all() and rows["probability"].between(0, 1).all()
+    assert set(rows["tier"]) <= {"A", "B", "C", "D"} and rows["positive_reason_1"].notna().any()
+    assert (rows["trend"] == "new").all()
+    with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        report = run_report(compose("report", overrides))
+    assert report.leads == len(still_open) and report.html.exists()
+    ranked = pd.read_csv(report.csv)
+    assert list(ranked["lead_id"][:3]) == list(
+        rows.sort_values("probability", ascending=False)["lead_id"][:3]
+    )
+    # the export, and requests in the export's own shape: a row as in the file, its id echoed
+    with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        exported = run_export(compose("export", overrides))
+    folder = Path(exported["path"])
+    example = json.loads((folder / "request_example.json").read_text())["dataframe_records"][0]
+    assert example["Lead ID"] == "example-1" and "Email" not in example and "Web Visits" in example
+    served = mlflow.pyfunc.load_model(str(folder))
+    as_in_the_file = leads[leads["Lead ID"].isin(still_open)].head(5).drop(columns=["Status"])
+    answer = served.predict(as_in_the_file)
+    assert list(answer["lead_id"]) == list(as_in_the_file["Lead ID"])
+    assert answer["warnings"].isna().all()  # "Software" is the "software" training saw
+    nightly = rows.set_index("lead_id").loc[as_in_the_file["Lead ID"], "probability"]
+    np.testing.assert_allclose(answer["probability"], nightly.to_numpy(), rtol=1e-9)
+    assert served.predict(pd.DataFrame([example]))["lead_id"].tolist() == ["example-1"]
+
+
+def test_a_flat_table_is_scored_from_its_open_leads_with_the_pandas_engine() -> None:
+    from leadml.stages import _check_flat_scoring
+
+    data = {"name": "my_leads", "kind": "flat", "contract": {"id": "Lead ID", "target": "Status"}}
+    with pytest.raises(LeadmlError) as error:
+        _check_flat_scoring(data, {"engine": "pandas"})
+    assert str(error.value) == (
+        "data=my_leads is a flat table without open leads to score: add contract.open (the target values "
+        "of leads still open, e.g. open: [Open]) to conf/data/my_leads.yaml"
+    )
+    data["contract"]["open"] = ["Open"]
+    _check_flat_scoring(data, {"engine": "pandas"})
+    with pytest.raises(LeadmlError, match=r"score it with score\.engine=pandas"):
+        _check_flat_scoring(data, {"engine": "spark"})

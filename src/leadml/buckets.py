@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -41,7 +41,7 @@ from leadml import schema as s
 from leadml import sinks
 from leadml.errors import LeadmlError
 from leadml.evaluate import assign_tiers
-from leadml.features import FeatureSettings, open_lead_features
+from leadml.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.progress import progress_iter
 from leadml.scorer import PROBABILITY, LeadScorer, as_model_input
 from leadml.scoring import (
@@ -391,11 +391,103 @@ def _clear_dead_runs(work_dir: Path) -> None:
             continue
 
 
+class OpenLeads(Protocol):
+    """Where a run's open leads come from: split into buckets once, then features bucket by bucket."""
+
+    source: Path  # named in messages
+    has_deal_value: bool
+
+    def rows(self) -> int: ...
+
+    def split(self, run_dir: Path, buckets: int) -> None: ...
+
+    def features(self, k: int) -> tuple[pd.DataFrame, pd.Series | None]: ...
+
+
+@dataclass
+class CrmOpenLeads:
+    """The CRM tables: leads created by ``as_of`` with their outcomes and earlier activities,
+    features as of ``as_of`` (``open_lead_features``), deal values from the leads table."""
+
+    source: Path
+    as_of: pd.Timestamp
+    settings: FeatureSettings
+    parts: dict[str, list[Path]] = field(default_factory=dict)
+    empty: dict[str, pd.DataFrame] = field(default_factory=dict)
+    accounts: pd.DataFrame | None = None
+    has_deal_value: bool = False
+
+    def __post_init__(self) -> None:
+        self.paths = {table: _table_path(self.source, table) for table in s.CRM_TABLES}
+        self.empty = {
+            s.LEADS: _empty_frame(self.paths[s.LEADS]),
+            s.OUTCOMES: _empty_frame(self.paths[s.OUTCOMES]),
+            s.ACTIVITIES: _empty_frame(self.paths[s.ACTIVITIES], list(ACTIVITY_COLUMNS)),
+        }
+        self.has_deal_value = s.ESTIMATED_DEAL_VALUE in self.empty[s.LEADS].columns
+
+    def rows(self) -> int:
+        return int(pq.ParquetFile(self.paths[s.LEADS]).metadata.num_rows)
+
+    def split(self, run_dir: Path, buckets: int) -> None:
+        before = pa.scalar(self.as_of + pd.Timedelta(seconds=1), type=pa.timestamp("us", tz="UTC"))
+
+        def microseconds(column: pa.ChunkedArray) -> pa.ChunkedArray:  # nanoseconds truncate: a filter only
+            return pc.cast(column, pa.timestamp("us", tz="UTC"), safe=False)
+
+        def created_in_time(table: pa.Table) -> pa.Array:  # a superset: open_lead_features applies the rules
+            created = microseconds(table.column(s.CREATED_AT))
+            return pc.or_kleene(pc.is_null(created), pc.less(created, before))
+
+        def earlier_events(table: pa.Table) -> pa.Array:
+            return pc.less(microseconds(table.column(s.TIMESTAMP)), before)
+
+        self.parts = {
+            s.LEADS: _split([self.paths[s.LEADS]], None, run_dir / s.LEADS, buckets, created_in_time),
+            s.OUTCOMES: _split([self.paths[s.OUTCOMES]], None, run_dir / s.OUTCOMES, buckets),
+            s.ACTIVITIES: _split(
+                [self.paths[s.ACTIVITIES]], list(ACTIVITY_COLUMNS), run_dir / s.ACTIVITIES, buckets,
+                earlier_events,
+            ),
+        }  # fmt: skip
+        self.accounts = pd.read_parquet(self.paths[s.ACCOUNTS])
+
+    def features(self, k: int) -> tuple[pd.DataFrame, pd.Series | None]:
+        tables = {name: _read_bucket(self.parts[name], k, self.empty[name]) for name in self.parts}
+        tables[s.ACCOUNTS] = self.accounts
+        features = open_lead_features(tables, self.as_of, self.settings)
+        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
+        return features, deal_value
+
+
+@dataclass
+class FlatOpenLeads:
+    """A flat table's open leads (``contract.open``, ingested to ``open_<table>.parquet``): their
+    columns are the features as they are, as in training (``flat_open_features``)."""
+
+    source: Path
+    as_of: pd.Timestamp
+    personal: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    has_deal_value: bool = False
+    parts: list[Path] = field(default_factory=list)
+
+    def rows(self) -> int:
+        return int(pq.ParquetFile(self.source).metadata.num_rows)
+
+    def split(self, run_dir: Path, buckets: int) -> None:
+        self.parts = _split([self.source], None, run_dir / "open", buckets)
+        self.empty = _empty_frame(self.source)
+
+    def features(self, k: int) -> tuple[pd.DataFrame, pd.Series | None]:
+        rows = _read_bucket(self.parts, k, self.empty)
+        return flat_open_features(rows, self.personal, self.exclude), None
+
+
 def score_in_buckets(
-    tables_dir: Path,
+    open_leads: OpenLeads,
     scorer: LeadScorer,
     as_of: pd.Timestamp,
-    settings: FeatureSettings,
     tiers: TierSettings,
     *,
     output_dir: Path,
@@ -413,15 +505,14 @@ def score_in_buckets(
     features do not match the model, and :class:`~leadml.errors.LeadmlError` when no lead is open.
     """
     trend = trend or TrendSettings()
-    leads_path = _table_path(tables_dir, s.LEADS)
-    buckets = max(1, math.ceil(pq.ParquetFile(leads_path).metadata.num_rows / max(bucket_leads, 1)))
+    buckets = max(1, math.ceil(open_leads.rows() / max(bucket_leads, 1)))
     run_dir = work_dir / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         _clear_dead_runs(work_dir)
         _fix_mmap_threshold()
         return _score(
-            tables_dir, scorer, as_of, settings, tiers, output_dir, run_dir, buckets,
+            open_leads, scorer, as_of, tiers, output_dir, run_dir, buckets,
             explain, explainer, trend, model_version, progress,
         )  # fmt: skip
     except OSError as error:  # the work folder read-only or not a folder, the disk full: a message
@@ -434,30 +525,11 @@ def score_in_buckets(
 
 
 def _score(
-    tables_dir: Path, scorer: LeadScorer, as_of: pd.Timestamp, settings: FeatureSettings,
-    tiers: TierSettings, output_dir: Path, run_dir: Path, buckets: int, explain: bool, explainer: str,
-    trend: TrendSettings, model_version: str, progress: bool,
+    open_leads: OpenLeads, scorer: LeadScorer, as_of: pd.Timestamp, tiers: TierSettings, output_dir: Path,
+    run_dir: Path, buckets: int, explain: bool, explainer: str, trend: TrendSettings, model_version: str,
+    progress: bool,
 ) -> ScoringOutcome:  # fmt: skip
-    before = pa.scalar(as_of + pd.Timedelta(seconds=1), type=pa.timestamp("us", tz="UTC"))
-
-    def microseconds(column: pa.ChunkedArray) -> pa.ChunkedArray:  # nanoseconds truncate: a filter only
-        return pc.cast(column, pa.timestamp("us", tz="UTC"), safe=False)
-
-    def created_in_time(table: pa.Table) -> pa.Array:  # a superset: open_lead_features applies the rules
-        created = microseconds(table.column(s.CREATED_AT))
-        return pc.or_kleene(pc.is_null(created), pc.less(created, before))
-
-    def earlier_events(table: pa.Table) -> pa.Array:
-        return pc.less(microseconds(table.column(s.TIMESTAMP)), before)
-
-    paths = {table: _table_path(tables_dir, table) for table in s.CRM_TABLES}
-    parts = {
-        s.LEADS: _split([paths[s.LEADS]], None, run_dir / s.LEADS, buckets, created_in_time),
-        s.OUTCOMES: _split([paths[s.OUTCOMES]], None, run_dir / s.OUTCOMES, buckets),
-        s.ACTIVITIES: _split(
-            [paths[s.ACTIVITIES]], list(ACTIVITY_COLUMNS), run_dir / s.ACTIVITIES, buckets, earlier_events
-        ),
-    }
+    open_leads.split(run_dir, buckets)
     previous_dir = sinks.previous_partition_dir(output_dir, as_of)
     previous_parts = (
         _split(
@@ -466,27 +538,17 @@ def _score(
         if previous_dir is not None
         else []
     )
-    empty = {
-        s.LEADS: _empty_frame(paths[s.LEADS]),
-        s.OUTCOMES: _empty_frame(paths[s.OUTCOMES]),
-        s.ACTIVITIES: _empty_frame(paths[s.ACTIVITIES], list(ACTIVITY_COLUMNS)),
-    }
-    accounts = pd.read_parquet(paths[s.ACCOUNTS])
-    has_deal_value = s.ESTIMATED_DEAL_VALUE in empty[s.LEADS].columns
-    scored_schema = arrow_schema(probe(scorer, explain, explainer, has_deal_value))
+    scored_schema = arrow_schema(probe(scorer, explain, explainer, open_leads.has_deal_value))
     summaries = BucketSummaries()
     probabilities: list[np.ndarray] = []
     scored_paths: list[Path | None] = []
     (run_dir / "scored").mkdir()
     for k in progress_iter(range(buckets), progress, "scoring lead buckets", unit="bucket"):
-        tables = {name: _read_bucket(parts[name], k, empty[name]) for name in parts}
-        tables[s.ACCOUNTS] = accounts
-        features = open_lead_features(tables, as_of, settings)
+        features, deal_value = open_leads.features(k)
         summaries.add(bucket_summary(features, scorer))
         if len(features) == 0 or any(name not in features.columns for name in scorer.feature_names):
             scored_paths.append(None)
             continue
-        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if has_deal_value else None
         # tiers and percentiles here are provisional: the second pass sets them from all leads
         scored = score_leads(
             scorer, features, TierSettings(), explain=explain, explainer=explainer, deal_value=deal_value
@@ -497,9 +559,9 @@ def _score(
         probabilities.append(scored[PROBABILITY].to_numpy(dtype=np.float64))
         logger.info("bucket %d of %d: %d open leads scored (%d so far)", k + 1, buckets, len(scored),
                     sum(len(p) for p in probabilities))  # fmt: skip
-        del tables, features, scored
+        del features, scored
         _release_memory()
-    summaries.check(scorer, as_of, tables_dir)
+    summaries.check(scorer, as_of, open_leads.source)
     everything = np.sort(np.concatenate(probabilities))
     finish = Finish(
         everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version

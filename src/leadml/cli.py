@@ -323,6 +323,8 @@ def run_score(cfg: DictConfig) -> dict[str, Any]:
         f"score: {summary['leads']:,} open leads as of {summary['as_of']:%Y-%m-%d} with "
         f"{summary['model_uri']} (version {summary['model_version']}): {tiers}"
     )
+    for note in summary.get("notes", ()):
+        _echo(f"score: {note}")
     if summary["unseen"]:
         _echo(f"score: unseen categories scored as unknown: {summary['unseen']}")
     for line in summary["warnings"]:

@@ -150,7 +150,7 @@ def export_stage(
     re-create it (``cli.recreate_overrides``); the card quotes them.
     """
     from leadml import model_card, tracking
-    from leadml.serving import lead_example
+    from leadml.serving import flat_example, lead_example
 
     started = time.perf_counter()
     export_cfg, mlflow_cfg = cfg["export"], cfg["mlflow"]
@@ -187,6 +187,8 @@ def export_stage(
             "mlflow_version": _version("mlflow"),
         }
         example = lead_example(scorer, _example_as_of(artifacts.get("split.json"), exported_at))
+        if example is None and scorer.feature_settings is None:  # a flat table: one of its rows
+            example = flat_example(scorer)
         if example is not None:
             (staging / REQUEST_EXAMPLE).write_text(
                 json.dumps({"dataframe_records": [example]}, indent=2) + "\n", encoding="utf-8"

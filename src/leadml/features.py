@@ -641,10 +641,23 @@ def flat_snapshots(
     (:data:`FLAT_KEY_COLUMNS`: lead id, as_of or order_key, label and, for a table with exact
     duplicate rows, dup_group) are kept as they are and are not features.
     """
+    out = _flat_rows(table, personal, exclude)
+    out[LABEL] = out[LABEL].astype("int8")
+    return out
+
+
+def flat_open_features(
+    table: pd.DataFrame, personal: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> pd.DataFrame:
+    """The features of a flat table's open leads (no label), built as :func:`flat_snapshots`
+    builds the training rows, so training and scoring cannot drift apart."""
+    return _flat_rows(table, personal, exclude)
+
+
+def _flat_rows(table: pd.DataFrame, personal: Iterable[str], exclude: Iterable[str]) -> pd.DataFrame:
     keys = [c for c in FLAT_KEY_COLUMNS if c in table.columns]
     dropped = set(personal) | set(exclude) | set(keys)
     out = table[keys].copy()
-    out[LABEL] = out[LABEL].astype("int8")
     features = {}
     for column in table.columns:
         if column in dropped:

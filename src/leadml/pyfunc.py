@@ -73,7 +73,8 @@ def input_schema(scorer: LeadScorer) -> Any:
     """
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    names = [s.LEAD_ID, REQUEST_AS_OF, *scorer.feature_names, *lead_fields(scorer)]
+    own_id = [scorer.request_id] if getattr(scorer, "request_id", None) else []
+    names = [s.LEAD_ID, *own_id, REQUEST_AS_OF, *scorer.feature_names, *lead_fields(scorer)]
     if lead_fields(scorer):
         names.append(ACTIVITIES)
     return Schema([ColSpec(AnyType(), name, required=False) for name in dict.fromkeys(names)])

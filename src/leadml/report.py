@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from leadml import schema as s
+from leadml.contracts import as_tuple
 from leadml.errors import LeadmlError, known_settings
 from leadml.evaluate import assign_tiers
-from leadml.features import FeatureMeta, FeatureSettings, open_lead_features
+from leadml.features import LABEL, FeatureMeta, FeatureSettings, flat_open_features, open_lead_features
 from leadml.scorer import BASE_VALUE, PROBABILITY, LeadScorer, as_model_input
 from leadml.scoring import grouped_reasons
 from leadml.sinks import PARTITION_PREFIX, find_partition, written_partitions
@@ -105,6 +106,16 @@ def read_run_record(partition: Path, record_name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- overview
+def flat_details(open_rows: pd.DataFrame, data: Mapping[str, Any]) -> pd.DataFrame:
+    """A flat table's open leads with the column of the ``source`` family (``data.families``)
+    also under the report's ``source`` name, so the "By source" table has it."""
+    families = data.get("families") or {}
+    column = next((c for c, family in families.items() if family == "source" and c in open_rows), None)
+    if column is None or s.SOURCE in open_rows.columns:
+        return open_rows
+    return open_rows.assign(**{s.SOURCE: open_rows[column].astype("object")})
+
+
 def with_lead_details(
     scored: pd.DataFrame, leads: pd.DataFrame, accounts: pd.DataFrame, personal: Sequence[str]
 ) -> pd.DataFrame:
@@ -125,6 +136,11 @@ def tier_order(thresholds: Mapping[str, float], floor_tier: str, present: Sequen
     return ordered + sorted(set(present) - set(ordered))
 
 
+def _sum_or_nan(values: pd.Series) -> float:
+    """The sum, or NaN when no value is known (no deal values: shown as missing, not "$0")."""
+    return float(values.sum(min_count=1))
+
+
 def breakdown(frame: pd.DataFrame, by: str, order: Sequence[str] | None = None) -> pd.DataFrame:
     """Leads, share, mean probability, expected conversions and revenue per value of ``by``."""
     values = frame[by].astype(object).where(frame[by].notna(), "(unknown)")
@@ -133,7 +149,7 @@ def breakdown(frame: pd.DataFrame, by: str, order: Sequence[str] | None = None) 
         pd.DataFrame({by: values, PROBABILITY: frame[PROBABILITY], "revenue": revenue})
         .groupby(by, sort=False)
         .agg(leads=(PROBABILITY, "size"), mean_probability=(PROBABILITY, "mean"),
-             expected_conversions=(PROBABILITY, "sum"), expected_revenue=("revenue", "sum"))
+             expected_conversions=(PROBABILITY, "sum"), expected_revenue=("revenue", _sum_or_nan))
         .reset_index()
     )  # fmt: skip
     table["share"] = table["leads"] / max(len(frame), 1)
@@ -151,6 +167,30 @@ def movers(frame: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return up, down
 
 
+def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Every prediction of the runs before ``as_of``: lead id, probability, run date."""
+    frames = []
+    for run_date, partition in written_partitions(scored_dir).items():
+        if run_date >= as_of:
+            continue
+        files = sorted(partition.glob("*.parquet"))
+        rows = [pd.read_parquet(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
+        frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
+    if not frames:
+        return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def flat_resolved_predictions(scored_dir: Path, as_of: pd.Timestamp, labelled: pd.DataFrame) -> pd.DataFrame:
+    """Earlier runs' predictions of open leads of a flat table that now carry a label (won or lost
+    in today's file), against that label; each lead once, with its latest prediction."""
+    earlier = earlier_predictions(scored_dir, as_of)
+    labels = labelled.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[LABEL]
+    resolved = earlier[earlier[s.LEAD_ID].isin(labels.index)]
+    resolved = resolved.sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
+    return resolved.assign(won=resolved[s.LEAD_ID].map(labels).astype("int64")).reset_index(drop=True)
+
+
 def resolved_predictions(
     scored_dir: Path, as_of: pd.Timestamp, outcomes: pd.DataFrame, horizon_days: int
 ) -> pd.DataFrame:
@@ -162,22 +202,9 @@ def resolved_predictions(
     Each lead counts once, with its latest resolved prediction.
     """
     closed = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
-    frames = []
-    for run_date, partition in written_partitions(scored_dir).items():
-        if run_date >= as_of:
-            continue
-        rows = pd.concat(
-            [
-                pd.read_parquet(f, columns=[s.LEAD_ID, PROBABILITY])
-                for f in sorted(partition.glob("*.parquet"))
-            ],
-            ignore_index=True,
-        )
-        rows["run_date"] = run_date
-        frames.append(rows)
-    if not frames:
-        return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date", "won"])
-    earlier = pd.concat(frames, ignore_index=True)
+    earlier = earlier_predictions(scored_dir, as_of)
+    if earlier.empty:
+        return earlier.assign(won=pd.Series(dtype="int64"))
     closed_at = pd.to_datetime(earlier[s.LEAD_ID].map(closed[s.CLOSED_AT]), utc=True)
     status = earlier[s.LEAD_ID].map(closed[s.STATUS])
     deadline = earlier["run_date"] + pd.Timedelta(days=horizon_days)
@@ -274,22 +301,19 @@ def lead_timeline(
 
 def lead_cards(
     top: pd.DataFrame,
-    tables: Mapping[str, pd.DataFrame],
+    features: pd.DataFrame,
     scorer: LeadScorer,
-    as_of: pd.Timestamp,
     settings: ReportSettings,
+    timeline: Callable[[str], list[dict]],
 ) -> list[LeadCard]:
     """A card for each lead of ``top``: its waterfall, sub-scores and recent activity.
 
-    The features are rebuilt as of the run's date for these leads only, and explained by
-    the model that scored them: the waterfall's last step is the probability in the table.
+    ``features`` are the leads' features as of the run's date (rebuilt for these leads only),
+    explained by the model that scored them: the waterfall's last step is the probability in
+    the table. ``timeline(lead_id)`` gives the lead's recent events in words.
     """
     if top.empty or not scorer.can_explain:
         return []
-    ids = set(top[s.LEAD_ID])
-    subset = {name: frame[frame[s.LEAD_ID].isin(ids)] if s.LEAD_ID in frame.columns else frame
-              for name, frame in tables.items()}  # fmt: skip
-    features = open_lead_features(subset, as_of, FeatureSettings.from_mapping(scorer.feature_settings))
     features = features.set_index(s.LEAD_ID).reindex(top[s.LEAD_ID]).reset_index()
     features = as_model_input(features, scorer.feature_names).assign(**{s.LEAD_ID: features[s.LEAD_ID]})
     contributions = scorer.explain(features[scorer.feature_names])
@@ -299,11 +323,19 @@ def lead_cards(
     for i, row in enumerate(top.to_dict("records")):
         steps = waterfall_steps(scorer, float(base[i]), summed[i], sentences[i], settings.waterfall_steps)
         scale = max(max(step["start"], step["end"]) for step in steps)
-        timeline = lead_timeline(
-            tables[s.ACTIVITIES], row[s.LEAD_ID], as_of, settings.timeline_days, settings.timeline_events
-        )
-        cards.append(LeadCard(row=row, steps=steps, timeline=timeline, scale_max=min(1.0, scale * 1.08)))
+        events = timeline(row[s.LEAD_ID])
+        cards.append(LeadCard(row=row, steps=steps, timeline=events, scale_max=min(1.0, scale * 1.08)))
     return cards
+
+
+def crm_card_features(
+    top: pd.DataFrame, tables: Mapping[str, pd.DataFrame], scorer: LeadScorer, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """The features of ``top``'s leads as of ``as_of``, rebuilt from the CRM tables."""
+    ids = set(top[s.LEAD_ID])
+    subset = {name: frame[frame[s.LEAD_ID].isin(ids)] if s.LEAD_ID in frame.columns else frame
+              for name, frame in tables.items()}  # fmt: skip
+    return open_lead_features(subset, as_of, FeatureSettings.from_mapping(scorer.feature_settings))
 
 
 # --------------------------------------------------------------------------- conversion analysis
@@ -454,7 +486,7 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     """Read a scored run and everything around it; write the HTML report and the ranked CSV."""
     from leadml import html, plots, tracking
     from leadml.export import local_model_folder
-    from leadml.stages import SCORING_RUN_RECORD, read_interim
+    from leadml.stages import FLAT_TABLE, SCORING_RUN_RECORD, open_rows_file, read_interim
 
     report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
     settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
@@ -462,8 +494,15 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     scored = read_scored(partition)
     record = read_run_record(partition, SCORING_RUN_RECORD)
     as_of = pd.Timestamp(partition.name.removeprefix(PARTITION_PREFIX), tz="UTC")
-    tables = read_interim(Path(report_cfg["interim_dir"]), s.CRM_TABLES)
-    frame = with_lead_details(scored, tables[s.LEADS], tables[s.ACCOUNTS], settings.personal_columns)
+    data = cfg.get("data") or {}
+    flat = data.get("kind") == "flat"
+    interim_dir = Path(report_cfg["interim_dir"])
+    if flat:  # one table: the open leads' own columns are their details
+        open_rows = flat_details(pd.read_parquet(interim_dir / open_rows_file(FLAT_TABLE)), data)
+        frame = with_lead_details(scored, open_rows, pd.DataFrame(), settings.personal_columns)
+    else:
+        tables = read_interim(interim_dir, s.CRM_TABLES)
+        frame = with_lead_details(scored, tables[s.LEADS], tables[s.ACCOUNTS], settings.personal_columns)
     thresholds = {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()}
     floor_tier = str(record.get("floor_tier") or "D")
     tiers = tier_order(thresholds, floor_tier, frame["tier"].unique())
@@ -477,18 +516,39 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
         tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
     scorer = tracking.load_scorer(model_uri)
-    horizon = int((scorer.feature_settings or {}).get("horizon_days", 90))
+    # a flat table's label is "converted", with no horizon; the CRM's is "won within the horizon"
+    horizon = None if flat else int((scorer.feature_settings or {}).get("horizon_days", 90))
 
     snapshots_path = Path(report_cfg["snapshots"])
     analysis: dict[str, Any] = {"rows": 0, "missing": str(snapshots_path)}
-    if snapshots_path.exists():
-        analysis = conversion_analysis(
-            pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
-            thresholds, floor_tier, settings,
+    top = frame.head(settings.top_leads)
+    scored_dir = Path(report_cfg["scored_dir"])
+    if flat:
+        labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
+        resolved = flat_resolved_predictions(scored_dir, as_of, labelled)
+        contract = data.get("contract") or {}
+        features = flat_open_features(
+            open_rows[open_rows[s.LEAD_ID].isin(set(top[s.LEAD_ID]))], as_tuple(contract.get("personal"))
+        )
+        cards = lead_cards(top, features, scorer, settings, lambda lead_id: [])
+        analysis = {
+            "rows": 0,
+            "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
+            "shows how each tier converted on the test window.",
+        }
+    else:
+        if snapshots_path.exists():
+            analysis = conversion_analysis(
+                pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
+                thresholds, floor_tier, settings,
+            )  # fmt: skip
+        resolved = resolved_predictions(scored_dir, as_of, tables[s.OUTCOMES], horizon)
+        days, events = settings.timeline_days, settings.timeline_events
+        cards = lead_cards(
+            top, crm_card_features(top, tables, scorer, as_of), scorer, settings,
+            lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
         )  # fmt: skip
-    resolved = resolved_predictions(Path(report_cfg["scored_dir"]), as_of, tables[s.OUTCOMES], horizon)
     up, down = movers(frame, settings.movers)
-    cards = lead_cards(frame.head(settings.top_leads), tables, scorer, as_of, settings)
     charts = {
         "distribution": html.figure_data_uri(
             plots.score_distribution_figure(frame[PROBABILITY].to_numpy(), thresholds)
@@ -530,6 +590,7 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         risk_columns=RISK_COLUMNS,
         cards=cards,
         timeline_days=settings.timeline_days,
+        timelines=not flat,  # a flat table has no activity timeline
         analysis=_records(analysis),
     )
     out = Path(report_cfg["output_dir"])

@@ -46,6 +46,8 @@ class LeadScorer:
     # what the registered refit was fitted on: rows, positives, and the last as_of / order_key it
     # saw ("through"), so a later run rescores it only on rows it never saw
     trained: dict[str, Any] = field(default_factory=dict)
+    # a flat table's id column ("Lead ID"): a request may name its lead by it, echoed as lead_id
+    request_id: str | None = None
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from leadml import schema as s
+from leadml.contracts import normalise_token
 from leadml.errors import LeadmlError
 from leadml.features import FeatureSettings, build_features
 from leadml.scorer import LeadScorer, as_model_input
@@ -145,12 +146,16 @@ def _from_features(scorer: LeadScorer, frame: pd.DataFrame) -> tuple[pd.DataFram
     numeric = set(numeric_features(scorer))
     empty = pd.Series([None] * len(frame), dtype=object)
     columns = {
-        s.LEAD_ID: _lead_ids(frame),
+        s.LEAD_ID: _lead_ids(frame, getattr(scorer, "request_id", None)),
         REQUEST_AS_OF: frame[REQUEST_AS_OF] if REQUEST_AS_OF in frame.columns else empty,
     }
+    levels = training_levels(scorer)
     for name in names:
         given = frame[name] if name in frame.columns else empty
-        columns[name] = _numbers(given, name) if name in numeric else _texts(given, name)
+        if name in numeric:
+            columns[name] = _numbers(given, name)
+        else:
+            columns[name] = _training_spelling(_texts(given, name), levels.get(name))
     features = pd.DataFrame(columns)
     # a null feature is a value (no such event yet); a feature left out of the request is not
     warning = [_absent_features(absent, len(names))] if absent else []
@@ -209,9 +214,37 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _lead_ids(frame: pd.DataFrame) -> pd.Series:
-    if s.LEAD_ID in frame.columns:
-        return frame[s.LEAD_ID].astype(object).where(frame[s.LEAD_ID].notna(), None)
+def training_levels(scorer: LeadScorer) -> dict[str, set[Any]]:
+    """The levels of each categorical feature as training saw them (the model's, else the
+    training profile's)."""
+    levels = {name: set(values) for name, values in (getattr(scorer.model, "categories", None) or {}).items()}
+    for name, profile in ((scorer.reference or {}).get("features") or {}).items():
+        if profile.get("kind") == "categorical" and name not in levels:
+            levels[name] = set(profile.get("shares") or {}) - {"__missing__", "__unseen__"}
+    return levels
+
+
+def _training_spelling(values: pd.Series, levels: set[Any] | None) -> pd.Series:
+    """Each value as training spelt it: ingestion stores a declared category trimmed, in lower
+    case, separators as ``_`` ("Paid Search" -> "paid_search"), so a request spelt as in the
+    export is mapped to that level; a value known as it is, or unknown either way, stays."""
+    if not levels:
+        return values
+
+    def spelt(value: Any) -> Any:
+        if value is None or value in levels:
+            return value
+        token = normalise_token(str(value))
+        return token if token in levels else value
+
+    return values.map(spelt)
+
+
+def _lead_ids(frame: pd.DataFrame, own_id: str | None = None) -> pd.Series:
+    """The request's ``lead_id``, else its value of the flat table's id column (``own_id``)."""
+    column = own_id if s.LEAD_ID not in frame.columns and own_id and own_id in frame.columns else s.LEAD_ID
+    if column in frame.columns:
+        return frame[column].astype(object).where(frame[column].notna(), None)
     return pd.Series([None] * len(frame), dtype=object)
 
 
@@ -465,6 +498,18 @@ def feature_example(scorer: LeadScorer, rows: pd.DataFrame) -> pd.DataFrame:
     """Request rows in the features shape (no personal data: features never hold any)."""
     example = as_model_input(rows, scorer.feature_names)
     return example.reset_index(drop=True)
+
+
+def flat_example(scorer: LeadScorer) -> dict[str, Any]:
+    """One made-up row of a flat table in the features shape: its id column and each feature's
+    most common training value (features never hold personal data)."""
+    profiles = (getattr(scorer, "reference", None) or {}).get("features") or {}
+    row: dict[str, Any] = {getattr(scorer, "request_id", None) or s.LEAD_ID: "example-1"}
+    for name in scorer.feature_names:
+        value = _most_common(profiles.get(name) or {})
+        if value is not None:
+            row[name] = value
+    return row
 
 
 def lead_example(scorer: LeadScorer, as_of: pd.Timestamp) -> dict[str, Any] | None:

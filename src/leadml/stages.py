@@ -14,24 +14,28 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from leadml import schema as s
+from leadml.calendar import to_utc
 from leadml.contracts import (
     OUTCOMES_TABLE,
     SETTINGS_KEYS,
+    SOURCE_ROW,
     IngestSettings,
+    as_tuple,
     column_specs_from_config,
     crm_contracts,
     flat_contract,
 )
-from leadml.errors import LeadmlError, SchemaMismatchError
+from leadml.errors import LeadmlError, SchemaMismatchError, data_config_file
 from leadml.features import (
     LABEL,
     FeatureMeta,
@@ -366,6 +370,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         if _kind(cfg["data"]) == "crm":
             result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
+        elif cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
+            result.scorer.request_id = str(cfg["data"]["contract"]["id"])
         for window, rows in result.windows.items():
             tracking.log_dataset(
                 rows,
@@ -579,22 +585,69 @@ def unseen_rows(test: pd.DataFrame, trained: Mapping[str, Any]) -> np.ndarray | 
 
 
 # --------------------------------------------------------------------------- score
-def resolve_as_of(value: Any, tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
+def resolve_as_of(
+    value: Any, tables: Mapping[str, pd.DataFrame], end: Callable[[], pd.Timestamp] | None = None
+) -> pd.Timestamp:
     """The scoring date (midnight UTC): ``today``, ``latest`` (the day after the data's last
-    timestamp, for replayed or synthetic data) or a date."""
+    timestamp, for replayed or synthetic data: of the CRM ``tables``, or ``end()``) or a date."""
     from leadml.features import data_end
 
     text = str(value or "today").strip().lower()
     if text == "today":
         return pd.Timestamp.now(tz="UTC").normalize()
     if text == "latest":
-        return data_end(tables).normalize() + pd.Timedelta(days=1)
+        last = end() if end is not None else data_end(tables)
+        return last.normalize() + pd.Timedelta(days=1)
     try:
         stamp = pd.Timestamp(str(value))
     except ValueError:
         raise LeadmlError(f"score.as_of must be today, latest or YYYY-MM-DD, got {value!r}") from None
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.normalize()
+
+
+def _scoring_feature_settings(
+    scorer: Any, data: Mapping[str, Any], features: Mapping[str, Any]
+) -> FeatureSettings:
+    """The feature settings stored with the model, else the configured ones (older models)."""
+    if getattr(scorer, "feature_settings", None):
+        return FeatureSettings.from_mapping(scorer.feature_settings)
+    return feature_settings(data, features)
+
+
+FLAT_WITHOUT_TIME = (
+    "the flat table has no time column (contract.time): its open leads are scored as the file "
+    "has them, so a trend between runs shows a changed row or model, not time passing"
+)
+
+
+def _check_flat_scoring(data: Mapping[str, Any], score_cfg: Mapping[str, Any]) -> None:
+    """A flat data set is scored from its open leads, with the pandas engine; say so before any work."""
+    if not as_tuple((data.get("contract") or {}).get("open")):
+        raise LeadmlError(
+            f"data={data.get('name')} is a flat table without open leads to score: add contract.open "
+            f"(the target values of leads still open, e.g. open: [Open]) to {data_config_file(data)}"
+        )
+    if str(score_cfg.get("engine") or "pandas") == "spark":
+        raise LeadmlError(
+            f"data={data.get('name')} is a flat table: score it with score.engine=pandas "
+            "(the Spark engine reads the CRM tables)"
+        )
+
+
+def flat_data_end(interim_dir: Path) -> pd.Timestamp:
+    """The latest ``as_of`` (the flat table's time column) of its labelled and open leads."""
+    latest = []
+    for path in (interim_dir / f"{FLAT_TABLE}.parquet", interim_dir / open_rows_file(FLAT_TABLE)):
+        if path.exists() and s.AS_OF in pq.read_schema(path).names:
+            latest.append(pd.read_parquet(path, columns=[s.AS_OF])[s.AS_OF].max())
+    present = [to_utc(stamp) for stamp in latest if not pd.isna(stamp)]
+    if not present:
+        raise LeadmlError(
+            "score.as_of=latest needs a time column (contract.time) in the flat table; "
+            "use score.as_of=today or a date"
+        )
+    return max(present)
 
 
 def check_model_input(features: pd.DataFrame, scorer: Any) -> None:
@@ -673,8 +726,9 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
 
     started = time.perf_counter()
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
-    if _kind(data) != "crm":
-        raise LeadmlError(f"leadml-score needs a CRM source (data={data.get('name')} is {_kind(data)})")
+    flat = _kind(data) == "flat"
+    if flat:  # checked before anything runs: a flat data set needs its open leads
+        _check_flat_scoring(data, score_cfg)
     if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
         sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
@@ -689,29 +743,37 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         raise LeadmlError(f"score.engine must be 'pandas' or 'spark', got {engine!r}")
     interim_dir = Path(score_cfg["interim_dir"])
     ingested = ingest_stage(data, interim_dir)
-    settings = (
-        FeatureSettings.from_mapping(scorer.feature_settings)
-        if getattr(scorer, "feature_settings", None)
-        else feature_settings(data, cfg["features"])
-    )
     tiers = TierSettings.from_mapping(cfg["tiers"])
     reference = getattr(scorer, "reference", None) or {}
     if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
         from leadml.spark_engine import score_from_config
 
+        settings = _scoring_feature_settings(scorer, data, cfg["features"])
         outcome = score_from_config(score_cfg, interim_dir, scorer, settings, tiers, str(version))
     else:  # lead buckets one after another in this process, in bounded memory
-        from leadml.buckets import score_in_buckets, time_bounds
+        from leadml.buckets import CrmOpenLeads, FlatOpenLeads, OpenLeads, score_in_buckets, time_bounds
 
-        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
+        open_leads: OpenLeads
+        if flat:
+            as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
+            contract = data["contract"]
+            open_leads = FlatOpenLeads(
+                interim_dir / open_rows_file(FLAT_TABLE),
+                as_of,
+                personal=tuple(as_tuple(contract.get("personal"))),
+                exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
+            )
+        else:
+            as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
+            settings = _scoring_feature_settings(scorer, data, cfg["features"])
+            open_leads = CrmOpenLeads(interim_dir, as_of, settings)
         output_dir = Path(score_cfg["output_dir"])
         held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
         held.enter_context(_undone_on_error(output_dir, as_of))  # until the run is tracked
         outcome = score_in_buckets(
-            interim_dir,
+            open_leads,
             scorer,
             as_of,
-            settings,
             tiers,
             output_dir=output_dir,
             work_dir=Path(score_cfg["work_dir"]),
@@ -799,6 +861,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         "run_id": run_id,
         "tracking_uri": tracking.masked_uri(uri) if tracked else None,
         "seconds": seconds,
+        "notes": [FLAT_WITHOUT_TIME] if flat and not data["contract"].get("time") else [],
     }
     run_record = {
         **summary,
