@@ -163,6 +163,21 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     np.testing.assert_allclose(answer["probability"], nightly.to_numpy(), rtol=1e-9)
     assert served.predict(pd.DataFrame([example]))["lead_id"].tolist() == ["example-1"]
 
+    # a week later the export labels 40 of the open leads: the next run scores the others against
+    # the first run, and the report checks the first run's predictions of the 40
+    closed = still_open.iloc[:40]
+    leads.loc[leads["Lead ID"].isin(closed), "Status"] = np.where(np.arange(40) % 4 == 0, "Won", "Lost")
+    leads.to_csv(tmp_path / "exports" / "leads.csv", index=False)
+    week_later = f"{latest + pd.Timedelta(days=7):%Y-%m-%d}"
+    with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        again = run_score(compose("score", [*overrides, f"score.as_of={week_later}"]))
+        second = run_report(compose("report", overrides))
+    rows = pd.read_parquet(again["output"])
+    assert sorted(rows["lead_id"]) == sorted(still_open.iloc[40:])
+    assert (rows["trend"] == "steady").all()  # same rows, same model: nothing moved
+    page = second.html.read_text()
+    assert "40 leads scored by earlier runs whose outcome is now known (won or lost in today" in page
+
 
 def test_a_flat_table_is_scored_from_its_open_leads_with_the_pandas_engine() -> None:
     from leadml.stages import _check_flat_scoring
