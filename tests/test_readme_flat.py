@@ -128,7 +128,8 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
 
     monkeypatch.chdir(tmp_path)
     leads = exported_leads()
-    overrides = [*readme_project(tmp_path, leads), *QUICK, *LENIENT_GATE]
+    synonyms = "data.synonyms={Source: {partner_referral: referral}}"  # a plain override, as documented
+    overrides = [*readme_project(tmp_path, leads), *QUICK, *LENIENT_GATE, synonyms]
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         trained = run_train(compose("train", overrides))
         assert trained["promoted"]
@@ -162,6 +163,11 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     nightly = rows.set_index("lead_id").loc[as_in_the_file["Lead ID"], "probability"]
     np.testing.assert_allclose(answer["probability"], nightly.to_numpy(), rtol=1e-9)
     assert served.predict(pd.DataFrame([example]))["lead_id"].tolist() == ["example-1"]
+    # the data config's synonyms apply to requests as they did to the file
+    referral = as_in_the_file.head(1).assign(Source="Referral")
+    respelt = served.predict(referral.assign(Source="Partner Referral"))
+    assert respelt["warnings"].isna().all()
+    assert respelt["probability"].iloc[0] == served.predict(referral)["probability"].iloc[0]
 
     # a week later the export labels 40 of the open leads: the next run scores the others against
     # the first run, and the report checks the first run's predictions of the 40

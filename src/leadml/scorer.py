@@ -48,6 +48,8 @@ class LeadScorer:
     trained: dict[str, Any] = field(default_factory=dict)
     # a flat table's id column ("Lead ID"): a request may name its lead by it, echoed as lead_id
     request_id: str | None = None
+    # a flat table's synonyms per feature ({token: stored}, data.synonyms), applied to requests too
+    request_synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -155,7 +155,8 @@ def _from_features(scorer: LeadScorer, frame: pd.DataFrame) -> tuple[pd.DataFram
         if name in numeric:
             columns[name] = _numbers(given, name)
         else:
-            columns[name] = _training_spelling(_texts(given, name), levels.get(name))
+            synonyms = (getattr(scorer, "request_synonyms", None) or {}).get(name, {})
+            columns[name] = _training_spelling(_texts(given, name), levels.get(name), synonyms)
     features = pd.DataFrame(columns)
     # a null feature is a value (no such event yet); a feature left out of the request is not
     warning = [_absent_features(absent, len(names))] if absent else []
@@ -224,17 +225,22 @@ def training_levels(scorer: LeadScorer) -> dict[str, set[Any]]:
     return levels
 
 
-def _training_spelling(values: pd.Series, levels: set[Any] | None) -> pd.Series:
+def _training_spelling(
+    values: pd.Series, levels: set[Any] | None, synonyms: Mapping[str, str] | None = None
+) -> pd.Series:
     """Each value as training spelt it: ingestion stores a declared category trimmed, in lower
-    case, separators as ``_`` ("Paid Search" -> "paid_search"), so a request spelt as in the
-    export is mapped to that level; a value known as it is, or unknown either way, stays."""
+    case, separators as ``_`` ("Paid Search" -> "paid_search"), then through the data config's
+    ``synonyms``, so a request spelt as in the export is mapped to that level; a value known as
+    it is, or unknown either way, stays."""
     if not levels:
         return values
+    synonyms = synonyms or {}
 
     def spelt(value: Any) -> Any:
         if value is None or value in levels:
             return value
         token = normalise_token(str(value))
+        token = synonyms.get(token, token)
         return token if token in levels else value
 
     return values.map(spelt)

@@ -370,8 +370,15 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         if _kind(cfg["data"]) == "crm":
             result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
-        elif cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
-            result.scorer.request_id = str(cfg["data"]["contract"]["id"])
+        else:  # a request to the served model spells a flat row as the file does
+            if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
+                result.scorer.request_id = str(cfg["data"]["contract"]["id"])
+            settings = _ingest_settings(cfg["data"])
+            result.scorer.request_synonyms = {
+                name: settings.synonyms_for(name)
+                for name in result.scorer.feature_names
+                if settings.synonyms_for(name)
+            }
         for window, rows in result.windows.items():
             tracking.log_dataset(
                 rows,
