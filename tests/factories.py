@@ -224,3 +224,12 @@ def run_entry_point(main: Callable[[], None], argv: list[str]) -> tuple[int, str
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
     return code, out.getvalue(), err.getvalue()
+
+
+def user_configs(root: Any, data_config: str, name: str = "my_leads") -> Any:
+    """A config folder of the user's own under ``root`` (found with ``hydra.searchpath``) holding
+    ``data/<name>.yaml``; returns the folder."""
+    folder = root / "my_configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / f"{name}.yaml").write_text(data_config)
+    return folder

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from factories import user_configs
 from leadml.cli import CONFIG_DIR, _data, data_config_source
 from leadml.contracts import IngestSettings
 from leadml.errors import CONFIG_FILE
@@ -50,10 +51,7 @@ def _package(group: str, option: str) -> str:
 
 
 def _my_configs(tmp_path: Path) -> Path:
-    folder = tmp_path / "my_configs"
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "my_leads.yaml").write_text(MY_LEADS)
-    return folder
+    return user_configs(tmp_path, MY_LEADS)
 
 
 def test_there_is_a_primary_config_per_entry_point() -> None:

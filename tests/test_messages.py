@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig
 
-from factories import local_tracking, project_config, run_entry_point
+from factories import local_tracking, project_config, run_entry_point, user_configs
 from leadml import cli
 from leadml.errors import CONFIG_FILE, data_config_file
 from leadml.points import no_rules_message
@@ -29,10 +29,7 @@ contract: {id: Lead ID, target: Status, positive: [Won], time: Created Date, cat
 
 
 def _my_configs(tmp_path: Path) -> Path:
-    folder = tmp_path / "my_configs"
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "my_leads.yaml").write_text(MY_LEADS)
-    return folder
+    return user_configs(tmp_path, MY_LEADS)
 
 
 # --------------------------------------------------------------------------- the data config file

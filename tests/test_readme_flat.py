@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from factories import local_tracking, run_entry_point
+from factories import local_tracking, run_entry_point, user_configs
 from leadml import cli
 from leadml.cli import CONFIG_DIR, run_features, run_ingest
 from leadml.errors import ContractError, LeadmlError
@@ -63,9 +63,8 @@ def readme_project(root: Path, leads: pd.DataFrame) -> list[str]:
     of the user's own); the overrides that find it. The caller changes into ``root``."""
     (root / "exports").mkdir()
     leads.to_csv(root / "exports" / "leads.csv", index=False)
-    (root / "my_configs" / "data").mkdir(parents=True)
-    (root / "my_configs" / "data" / "my_leads.yaml").write_text(readme_flat_config())
-    return [f"hydra.searchpath=[file://{root / 'my_configs'}]", "data=my_leads", f"paths.root={root}"]
+    folder = user_configs(root, readme_flat_config())
+    return [f"hydra.searchpath=[file://{folder}]", "data=my_leads", f"paths.root={root}"]
 
 
 def test_the_readme_flat_example_keeps_open_leads_apart(

@@ -412,10 +412,12 @@ class CrmOpenLeads:
     source: Path
     as_of: pd.Timestamp
     settings: FeatureSettings
-    parts: dict[str, list[Path]] = field(default_factory=dict)
-    empty: dict[str, pd.DataFrame] = field(default_factory=dict)
-    accounts: pd.DataFrame | None = None
-    has_deal_value: bool = False
+    # set by __post_init__ (the tables' files and empty frames) and split (the bucket files)
+    paths: dict[str, Path] = field(default_factory=dict, init=False)
+    empty: dict[str, pd.DataFrame] = field(default_factory=dict, init=False)
+    has_deal_value: bool = field(default=False, init=False)
+    parts: dict[str, list[Path]] = field(default_factory=dict, init=False)
+    accounts: pd.DataFrame | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.paths = {table: _table_path(self.source, table) for table in s.CRM_TABLES}
@@ -469,8 +471,10 @@ class FlatOpenLeads:
     as_of: pd.Timestamp
     personal: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    has_deal_value: bool = False
-    parts: list[Path] = field(default_factory=list)
+    has_deal_value: bool = field(default=False, init=False)  # no deal value column
+    # set by split: the bucket files and the table's empty frame (a bucket without rows)
+    parts: list[Path] = field(default_factory=list, init=False)
+    empty: pd.DataFrame | None = field(default=None, init=False)
 
     def rows(self) -> int:
         return int(pq.ParquetFile(self.source).metadata.num_rows)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, logit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
@@ -222,8 +222,7 @@ class RelativeCalibrator:
 
 def shift_log_odds(probability: np.ndarray, shift: float) -> np.ndarray:
     """Every probability moved by one constant in log-odds (a monotone map: ranking kept)."""
-    p = _clip(np.asarray(probability, dtype=np.float64))
-    return _clip(expit(np.log(p / (1 - p)) + shift))
+    return _clip(expit(logit(_clip(np.asarray(probability, dtype=np.float64))) + shift))
 
 
 def level_shift(probability: np.ndarray, rate: float) -> float:
@@ -235,8 +234,7 @@ def level_shift(probability: np.ndarray, rate: float) -> float:
     """
     if not 0 < rate < 1:
         return 0.0
-    p = _clip(np.asarray(probability, dtype=np.float64))
-    margin = np.log(p / (1 - p))
+    margin = logit(_clip(np.asarray(probability, dtype=np.float64)))
     low, high = -20.0, 20.0
     for _ in range(60):  # bisection: the mean probability rises with the shift
         middle = (low + high) / 2

@@ -374,11 +374,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
             if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
                 result.scorer.request_id = str(cfg["data"]["contract"]["id"])
             settings = _ingest_settings(cfg["data"])
-            result.scorer.request_synonyms = {
-                name: settings.synonyms_for(name)
-                for name in result.scorer.feature_names
-                if settings.synonyms_for(name)
-            }
+            synonyms = {name: settings.synonyms_for(name) for name in result.scorer.feature_names}
+            result.scorer.request_synonyms = {name: given for name, given in synonyms.items() if given}
         for window, rows in result.windows.items():
             tracking.log_dataset(
                 rows,
