@@ -233,3 +233,14 @@ def user_configs(root: Any, data_config: str, name: str = "my_leads") -> Any:
     (folder / "data").mkdir(parents=True)
     (folder / "data" / f"{name}.yaml").write_text(data_config)
     return folder
+
+
+# a quick training run (bounded by trials, so the same choice under any load) and a gate that
+# promotes any model that works: for tests of the journey, not of the model
+LENIENT_GATE = [
+    "promotion.min_roc_auc=0.5",
+    "promotion.max_ece=1.0",
+    "promotion.min_gain_over_logreg=-1.0",
+    "promotion.min_gain_over_points=-1.0",
+]
+QUICK = ["selection.trials=3", "selection.seconds=0", "evaluation.bootstrap=20", "evaluation.shap_rows=100"]

@@ -539,6 +539,23 @@ def test_the_stage_names_a_bad_planned_file_and_an_unknown_setting(project: Path
         ForecastSettings.from_mapping({"planned": {"web_organic": 1}, "planned_csv": "plan.csv"})
 
 
+def test_the_stage_groups_by_another_leads_column_with_forecast_by(project: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        project, [f"forecast.output_dir={tmp_path}", "forecast.by=owner", "forecast.planned={rep_0: 100}"]
+    )
+    summary = forecast_stage(OmegaConf.to_container(cfg, resolve=True), project)
+    history = summary["history"]
+    assert history.index.name == "owner" and set(history.index) == {"rep_0", "rep_1", "rep_2", "rep_3", ALL}
+    assert history.loc[ALL, "won"] == history.drop(index=ALL)["won"].sum()
+    assert (
+        summary["grouping"] == "owner (forecast.by)"
+        and summary["forward"].loc["rep_0", "planned_leads"] == 100
+    )
+    cfg = _cfg(project, [f"forecast.output_dir={tmp_path}", "forecast.by=channel"])
+    with pytest.raises(LeadmlError, match=r"forecast.by='channel' is not a column of the leads table"):
+        forecast_stage(OmegaConf.to_container(cfg, resolve=True), project)
+
+
 def test_the_config_follows_the_features_horizon_and_the_paths() -> None:
     cfg = _cfg(Path("/srv/leadml"), ["features.horizon_days=60"])
     settings = ForecastSettings.from_mapping(OmegaConf.to_container(cfg.forecast, resolve=True))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from factories import local_tracking, run_entry_point, user_configs
+from factories import LENIENT_GATE, QUICK, local_tracking, run_entry_point, user_configs
 from leadml import cli
 from leadml.cli import CONFIG_DIR, run_features, run_ingest
 from leadml.errors import ContractError, LeadmlError
@@ -109,15 +109,6 @@ def test_a_status_declared_nowhere_stops_ingestion_with_one_line_and_the_contrac
     assert not (tmp_path / "data" / "interim" / "my_leads" / "leads.parquet").exists()
 
 
-LENIENT_GATE = [
-    "promotion.min_roc_auc=0.5",
-    "promotion.max_ece=1.0",
-    "promotion.min_gain_over_logreg=-1.0",
-    "promotion.min_gain_over_points=-1.0",
-]
-QUICK = ["selection.trials=3", "selection.seconds=0", "evaluation.bootstrap=20", "evaluation.shap_rows=100"]
-
-
 def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,17 +175,16 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     assert "40 leads scored by earlier runs whose outcome is now known (won or lost in today" in page
 
 
-def test_a_flat_table_is_scored_from_its_open_leads_with_the_pandas_engine() -> None:
+def test_a_flat_table_is_scored_from_its_open_leads() -> None:
+    """With either engine (tests/test_spark_engine.py scores a flat table with both)."""
     from leadml.stages import _check_flat_scoring
 
     data = {"name": "my_leads", "kind": "flat", "contract": {"id": "Lead ID", "target": "Status"}}
     with pytest.raises(LeadmlError) as error:
-        _check_flat_scoring(data, {"engine": "pandas"})
+        _check_flat_scoring(data)
     assert str(error.value) == (
         "data=my_leads is a flat table without open leads to score: add contract.open (the target values "
         "of leads still open, e.g. open: [Open]) to conf/data/my_leads.yaml"
     )
     data["contract"]["open"] = ["Open"]
-    _check_flat_scoring(data, {"engine": "pandas"})
-    with pytest.raises(LeadmlError, match=r"score it with score\.engine=pandas"):
-        _check_flat_scoring(data, {"engine": "spark"})
+    _check_flat_scoring(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +15,12 @@ import pytest
 from factories import local_tracking, project_config
 from leadml import schema as s
 from leadml import sinks
+from leadml.buckets import CrmOpenLeads
 from leadml.cli import run_score
 from leadml.errors import SchemaMismatchError
 from leadml.features import FeatureSettings, open_lead_features
 from leadml.scoring import TierSettings, TrendSettings, population_stability, score_leads, unseen_categories
-from leadml.stages import _deal_values, read_interim, resolve_as_of
+from leadml.stages import SCORING_RUN_RECORD, _deal_values, read_interim, resolve_as_of
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="the Spark engine needs Java 17 or later"),
@@ -71,6 +74,10 @@ def _interim(project: Path) -> Path:
     return project / "data" / "scoring" / "synthetic" / "interim"  # what the pandas engine scored
 
 
+def _crm_leads(tables_dir: Path, scorer, day: str) -> CrmOpenLeads:
+    return CrmOpenLeads(tables_dir, _day(day), FeatureSettings.from_mapping(scorer.feature_settings))
+
+
 def _spark_score(spark, tables_dir: Path, scorer, day: str, output: Path, **options):
     from leadml.spark_engine import score_with_spark
 
@@ -78,10 +85,9 @@ def _spark_score(spark, tables_dir: Path, scorer, day: str, output: Path, **opti
     options.setdefault("buckets", 4)  # two groups per task, so the global pass has work to do
     return score_with_spark(
         spark,
-        tables_dir,
+        _crm_leads(tables_dir, scorer, day),
         scorer,
         _day(day),
-        FeatureSettings.from_mapping(scorer.feature_settings),
         TierSettings.from_mapping(cfg.tiers),
         output_dir=output,
         explain=True,
@@ -140,11 +146,12 @@ def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, sp
     assert spark_runs[DAYS[1]].unseen == unseen_categories(scorer, features)
 
 
-def test_latest_resolves_to_the_same_day(spark, project: Path) -> None:
-    from leadml.spark_engine import time_bounds
+def test_latest_resolves_to_the_same_day(project: Path) -> None:
+    """The stage resolves the run date once for both engines, from the tables read batch by batch."""
+    from leadml.buckets import time_bounds
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
-    assert resolve_as_of("latest", time_bounds(spark, _interim(project))) == resolve_as_of("latest", tables)
+    assert resolve_as_of("latest", time_bounds(_interim(project))) == resolve_as_of("latest", tables)
 
 
 def test_leads_without_any_activity_score_as_in_pandas(spark, project: Path, scorer, tmp_path: Path) -> None:
@@ -192,9 +199,9 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
     cfg = _cfg(project, "score", overrides)
     again = score_from_config(
         cfg.score,
-        _interim(project),
+        _crm_leads(_interim(project), scorer, DAYS[0]),
         scorer,
-        FeatureSettings.from_mapping(scorer.feature_settings),
+        _day(DAYS[0]),
         TierSettings.from_mapping(cfg.tiers),
         "1",
     )
@@ -233,3 +240,109 @@ def test_a_column_gone_from_the_source_stops_before_writing(
     with pytest.raises(SchemaMismatchError, match="browser"):
         _spark_score(spark, interim, scorer, DAYS[0], tmp_path / "scored")
     assert not (tmp_path / "scored").exists()
+
+
+# --------------------------------------------------------------------------- a flat data set
+FLAT_LATEST = "latest"  # the day after the file's last Created Date, resolved once for either engine
+SPARK = ["score.engine=spark", "score.spark.buckets=4"]
+
+
+@pytest.fixture(scope="module")
+def flat_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[str], pd.DataFrame]]:
+    """The README's flat example (tests/test_readme_flat.py) on a small export, trained once."""
+    from hydra import compose, initialize_config_dir
+
+    from factories import LENIENT_GATE, QUICK
+    from leadml.cli import CONFIG_DIR, run_train
+    from test_readme_flat import exported_leads, readme_project
+
+    root = tmp_path_factory.mktemp("flat")
+    leads = exported_leads()
+    overrides = [*readme_project(root, leads), *QUICK, *LENIENT_GATE]
+    with (
+        contextlib.chdir(root),  # the example's path is relative: exports/leads.csv
+        local_tracking(),
+        initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"),
+    ):
+        assert run_train(compose("train", overrides))["promoted"]
+    yield root, overrides, leads
+
+
+def _flat_score(root: Path, overrides: list[str], engine: list[str], output: str, as_of: str) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from leadml.cli import CONFIG_DIR
+
+    run = [*overrides, *engine, f"score.output_dir={root / output}", f"score.as_of={as_of}"]
+    with (
+        contextlib.chdir(root),
+        local_tracking(),
+        initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"),
+    ):
+        return run_score(compose("score", run))
+
+
+def _assert_same_run(root: Path, spark_run: dict, pandas_run: dict) -> None:
+    """The same scoring run record (tiers, thresholds, drift warnings, notes) and MLflow metrics
+    (every feature's PSI among them)."""
+    from mlflow import MlflowClient
+
+    differ = ("output", "engine", "buckets", "seconds", "run_id")
+    got, expected = (
+        {k: v for k, v in json.loads((Path(run["output"]) / SCORING_RUN_RECORD).read_text()).items()
+         if k not in differ}
+        for run in (spark_run, pandas_run)
+    )  # fmt: skip
+    for key in ("psi_score", "expected_conversions"):
+        assert got.pop(key) == pytest.approx(expected.pop(key), rel=0, abs=1e-9)
+    assert got == expected
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    got, expected = ({**client.get_run(run["run_id"]).data.metrics, "seconds": 0.0}
+                     for run in (spark_run, pandas_run))  # fmt: skip
+    assert any(name.startswith("psi.Web Visits") for name in got)
+    assert got == pytest.approx(expected, rel=0, abs=1e-9, nan_ok=True)
+
+
+def test_a_flat_data_set_scores_the_same_on_both_engines(spark, flat_project) -> None:
+    """Open rows of a flat export: the same partition, drift record and notes as the pandas engine,
+    on ``latest`` and a week later (the export changed: a trend by the config's id)."""
+    root, overrides, leads = flat_project
+    leads = leads.copy()
+    still_open = leads.loc[leads["Status"].isin(["Open", "In progress"]), "Lead ID"]
+    first = {
+        engine: _flat_score(root, overrides, options, f"scored-{engine}", FLAT_LATEST)
+        for engine, options in (("pandas", []), ("spark", SPARK))
+    }
+    # a week later three open leads visited the site much more: their trend says so, keyed by Lead ID
+    moved = still_open.iloc[:3]
+    leads.loc[leads["Lead ID"].isin(moved), "Web Visits"] += 12
+    leads.to_csv(root / "exports" / "leads.csv", index=False)
+    week_later = f"{first['pandas']['as_of'] + pd.Timedelta(days=7):%Y-%m-%d}"
+    second = {
+        engine: _flat_score(root, overrides, options, f"scored-{engine}", week_later)
+        for engine, options in (("pandas", []), ("spark", SPARK))
+    }
+    for runs in (first, second):
+        pandas_run, spark_run = runs["pandas"], runs["spark"]
+        assert spark_run["engine"] == "spark" and spark_run["buckets"] == 4
+        assert spark_run["as_of"] == pandas_run["as_of"] and spark_run["leads"] == len(still_open)
+        expected = _by_lead(pd.read_parquet(pandas_run["output"]))
+        got = _by_lead(pd.read_parquet(spark_run["output"]))
+        assert sorted(got[s.LEAD_ID]) == sorted(still_open)
+        np.testing.assert_allclose(got["probability"], expected["probability"], rtol=0, atol=1e-9)
+        assert got["tier"].tolist() == expected["tier"].tolist()
+        assert got[REASONS].equals(expected[REASONS]) and got["positive_reason_1"].notna().any()
+        assert got["trend"].tolist() == expected["trend"].tolist()
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-9)
+        _assert_same_run(root, spark_run, pandas_run)
+        assert Path(spark_run["output"]).parent == root / "scored-spark"
+        assert sorted(p.name for p in Path(spark_run["output"]).iterdir()) == [
+            SCORING_RUN_RECORD,
+            "part-0.parquet",
+        ]
+    last_created = pd.Timestamp(leads["Created Date"].max(), tz="UTC").normalize()
+    assert first["spark"]["as_of"] == last_created + pd.Timedelta(days=1)
+    trend = _by_lead(pd.read_parquet(second["spark"]["output"])).set_index(s.LEAD_ID)["trend"]
+    assert (_by_lead(pd.read_parquet(first["spark"]["output"]))["trend"] == "new").all()
+    assert (trend[moved] == "improving").all()
+    assert (trend.drop(moved) == "steady").all()

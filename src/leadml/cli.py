@@ -149,6 +149,10 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
             _echo(f"ingest {table}: {duplicates['sentence']}")
         if report.get("respelt"):
             _echo(f"ingest {respelt_sentence(table, report['respelt'])}")
+    for joined in (summary.get("joins") or {}).values():
+        _echo(f"ingest: {joined['sentence']}")
+    if summary.get("where"):
+        _echo(f"ingest: {summary['where']['sentence']}")
     for table, kept in (summary.get("open_rows") or {}).items():
         _echo(f"ingest {table}: {kept['rows']:,} open leads (contract.open) kept apart for scoring")
     if (summary.get("labels") or {}).get("negative_taken"):
@@ -352,43 +356,11 @@ def run_report(cfg: DictConfig) -> Any:
 # --------------------------------------------------------------------------- forecast
 def run_forecast(cfg: DictConfig) -> dict[str, Any]:
     """Funnel forecast: forward (planned leads), reverse (leads for a revenue target), capacity."""
-    from leadml.forecast import ALL, TOTAL, forecast_stage
+    from leadml.forecast import forecast_stage, summary_lines
 
     summary = forecast_stage(_container(cfg), Path(cfg.paths.root))
-    level = f"{summary['level']:.0%}"
-    history = summary["history"].loc[ALL]
-    _echo(
-        f"forecast: history as of {summary['as_of']:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
-        f"{int(history['won']):,} won within {summary['horizon_days']} days "
-        f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
-        "left out of the rates"
-    )
-    forward = summary["forward"].loc[TOTAL]
-    _echo(
-        f"forecast: {int(forward['planned_leads']):,} planned leads ({summary['planned_from']}): "
-        f"{forward['expected_conversions']:,.1f} conversions [{int(forward['conversions_low']):,}, "
-        f"{int(forward['conversions_high']):,}], revenue {forward['expected_revenue']:,.0f} "
-        f"[{forward['revenue_low']:,.0f}, {forward['revenue_high']:,.0f}] ({level} intervals)"
-    )
-    reverse = summary["reverse"].loc[TOTAL]
-    _echo(
-        f"forecast: revenue {summary['revenue_target']:,.0f} ({summary['revenue_target_from']}) needs "
-        f"{int(reverse['mix_expected']):,} leads of the mix in expectation, "
-        f"{int(reverse['mix_at_confidence']):,} to reach it with {summary['confidence']:.0%} confidence"
-    )
-    if summary["capacity"] is None:
-        _echo("forecast: no scored run, so no capacity plan (run leadml-score first)")
-    else:
-        capacity = summary["capacity"].loc[TOTAL]
-        _echo(
-            f"forecast: {summary['reps']} reps work {int(capacity['worked_leads']):,} of "
-            f"{int(capacity['open_leads']):,} open leads (probability >= {summary['threshold']:.3f}): "
-            f"{capacity['expected_wins']:,.1f} wins expected [{int(capacity['wins_low']):,}, "
-            f"{int(capacity['wins_high']):,}]"
-        )
-    folder = Path(summary["files"]["json"]).parent
-    names = ", ".join(Path(path).name for path in summary["files"].values())
-    _echo(f"forecast: wrote {names} to {folder} ({summary['seconds']} s)")
+    for line in summary_lines(summary):
+        _echo(line)
     return summary
 
 
@@ -521,3 +493,11 @@ report = _entry_point("report", run_report)
 forecast = _entry_point("forecast", run_forecast)
 backtest = _entry_point("backtest", run_backtest)
 export = _entry_point("export", run_export)
+
+
+def init() -> None:
+    """``leadml-init PATH [OUTCOMES]``: a commented flat data config proposed for an export. Plain
+    argparse rather than Hydra: its input is a file, not a config (see :mod:`leadml.init_config`)."""
+    from leadml.init_config import main
+
+    main()

@@ -791,13 +791,22 @@ class TableReport:
 class ValidatedTable:
     """Accepted rows (typed, index 0..n-1), quarantined rows (original text) and the report.
 
-    ``accepted_source_rows`` is the 1-based source row of each accepted row.
+    ``accepted_source_rows`` is the 1-based source row of each accepted row. ``raw_source_rows``
+    is the source row of each row of the validated frame when that frame is a filtered part of its
+    source (``data.where``), increasing; None when the frame is the whole source (row i is row i+1).
     """
 
     accepted: pd.DataFrame
     quarantine: pd.DataFrame
     report: TableReport
     accepted_source_rows: np.ndarray
+    raw_source_rows: np.ndarray | None = None
+
+    def raw_positions(self, source_rows: np.ndarray) -> np.ndarray:
+        """0-based positions in the validated frame of rows given by their source row."""
+        if self.raw_source_rows is None:
+            return np.asarray(source_rows) - 1
+        return np.searchsorted(self.raw_source_rows, source_rows)
 
 
 # --------------------------------------------------------------------------- value parsing
@@ -826,10 +835,15 @@ def _clean_text(text: pd.Series, markers: frozenset[str]) -> tuple[pd.Series, np
     return stripped.mask(missing), missing
 
 
+def trimmed_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> pd.Series:
+    """A raw column as trimmed text, its missing values (markers included) as nulls."""
+    cleaned, _ = _clean_text(as_text(raw), spec.missing_markers(settings))
+    return cleaned
+
+
 def present_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> pd.Series:
     """A raw column as trimmed text, its missing values (markers included) left out."""
-    cleaned, _ = _clean_text(as_text(raw), spec.missing_markers(settings))
-    return cleaned.dropna()
+    return trimmed_text(raw, spec, settings).dropna()
 
 
 def _shown(raw: pd.Series, positions: np.ndarray) -> pd.Series:
@@ -1096,9 +1110,17 @@ def _key_text(frame: pd.DataFrame, key: Sequence[str]) -> pd.Series:
 
 
 def duplicate_problems(
-    typed: pd.DataFrame, eligible: np.ndarray, key: Sequence[str], rule: DuplicateRule
+    typed: pd.DataFrame,
+    eligible: np.ndarray,
+    key: Sequence[str],
+    rule: DuplicateRule,
+    source_rows: np.ndarray | None = None,
 ) -> list[RowProblem]:
-    """Rows that lose to another eligible row with the same non-null key under ``rule``."""
+    """Rows that lose to another eligible row with the same non-null key under ``rule``.
+
+    ``source_rows`` (1-based, per row of ``typed``) names the kept row in the message; default
+    the row's position + 1.
+    """
     key = list(key)
     candidates = eligible & typed[key].notna().all(axis=1).to_numpy()
     keys = typed.loc[candidates, key]
@@ -1119,7 +1141,11 @@ def duplicate_problems(
     mask = np.zeros(len(typed), dtype=bool)
     mask[losers] = True
     label = key[0] if len(key) == 1 else "(" + ", ".join(key) + ")"
-    kept_rows = (kept.loc[losers] + 1).astype("int64").astype("str")
+    kept_positions = kept.loc[losers].to_numpy(dtype="int64")
+    kept_rows = pd.Series(
+        kept_positions + 1 if source_rows is None else np.asarray(source_rows)[kept_positions],
+        index=losers,
+    ).astype("str")
     messages = f"duplicate {label} " + _key_text(typed.loc[losers], key) + ", kept source row " + kept_rows
     return [RowProblem(mask, f"duplicate {label}", messages)]
 
@@ -1155,9 +1181,17 @@ def _reasons(problems: Sequence[RowProblem], positions: np.ndarray) -> pd.Series
 
 
 def quarantine_frame(
-    raw: pd.DataFrame, positions: np.ndarray, reasons: pd.Series, table: str
+    raw: pd.DataFrame,
+    positions: np.ndarray,
+    reasons: pd.Series,
+    table: str,
+    source_rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Original values of the rows at ``positions`` as text, with source row, reason and table."""
+    """Original values of the rows at ``positions`` as text, with source row, reason and table.
+
+    ``source_rows`` (1-based, per row of ``raw``): the rows' numbers in their source when ``raw``
+    is a filtered part of it; default the position + 1.
+    """
     rows = raw.iloc[positions]
     frame = pd.DataFrame(
         {column: as_text(rows[column]).to_numpy() for column in raw.columns},
@@ -1165,7 +1199,8 @@ def quarantine_frame(
         columns=raw.columns,
         dtype="str",
     )
-    frame[SOURCE_ROW] = np.asarray(positions, dtype=np.int64) + 1
+    positions = np.asarray(positions, dtype=np.int64)
+    frame[SOURCE_ROW] = positions + 1 if source_rows is None else np.asarray(source_rows)[positions]
     frame[REASON] = pd.array(reasons.reindex(positions).to_numpy(), dtype="str")
     frame[TABLE] = pd.array([table] * len(positions), dtype="str")
     return frame
@@ -1225,12 +1260,15 @@ def validate_table(
     quarantine_path: str | None = None,
     row_checks: Sequence[RowCheck] = (),
     enforce_bad_share: bool = True,
+    source_rows: np.ndarray | None = None,
 ) -> ValidatedTable:
     """Apply ``contract`` to ``raw``: typed accepted rows, quarantined rows and a report.
 
     ``row_checks`` get the typed frame (index = row position) and add problems of their own
     (cross-column or cross-table rules); they run before duplicates are resolved. With
     ``enforce_bad_share`` a share of bad rows above ``settings.max_bad_share`` raises.
+    ``source_rows`` (1-based, increasing, one per row of ``raw``) are the rows' numbers in the
+    source when ``raw`` is a filtered part of it (``data.where``): quarantine and messages name them.
     """
     check_required_columns(raw, contract, source)
     raw = raw.reset_index(drop=True)
@@ -1258,12 +1296,12 @@ def validate_table(
         [spec.name] for spec in contract.columns if spec.unique and spec.name not in contract.primary_key
     ]
     for key in keys:
-        for problem in duplicate_problems(typed, ~bad, key, contract.duplicates):
+        for problem in duplicate_problems(typed, ~bad, key, contract.duplicates, source_rows):
             problems.append(problem)
             bad |= problem.mask
 
     positions = np.flatnonzero(bad)
-    quarantine = quarantine_frame(raw, positions, _reasons(problems, positions), contract.name)
+    quarantine = quarantine_frame(raw, positions, _reasons(problems, positions), contract.name, source_rows)
     accepted = _finished_categories(typed.loc[~bad].reset_index(drop=True), contract)
     _check_row_balance(contract.name, rows, len(accepted), len(quarantine))
 
@@ -1289,7 +1327,11 @@ def validate_table(
     )
     if enforce_bad_share:
         check_bad_share(report, settings.max_bad_share)
-    return ValidatedTable(accepted, quarantine, report, np.flatnonzero(~bad) + 1)
+    kept = np.flatnonzero(~bad)
+    if source_rows is None:
+        return ValidatedTable(accepted, quarantine, report, kept + 1)
+    source_rows = np.asarray(source_rows, dtype=np.int64)
+    return ValidatedTable(accepted, quarantine, report, source_rows[kept], source_rows)
 
 
 def move_to_quarantine(
@@ -1310,12 +1352,14 @@ def move_to_quarantine(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return validated
-    positions = validated.accepted_source_rows[mask] - 1
+    positions = validated.raw_positions(validated.accepted_source_rows[mask])
     if isinstance(messages, str):
         reasons = pd.Series(messages, index=positions, dtype="str")
     else:
         reasons = pd.Series(messages.reindex(np.flatnonzero(mask)).to_numpy(), index=positions, dtype="str")
-    moved = quarantine_frame(raw.reset_index(drop=True), positions, reasons, validated.report.table)
+    moved = quarantine_frame(
+        raw.reset_index(drop=True), positions, reasons, validated.report.table, validated.raw_source_rows
+    )
     parts = [part for part in (validated.quarantine, moved) if len(part)]
     quarantine = pd.concat(parts, ignore_index=True) if len(parts) > 1 else moved
     quarantine = quarantine.sort_values(SOURCE_ROW, kind="stable").reset_index(drop=True)
@@ -1331,4 +1375,10 @@ def move_to_quarantine(
         collateral_rows=report.collateral_rows + (int(mask.sum()) if collateral else 0),
     )
     _check_row_balance(report.table, report.input_rows, len(accepted), len(quarantine))
-    return ValidatedTable(accepted, quarantine, report, validated.accepted_source_rows[~mask])
+    return replace(
+        validated,
+        accepted=accepted,
+        quarantine=quarantine,
+        report=report,
+        accepted_source_rows=validated.accepted_source_rows[~mask],
+    )

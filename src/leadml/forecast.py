@@ -18,8 +18,13 @@ draw, then deals drawn from it, so the uncertainty of the deal-value distributio
 too). An interval therefore widens both when few leads are planned and when the history
 of a source is short. Sources are independent; the ``total`` row sums them draw by draw.
 
-The functions are pure (DataFrames in, DataFrames out); :func:`forecast_stage` does the
-I/O for ``leadml-forecast``.
+A flat table (one row per lead) labelled by dated outcomes follows the same definition. One
+labelled by a target column has no dates: its rate is won / (won + lost) among the closed
+leads (:func:`closed_rates`), not a rate within a horizon, and its open leads are the
+immature ones. A flat table has no deal values: its revenue is missing (NaN), not 0.
+
+The functions are pure (DataFrames in, DataFrames out); :func:`forecast_stage` (with
+:func:`crm_inputs` and :func:`flat_inputs`) does the I/O for ``leadml-forecast``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ TIER = "tier"
 EXPECTED_VALUE = "expected_value"
 DEAL_VALUES = "won_deal_values"  # history column: the raw won deal values, for resampling
 UNKNOWN_SOURCE_RULES = ("error", "pooled")
+WITHIN_HORIZON = "won within the horizon"  # history.attrs["rate"]: the product's label, on mature leads
+AMONG_CLOSED = "won among closed"  # history.attrs["rate"]: a flat label without a date
+POOLED_GROUP = "all_leads"  # the one group of a flat table without a source-family column
 
 DEFAULT_PRIOR = 0.5  # Jeffreys prior on a conversion rate
 MIN_WINS_FOR_VALUES = 20  # fewer won deal values than this: resample the pooled ones
@@ -168,6 +176,61 @@ def historical_rates(
             "value": value,
         }
     )[created <= end_ns]
+    table = _history_table(frame, by)
+    table.attrs.update(as_of=end.isoformat(), horizon_days=horizon, rate=WITHIN_HORIZON)
+    logger.info(
+        "history as of %s: %d mature leads, %d won within %d days, %d immature leads left out",
+        end,
+        table.loc[ALL, "leads"],
+        table.loc[ALL, "won"],
+        horizon,
+        table.loc[ALL, "immature_leads"],
+    )
+    return table
+
+
+def closed_rates(
+    leads: pd.DataFrame, by: str = s.SOURCE, as_of: pd.Timestamp | str | None = None
+) -> pd.DataFrame:
+    """Won / (won + lost) per value of ``by`` among the closed leads of a flat table whose label has no date.
+
+    ``leads`` holds every lead with ``label``: 1 (won), 0 (lost) or missing (still open). A
+    label without a date has no horizon: a closed lead counts whenever it closed, so the rate
+    is won / (won + lost) among closed leads, not a within-horizon rate, and days to convert
+    are unknown (NaN). The open leads never enter a rate; they are counted as
+    ``immature_leads``. The table has the columns and order of :func:`historical_rates`
+    (``leads``: closed leads, ``not_converted``: lost ones; no deal values), so
+    :func:`forecast_forward` reads it alike. ``attrs``: ``as_of`` (the latest lead, or None
+    without a time column), ``horizon_days`` (None) and ``rate`` (:data:`AMONG_CLOSED`).
+    """
+    _require_columns(leads, (s.LABEL, by), "leads")
+    keys = leads[by].astype("string").fillna(UNKNOWN).reset_index(drop=True)
+    if (keys == ALL).any():
+        raise LeadmlError(f"leads: column {by!r} holds the value {ALL!r}, which names the pooled row")
+    label = pd.to_numeric(leads[s.LABEL], errors="coerce").reset_index(drop=True)
+    frame = pd.DataFrame(
+        {
+            "key": keys,
+            "mature": label.notna().to_numpy(bool),
+            "converted": (label == 1).to_numpy(bool, na_value=False),
+            "days": np.nan,  # a label without a date: days to convert are unknown, not 0
+            "value": np.nan,  # a flat table names no deal values
+        }
+    )
+    table = _history_table(frame, by)
+    end = None if as_of is None or pd.isna(as_of) else to_utc(as_of).isoformat()
+    table.attrs.update(as_of=end, horizon_days=None, rate=AMONG_CLOSED)
+    logger.info(
+        "history: %d closed leads, %d won (won / (won + lost)), %d open leads left out",
+        table.loc[ALL, "leads"],
+        table.loc[ALL, "won"],
+        table.loc[ALL, "immature_leads"],
+    )
+    return table
+
+
+def _history_table(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The history table from one row per lead (``key``, ``mature``, ``converted``, ``days``, ``value``)."""
     rows = {str(key): _rate_row(part) for key, part in frame.groupby("key", sort=False)}
     order = [*sorted(rows, key=lambda key: (-rows[key]["leads"], key)), ALL]
     rows[ALL] = _rate_row(frame)
@@ -177,15 +240,6 @@ def historical_rates(
     table = table.astype({"won_with_value": "int64"})
     table[DEAL_VALUES] = values
     table.index.name = by
-    table.attrs.update(as_of=end.isoformat(), horizon_days=horizon)
-    logger.info(
-        "history as of %s: %d mature leads, %d won within %d days, %d immature leads left out",
-        end,
-        table.loc[ALL, "leads"],
-        table.loc[ALL, "won"],
-        horizon,
-        table.loc[ALL, "immature_leads"],
-    )
     return table
 
 
@@ -201,8 +255,9 @@ def _rate_row(part: pd.DataFrame) -> dict[str, Any]:
     mature = part["mature"].to_numpy()
     converted = part["converted"].to_numpy() & mature
     leads, won = int(mature.sum()), int(converted.sum())
-    days = part["days"].to_numpy()[converted]
-    values = part["value"].to_numpy()[converted]
+    days = part["days"].to_numpy("float64")[converted]
+    days = days[~np.isnan(days)]
+    values = part["value"].to_numpy("float64")[converted]
     values = values[~np.isnan(values)]
     return {
         "leads": leads,
@@ -210,8 +265,8 @@ def _rate_row(part: pd.DataFrame) -> dict[str, Any]:
         "not_converted": leads - won,
         "conversion_rate": won / leads if leads else np.nan,
         "immature_leads": int((~mature).sum()),
-        "days_to_convert_mean": float(days.mean()) if won else np.nan,
-        "days_to_convert_median": float(np.median(days)) if won else np.nan,
+        "days_to_convert_mean": float(days.mean()) if len(days) else np.nan,
+        "days_to_convert_median": float(np.median(days)) if len(days) else np.nan,
         "deal_value_mean": float(values.mean()) if len(values) else np.nan,
         "deal_value_median": float(np.median(values)) if len(values) else np.nan,
         "won_with_value": len(values),
@@ -262,7 +317,7 @@ class _SourceModel:
 
     @property
     def value_mean(self) -> float:
-        return float(self.values.mean())
+        return float(self.values.mean()) if len(self.values) else np.nan
 
 
 def _positive(value: Any, name: str) -> float:
@@ -287,12 +342,20 @@ def _check_history(history: pd.DataFrame) -> None:
 
 
 def _source_model(
-    history: pd.DataFrame, source: str, prior: float, min_wins: int, unknown_source: str
+    history: pd.DataFrame,
+    source: str,
+    prior: float,
+    min_wins: int,
+    unknown_source: str,
+    revenue: bool = True,
 ) -> _SourceModel:
-    """The posterior of ``source``'s rate and the deal values to resample (documented fallbacks)."""
+    """The posterior of ``source``'s rate and the deal values to resample (documented fallbacks).
+
+    With ``revenue=False`` (no deal values: a flat table) the model has no values to resample.
+    """
     pooled = history.loc[ALL]
     pooled_values = np.asarray(pooled[DEAL_VALUES], dtype="float64")
-    if len(pooled_values) == 0:
+    if revenue and len(pooled_values) == 0:
         raise LeadmlError(
             "no won deal values in the mature history, so revenue cannot be forecast "
             "(outcomes.deal_value is empty for every win within the horizon)"
@@ -322,7 +385,9 @@ def _source_model(
         row, rate_from = history.loc[source], source
     values = np.asarray(row[DEAL_VALUES], dtype="float64")
     values_from = rate_from
-    if len(values) < min_wins:
+    if not revenue:
+        values, values_from = np.empty(0, dtype="float64"), ""
+    elif len(values) < min_wins:
         if rate_from != POOLED:
             logger.info(
                 "source %r has %d won deal values (< %d): revenue resamples the pooled ones",
@@ -387,16 +452,24 @@ def _revenue(counts: np.ndarray, model: _SourceModel, rng: np.random.Generator) 
 
 
 def _simulate(
-    n: int, model: _SourceModel, draws: int, rng: np.random.Generator
+    n: int, model: _SourceModel, draws: int, rng: np.random.Generator, revenue: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior predictive conversions and revenue of ``n`` new leads (one value per draw)."""
+    """Posterior predictive conversions and revenue of ``n`` new leads (one value per draw).
+
+    Without ``revenue`` (no deal values) the revenue is NaN: missing, not 0; the conversions
+    are the same draws either way.
+    """
     rates = rng.beta(model.alpha, model.beta, size=draws)
     conversions = rng.binomial(n, rates)
+    if not revenue:
+        return conversions, np.full(draws, np.nan)
     return conversions, _revenue(conversions, model, rng)
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    """Equal-tailed interval; for counts it holds at least ``level`` of the draws."""
+    """Equal-tailed interval; for counts it holds at least ``level`` of the draws (NaN draws: NaN)."""
+    if np.isnan(samples).any():
+        return np.nan, np.nan
     low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return float(low), float(high)
 
@@ -412,6 +485,7 @@ def forecast_forward(
     prior: float = DEFAULT_PRIOR,
     min_wins: int = MIN_WINS_FOR_VALUES,
     unknown_source: str = "error",
+    revenue: bool = True,
 ) -> pd.DataFrame:
     """Expected conversions and revenue of ``planned`` new leads per source, with ``level`` intervals.
 
@@ -435,6 +509,10 @@ def forecast_forward(
     quietly assume an untested channel converts like the average one); with
     ``unknown_source="pooled"`` it gets the pooled rate and values instead, with a
     warning, and ``rate_from`` says so. ``total`` sums the sources draw by draw.
+
+    ``revenue=False`` (a history without deal values, as a flat table's): the revenue
+    columns are NaN (missing, not 0) and ``values_from`` is empty; the conversions are the
+    same as with revenue.
     """
     _check_history(history)
     level, draws, rule = _share(level, "level"), _draws(draws), _unknown_rule(unknown_source)
@@ -444,11 +522,11 @@ def forecast_forward(
     total_conversions = np.zeros(draws, dtype="int64")
     total_revenue = np.zeros(draws, dtype="float64")
     for source, n in plan.items():
-        model = _source_model(history, source, prior, min_wins, rule)
-        conversions, revenue = _simulate(n, model, draws, _rng(seed, source))
+        model = _source_model(history, source, prior, min_wins, rule, revenue)
+        conversions, money = _simulate(n, model, draws, _rng(seed, source), revenue)
         total_conversions += conversions
-        total_revenue += revenue
-        rows[source] = _forward_row(n, model.rate, model.value_mean, conversions, revenue, level)
+        total_revenue += money
+        rows[source] = _forward_row(n, model.rate, model.value_mean, conversions, money, level)
         rows[source].update(
             days_to_convert=model.days_to_convert, rate_from=model.rate_from, values_from=model.values_from
         )
@@ -839,6 +917,7 @@ class ForecastSettings:
     output_dir: str = "reports/forecast/synthetic"
     horizon_days: int = 90
     as_of: str | None = None
+    by: str | None = None
     planned: Mapping[str, int] | None = None
     planned_csv: str | None = None
     planned_period_days: int = 30
@@ -961,18 +1040,284 @@ def _records(table: pd.DataFrame | None) -> list[dict[str, Any]] | None:
     return frame.to_dict(orient="records")
 
 
-def _plan(settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp) -> tuple[dict, str]:
-    """The planned leads per source and where they came from (CSV, config, or the recent pace)."""
+# --------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class ForecastInputs:
+    """What a forecast is made from, for CRM tables and flat tables alike.
+
+    ``leads`` holds every lead (``lead_id``, the group column ``by``, ``created_at`` when the
+    data is dated): the recent pace and the default number of reps are read from it.
+    ``end`` is the end of what is known and ``pace_end`` where the recent pace is measured up
+    to (None: no time column, so no recent pace).
+    """
+
+    history: pd.DataFrame
+    leads: pd.DataFrame
+    by: str
+    grouping: str
+    rate: str
+    end: pd.Timestamp | None
+    pace_end: pd.Timestamp | None
+    synonyms: Mapping[str, str] = field(default_factory=dict)
+    deal_values: bool = True
+    owners: bool = True
+    scorable: bool = True  # leadml-score can score its open leads (a flat table needs contract.open)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rate_kind(self) -> str:
+        return str(self.history.attrs.get("rate", WITHIN_HORIZON))
+
+
+def _synonyms(data: Mapping[str, Any], column: str) -> dict[str, str]:
+    from leadml.contracts import IngestSettings
+
+    return IngestSettings.from_mapping({"synonyms": data.get("synonyms")}).synonyms_for(column)
+
+
+def _within_horizon(won: str, start: str, horizon: int, end: pd.Timestamp) -> str:
+    return (
+        f"{won} within {horizon} days of {start}, among the leads whose {horizon} days ended by "
+        f"{end:%Y-%m-%d} (the mature cohort; younger leads are counted apart as immature_leads)"
+    )
+
+
+def crm_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
+    """The interim CRM tables: leads and their dated outcomes, rates within the horizon."""
+    from leadml.stages import read_interim
+
+    tables = read_interim(_path(root, settings.input_dir), (s.LEADS, s.OUTCOMES))
+    leads, outcomes = tables[s.LEADS], tables[s.OUTCOMES]
+    by = settings.by or s.SOURCE
+    if by not in leads.columns:
+        columns = [str(c) for c in leads.columns]
+        raise LeadmlError(f"forecast.by={by!r} is not a column of the leads table (columns: {columns})")
+    history = historical_rates(leads, outcomes, settings.horizon_days, settings.as_of, by=by)
+    end = pd.Timestamp(history.attrs["as_of"])
+    return ForecastInputs(
+        history=history,
+        leads=leads,
+        by=by,
+        grouping=f"{by} (forecast.by)" if settings.by else "source (the leads' source)",
+        rate=_within_horizon("won", "the lead's creation", int(history.attrs["horizon_days"]), end),
+        end=end,
+        pace_end=end,
+        synonyms=_synonyms(data, by),
+    )
+
+
+def flat_grouping(data: Mapping[str, Any], columns: Any, by: str | None = None) -> tuple[str | None, str]:
+    """The column that groups a flat table's leads, and why that one, in words.
+
+    ``forecast.by`` when set; else the first column of the ``source`` family in
+    ``data.families`` (the column of the leadership report's "By source"); else None: one
+    pooled group, :data:`POOLED_GROUP`.
+    """
+    present = [str(c) for c in columns]
+    if by is not None:
+        if str(by) not in present:
+            internal = {s.LEAD_ID, s.LABEL, s.AS_OF, s.ORDER_KEY, "dup_group"}
+            raise LeadmlError(
+                f"forecast.by={by!r} is not a column of data={data.get('name')}'s lead table "
+                f"(columns: {[c for c in present if c not in internal]})"
+            )
+        return str(by), f"{by} (forecast.by)"
+    families = data.get("families") or {}
+    sources = [str(c) for c, family in families.items() if family == "source" and str(c) in present]
+    if not sources:
+        return None, f"one pooled group, {POOLED_GROUP!r} (data.families maps no column to the family source)"
+    others = f"; forecast.by={sources[1]} groups by another" if len(sources) > 1 else ""
+    why = f"{sources[0]}, the source-family column of data.families (as the report's By source){others}"
+    return sources[0], why
+
+
+# how ingest's reasons begin for the leads it sets aside unlabelled (leadml.ingest.NOT_LABELLED_*)
+_NOT_LABELLED = "not labelled: "
+
+
+def unlabelled_leads(
+    interim: Path, data: Mapping[str, Any], observed_from: str | None
+) -> pd.DataFrame | None:
+    """The leads of a flat table labelled by outcomes that ingest set aside because their horizon
+    had not elapsed: its immature leads, typed again through the contract (``lead_id``, ``as_of``
+    and the other columns, as in the labelled table); None when there are none.
+
+    Leads before ``observed_from`` (set aside too: their outcomes were not recorded) belong to
+    no cohort and are left out.
+    """
+    from leadml.contracts import (
+        QUARANTINE_COLUMNS,
+        REASON,
+        SETTINGS_KEYS,
+        IngestSettings,
+        flat_contract,
+        validate_table,
+    )
+    from leadml.stages import FLAT_TABLE
+
+    path = interim / "quarantine" / f"{FLAT_TABLE}.parquet"
+    if not path.exists():
+        return None
+    rows = pd.read_parquet(path)
+    rows = rows[rows[REASON].astype("string").str.startswith(_NOT_LABELLED).fillna(False).to_numpy(bool)]
+    if rows.empty:
+        return None
+    contract = flat_contract(data["contract"], data.get("outcomes"))
+    settings = IngestSettings.from_mapping({key: data[key] for key in SETTINGS_KEYS if key in data})
+    typed = validate_table(
+        rows.drop(columns=[c for c in QUARANTINE_COLUMNS if c in rows.columns]).reset_index(drop=True),
+        contract.table,
+        settings.with_fixed_reference_time(),
+        source=str(path),
+        enforce_bad_share=False,
+    ).accepted
+    assert contract.time_column is not None  # a flat table labelled by outcomes has one
+    frame = typed.rename(columns={contract.id_column: s.LEAD_ID, contract.time_column: s.AS_OF})
+    if observed_from:
+        frame = frame[frame[s.AS_OF] >= to_utc(observed_from)]
+    return frame if len(frame) else None
+
+
+def _lead_rows(part: pd.DataFrame, column: str | None, by: str, dated: bool, label: Any) -> pd.DataFrame:
+    """One table's leads as the forecast reads them: ``lead_id``, ``created_at``, ``by``, ``label``."""
+    frame = pd.DataFrame({s.LEAD_ID: part[s.LEAD_ID].astype("string").to_numpy()})
+    if dated:
+        frame[s.CREATED_AT] = part[s.AS_OF].to_numpy()
+    frame[by] = part[column].astype("string").to_numpy() if column is not None else POOLED_GROUP
+    frame[s.LABEL] = pd.array(label, dtype="Int64") if label is not None else pd.NA
+    frame[s.LABEL] = frame[s.LABEL].astype("Int64")
+    return frame
+
+
+NO_DEAL_VALUES = (
+    "no deal values: a flat table names none, so revenue is shown as missing (not 0) and there is "
+    "no reverse forecast (leads needed for a revenue target)"
+)
+
+
+def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
+    """A flat table read through its contract (as ``leadml-score`` does), grouped and rated.
+
+    Labelled by outcomes (dated won events): the CRM's definition, won within the horizon on
+    the mature cohort, the leads ingest set aside as immature counted apart. Labelled by a
+    target column: won / (won + lost) among the closed leads (:func:`closed_rates`), the open
+    leads counted apart. Either way a flat table has no deal values and no owners.
+    """
+    from leadml.contracts import OUTCOMES_TABLE, as_tuple
+    from leadml.stages import FLAT_TABLE, ingest_stage, open_rows_file
+
+    name = data.get("name")
+    contract = data.get("contract") or {}
+    spec = data.get("outcomes") or None
+    for key in ("revenue_target", "mix"):  # config errors first: they cost no time
+        if getattr(settings, key) is not None:
+            raise LeadmlError(
+                f"forecast.{key} needs won deal values and data={name} is a flat table without any: "
+                "leave it null (revenue is shown as missing, with no reverse forecast)"
+            )
+    if spec is None and settings.as_of is not None:
+        raise LeadmlError(
+            f"forecast.as_of needs dated outcomes and data={name}'s target ({contract.get('target')}) "
+            "has no date: leave it null"
+        )
+    interim = _path(root, settings.input_dir)
+    record = ingest_stage(data, interim)  # today's file through its contract, as leadml-score reads it
+    labelled = pd.read_parquet(interim / f"{FLAT_TABLE}.parquet")
+    column, grouping = flat_grouping(data, labelled.columns, settings.by)
+    by = column or s.SOURCE
+    dated = s.AS_OF in labelled.columns
+    notes = [NO_DEAL_VALUES]
+    if spec is not None:  # dated won events: the CRM's label
+        labels = record.get("labels") or {}
+        younger = unlabelled_leads(interim, data, labels.get("observed_from"))
+        parts = [labelled] if younger is None else [labelled, younger]
+        leads = pd.concat([_lead_rows(p, column, by, dated, None) for p in parts], ignore_index=True)
+        events = pd.read_parquet(interim / f"{OUTCOMES_TABLE}.parquet")
+        outcomes = pd.DataFrame(
+            {
+                s.LEAD_ID: events[str(spec["id"])].astype("string"),
+                s.STATUS: s.WON,
+                s.CLOSED_AT: events[str(spec["time"])],
+                s.DEAL_VALUE: np.nan,
+            }
+        )
+        # outcomes complete only until the configured observed_until: the end of what is known
+        as_of = settings.as_of
+        if as_of is None and labels.get("observed_until_from") == "config":
+            as_of = labels.get("observed_until")
+        history = historical_rates(leads, outcomes, settings.horizon_days, as_of, by=by)
+        end = pd.Timestamp(history.attrs["as_of"])
+        horizon = int(history.attrs["horizon_days"])
+        if float(spec["horizon_days"]) != horizon:
+            notes.append(
+                f"forecast.horizon_days={horizon} is not the label's outcomes.horizon_days="
+                f"{float(spec['horizon_days']):g}: the rates are of wins within {horizon} days"
+            )
+        rate = _within_horizon(str(spec["time"]), str(contract.get("time")), horizon, end)
+        pace_end: pd.Timestamp | None = min(end, to_utc(leads[s.CREATED_AT].max()))
+    else:  # a target column: converted or not, with no date
+        open_path = interim / open_rows_file(FLAT_TABLE)
+        parts = [_lead_rows(labelled, column, by, dated, labelled[s.LABEL])]
+        if open_path.exists():
+            parts.append(_lead_rows(pd.read_parquet(open_path), column, by, dated, None))
+        leads = pd.concat(parts, ignore_index=True)
+        latest = leads[s.CREATED_AT].max() if dated else pd.NaT
+        end = None if pd.isna(latest) else to_utc(latest)
+        history = closed_rates(leads, by, as_of=end)
+        values = {k: list(as_tuple(contract.get(k))) for k in ("positive", "negative", "open")}
+        lost = values["negative"] or "the other value"
+        rate = (
+            f"won / (won + lost) among the closed leads, whenever they closed (target "
+            f"{contract.get('target')}: won {values['positive']}, lost {lost}); "
+            f"the open leads ({values['open'] or 'none declared'}) are left out, counted as immature_leads. "
+            "The target has no date, so this is not a rate within a horizon and days to convert are unknown"
+        )
+        pace_end = end
+        if not dated:
+            notes.append(
+                "no time column (contract.time): the rates are of every closed lead in the file, and there "
+                "is no recent pace to plan from"
+            )
+    return ForecastInputs(
+        history=history,
+        leads=leads,
+        by=by,
+        grouping=grouping,
+        rate=rate,
+        end=end,
+        pace_end=pace_end,
+        synonyms=_synonyms(data, column) if column is not None else {},
+        deal_values=False,
+        owners=False,
+        scorable=bool(as_tuple(contract.get("open"))),
+        notes=tuple(notes),
+    )
+
+
+# --------------------------------------------------------------------------- stage
+def _plan(settings: ForecastSettings, root: Path, inputs: ForecastInputs, name: Any) -> tuple[dict, str]:
+    """The planned leads per group and where they came from (CSV, config, or the recent pace)."""
     if settings.planned_csv is not None:
         path = _path(root, settings.planned_csv)
         return read_planned_csv(path), str(path)
     if settings.planned is not None:
         return dict(settings.planned), "forecast.planned"
-    plan = recent_volume(leads, end, settings.planned_period_days, settings.lookback_days)
-    return (
-        plan,
-        f"the pace of the last {settings.lookback_days} days, per {settings.planned_period_days} days",
+    if inputs.pace_end is None:
+        groups = [str(k) for k in inputs.history.index if k != ALL]
+        shown = ", ".join(groups[:8]) + (f", ... ({len(groups)} in all)" if len(groups) > 8 else "")
+        raise LeadmlError(
+            f"data={name} has no time column (contract.time), so there is no recent pace to plan from: "
+            f"set forecast.planned='{{{groups[0] if groups else POOLED_GROUP}: 500}}' or "
+            f"forecast.planned_csv=plan.csv (leads per value of {inputs.by}: {shown})"
+        )
+    plan = recent_volume(
+        inputs.leads, inputs.pace_end, settings.planned_period_days, settings.lookback_days, by=inputs.by
     )
+    to = ""
+    if inputs.end is not None and inputs.pace_end < inputs.end:
+        to = f" to {inputs.pace_end:%Y-%m-%d} (the last lead)"
+    period = settings.planned_period_days
+    return plan, f"the pace of the last {settings.lookback_days} days{to}, per {period} days"
 
 
 def _default_reps(leads: pd.DataFrame, end: pd.Timestamp, lookback_days: int) -> int:
@@ -990,14 +1335,24 @@ def _default_reps(leads: pd.DataFrame, end: pd.Timestamp, lookback_days: int) ->
 
 
 def _capacity(
-    settings: ForecastSettings, root: Path, leads: pd.DataFrame, end: pd.Timestamp
+    settings: ForecastSettings, root: Path, inputs: ForecastInputs
 ) -> tuple[pd.DataFrame | None, Path | None, int | None]:
     """The capacity plan on the chosen scored run; (None, None, None) when there is no scored run."""
-    partition = find_partition(_path(root, settings.scored_dir), settings.scored_as_of)
+    partition_dir = settings.scored_dir
+    partition = find_partition(_path(root, partition_dir), settings.scored_as_of)
     if partition is None:
-        logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", settings.scored_dir)
+        if inputs.scorable:
+            logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", partition_dir)
         return None, None, None
-    reps = settings.reps if settings.reps is not None else _default_reps(leads, end, settings.lookback_days)
+    if settings.reps is not None:
+        reps = settings.reps
+    elif inputs.owners and inputs.end is not None:
+        reps = _default_reps(inputs.leads, inputs.end, settings.lookback_days)
+    else:
+        raise LeadmlError(
+            "forecast.reps is not set and a flat table names no owners to count the sales team from: "
+            "set forecast.reps (how many reps work the open leads)"
+        )
     try:
         table = capacity_plan(
             read_scored_columns(partition),
@@ -1020,39 +1375,38 @@ def _json_ready(value: Any) -> Any:
 
 
 def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """Read the interim tables and the latest scored run, forecast, write CSVs and one JSON.
+    """Read the data and the latest scored run, forecast, write CSVs and one JSON.
 
     ``cfg`` is the whole composed config (``forecast``, ``data``); relative paths are read
-    from ``root``. Writes ``history.csv``, ``forward.csv``, ``reverse.csv``,
-    ``capacity.csv`` (when there is a scored run) and ``forecast.json`` (everything,
-    with the settings) to ``forecast.output_dir``, and returns the tables as DataFrames
-    (``history``, ``forward``, ``reverse``, ``capacity`` or None) with what made them.
+    from ``root``. CRM data is read from the interim tables; a flat table is read again
+    through its contract (as ``leadml-score`` does, so the forecast is of today's file).
+    Writes ``history.csv``, ``forward.csv``, ``reverse.csv`` (when there are deal values),
+    ``capacity.csv`` (when there is a scored run) and ``forecast.json`` (everything, with
+    the settings, what the rate means and how leads are grouped) to ``forecast.output_dir``,
+    and returns the tables as DataFrames (``history``, ``forward``, ``reverse`` or None,
+    ``capacity`` or None) with what made them.
 
     Defaults when a setting is null: the plan is the last ``lookback_days``' pace per
-    ``planned_period_days``; the revenue target is the plan's expected revenue; reps are
-    the distinct owners of the leads created in the last ``lookback_days``.
+    ``planned_period_days`` (a flat table: up to its last lead; without a time column there
+    is none and the plan must be given); the revenue target is the plan's expected revenue;
+    reps are the distinct owners of the leads created in the last ``lookback_days`` (a flat
+    table names none: set ``forecast.reps``).
     """
-    from leadml.contracts import IngestSettings
-    from leadml.sources import write_json_atomic
-    from leadml.stages import read_interim
-
     started = time.perf_counter()
     settings = ForecastSettings.from_mapping(cfg.get("forecast"))
     data = cfg.get("data") or {}
-    if data.get("kind", "crm") != "crm":
-        raise LeadmlError(
-            f"leadml-forecast needs CRM tables with created and closed dates "
-            f"(data={data.get('name')} is {data.get('kind')})"
-        )
-    tables = read_interim(_path(root, settings.input_dir), (s.LEADS, s.OUTCOMES))
-    leads, outcomes = tables[s.LEADS], tables[s.OUTCOMES]
-    history = historical_rates(leads, outcomes, settings.horizon_days, settings.as_of)
-    end = pd.Timestamp(history.attrs["as_of"])
-    synonyms = IngestSettings.from_mapping({"synonyms": data.get("synonyms")}).synonyms_for(s.SOURCE)
+    kind = data.get("kind", "crm")
+    if kind == "flat":
+        inputs = flat_inputs(settings, root, data)
+    elif kind == "crm":
+        inputs = crm_inputs(settings, root, data)
+    else:
+        raise LeadmlError(f"data.kind must be 'crm' or 'flat', got {kind!r} (data={data.get('name')})")
+    history = inputs.history
 
     known = tuple(str(k) for k in history.index if k != ALL)
-    plan, planned_from = _plan(settings, root, leads, end)
-    plan = canonical_plan(plan, synonyms, known)
+    plan, planned_from = _plan(settings, root, inputs, data.get("name"))
+    plan = canonical_plan(plan, inputs.synonyms, known)
     common = {
         "draws": settings.draws,
         "seed": settings.seed,
@@ -1060,13 +1414,25 @@ def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "min_wins": settings.min_wins,
         "unknown_source": settings.unknown_source,
     }
-    forward = forecast_forward(history, plan, level=settings.level, **common)
-    target, target_from = settings.revenue_target, "forecast.revenue_target"
-    if target is None:
-        target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
-    mix = canonical_plan(settings.mix, synonyms, known) if settings.mix is not None else None
-    reverse = leads_needed(history, target, mix=mix, confidence=settings.confidence, **common)
-    capacity, partition, reps = _capacity(settings, root, leads, end)
+    forward = forecast_forward(history, plan, level=settings.level, revenue=inputs.deal_values, **common)
+    reverse: pd.DataFrame | None = None
+    target: float | None = None
+    target_from: str | None = None
+    if inputs.deal_values:
+        target, target_from = settings.revenue_target, "forecast.revenue_target"
+        if target is None:
+            target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
+        mix = canonical_plan(settings.mix, inputs.synonyms, known) if settings.mix is not None else None
+        reverse = leads_needed(history, target, mix=mix, confidence=settings.confidence, **common)
+    capacity, partition, reps = _capacity(settings, root, inputs)
+    no_capacity = None
+    if capacity is None:
+        no_capacity = "no scored run, so no capacity plan (run leadml-score first)"
+        if not inputs.scorable:
+            no_capacity = (
+                f"no capacity plan: data={data.get('name')} has no open leads to score (contract.open), "
+                "so leadml-score has no run to plan from"
+            )
 
     out = _path(root, settings.output_dir)
     outputs = {"history": rates_table(history), "forward": forward, "reverse": reverse, "capacity": capacity}
@@ -1075,26 +1441,94 @@ def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         if table is not None:
             write_csv_atomic(table, out / f"{name}.csv")
             files[name] = str(out / f"{name}.csv")
+    horizon = history.attrs["horizon_days"]
     summary: dict[str, Any] = {
-        "as_of": end,
-        "horizon_days": settings.horizon_days,
+        "as_of": inputs.end,
+        "horizon_days": None if horizon is None else int(horizon),
+        "rate_kind": inputs.rate_kind,
+        "rate_definition": inputs.rate,
+        "group_by": inputs.by,
+        "grouping": inputs.grouping,
         "planned": plan,
         "planned_from": planned_from,
         "revenue_target": target,
         "revenue_target_from": target_from,
-        "mix": {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0},
+        "mix": None
+        if reverse is None
+        else {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0},
         "confidence": settings.confidence,
         "level": settings.level,
         "scored_partition": None if partition is None else str(partition),
         "reps": reps,
         "capacity_leads": None if capacity is None else capacity.attrs["capacity"],
         "threshold": None if capacity is None else capacity.attrs["threshold"],
+        "no_capacity": no_capacity,
+        "notes": list(inputs.notes),
         "seconds": round(time.perf_counter() - started, 2),
     }
     record = _json_ready(
         {**summary, "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
     )
     record.update({name: _records(table) for name, table in outputs.items()})
+    from leadml.sources import write_json_atomic
+
     write_json_atomic(record, out / "forecast.json")
     files["json"] = str(out / "forecast.json")
     return {**summary, "files": files, **outputs}
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What ``leadml-forecast`` prints of a :func:`forecast_stage` summary, one line per table."""
+    level = f"{summary['level']:.0%}"
+    history = summary["history"].loc[ALL]
+    as_of = summary["as_of"]
+    if summary["rate_kind"] == AMONG_CLOSED:
+        when = f" as of {as_of:%Y-%m-%d}" if as_of is not None else " (no time column)"
+        lines = [
+            f"forecast: history{when}: {int(history['leads']):,} closed leads, {int(history['won']):,} won "
+            f"({history['conversion_rate']:.1%} = won / (won + lost) among closed leads, not a rate within "
+            f"a horizon); {int(history['immature_leads']):,} open leads left out of the rates"
+        ]
+    else:
+        lines = [
+            f"forecast: history as of {as_of:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
+            f"{int(history['won']):,} won within {summary['horizon_days']} days "
+            f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
+            "left out of the rates"
+        ]
+    groups = len(summary["history"]) - 1
+    lines.append(f"forecast: rates per {summary['grouping']}: {groups:,} group{'s' * (groups != 1)}")
+    forward = summary["forward"].loc[TOTAL]
+    revenue = (
+        "revenue not available (no deal values)"
+        if pd.isna(forward["expected_revenue"])
+        else f"revenue {forward['expected_revenue']:,.0f} "
+        f"[{forward['revenue_low']:,.0f}, {forward['revenue_high']:,.0f}]"
+    )
+    lines.append(
+        f"forecast: {int(forward['planned_leads']):,} planned leads ({summary['planned_from']}): "
+        f"{forward['expected_conversions']:,.1f} conversions [{int(forward['conversions_low']):,}, "
+        f"{int(forward['conversions_high']):,}], {revenue} ({level} intervals)"
+    )
+    if summary["reverse"] is not None:
+        reverse = summary["reverse"].loc[TOTAL]
+        lines.append(
+            f"forecast: revenue {summary['revenue_target']:,.0f} ({summary['revenue_target_from']}) needs "
+            f"{int(reverse['mix_expected']):,} leads of the mix in expectation, "
+            f"{int(reverse['mix_at_confidence']):,} to reach it with {summary['confidence']:.0%} confidence"
+        )
+    if summary["capacity"] is None:
+        lines.append(f"forecast: {summary['no_capacity']}")
+    else:
+        capacity = summary["capacity"].loc[TOTAL]
+        lines.append(
+            f"forecast: {summary['reps']} reps work {int(capacity['worked_leads']):,} of "
+            f"{int(capacity['open_leads']):,} open leads (probability >= {summary['threshold']:.3f}): "
+            f"{capacity['expected_wins']:,.1f} wins expected [{int(capacity['wins_low']):,}, "
+            f"{int(capacity['wins_high']):,}]"
+        )
+    lines.extend(f"forecast: note: {note}" for note in summary["notes"])
+    folder = Path(summary["files"]["json"]).parent
+    names = ", ".join(Path(path).name for path in summary["files"].values())
+    lines.append(f"forecast: wrote {names} to {folder} ({summary['seconds']} s)")
+    return lines

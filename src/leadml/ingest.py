@@ -644,22 +644,19 @@ def _outcome_labels(
 
 
 def _labelled_by_outcomes(
+    leads: ValidatedTable,
     raw: pd.DataFrame,
     raw_outcomes: pd.DataFrame,
     contract: FlatContract,
     settings: IngestSettings,
     *,
-    source: str,
-    quarantine_path: str | None,
     outcomes_source: str,
     outcomes_quarantine_path: str | None,
 ) -> tuple[ValidatedTable, ValidatedTable, np.ndarray, dict[str, Any]]:
-    """Leads and outcomes validated, unobserved leads set aside, labels of the rest, the labelling record."""
+    """Outcomes validated against the validated ``leads`` (read from ``raw``), unobserved leads set
+    aside, labels of the rest, the labelling record."""
     spec = contract.outcomes
     assert spec is not None and contract.time_column is not None
-    leads = validate_table(
-        raw, contract.table, settings, source=source, quarantine_path=quarantine_path, enforce_bad_share=False
-    )
     outcomes = validate_table(
         raw_outcomes,
         spec.table,
@@ -717,6 +714,7 @@ def ingest_flat(
     outcomes: pd.DataFrame | None = None,
     outcomes_source: str = "the outcomes table",
     outcomes_quarantine_path: str | None = None,
+    source_rows: np.ndarray | None = None,
 ) -> IngestResult:
     """Validate a one-row-per-lead table labelled by a target column or by outcomes.
 
@@ -737,6 +735,10 @@ def ingest_flat(
     aside in the quarantine with the reason, as excluded rows that do not count against
     ``max_bad_share``. The result holds the validated outcomes table as well, whose columns never
     join the lead table, and ``labels`` (horizon, observation window, counts).
+
+    ``source_rows`` (1-based, increasing) are the file's row numbers of the rows of ``raw`` when
+    ``raw`` is what remains of the file after ``data.where`` (see :mod:`leadml.joins`): the
+    quarantine, messages and a ``source_row`` id or order use them.
     """
     table_name = contract.table.name
     if (contract.outcomes is None) != (outcomes is None):
@@ -756,30 +758,30 @@ def ingest_flat(
     validated_outcomes: ValidatedTable | None = None
     labels: dict[str, Any] = {}
     is_open: np.ndarray | None = None
+    taken = _check_target_values(raw, contract, settings, source) if contract.outcomes is None else None
+    validated = validate_table(
+        raw,
+        contract.table,
+        settings,
+        source=source,
+        quarantine_path=quarantine_path,
+        enforce_bad_share=False,
+        source_rows=source_rows,
+    )
     if contract.outcomes is not None:
         assert outcomes is not None
         validated, validated_outcomes, positive, labels = _labelled_by_outcomes(
+            validated,
             raw,
             outcomes,
             contract,
             settings,
-            source=source,
-            quarantine_path=quarantine_path,
             outcomes_source=outcomes_source,
             outcomes_quarantine_path=outcomes_quarantine_path,
         )
     else:
-        taken = _check_target_values(raw, contract, settings, source)
         if taken:
             logger.info("%s: %s", table_name, taken)
-        validated = validate_table(
-            raw,
-            contract.table,
-            settings,
-            source=source,
-            quarantine_path=quarantine_path,
-            enforce_bad_share=False,
-        )
         classes = _target_classes(validated.accepted[contract.target], contract)
         positive, is_open = classes.positive, classes.open
         if taken:

@@ -226,6 +226,9 @@ def _sources(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     tables = data.get("tables") or {}
     if isinstance(data.get("table"), Mapping):
         tables = {"table": data["table"]}
+        for name, join in (data.get("joins") or {}).items():  # lookup tables joined by key
+            if isinstance(join, Mapping) and isinstance(join.get("table"), Mapping):
+                tables[f"{name} (joined by {join.get('by')})"] = join["table"]
     return [(str(name), _where(spec)) for name, spec in tables.items() if isinstance(spec, Mapping)]
 
 

@@ -1,10 +1,13 @@
 """Nightly scoring on Spark (``leadml-score score.engine=spark``): the pandas engine's figures, in tasks.
 
-Spark reads the validated interim tables, keeps the leads that may be open on the run
-date and their earlier activities, and splits them into buckets by a hash of the lead
-id. Each bucket is one ``cogroup(...).applyInArrow`` call that runs the *same* pandas
-code as the pandas engine: :func:`leadml.features.open_lead_features` on the bucket's
-leads, outcomes and activities (accounts are broadcast), then
+Spark reads the open leads and splits them into buckets by a hash of the lead id. Where
+they come from mirrors the pandas engine's :class:`~leadml.buckets.OpenLeads`: the CRM
+tables (:class:`CrmSparkLeads`: the leads that may be open on the run date with their
+outcome, cogrouped with their earlier activities; accounts are broadcast) or a flat
+table's open rows (:class:`FlatSparkLeads`: ``open_<table>.parquet``, one row per lead).
+Each bucket is one ``applyInArrow`` call that runs the *same* pandas code as the pandas
+engine: :func:`leadml.features.open_lead_features` or
+:func:`leadml.features.flat_open_features` on the bucket's rows, then
 :func:`leadml.scoring.score_leads` with the registered :class:`~leadml.scorer.LeadScorer`
 (probability, exact reasons, sub-scores, expected value). Every one of those figures
 depends on its own lead only, so a bucket computes it exactly as the whole table would.
@@ -38,32 +41,36 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leadml import schema as s
 from leadml import sinks
 from leadml.buckets import (
     PREVIOUS,
     BucketSummaries,
+    CrmOpenLeads,
     Finish,
+    FlatOpenLeads,
+    OpenLeads,
     ScoringOutcome,
     bucket_summary,
     finish_rows,
     probe,
 )
 from leadml.errors import LeadmlError, known_settings
-from leadml.features import FeatureSettings, open_lead_features
+from leadml.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.scorer import PROBABILITY, LeadScorer
 from leadml.scoring import TierSettings, TrendSettings, column_kind, score_leads
-from leadml.stages import MANIFEST, _deal_values, resolve_as_of
+from leadml.stages import MANIFEST, _deal_values
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
 logger = logging.getLogger(__name__)
@@ -212,19 +219,6 @@ def _read(spark: SparkSession, tables_dir: Path, table: str) -> DataFrame:
     return spark.read.parquet(_uri(tables_dir / f"{table}.parquet"))
 
 
-def time_bounds(spark: SparkSession, tables_dir: Path) -> dict[str, pd.DataFrame]:
-    """The latest timestamp of each table as one-row frames: all ``stages.resolve_as_of`` reads
-    for ``latest``, without bringing the tables to the driver."""
-    from pyspark.sql import functions as F
-
-    bounds = {}
-    for table, column in ((s.LEADS, s.CREATED_AT), (s.OUTCOMES, s.CLOSED_AT), (s.ACTIVITIES, s.TIMESTAMP)):
-        micros = _read(spark, tables_dir, table).agg(F.max(F.unix_micros(column))).first()[0]
-        stamp = pd.NaT if micros is None else pd.Timestamp(int(micros), unit="us", tz="UTC")
-        bounds[table] = pd.DataFrame({column: pd.Series([stamp], dtype="datetime64[us, UTC]")})
-    return bounds
-
-
 def _inputs(
     spark: SparkSession, tables_dir: Path, as_of: pd.Timestamp, buckets: int
 ) -> tuple[DataFrame, DataFrame, pd.DataFrame]:
@@ -253,7 +247,7 @@ def _inputs(
         .where(F.unix_micros(s.TIMESTAMP) < t + MICROS)
         .join(candidates.select(s.LEAD_ID), on=s.LEAD_ID, how="left_semi")
     )
-    bucket = F.pmod(F.xxhash64(F.col(s.LEAD_ID)), F.lit(buckets))
+    bucket = _bucket(buckets)
     accounts = _read(spark, tables_dir, s.ACCOUNTS).toArrow().to_pandas()
     return candidates.withColumn(BUCKET, bucket), activities.withColumn(BUCKET, bucket), accounts
 
@@ -266,6 +260,110 @@ def _uri(path: Path) -> str:
 
 def _micros(as_of: pd.Timestamp) -> int:
     return int((as_of - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1))
+
+
+def _bucket(buckets: int) -> Column:
+    """The bucket of each row: a hash of its lead id (Spark's xxhash64) modulo ``buckets``."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(F.col(s.LEAD_ID)), F.lit(buckets))
+
+
+# --------------------------------------------------------------------------- sources of open leads
+class SparkOpenLeads(Protocol):
+    """Where a Spark run's open leads come from (the Spark side of :class:`leadml.buckets.OpenLeads`).
+
+    On the driver, :meth:`bucketed` reads them as DataFrames with a bucket column (one, or
+    two to cogroup) and returns itself with what the tasks need; that copy goes to every
+    executor in the broadcast, and :meth:`features` turns one bucket's Arrow tables into
+    the features (and deal values) the pandas engine builds for the same leads.
+    """
+
+    source: Path  # named in messages
+    has_deal_value: bool
+
+    def bucketed(self, spark: SparkSession, buckets: int) -> tuple[list[DataFrame], SparkOpenLeads]: ...
+
+    def features(self, tables: tuple[pa.Table, ...]) -> tuple[pd.DataFrame, pd.Series | None]: ...
+
+
+@dataclass(frozen=True)
+class CrmSparkLeads:
+    """The CRM tables (:class:`leadml.buckets.CrmOpenLeads`): leads that may be open at ``as_of``
+    with their outcome, cogrouped with their earlier activities; features as of ``as_of``
+    (``open_lead_features``), deal values from the leads table."""
+
+    source: Path
+    as_of: pd.Timestamp
+    settings: FeatureSettings
+    # set by bucketed, for the tasks: the accounts (broadcast whole) and the leads table's columns
+    accounts: pd.DataFrame | None = None
+    lead_columns: tuple[str, ...] = ()
+    has_deal_value: bool = False
+
+    def bucketed(self, spark: SparkSession, buckets: int) -> tuple[list[DataFrame], CrmSparkLeads]:
+        leads, activities, accounts = _inputs(spark, self.source, self.as_of, buckets)
+        lead_columns = tuple(c for c in leads.columns if c != BUCKET and not c.startswith(OUTCOME))
+        ready = replace(
+            self,
+            accounts=accounts,
+            lead_columns=lead_columns,
+            has_deal_value=s.ESTIMATED_DEAL_VALUE in lead_columns,
+        )
+        return [leads, activities], ready
+
+    def features(self, tables: tuple[pa.Table, ...]) -> tuple[pd.DataFrame, pd.Series | None]:
+        leads, activities = tables
+        joined = leads.to_pandas().sort_values(s.LEAD_ID, kind="stable", ignore_index=True)
+        outcomes = joined.loc[joined[OUTCOME + s.LEAD_ID].notna(), [OUTCOME + c for c in OUTCOME_COLUMNS]]
+        frames = {
+            s.LEADS: joined[list(self.lead_columns)],
+            s.ACCOUNTS: self.accounts,
+            s.OUTCOMES: outcomes.rename(columns=lambda c: c.removeprefix(OUTCOME)),
+            s.ACTIVITIES: activities.select(list(ACTIVITY_COLUMNS)).to_pandas(),
+        }
+        features = open_lead_features(frames, self.as_of, self.settings)
+        deal_value = _deal_values(frames[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
+        return features, deal_value
+
+
+@dataclass(frozen=True)
+class FlatSparkLeads:
+    """A flat table's open leads (:class:`leadml.buckets.FlatOpenLeads`, ``open_<table>.parquet``):
+    their columns are the features as they are (``flat_open_features``); no deal value.
+
+    Each bucket's rows are cast back to the file's own Arrow schema (pandas metadata included)
+    before pandas sees them, so a category column is a category, as in the pandas engine's
+    buckets, not the plain text Spark reads it as.
+    """
+
+    source: Path
+    personal: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    schema: pa.Schema | None = None  # the file's, set by bucketed
+    has_deal_value: bool = False
+
+    def bucketed(self, spark: SparkSession, buckets: int) -> tuple[list[DataFrame], FlatSparkLeads]:
+        if not self.source.exists():
+            raise LeadmlError(f"no open leads file {self.source} (run leadml-ingest, or make ingest, first)")
+        rows = spark.read.parquet(_uri(self.source)).withColumn(BUCKET, _bucket(buckets))
+        return [rows], replace(self, schema=pq.read_schema(self.source))
+
+    def features(self, tables: tuple[pa.Table, ...]) -> tuple[pd.DataFrame, pd.Series | None]:
+        (rows,) = tables
+        assert self.schema is not None
+        frame = rows.select(self.schema.names).cast(self.schema).to_pandas()
+        frame = frame.sort_values(s.LEAD_ID, kind="stable", ignore_index=True)
+        return flat_open_features(frame, self.personal, self.exclude), None
+
+
+def spark_open_leads(open_leads: OpenLeads) -> SparkOpenLeads:
+    """The Spark side of the pandas engine's source of open leads: the same tables and settings."""
+    if isinstance(open_leads, CrmOpenLeads):
+        return CrmSparkLeads(open_leads.source, open_leads.as_of, open_leads.settings)
+    if isinstance(open_leads, FlatOpenLeads):
+        return FlatSparkLeads(open_leads.source, tuple(open_leads.personal), tuple(open_leads.exclude))
+    raise LeadmlError(f"the Spark engine cannot read open leads from a {type(open_leads).__name__}")
 
 
 # --------------------------------------------------------------------------- schemas
@@ -309,32 +407,35 @@ class _BucketJob:
     """What every bucket needs, broadcast once to each executor."""
 
     scorer: LeadScorer
-    accounts: pd.DataFrame
-    as_of: pd.Timestamp
-    settings: FeatureSettings
+    open_leads: SparkOpenLeads  # as returned by its bucketed(): ready for the tasks
     explain: bool
     explainer: str
-    has_deal_value: bool
-    lead_columns: tuple[str, ...]
     schema: pa.Schema  # scored columns, then SIDE
 
 
-def _score_bucket(job_ref: Broadcast[_BucketJob], leads: pa.Table, activities: pa.Table) -> pa.Table:
+def _apply_in_buckets(
+    frames: list[DataFrame], job_ref: Broadcast[_BucketJob], schema: StructType
+) -> DataFrame:
+    """One ``applyInArrow`` call per bucket: over one table's group, or two tables cogrouped.
+
+    The functions are lambdas, without annotations: PySpark reads a grouped function's type
+    hints to pick its form, and fails on ones it cannot resolve (postponed, or a ``partial``'s).
+    """
+    first, *others = [frame.groupBy(BUCKET) for frame in frames]
+    if not others:
+        return first.applyInArrow(lambda rows: _score_bucket(job_ref.value, (rows,)), schema=schema)
+    (second,) = others
+    return first.cogroup(second).applyInArrow(
+        lambda leads, activities: _score_bucket(job_ref.value, (leads, activities)), schema=schema
+    )
+
+
+def _score_bucket(job: _BucketJob, tables: tuple[pa.Table, ...]) -> pa.Table:
     """Features and scores of one bucket's open leads, plus one row with the bucket's summary."""
-    job = job_ref.value
-    joined = leads.to_pandas().sort_values(s.LEAD_ID, kind="stable", ignore_index=True)
-    outcomes = joined.loc[joined[OUTCOME + s.LEAD_ID].notna(), [OUTCOME + c for c in OUTCOME_COLUMNS]]
-    tables = {
-        s.LEADS: joined[list(job.lead_columns)],
-        s.ACCOUNTS: job.accounts,
-        s.OUTCOMES: outcomes.rename(columns=lambda c: c.removeprefix(OUTCOME)),
-        s.ACTIVITIES: activities.select(list(ACTIVITY_COLUMNS)).to_pandas(),
-    }
-    features = open_lead_features(tables, job.as_of, job.settings)
+    features, deal_value = job.open_leads.features(tables)
     names = [n for n in job.schema.names if n != SIDE]
     scored = pd.DataFrame({name: pd.Series([], dtype=object) for name in names})
     if len(features) and all(name in features.columns for name in job.scorer.feature_names):
-        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if job.has_deal_value else None
         # the bucket's tiers and percentiles are provisional: the second pass sets them from all leads
         scored = score_leads(
             job.scorer,
@@ -362,10 +463,9 @@ def _finish_batches(
 # --------------------------------------------------------------------------- the engine
 def score_with_spark(
     spark: SparkSession,
-    tables_dir: Path,
+    open_leads: OpenLeads,
     scorer: LeadScorer,
     as_of: pd.Timestamp,
-    settings: FeatureSettings,
     tiers: TierSettings,
     *,
     output_dir: Path,
@@ -378,41 +478,26 @@ def score_with_spark(
 ) -> ScoringOutcome:
     """Score every lead open at ``as_of`` in Spark and replace its partition under ``output_dir``.
 
-    Same rows and figures as the pandas engine (``stages.score_stage``). Raises
-    :class:`~leadml.errors.SchemaMismatchError` before writing anything when today's
-    features do not match the model, and :class:`~leadml.errors.LeadmlError` when no lead is open.
+    ``open_leads`` is the pandas engine's source (:class:`~leadml.buckets.CrmOpenLeads` or
+    :class:`~leadml.buckets.FlatOpenLeads`), read here by Spark. Same rows and figures as the
+    pandas engine (``stages.score_stage``). Raises :class:`~leadml.errors.SchemaMismatchError`
+    before writing anything when today's features do not match the model, and
+    :class:`~leadml.errors.LeadmlError` when no lead is open.
     """
     from pyspark.sql import types as T
 
     trend = trend or TrendSettings()
     buckets = buckets or int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
-    leads, activities, accounts = _inputs(spark, tables_dir, as_of, buckets)
-    lead_columns = tuple(c for c in leads.columns if c != BUCKET and not c.startswith(OUTCOME))
-    has_deal_value = s.ESTIMATED_DEAL_VALUE in lead_columns
-    probe_rows = probe(scorer, explain, explainer, has_deal_value)
+    frames, ready = spark_open_leads(open_leads).bucketed(spark, buckets)
+    probe_rows = probe(scorer, explain, explainer, ready.has_deal_value)
     first_struct = _struct(probe_rows, {SIDE: T.BinaryType()})
-    job = _BucketJob(
-        scorer,
-        accounts,
-        as_of,
-        settings,
-        explain,
-        explainer,
-        has_deal_value,
-        lead_columns,
-        _arrow_schema(spark, first_struct),
-    )
+    job = _BucketJob(scorer, ready, explain, explainer, _arrow_schema(spark, first_struct))
     job_ref = spark.sparkContext.broadcast(job)
-    first = (
-        leads.groupBy(BUCKET)
-        .cogroup(activities.groupBy(BUCKET))
-        .applyInArrow(functools.partial(_score_bucket, job_ref), schema=first_struct)
-        .persist()
-    )
+    first = _apply_in_buckets(frames, job_ref, first_struct).persist()
     broadcasts = [job_ref]
     try:
         summary = _collect_summary(first)
-        summary.check(scorer, as_of, tables_dir)
+        summary.check(scorer, as_of, ready.source)
         scored = first.where(first[SIDE].isNull()).drop(SIDE)
         probabilities = np.sort(scored.select(PROBABILITY).toArrow().column(0).to_numpy())
         logger.info("scored %d leads in %d buckets", len(probabilities), buckets)
@@ -444,33 +529,32 @@ def score_with_spark(
 
 def score_from_config(
     score_cfg: Mapping[str, Any],
-    tables_dir: Path,
+    open_leads: OpenLeads,
     scorer: LeadScorer,
-    settings: FeatureSettings,
+    as_of: pd.Timestamp,
     tiers: TierSettings,
     model_version: str,
 ) -> ScoringOutcome:
-    """``stages.score_stage`` with ``score.engine=spark``: a session from ``score.spark``, the run
-    date from ``score.as_of`` (``latest`` read by Spark), and :func:`score_with_spark`."""
+    """``stages.score_stage`` with ``score.engine=spark``: a session from ``score.spark``, the date's
+    lock, and :func:`score_with_spark` on the open leads and run date the stage resolved (as for
+    the pandas engine)."""
     spark_settings = SparkSettings.from_mapping(score_cfg.get("spark"))
-    with spark_session(spark_settings) as spark:
-        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(spark, tables_dir))
-        with sinks.date_lock(Path(score_cfg["output_dir"]), as_of):
-            return score_with_spark(
-                spark,
-                tables_dir,
-                scorer,
-                as_of,
-                settings,
-                tiers,
-                output_dir=Path(score_cfg["output_dir"]),
-                explain=bool(score_cfg["explain"]),
-                explainer=str(score_cfg.get("explainer") or "fast"),
-                trend=TrendSettings(float(score_cfg["trend_band"])),
-                model_version=model_version,
-                buckets=spark_settings.buckets,
-                output_files=spark_settings.output_files,
-            )
+    output_dir = Path(score_cfg["output_dir"])
+    with spark_session(spark_settings) as spark, sinks.date_lock(output_dir, as_of):
+        return score_with_spark(
+            spark,
+            open_leads,
+            scorer,
+            as_of,
+            tiers,
+            output_dir=output_dir,
+            explain=bool(score_cfg["explain"]),
+            explainer=str(score_cfg.get("explainer") or "fast"),
+            trend=TrendSettings(float(score_cfg["trend_band"])),
+            model_version=model_version,
+            buckets=spark_settings.buckets,
+            output_files=spark_settings.output_files,
+        )
 
 
 def _collect_summary(first: DataFrame) -> BucketSummaries:

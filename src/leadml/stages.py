@@ -47,6 +47,7 @@ from leadml.features import (
     metadata_to_json,
 )
 from leadml.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest, respelt_categories
+from leadml.joins import combine_flat, lookup_specs, lookups, row_rules, with_lookups
 from leadml.scorer import PROBABILITY
 from leadml.sources import (
     checked_spec,
@@ -90,6 +91,13 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     settings = _ingest_settings(data)
     if _kind(data) == "flat":  # checked before reading, so a config error costs no time
         contract = flat_contract(data["contract"], data.get("outcomes"))
+        lookups(data.get("joins"), (contract.table.name, OUTCOMES_TABLE))
+        row_rules(data.get("where"))
+    elif data.get("joins") or data.get("where"):
+        raise LeadmlError(
+            f"data.joins and data.where apply to a flat table (data.kind: flat); data={data.get('name')} "
+            "is crm: filter and join in the source's SQL query instead"
+        )
     specs = source_specs(data)
     sources = {table: describe_source(spec) for table, spec in specs.items()}
     quarantine_paths = {table: str(output_dir / "quarantine" / f"{table}.parquet") for table in specs}
@@ -102,6 +110,18 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
         if _kind(data) == "crm"
         else {FLAT_TABLE: contract.table}
     )
+    combined = None
+    if _kind(data) == "flat":  # lookups joined, rows kept by data.where: the table the contract sees
+        combined = combine_flat(
+            raw[FLAT_TABLE],
+            {name: raw[name] for name in lookup_specs(data)},
+            data,
+            contract,
+            settings,
+            sources=sources,
+            quarantine_paths=quarantine_paths,
+        )
+        raw[FLAT_TABLE] = combined.frame
     respelt_by_table = {
         table: respelt_categories(raw[table], table_contract, settings)
         for table, table_contract in contracts.items()
@@ -127,7 +147,10 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
             outcomes=raw.get(OUTCOMES_TABLE),
             outcomes_source=sources.get(OUTCOMES_TABLE, "the outcomes table"),
             outcomes_quarantine_path=quarantine_paths.get(OUTCOMES_TABLE),
+            source_rows=combined.source_rows if combined is not None else None,
         )
+        if combined is not None:
+            result = with_lookups(result, combined.lookups)
     for table, rejected in result.quarantines.items():
         write_parquet_atomic(rejected, quarantine_paths[table])
     check_bad_shares(result, settings)  # after writing, so the message points to existing files
@@ -151,6 +174,8 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     )
     if result.labels:
         record["labels"] = result.labels
+    if combined is not None:
+        record.update(combined.record(FLAT_TABLE))
     for table, respelt in respelt_by_table.items():
         if respelt and table in record["tables"]:
             record["tables"][table]["respelt"] = respelt
@@ -179,6 +204,9 @@ def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
         if data.get("outcomes"):
             specs[OUTCOMES_TABLE] = data["outcomes"]["table"]
             keys[OUTCOMES_TABLE] = "data.outcomes.table"
+        for name, spec in lookup_specs(data).items():  # a name in use is refused by joins.lookups
+            specs.setdefault(name, spec)
+            keys.setdefault(name, f"data.joins.{name}.table")
     for table, spec in specs.items():
         checked_spec(spec, keys[table])
     return specs
@@ -625,17 +653,12 @@ FLAT_WITHOUT_TIME = (
 )
 
 
-def _check_flat_scoring(data: Mapping[str, Any], score_cfg: Mapping[str, Any]) -> None:
-    """A flat data set is scored from its open leads, with the pandas engine; say so before any work."""
+def _check_flat_scoring(data: Mapping[str, Any]) -> None:
+    """A flat data set is scored from its open leads (either engine); say so before any work."""
     if not as_tuple((data.get("contract") or {}).get("open")):
         raise LeadmlError(
             f"data={data.get('name')} is a flat table without open leads to score: add contract.open "
             f"(the target values of leads still open, e.g. open: [Open]) to {data_config_file(data)}"
-        )
-    if str(score_cfg.get("engine") or "pandas") == "spark":
-        raise LeadmlError(
-            f"data={data.get('name')} is a flat table: score it with score.engine=pandas "
-            "(the Spark engine reads the CRM tables)"
         )
 
 
@@ -726,13 +749,14 @@ def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
 
 def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack) -> dict[str, Any]:
     from leadml import sinks, tracking
+    from leadml.buckets import CrmOpenLeads, FlatOpenLeads, OpenLeads, score_in_buckets, time_bounds
     from leadml.scoring import TierSettings, TrendSettings, population_stability
 
     started = time.perf_counter()
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
     flat = _kind(data) == "flat"
     if flat:  # checked before anything runs: a flat data set needs its open leads
-        _check_flat_scoring(data, score_cfg)
+        _check_flat_scoring(data)
     if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
         sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
@@ -749,28 +773,25 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     ingested = ingest_stage(data, interim_dir)
     tiers = TierSettings.from_mapping(cfg["tiers"])
     reference = getattr(scorer, "reference", None) or {}
+    open_leads: OpenLeads  # the run date and the open leads, the same for both engines
+    if flat:
+        as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
+        contract = data["contract"]
+        open_leads = FlatOpenLeads(
+            interim_dir / open_rows_file(FLAT_TABLE),
+            as_of,
+            personal=tuple(as_tuple(contract.get("personal"))),
+            exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
+        )
+    else:
+        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
+        settings = _scoring_feature_settings(scorer, data, cfg["features"])
+        open_leads = CrmOpenLeads(interim_dir, as_of, settings)
     if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
         from leadml.spark_engine import score_from_config
 
-        settings = _scoring_feature_settings(scorer, data, cfg["features"])
-        outcome = score_from_config(score_cfg, interim_dir, scorer, settings, tiers, str(version))
+        outcome = score_from_config(score_cfg, open_leads, scorer, as_of, tiers, str(version))
     else:  # lead buckets one after another in this process, in bounded memory
-        from leadml.buckets import CrmOpenLeads, FlatOpenLeads, OpenLeads, score_in_buckets, time_bounds
-
-        open_leads: OpenLeads
-        if flat:
-            as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
-            contract = data["contract"]
-            open_leads = FlatOpenLeads(
-                interim_dir / open_rows_file(FLAT_TABLE),
-                as_of,
-                personal=tuple(as_tuple(contract.get("personal"))),
-                exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
-            )
-        else:
-            as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
-            settings = _scoring_feature_settings(scorer, data, cfg["features"])
-            open_leads = CrmOpenLeads(interim_dir, as_of, settings)
         output_dir = Path(score_cfg["output_dir"])
         held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
         held.enter_context(_undone_on_error(output_dir, as_of))  # until the run is tracked
