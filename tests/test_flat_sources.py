@@ -73,20 +73,33 @@ def test_label_is_an_outcome_within_the_horizon_after_the_time_column():
     assert result.labels["observed_until_from"] == "config"
 
 
-def test_leads_whose_horizon_has_not_elapsed_are_set_aside_and_counted():
-    # the data ends with m6's first contact (2024-03-20): leads first contacted after 2024-02-19
-    # have not had their 30 days; m4 and m5 (2024-01-10) end on 2024-02-09, just in time
-    result = ingest(spec={**OUTCOMES, "observed_until": "2024-02-09T00:00:00"})
+def test_leads_whose_horizon_has_not_elapsed_are_open_or_set_aside_when_won_already():
+    # the data ends on 2024-02-09: leads first contacted after 2024-01-10 have not had their 30
+    # days; m4 and m5 (2024-01-10) end on 2024-02-09, just in time. m7 (2024-02-01) is won on
+    # 2024-02-05, within a window not over yet: set aside (its window's losses are not known);
+    # m6 (2024-03-20) has no win yet: open, scored every night, never a label
+    leads = pd.concat(
+        [raw_leads(), pd.DataFrame({"mql_id": ["m7"], "first_contact": ["2024-02-01"], "origin": ["email"]})],
+        ignore_index=True,
+    )
+    outcomes = pd.concat(
+        [raw_outcomes(), pd.DataFrame({"mql_id": ["m7"], "won_date": ["2024-02-05 10:00:00"]})],
+        ignore_index=True,
+    )
+    result = ingest(leads, outcomes, spec={**OUTCOMES, "observed_until": "2024-02-09T00:00:00"})
     report = result.reports[s.LEADS]
     assert result.tables[s.LEADS][s.LEAD_ID].tolist() == ["m1", "m2", "m3", "m4", "m5"]
+    assert result.open_rows[s.LEADS][s.LEAD_ID].tolist() == ["m6"]
+    assert LABEL not in result.open_rows[s.LEADS]
     assert reasons(result, s.LEADS) == {
-        6: "not labelled: first_contact 2024-03-20T00:00:00Z + 30 days is after the end of observation "
-        "2024-02-09T00:00:00+00:00"
+        7: "not labelled: first_contact 2024-02-01T00:00:00Z + 30 days is after the end of observation "
+        "2024-02-09T00:00:00+00:00 and it is won already (its window's losses are not known yet)"
     }
-    assert report.accepted_rows + report.quarantined_rows == report.input_rows == 6
+    assert report.accepted_rows + report.quarantined_rows == report.input_rows == 7
     assert report.excluded_rows == 1 and report.bad_rows == 0 and report.bad_share == 0.0
     assert report.reason_counts == {"not labelled: horizon not elapsed": 1}
     assert result.labels["not_labelled"]["not labelled: horizon not elapsed"] == 1
+    assert result.labels["open_leads"] == 1 and result.labels["labelled_leads"] == 5
     check_bad_shares(result, IngestSettings(max_bad_share=0.0))  # set aside, not bad
 
 
@@ -189,10 +202,11 @@ def test_ingest_stage_reads_the_outcomes_table_and_records_the_labels(tmp_path: 
     assert quarantine[[SOURCE_ROW, "won_date"]].values.tolist() == [[3, "someday"]]
     leads = record["tables"][s.LEADS]
     assert leads["accepted_rows"] + leads["quarantined_rows"] == leads["input_rows"] == 6
-    assert leads["excluded_rows"] == 1  # m6: the data ends on its first contact
+    assert leads["excluded_rows"] == 0  # m6: the data ends on its first contact, so it is open
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["labels"]["horizon_days"] == 30
-    assert manifest["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == 1
+    assert manifest["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == 0
+    assert manifest["open_rows"][s.LEADS]["rows"] == manifest["labels"]["open_leads"] == 1
     written = pd.read_parquet(tmp_path / "out" / "leads.parquet")
     assert "business_segment" not in written and LABEL in written
 
@@ -370,3 +384,71 @@ def test_leadml_ingest_stops_on_a_semicolon_file_with_one_line_and_exit_1(tmp_pa
         f"leadml-ingest: error: {export}: read 1 column with sep ',' but the header looks separated by "
         """';' ("Lead ID;Created Date;Status..."): set sep: ";" in the source"""
     ]
+
+
+FUNNEL_CONFIG = """
+name: funnel
+kind: flat
+table: {format: csv, path: exports/mqls.csv}
+contract:
+  id: mql_id
+  time: first_contact_date
+  categorical: [origin]
+outcomes:
+  table: {format: csv, path: exports/won_deals.csv}
+  id: mql_id
+  time: won_date
+  horizon_days: 30
+families: {origin: source}
+"""
+
+
+def funnel_exports(n: int = 1500, seed: int = 11) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MQLs over a year and their won deals; the export is taken 10 days after the last MQL."""
+    rng = np.random.default_rng(seed)
+    origin = rng.choice(["referral", "paid_search", "social"], n)
+    first = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.sort(rng.integers(0, 365, n)), unit="D")
+    odds = np.select([origin == "referral", origin == "paid_search"], [0.45, 0.2], 0.08)
+    won = rng.random(n) < odds
+    won_at = first + pd.to_timedelta(rng.integers(1, 25, n), unit="D")
+    export_day = first.max() + pd.Timedelta(days=10)
+    won &= won_at <= export_day  # what the CRM knows on the day of the export
+    mqls = pd.DataFrame(
+        {
+            "mql_id": [f"M{i:05d}" for i in range(n)],
+            "first_contact_date": first.strftime("%Y-%m-%d"),
+            "origin": origin,
+        }
+    )
+    deals = pd.DataFrame(
+        {"mql_id": mqls["mql_id"][won], "won_date": won_at[won].strftime("%Y-%m-%d %H:%M:%S")}
+    )
+    return mqls, deals
+
+
+def test_a_funnel_labelled_by_won_deals_scores_its_leads_whose_window_is_still_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from factories import LENIENT_GATE, QUICK, local_tracking, user_configs
+    from leadml.cli import CONFIG_DIR, run_score, run_train
+
+    monkeypatch.chdir(tmp_path)
+    mqls, deals = funnel_exports()
+    (tmp_path / "exports").mkdir()
+    mqls.to_csv(tmp_path / "exports" / "mqls.csv", index=False)
+    deals.to_csv(tmp_path / "exports" / "won_deals.csv", index=False)
+    folder = user_configs(tmp_path, FUNNEL_CONFIG, name="funnel")
+    overrides = [f"hydra.searchpath=[file://{folder}]", "data=funnel", f"paths.root={tmp_path}"]
+    with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        trained = run_train(compose("train", [*overrides, *QUICK, *LENIENT_GATE]))
+        assert trained["promoted"]
+        scored = run_score(compose("score", [*overrides, "score.as_of=latest"]))
+    end = max(pd.Timestamp(mqls["first_contact_date"].max()), pd.Timestamp(deals["won_date"].max()))
+    young = pd.to_datetime(mqls["first_contact_date"]) + pd.Timedelta(days=30) > end
+    still_open = mqls.loc[young & ~mqls["mql_id"].isin(deals["mql_id"]), "mql_id"]
+    rows = pd.read_parquet(scored["output"])
+    assert len(still_open) > 20 and sorted(rows["lead_id"]) == sorted(still_open)
+    referral = rows["lead_id"].isin(mqls.loc[mqls["origin"] == "referral", "mql_id"])
+    assert rows.loc[referral, "probability"].mean() > rows.loc[~referral, "probability"].mean()

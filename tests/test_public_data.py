@@ -140,9 +140,11 @@ def test_olist_labels_wins_within_the_horizon_and_never_sees_the_deal_columns(tm
 
     leads = record["tables"]["leads"]
     assert leads["input_rows"] == leads["accepted_rows"] + leads["quarantined_rows"] == 8000
-    assert leads["excluded_rows"] == int((early | immature).sum()) > 1800
+    won_already = immature & delay.notna()  # set aside; the others are open (scored, never labels)
+    assert leads["excluded_rows"] == int((early | won_already).sum()) > 1800
     assert record["labels"]["not_labelled"]["not labelled: before observed_from"] == int(early.sum())
-    assert record["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == int(immature.sum())
+    assert record["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == int(won_already.sum())
+    assert record["labels"]["open_leads"] == int((immature & delay.isna()).sum())
     assert leads["reasons"]["outcome row quarantined"] == int(won_before_contact.sum()) == 1
     deals_report = record["tables"]["outcomes"]
     assert (

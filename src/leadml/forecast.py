@@ -1229,8 +1229,17 @@ def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any])
     notes = [NO_DEAL_VALUES]
     if spec is not None:  # dated won events: the CRM's label
         labels = record.get("labels") or {}
-        younger = unlabelled_leads(interim, data, labels.get("observed_from"))
-        parts = [labelled] if younger is None else [labelled, younger]
+        # younger leads: the open ones (not won yet) and those won already, set aside by ingest
+        open_path = interim / open_rows_file(FLAT_TABLE)
+        younger = [
+            part
+            for part in (
+                pd.read_parquet(open_path) if open_path.exists() else None,
+                unlabelled_leads(interim, data, labels.get("observed_from")),
+            )
+            if part is not None and len(part)
+        ]
+        parts = [labelled, *younger]
         leads = pd.concat([_lead_rows(p, column, by, dated, None) for p in parts], ignore_index=True)
         events = pd.read_parquet(interim / f"{OUTCOMES_TABLE}.parquet")
         outcomes = pd.DataFrame(

@@ -595,14 +595,26 @@ def _set_aside_unobserved(
     leads: ValidatedTable,
     raw_leads: pd.DataFrame,
     contract: FlatContract,
+    outcomes: pd.DataFrame,
     observed_from: pd.Timestamp | None,
     observed_until: pd.Timestamp,
-) -> ValidatedTable:
-    """Leads whose horizon window was not fully observed: quarantined as excluded (not bad) rows."""
+) -> tuple[ValidatedTable, np.ndarray]:
+    """Leads whose horizon window was not fully observed, and the leads still open.
+
+    Before ``observed_from``: quarantined as excluded (not bad) rows, outcomes unknown. Horizon
+    not elapsed by ``observed_until``: a lead already won is excluded too (training on the wins of
+    a window whose losses are not known yet would inflate the rate); one not won yet is **open**
+    (the returned mask over the accepted rows): kept apart for the nightly job, never a label.
+    """
     assert contract.outcomes is not None and contract.time_column is not None
     time_column, horizon = contract.time_column, contract.outcomes.horizon
     days = f"{contract.outcomes.horizon_days:g}"
     excluded = 0
+    won_ids = pd.Index(outcomes[contract.outcomes.id_column].astype("str"))
+
+    def already_won(times: pd.Series) -> pd.Series:
+        return leads.accepted.loc[times.index, contract.id_column].astype("str").isin(won_ids)
+
     checks: list[tuple[Callable[[pd.Series], pd.Series], str, str]] = []
     if observed_from is not None:
         checks.append(
@@ -614,8 +626,9 @@ def _set_aside_unobserved(
         )
     checks.append(
         (
-            lambda times: times + horizon > observed_until,
-            f" + {days} days is after the end of observation {observed_until.isoformat()}",
+            lambda times: (times + horizon > observed_until) & already_won(times),
+            f" + {days} days is after the end of observation {observed_until.isoformat()} and it is "
+            "won already (its window's losses are not known yet)",
             NOT_LABELLED_IMMATURE,
         )
     )
@@ -626,7 +639,8 @@ def _set_aside_unobserved(
             messages = f"not labelled: {time_column} " + _iso(times[mask]) + why
             leads = move_to_quarantine(leads, raw_leads, mask, messages, category)
             excluded += int(mask.sum())
-    return _with_report(leads, excluded_rows=leads.report.excluded_rows + excluded)
+    still_open = (leads.accepted[time_column] + horizon > observed_until).to_numpy(dtype=bool, na_value=False)
+    return _with_report(leads, excluded_rows=leads.report.excluded_rows + excluded), still_open
 
 
 def _outcome_labels(
@@ -652,9 +666,9 @@ def _labelled_by_outcomes(
     *,
     outcomes_source: str,
     outcomes_quarantine_path: str | None,
-) -> tuple[ValidatedTable, ValidatedTable, np.ndarray, dict[str, Any]]:
+) -> tuple[ValidatedTable, ValidatedTable, np.ndarray, np.ndarray, dict[str, Any]]:
     """Outcomes validated against the validated ``leads`` (read from ``raw``), unobserved leads set
-    aside, labels of the rest, the labelling record."""
+    aside, labels of the rest, which of them are still open, the labelling record."""
     spec = contract.outcomes
     assert spec is not None and contract.time_column is not None
     outcomes = validate_table(
@@ -681,8 +695,11 @@ def _labelled_by_outcomes(
             max(value for value in latest if pd.notna(value)) if any(map(pd.notna, latest)) else None
         )
         until_from = "latest timestamp in the data"
+    still_open = np.zeros(len(leads.accepted), dtype=bool)
     if observed_until is not None:
-        leads = _set_aside_unobserved(leads, raw, contract, observed_from, observed_until)
+        leads, still_open = _set_aside_unobserved(
+            leads, raw, contract, outcomes.accepted, observed_from, observed_until
+        )
     positive, after_horizon = _outcome_labels(leads.accepted, outcomes.accepted, contract)
     labels = {
         "label": f"{spec.time_column} within {spec.horizon_days:g} days after {contract.time_column}",
@@ -690,8 +707,9 @@ def _labelled_by_outcomes(
         "observed_from": None if observed_from is None else observed_from.isoformat(),
         "observed_until": None if observed_until is None else observed_until.isoformat(),
         "observed_until_from": until_from,
-        "labelled_leads": len(leads.accepted),
-        "positives": int(positive.sum()),
+        "labelled_leads": int((~still_open).sum()),
+        "open_leads": int(still_open.sum()),
+        "positives": int(positive[~still_open].sum()),
         "outcomes_after_horizon": after_horizon,
         "not_labelled": {
             reason: leads.report.reason_counts.get(reason, 0)
@@ -700,7 +718,7 @@ def _labelled_by_outcomes(
     }
     if after_horizon:
         leads = _warn(leads, "outcome after the horizon (label 0)", after_horizon)
-    return leads, outcomes, positive, labels
+    return leads, outcomes, positive, still_open, labels
 
 
 def ingest_flat(
@@ -733,7 +751,8 @@ def ingest_flat(
     row); a lead whose only outcome row was rejected is quarantined too (collateral). Leads whose
     horizon window was not fully observed (see :class:`~leadml.contracts.FlatOutcomes`) are set
     aside in the quarantine with the reason, as excluded rows that do not count against
-    ``max_bad_share``. The result holds the validated outcomes table as well, whose columns never
+    ``max_bad_share``, except those still within their horizon and not won yet: they are the
+    open rows (:func:`_set_aside_unobserved`). The result holds the validated outcomes table as well, whose columns never
     join the lead table, and ``labels`` (horizon, observation window, counts).
 
     ``source_rows`` (1-based, increasing) are the file's row numbers of the rows of ``raw`` when
@@ -770,7 +789,7 @@ def ingest_flat(
     )
     if contract.outcomes is not None:
         assert outcomes is not None
-        validated, validated_outcomes, positive, labels = _labelled_by_outcomes(
+        validated, validated_outcomes, positive, is_open, labels = _labelled_by_outcomes(
             validated,
             raw,
             outcomes,
@@ -835,7 +854,7 @@ def ingest_flat(
         {table_name: report},
         labels,
         duplicates={table_name: duplicates.to_dict()},
-        open_rows={table_name: open_rows} if contract.open else {},
+        open_rows={table_name: open_rows} if contract.open or contract.outcomes is not None else {},
     )
     if validated_outcomes is not None:
         name = validated_outcomes.report.table
@@ -843,7 +862,7 @@ def ingest_flat(
         result.quarantines[name] = validated_outcomes.quarantine
         result.reports[name] = validated_outcomes.report
     logger.info("%s: %d positives of %d labelled leads", table_name, int(table[LABEL].sum()), len(table))
-    if contract.open:
+    if contract.open or contract.outcomes is not None:
         logger.info("%s: %d open leads kept apart for scoring", table_name, len(open_rows))
     logger.info("%s: %s", table_name, duplicates.sentence())
     if enforce_bad_share:

@@ -655,7 +655,7 @@ FLAT_WITHOUT_TIME = (
 
 def _check_flat_scoring(data: Mapping[str, Any]) -> None:
     """A flat data set is scored from its open leads (either engine); say so before any work."""
-    if not as_tuple((data.get("contract") or {}).get("open")):
+    if not as_tuple((data.get("contract") or {}).get("open")) and not data.get("outcomes"):
         raise LeadmlError(
             f"data={data.get('name')} is a flat table without open leads to score: add contract.open "
             f"(the target values of leads still open, e.g. open: [Open]) to {data_config_file(data)}"
