@@ -752,8 +752,9 @@ def ingest_flat(
     horizon window was not fully observed (see :class:`~leadml.contracts.FlatOutcomes`) are set
     aside in the quarantine with the reason, as excluded rows that do not count against
     ``max_bad_share``, except those still within their horizon and not won yet: they are the
-    open rows (:func:`_set_aside_unobserved`). The result holds the validated outcomes table as well, whose columns never
-    join the lead table, and ``labels`` (horizon, observation window, counts).
+    open rows (:func:`_set_aside_unobserved`). The result holds the validated outcomes table as
+    well, whose columns never join the lead table, and ``labels`` (horizon, observation window,
+    counts).
 
     ``source_rows`` (1-based, increasing) are the file's row numbers of the rows of ``raw`` when
     ``raw`` is what remains of the file after ``data.where`` (see :mod:`leadml.joins`): the

@@ -662,6 +662,17 @@ def _check_flat_scoring(data: Mapping[str, Any]) -> None:
         )
 
 
+def _check_open_rows(data: Mapping[str, Any], ingested: Mapping[str, Any]) -> None:
+    """A flat table labelled by outcomes whose every lead is labelled: say why there is nothing to score."""
+    labels = ingested.get("labels") or {}
+    if data.get("outcomes") and not (ingested.get("open_rows") or {}).get(FLAT_TABLE, {}).get("rows"):
+        raise LeadmlError(
+            f"data={data.get('name')}: no open leads to score: a lead labelled by outcomes is open while "
+            f"its {labels.get('horizon_days', 0):g}-day horizon runs and it has not won, and every lead's "
+            f"horizon ended by {str(labels.get('observed_until'))[:10]} (the end of observation) or it is won"
+        )
+
+
 def flat_data_end(interim_dir: Path) -> pd.Timestamp:
     """The latest ``as_of`` (the flat table's time column) of its labelled and open leads."""
     latest = []
@@ -771,6 +782,8 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         raise LeadmlError(f"score.engine must be 'pandas' or 'spark', got {engine!r}")
     interim_dir = Path(score_cfg["interim_dir"])
     ingested = ingest_stage(data, interim_dir)
+    if flat:
+        _check_open_rows(data, ingested)
     tiers = TierSettings.from_mapping(cfg["tiers"])
     reference = getattr(scorer, "reference", None) or {}
     open_leads: OpenLeads  # the run date and the open leads, the same for both engines
