@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from factories import free_port, local_tracking  # noqa: E402
-from leadml import schema as s  # noqa: E402
-from leadml import tracking  # noqa: E402
-from leadml.features import FeatureSettings, open_lead_features  # noqa: E402
-from leadml.serving import predict_request, requests_from_tables  # noqa: E402
-from leadml.stages import read_interim  # noqa: E402
+from leadml.adapters import tracking  # noqa: E402
+from leadml.data import schema as s  # noqa: E402
+from leadml.data.features import FeatureSettings, open_lead_features  # noqa: E402
+from leadml.scoring.requests import predict_request, requests_from_tables  # noqa: E402
+from leadml.stages.common import read_interim  # noqa: E402
 
 BEGIN, END = "<!-- serve:begin -->", "<!-- serve:end -->"
 WARMUP = 50
@@ -201,7 +201,8 @@ def main() -> None:
             for name, f in results.items()
         ],
         "",
-        f"The in-process rows are `leadml.serving.predict_request` on the first {IN_PROCESS} of the same "
+        "The in-process rows are `leadml.scoring.requests.predict_request` on the first "
+        f"{IN_PROCESS} of the same "
         "requests without the server: the difference is MLflow's request parsing, schema check, JSON "
         "answer and HTTP.",
         END,

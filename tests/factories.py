@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leadml import schema as s
+from leadml.data import schema as s
 
 BASE = pd.Timestamp("2025-01-06", tz="UTC")  # a Monday on the snapshot grid for cadence 7
 

@@ -7,7 +7,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leadml.arrays import argsort_int, positions_in
+from leadml.data.arrays import argsort_int, positions_in
 
 
 @given(st.lists(st.integers(-(2**40), 2**40), max_size=300))

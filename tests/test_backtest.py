@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from factories import flat_leads, local_tracking, project_config
-from leadml import schema as s
-from leadml.backtest import BacktestSettings, backtest_periods, summary_sentences
 from leadml.cli import run_backtest
+from leadml.data import schema as s
+from leadml.data.features import flat_feature_metadata, metadata_to_json
 from leadml.errors import LeadmlError
-from leadml.evaluate import base_rate_shift
-from leadml.features import flat_feature_metadata, metadata_to_json
+from leadml.modelling.backtest import BacktestSettings, backtest_periods, summary_sentences
+from leadml.modelling.evaluate import base_rate_shift
 
 # small models and guards for tables of a few thousand rows
 QUICK = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from leadml.buckets import bucket_of
+from leadml.scoring.pandas_engine import bucket_of
 
 
 def test_bucket_of_is_the_same_for_every_arrow_layout_of_the_ids() -> None:
@@ -30,7 +30,7 @@ def test_buckets_are_filled_evenly() -> None:
 def test_split_keeps_every_row_when_batches_carry_different_dictionaries(tmp_path, monkeypatch) -> None:
     import pyarrow.parquet as pq
 
-    from leadml import buckets
+    from leadml.scoring import pandas_engine as buckets
 
     path = tmp_path / "activities.parquet"
     parts = [

@@ -10,9 +10,9 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import log_loss
 
-from leadml import schema as s
-from leadml.calibration import PROBABILITY_FLOOR, CalibrationSettings, fit_calibrator
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
+from leadml.modelling.calibration import PROBABILITY_FLOOR, CalibrationSettings, fit_calibrator
 
 METHODS = ("isotonic", "sigmoid", "none", "auto")
 

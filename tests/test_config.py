@@ -12,10 +12,10 @@ from omegaconf import OmegaConf, open_dict
 
 from factories import user_configs
 from leadml.cli import CONFIG_DIR, _data, data_config_source
-from leadml.contracts import IngestSettings
+from leadml.data.contracts import IngestSettings
+from leadml.data.features import FeatureSettings
 from leadml.errors import CONFIG_FILE
-from leadml.features import FeatureSettings
-from leadml.stages import config_fingerprint
+from leadml.stages.common import config_fingerprint
 
 CONF = Path(CONFIG_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leadml import schema as s
-from leadml.contracts import (
+from leadml.data import schema as s
+from leadml.data.contracts import (
     DEFAULT_SYNONYMS,
     REASON,
     SOURCE_ROW,

@@ -10,7 +10,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-from leadml.evaluate import (
+from leadml.data.features import FeatureMeta
+from leadml.modelling.evaluate import (
     assign_tiers,
     binary_metrics,
     bootstrap_intervals,
@@ -20,7 +21,6 @@ from leadml.evaluate import (
     metric_names,
     tier_table,
 )
-from leadml.features import FeatureMeta
 
 
 def calibrated_sample(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import copy_project, free_port, local_tracking, project_config
-from leadml import schema as s
-from leadml import sinks
+from leadml.adapters import sinks
 from leadml.cli import recreate_overrides, run_export, run_report, run_score
+from leadml.data import schema as s
+from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, ModelIntegrityError, NoModelError
-from leadml.export import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
-from leadml.features import FeatureSettings, open_lead_features
-from leadml.serving import ACTIVITIES, predict_request, requests_from_tables
-from leadml.stages import SCORING_RUN_RECORD, read_interim
+from leadml.scoring.requests import ACTIVITIES, predict_request, requests_from_tables
+from leadml.stages.common import SCORING_RUN_RECORD, read_interim
+from leadml.stages.export import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-10-01"
@@ -83,7 +83,7 @@ def test_export_writes_a_verified_mlflow_model_folder_with_its_card(exported, ca
 
     # the registry's model files, byte for byte
     with local_tracking():
-        from leadml import tracking
+        from leadml.adapters import tracking
 
         tracking.configure(f"sqlite:///{root / 'mlflow.db'}", "leadml-synthetic", root / "mlruns")
         registry = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(root / "dl")))
@@ -129,7 +129,7 @@ def test_recreate_command_composes_the_runs_config_again(exported) -> None:
     import yaml
 
     from leadml.cli import _composed
-    from leadml.model_card import config_differences as differences
+    from leadml.reporting.model_card import config_differences as differences
 
     root, summary = exported
     run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary["run_id"])
@@ -159,7 +159,7 @@ def test_export_of_a_missing_alias_or_version_says_so(project: Path) -> None:
 def test_export_round_trip_scores_like_the_registry_model(exported) -> None:
     root, _ = exported
     with local_tracking():
-        from leadml import tracking
+        from leadml.adapters import tracking
 
         tracking.configure(f"sqlite:///{root / 'mlflow.db'}", "leadml-synthetic", root / "mlruns")
         registry = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
@@ -182,7 +182,7 @@ def test_export_round_trip_scores_like_the_registry_model(exported) -> None:
 # --------------------------------------------------------------------------- integrity
 @pytest.mark.parametrize("damage", ["changed", "missing", "added"])
 def test_a_modified_export_is_refused(project: Path, damage: str) -> None:
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     folder = _folder(project)
     if damage == "changed":
@@ -210,7 +210,7 @@ def test_a_modified_export_is_refused(project: Path, damage: str) -> None:
 
 
 def test_an_export_without_its_checksums_is_refused(project: Path) -> None:
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     (_folder(project) / CHECKSUMS).unlink()
     with pytest.raises(ModelIntegrityError, match="has no SHA256SUMS"):
@@ -258,7 +258,7 @@ def _scoring_runs(root: Path) -> int:
 # --------------------------------------------------------------------------- requests
 @pytest.fixture(scope="module")
 def served_scorer(exported):
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     root, _ = exported
     return tracking.load_scorer(str(_folder(root)))
@@ -473,7 +473,7 @@ FIELDS = [s.LEAD_ID, "as_of", s.CREATED_AT, s.SOURCE, s.EMPLOYEES, "email_domain
 )
 def test_any_request_is_answered_or_refused_with_a_message(served_scorer, rows) -> None:
     """Whatever a client sends: probabilities for every row, or one RequestError; never a crash."""
-    from leadml.serving import RequestError
+    from leadml.scoring.requests import RequestError
 
     frame = pd.DataFrame(rows) if any(rows) else pd.DataFrame(index=range(len(rows)))
     try:

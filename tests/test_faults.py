@@ -28,10 +28,11 @@ import pandas as pd
 import pytest
 
 from factories import local_tracking, run_entry_point
-from leadml import cli, sinks
-from leadml import schema as s
+from leadml import cli
+from leadml.adapters import sinks
+from leadml.adapters.sinks import RunInProgressError
+from leadml.data import schema as s
 from leadml.errors import ContractError, LeadmlError, NoModelError
-from leadml.sinks import RunInProgressError
 
 OVERRIDES: list[str] = []  # the shared project (conftest.trained_project): scoring needs no settings
 MODEL = "leadml-synthetic"

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import BASE, accounts_table, activities_table, at, leads_table, outcomes_table, tables
-from leadml import schema as s
-from leadml.features import (
+from leadml.data import schema as s
+from leadml.data.features import (
     LABEL,
     FeatureSettings,
     build_features,

@@ -2,7 +2,7 @@
 
 A table without an id column (``id: source_row``) may hold the same lead several times: the copies
 are counted at ingest, tied together by ``dup_group`` and never split across windows. A table with
-neither ``time:`` nor ``order:`` is split at random by itself (:func:`leadml.split.resolve_split`).
+neither ``time:`` nor ``order:`` is split at random by itself (:func:`leadml.modelling.split.resolve_split`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadml import schema as s
 from leadml.cli import run_features, run_ingest
+from leadml.data import schema as s
+from leadml.data.ingest import find_duplicates
 from leadml.errors import ContractError, LeadmlError
-from leadml.ingest import find_duplicates
-from leadml.split import RANDOM_FALLBACK_NOTE, SplitSettings, resolve_split, split_with_report
+from leadml.modelling.split import RANDOM_FALLBACK_NOTE, SplitSettings, resolve_split, split_with_report
 
 DATA_CONFIG = """\
 name: {name}
@@ -203,7 +203,7 @@ def test_a_flat_config_without_time_or_order_ingests_builds_features_and_splits_
 
 
 def test_the_group_key_is_never_a_model_feature() -> None:
-    from leadml.models import feature_columns
+    from leadml.modelling.models import feature_columns
 
     frame = pd.DataFrame(columns=[s.LEAD_ID, s.LABEL, s.DUP_GROUP, "visits"])
     assert feature_columns(frame) == ["visits"]

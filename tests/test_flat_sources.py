@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadml import schema as s
-from leadml.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract, parse_column
+from leadml.adapters.sources import fingerprint_file
+from leadml.data import schema as s
+from leadml.data.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract, parse_column
+from leadml.data.ingest import LABEL, check_bad_shares, ingest_flat
 from leadml.errors import ContractError, LeadmlError
-from leadml.ingest import LABEL, check_bad_shares, ingest_flat
-from leadml.sources import fingerprint_file
-from leadml.stages import ingest_stage
+from leadml.stages.common import ingest_stage
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
 CONTRACT = {"id": "mql_id", "time": "first_contact", "categorical": ["origin"]}

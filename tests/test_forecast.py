@@ -15,10 +15,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
-from leadml import schema as s
 from leadml.cli import CONFIG_DIR, run_forecast
+from leadml.data import schema as s
 from leadml.errors import LeadmlError, SettingsError
-from leadml.forecast import (
+from leadml.reporting.forecast import (
     ALL,
     DEAL_VALUES,
     POOLED,
@@ -254,7 +254,7 @@ def test_unknown_planned_source_is_an_error_naming_it_unless_pooled_is_asked_for
     history = historical_rates(month["leads"], month["outcomes"], HORIZON)
     with pytest.raises(LeadmlError, match=r"source 'podcast' does not appear in the history.*'event'"):
         forecast_forward(history, {"web_organic": 100, "podcast": 40})
-    with caplog.at_level(logging.WARNING, logger="leadml.forecast"):
+    with caplog.at_level(logging.WARNING, logger="leadml.reporting.forecast"):
         forecast = forecast_forward(
             history, {"web_organic": 100, "podcast": 40}, unknown_source="pooled", draws=2000
         )

@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 
 from factories import run_entry_point, user_configs
 from leadml import cli
-from leadml import schema as s
 from leadml.cli import CONFIG_DIR
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
-from leadml.forecast import (
+from leadml.reporting.forecast import (
     ALL,
     AMONG_CLOSED,
     NO_DEAL_VALUES,

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from leadml.data.features import LABEL, FeatureMeta
 from leadml.errors import LeadmlError
-from leadml.features import LABEL, FeatureMeta
-from leadml.guards import (
+from leadml.modelling.guards import (
     OutcomeLevelSettings,
     check_minimum_data,
     enforce_leakage,
@@ -113,7 +113,7 @@ def test_enforce_stop_names_each_feature_and_the_ways_out() -> None:
 def test_enforce_warn_logs_and_returns_names(caplog: pytest.LogCaptureFixture) -> None:
     table, metadata = planted_training_table()
     report = leakage_report(table, metadata)
-    with caplog.at_level(logging.WARNING, logger="leadml.guards"):
+    with caplog.at_level(logging.WARNING, logger="leadml.modelling.guards"):
         flagged = enforce_leakage(report, "warn")
     assert set(flagged) == {"label_echo", "closing_note"}
     assert "label_echo" in caplog.text
@@ -201,7 +201,7 @@ def test_a_status_field_is_flagged_as_outcome_coded_though_its_auc_is_moderate()
 
 def test_enforce_exclude_returns_the_names_without_stopping(caplog: pytest.LogCaptureFixture) -> None:
     table, metadata = status_field_table()
-    with caplog.at_level(logging.INFO, logger="leadml.guards"):
+    with caplog.at_level(logging.INFO, logger="leadml.modelling.guards"):
         excluded = enforce_leakage(leakage_report(table, metadata), "exclude")
     assert excluded == ["status"]
     assert "excluded from training: status: outcome-coded" in caplog.text

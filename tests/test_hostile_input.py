@@ -28,14 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import local_tracking, project_config, train_project
-from leadml import schema as s
 from leadml.cli import run_report, run_score
-from leadml.contracts import IngestSettings, column_specs_from_config, crm_contracts
+from leadml.data import schema as s
+from leadml.data.contracts import IngestSettings, column_specs_from_config, crm_contracts
+from leadml.data.features import FeatureSettings, build_training_snapshots, open_lead_features
+from leadml.data.ingest import check_bad_shares, ingest_crm
 from leadml.errors import LeadmlError, SchemaMismatchError
-from leadml.features import FeatureSettings, build_training_snapshots, open_lead_features
-from leadml.ingest import check_bad_shares, ingest_crm
-from leadml.scoring import TierSettings, score_leads
-from leadml.stages import check_model_input
+from leadml.scoring.scores import TierSettings, score_leads
+from leadml.stages.common import check_model_input
 
 SMALL = {"synthetic.n_leads": 1500}
 MODEL = "leadml-synthetic"
@@ -55,7 +55,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         train_project(lambda stage: _cfg(root, stage))
         scored = run_score(_cfg(root, "score"))
         report = run_report(_cfg(root, "report"))
-        from leadml import tracking
+        from leadml.adapters import tracking
 
         scorer = tracking.load_scorer(f"models:/{MODEL}@champion")
     return {"root": root, "scored": scored, "report": report, "scorer": scorer}

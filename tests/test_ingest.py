@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadml import schema as s
-from leadml.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, flat_contract
-from leadml.errors import ContractError, LeadmlError
-from leadml.ingest import (
+from leadml.data import schema as s
+from leadml.data.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, flat_contract
+from leadml.data.ingest import (
     LABEL,
     ORDER_KEY,
     IngestResult,
@@ -21,6 +20,7 @@ from leadml.ingest import (
     ingest_flat,
     manifest,
 )
+from leadml.errors import ContractError, LeadmlError
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
 UNKNOWN_ACCOUNT = "account_id not in accounts (lead kept, firmographics missing)"
@@ -318,7 +318,7 @@ def test_manifest_is_json_and_fingerprints_follow_the_data():
 
 
 def test_respelt_category_values_are_counted_with_examples_for_the_summary():
-    from leadml.ingest import respelt_categories, respelt_sentence
+    from leadml.data.ingest import respelt_categories, respelt_sentence
 
     settings = IngestSettings(reference_time="2024-06-01", missing_markers=("Select",))
     contract = flat_contract({**FLAT, "categorical": ["Lead Source"]}).table

@@ -20,9 +20,9 @@ from scipy.special import expit
 from factories import local_tracking, run_entry_point
 from leadml import cli
 from leadml.cli import CONFIG_DIR
-from leadml.contracts import flat_contract
+from leadml.data.contracts import flat_contract
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
-from leadml.init_config import (
+from leadml.stages.init import (
     _scalar,
     data_section,
     detect_separator,

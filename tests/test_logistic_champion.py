@@ -15,25 +15,25 @@ import pytest
 import scipy.sparse as sp
 
 from factories import SMALL_PROJECT, local_tracking
-from leadml import schema as s
-from leadml import sinks
+from leadml.adapters import sinks
 from leadml.cli import run_export, run_report, run_score, run_train
+from leadml.data import schema as s
+from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError
-from leadml.export import MODEL_CARD, REQUEST_EXAMPLE
-from leadml.features import FeatureSettings, open_lead_features
-from leadml.linear_explain import (
+from leadml.modelling.linear_explain import (
     LinearExplainer,
     attach_training_means,
     design_matrix,
     profile_design_means,
     training_design_means,
 )
-from leadml.models import LogRegModel
-from leadml.scorer import BASE_VALUE
-from leadml.scoring import TierSettings, score_leads
-from leadml.serving import predict_request, requests_from_tables
-from leadml.split import SplitSettings, split_with_report
-from leadml.stages import read_features, read_interim
+from leadml.modelling.models import LogRegModel
+from leadml.modelling.scorer import BASE_VALUE
+from leadml.modelling.split import SplitSettings, split_with_report
+from leadml.scoring.requests import predict_request, requests_from_tables
+from leadml.scoring.scores import TierSettings, score_leads
+from leadml.stages.common import read_features, read_interim
+from leadml.stages.export import MODEL_CARD, REQUEST_EXAMPLE
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-12-01"
@@ -76,7 +76,7 @@ def exported(project: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(project: Path):
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     with local_tracking():
         tracking.configure(f"sqlite:///{project / 'mlflow.db'}", MODEL, project / "mlruns")
@@ -211,10 +211,10 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("columns", [["x1", "x2", "many", "few"], ["x1", "x2"], ["many", "few"]])
 def test_any_mix_of_numbers_and_categories_adds_up_and_profiles_match(columns: list[str]) -> None:
-    from leadml.calibration import SigmoidCalibrator
-    from leadml.models import LogRegSettings, fit_logreg
-    from leadml.scorer import LeadScorer
-    from leadml.scoring import reference_profile
+    from leadml.modelling.calibration import SigmoidCalibrator
+    from leadml.modelling.models import LogRegSettings, fit_logreg
+    from leadml.modelling.scorer import LeadScorer
+    from leadml.scoring.scores import reference_profile
 
     train = _frame(3000, 0)[[s.LEAD_ID, *columns, s.LABEL]]
     model = fit_logreg(train, LogRegSettings())

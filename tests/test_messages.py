@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from factories import local_tracking, project_config, run_entry_point, user_configs
 from leadml import cli
 from leadml.errors import CONFIG_FILE, data_config_file
-from leadml.points import no_rules_message
+from leadml.modelling.points import no_rules_message
 
 GUARDS = {
     "leakage_threshold": 0.95,
@@ -99,7 +99,7 @@ def test_the_sentinel_line_names_what_it_checked_and_the_thresholds() -> None:
 def test_the_shared_projects_run_flagged_nothing_and_says_what_it_checked(project_copy) -> None:
     """The shared trained project (synthetic CRM, leakage_action stop: it trained, so nothing was
     flagged): the count comes from the run's leakage report, one row per feature checked."""
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     root = project_copy("messages")
     metadata = json.loads((root / "data" / "features" / "synthetic" / "feature_metadata.json").read_text())

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from factories import local_tracking, project_config
-from leadml import schema as s
 from leadml.cli import run_train
-from leadml.evaluate import compare_models, tier_table
-from leadml.model_report import (
+from leadml.data import schema as s
+from leadml.modelling.evaluate import compare_models, tier_table
+from leadml.modelling.train import GateDecision, TrainingResult
+from leadml.reporting.model_report import (
     RunInfo,
     champion_comparison,
     metric_table,
@@ -25,7 +26,6 @@ from leadml.model_report import (
     render_model_report,
     tier_records,
 )
-from leadml.train import GateDecision, TrainingResult
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_COLUMN = '<img src=x onerror="alert(2)">'

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from leadml import schema as s
+from leadml.data import schema as s
+from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError
-from leadml.features import FeatureMeta
-from leadml.models import (
+from leadml.modelling.models import (
     BaseRate,
     LightGBMSettings,
     LogRegSettings,

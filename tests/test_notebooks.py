@@ -1,4 +1,4 @@
-"""The notebooks run top to bottom on a small generated project; ``leadml.explore`` on tiny frames.
+"""The notebooks run top to bottom on a small generated project; ``leadml.reporting.explore`` on tiny frames.
 
 The notebooks run in a real Jupyter kernel (nbclient) on this interpreter, with the project
 root passed as ``LEADML_ROOT`` and MLflow on the project's own SQLite store, as a data
@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from factories import activities_table, at, leads_table, outcomes_table
-from leadml import explore
-from leadml import schema as s
-from leadml.scorer import PROBABILITY
+from leadml.data import schema as s
+from leadml.modelling.scorer import PROBABILITY
+from leadml.reporting import explore
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPLORE, DIAGNOSTICS = "01-explore-leads.ipynb", "02-model-diagnostics.ipynb"
@@ -134,7 +134,8 @@ def test_diagnostics_notebook_runs_on_the_champion(kernel: Path) -> None:
 
 @pytest.mark.slow
 def test_largest_errors_are_the_extremes_with_reasons_in_words(project: Path, monkeypatch) -> None:
-    from leadml import stages, tracking
+    from leadml.adapters import tracking
+    from leadml.stages import common as stages
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.configure(f"sqlite:///{project / 'mlflow.db'}", "leadml-synthetic", project / "mlruns")

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from leadml.evaluate import grouped_shap_importance
-from leadml.features import FeatureMeta
-from leadml.plots import (
+from leadml.data.features import FeatureMeta
+from leadml.modelling.evaluate import grouped_shap_importance
+from leadml.reporting.plots import (
     equal_mass_calibration_curve,
     gains_figure,
     precision_recall_figure,

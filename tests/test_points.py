@@ -16,14 +16,13 @@ from omegaconf import OmegaConf
 from scipy.special import expit
 
 from factories import SMALL_PROJECT, local_tracking
-from leadml import model_report
-from leadml import schema as s
-from leadml.calibration import SigmoidCalibrator, fit_calibrator
 from leadml.cli import CONFIG_DIR, run_score, run_train
+from leadml.data import schema as s
+from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, SettingsError
-from leadml.features import FeatureMeta
-from leadml.models import model_settings_from_mapping
-from leadml.points import (
+from leadml.modelling.calibration import SigmoidCalibrator, fit_calibrator
+from leadml.modelling.models import model_settings_from_mapping
+from leadml.modelling.points import (
     BASE_VALUE,
     PointsSettings,
     fit_points,
@@ -36,8 +35,9 @@ from leadml.points import (
     total_points,
     training_sheet,
 )
-from leadml.scorer import LeadScorer, as_model_input
-from leadml.train import GateDecision, TrainingResult, train_and_evaluate
+from leadml.modelling.scorer import LeadScorer, as_model_input
+from leadml.modelling.train import GateDecision, TrainingResult, train_and_evaluate
+from leadml.reporting import model_report
 
 CONF = Path(CONFIG_DIR)
 
@@ -123,7 +123,7 @@ def test_invalid_rules_raise_naming_position_and_feature(rule: dict, problem: st
 
 
 def test_a_level_never_seen_in_training_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="leadml.points"):
+    with caplog.at_level(logging.WARNING, logger="leadml.modelling.points"):
         parse_rules([{"feature": "seniority", "eq": "cto", "points": 5}], frame())
     assert "rule 1 (feature 'seniority')" in caplog.text and "cto" in caplog.text
 

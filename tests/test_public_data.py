@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from factories import local_tracking
-from leadml import schema as s
 from leadml.cli import CONFIG_DIR, run_features, run_ingest, run_train
+from leadml.data import schema as s
 
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
 pytestmark = [
@@ -171,7 +171,7 @@ def test_olist_labels_wins_within_the_horizon_and_never_sees_the_deal_columns(tm
 
 def test_olist_split_leaves_enough_positives_in_training(tmp_path: Path) -> None:
     """The split the config chooses (one-month windows) keeps guards.min_positives in training."""
-    from leadml.split import SplitSettings, split_with_report
+    from leadml.modelling.split import SplitSettings, split_with_report
 
     cfg = _cfg("train", tmp_path, "olist")
     assert cfg.split.kind == "time" and cfg.split.test_months == 1

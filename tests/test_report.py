@@ -16,17 +16,17 @@ import pandas as pd
 import pytest
 
 from factories import local_tracking, project_config
-from leadml import schema as s
 from leadml.cli import run_features, run_ingest, run_report, run_score
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
-from leadml.report import (
+from leadml.modelling.scorer import PROBABILITY
+from leadml.reporting.leadership import (
     ReportSettings,
     breakdown,
     calibration_table,
     resolved_predictions,
     scored_partition,
 )
-from leadml.scorer import PROBABILITY
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_COMPANY = '=1+2<img src=x onerror="alert(2)">'

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from factories import copy_project, local_tracking, project_config, train_project
-from leadml import schema as s
-from leadml import sinks
+from leadml.adapters import sinks
 from leadml.cli import run_score
+from leadml.data import schema as s
+from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
-from leadml.features import FeatureSettings, open_lead_features
-from leadml.scoring import (
+from leadml.scoring.scores import (
     TierSettings,
     TrendSettings,
     add_trend,
@@ -29,7 +29,7 @@ from leadml.scoring import (
     score_leads,
     unseen_categories,
 )
-from leadml.stages import SCORING_RUN_RECORD, read_interim
+from leadml.stages.common import SCORING_RUN_RECORD, read_interim
 
 SMALL = {
     "synthetic.n_leads": 6000,
@@ -66,7 +66,7 @@ def _scored(root: Path, as_of: str = "latest", extra: tuple[str, ...] = ()) -> t
 
 
 def _scorer(root: Path):
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     tracking.configure(f"sqlite:///{root / 'mlflow.db'}", "leadml-synthetic", root / "mlruns")
     return tracking.load_scorer("models:/leadml-synthetic@champion")

@@ -21,11 +21,11 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
 from factories import flat_leads
-from leadml import schema as s
-from leadml.calibration import CalibrationSettings, fit_calibrator
 from leadml.cli import CONFIG_DIR
-from leadml.features import flat_feature_metadata
-from leadml.models import (
+from leadml.data import schema as s
+from leadml.data.features import flat_feature_metadata
+from leadml.modelling.calibration import CalibrationSettings, fit_calibrator
+from leadml.modelling.models import (
     LightGBMSettings,
     LogRegSettings,
     fit_lightgbm_rounds,
@@ -34,7 +34,7 @@ from leadml.models import (
     sized_lightgbm,
     time_axis,
 )
-from leadml.selection import (
+from leadml.modelling.selection import (
     LIGHTGBM,
     LOGREG,
     MARGIN,
@@ -45,8 +45,7 @@ from leadml.selection import (
     select_model,
     validation_folds,
 )
-from leadml.stages import unseen_rows
-from leadml.train import (
+from leadml.modelling.train import (
     FITTING_FAILURE,
     KEEP_THE_SHEET,
     NO_SIGNAL,
@@ -59,6 +58,7 @@ from leadml.train import (
     promotion_gate,
     train_and_evaluate,
 )
+from leadml.stages.common import unseen_rows
 
 GATE = {
     "min_roc_auc": 0.6,
@@ -101,7 +101,7 @@ def train(frame: pd.DataFrame, *overrides: str, deploy: bool = True):  # type: i
 
 def gate(result: Any, settings: dict[str, Any] | None = None) -> Any:
     """The gate as the train stage calls it."""
-    from leadml.train import base_rate_drift, gate_evidence
+    from leadml.modelling.train import base_rate_drift, gate_evidence
 
     metrics = result.comparison
     evidence = gate_evidence(result, bool(base_rate_drift(result.split)["flagged"]))

@@ -13,11 +13,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from leadml import schema as s
-from leadml.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, validate_table
-from leadml.errors import ContractError, LeadmlError
-from leadml.ingest import IngestResult, frame_fingerprint, ingest_crm
-from leadml.sources import (
+from leadml.adapters.sources import (
     _scrubbed,
     checked_spec,
     describe_source,
@@ -27,6 +23,10 @@ from leadml.sources import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from leadml.data import schema as s
+from leadml.data.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, validate_table
+from leadml.data.ingest import IngestResult, frame_fingerprint, ingest_crm
+from leadml.errors import ContractError, LeadmlError
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
 CONTRACTS = crm_contracts()

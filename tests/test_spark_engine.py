@@ -13,19 +13,25 @@ import pandas as pd
 import pytest
 
 from factories import local_tracking, project_config
-from leadml import schema as s
-from leadml import sinks
-from leadml.buckets import CrmOpenLeads
+from leadml.adapters import sinks
 from leadml.cli import run_score
+from leadml.data import schema as s
+from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import SchemaMismatchError
-from leadml.features import FeatureSettings, open_lead_features
-from leadml.scoring import TierSettings, TrendSettings, population_stability, score_leads, unseen_categories
-from leadml.stages import SCORING_RUN_RECORD, _deal_values, read_interim, resolve_as_of
+from leadml.scoring.pandas_engine import CrmOpenLeads
+from leadml.scoring.scores import (
+    TierSettings,
+    TrendSettings,
+    population_stability,
+    score_leads,
+    unseen_categories,
+)
+from leadml.stages.common import SCORING_RUN_RECORD, _deal_values, read_interim, resolve_as_of
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="the Spark engine needs Java 17 or later"),
     # PySpark 4 warns about pandas 3 on many calls; the engine keeps PySpark's pandas conversion off
-    # its data path (see leadml.spark_engine), and pytest resets start_session's own filter per test
+    # its data path (see leadml.scoring.spark_engine), and pytest resets start_session's own filter per test
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
 ]
 
@@ -55,7 +61,7 @@ def project(project_copy) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[object]:
-    from leadml.spark_engine import SparkSettings, start_session
+    from leadml.scoring.spark_engine import SparkSettings, start_session
 
     session = start_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
     yield session
@@ -64,7 +70,7 @@ def spark() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def scorer(project: Path):
-    from leadml import tracking
+    from leadml.adapters import tracking
 
     tracking.configure(f"sqlite:///{project / 'mlflow.db'}", "leadml-synthetic", project / "mlruns")
     return tracking.load_scorer("models:/leadml-synthetic@champion")
@@ -79,7 +85,7 @@ def _crm_leads(tables_dir: Path, scorer, day: str) -> CrmOpenLeads:
 
 
 def _spark_score(spark, tables_dir: Path, scorer, day: str, output: Path, **options):
-    from leadml.spark_engine import score_with_spark
+    from leadml.scoring.spark_engine import score_with_spark
 
     cfg = _cfg(output, "score")  # the root only places folders this test does not use
     options.setdefault("buckets", 4)  # two groups per task, so the global pass has work to do
@@ -126,8 +132,8 @@ def test_both_engines_write_the_same_partition(project: Path, spark_runs, day: s
 
 
 def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, spark_runs) -> None:
-    from leadml.buckets import BucketSummaries
-    from leadml.scoring import drift_counts, psi_from_counts
+    from leadml.scoring.pandas_engine import BucketSummaries
+    from leadml.scoring.scores import drift_counts, psi_from_counts
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     features = open_lead_features(
@@ -148,7 +154,7 @@ def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, sp
 
 def test_latest_resolves_to_the_same_day(project: Path) -> None:
     """The stage resolves the run date once for both engines, from the tables read batch by batch."""
-    from leadml.buckets import time_bounds
+    from leadml.scoring.pandas_engine import time_bounds
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     assert resolve_as_of("latest", time_bounds(_interim(project))) == resolve_as_of("latest", tables)
@@ -187,7 +193,7 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
     spark, project: Path, scorer, spark_runs
 ) -> None:
     """Through ``score_from_config`` (what ``score_stage`` calls), in two files this time."""
-    from leadml.spark_engine import score_from_config
+    from leadml.scoring.spark_engine import score_from_config
 
     first = spark_runs[DAYS[0]]
     before = _by_lead(pd.read_parquet(first.output))
@@ -216,7 +222,7 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
 
 
 def test_a_failed_write_leaves_the_previous_partition(spark, spark_runs) -> None:
-    from leadml.spark_engine import write_partition_spark
+    from leadml.scoring.spark_engine import write_partition_spark
 
     partition = spark_runs[DAYS[1]].output
     before = pd.read_parquet(partition)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadml import schema as s
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
-from leadml.split import (
+from leadml.modelling.split import (
     RANDOM_FALLBACK_NOTE,
     SplitSettings,
     latest_rows,

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from leadml import schema as s
 from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
 
 SMALL = ["synthetic.n_leads=3000", "synthetic.start=2025-01-01", "synthetic.end=2026-01-01"]
@@ -162,7 +162,7 @@ def test_too_many_bad_rows_stop_the_run_and_keep_them(pipeline: Path, tmp_path: 
 
 
 def test_upstream_seconds_follow_the_manifest_links(tmp_path: Path) -> None:
-    from leadml.stages import upstream_seconds
+    from leadml.stages.common import upstream_seconds
 
     interim = tmp_path / "interim.json"
     interim.write_text(json.dumps({"stage": "ingest", "seconds": 8.5}))

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from leadml import schema as s
-from leadml.calendar import snapshot_dates
-from leadml.synthetic import (
+from leadml.data import schema as s
+from leadml.data.calendar import snapshot_dates
+from leadml.data.synthetic import (
     BROWSER,
     CAMPAIGN_CODE,
     SyntheticSettings,
@@ -399,7 +399,7 @@ def test_free_mail_is_commoner_among_poor_fits(lead_outcomes: pd.DataFrame) -> N
 
 def test_every_step_up_the_funnel_logs_its_marker_after_the_days_other_events() -> None:
     """Steps up log their state's marker event; steps down, staying and closing log nothing."""
-    from leadml import synthetic as syn
+    from leadml.data import synthetic as syn
 
     step_kind = np.full(syn.N_TRANSIENT, -1, dtype=np.int64)
     for target, name in syn.STEP_EVENT_BY_STATE.items():

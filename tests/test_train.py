@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from leadml import schema as s
 from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_train
+from leadml.data import schema as s
 from leadml.errors import LeadmlError
 
 SMALL = [
@@ -192,7 +192,7 @@ def _split(calibration_rate: float, test_rate: float) -> dict:
 
 
 def test_calibration_verdict_says_whether_it_helped_and_why_not() -> None:
-    from leadml.train import calibration_verdict
+    from leadml.modelling.train import calibration_verdict
 
     better = calibration_verdict(_comparison((0.20, 0.005), (0.21, 0.03)), "lightgbm", _split(0.1, 0.1))
     assert better.startswith("improved") and "0.2000 against 0.2100" in better
@@ -225,7 +225,7 @@ def _windows(train: tuple[int, int], calibration: tuple[int, int], test: tuple[i
 
 
 def test_base_rate_drift_flags_a_moved_test_window_and_not_noise() -> None:
-    from leadml.train import base_rate_drift
+    from leadml.modelling.train import base_rate_drift
 
     moved = base_rate_drift(_windows((27127, 1367), (9042, 1066), (9042, 2856)))  # the bank data
     assert moved["flagged"] and moved["change"] > 3
@@ -240,7 +240,7 @@ def test_base_rate_drift_flags_a_moved_test_window_and_not_noise() -> None:
 
 
 def test_gate_requires_beating_the_points_sheet_when_there_is_one() -> None:
-    from leadml.train import promotion_gate
+    from leadml.modelling.train import promotion_gate
 
     settings = {"min_roc_auc": 0.5, "max_ece": 1.0, "min_gain_over_logreg": 0.0, "champion_tolerance": 0.005}
     candidate = {"roc_auc": 0.64, "roc_auc_low": 0.62, "roc_auc_high": 0.66, "ece": 0.02}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from leadml.errors import LeadmlError
-from leadml.treeshap import FastTreeExplainer, UnsupportedModelError, booster_matrix
+from leadml.modelling.treeshap import FastTreeExplainer, UnsupportedModelError, booster_matrix
 
 TOLERANCE = 1e-9  # the issue asks for 1e-4 in log-odds; the two algorithms agree to rounding
 

@@ -22,7 +22,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from leadml import schema as s
+from leadml.data import schema as s
 from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
 
 logger = logging.getLogger("leadml")
@@ -98,8 +98,8 @@ def _record_data_config_file(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- generate
 def run_generate(cfg: DictConfig) -> dict[str, Any]:
     """Write the synthetic CRM to ``cfg.output_dir`` unless it is already there."""
-    from leadml.sources import write_json_atomic, write_parquet_atomic
-    from leadml.synthetic import GENERATOR_VERSION, generate_crm, settings_from_mapping
+    from leadml.adapters.sources import write_json_atomic, write_parquet_atomic
+    from leadml.data.synthetic import GENERATOR_VERSION, generate_crm, settings_from_mapping
 
     out = Path(cfg.output_dir)
     requested = _container(cfg.synthetic)
@@ -135,8 +135,8 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- ingest
 def run_ingest(cfg: DictConfig) -> dict[str, Any]:
     """Read every configured source, check its contract and write data/interim."""
-    from leadml.ingest import respelt_sentence
-    from leadml.stages import ingest_stage
+    from leadml.data.ingest import respelt_sentence
+    from leadml.stages.common import ingest_stage
 
     summary = ingest_stage(_data(cfg), Path(cfg.output_dir))
     for table, report in summary["tables"].items():
@@ -164,7 +164,7 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- features
 def run_features(cfg: DictConfig) -> dict[str, Any]:
     """Build the point-in-time training snapshots from data/interim."""
-    from leadml.stages import features_stage
+    from leadml.stages.common import features_stage
 
     summary = features_stage(
         _data(cfg),
@@ -194,7 +194,7 @@ def prepare_upstream(cfg: DictConfig) -> None:
     config, or a source file changed since it was ingested: ``leadml-train data=bank`` then
     runs end to end from the raw files, and a second run reuses them.
     """
-    from leadml.stages import stale_upstream
+    from leadml.stages.common import stale_upstream
 
     mode = str(cfg.get("prepare", "never"))
     if mode not in PREPARE_CHOICES:
@@ -217,7 +217,7 @@ def prepare_upstream(cfg: DictConfig) -> None:
 def check_points_sheet(cfg: DictConfig) -> None:
     """model=points needs rules in the data config: said before ingest and features run, naming
     the file to add them to (training itself finds out only once the features are built)."""
-    from leadml.points import POINTS, no_rules_message, points_block
+    from leadml.modelling.points import POINTS, no_rules_message, points_block
 
     if cfg.model.get("name") == POINTS and points_block(_container(cfg.data.get("points"))) is None:
         raise LeadmlError(no_rules_message(cfg.data.get("name"), data_config_file(cfg.data)))
@@ -225,8 +225,8 @@ def check_points_sheet(cfg: DictConfig) -> None:
 
 def sentinel_line(checked: int | None, guards: Mapping[str, Any]) -> str:
     """The one line saying the leakage sentinel ran and flagged nothing, with the thresholds applied
-    (``guards``, as :func:`leadml.train.sentinel_report` passes them to the sentinel)."""
-    from leadml.guards import OutcomeLevelSettings
+    (``guards``, as :func:`leadml.modelling.train.sentinel_report` passes them to the sentinel)."""
+    from leadml.modelling.guards import OutcomeLevelSettings
 
     threshold = float(guards["leakage_threshold"])
     positives, negatives = (float(share) for share in guards["post_outcome_presence"])
@@ -242,11 +242,11 @@ def sentinel_line(checked: int | None, guards: Mapping[str, Any]) -> str:
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
-    from leadml.stages import train_stage
+    from leadml.stages.common import train_stage
 
     check_points_sheet(cfg)
     prepare_upstream(cfg)
-    from leadml.train import BASELINE_POINTS
+    from leadml.modelling.train import BASELINE_POINTS
 
     summary = train_stage(_container(cfg), Path(cfg.paths.root))
     split = summary["split"]
@@ -319,7 +319,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- score
 def run_score(cfg: DictConfig) -> dict[str, Any]:
     """Score the open leads with the production model (the nightly job)."""
-    from leadml.stages import score_stage
+    from leadml.stages.common import score_stage
 
     summary = score_stage(_container(cfg), Path(cfg.paths.root))
     tiers = ", ".join(f"{tier} {count:,}" for tier, count in summary["tiers"].items())
@@ -344,7 +344,7 @@ def run_score(cfg: DictConfig) -> dict[str, Any]:
 
 def run_report(cfg: DictConfig) -> Any:
     """Write the leadership report (HTML) and the ranked CSV of a scored run."""
-    from leadml.report import report_stage
+    from leadml.reporting.leadership import report_stage
 
     files = report_stage(_container(cfg), Path(cfg.paths.root))
     _echo(f"report: {files.leads:,} open leads as of {files.as_of:%Y-%m-%d}")
@@ -356,7 +356,7 @@ def run_report(cfg: DictConfig) -> Any:
 # --------------------------------------------------------------------------- forecast
 def run_forecast(cfg: DictConfig) -> dict[str, Any]:
     """Funnel forecast: forward (planned leads), reverse (leads for a revenue target), capacity."""
-    from leadml.forecast import forecast_stage, summary_lines
+    from leadml.reporting.forecast import forecast_stage, summary_lines
 
     summary = forecast_stage(_container(cfg), Path(cfg.paths.root))
     for line in summary_lines(summary):
@@ -367,7 +367,7 @@ def run_forecast(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- backtest
 def run_backtest(cfg: DictConfig) -> dict[str, Any]:
     """Rolling backtest: train before each cutoff, test on the next period, report drift."""
-    from leadml.backtest import backtest_stage, table_lines
+    from leadml.modelling.backtest import backtest_stage, table_lines
 
     check_points_sheet(cfg)
     prepare_upstream(cfg)
@@ -393,7 +393,7 @@ RECREATE_GROUPS = ("data", "model", "split", "calibration", "tiers", "features",
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """Copy the champion (or export.version / export.alias) to models/<name>-v<version>/."""
-    from leadml.export import export_stage
+    from leadml.stages.export import export_stage
 
     summary = export_stage(_container(cfg), Path(cfg.paths.root), recreate=recreate_overrides)
     aliases = ", ".join(f"@{alias}" for alias in summary["aliases"]) or "no alias"
@@ -412,8 +412,8 @@ def recreate_overrides(logged: dict[str, Any]) -> list[str]:
     Group choices are found by composing each option and keeping the one that leaves the
     fewest differences; the remaining differences become ``key=value`` overrides.
     """
-    from leadml.model_card import config_differences as differences
-    from leadml.model_card import unshared_keys
+    from leadml.reporting.model_card import config_differences as differences
+    from leadml.reporting.model_card import unshared_keys
 
     base = [f"paths.root={(logged.get('paths') or {}).get('root', '.')}"]
     composed: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -497,7 +497,7 @@ export = _entry_point("export", run_export)
 
 def init() -> None:
     """``leadml-init PATH [OUTCOMES]``: a commented flat data config proposed for an export. Plain
-    argparse rather than Hydra: its input is a file, not a config (see :mod:`leadml.init_config`)."""
-    from leadml.init_config import main
+    argparse rather than Hydra: its input is a file, not a config (see :mod:`leadml.stages.init`)."""
+    from leadml.stages.init import main
 
     main()

@@ -1,0 +1,1 @@
+"""Every outside system: file and SQL sources, score sinks, MLflow tracking."""

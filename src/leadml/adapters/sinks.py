@@ -1,0 +1,300 @@
+"""Where scored leads go: date partitions of Parquet, replaced atomically, and an optional SQL table.
+
+A partition ``as_of=YYYY-MM-DD/`` is written to a hidden temporary folder beside it and
+renamed into place, so a run that dies leaves the previous partition untouched and a
+re-run of the same date replaces it whole (never appends). The SQL sink (SQLite or PostgreSQL)
+upserts by (lead id, as-of) in one transaction: ``INSERT ... ON CONFLICT (lead_id, as_of) DO
+UPDATE``. Its table and column names must be plain SQL names and go through a SQLAlchemy
+``Table`` (quoted where needed); every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from leadml.data import schema as s
+from leadml.errors import LeadmlError
+
+logger = logging.getLogger(__name__)
+
+PART_FILE = "part-0.parquet"
+PARTITION_PREFIX = "as_of="
+
+
+class RunInProgressError(LeadmlError):
+    """Another run is scoring the same date into the same folder."""
+
+    exit_code = 7
+
+
+@contextlib.contextmanager
+def date_lock(base: Path, as_of: pd.Timestamp) -> Iterator[None]:
+    """Hold an exclusive lock on one date's partition for the whole run, or refuse at once.
+
+    Two runs of one date would otherwise interleave their trend reads, Parquet swap and SQL
+    upserts. The lock is an OS file lock (``flock``), released when the process ends, even
+    by SIGKILL, so a dead run never blocks the next one.
+    """
+    import fcntl
+
+    path = base / f".lock-{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 (closed by the with block below)
+    except OSError as error:  # read-only, not a folder, disk full: a message, not a traceback
+        raise LeadmlError(f"cannot write scores to {base}: {error.strerror or error}") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunInProgressError(
+                f"another run is scoring {as_of:%Y-%m-%d} into {base} ({holder}); try again when it ends"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def partition_dir(base: Path, as_of: pd.Timestamp) -> Path:
+    return base / f"{PARTITION_PREFIX}{as_of:%Y-%m-%d}"
+
+
+@contextlib.contextmanager
+def staged_partition(base: Path, as_of: pd.Timestamp) -> Iterator[Path]:
+    """A hidden staging folder beside the partition of ``as_of``, swapped into place on success.
+
+    The caller creates the folder and writes its part files; when the block ends without
+    an error the old partition is retired, the staging folder renamed into place and the
+    retired one removed. On an error the staging folder is removed and the old partition
+    stays as it was. Interrupted runs' leftovers are cleared first (:func:`recover_partition`).
+    """
+    final = partition_dir(base, as_of)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        recover_partition(final)
+    except OSError as error:
+        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+    token = uuid.uuid4().hex[:8]
+    staging = base / f".{final.name}.tmp-{token}"
+    try:
+        yield staging
+        for part in staging.glob("*.parquet"):
+            _fsync(part)
+        retired = base / f".{final.name}.old-{token}"
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_partition(frame: pd.DataFrame, base: Path, as_of: pd.Timestamp) -> Path:
+    """Replace the partition of ``as_of`` under ``base`` with ``frame``; returns its folder."""
+    with staged_partition(base, as_of) as staging:
+        staging.mkdir()
+        frame.to_parquet(staging / PART_FILE, index=False)
+    return partition_dir(base, as_of)
+
+
+def write_partition_tables(
+    tables: Iterable[pa.Table], schema: pa.Schema, base: Path, as_of: pd.Timestamp
+) -> Path:
+    """Replace the partition of ``as_of`` with ``tables`` streamed into one part file (bounded memory)."""
+    with staged_partition(base, as_of) as staging:
+        staging.mkdir()
+        with pq.ParquetWriter(staging / PART_FILE, schema) as writer:
+            for table in tables:
+                writer.write_table(table)
+    return partition_dir(base, as_of)
+
+
+def recover_partition(final: Path) -> None:
+    """Undo a run that died between its two renames: bring the retired partition back.
+
+    Staging folders of dead runs are removed; a retired copy is restored only when the
+    partition itself is missing (otherwise the new one landed and the old one is litter).
+    """
+    for leftover in sorted(final.parent.glob(f".{final.name}.*")):
+        if ".old-" in leftover.name and not final.exists():
+            os.replace(leftover, final)
+            logger.warning("restored %s from an interrupted run", final)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def leftovers(base: Path) -> list[Path]:
+    """Staging or retired partition folders of interrupted runs under ``base`` (not the lock files)."""
+    return sorted(p for p in base.glob(f".{PARTITION_PREFIX}*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def read_partition(base: Path, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Every part file of the partition (the Spark engine writes several with score.spark.output_files)."""
+    return pd.read_parquet(partition_dir(base, as_of))
+
+
+def written_partitions(base: Path) -> dict[pd.Timestamp, Path]:
+    """Every partition under ``base`` with at least one part file (either engine's), oldest first."""
+    found: dict[pd.Timestamp, Path] = {}
+    for folder in base.glob(f"{PARTITION_PREFIX}*") if base.exists() else ():
+        try:
+            day = pd.Timestamp(folder.name.removeprefix(PARTITION_PREFIX), tz="UTC")
+        except ValueError:
+            continue
+        if folder.is_dir() and any(folder.glob("part-*.parquet")):
+            found[day] = folder
+    return dict(sorted(found.items()))
+
+
+def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
+    """The latest partition strictly before ``as_of``."""
+    earlier = [folder for day, folder in written_partitions(base).items() if day < as_of.normalize()]
+    return earlier[-1] if earlier else None
+
+
+def find_partition(base: Path, as_of: str | None) -> Path | None:
+    """The partition of ``as_of`` (YYYY-MM-DD), or the latest for ``latest``/None; None if there is none."""
+    found = written_partitions(base)
+    if as_of in (None, "", "latest"):
+        return list(found.values())[-1] if found else None
+    day = pd.Timestamp(str(as_of), tz="UTC").normalize()
+    if day not in found:
+        latest = ", ".join(f"{d:%Y-%m-%d}" for d in list(found)[-5:]) or "none"
+        raise LeadmlError(f"no scored run for {as_of} in {base} (latest runs: {latest})")
+    return found[day]
+
+
+def check_identifier(name: str, what: str) -> str:
+    """A SQL table or column name (``what``: its config key), or a LeadmlError naming both.
+
+    The rule of :func:`leadml.adapters.sources.check_sql_name`: letters, digits and underscores.
+    """
+    from leadml.adapters.sources import check_sql_name
+
+    return check_sql_name(name, what)
+
+
+def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_000) -> int:
+    """:func:`upsert_frames` of a written partition, read in batches (bounded memory)."""
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for part in sorted(folder.glob("part-*.parquet")):
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas()
+
+    return upsert_frames(url, table, frames())
+
+
+def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
+    """Insert or update every frame's rows keyed by (lead_id, as_of), all in one transaction.
+
+    The table is created from the first frame's columns when it does not exist. Table and
+    column names must be plain identifiers; values are bound parameters.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from leadml.adapters.sources import _scrubbed, engine_url, mask_url
+
+    check_identifier(table, "score.sql.table")
+    written = 0
+    engine = None
+    try:
+        engine = sa.create_engine(engine_url(url))
+        with engine.begin() as connection:
+            statement = None
+            for frame in frames:
+                if statement is None:
+                    for column in frame.columns:
+                        check_identifier(column, "score column")
+                    metadata = sa.MetaData()
+                    columns = [
+                        sa.Column(name, _sql_type(frame[name]), primary_key=name in (s.LEAD_ID, s.AS_OF))
+                        for name in frame.columns
+                    ]
+                    target = sa.Table(table, metadata, *columns)
+                    metadata.create_all(connection, checkfirst=True)
+                    statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
+                records = _records(frame)
+                for start in range(0, len(records), 5_000):
+                    connection.execute(statement, records[start : start + 5_000])
+                written += len(records)
+    except (SQLAlchemyError, ImportError) as error:
+        # the driver's own message: SQLAlchemy's would repeat the statement and thousands of values
+        detail = getattr(error, "orig", None) or error
+        if isinstance(error, ArgumentError):
+            detail = "invalid database URL"
+        raise LeadmlError(
+            f"cannot write scores to table {table} in {mask_url(url)}: {_scrubbed(str(detail), url)}"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return written
+
+
+def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore[no-untyped-def]
+    keys = [s.LEAD_ID, s.AS_OF]
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise LeadmlError(f"the score sink supports SQLite and PostgreSQL, not {dialect}")
+    statement = insert(target)
+    updates = {c: statement.excluded[c] for c in columns if c not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from leadml.scoring.scores import column_kind
+
+    if column.name == s.AS_OF:
+        return sa.String(10)
+    kinds = {
+        "bool": sa.Boolean(),
+        "int": sa.BigInteger(),
+        "float": sa.Float(),  # double precision in PostgreSQL, REAL (8 bytes) in SQLite
+        "timestamp": sa.DateTime(timezone=True),  # timestamptz in PostgreSQL; SQLite keeps UTC text
+    }
+    return kinds.get(column_kind(column) or "text", sa.Text())
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Plain Python values for the driver: None for every missing value, timestamps in UTC."""
+    out = frame.copy()
+    if s.AS_OF in out:
+        out[s.AS_OF] = pd.to_datetime(out[s.AS_OF], utc=True).dt.strftime("%Y-%m-%d")
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.DatetimeTZDtype) and name != s.AS_OF:
+            out[name] = out[name].dt.tz_convert("UTC")
+    out = out.astype(object).where(out.notna(), None)
+    return out.to_dict("records")

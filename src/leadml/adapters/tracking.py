@@ -1,0 +1,580 @@
+"""Every MLflow call of leadml lives here.
+
+Tracking defaults to an embedded SQLite store in the project folder (``mlflow.db``,
+artifacts under ``mlruns/``); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in
+config points at a server instead. Models are registered and promoted with aliases
+(``challenger``, ``champion``), never with the deprecated stages.
+
+A server that stops answering, at the start or in the middle of a run, ends the run with
+:class:`~leadml.errors.TrackingUnavailableError` (exit code 6) naming the tracking URI with
+any password masked, never with MLflow's traceback. How long MLflow's HTTP client keeps
+trying first is its own setting: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 7, exponential
+backoff of ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (2) seconds, about 4 minutes in all) and
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s per request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leadml.errors import LeadmlError, NoModelError, TrackingUnavailableError
+
+logger = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for one parameter value
+SCHEMA_SAMPLE_ROWS = 1000
+# the store configure() pointed MLflow at, named by the error when it stops answering
+_current = {"uri": ""}
+
+
+def resolve_tracking_uri(configured: str | None, root: Path) -> str:
+    """Config wins, then ``MLFLOW_TRACKING_URI``, then SQLite in the project folder."""
+    if configured:
+        return str(configured)
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def _quiet_mlflow() -> None:
+    # MLflow draws a progress bar for every artifact it downloads (a model, a run's JSON file)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic", "sqlalchemy.engine"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    warnings.filterwarnings("ignore", module="mlflow")
+
+
+def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
+    """Point MLflow at the store and return the experiment id (created on first use)."""
+    import mlflow
+
+    _quiet_mlflow()
+    check_reachable(tracking_uri)
+    _current["uri"] = tracking_uri
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    # set_tracking_uri also exports the URI; left there, it would become the "environment's"
+    # store of every later stage of this process (a notebook, a test) whatever its own root
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            mlflow.set_experiment(experiment_id=found.experiment_id)
+            return found.experiment_id
+        location = None
+        if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:"):
+            location = (artifact_root / experiment).resolve().as_uri()
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+    except Exception as error:  # MLflow raises many types for an unreachable or broken store
+        if _unreachable(error):
+            raise _unavailable(error, "open the experiment") from None
+        raise TrackingUnavailableError(
+            f"MLflow tracking at {masked_uri(tracking_uri)} is not usable: {_first_line(error)}"
+        ) from None
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow's own client retries for minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        answer = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as error:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {masked_uri(tracking_uri)} is unreachable: {_reason(error)}"
+        ) from None
+    if answer.status_code >= 500:  # a proxy in front of a server that is down
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {masked_uri(tracking_uri)} is unreachable: "
+            f"/health answered HTTP {answer.status_code}"
+        )
+
+
+def masked_uri(uri: str) -> str:
+    """``uri`` with the password of its user part, if any, replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if not password:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+# how MLflow words a request that never got an answer (it re-raises requests' errors as text)
+_UNREACHABLE_TEXT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Connection aborted",
+    "Connection reset",
+    "RemoteDisconnected",
+    "timeout exception",
+    "Read timed out",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the tracking server did not answer (down, unreachable, retries spent)."""
+    import requests
+    import urllib3
+
+    network = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+        urllib3.exceptions.MaxRetryError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.NewConnectionError,
+        ConnectionError,
+        TimeoutError,
+    )
+    for link in _chain(error):
+        if isinstance(link, network):
+            return True
+        if type(link).__module__.startswith("mlflow") and any(
+            text in str(link) for text in _UNREACHABLE_TEXT
+        ):
+            return True
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    """A few words on why the server did not answer (MLflow's own message is one long URL)."""
+    text = " ".join(str(link) for link in _chain(error))
+    names = {type(link).__name__ for link in _chain(error)}
+    if "Connection refused" in text or "ConnectionRefusedError" in names:
+        return "connection refused"
+    if "timed out" in text or "timeout" in text or names & {"Timeout", "ReadTimeout", "ConnectTimeout"}:
+        return "no answer in time (MLFLOW_HTTP_REQUEST_TIMEOUT)"
+    if "too many" in text and "error responses" in text:
+        return "it kept answering with server errors (retries exhausted)"
+    if "Name or service not known" in text or "name resolution" in text:
+        return "unknown host"
+    if "Max retries exceeded" in text:
+        return "retries exhausted"
+    return type(error).__name__
+
+
+def _unavailable(error: BaseException, action: str) -> TrackingUnavailableError:
+    import mlflow
+
+    uri = _current["uri"] or mlflow.get_tracking_uri()
+    return TrackingUnavailableError(
+        f"MLflow tracking server {masked_uri(uri)} did not answer when leadml tried to {action}: "
+        f"{_reason(error)} (run it again once the server is back)"
+    )
+
+
+def _tracked(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn an unreachable tracking server inside the wrapped call into TrackingUnavailableError."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except LeadmlError:
+                raise
+            except Exception as error:
+                if _unreachable(error):
+                    raise _unavailable(error, action) from None
+                raise
+
+        return call
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _single_attempt() -> Iterator[None]:
+    """MLflow's HTTP calls inside try once, briefly (for the bookkeeping after a failure)."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    timeout = min(10, MLFLOW_HTTP_REQUEST_TIMEOUT.get())
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _end_failed_run() -> None:
+    """Mark the active run FAILED with one quick attempt: after the server went away, MLflow's own
+    end of run would retry for minutes and then replace the real error with its own traceback."""
+    import mlflow
+
+    with _single_attempt():
+        try:
+            mlflow.end_run("FAILED")  # leaves the run in this process even when the server is down
+        except Exception as error:
+            logger.warning("could not mark the MLflow run FAILED: %s", _first_line(error))
+
+
+@contextlib.contextmanager
+def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """An MLflow run; yields its id. A failure inside marks the run FAILED (when the server answers)."""
+    import mlflow
+
+    active = _tracked("start a run")(mlflow.start_run)(run_name=run_name, tags=dict(tags or {}))
+    try:
+        yield active.info.run_id
+    except BaseException:
+        _end_failed_run()
+        raise
+    _tracked("finish the run")(mlflow.end_run)()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config as dotted keys with string values MLflow accepts."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+@_tracked("log parameters")
+def log_params(config: Mapping[str, Any]) -> None:
+    import mlflow
+
+    params = flatten(config)
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+@_tracked("log metrics")
+def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
+    """Finite numbers of ``metrics`` (others are skipped); ``step`` for a series such as backtest periods."""
+    import mlflow
+
+    clean = {
+        f"{prefix}{key}": float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not math.isnan(float(value)) and not math.isinf(float(value))
+    }
+    mlflow.log_metrics(clean, step=step)
+
+
+@_tracked("log an artifact")
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+@_tracked("log an artifact")
+def log_dict(obj: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(obj, artifact_file)
+
+
+@_tracked("log a plot")
+def log_figure(figure: Any, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+@_tracked("log an artifact")
+def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(frame.to_csv(index=False), artifact_file)
+
+
+@_tracked("log an artifact")
+def log_file(path: Path, artifact_dir: str | None = None) -> str:
+    """Copy a local file into the run's artifacts; returns its artifact path."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+    return f"{artifact_dir}/{Path(path).name}" if artifact_dir else Path(path).name
+
+
+@_tracked("log the datasets")
+def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, context: str) -> None:
+    """Record a dataset (its schema, size and fingerprint) as an input of the run."""
+    import mlflow
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36], targets="label")
+    # MLflow infers the schema value by value (minutes for millions of rows); the dtypes of a
+    # sample give the same schema, while the profile still counts the whole frame
+    dataset.schema = infer_signature(frame.head(SCHEMA_SAMPLE_ROWS)).inputs
+    mlflow.log_input(dataset, context=context)
+
+
+@_tracked("log the model")
+def log_model(scorer: Any, name: str, example: pd.DataFrame) -> str:
+    """Log ``scorer`` as the leadml pyfunc (``leadml.scoring.pyfunc``) and return its model URI.
+
+    Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
+    signature of both request shapes and ``example`` (features shape) as the input example.
+    """
+    import tempfile
+
+    import mlflow
+
+    from leadml.scoring.pyfunc import LeadScorerModel, signature
+    from leadml.scoring.requests import MODEL_INFO_ARTIFACT, write_model_info
+
+    with tempfile.TemporaryDirectory() as folder:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=LeadScorerModel(scorer),
+            artifacts={MODEL_INFO_ARTIFACT: str(write_model_info(scorer, Path(folder)))},
+            signature=signature(scorer, example),
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """The packages the pickle needs besides leadml itself (installed from its repository)."""
+    from importlib.metadata import version
+
+    return [
+        f"{package}=={version(package)}"
+        for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "numba", "pyarrow", "mlflow")
+    ]
+
+
+def infer_signature(model_input: pd.DataFrame, model_output: pd.DataFrame | None = None) -> Any:
+    from mlflow.models import infer_signature as infer
+
+    return infer(model_input, model_output)
+
+
+@_tracked("register the model")
+def register(model_uri: str, name: str) -> str:
+    """Register a logged model; returns the new version."""
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name).version)
+
+
+@_tracked("move a model alias")
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+@_tracked("look up a model alias")
+def version_by_alias(name: str, alias: str) -> str | None:
+    """The version holding ``alias``, or None when there is none (or no such model yet)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if _unreachable(error):  # not "no champion": the server did not say
+            raise _unavailable(error, f"look up @{alias} of {name}") from None
+        return None
+
+
+@_tracked("set run tags")
+def set_tags(tags: Mapping[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
+def production_model(registered_model: str, model_uri: str | None = None) -> tuple[str, str]:
+    """(model URI, version label) of the model to score with: ``model_uri`` or the champion.
+
+    ``model_uri`` may be ``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model`` or an
+    exported folder (``models/<name>-v3``, labelled with the version it was exported from).
+    """
+    if model_uri:
+        from leadml.stages.export import exported_version, local_model_folder
+
+        folder = local_model_folder(str(model_uri))
+        return str(model_uri), (exported_version(folder) if folder else None) or str(model_uri)
+    version = version_by_alias(registered_model, CHAMPION)
+    if version is None:
+        raise NoModelError(
+            f"no champion for {registered_model}: nothing holds the alias @{CHAMPION} "
+            "(run make train, or pin one with score.model_uri=models:/<name>/<version>)"
+        )
+    return f"models:/{registered_model}@{CHAMPION}", version
+
+
+@contextlib.contextmanager
+def _model_lookup(action: str, missing: str) -> Iterator[None]:
+    """An unreachable server inside becomes TrackingUnavailableError (exit 6), a model, version,
+    run or file that is not there NoModelError (exit 2) starting with ``missing``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except Exception as error:
+        if _unreachable(error):
+            raise _unavailable(error, action) from None
+        if isinstance(error, MlflowException | OSError):
+            raise NoModelError(f"{missing}: {_first_line(error)}") from None
+        raise
+
+
+def load_scorer(model_uri: str) -> Any:
+    """The :class:`leadml.modelling.scorer.LeadScorer` inside a logged pyfunc or an exported folder.
+
+    An exported folder is checked against its ``SHA256SUMS`` first and never needs the
+    tracking server; a modified one raises :class:`~leadml.errors.ModelIntegrityError`.
+    """
+    import mlflow
+
+    from leadml.stages.export import local_model_folder, verify_folder
+
+    folder = local_model_folder(model_uri)
+    if folder is not None:
+        verify_folder(folder)
+    with _model_lookup(f"load model {model_uri}", f"cannot load model {model_uri}"):
+        model = mlflow.pyfunc.load_model(model_uri)
+    scorer = getattr(model.unwrap_python_model(), "scorer", None)
+    if scorer is None:
+        raise NoModelError(f"{model_uri} is not a leadml scorer")
+    return scorer
+
+
+@_tracked("download the model")
+def download_model(model_uri: str, target: Path) -> Path:
+    """The registry's files of ``model_uri`` copied into ``target`` (a new folder); returns it."""
+    import mlflow
+
+    target.mkdir(parents=True)
+    with _model_lookup(f"download model {model_uri}", f"cannot download model {model_uri}"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+
+
+@_tracked("read a model version")
+def version_details(name: str, version: str) -> dict[str, Any]:
+    """Aliases, run and registration time of one registered version."""
+    from mlflow import MlflowClient
+
+    with _model_lookup(f"read version {version} of {name}", f"no version {version} of {name}"):
+        found = MlflowClient().get_model_version(name, str(version))
+    created = pd.Timestamp(int(found.creation_timestamp), unit="ms", tz="UTC").isoformat()
+    return {"aliases": sorted(found.aliases or []), "run_id": found.run_id, "created_at": created}
+
+
+@_tracked("read the training run's artifacts")
+def run_artifacts(run_id: str, names: Sequence[str]) -> dict[str, Any]:
+    """The run's JSON artifacts parsed, CSV ones as frames, others as text; absent ones left out."""
+    import io
+    import json
+
+    import mlflow
+
+    found: dict[str, Any] = {}
+    for name in names:
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+        except Exception as error:
+            if _unreachable(error):
+                raise _unavailable(error, f"read {name} of run {run_id}") from None
+            continue  # an older run without this artifact
+        if name.endswith(".json"):
+            found[name] = json.loads(text)
+        elif name.endswith(".csv"):
+            found[name] = pd.read_csv(io.StringIO(text))
+        else:
+            found[name] = text
+    return found
+
+
+def model_run(model_uri: str) -> dict[str, Any]:
+    """The training run that logged ``model_uri``: ``run_id``, its ``config`` (config.yaml),
+    ``metrics`` and ``datasets`` (window -> logged digest, to check that re-created rows are
+    the ones the model was evaluated on)."""
+    import mlflow
+    import yaml
+
+    with _model_lookup(
+        f"read the training run of {model_uri}", f"cannot find the training run of {model_uri}"
+    ):
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        found = mlflow.get_run(run_id)
+        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+    datasets = {}
+    for dataset_input in found.inputs.dataset_inputs if found.inputs else ():
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        if "mlflow.data.context" in tags:
+            datasets[tags["mlflow.data.context"]] = dataset_input.dataset.digest
+    metrics = dict(found.data.metrics)
+    return {"run_id": run_id, "config": config or {}, "metrics": metrics, "datasets": datasets}
+
+
+@_tracked("log the scoring run")
+def log_scoring_run(
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tables: Mapping[str, pd.DataFrame],
+    records: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """One run in the scoring experiment: what was scored, how, and how it drifted; returns its id."""
+    with run(run_name, tags) as run_id:
+        log_params(params)
+        log_metrics(metrics)
+        for name, table in tables.items():
+            log_table(table, name)
+        for name, record in records.items():
+            log_dict(record, name)
+    return run_id

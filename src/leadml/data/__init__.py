@@ -1,0 +1,1 @@
+"""The rows and their rules: schema, contracts, ingestion, joins, features, the synthetic CRM (pure)."""

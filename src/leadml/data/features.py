@@ -1,0 +1,685 @@
+"""Point-in-time features and training snapshots.
+
+A training example is a (lead, as-of date T) pair. Every feature of that pair is
+computed only from facts dated strictly before T, by the same function
+(:func:`features_as_of`) that the nightly scorer calls with T = the run date, so
+training and scoring cannot drift apart. The label looks only at (T, T + horizon].
+
+Behaviour is summarised per *channel*: one channel per activity type (``email_open``,
+``demo_request`` ...) and one per page category of page views (``page_pricing`` ...).
+Per channel we count events in each window (7/30/90 days by default) and a
+recency-weighted count with a configurable half-life, so engagement decays by itself
+as a lead goes quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.data import schema as s
+from leadml.data.arrays import argsort_int, positions_in
+from leadml.data.calendar import snapshot_dates, to_utc
+from leadml.errors import LeadmlError, known_settings
+from leadml.progress import progress_iter
+
+logger = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+LABEL = s.LABEL
+# Recency weights below 2**-RECENCY_HALF_LIVES are treated as zero, which bounds the
+# look-back of a snapshot without changing any figure by more than about 1e-6.
+RECENCY_HALF_LIVES = 20
+
+FREE_EMAIL_DOMAINS: tuple[str, ...] = (
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "yahoo.co.uk",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "aol.com",
+    "icloud.com",
+    "me.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "mail.com",
+    "yandex.ru",
+    "qq.com",
+    "163.com",
+)
+
+# Ordered: the first rule whose pattern matches a title wins ("VP of Sales Operations
+# Manager" is a VP). Patterns are matched on the lower-cased title with word boundaries.
+SENIORITY_RULES: tuple[tuple[str, str], ...] = (
+    ("intern_student", r"\b(?:intern|internship|student|trainee|apprentice|graduate assistant)\b"),
+    (
+        "c_level",
+        r"\b(?:chief|ceo|cfo|cto|coo|cio|cmo|cro|ciso|founder|co-founder|cofounder|owner"
+        r"|(?<!vice )(?<!vice-)president"
+        r"|managing director|general manager)\b",
+    ),
+    ("vp", r"\b(?:vp|svp|evp|vice president|head of|head)\b"),
+    ("director", r"\b(?:director|dir\.?)\b"),
+    ("manager", r"\b(?:manager|mgr|lead|team lead|supervisor|principal)\b"),
+    ("senior_individual", r"\b(?:senior|sr\.?|staff|specialist|architect|consultant)\b"),
+    (
+        "individual",
+        r"\b(?:analyst|engineer|developer|associate|coordinator|representative|assistant"
+        r"|officer|administrator|accountant|designer|scientist|executive|agent|clerk|buyer)\b",
+    ),
+)
+SENIORITY_LEVELS: tuple[str, ...] = (*(level for level, _ in SENIORITY_RULES), "other", "unknown")
+
+FIT, ENGAGEMENT, SOURCE_FAMILY, OTHER = "fit", "engagement", "source", "other"
+
+CHANNEL_LABELS: dict[str, str] = {
+    "page_view": "page views",
+    "email_open": "e-mail opens",
+    "email_click": "e-mail clicks",
+    "form_submit": "form submissions",
+    "content_download": "content downloads",
+    "webinar": "webinar attendances",
+    "demo_request": "demo requests",
+    "call": "calls",
+    "meeting": "meetings",
+    "unsubscribe": "unsubscribes",
+    "bounce": "e-mail bounces",
+    "page_pricing": "pricing-page visits",
+    "page_product": "product-page visits",
+    "page_docs": "documentation-page visits",
+    "page_blog": "blog-page visits",
+    "page_careers": "careers-page visits",
+}
+# +1: more of it never lowers the score (used for monotone constraints later);
+# -1: more of it never raises it; 0: no constraint (careers-page visits are often job seekers).
+CHANNEL_DIRECTION: dict[str, int] = {
+    "page_view": 0,
+    "email_open": 1,
+    "email_click": 1,
+    "form_submit": 1,
+    "content_download": 1,
+    "webinar": 1,
+    "demo_request": 1,
+    "call": 0,
+    "meeting": 1,
+    "unsubscribe": -1,
+    "bounce": -1,
+    "page_pricing": 1,
+    "page_product": 1,
+    "page_docs": 0,
+    "page_blog": 0,
+    "page_careers": 0,
+}
+CHANNELS: tuple[str, ...] = (*s.ACTIVITY_TYPES, *(f"page_{c}" for c in s.PAGE_CATEGORIES))
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What the snapshot builder and the feature function need from ``conf/features``."""
+
+    horizon_days: int = 90
+    cadence_days: int = 14
+    windows_days: tuple[int, ...] = (7, 30, 90)
+    half_life_days: float = 14.0
+    velocity_recent_days: int = 7
+    velocity_baseline_days: int = 30
+    lead_categorical: tuple[str, ...] = (s.SOURCE, s.COUNTRY)
+    lead_numeric: tuple[str, ...] = (s.ESTIMATED_DEAL_VALUE,)
+    extra_categorical: tuple[str, ...] = ()
+    extra_numeric: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    free_email_domains: tuple[str, ...] = FREE_EMAIL_DOMAINS
+
+    def __post_init__(self) -> None:
+        if self.horizon_days < 1 or self.cadence_days < 1:
+            raise ValueError("features.horizon_days and features.cadence_days must be at least 1")
+        if not self.windows_days or min(self.windows_days) < 1:
+            raise ValueError(f"features.windows_days must be positive, got {list(self.windows_days)}")
+        if self.half_life_days <= 0:
+            raise ValueError(f"features.half_life_days must be positive, got {self.half_life_days}")
+        personal = set(s.PERSONAL_DATA_COLUMNS) & set(
+            self.lead_categorical + self.lead_numeric + self.extra_categorical + self.extra_numeric
+        )
+        if personal:
+            raise ValueError(f"personal data can never be a feature: {sorted(personal)}")
+
+    @property
+    def lookback_days(self) -> float:
+        """How far back a snapshot reads events (windows, velocity and recency weights)."""
+        return float(
+            max(
+                *self.windows_days,
+                self.velocity_recent_days + self.velocity_baseline_days,
+                self.half_life_days * RECENCY_HALF_LIVES,
+            )
+        )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> FeatureSettings:
+        values = known_settings(cls, mapping, "features")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    """Metadata that turns a feature into a reason a person can read."""
+
+    name: str
+    family: str  # fit, engagement, source or other
+    group: str  # original column or activity channel the feature is grouped back to
+    template: str  # str.format template with {value}
+    monotone: int = 0  # +1 never lowers the score when higher, -1 never raises it, 0 free
+    kind: str = "numeric"  # numeric or categorical
+
+    def describe(self, value: Any) -> str:
+        """A plain-words sentence for one value of this feature."""
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return f"{self.group.replace('_', ' ')} unknown"
+        try:
+            return self.template.format(value=value)
+        except (ValueError, TypeError):
+            return self.template.format(value=str(value))
+
+
+@dataclass
+class EventLog:
+    """Activities prepared once per stage for fast as-of queries.
+
+    Two orders of the same events: by time (window counts over a slice) and by
+    (lead, time) (last and first activity before T, however old).
+    """
+
+    lead_ids: pd.Index
+    time_s: np.ndarray  # int64 seconds since epoch, ascending
+    lead_pos: np.ndarray  # int64 position in lead_ids, aligned with time_s
+    channel: np.ndarray  # int16 activity-type channel, aligned with time_s
+    page_channel: np.ndarray  # int16 page-category channel or -1, aligned with time_s
+    lead_time_key: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
+    channel_time_key: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
+
+
+def to_seconds(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC timestamps as int64 seconds since the epoch, whatever their resolution."""
+    idx = pd.DatetimeIndex(values)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    return np.asarray((idx - EPOCH) // pd.Timedelta(seconds=1), dtype=np.int64)
+
+
+def _time_key(lead_pos: np.ndarray, time_s: np.ndarray) -> np.ndarray:
+    # Leads in the high bits, seconds since 1900 in the low 33 bits (272 years).
+    return (lead_pos.astype(np.int64) << 33) | (time_s + 2_208_988_800)
+
+
+def prepare_events(activities: pd.DataFrame, lead_ids: pd.Index) -> EventLog:
+    """Index activities of known leads by time and by (lead, time)."""
+    lead_pos = positions_in(activities[s.LEAD_ID], lead_ids)
+    type_codes = positions_in(activities[s.ACTIVITY_TYPE], s.ACTIVITY_TYPES)
+    known = (lead_pos >= 0) & (type_codes >= 0) & np.asarray(activities[s.TIMESTAMP].notna())
+    if not known.all():
+        logger.warning("ignoring %d activities of unknown leads or types, or without time", (~known).sum())
+    time_s = to_seconds(activities[s.TIMESTAMP][known])
+    lead_pos = lead_pos[known]
+    type_codes = type_codes[known]
+    page_codes = positions_in(activities[s.PAGE_CATEGORY], s.PAGE_CATEGORIES)[known]
+    is_page_view = type_codes == s.ACTIVITY_TYPES.index(s.PAGE_VIEW)
+    page_channel = np.where(is_page_view & (page_codes >= 0), len(s.ACTIVITY_TYPES) + page_codes, -1)
+    order = argsort_int(time_s)
+    return EventLog(
+        lead_ids=lead_ids,
+        time_s=time_s[order],
+        lead_pos=lead_pos[order],
+        channel=type_codes.astype(np.int16)[order],
+        page_channel=page_channel.astype(np.int16)[order],
+        lead_time_key=np.sort(_time_key(lead_pos, time_s)),
+        channel_time_key=np.sort(
+            np.concatenate(
+                [
+                    _time_key(lead_pos * len(CHANNELS) + type_codes, time_s),
+                    _time_key(lead_pos * len(CHANNELS) + page_channel, time_s)[page_channel >= 0],
+                ]
+            )
+        ),
+    )
+
+
+def seniority_from_title(titles: pd.Series) -> pd.Series:
+    """Seniority level from a free-text job title by ordered keyword rules."""
+    lowered = titles.astype("string").str.lower().str.replace(r"[_/,&]", " ", regex=True)
+    result = pd.Series("other", index=titles.index, dtype="object")
+    undecided = np.array(lowered.notna(), dtype=bool)
+    for level, pattern in SENIORITY_RULES:
+        hit = lowered.str.contains(pattern, regex=True, na=False).to_numpy() & undecided
+        result[hit] = level
+        undecided = undecided & ~hit
+    result[lowered.isna().to_numpy() | (lowered.str.strip() == "").fillna(True).to_numpy()] = "unknown"
+    return pd.Series(pd.Categorical(result, categories=list(SENIORITY_LEVELS)), index=titles.index)
+
+
+def corporate_email_flag(emails: pd.Series, free_domains: Iterable[str]) -> pd.Series:
+    """1.0 for a company domain, 0.0 for a free-mail domain, NaN when there is no address."""
+    domain = emails.astype("string").str.strip().str.lower().str.extract(r"@([^@\s]+)$", expand=False)
+    flag = (~domain.isin(set(free_domains))).astype("float64")
+    return flag.where(domain.notna(), np.nan)
+
+
+def lead_profile(leads: pd.DataFrame, accounts: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
+    """Static features per lead (one row per lead, in the order of ``leads``).
+
+    The e-mail address, names and phone are read only to derive the corporate-domain
+    flag; they never leave this function.
+    """
+    firmographics = accounts.drop_duplicates(s.ACCOUNT_ID).set_index(s.ACCOUNT_ID)
+    account_rows = firmographics.reindex(leads[s.ACCOUNT_ID].to_numpy())
+    profile = pd.DataFrame(index=pd.Index(leads[s.LEAD_ID].to_numpy(), name=s.LEAD_ID))
+    for column in (*settings.lead_categorical, *settings.extra_categorical):
+        profile[column] = (
+            _categorical(leads[column]) if column in leads else pd.Categorical([None] * len(leads))
+        )
+    profile["seniority"] = (
+        seniority_from_title(leads[s.JOB_TITLE]).array
+        if s.JOB_TITLE in leads
+        else pd.Categorical(["unknown"] * len(leads), categories=list(SENIORITY_LEVELS))
+    )
+    profile["corporate_email"] = (
+        corporate_email_flag(leads[s.EMAIL], settings.free_email_domains).to_numpy()
+        if s.EMAIL in leads
+        else np.nan
+    )
+    profile[s.INDUSTRY] = _categorical(pd.Series(account_rows[s.INDUSTRY].to_numpy()))
+    profile["company_country"] = _categorical(pd.Series(account_rows[s.COUNTRY].to_numpy()))
+    for column in (s.EMPLOYEES, s.ANNUAL_REVENUE, s.FOUNDED_YEAR):
+        profile[column] = pd.to_numeric(account_rows[column], errors="coerce").to_numpy(dtype="float64")
+    for column in (*settings.lead_numeric, *settings.extra_numeric):
+        profile[column] = (
+            pd.to_numeric(leads[column], errors="coerce").to_numpy(dtype="float64")
+            if column in leads
+            else np.nan
+        )
+    profile["_created_s"] = to_seconds(leads[s.CREATED_AT])
+    return profile
+
+
+def _categorical(values: pd.Series) -> pd.Categorical:
+    as_text = values.astype("string")
+    return pd.Categorical(as_text.to_numpy(dtype=object, na_value=None))
+
+
+def features_as_of(
+    profile: pd.DataFrame,
+    events: EventLog,
+    lead_positions: np.ndarray,
+    as_of: pd.Timestamp,
+    settings: FeatureSettings,
+) -> pd.DataFrame:
+    """Features of the leads at ``lead_positions`` (rows of ``profile``) as of ``as_of``.
+
+    Only events with a timestamp strictly before ``as_of`` are read.
+    """
+    as_of = to_utc(as_of)
+    t = int(to_seconds(pd.DatetimeIndex([as_of]))[0])
+    lead_positions = np.asarray(lead_positions, dtype=np.int64)
+    n = len(lead_positions)
+    local = np.full(len(events.lead_ids), -1, dtype=np.int64)
+    local[lead_positions] = np.arange(n)
+
+    lo = np.searchsorted(events.time_s, t - int(settings.lookback_days * SECONDS_PER_DAY), side="left")
+    hi = np.searchsorted(events.time_s, t, side="left")  # strictly before T
+    who = local[events.lead_pos[lo:hi]]
+    mine = who >= 0
+    who = who[mine]
+    age_days = (t - events.time_s[lo:hi][mine]) / SECONDS_PER_DAY
+    channels = events.channel[lo:hi][mine].astype(np.int64)
+    page = events.page_channel[lo:hi][mine].astype(np.int64)
+    has_page = page >= 0
+
+    n_channels = len(CHANNELS)
+    columns: dict[str, np.ndarray] = {}
+
+    def per_channel(weights: np.ndarray | None, in_window: np.ndarray) -> np.ndarray:
+        codes = np.concatenate(
+            [
+                who[in_window] * n_channels + channels[in_window],
+                who[in_window & has_page] * n_channels + page[in_window & has_page],
+            ]
+        )
+        w = None if weights is None else np.concatenate([weights[in_window], weights[in_window & has_page]])
+        return np.bincount(codes, weights=w, minlength=n * n_channels).reshape(n, n_channels)
+
+    for window in sorted(settings.windows_days):
+        in_window = age_days <= window
+        counts = per_channel(None, in_window)
+        for c, name in enumerate(CHANNELS):
+            columns[f"n_{name}_{window}d"] = counts[:, c].astype("float64")
+        columns[f"n_events_{window}d"] = np.bincount(who[in_window], minlength=n).astype("float64")
+
+    weights = np.exp2(-age_days / settings.half_life_days)
+    recency = per_channel(weights, np.ones(len(who), dtype=bool))
+    for c, name in enumerate(CHANNELS):
+        columns[f"rw_{name}"] = recency[:, c]
+
+    recent = np.bincount(who[age_days <= settings.velocity_recent_days], minlength=n)
+    baseline_window = (age_days > settings.velocity_recent_days) & (
+        age_days <= settings.velocity_recent_days + settings.velocity_baseline_days
+    )
+    baseline = np.bincount(who[baseline_window], minlength=n)
+    columns["engagement_velocity"] = (
+        recent / settings.velocity_recent_days - baseline / settings.velocity_baseline_days
+    )
+
+    last_s, first_s = _last_and_first_before(events.lead_time_key, lead_positions, t)
+    columns["days_since_last_activity"] = (t - last_s) / SECONDS_PER_DAY
+    columns["days_since_first_activity"] = (t - first_s) / SECONDS_PER_DAY
+    for c, name in enumerate(CHANNELS):
+        last_s, _ = _last_and_first_before(events.channel_time_key, lead_positions * n_channels + c, t)
+        columns[f"days_since_last_{name}"] = (t - last_s) / SECONDS_PER_DAY
+
+    static = profile.iloc[lead_positions]
+    out = static.drop(columns=["_created_s"]).reset_index()
+    out.insert(1, s.AS_OF, pd.Series(as_of, index=out.index, dtype="datetime64[ns, UTC]"))
+    out["lead_age_days"] = (t - static["_created_s"].to_numpy()) / SECONDS_PER_DAY
+    out["company_age_years"] = as_of.year - static[s.FOUNDED_YEAR].to_numpy()
+    out["revenue_per_employee"] = _revenue_per_employee(static)
+    out = out.drop(columns=[s.FOUNDED_YEAR])
+    dynamic = pd.DataFrame(columns, index=out.index)
+    out = pd.concat([out, dynamic], axis=1)
+    return out.drop(columns=[c for c in settings.exclude if c in out.columns])
+
+
+def _revenue_per_employee(static: pd.DataFrame) -> np.ndarray:
+    """Annual revenue over head count (NaN without a positive head count).
+
+    A ratio that trees cannot build from the two columns by splitting on each: it tells a
+    well-funded company from a large but thin one of the same size.
+    """
+    employees = pd.to_numeric(static[s.EMPLOYEES], errors="coerce").to_numpy(dtype=np.float64)
+    revenue = pd.to_numeric(static[s.ANNUAL_REVENUE], errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(employees > 0, revenue / employees, np.nan)
+
+
+def _last_and_first_before(keys: np.ndarray, groups: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of the last and first event strictly before ``t`` per group (NaN if none).
+
+    ``keys`` are sorted (group, time) keys from :func:`_time_key`; a group is a lead or a
+    (lead, channel) pair.
+    """
+    start = np.searchsorted(keys, _time_key(groups, np.full(len(groups), -2_208_988_800)))
+    stop = np.searchsorted(keys, _time_key(groups, np.full(len(groups), t)), side="left")
+    has_any = stop > start
+    offset = (1 << 33) - 1
+    last = np.full(len(groups), np.nan)
+    first = np.full(len(groups), np.nan)
+    last[has_any] = (keys[stop[has_any] - 1] & offset) - 2_208_988_800
+    first[has_any] = (keys[start[has_any]] & offset) - 2_208_988_800
+    return last, first
+
+
+def open_lead_positions(profile: pd.DataFrame, closed_s: np.ndarray, t: int) -> np.ndarray:
+    """Rows of leads created before ``t`` and not closed at or before it."""
+    created = profile["_created_s"].to_numpy()
+    is_open = (created < t) & ~(closed_s <= t)  # NaN closed time (still open) compares False
+    return np.flatnonzero(is_open)
+
+
+def lead_outcomes(leads: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Closed time in seconds (NaN while open) and a won flag, aligned with ``leads``."""
+    by_lead = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID).reindex(leads[s.LEAD_ID].to_numpy())
+    closed = pd.DatetimeIndex(by_lead[s.CLOSED_AT])
+    known = np.asarray(closed.notna())
+    closed_s = np.full(len(closed), np.nan)
+    closed_s[known] = to_seconds(closed[known])
+    won = (by_lead[s.STATUS] == s.WON).fillna(False).to_numpy(dtype=bool)
+    return closed_s, won
+
+
+def data_end(tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
+    """The last moment the data knows about: the latest timestamp in any table."""
+    candidates = [
+        tables[s.LEADS][s.CREATED_AT].max(),
+        tables[s.OUTCOMES][s.CLOSED_AT].max() if len(tables[s.OUTCOMES]) else pd.NaT,
+        tables[s.ACTIVITIES][s.TIMESTAMP].max() if len(tables[s.ACTIVITIES]) else pd.NaT,
+    ]
+    present = [to_utc(c) for c in candidates if not pd.isna(c)]
+    if not present:
+        raise LeadmlError("the tables hold no timestamps, so there is no end of data")
+    return max(present)
+
+
+def build_features(
+    leads: pd.DataFrame,
+    accounts: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp | str,
+    settings: FeatureSettings,
+) -> pd.DataFrame:
+    """Features of every lead in ``leads`` as of one date (what the nightly scorer uses)."""
+    profile = lead_profile(leads, accounts, settings)
+    events = prepare_events(activities, profile.index)
+    return features_as_of(profile, events, np.arange(len(profile)), to_utc(as_of), settings)
+
+
+def open_lead_features(
+    tables: Mapping[str, pd.DataFrame], as_of: pd.Timestamp | str, settings: FeatureSettings
+) -> pd.DataFrame:
+    """Features as of ``as_of`` of every lead open then: what the nightly job scores.
+
+    The same code as a training snapshot on that date (created before it, not closed at
+    or before it, only events strictly before it), so training and scoring cannot drift apart.
+    """
+    leads, accounts, outcomes, activities = (
+        tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
+    )
+    as_of = to_utc(as_of)
+    profile = lead_profile(leads, accounts, settings)
+    closed_s, _ = lead_outcomes(leads, outcomes)
+    positions = open_lead_positions(profile, closed_s, int(to_seconds(pd.DatetimeIndex([as_of]))[0]))
+    events = prepare_events(activities, profile.index)
+    return features_as_of(profile, events, positions, as_of, settings)
+
+
+def build_training_snapshots(
+    tables: Mapping[str, pd.DataFrame],
+    settings: FeatureSettings,
+    end: pd.Timestamp | None = None,
+    progress: bool = False,
+    dates: Sequence[pd.Timestamp] | None = None,
+) -> pd.DataFrame:
+    """(lead, as-of) training examples with features and a label.
+
+    Snapshots sit on the calendar grid every ``cadence_days``. A lead contributes one
+    while it is open (created before T, not closed at or before T). The label is 1 when
+    the lead is won in (T, T + horizon]. Snapshots whose label window runs past ``end``
+    (default: the latest timestamp in the data) are censored and left out. ``dates``
+    replaces the grid (tests and backfills); censoring still applies.
+    """
+    leads, accounts, outcomes, activities = (
+        tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
+    )
+    if leads.empty:  # every lead quarantined (with a max_bad_share that let it through)
+        raise LeadmlError("no snapshot fits: the leads table holds no accepted lead")
+    end = data_end(tables) if end is None else to_utc(end)
+    horizon = pd.Timedelta(days=settings.horizon_days)
+    first_created = to_utc(leads[s.CREATED_AT].min())
+    if dates is None:
+        dates = snapshot_dates(first_created, end - horizon, settings.cadence_days)
+    else:
+        dates = pd.DatetimeIndex([to_utc(d) for d in dates if to_utc(d) + horizon <= end])
+    profile = lead_profile(leads, accounts, settings)
+    events = prepare_events(activities, profile.index)
+    closed_s, won = lead_outcomes(leads, outcomes)
+    horizon_s = settings.horizon_days * SECONDS_PER_DAY
+    frames: list[pd.DataFrame] = []
+    for as_of in progress_iter(dates, progress, "snapshots", unit="date"):
+        t = int(to_seconds(pd.DatetimeIndex([as_of]))[0])
+        positions = open_lead_positions(profile, closed_s, t)
+        if len(positions) == 0:
+            continue
+        frame = features_as_of(profile, events, positions, as_of, settings)
+        frame.insert(2, LABEL, (won[positions] & (closed_s[positions] <= t + horizon_s)).astype("int8"))
+        frames.append(frame)
+    if not frames:
+        raise LeadmlError(
+            f"no snapshot fits: data from {first_created:%Y-%m-%d} to {end:%Y-%m-%d} is shorter than "
+            f"one cadence plus the {settings.horizon_days}-day horizon"
+        )
+    snapshots = pd.concat(frames, ignore_index=True)
+    logger.info("built %d snapshots on %d dates", len(snapshots), len(frames))
+    return snapshots
+
+
+def feature_metadata(columns: Iterable[str], settings: FeatureSettings) -> dict[str, FeatureMeta]:
+    """Metadata for every feature column produced by :func:`features_as_of`."""
+    meta: dict[str, FeatureMeta] = {}
+    for name in columns:
+        entry = _meta_for(name, settings)
+        if entry is not None:
+            meta[name] = entry
+    return meta
+
+
+def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
+    if name in (s.LEAD_ID, s.AS_OF, LABEL):
+        return None
+    for channel in CHANNELS:
+        label, direction = CHANNEL_LABELS[channel], CHANNEL_DIRECTION[channel]
+        if name.startswith(f"n_{channel}_") and name.endswith("d"):
+            days = name.removeprefix(f"n_{channel}_").removesuffix("d")
+            if days.isdigit():
+                return FeatureMeta(
+                    name, ENGAGEMENT, channel, f"{{value:.0f}} {label} in the last {days} days", direction
+                )
+        if name == f"days_since_last_{channel}":
+            return FeatureMeta(name, ENGAGEMENT, channel, f"last of the {label} {{value:.0f}} days ago", 0)
+        if name == f"rw_{channel}":
+            return FeatureMeta(
+                name,
+                ENGAGEMENT,
+                channel,
+                f"{{value:.1f}} recent {label} (weighted, half-life {settings.half_life_days:g} days)",
+                direction,
+            )
+    if name.startswith("n_events_"):
+        days = name.removeprefix("n_events_").removesuffix("d")
+        return FeatureMeta(
+            name, ENGAGEMENT, "activity", f"{{value:.0f}} activities in the last {days} days", 0
+        )
+    fixed = {
+        "engagement_velocity": FeatureMeta(
+            "engagement_velocity",
+            ENGAGEMENT,
+            "activity",
+            "activity {value:+.2f} events a day against the month before",
+            0,
+        ),
+        "days_since_last_activity": FeatureMeta(
+            "days_since_last_activity", ENGAGEMENT, "activity", "last activity {value:.0f} days ago", 0
+        ),
+        "days_since_first_activity": FeatureMeta(
+            "days_since_first_activity", ENGAGEMENT, "activity", "first activity {value:.0f} days ago", 0
+        ),
+        "lead_age_days": FeatureMeta(
+            "lead_age_days", OTHER, s.CREATED_AT, "lead created {value:.0f} days ago", 0
+        ),
+        "seniority": FeatureMeta("seniority", FIT, s.JOB_TITLE, "seniority: {value}", 0, "categorical"),
+        "corporate_email": FeatureMeta(
+            "corporate_email", FIT, s.EMAIL, "corporate e-mail domain: {value:.0f} (1 = yes)", 0
+        ),
+        s.INDUSTRY: FeatureMeta(s.INDUSTRY, FIT, s.INDUSTRY, "industry: {value}", 0, "categorical"),
+        "company_country": FeatureMeta(
+            "company_country", FIT, s.COUNTRY, "company based in {value}", 0, "categorical"
+        ),
+        s.EMPLOYEES: FeatureMeta(s.EMPLOYEES, FIT, s.EMPLOYEES, "{value:,.0f} employees", 0),
+        s.ANNUAL_REVENUE: FeatureMeta(
+            s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue ${value:,.0f}", 0
+        ),
+        "revenue_per_employee": FeatureMeta(
+            "revenue_per_employee", FIT, s.ANNUAL_REVENUE, "revenue per employee ${value:,.0f}", 0
+        ),
+        "company_age_years": FeatureMeta(
+            "company_age_years", FIT, s.FOUNDED_YEAR, "company founded {value:.0f} years ago", 0
+        ),
+        s.SOURCE: FeatureMeta(s.SOURCE, SOURCE_FAMILY, s.SOURCE, "lead source: {value}", 0, "categorical"),
+        s.COUNTRY: FeatureMeta(s.COUNTRY, FIT, s.COUNTRY, "lead from {value}", 0, "categorical"),
+        s.ESTIMATED_DEAL_VALUE: FeatureMeta(
+            s.ESTIMATED_DEAL_VALUE, FIT, s.ESTIMATED_DEAL_VALUE, "estimated deal value ${value:,.0f}", 0
+        ),
+    }
+    if name in fixed:
+        return fixed[name]
+    kind = "categorical" if name in (*settings.extra_categorical, *settings.lead_categorical) else "numeric"
+    template = f"{name.replace('_', ' ')}: {{value}}"
+    return FeatureMeta(name, OTHER, name, template, 0, kind)
+
+
+def metadata_to_json(meta: Mapping[str, FeatureMeta]) -> list[dict[str, Any]]:
+    return [asdict(m) for m in meta.values()]
+
+
+# the columns of a flat table's snapshots that are not features
+FLAT_KEY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, LABEL, s.DUP_GROUP)
+
+
+def flat_snapshots(
+    table: pd.DataFrame, personal: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Training rows of a one-row-per-lead table: its columns are the features as they are.
+
+    Personal-data columns are removed; text columns become categoricals and nullable
+    integers or booleans become floats, which is what the models consume. The key columns
+    (:data:`FLAT_KEY_COLUMNS`: lead id, as_of or order_key, label and, for a table with exact
+    duplicate rows, dup_group) are kept as they are and are not features.
+    """
+    out = _flat_rows(table, personal, exclude)
+    out[LABEL] = out[LABEL].astype("int8")
+    return out
+
+
+def flat_open_features(
+    table: pd.DataFrame, personal: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> pd.DataFrame:
+    """The features of a flat table's open leads (no label), built as :func:`flat_snapshots`
+    builds the training rows, so training and scoring cannot drift apart."""
+    return _flat_rows(table, personal, exclude)
+
+
+def _flat_rows(table: pd.DataFrame, personal: Iterable[str], exclude: Iterable[str]) -> pd.DataFrame:
+    keys = [c for c in FLAT_KEY_COLUMNS if c in table.columns]
+    dropped = set(personal) | set(exclude) | set(keys)
+    out = table[keys].copy()
+    features = {}
+    for column in table.columns:
+        if column in dropped:
+            continue
+        values = table[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            features[column] = values
+        elif pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+            features[column] = values.astype("float64")
+        else:
+            features[column] = pd.Series(_categorical(values), index=table.index)
+    return pd.concat([out, pd.DataFrame(features, index=table.index)], axis=1)
+
+
+def flat_feature_metadata(snapshots: pd.DataFrame, families: Mapping[str, str]) -> dict[str, FeatureMeta]:
+    """Metadata for a flat table's features; families come from the data config (default other)."""
+    meta = {}
+    for column in snapshots.columns:
+        if column in FLAT_KEY_COLUMNS:
+            continue
+        kind = "categorical" if isinstance(snapshots[column].dtype, pd.CategoricalDtype) else "numeric"
+        meta[column] = FeatureMeta(
+            column, families.get(column, OTHER), column, f"{column}: {{value}}", 0, kind
+        )
+    return meta

@@ -1,0 +1,1 @@
+"""Split, guards, models, selection, calibration, evaluation, training and the scorer (pure)."""

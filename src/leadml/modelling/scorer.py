@@ -1,0 +1,184 @@
+"""The production model: feature preparation, model, calibrator and explainer in one object.
+
+MLflow wraps a :class:`LeadScorer` as one pyfunc (see ``tracking.py``), so the same
+artifact scores on one machine and inside Spark. Its input is the feature frame
+(categoricals as text, numbers as floats); its output the calibrated probability and
+the model's raw margin in log-odds.
+
+Explanations are exact contributions in log-odds that add up to the margin: TreeSHAP for a
+LightGBM model (``leadml.modelling.treeshap``), linear SHAP for the logistic one
+(``leadml.modelling.linear_explain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.errors import LeadmlError
+from leadml.modelling.calibration import Calibrator
+from leadml.modelling.linear_explain import LinearExplainer, design_matrix, is_linear, profile_design_means
+from leadml.modelling.models import LightGBMModel, ScoringModel
+from leadml.modelling.treeshap import FastTreeExplainer, booster_matrix
+
+PROBABILITY, MARGIN = "probability", "margin"
+BASE_VALUE = "base_value"
+# exact TreeSHAP implementations: leadml.modelling.treeshap (default) or LightGBM's
+# predict(pred_contrib=True);
+# a logistic model has one exact explainer (leadml.modelling.linear_explain) whichever is named
+EXPLAINERS = ("fast", "lightgbm")
+
+
+@dataclass
+class LeadScorer:
+    model: ScoringModel
+    calibrator: Calibrator
+    feature_names: list[str]
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the FeatureSettings the snapshots were built with: scoring rebuilds features the same way
+    feature_settings: dict[str, Any] | None = None
+    # training-window distributions of every feature and of the score, for drift (PSI) checks
+    reference: dict[str, Any] = field(default_factory=dict)
+    # tiers of the test window's evaluation: {method, thresholds (probability minimum per tier),
+    # floor_tier, note}; what the served model tiers one lead with
+    tiers: dict[str, Any] = field(default_factory=dict)
+    # what the registered refit was fitted on: rows, positives, and the last as_of / order_key it
+    # saw ("through"), so a later run rescores it only on rows it never saw
+    trained: dict[str, Any] = field(default_factory=dict)
+    # a flat table's id column ("Lead ID"): a request may name its lead by it, echoed as lead_id
+    request_id: str | None = None
+    # a flat table's synonyms per feature ({token: stored}, data.synonyms), applied to requests too
+    request_synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
+    # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
+    # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
+    linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # built on first use from the booster; never pickled (the tables are large and cheap to rebuild)
+    _fast_explainer: Any = field(default=None, init=False, repr=False, compare=False)
+    # built on first use from the logistic pipeline; never pickled (rebuilt in milliseconds)
+    _linear_explainer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fast_explainer"] = None
+        state["_linear_explainer"] = None
+        return state
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self._predicted(self.model.predict_margin(frame), frame.index)
+
+    def predict_explained(
+        self, frame: pd.DataFrame, method: str = "fast"
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`predict` and :meth:`explain` in one pass over the trees (or the design rows).
+
+        Exact TreeSHAP is additive, so the margin is the row sum of the contributions (the
+        booster's own margin within 1e-12) and the trees are not walked a second time. A
+        logistic model's margin is its own (:meth:`predict`'s, bit for bit), from the same design rows.
+        """
+        if is_linear(self.model):
+            self._check_method(method)
+            contributions, margin = self._linear_explained(frame)
+            return self._predicted(margin, frame.index), contributions
+        contributions = self.explain(frame, method)
+        margin = contributions.to_numpy(dtype=np.float64).sum(axis=1)
+        return self._predicted(margin, frame.index), contributions
+
+    def _predicted(self, margin: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        return pd.DataFrame({PROBABILITY: self.calibrator.predict_proba(margin), MARGIN: margin}, index=index)
+
+    @property
+    def can_explain(self) -> bool:
+        return isinstance(self.model, LightGBMModel) or is_linear(self.model)
+
+    @property
+    def explanation_method(self) -> str | None:
+        """How the contributions are computed, in words (None: this model has no explainer)."""
+        if isinstance(self.model, LightGBMModel):
+            return "exact TreeSHAP"
+        if is_linear(self.model):
+            return "exact linear SHAP, each coefficient times the distance from its training mean"
+        return None
+
+    def explain(self, frame: pd.DataFrame, method: str = "fast") -> pd.DataFrame:
+        """Exact contributions in log-odds, one column per feature plus ``base_value``.
+
+        Per row, base value plus contributions equals the model's margin. For LightGBM, TreeSHAP:
+        ``fast`` and ``lightgbm`` give the same numbers (within 1e-12); ``fast`` is many times
+        quicker. For the logistic model, linear SHAP against the training rows
+        (``leadml.modelling.linear_explain``) whichever ``method`` is named.
+        """
+        if is_linear(self.model):
+            self._check_method(method)
+            return self._linear_explained(frame)[0]
+        if not isinstance(self.model, LightGBMModel):
+            raise TypeError(f"{type(self.model).__name__} has no explainer")
+        self._check_method(method)
+        prepared = self.model.prepare(frame)
+        if method == "fast":
+            contributions = self._fast().shap_values(booster_matrix(prepared))
+        else:
+            contributions = self.model.booster.predict(
+                prepared, pred_contrib=True, num_iteration=self.model.best_iteration
+            )
+        columns = [*self.feature_names, BASE_VALUE]
+        # a random-forest booster's raw contributions add up its trees: 1/trees makes them log-odds
+        scaled = np.asarray(contributions, dtype=np.float64) * self.model.margin_scale
+        return pd.DataFrame(scaled, columns=columns, index=frame.index)
+
+    def prepare_explainer(self) -> None:
+        """Build the explainer now (tree tables, or the linear model's means) rather than on first use."""
+        if isinstance(self.model, LightGBMModel):
+            self._fast()
+        elif is_linear(self.model):
+            self._linear()
+
+    @staticmethod
+    def _check_method(method: str) -> None:
+        if method not in EXPLAINERS:
+            raise LeadmlError(f"score.explainer must be one of {list(EXPLAINERS)}, got {method!r}")
+
+    def _linear_explained(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        assert is_linear(self.model)
+        values, margin = self._linear().explain_design(design_matrix(self.model, frame))
+        columns = [*self.feature_names, BASE_VALUE]
+        return pd.DataFrame(values, columns=columns, index=frame.index), margin
+
+    def _linear(self) -> LinearExplainer:
+        if getattr(self, "_linear_explainer", None) is None:
+            means = getattr(self, "linear_means", None)  # a scorer pickled before the field existed
+            profile = (getattr(self, "reference", None) or {}).get("features")
+            if means is None:
+                means = profile_design_means(self.model, profile)
+                if not profile:  # not kept: the training profile may be set later (train sets it last)
+                    return LinearExplainer.from_model(self.model, means)
+            self._linear_explainer = LinearExplainer.from_model(self.model, means)
+        return self._linear_explainer
+
+    def _fast(self) -> FastTreeExplainer:
+        if getattr(self, "_fast_explainer", None) is None:
+            assert isinstance(self.model, LightGBMModel)
+            booster, categories = self.model.booster, self.model.categories
+            # the booster's category codes must be ours, or the matrix would mean something else
+            trained = [list(levels) for levels in (booster.pandas_categorical or [])]
+            ours = [list(categories[name]) for name in self.model.feature_names if name in categories]
+            if trained != ours:
+                raise LeadmlError(
+                    "the booster's categorical levels differ from the model's: use score.explainer=lightgbm"
+                )
+            self._fast_explainer = FastTreeExplainer.from_booster(booster, self.model.best_iteration)
+        return self._fast_explainer
+
+
+def as_model_input(frame: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:
+    """Feature columns as the pyfunc signature expects them: categoricals as text, numbers as floats."""
+    out = {}
+    for name in feature_names:
+        column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+            out[name] = column.astype(object).where(column.notna(), None).astype("object")
+        else:
+            out[name] = column.astype("float64")
+    return pd.DataFrame(out, index=frame.index)

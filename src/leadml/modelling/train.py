@@ -1,0 +1,810 @@
+"""Training as pure functions: split, guard, fit, calibrate, evaluate, and the promotion gate.
+
+No file I/O and no MLflow here (``stages.train_stage`` does both), so every step can be
+tested on small frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from leadml.data import schema as s
+from leadml.data.features import FeatureMeta
+from leadml.errors import LeadmlError, data_config_file
+from leadml.modelling.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
+from leadml.modelling.evaluate import (
+    base_rate_shift,
+    binary_metrics,
+    bootstrap_intervals,
+    capacity_thresholds,
+    compare_models,
+    grouped_shap_importance,
+    tier_table,
+)
+from leadml.modelling.guards import (
+    EXCLUDE,
+    OutcomeLevelSettings,
+    check_minimum_data,
+    enforce_leakage,
+    leakage_report,
+)
+from leadml.modelling.linear_explain import attach_training_means
+from leadml.modelling.models import (
+    BaseRate,
+    LightGBMSettings,
+    LogRegSettings,
+    ScoringModel,
+    feature_columns,
+    fit_logreg,
+    model_settings_from_mapping,
+)
+from leadml.modelling.points import (
+    PointsModel,
+    PointsSettings,
+    fit_points,
+    mapped_tiers,
+    points_summary,
+    points_tier_table,
+    tier_agreement,
+    training_sheet,
+)
+from leadml.modelling.scorer import PROBABILITY, LeadScorer
+from leadml.modelling.selection import (
+    LIGHTGBM,
+    LOGREG,
+    MARGIN,
+    POINTS,
+    Selection,
+    SelectionSettings,
+    anchor,
+    refit,
+    select_model,
+)
+from leadml.modelling.split import (
+    SplitSettings,
+    latest_rows,
+    position_column,
+    resolve_split,
+    split_summary,
+    split_with_report,
+)
+from leadml.scoring.scores import reference_profile
+
+logger = logging.getLogger(__name__)
+
+ORACLE = "oracle"
+BASELINE_LOGREG, BASELINE_RATE = "logreg_baseline", "base_rate"
+BASELINE_POINTS = "points_baseline"  # the data config's traditional scoring sheet (data.points)
+REFERENCE_ROWS = 200_000  # training rows profiled for drift checks
+
+
+@dataclass
+class TrainingResult:
+    scorer: LeadScorer
+    model_name: str
+    split: dict[str, dict[str, Any]]
+    purged_rows: dict[str, int]
+    leakage: pd.DataFrame
+    leakage_flagged: list[str]
+    leakage_excluded: list[str]  # flagged features left out of the model (guards.leakage_action=exclude)
+    comparison: pd.DataFrame  # one row per model on the same test rows, with intervals
+    tiers: pd.DataFrame
+    calibration: dict[str, Any]
+    test: pd.DataFrame  # test rows with labels and every model's probability
+    windows: dict[str, pd.DataFrame]  # train, calibration and test rows as split
+    probabilities: dict[str, np.ndarray]
+    shap_importance: pd.DataFrame | None
+    shap_sample: tuple[np.ndarray, pd.DataFrame] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    # the points baseline (data.points): its comparison row, rules, fitted map, and with
+    # model=points its tiers in points and as probabilities; {"available": False, "note"} without rules
+    points: dict[str, Any] = field(default_factory=dict)
+    selection: Selection | None = None  # what the procedure chose on the validation folds, and why
+    evaluated: LeadScorer | None = None  # the procedure fitted before the test window (scored on it)
+    deployment: dict[str, Any] = field(default_factory=dict)  # what the registered refit was trained on
+    notes: list[str] = field(default_factory=list)  # one-line notes for the summary (split fallback, data)
+    duplicate_rows: dict[str, int] = field(default_factory=dict)  # exact copies left out per window
+    development: pd.DataFrame | None = None  # every row before the test window
+
+
+def _tier_note(tier_settings: Mapping[str, Any], points_sheet: bool) -> str:
+    """How the stored thresholds came about, for the model card and the served model."""
+    if points_sheet:
+        return "the points sheet's tiers (data.points.tiers), each minimum mapped to a probability"
+    if tier_settings.get("method") == "capacity":
+        shares = ", ".join(f"{k} top {float(v):.0%}" for k, v in dict(tier_settings["shares"]).items())
+        return f"capacity shares ({shares}) of the test window's leads, fixed as probabilities"
+    return "fixed probability minimums (conf/tiers)"
+
+
+def train_and_evaluate(
+    snapshots: pd.DataFrame,
+    metadata: Mapping[str, FeatureMeta],
+    config: Mapping[str, Any],
+    truth: pd.DataFrame | None = None,
+    deploy: bool = True,
+    progress: bool = False,
+) -> TrainingResult:
+    """The whole training job on one snapshots frame; ``config`` is the composed train config.
+
+    The procedure (select on validation folds, refit, calibrate on out-of-sample margins) runs
+    on the development rows (everything before the test window) and is scored on the test
+    window: the honest estimate. With ``deploy`` the same procedure is then refitted on every
+    labelled row, and that refit is the scorer that gets registered (the rolling backtest,
+    which only needs the estimate, passes ``deploy=False``).
+    """
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    guards = config["guards"]
+    split_settings, split_note = resolve_split(snapshots, SplitSettings.from_mapping(config["split"]))
+    if split_note:
+        logger.warning("split: %s", split_note)
+    split = split_with_report(snapshots, split_settings)
+    train, calibration, test = (split.parts[w] for w in ("train", "calibration", "test"))
+    development = pd.concat([train, calibration])
+    data_note = minimum_data_note(development, guards["min_snapshots"], guards["min_positives"])
+    lap("split")
+
+    leakage = sentinel_report(development, metadata, guards)
+    flagged = enforce_leakage(leakage, guards["leakage_action"])
+    excluded = flagged if guards["leakage_action"] == EXCLUDE else []
+    if excluded:
+        train, calibration, test, development = (
+            part.drop(columns=excluded) for part in (train, calibration, test, development)
+        )
+        split.parts.update(train=train, calibration=calibration, test=test)
+        metadata = {name: meta for name, meta in metadata.items() if name not in excluded}
+    lap("leakage")
+
+    model_config = dict(config["model"])
+    model_name = str(model_config.pop("name"))
+    # the scoring sheet (data.points) minus rules on columns left out of the model
+    left_out = {
+        *(config.get("features", {}).get("exclude") or ()),
+        *snapshots.columns.difference(train.columns),
+    }
+    sheet, skipped_rules = training_sheet(config["data"].get("points"), left_out)
+    model_settings = model_settings_from_mapping(
+        {"name": model_name, **model_config}, sheet, config["data"].get("name")
+    )
+    logreg_settings = model_settings if isinstance(model_settings, LogRegSettings) else LogRegSettings()
+    fitters: dict[str, Callable[[pd.DataFrame], ScoringModel]] = {
+        LOGREG: lambda rows: fit_logreg(rows, logreg_settings)
+    }
+    if sheet is not None:
+        fitters[POINTS] = lambda rows: fit_points(rows, sheet["rules"], sheet["tiers"])
+    if isinstance(model_settings, PointsSettings):
+        fitters[POINTS] = lambda rows: fit_points(rows, model_settings.rules, model_settings.tiers)
+    selection_settings = SelectionSettings.from_mapping(config.get("selection"))
+    selection = select_model(
+        development,
+        candidates=CANDIDATES_OF_MODEL.get(model_name, (model_name,)),
+        lightgbm=model_settings if isinstance(model_settings, LightGBMSettings) else LightGBMSettings(),
+        logreg=logreg_settings,
+        settings=selection_settings,
+        metadata=metadata,
+        fitters=fitters,
+        progress=progress,
+    )
+    lap("select")
+    model = refit(development, selection, fitters, metadata)
+    # the logistic baseline stays plain (unweighted): the chosen one may weigh recent rows
+    plain = selection.chosen == LOGREG and not selection.logreg.recency_half_life
+    logreg = model if plain else fitters[LOGREG](development)
+    points: PointsModel | None = None
+    if isinstance(model, PointsModel):
+        points = model
+    elif POINTS in fitters:
+        points = fitters[POINTS](development)  # type: ignore[assignment]
+    base = BaseRate.fit(development)
+    points_record = points_summary(points, model_name if points is model else BASELINE_POINTS, skipped_rules)
+    if points is None:
+        logger.warning("%s: add them to %s", points_record["note"], data_config_file(config["data"]))
+    lap("fit")
+
+    calibration_settings = CalibrationSettings.from_mapping(config["calibration"])
+    out_of_sample = selection.oos[MARGIN]  # relative to each fold model's base log-odds
+    calibrator = RelativeCalibrator(
+        fit_on_window(
+            lambda rows: out_of_sample.loc[rows.index].to_numpy(),
+            development.loc[out_of_sample.index],
+            calibration_settings,
+        ),
+        anchor(development, selection),
+    )
+    names = feature_columns(train)
+    feature_meta = {n: asdict(m) for n, m in metadata.items() if n in names}
+    evaluated = LeadScorer(model, calibrator, names, feature_meta)
+    attach_training_means(evaluated, development)
+    lap("calibrate")
+
+    labels = test[s.LABEL].to_numpy()
+    test_margin = model.predict_margin(test)
+    probabilities = {
+        model_name: calibrator.predict_proba(test_margin),
+        f"{model_name}_uncalibrated": expit(test_margin),
+        BASELINE_LOGREG: logreg.predict_proba(test),
+        **({BASELINE_POINTS: points.predict_proba(test)} if points is not None else {}),
+        BASELINE_RATE: base.predict_proba(test),
+    }
+    if truth is not None and s.AS_OF in test:
+        joined = test[[s.LEAD_ID, s.AS_OF]].merge(truth, on=[s.LEAD_ID, s.AS_OF], how="left")
+        if joined[s.TRUE_PROBABILITY].notna().all():
+            probabilities[ORACLE] = joined[s.TRUE_PROBABILITY].to_numpy()
+        else:
+            logger.warning(
+                "ground truth misses %d test rows; no oracle", joined[s.TRUE_PROBABILITY].isna().sum()
+            )
+    evaluation = config["evaluation"]
+    comparison = compare_models(
+        labels,
+        probabilities,
+        groups=test[s.LEAD_ID].to_numpy(),
+        n_boot=evaluation["bootstrap"],
+        seed=evaluation["seed"],
+    )
+    tier_settings = config["tiers"]
+    thresholds = dict(tier_settings.get("thresholds") or {})
+    if tier_settings.get("method") == "capacity":
+        thresholds = capacity_thresholds(probabilities[model_name], dict(tier_settings["shares"]))
+    floor_tier = str(tier_settings.get("floor_tier") or "D")
+    # model=points with data.points.tiers: the sheet's own tiers, each minimum also as a probability
+    point_thresholds = mapped_tiers(model, calibrator) if isinstance(model, PointsModel) else None
+    if point_thresholds is not None and isinstance(model, PointsModel) and model.tiers:
+        total = model.total_points(test)
+        tiers = points_tier_table(
+            labels,
+            probabilities[model_name],
+            total,
+            model.tiers,
+            point_thresholds,
+            floor_tier,
+            n_boot=evaluation["bootstrap"],
+            groups=test[s.LEAD_ID].to_numpy(),
+        )
+        points_record["tiers"] = {
+            "points": dict(model.tiers),
+            "probability": point_thresholds,
+            "floor_tier": floor_tier,
+            "agreement": tier_agreement(
+                probabilities[model_name], point_thresholds, total, model.tiers, floor_tier
+            ),
+        }
+    else:
+        tiers = tier_table(
+            labels,
+            probabilities[model_name],
+            thresholds,
+            floor_tier,
+            n_boot=evaluation["bootstrap"],
+            groups=test[s.LEAD_ID].to_numpy(),
+        )
+    tier_record = {
+        "method": str(tier_settings.get("method") or "probability"),
+        "thresholds": {str(k): float(v) for k, v in (point_thresholds or thresholds).items()},
+        "floor_tier": floor_tier,
+        "note": _tier_note(tier_settings, bool(point_thresholds and getattr(model, "tiers", None))),
+    }
+    lap("evaluate")
+
+    shap_importance, shap_sample = None, None
+    if evaluated.can_explain and evaluation["shap_rows"] > 0:
+        # the evaluated procedure's model on test rows it never saw
+        sample = test.sample(min(len(test), evaluation["shap_rows"]), random_state=evaluation["seed"])
+        contributions = evaluated.explain(sample)
+        values = contributions[names].to_numpy()
+        shap_importance = grouped_shap_importance(values, names, metadata)
+        shap_sample = (values, sample[names])
+    lap("explain")
+
+    labelled = pd.concat([development, test])
+    split_info = split_summary(split.parts)
+    # where the rate moved, the deployed calibrator takes its level from the latest rows; the
+    # same procedure, replayed on the test window's halves, is what the gate judges
+    level = bool(base_rate_drift(split_info)["flagged"])
+    test_relative = pd.Series(test_margin - calibrator.offset, index=test.index, name=MARGIN)
+    in_time = (
+        in_time_calibration(
+            labelled,
+            selection.oos[MARGIN],
+            test_relative,
+            calibration_settings,
+            n_boot=min(evaluation["bootstrap"], 100),
+            seed=evaluation["seed"],
+        )
+        if level
+        else {}
+    )
+    if deploy:
+        scorer, deployment = deployed_scorer(
+            labelled, test_relative, selection, fitters, calibration_settings, metadata, feature_meta, level
+        )
+        if tier_record["method"] == "capacity" and not point_thresholds:
+            # the shares hold for the probabilities the deployed calibrator gives the test window
+            deployed = scorer.calibrator.predict_proba(test_relative.to_numpy() + scorer.calibrator.offset)
+            tier_record["thresholds"] = capacity_thresholds(deployed, dict(tier_settings["shares"]))
+    else:
+        scorer, deployment = evaluated, {"refit": False}
+    scorer.tiers = tier_record
+    scorer.reference = training_reference(
+        scorer, labelled if deploy else development, seed=evaluation["seed"]
+    )
+    lap("refit")
+
+    return TrainingResult(
+        scorer=scorer,
+        model_name=model_name,
+        split=split_info,
+        purged_rows=split.purged_rows,
+        leakage=leakage,
+        leakage_flagged=flagged,
+        leakage_excluded=excluded,
+        comparison=comparison,
+        tiers=tiers,
+        calibration={
+            **calibrator.describe(),
+            "uncalibrated_log_loss": float(
+                binary_metrics(labels, probabilities[f"{model_name}_uncalibrated"])["log_loss"]
+            ),
+            "verdict": calibration_verdict(comparison, model_name, split_info),
+            **in_time,
+        },
+        test=test,
+        windows=dict(split.parts),
+        probabilities=probabilities,
+        shap_importance=shap_importance,
+        shap_sample=shap_sample,
+        seconds=seconds,
+        points=points_record,
+        selection=selection,
+        evaluated=evaluated,
+        deployment=deployment,
+        notes=[note for note in (split_note, data_note) if note],
+        duplicate_rows=dict(split.duplicate_rows),
+        development=development,
+    )
+
+
+CANDIDATES_OF_MODEL: dict[str, tuple[str, ...]] = {
+    "lightgbm": (LIGHTGBM, LOGREG),  # the default: tuned LightGBM against logistic regression
+    "logreg": (LOGREG,),
+    "points": (POINTS,),
+}
+
+
+def deployed_scorer(
+    labelled: pd.DataFrame,
+    test_relative: pd.Series,
+    selection: Selection,
+    fitters: Mapping[str, Callable[[pd.DataFrame], ScoringModel]],
+    calibration_settings: CalibrationSettings,
+    metadata: Mapping[str, FeatureMeta],
+    feature_meta: dict[str, dict[str, Any]],
+    level: bool = False,
+) -> tuple[LeadScorer, dict[str, Any]]:
+    """The procedure refitted on every labelled row, and what it was trained on.
+
+    Its calibrator is :func:`latest_calibrator` of the test window as predicted by the
+    development refit (``test_relative``, relative to that refit's base log-odds) and the
+    validation folds before it; with ``level`` (the base rate moved) levelled on the test window.
+    """
+    model = refit(labelled, selection, fitters, metadata)
+    calibrator = latest_calibrator(
+        labelled,
+        selection.oos[MARGIN],
+        test_relative,
+        calibration_settings,
+        level,
+        anchor(labelled, selection),
+    )
+    names = feature_columns(labelled)
+    scorer = LeadScorer(model, calibrator, names, feature_meta)
+    attach_training_means(scorer, labelled)
+    column = position_column(labelled)
+    deployment = {
+        "refit": True,
+        "rows": len(labelled),
+        "leads": int(labelled[s.LEAD_ID].nunique()),
+        "positives": int(labelled[s.LABEL].sum()),
+        "rate": float(labelled[s.LABEL].mean()),
+        "position_column": column,
+        "first": None if column is None else _plain_value(labelled[column].min()),
+        "through": None if column is None else _plain_value(labelled[column].max()),
+        "calibration": calibrator.describe(),
+        "model": getattr(model, "fit_report", {}),
+    }
+    scorer.trained = deployment
+    return scorer, deployment
+
+
+def latest_calibrator(
+    labelled: pd.DataFrame,
+    out_of_sample: pd.Series,
+    latest: pd.Series,
+    settings: CalibrationSettings,
+    level: bool,
+    offset: float = 0.0,
+) -> RelativeCalibrator:
+    """A calibrator of relative margins fitted on the latest out-of-sample rows (time-ordered
+    cross-fitting): ``latest`` (margins of rows after the folds) then the folds' margins before
+    them, as many rows as the folds hold. With ``level``, its log-odds are moved so that its mean
+    probability on ``latest`` is their rate: where the base rate moved, the newest rows are the
+    ones that resemble tonight's leads, while the shape needs the many rows.
+    """
+    margins = pd.concat([out_of_sample, latest])
+    rows = labelled.loc[margins.index]
+    share = min(1.0, len(out_of_sample) / len(rows))
+    inner = fit_on_window(lambda part: margins.loc[part.index].to_numpy(), latest_rows(rows, share), settings)
+    shift = (
+        level_shift(inner.predict_proba(latest.to_numpy()), float(labelled.loc[latest.index, s.LABEL].mean()))
+        if level
+        else 0.0
+    )
+    return RelativeCalibrator(inner, offset, shift)
+
+
+def in_time_calibration(
+    labelled: pd.DataFrame,
+    out_of_sample: pd.Series,
+    test_relative: pd.Series,
+    settings: CalibrationSettings,
+    n_boot: int,
+    seed: int,
+) -> dict[str, float]:
+    """The deployed calibration, levelled on the latest rows, checked in time on the test window.
+
+    Replayed one step back: :func:`latest_calibrator` fitted and levelled through the earlier
+    half of the test window, judged by ECE (with a bootstrap interval over leads) on the later
+    half, which it has not seen. A rate that settled at a new level passes; one that keeps
+    moving inside the window does not, and no calibrator fitted on the past can follow it.
+    Empty when a half lacks a label.
+    """
+    later = latest_rows(labelled.loc[test_relative.index], 0.5)
+    earlier = test_relative.drop(later.index)
+    labels = later[s.LABEL].to_numpy()
+    earlier_labels = labelled.loc[earlier.index, s.LABEL]
+    if earlier.empty or len(np.unique(labels)) < 2 or earlier_labels.nunique() < 2:
+        return {}
+    calibrator = latest_calibrator(labelled, out_of_sample, earlier, settings, level=True)
+    probability = calibrator.predict_proba(test_relative.loc[later.index].to_numpy())
+    low, high = bootstrap_intervals(labels, probability, n_boot, seed, groups=later[s.LEAD_ID].to_numpy())[
+        "ece"
+    ]
+    return {
+        "in_time_ece": binary_metrics(labels, probability)["ece"],
+        "in_time_ece_low": low,
+        "in_time_ece_high": high,
+        "in_time_rows": float(len(later)),
+        "in_time_rate_earlier": float(earlier_labels.mean()),
+        "in_time_rate_later": float(labels.mean()),
+        "in_time_mean_probability": float(probability.mean()),
+    }
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def minimum_data_note(rows: pd.DataFrame, min_snapshots: int, min_positives: int) -> str | None:
+    """A sentence when the development rows are fewer than the guards ask for (training goes on)."""
+    try:
+        check_minimum_data(rows, min_snapshots, min_positives)
+    except LeadmlError as error:
+        return f"{TOO_LITTLE_DATA}: {str(error).removeprefix('not enough training data: ')}"
+    return None
+
+
+TOO_LITTLE_DATA = "too little data"
+
+
+def sentinel_report(
+    train: pd.DataFrame, metadata: Mapping[str, FeatureMeta], guards: Mapping[str, Any]
+) -> pd.DataFrame:
+    """The leakage sentinel's evidence on the training window, with the ``guards`` config's thresholds."""
+    return leakage_report(
+        train,
+        metadata,
+        threshold=guards["leakage_threshold"],
+        n_folds=guards["leakage_folds"],
+        max_rows=guards["leakage_max_rows"],
+        post_outcome_presence=tuple(guards["post_outcome_presence"]),
+        outcome_levels=OutcomeLevelSettings(
+            max_share=guards.get("outcome_level_share", OutcomeLevelSettings.max_share),
+            factor=guards.get("outcome_level_factor", OutcomeLevelSettings.factor),
+            min_rows=guards.get("outcome_level_min_rows", OutcomeLevelSettings.min_rows),
+        ),
+    )
+
+
+def training_reference(
+    scorer: LeadScorer, train: pd.DataFrame, seed: int = 0, max_rows: int = REFERENCE_ROWS
+) -> dict[str, Any]:
+    """Distributions of every feature and of the calibrated score on (a sample of) the training window."""
+    sample = train.sample(min(len(train), max_rows), random_state=seed)
+    score = scorer.predict(sample)[[PROBABILITY]]
+    return {
+        "rows": len(sample),
+        "features": reference_profile(sample, scorer.feature_names),
+        "score": reference_profile(score, [PROBABILITY])[PROBABILITY],
+    }
+
+
+def calibration_verdict(
+    comparison: pd.DataFrame, model_name: str, split: Mapping[str, Mapping[str, Any]]
+) -> str:
+    """One sentence: did calibration improve test log loss, and if not, the likeliest reason."""
+    calibrated = comparison.loc[model_name]
+    raw = comparison.loc[f"{model_name}_uncalibrated"]
+    figures = f"test log loss {calibrated['log_loss']:.4f} against {raw['log_loss']:.4f} uncalibrated"
+    if calibrated["log_loss"] < raw["log_loss"]:
+        return f"improved: {figures}, ECE {calibrated['ece']:.4f} against {raw['ece']:.4f}"
+    calibration_rate, test_rate = split["calibration"]["rate"], split["test"]["rate"]
+    if abs(calibration_rate - test_rate) > 0.25 * test_rate:
+        why = (
+            f"the positive rate moved from {calibration_rate:.2%} in the calibration window to "
+            f"{test_rate:.2%} in the test window, so a map fitted on the former misses the latter"
+        )
+    elif raw["ece"] <= 0.01:
+        why = (
+            f"the booster was already calibrated (uncalibrated ECE {raw['ece']:.4f}), leaving nothing to fix"
+        )
+    else:
+        why = (
+            f"the calibration window ({split['calibration']['positives']:,} positives) is too small "
+            "or unlike the test window; try calibration=sigmoid or a longer calibration window "
+            "(split.calibration_months, or split.calibration_fraction without time)"
+        )
+    return f"not improved: {figures}; {why}"
+
+
+def base_rate_drift(
+    split: Mapping[str, Mapping[str, Any]], p_value: float = 0.01, min_relative_change: float = 0.25
+) -> dict[str, Any]:
+    """Did the positive rate of the test window move from its history's (train + calibration)?
+
+    Flagged when a two-proportion test gives p below ``p_value`` and the rate changed by more
+    than ``min_relative_change`` (the thresholds of ``leadml-backtest``); then calibration on
+    the latest rows (``calibration.recent_fraction``) may help, and the backtest shows whether.
+    """
+    history_rows = split["train"]["rows"] + split["calibration"]["rows"]
+    history_positives = split["train"]["positives"] + split["calibration"]["positives"]
+    test_rows, test_positives = split["test"]["rows"], split["test"]["positives"]
+    if not history_rows or not test_rows:
+        return {"flagged": False, "sentence": ""}
+    change, p = base_rate_shift(history_positives, history_rows, test_positives, test_rows)
+    flagged = p < p_value and abs(change) > min_relative_change
+    rates = ", ".join(f"{window} {split[window]['rate']:.1%}" for window in ("train", "calibration", "test"))
+    sentence = f"base rate {rates}"
+    if flagged:
+        sentence += (
+            f": the test window's rate moved {change:+.0%} from its history's"
+            f" ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'}); expect"
+            " calibration to suffer (try calibration.recent_fraction=0.25, and leadml-backtest)"
+        )
+    return {"change": change, "p_value": p, "flagged": flagged, "sentence": sentence}
+
+
+NO_SIGNAL = "no usable signal"
+FITTING_FAILURE = "fitting failure"
+KEEP_THE_SHEET = "keep the sheet"
+
+
+def no_signal_reason(metrics: Mapping[str, float]) -> str | None:
+    """A sentence when the test ROC AUC cannot be told from chance (its 95% interval holds 0.5).
+
+    Judged on the model's own ranking (its uncalibrated row): a calibrator cannot add signal, and
+    isotonic ties could move a chance-level figure either way.
+    """
+    low, high = metrics.get("roc_auc_low", np.nan), metrics.get("roc_auc_high", np.nan)
+    if not (np.isfinite(low) and np.isfinite(high)) or not low <= 0.5 <= high:
+        return None
+    return (
+        f"{NO_SIGNAL}: test ROC AUC {metrics['roc_auc']:.4f} [{low:.4f}, {high:.4f}] cannot be told from "
+        "chance (0.5); the features carry no information about the outcome that holds on later leads, "
+        "so the scores would only rank at random (check the label definition and the feature columns)"
+    )
+
+
+def fitting_failure_reason(model: ScoringModel) -> str | None:
+    """A sentence when a tree model has no split: a constant score is a fitting failure, not "no signal"."""
+    report = getattr(model, "fit_report", None) or {}
+    if "split_trees" not in report or report["split_trees"] > 0:
+        return None
+    return (
+        f"{FITTING_FAILURE}: none of the {report.get('trees', report.get('best_iteration', 0))} trees "
+        f"found a split (min_child_samples {report.get('min_child_samples')} on "
+        f"{report.get('fit_rows', 0):,} rows), "
+        "so every lead gets the same score; lower model.min_child_samples or leave it at auto"
+    )
+
+
+def gate_evidence(result: TrainingResult, base_rate_moved: bool) -> GateEvidence:
+    """What the gate reads of a training result beyond its metric rows."""
+    notes = [note for note in result.notes if note.startswith(TOO_LITTLE_DATA)]
+    return GateEvidence(
+        uncalibrated=result.comparison.loc[f"{result.model_name}_uncalibrated"],
+        too_little_data=notes[0] if notes else None,
+        fitting_failure=fitting_failure_reason(result.evaluated.model) if result.evaluated else None,
+        base_rate_moved=base_rate_moved,
+        in_time=InTimeCalibration.of(result.calibration),
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """What the gate reads beyond the metric rows: the model's own ranking and the run's notes."""
+
+    uncalibrated: Mapping[str, float] | None = None  # the model's row before calibration
+    too_little_data: str | None = None  # minimum_data_note of the development rows
+    fitting_failure: str | None = None
+    base_rate_moved: bool = False  # base_rate_drift(...)["flagged"]
+    in_time: InTimeCalibration | None = None  # the deployed calibration checked on the window's halves
+
+
+@dataclass(frozen=True)
+class InTimeCalibration:
+    """What :func:`in_time_calibration` measured on the later half of the test window."""
+
+    ece: float
+    ece_low: float
+    ece_high: float
+    rate_earlier: float
+    rate_later: float
+    mean_probability: float
+
+    @classmethod
+    def of(cls, calibration: Mapping[str, Any]) -> InTimeCalibration | None:
+        if "in_time_ece" not in calibration:
+            return None
+        return cls(
+            ece=calibration["in_time_ece"],
+            ece_low=calibration["in_time_ece_low"],
+            ece_high=calibration["in_time_ece_high"],
+            rate_earlier=calibration["in_time_rate_earlier"],
+            rate_later=calibration["in_time_rate_later"],
+            mean_probability=calibration["in_time_mean_probability"],
+        )
+
+
+def promotion_gate(
+    candidate: Mapping[str, float],
+    logreg: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    settings: Mapping[str, Any],
+    points: Mapping[str, float] | None = None,
+    evidence: GateEvidence | None = None,
+) -> GateDecision:
+    """Promote only with signal and enough data, above an absolute floor, calibrated (allowing for
+    the test window's size), ahead of the logistic and points baselines (the points one when the
+    data config has a sheet) and not behind the champion."""
+    evidence = evidence or GateEvidence()
+    reasons: list[str] = []
+    passed = True
+    ece = candidate["ece"]
+    # rankings are compared as rankings: the model before its (monotone) calibrator, like the
+    # uncalibrated baselines; a chosen logistic model then ties its own baseline instead of losing
+    # to it by a calibrator's rounding
+    ranking = candidate if evidence.uncalibrated is None else evidence.uncalibrated
+    auc = float(max(candidate["roc_auc"], ranking["roc_auc"]))
+    if evidence.fitting_failure:
+        passed = False
+        reasons.append(evidence.fitting_failure)
+    no_signal = (
+        None
+        if evidence.fitting_failure
+        else no_signal_reason(candidate if evidence.uncalibrated is None else evidence.uncalibrated)
+    )
+    if no_signal:
+        passed = False
+        reasons.append(no_signal)
+    if evidence.too_little_data:
+        passed = False
+        reasons.append(
+            f"{evidence.too_little_data}; the logistic baseline reached ROC AUC {logreg['roc_auc']:.4f} "
+            f"and the model {auc:.4f} on the test window"
+        )
+    if not auc >= settings["min_roc_auc"]:
+        passed = False
+        reasons.append(f"ROC AUC {auc:.4f} below the floor {settings['min_roc_auc']}")
+    calibration = _calibration_rule(candidate, settings["max_ece"], evidence)
+    if calibration is not None:
+        ok, sentence = calibration
+        passed = passed and ok
+        reasons.append(sentence)
+    margin = settings["min_gain_over_logreg"]
+    if not auc >= logreg["roc_auc"] + margin:
+        passed = False
+        reasons.append(
+            f"ROC AUC {auc:.4f} does not beat the logistic baseline {logreg['roc_auc']:.4f} (+{margin})"
+        )
+    points_margin = settings.get("min_gain_over_points", 0.0)
+    if points is not None and not auc >= points["roc_auc"] + points_margin:
+        passed = False
+        reasons.append(
+            f"{KEEP_THE_SHEET}: the hand-written points sheet ranks these leads better (test ROC AUC "
+            f"{points['roc_auc']:.4f} against the model's {auc:.4f}, +{points_margin} required)"
+        )
+    if champion is None:
+        reasons.append("no champion yet")
+    elif "note" in champion:
+        reasons.append(str(champion["note"]))
+    else:
+        tolerance = settings["champion_tolerance"]
+        rows = (
+            f" ({int(champion['rows']):,} rows it never saw)" if "rows" in champion else " on the same rows"
+        )
+        if auc < champion["roc_auc"] - tolerance:
+            passed = False
+            reasons.append(
+                f"ROC AUC {auc:.4f} is worse than the champion's {champion['roc_auc']:.4f}{rows} "
+                f"by more than {tolerance}"
+            )
+        else:
+            reasons.append(f"ROC AUC {auc:.4f} against the champion's {champion['roc_auc']:.4f}{rows}")
+    if passed:
+        reasons.insert(0, f"passed: ROC AUC {auc:.4f}, ECE {ece:.4f}")
+    return GateDecision(passed, reasons)
+
+
+def _calibration_rule(
+    candidate: Mapping[str, float], max_ece: float, evidence: GateEvidence
+) -> tuple[bool, str] | None:
+    """(passed, sentence) of the ECE ceiling, or None when the point estimate is under it.
+
+    A test window of a thousand rows measures ECE with an interval several hundredths wide, so
+    the model is refused only when the interval's lower bound is above the ceiling. When the base
+    rate moved between the windows, the evaluated calibrator (fitted on the folds, before the
+    move) cannot be right on the window; the ceiling then applies to the deployed calibration
+    checked in time (:func:`in_time_calibration`), and the sentence says so.
+    """
+    ece, low, high = candidate["ece"], candidate.get("ece_low", np.nan), candidate.get("ece_high", np.nan)
+    if ece <= max_ece:
+        return None
+    interval = f" [{low:.4f}, {high:.4f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    check = evidence.in_time
+    if evidence.base_rate_moved and check is not None:
+        checked = (
+            f"the deployed calibration, fitted and levelled through the earlier half of the window "
+            f"(rate {check.rate_earlier:.1%}), reaches ECE {check.ece:.4f} [{check.ece_low:.4f}, "
+            f"{check.ece_high:.4f}] on the later half (rate {check.rate_later:.1%}, mean probability "
+            f"{check.mean_probability:.1%})"
+        )
+        if check.ece <= max_ece or check.ece_low <= max_ece:
+            within = "within" if check.ece <= max_ece else "its interval reaching"
+            return True, (
+                f"ECE {ece:.4f}{interval} on the test window is the base rate's move: {checked}, "
+                f"{within} the ceiling {max_ece}; the deployed refit is levelled on the latest rows"
+            )
+        return False, (
+            f"ECE {ece:.4f}{interval} above the ceiling {max_ece}, and the base rate kept moving "
+            f"inside the test window: {checked}; no calibrator fitted on past rows follows it, so "
+            "the probabilities would be wrong however well the model ranks"
+        )
+    if np.isfinite(low) and low <= max_ece:
+        return True, (
+            f"ECE {ece:.4f}{interval}: the ceiling {max_ece} lies inside the interval of a "
+            "test window this size, so the difference is noise"
+        )
+    return False, f"ECE {ece:.4f}{interval} above the ceiling {max_ece}"

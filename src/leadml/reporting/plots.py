@@ -1,0 +1,185 @@
+"""Evaluation plots as matplotlib Figures; callers save or log them and close them.
+
+Nothing here shows a window: the Agg backend is selected before pyplot is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from leadml.data.features import FeatureMeta
+from leadml.modelling.evaluate import DEFAULT_N_BINS, grouped_shap_values
+
+logger = logging.getLogger(__name__)
+
+Scores = Mapping[str, np.ndarray | pd.Series]
+_SIZE = (6.0, 5.0)
+_REFERENCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1}
+
+
+def equal_mass_calibration_curve(
+    labels: np.ndarray | pd.Series, probabilities: np.ndarray | pd.Series, n_bins: int = DEFAULT_N_BINS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean predicted probability and observed rate in bins of equal row count."""
+    y = np.asarray(labels, dtype="float64")
+    p = np.asarray(probabilities, dtype="float64")
+    order = np.argsort(p, kind="stable")
+    bins = [b for b in np.array_split(order, min(n_bins, len(p))) if len(b)]
+    return np.array([p[b].mean() for b in bins]), np.array([y[b].mean() for b in bins])
+
+
+def reliability_figure(
+    labels: np.ndarray | pd.Series, models: Scores, n_bins: int = DEFAULT_N_BINS
+) -> Figure:
+    """Observed conversion against mean predicted probability per equal-mass bin, one line per model."""
+    figure, axes = plt.subplots(figsize=_SIZE)
+    upper = 0.0
+    for name, probabilities in models.items():
+        predicted, observed = equal_mass_calibration_curve(labels, probabilities, n_bins)
+        axes.plot(predicted, observed, marker="o", label=name)
+        upper = max(upper, predicted.max(initial=0), observed.max(initial=0))
+    upper = min(1.0, upper * 1.05) if upper > 0 else 1.0
+    axes.plot([0, upper], [0, upper], label="perfectly calibrated", **_REFERENCE_STYLE)
+    axes.set(
+        xlabel="mean predicted probability",
+        ylabel="observed conversion rate",
+        title=f"Reliability ({n_bins} equal-mass bins)",
+    )
+    axes.legend(loc="upper left")
+    return figure
+
+
+def roc_figure(labels: np.ndarray | pd.Series, models: Scores) -> Figure:
+    """ROC curve per model with the chance diagonal."""
+    figure, axes = plt.subplots(figsize=_SIZE)
+    for name, probabilities in models.items():
+        false_positive, true_positive, _ = roc_curve(labels, probabilities)
+        axes.plot(false_positive, true_positive, label=name)
+    axes.plot([0, 1], [0, 1], label="chance", **_REFERENCE_STYLE)
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def precision_recall_figure(labels: np.ndarray | pd.Series, models: Scores) -> Figure:
+    """Precision-recall curve per model with the base rate as the no-skill line."""
+    figure, axes = plt.subplots(figsize=_SIZE)
+    for name, probabilities in models.items():
+        precision, recall, _ = precision_recall_curve(labels, probabilities)
+        axes.plot(recall, precision, label=name)
+    base_rate = float(np.mean(np.asarray(labels, dtype="float64")))
+    axes.plot([0, 1], [base_rate, base_rate], label=f"base rate {base_rate:.3f}", **_REFERENCE_STYLE)
+    axes.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    axes.legend(loc="upper right")
+    return figure
+
+
+def cumulative_gains(
+    labels: np.ndarray | pd.Series, probabilities: np.ndarray | pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of leads contacted (best first) and share of all conversions captured, from (0, 0)."""
+    y = np.asarray(labels, dtype="float64")
+    order = np.argsort(-np.asarray(probabilities, dtype="float64"), kind="stable")
+    captured = np.cumsum(y[order]) / max(y.sum(), 1.0)
+    contacted = np.arange(1, len(y) + 1) / len(y)
+    return np.r_[0.0, contacted], np.r_[0.0, captured]
+
+
+def gains_figure(labels: np.ndarray | pd.Series, models: Scores) -> Figure:
+    """Cumulative gains per model with the random-order line."""
+    figure, axes = plt.subplots(figsize=_SIZE)
+    for name, probabilities in models.items():
+        contacted, captured = cumulative_gains(labels, probabilities)
+        axes.plot(contacted, captured, label=name)
+    axes.plot([0, 1], [0, 1], label="random order", **_REFERENCE_STYLE)
+    axes.set(
+        xlabel="share of leads contacted", ylabel="share of conversions captured", title="Cumulative gains"
+    )
+    axes.legend(loc="lower right")
+    return figure
+
+
+def shap_importance_figure(importance: pd.DataFrame, top: int = 15) -> Figure:
+    """Horizontal bars of mean |SHAP| per group (a ``grouped_shap_importance`` table), largest on top."""
+    shown = importance.head(top).iloc[::-1]
+    figure, axes = plt.subplots(figsize=(7.0, 0.35 * len(shown) + 1.5))
+    axes.barh(shown["group"].astype(str), shown["mean_abs_shap"])
+    axes.set(xlabel="mean |SHAP| (log-odds)", title="What drives the score, by original column")
+    figure.tight_layout()
+    return figure
+
+
+def _numeric_view(features: pd.DataFrame) -> np.ndarray:
+    """Features as floats for colouring: categories by their code, missing as NaN."""
+    columns = []
+    for name in features.columns:
+        values = features[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            codes = values.cat.codes.to_numpy(dtype="float64")
+            columns.append(np.where(codes < 0, np.nan, codes))
+        else:
+            columns.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
+    return np.column_stack(columns) if columns else np.zeros((len(features), 0))
+
+
+def shap_beeswarm_figure(
+    shap_values: np.ndarray,
+    features: pd.DataFrame,
+    metadata: Mapping[str, FeatureMeta] | None = None,
+    top: int = 12,
+    by_group: bool = False,
+) -> Figure:
+    """SHAP beeswarm of the ``top`` features (coloured by feature value) or of the top groups.
+
+    Grouped values have no single feature value, so the group beeswarm is uncoloured.
+    """
+    import shap  # slow to import; only this plot needs it
+
+    names: Sequence[str] = list(features.columns)
+    if by_group:
+        values, names = grouped_shap_values(shap_values, names, metadata or {})
+        data = None
+    else:
+        values, data = np.asarray(shap_values, dtype="float64"), _numeric_view(features)
+    explanation = shap.Explanation(values=values, data=data, feature_names=list(names))
+    shown = min(top, values.shape[1])
+    figure, axes = plt.subplots(figsize=(8.0, 0.4 * shown + 1.5))
+    shap.plots.beeswarm(
+        explanation,
+        max_display=shown,
+        ax=axes,
+        show=False,
+        plot_size=None,
+        color_bar=data is not None,
+        group_remaining_features=False,
+    )
+    axes.set_title("SHAP values by " + ("original column" if by_group else "feature"))
+    return figure
+
+
+def score_distribution_figure(probabilities: np.ndarray, thresholds: Mapping[str, float]) -> Figure:
+    """Histogram of today's calibrated probabilities with the tier thresholds marked."""
+    figure, axes = plt.subplots(figsize=(7.0, 3.6))
+    values = np.asarray(probabilities, dtype=np.float64)
+    upper = float(np.quantile(values, 0.999)) if len(values) else 1.0
+    axes.hist(values, bins=np.linspace(0, max(upper, 1e-3), 50), color="#2458d6", alpha=0.85)
+    for tier, threshold in sorted(thresholds.items(), key=lambda item: item[1]):
+        if threshold <= upper:
+            axes.axvline(threshold, **_REFERENCE_STYLE)
+            axes.annotate(f"{tier} ≥ {threshold:.0%}", (threshold, 0.95), xycoords=("data", "axes fraction"),
+                          rotation=90, va="top", ha="right", fontsize=8, color="grey")  # fmt: skip
+    axes.set(xlabel="calibrated probability of conversion", ylabel="open leads", title="Score distribution")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    return figure

@@ -1,0 +1,584 @@
+"""The pyfunc every trained model is logged as, and what it does with one request.
+
+A request is a frame of rows (MLflow's ``dataframe_records``), each row one lead in one of
+two shapes:
+
+* **lead fields and recent activities** (CRM-shaped models): ``created_at``, the lead's and
+  its account's fields and ``activities`` (a list of ``{timestamp, activity_type,
+  page_category}``). Features are built as of ``as_of`` (default: now) by the same
+  ``leadml.data.features`` code as training and the nightly job, from the events strictly before it.
+* **precomputed features**: the model's feature columns, as ``leadml-features`` writes them.
+
+Each row comes back with the calibrated probability, its tier (the thresholds stored in the
+model), the fit and engagement sub-scores and the top reasons for and against, in the same
+words as the nightly job. A request the model cannot score raises :class:`RequestError`,
+which the pyfunc turns into MLflow's "invalid parameter" error: HTTP 400 with the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.data import schema as s
+from leadml.data.contracts import normalise_token
+from leadml.data.features import FeatureSettings, build_features
+from leadml.errors import LeadmlError
+from leadml.modelling.scorer import LeadScorer, as_model_input
+
+logger = logging.getLogger(__name__)
+
+ACTIVITIES = "activities"
+REQUEST_AS_OF = "as_of"
+# the e-mail's domain only (a corporate-address flag): the endpoint never needs the address
+EMAIL_DOMAIN = "email_domain"
+WARNINGS = "warnings"
+# written beside the pickled model; load_context finds the model folder through it
+MODEL_INFO_ARTIFACT = "leadml_model"
+MODEL_INFO_FILE = "leadml_model.json"
+# request fields that describe the lead's account (the CRM's accounts table)
+ACCOUNT_FIELDS: dict[str, str] = {
+    s.INDUSTRY: s.INDUSTRY,
+    s.EMPLOYEES: s.EMPLOYEES,
+    s.ANNUAL_REVENUE: s.ANNUAL_REVENUE,
+    "company_country": s.COUNTRY,
+    s.FOUNDED_YEAR: s.FOUNDED_YEAR,
+}
+ACCOUNT_NUMERIC = (s.EMPLOYEES, s.ANNUAL_REVENUE, s.FOUNDED_YEAR)
+# request field -> the features it feeds (beyond a feature of its own name)
+DERIVED_FEATURES: dict[str, tuple[str, ...]] = {
+    s.CREATED_AT: ("lead_age_days",),
+    s.JOB_TITLE: ("seniority",),
+    EMAIL_DOMAIN: ("corporate_email",),
+    s.FOUNDED_YEAR: ("company_age_years",),
+    s.EMPLOYEES: (s.EMPLOYEES, "revenue_per_employee"),
+    s.ANNUAL_REVENUE: (s.ANNUAL_REVENUE, "revenue_per_employee"),
+}
+ACTIVITY_FIELDS = (s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
+MAX_LISTED = 5
+
+
+class RequestError(LeadmlError):
+    """A request the model cannot score; the message names the row and field."""
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Probability minimum of each tier as stored in the model (``LeadScorer.tiers``)."""
+
+    thresholds: Mapping[str, float]
+    floor_tier: str
+
+    @classmethod
+    def of(cls, scorer: LeadScorer) -> Tiers:
+        stored = getattr(scorer, "tiers", None) or {}
+        thresholds = stored.get("thresholds") or {"A": 0.30, "B": 0.15, "C": 0.05}
+        return cls({str(k): float(v) for k, v in thresholds.items()}, str(stored.get("floor_tier") or "D"))
+
+
+# --------------------------------------------------------------------------- requests
+def lead_fields(scorer: LeadScorer) -> list[str]:
+    """The request fields of the lead shape for this model (empty: it takes features only).
+
+    ``created_at`` and every field that feeds one of the model's features: a column left out
+    of the model (``features.exclude``, the leakage sentinel) is not asked for.
+    """
+    settings = _settings(scorer)
+    if settings is None:
+        return []
+    own = [*settings.lead_categorical, *settings.extra_categorical, *settings.lead_numeric]
+    own += list(settings.extra_numeric)
+    used = set(scorer.feature_names)
+    fields = [
+        field
+        for field in dict.fromkeys([s.JOB_TITLE, EMAIL_DOMAIN, *own, *ACCOUNT_FIELDS])
+        if used.intersection((field, *DERIVED_FEATURES.get(field, ())))
+    ]
+    return [s.CREATED_AT, *fields]
+
+
+def lead_numeric_fields(scorer: LeadScorer) -> list[str]:
+    settings = _settings(scorer)
+    if settings is None:
+        return []
+    return [*settings.lead_numeric, *settings.extra_numeric, *ACCOUNT_NUMERIC]
+
+
+def _settings(scorer: LeadScorer) -> FeatureSettings | None:
+    stored = getattr(scorer, "feature_settings", None)
+    return FeatureSettings.from_mapping(stored) if stored else None
+
+
+def is_lead_request(frame: pd.DataFrame) -> bool:
+    """Lead fields (``created_at`` or ``activities`` present) rather than precomputed features."""
+    return any(name in frame.columns and frame[name].notna().any() for name in (s.CREATED_AT, ACTIVITIES))
+
+
+def request_features(
+    scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None
+) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The model's feature frame of every request row, and each row's warnings.
+
+    The frame keeps the request's row order; ``lead_id`` and ``as_of`` are echoed.
+    """
+    if len(frame.columns) == 0:  # MLflow drops the fields its signature does not name
+        raise RequestError(_unknown_fields_message(scorer))
+    if len(frame) == 0:
+        raise RequestError("the request holds no rows: send one object per lead")
+    frame = frame.reset_index(drop=True)
+    if is_lead_request(frame):
+        return _from_lead_fields(scorer, frame, now or pd.Timestamp.now(tz="UTC"))
+    return _from_features(scorer, frame)
+
+
+def _from_features(scorer: LeadScorer, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[list[str]]]:
+    names = scorer.feature_names
+    absent = [name for name in names if name not in frame.columns]
+    if len(absent) == len(names):
+        raise RequestError(_unknown_fields_message(scorer))
+    numeric = set(numeric_features(scorer))
+    empty = pd.Series([None] * len(frame), dtype=object)
+    columns = {
+        s.LEAD_ID: _lead_ids(frame, getattr(scorer, "request_id", None)),
+        REQUEST_AS_OF: frame[REQUEST_AS_OF] if REQUEST_AS_OF in frame.columns else empty,
+    }
+    levels = training_levels(scorer)
+    for name in names:
+        given = frame[name] if name in frame.columns else empty
+        if name in numeric:
+            columns[name] = _numbers(given, name)
+        else:
+            synonyms = (getattr(scorer, "request_synonyms", None) or {}).get(name, {})
+            columns[name] = _training_spelling(_texts(given, name), levels.get(name), synonyms)
+    features = pd.DataFrame(columns)
+    # a null feature is a value (no such event yet); a feature left out of the request is not
+    warning = [_absent_features(absent, len(names))] if absent else []
+    return features, [list(warning) for _ in range(len(frame))]
+
+
+def _absent_features(absent: Sequence[str], total: int) -> str:
+    listed = ", ".join(absent[:MAX_LISTED]) + (", ..." if len(absent) > MAX_LISTED else "")
+    return f"{len(absent)} of {total} features not in the request, scored as missing: {listed}"
+
+
+def _unknown_fields_message(scorer: LeadScorer) -> str:
+    names, fields = scorer.feature_names, lead_fields(scorer)
+    shape = f"lead fields ({', '.join(fields[:4])}, ...) with {ACTIVITIES}, or " if fields else ""
+    return (
+        f"no field of the request is known to the model: send {shape}the model's features "
+        f"({', '.join(names[:4])}, ... {len(names)} in all; see the signature in MLmodel)"
+    )
+
+
+def numeric_features(scorer: LeadScorer) -> list[str]:
+    categories = getattr(scorer.model, "categories", None) or {}
+    kinds = {name: meta.get("kind") for name, meta in (scorer.metadata or {}).items()}
+    return [n for n in scorer.feature_names if n not in categories and kinds.get(n) != "categorical"]
+
+
+def _numbers(values: pd.Series, field: str) -> pd.Series:
+    """``values`` as floats; text that reads as a number is taken, anything else is refused."""
+    parsed = [_number(value) for value in values]
+    bad = [
+        row for row, (value, number) in enumerate(zip(values, parsed, strict=True)) if number is _NOT_A_NUMBER
+    ]
+    if bad:
+        raise RequestError(f"row {bad[0]}, field {field!r}: {_shown(values.iloc[bad[0]])} is not a number")
+    return pd.Series(parsed, index=values.index, dtype="float64")
+
+
+_NOT_A_NUMBER = object()
+
+
+def _number(value: Any) -> Any:
+    if _missing(value):
+        return np.nan
+    if isinstance(value, bool) or not isinstance(value, str | int | float | np.integer | np.floating):
+        return _NOT_A_NUMBER
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return _NOT_A_NUMBER
+    return number if np.isfinite(number) or np.isnan(number) else _NOT_A_NUMBER
+
+
+def _shown(value: Any) -> str:
+    """A value quoted in a message, cut short (a client may send anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def training_levels(scorer: LeadScorer) -> dict[str, set[Any]]:
+    """The levels of each categorical feature as training saw them (the model's, else the
+    training profile's)."""
+    levels = {name: set(values) for name, values in (getattr(scorer.model, "categories", None) or {}).items()}
+    for name, profile in ((scorer.reference or {}).get("features") or {}).items():
+        if profile.get("kind") == "categorical" and name not in levels:
+            levels[name] = set(profile.get("shares") or {}) - {"__missing__", "__unseen__"}
+    return levels
+
+
+def _training_spelling(
+    values: pd.Series, levels: set[Any] | None, synonyms: Mapping[str, str] | None = None
+) -> pd.Series:
+    """Each value as training spelt it: ingestion stores a declared category trimmed, in lower
+    case, separators as ``_`` ("Paid Search" -> "paid_search"), then through the data config's
+    ``synonyms``, so a request spelt as in the export is mapped to that level; a value known as
+    it is, or unknown either way, stays."""
+    if not levels:
+        return values
+    synonyms = synonyms or {}
+
+    def spelt(value: Any) -> Any:
+        if value is None or value in levels:
+            return value
+        token = normalise_token(str(value))
+        token = synonyms.get(token, token)
+        return token if token in levels else value
+
+    return values.map(spelt)
+
+
+def _lead_ids(frame: pd.DataFrame, own_id: str | None = None) -> pd.Series:
+    """The request's ``lead_id``, else its value of the flat table's id column (``own_id``)."""
+    column = own_id if s.LEAD_ID not in frame.columns and own_id and own_id in frame.columns else s.LEAD_ID
+    if column in frame.columns:
+        return frame[column].astype(object).where(frame[column].notna(), None)
+    return pd.Series([None] * len(frame), dtype=object)
+
+
+def _from_lead_fields(
+    scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp
+) -> tuple[pd.DataFrame, list[list[str]]]:
+    settings = _settings(scorer)
+    if settings is None:
+        raise RequestError(
+            f"this model takes precomputed features only (it was trained on a flat table, not CRM "
+            f"leads and activities): drop {s.CREATED_AT!r} and {ACTIVITIES!r} and send its features"
+        )
+    n = len(frame)
+    keys = [f"request-{row}" for row in range(n)]
+    created = _timestamps(frame, s.CREATED_AT, required=True)
+    as_of = _timestamps(frame, REQUEST_AS_OF, required=False).fillna(now.floor("us"))
+    late = np.flatnonzero((created > as_of).to_numpy())
+    if len(late):
+        row = int(late[0])
+        raise RequestError(
+            f"row {row}: {s.CREATED_AT} {created.iloc[row].isoformat()} is after "
+            f"{REQUEST_AS_OF} {as_of.iloc[row].isoformat()}: the lead did not exist yet"
+        )
+    leads = pd.DataFrame({s.LEAD_ID: keys, s.ACCOUNT_ID: keys, s.CREATED_AT: created.to_numpy()})
+    numeric = set(lead_numeric_fields(scorer))
+    for field in lead_fields(scorer):
+        if field in (s.CREATED_AT, *ACCOUNT_FIELDS):
+            continue
+        values = frame[field] if field in frame.columns else pd.Series([None] * n)
+        values = _numbers(values, field) if field in numeric else _texts(values, field)
+        if field == EMAIL_DOMAIN:  # an address sent by mistake loses its local part here
+            field, values = s.EMAIL, values.map(lambda v: v if v is None else "x@" + v.rpartition("@")[2])
+        leads[field] = values
+    accounts = pd.DataFrame({s.ACCOUNT_ID: keys})
+    for field, column in ACCOUNT_FIELDS.items():
+        values = frame[field] if field in frame.columns else pd.Series([None] * n)
+        accounts[column] = _numbers(values, field) if field in numeric else _texts(values, field)
+    activities, ignored = _activities(frame, keys, as_of)
+
+    parts = []
+    for moment in as_of.unique():
+        rows = np.flatnonzero((as_of == moment).to_numpy())
+        built = build_features(
+            leads.iloc[rows], accounts.iloc[rows], activities, pd.Timestamp(moment), settings
+        )
+        built.index = rows
+        parts.append(built)
+    built = pd.concat(parts).sort_index()
+    features = as_model_input(_with_missing(built, scorer.feature_names), scorer.feature_names)
+    features.insert(0, s.LEAD_ID, _lead_ids(frame).to_numpy())
+    features.insert(1, REQUEST_AS_OF, [moment.isoformat() for moment in as_of])
+    warnings = [_lead_warnings(scorer, frame, row, ignored[row]) for row in range(n)]
+    return features, warnings
+
+
+def _with_missing(built: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    for name in names:
+        if name not in built.columns:  # a feature of a column this request shape cannot carry
+            built[name] = np.nan
+    return built
+
+
+def _texts(values: pd.Series, field: str) -> pd.Series:
+    bad = values.map(lambda value: isinstance(value, list | dict))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        kind = type(values.iloc[row]).__name__
+        raise RequestError(f"row {row}, field {field!r}: expected text, got {kind}")
+    return values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+
+
+def _timestamps(frame: pd.DataFrame, field: str, *, required: bool) -> pd.Series:
+    if field not in frame.columns:
+        if required:
+            raise RequestError(f"field {field!r} is required with lead fields (an ISO 8601 date-time)")
+        return pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+    values = frame[field]
+    parsed = pd.Series(
+        [_timestamp(value, f"row {row}, field {field!r}") for row, value in enumerate(values)],
+        index=frame.index,
+        dtype="datetime64[ns, UTC]",
+    )
+    if required and parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise RequestError(f"row {row}: field {field!r} is required with lead fields (an ISO 8601 date-time)")
+    return parsed
+
+
+def _timestamp(value: Any, where: str) -> pd.Timestamp:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return pd.NaT
+    if not isinstance(value, str | pd.Timestamp):
+        raise RequestError(f"{where}: expected an ISO 8601 date-time, got {_shown(value)}")
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise RequestError(f"{where}: {_shown(value)} is not an ISO 8601 date-time") from None
+    if pd.isna(stamp):
+        return pd.NaT
+    if not 1900 <= stamp.year <= 2200:
+        raise RequestError(f"{where}: {_shown(value)} is not a plausible date")
+    return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+
+
+def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> tuple[pd.DataFrame, list[int]]:
+    """Every row's activities as one events table, and how many per row are not before its as_of."""
+    rows: list[tuple[str, pd.Timestamp, str, Any]] = []
+    ignored = [0] * len(keys)
+    column = frame[ACTIVITIES] if ACTIVITIES in frame.columns else pd.Series([None] * len(keys))
+    for row, events in enumerate(column):
+        if events is None or (isinstance(events, float) and np.isnan(events)):
+            continue
+        if isinstance(events, np.ndarray):
+            events = events.tolist()
+        if not isinstance(events, list):
+            raise RequestError(
+                f"row {row}, field {ACTIVITIES!r}: expected a list of "
+                f"{{{', '.join(ACTIVITY_FIELDS)}}} objects, got {type(events).__name__}"
+            )
+        for position, event in enumerate(events):
+            where = f"row {row}, {ACTIVITIES}[{position}]"
+            if not isinstance(event, Mapping):
+                raise RequestError(f"{where}: expected an object with {', '.join(ACTIVITY_FIELDS[:2])}")
+            unknown = sorted(set(event) - set(ACTIVITY_FIELDS))
+            if unknown:
+                raise RequestError(f"{where}: unknown field(s) {unknown}; known: {list(ACTIVITY_FIELDS)}")
+            stamp = _timestamp(event.get(s.TIMESTAMP), f"{where}.{s.TIMESTAMP}")
+            if pd.isna(stamp):
+                raise RequestError(f"{where}: {s.TIMESTAMP!r} is required")
+            kind = event.get(s.ACTIVITY_TYPE)
+            if kind not in s.ACTIVITY_TYPES:
+                raise RequestError(
+                    f"{where}.{s.ACTIVITY_TYPE}: {_shown(kind)} is not one of {list(s.ACTIVITY_TYPES)}"
+                )
+            page = event.get(s.PAGE_CATEGORY)
+            if page is not None and page not in s.PAGE_CATEGORIES:
+                raise RequestError(
+                    f"{where}.{s.PAGE_CATEGORY}: {_shown(page)} is not one of "
+                    f"{list(s.PAGE_CATEGORIES)} or null"
+                )
+            if stamp >= as_of.iloc[row]:
+                ignored[row] += 1
+            rows.append((keys[row], stamp, kind, page))
+    events = pd.DataFrame(rows, columns=[s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY])
+    events[s.TIMESTAMP] = pd.to_datetime(events[s.TIMESTAMP], utc=True).dt.as_unit("ns")
+    return events, ignored
+
+
+def _lead_warnings(scorer: LeadScorer, frame: pd.DataFrame, row: int, ignored: int) -> list[str]:
+    absent = []
+    for field in lead_fields(scorer)[1:]:  # created_at is required, so given
+        if field not in frame.columns or _missing(frame.at[row, field]):
+            absent.append(field)
+    warnings = []
+    if absent:
+        warnings.append(f"not given, scored as unknown: {', '.join(absent)}")
+    if ignored:
+        warnings.append(f"{ignored} activities at or after as_of ignored (only earlier events count)")
+    return warnings
+
+
+def _missing(value: Any) -> bool:
+    if isinstance(value, list | dict | np.ndarray):
+        return False
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+# --------------------------------------------------------------------------- predictions
+def predict_request(scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Probability, tier, sub-scores and reasons of every request row (see the module docstring)."""
+    from leadml.scoring.scores import TierSettings, score_leads
+
+    features, warnings = request_features(scorer, frame, now)
+    tiers = Tiers.of(scorer)
+    scored = score_leads(
+        scorer,
+        features,
+        TierSettings(method="probability", thresholds=dict(tiers.thresholds), floor_tier=tiers.floor_tier),
+        explain=scorer.can_explain,
+    )
+    unseen = _unseen_levels(scorer, features)
+    out = scored.drop(columns=["percentile"])
+    as_of = features[REQUEST_AS_OF].astype(object)
+    out.insert(1, REQUEST_AS_OF, as_of.where(as_of.notna(), None))
+    out[WARNINGS] = ["; ".join(w + unseen[row]) or None for row, w in enumerate(warnings)]
+    return out
+
+
+def _unseen_levels(scorer: LeadScorer, features: pd.DataFrame) -> list[list[str]]:
+    categories = getattr(scorer.model, "categories", None) or {}
+    found: list[list[str]] = [[] for _ in range(len(features))]
+    for name, levels in categories.items():
+        if name not in features.columns:
+            continue
+        known = set(levels)
+        for row, value in enumerate(features[name]):
+            if value is not None and not _missing(value) and value not in known:
+                found[row].append(f"{name} {value!r} not seen in training, scored as unknown")
+    return found
+
+
+# --------------------------------------------------------------------------- examples
+def requests_from_tables(
+    scorer: LeadScorer, tables: Mapping[str, pd.DataFrame], lead_ids: Sequence[str], as_of: str
+) -> list[dict[str, Any]]:
+    """What a CRM integration posts for each lead: its fields, its account's and its activities.
+
+    Built from leadml's validated CRM tables (``data/interim``), so a test or benchmark can
+    compare the served answer with the nightly job's for the same leads.
+    """
+    leads = tables[s.LEADS].drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID).loc[list(lead_ids)]
+    accounts = tables[s.ACCOUNTS].drop_duplicates(s.ACCOUNT_ID).set_index(s.ACCOUNT_ID)
+    accounts = accounts.reindex(leads[s.ACCOUNT_ID].to_numpy())
+    activities = tables[s.ACTIVITIES]
+    events = activities[activities[s.LEAD_ID].isin(set(lead_ids))].groupby(s.LEAD_ID, sort=False)
+    by_lead = {lead: frame for lead, frame in events}
+    requests = []
+    for position, lead_id in enumerate(lead_ids):
+        lead, account = leads.iloc[position], accounts.iloc[position]
+        request: dict[str, Any] = {s.LEAD_ID: lead_id, REQUEST_AS_OF: as_of}
+        for field in lead_fields(scorer):
+            if field == EMAIL_DOMAIN:
+                value = lead.get(s.EMAIL)
+                value = None if _missing(value) else str(value).rpartition("@")[2]
+            elif field in ACCOUNT_FIELDS:
+                value = account.get(ACCOUNT_FIELDS[field])
+            else:
+                value = lead.get(field)
+            request[field] = _plain(value)
+        mine = by_lead.get(lead_id, activities.iloc[:0])
+        request[ACTIVITIES] = [
+            {s.TIMESTAMP: stamp.isoformat(), s.ACTIVITY_TYPE: kind, s.PAGE_CATEGORY: _plain(page)}
+            for stamp, kind, page in zip(
+                mine[s.TIMESTAMP], mine[s.ACTIVITY_TYPE], mine[s.PAGE_CATEGORY], strict=True
+            )
+        ]
+        requests.append(request)
+    return requests
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar: None for missing, Python numbers, ISO text for timestamps."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def feature_example(scorer: LeadScorer, rows: pd.DataFrame) -> pd.DataFrame:
+    """Request rows in the features shape (no personal data: features never hold any)."""
+    example = as_model_input(rows, scorer.feature_names)
+    return example.reset_index(drop=True)
+
+
+def flat_example(scorer: LeadScorer) -> dict[str, Any]:
+    """One made-up row of a flat table in the features shape: its id column and each feature's
+    most common training value (features never hold personal data)."""
+    profiles = (getattr(scorer, "reference", None) or {}).get("features") or {}
+    row: dict[str, Any] = {getattr(scorer, "request_id", None) or s.LEAD_ID: "example-1"}
+    for name in scorer.feature_names:
+        value = _most_common(profiles.get(name) or {})
+        if value is not None:
+            row[name] = value
+    return row
+
+
+def lead_example(scorer: LeadScorer, as_of: pd.Timestamp) -> dict[str, Any] | None:
+    """One made-up lead in the lead shape, from the training window's most common values.
+
+    None for a model that takes features only. No personal data: no name, e-mail or phone.
+    """
+    fields = lead_fields(scorer)
+    if not fields:
+        return None
+    profiles = (getattr(scorer, "reference", None) or {}).get("features") or {}
+    common = {name: _most_common(profile) for name, profile in profiles.items()}
+    lead: dict[str, Any] = {s.LEAD_ID: "example-1", REQUEST_AS_OF: as_of.isoformat()}
+    lead[s.CREATED_AT] = (as_of - pd.Timedelta(days=21)).isoformat()
+    lead[s.JOB_TITLE] = "Head of Operations"
+    lead[EMAIL_DOMAIN] = "example.com"
+    for field in fields:
+        if field in (s.CREATED_AT, s.JOB_TITLE, EMAIL_DOMAIN) or field in lead:
+            continue
+        value = common.get(field)
+        if field == s.FOUNDED_YEAR:
+            value = 2008
+        if value is not None:
+            lead[field] = value
+    lead[ACTIVITIES] = [
+        {
+            s.TIMESTAMP: (as_of - pd.Timedelta(days=days)).isoformat(),
+            s.ACTIVITY_TYPE: kind,
+            s.PAGE_CATEGORY: page,
+        }
+        for days, kind, page in (
+            (20, "email_open", None),
+            (12, "page_view", "product"),
+            (5, "page_view", "pricing"),
+            (2, "content_download", None),
+        )
+    ]
+    return lead
+
+
+def _most_common(profile: Mapping[str, Any]) -> Any:
+    if profile.get("kind") == "categorical":
+        shares = {k: v for k, v in profile["shares"].items() if k not in ("__missing__", "__unseen__")}
+        return max(shares, key=shares.get) if shares else None
+    edges = profile.get("edges") or []
+    return float(edges[len(edges) // 2]) if edges else None
+
+
+def model_info(scorer: LeadScorer) -> dict[str, Any]:
+    """What travels beside the pickle as JSON: readable without unpickling."""
+    from importlib.metadata import version
+
+    tiers = Tiers.of(scorer)
+    return {
+        "leadml_version": version("leadml"),
+        "features": list(scorer.feature_names),
+        "tiers": {"thresholds": dict(tiers.thresholds), "floor_tier": tiers.floor_tier},
+        "lead_fields": lead_fields(scorer),
+        "feature_settings": getattr(scorer, "feature_settings", None),
+    }
+
+
+def write_model_info(scorer: LeadScorer, folder: Path) -> Path:
+    path = folder / MODEL_INFO_FILE
+    path.write_text(json.dumps(model_info(scorer), indent=2, default=str))
+    return path
