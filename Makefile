@@ -49,8 +49,8 @@ system-deps: ## Debian's chromium and postgresql for the browser and PostgreSQL 
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps ## lint (ruff) and run the test suite
-	$(BIN)/ruff check src tests benchmarks notebooks
+test: $(STAMP) system-deps ## lint (ruff, the import layers) and run the test suite
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
 train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, calibrate, evaluate, register
@@ -97,8 +97,9 @@ ingest: $(STAMP) ## validate raw data against the contracts into data/interim
 features: $(STAMP) ## build point-in-time training snapshots into data/features
 	$(BIN)/leadml-features $(ARGS)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the import layers of src/leadml (import-linter, contracts in pyproject.toml)
 	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/lint-imports
 
 bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_features.py

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 from hydra import compose, initialize_config_dir
 
+from leadml.adapters.layout import read_interim
 from leadml.cli import CONFIG_DIR, run_generate, run_ingest
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, build_features, build_training_snapshots
-from leadml.stages.common import read_interim
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"

@@ -41,13 +41,13 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from leadml.adapters.layout import read_features  # noqa: E402
 from leadml.cli import CONFIG_DIR, run_features, run_ingest  # noqa: E402
 from leadml.data import schema as s  # noqa: E402
 from leadml.modelling.guards import enforce_leakage  # noqa: E402
 from leadml.modelling.models import NON_FEATURE_COLUMNS, categorical_columns, prepare_features  # noqa: E402
 from leadml.modelling.split import SplitSettings, latest_rows, split_summary, split_with_report  # noqa: E402
 from leadml.modelling.train import sentinel_report  # noqa: E402
-from leadml.stages.common import read_features  # noqa: E402
 
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 JSON_PATH = ROOT / "benchmarks" / "reference.json"

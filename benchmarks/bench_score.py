@@ -42,10 +42,10 @@ import pyarrow.parquet as pq
 from bench_features import machine, replace_section
 
 from leadml.adapters import tracking
+from leadml.adapters.layout import MANIFEST, read_interim
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, build_features
 from leadml.modelling.treeshap import FastTreeExplainer
-from leadml.stages.common import MANIFEST, read_interim
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- score:begin -->", "<!-- score:end -->"
@@ -113,8 +113,8 @@ def _renamed(table: pa.Table, copy: int) -> pa.Table:
 # --------------------------------------------------------------------------- 1 and 2: throughput
 def every_lead_features(tables_dir: Path, scorer) -> tuple[pd.Timestamp, float, pd.DataFrame]:  # type: ignore[no-untyped-def]
     """Features of every lead of ``tables_dir`` (all open) as of the scoring job's date."""
+    from leadml.scoring.model_input import resolve_as_of
     from leadml.scoring.pandas_engine import time_bounds
-    from leadml.stages.common import resolve_as_of
 
     tables = read_interim(tables_dir, s.CRM_TABLES)
     as_of = resolve_as_of("latest", time_bounds(tables_dir))
@@ -195,9 +195,9 @@ def job_in_child(workdir: Path, tables_dir: Path, output: Path) -> dict[str, flo
 
 
 def child(workdir: Path, tables_dir: Path, output: Path) -> None:
+    from leadml.scoring.model_input import resolve_as_of
     from leadml.scoring.pandas_engine import score_in_buckets, time_bounds
     from leadml.scoring.scores import TierSettings
-    from leadml.stages.common import resolve_as_of
 
     scorer, version = load_champion(workdir)
     as_of = resolve_as_of("latest", time_bounds(tables_dir))

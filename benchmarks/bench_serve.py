@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from factories import free_port, local_tracking  # noqa: E402
 from leadml.adapters import tracking  # noqa: E402
+from leadml.adapters.layout import read_interim  # noqa: E402
 from leadml.data import schema as s  # noqa: E402
 from leadml.data.features import FeatureSettings, open_lead_features  # noqa: E402
 from leadml.scoring.requests import predict_request, requests_from_tables  # noqa: E402
-from leadml.stages.common import read_interim  # noqa: E402
 
 BEGIN, END = "<!-- serve:begin -->", "<!-- serve:end -->"
 WARMUP = 50

@@ -15,7 +15,7 @@ from leadml.cli import CONFIG_DIR, _data, data_config_source
 from leadml.data.contracts import IngestSettings
 from leadml.data.features import FeatureSettings
 from leadml.errors import CONFIG_FILE
-from leadml.stages.common import config_fingerprint
+from leadml.stages.ingest import config_fingerprint
 
 CONF = Path(CONFIG_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))

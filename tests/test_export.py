@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from factories import copy_project, free_port, local_tracking, project_config
 from leadml.adapters import sinks
+from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
+from leadml.adapters.model_folder import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
 from leadml.cli import recreate_overrides, run_export, run_report, run_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, ModelIntegrityError, NoModelError
 from leadml.scoring.requests import ACTIVITIES, predict_request, requests_from_tables
-from leadml.stages.common import SCORING_RUN_RECORD, read_interim
-from leadml.stages.export import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-10-01"

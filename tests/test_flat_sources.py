@@ -16,7 +16,7 @@ from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract, parse_column
 from leadml.data.ingest import LABEL, check_bad_shares, ingest_flat
 from leadml.errors import ContractError, LeadmlError
-from leadml.stages.common import ingest_stage
+from leadml.stages.ingest import ingest_stage
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
 CONTRACT = {"id": "mql_id", "time": "first_contact", "categorical": ["origin"]}

@@ -28,13 +28,12 @@ from leadml.reporting.forecast import (
     canonical_plan,
     capacity_plan,
     forecast_forward,
-    forecast_stage,
     historical_rates,
     leads_needed,
     poisson_binomial_interval,
     rates_table,
-    read_planned_csv,
 )
+from leadml.stages.forecast import forecast_stage, read_planned_csv
 
 RATES = {"web_organic": 0.05, "event": 0.15, "referral": 0.30}  # true conversion within the horizon
 LOG_VALUE = {"web_organic": 10.0, "event": 10.6, "referral": 10.3}  # deal values: lognormal(mu, SIGMA)

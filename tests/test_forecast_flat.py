@@ -23,16 +23,8 @@ from leadml import cli
 from leadml.cli import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
-from leadml.reporting.forecast import (
-    ALL,
-    AMONG_CLOSED,
-    NO_DEAL_VALUES,
-    POOLED_GROUP,
-    TOTAL,
-    WITHIN_HORIZON,
-    ForecastSettings,
-    forecast_stage,
-)
+from leadml.reporting.forecast import ALL, AMONG_CLOSED, POOLED_GROUP, TOTAL, WITHIN_HORIZON, ForecastSettings
+from leadml.stages.forecast import NO_DEAL_VALUES, forecast_stage
 from test_readme_flat import exported_leads, readme_flat_config, readme_project
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -34,8 +34,8 @@ from leadml.data.contracts import IngestSettings, column_specs_from_config, crm_
 from leadml.data.features import FeatureSettings, build_training_snapshots, open_lead_features
 from leadml.data.ingest import check_bad_shares, ingest_crm
 from leadml.errors import LeadmlError, SchemaMismatchError
+from leadml.scoring.model_input import check_model_input
 from leadml.scoring.scores import TierSettings, score_leads
-from leadml.stages.common import check_model_input
 
 SMALL = {"synthetic.n_leads": 1500}
 MODEL = "leadml-synthetic"

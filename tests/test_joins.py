@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 
 from factories import LENIENT_GATE, QUICK, local_tracking, run_entry_point, user_configs
 from leadml import cli
+from leadml.adapters.layout import MANIFEST, open_rows_file
 from leadml.cli import CONFIG_DIR, run_ingest
 from leadml.data.contracts import IngestSettings, flat_contract
 from leadml.data.joins import Lookup, filter_rows, join_lookup, lookups, row_rules
 from leadml.errors import LeadmlError
-from leadml.stages.common import MANIFEST, open_rows_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PRODUCTS = {  # product -> (series, sales price)
@@ -180,7 +180,7 @@ def test_the_readme_opportunity_export_trains_and_scores_with_its_lookup_tables(
 def test_a_lookup_file_that_changes_rebuilds_the_training_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from leadml.stages.common import stale_upstream
+    from leadml.stages.ingest import stale_upstream
 
     monkeypatch.chdir(tmp_path)
     tables = crm_exports(300)

@@ -16,6 +16,8 @@ import scipy.sparse as sp
 
 from factories import SMALL_PROJECT, local_tracking
 from leadml.adapters import sinks
+from leadml.adapters.layout import read_features, read_interim
+from leadml.adapters.model_folder import MODEL_CARD, REQUEST_EXAMPLE
 from leadml.cli import run_export, run_report, run_score, run_train
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
@@ -32,8 +34,6 @@ from leadml.modelling.scorer import BASE_VALUE
 from leadml.modelling.split import SplitSettings, split_with_report
 from leadml.scoring.requests import predict_request, requests_from_tables
 from leadml.scoring.scores import TierSettings, score_leads
-from leadml.stages.common import read_features, read_interim
-from leadml.stages.export import MODEL_CARD, REQUEST_EXAMPLE
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-12-01"
@@ -212,9 +212,9 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
 @pytest.mark.parametrize("columns", [["x1", "x2", "many", "few"], ["x1", "x2"], ["many", "few"]])
 def test_any_mix_of_numbers_and_categories_adds_up_and_profiles_match(columns: list[str]) -> None:
     from leadml.modelling.calibration import SigmoidCalibrator
+    from leadml.modelling.drift import reference_profile
     from leadml.modelling.models import LogRegSettings, fit_logreg
     from leadml.modelling.scorer import LeadScorer
-    from leadml.scoring.scores import reference_profile
 
     train = _frame(3000, 0)[[s.LEAD_ID, *columns, s.LABEL]]
     model = fit_logreg(train, LogRegSettings())

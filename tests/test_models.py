@@ -12,6 +12,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError
+from leadml.modelling.model_settings import model_settings_from_mapping
 from leadml.modelling.models import (
     BaseRate,
     LightGBMSettings,
@@ -19,7 +20,6 @@ from leadml.modelling.models import (
     early_stopping_split,
     fit_lightgbm,
     fit_logreg,
-    model_settings_from_mapping,
 )
 
 START = pd.Timestamp("2025-01-06", tz="UTC")

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from factories import local_tracking
 from leadml.cli import run_features, run_ingest, run_train
 from leadml.modelling.train import NO_SIGNAL, no_signal_reason, promotion_gate
-from leadml.stages.common import stale_upstream
+from leadml.stages.ingest import stale_upstream
 
 DATA_CONFIG = """\
 name: coin_flips

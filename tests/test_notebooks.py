@@ -134,8 +134,8 @@ def test_diagnostics_notebook_runs_on_the_champion(kernel: Path) -> None:
 
 @pytest.mark.slow
 def test_largest_errors_are_the_extremes_with_reasons_in_words(project: Path, monkeypatch) -> None:
+    from leadml.adapters import layout as stages
     from leadml.adapters import tracking
-    from leadml.stages import common as stages
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.configure(f"sqlite:///{project / 'mlflow.db'}", "leadml-synthetic", project / "mlruns")

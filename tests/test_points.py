@@ -21,7 +21,7 @@ from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, SettingsError
 from leadml.modelling.calibration import SigmoidCalibrator, fit_calibrator
-from leadml.modelling.models import model_settings_from_mapping
+from leadml.modelling.model_settings import model_settings_from_mapping
 from leadml.modelling.points import (
     BASE_VALUE,
     PointsSettings,

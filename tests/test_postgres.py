@@ -24,12 +24,13 @@ from omegaconf import OmegaConf
 import postgres
 from factories import local_tracking, project_config
 from leadml.adapters import sinks
+from leadml.adapters.layout import read_interim
 from leadml.adapters.sources import engine_url, fingerprint_source, read_source
 from leadml.cli import run_features, run_generate, run_ingest, run_score, run_train
 from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW
 from leadml.errors import LeadmlError
-from leadml.stages.common import ingest_stage, read_interim
+from leadml.stages.ingest import ingest_stage
 
 # the pipeline's project: smaller than SMALL_PROJECT, still enough for a promoted champion
 SIZE = {"synthetic.n_leads": 3000}

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 
 from factories import LENIENT_GATE, QUICK, local_tracking, run_entry_point, user_configs
 from leadml import cli
+from leadml.adapters.layout import MANIFEST, open_rows_file
 from leadml.cli import CONFIG_DIR, run_features, run_ingest
 from leadml.errors import ContractError, LeadmlError
-from leadml.stages.common import MANIFEST, open_rows_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -177,7 +177,7 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
 
 def test_a_flat_table_is_scored_from_its_open_leads() -> None:
     """With either engine (tests/test_spark_engine.py scores a flat table with both)."""
-    from leadml.stages.common import _check_flat_scoring
+    from leadml.stages.score import _check_flat_scoring
 
     data = {"name": "my_leads", "kind": "flat", "contract": {"id": "Lead ID", "target": "Status"}}
     with pytest.raises(LeadmlError) as error:

@@ -396,7 +396,7 @@ def test_a_proxy_answering_health_with_503_counts_as_unreachable() -> None:
 
 def test_a_run_failing_after_its_rows_are_written_leaves_the_partitions_as_they_were(tmp_path: Path) -> None:
     """score_stage's undo, alone: the re-run date gets its previous files back, a new date goes."""
-    from leadml.stages.common import _undone_on_error
+    from leadml.stages.score import _undone_on_error
 
     old, new = pd.Timestamp("2025-12-01", tz="UTC"), pd.Timestamp("2025-12-15", tz="UTC")
     sinks.write_partition(pd.DataFrame({"lead_id": ["L1"], "probability": [0.1]}), tmp_path, old)

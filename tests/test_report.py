@@ -16,17 +16,12 @@ import pandas as pd
 import pytest
 
 from factories import local_tracking, project_config
+from leadml.adapters.sinks import earlier_predictions, scored_partition
 from leadml.cli import run_features, run_ingest, run_report, run_score
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.modelling.scorer import PROBABILITY
-from leadml.reporting.leadership import (
-    ReportSettings,
-    breakdown,
-    calibration_table,
-    resolved_predictions,
-    scored_partition,
-)
+from leadml.reporting.leadership import ReportSettings, breakdown, calibration_table, resolved_predictions
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_COMPANY = '=1+2<img src=x onerror="alert(2)">'
@@ -133,7 +128,8 @@ def test_reasons_are_sentences_never_feature_names(reported: dict) -> None:
 def test_earlier_predictions_resolve_against_outcomes(reported: dict) -> None:
     root, latest = reported["root"], reported["latest"]
     outcomes = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "outcomes.parquet")
-    resolved = resolved_predictions(root / "data" / "scored" / "synthetic", latest["as_of"], outcomes, 90)
+    earlier = earlier_predictions(root / "data" / "scored" / "synthetic", latest["as_of"])
+    resolved = resolved_predictions(earlier, latest["as_of"], outcomes, 90)
     assert len(resolved) > 0 and resolved[s.LEAD_ID].is_unique
     assert set(resolved["won"].unique()) <= {0, 1}
     table = calibration_table(resolved)

@@ -16,20 +16,13 @@ import pytest
 
 from factories import copy_project, local_tracking, project_config, train_project
 from leadml.adapters import sinks
+from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
 from leadml.cli import run_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
-from leadml.scoring.scores import (
-    TierSettings,
-    TrendSettings,
-    add_trend,
-    population_stability,
-    reference_profile,
-    score_leads,
-    unseen_categories,
-)
-from leadml.stages.common import SCORING_RUN_RECORD, read_interim
+from leadml.modelling.drift import population_stability, reference_profile, unseen_categories
+from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
 
 SMALL = {
     "synthetic.n_leads": 6000,

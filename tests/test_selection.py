@@ -58,7 +58,7 @@ from leadml.modelling.train import (
     promotion_gate,
     train_and_evaluate,
 )
-from leadml.stages.common import unseen_rows
+from leadml.stages.train import unseen_rows
 
 GATE = {
     "min_roc_auc": 0.6,

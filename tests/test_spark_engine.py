@@ -14,19 +14,15 @@ import pytest
 
 from factories import local_tracking, project_config
 from leadml.adapters import sinks
+from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
 from leadml.cli import run_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import SchemaMismatchError
+from leadml.modelling.drift import population_stability, unseen_categories
+from leadml.scoring.model_input import deal_values, resolve_as_of
 from leadml.scoring.pandas_engine import CrmOpenLeads
-from leadml.scoring.scores import (
-    TierSettings,
-    TrendSettings,
-    population_stability,
-    score_leads,
-    unseen_categories,
-)
-from leadml.stages.common import SCORING_RUN_RECORD, _deal_values, read_interim, resolve_as_of
+from leadml.scoring.scores import TierSettings, TrendSettings, score_leads
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="the Spark engine needs Java 17 or later"),
@@ -132,8 +128,8 @@ def test_both_engines_write_the_same_partition(project: Path, spark_runs, day: s
 
 
 def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, spark_runs) -> None:
+    from leadml.modelling.drift import drift_counts, psi_from_counts
     from leadml.scoring.pandas_engine import BucketSummaries
-    from leadml.scoring.scores import drift_counts, psi_from_counts
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     features = open_lead_features(
@@ -182,7 +178,7 @@ def test_leads_without_any_activity_score_as_in_pandas(spark, project: Path, sco
         tables, _day(DAYS[1]), FeatureSettings.from_mapping(scorer.feature_settings)
     )
     tiers = TierSettings.from_mapping(_cfg(tmp_path, "score").tiers)
-    deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID])
+    deal_value = deal_values(tables[s.LEADS], features[s.LEAD_ID])
     expected = _by_lead(score_leads(scorer, features, tiers, deal_value=deal_value))
     assert got[s.LEAD_ID].isin(quiet[s.LEAD_ID]).sum() > 50
     pd.testing.assert_frame_equal(got[expected.columns], expected, check_exact=False, rtol=0, atol=1e-9)

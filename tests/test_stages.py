@@ -162,7 +162,7 @@ def test_too_many_bad_rows_stop_the_run_and_keep_them(pipeline: Path, tmp_path: 
 
 
 def test_upstream_seconds_follow_the_manifest_links(tmp_path: Path) -> None:
-    from leadml.stages.common import upstream_seconds
+    from leadml.stages.train import upstream_seconds
 
     interim = tmp_path / "interim.json"
     interim.write_text(json.dumps({"stage": "ingest", "seconds": 8.5}))

@@ -9,25 +9,21 @@ stderr and a non-zero exit code.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from leadml.adapters.layout import CONFIG_DIR, MANIFEST
 from leadml.data import schema as s
 from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
 
 logger = logging.getLogger("leadml")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-MANIFEST = "manifest.json"
 
 
 def _container(node: Any) -> Any:
@@ -98,31 +94,17 @@ def _record_data_config_file(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- generate
 def run_generate(cfg: DictConfig) -> dict[str, Any]:
     """Write the synthetic CRM to ``cfg.output_dir`` unless it is already there."""
-    from leadml.adapters.sources import write_json_atomic, write_parquet_atomic
-    from leadml.data.synthetic import GENERATOR_VERSION, generate_crm, settings_from_mapping
+    from leadml.stages.generate import generate_stage, up_to_date
 
     out = Path(cfg.output_dir)
     requested = _container(cfg.synthetic)
-    settings = settings_from_mapping(requested)
     if (out / MANIFEST).exists() and not cfg.overwrite:
-        existing = json.loads((out / MANIFEST).read_text())
-        if existing.get("settings") == requested and existing.get("generator_version") == GENERATOR_VERSION:
+        existing = up_to_date(out, requested)
+        if existing is not None:
             _echo(f"generate: {out} is up to date (seed {requested.get('seed')}); keeping it")
             return existing
         _echo(f"generate: the settings or the generator changed since {out} was written; regenerating")
-    started = time.perf_counter()
-    frames = generate_crm(settings, progress=_show_progress(cfg))
-    for name, frame in frames.items():
-        write_parquet_atomic(frame, out / f"{name}.parquet")
-    manifest = {
-        "stage": "generate",
-        "settings": requested,
-        "generator_version": GENERATOR_VERSION,
-        "rows": {name: len(frame) for name, frame in frames.items()},
-        "seconds": round(time.perf_counter() - started, 2),
-        "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
-    }
-    write_json_atomic(manifest, out / MANIFEST)
+    manifest = generate_stage(requested, out, progress=_show_progress(cfg))
     rows = manifest["rows"]
     _echo(
         f"generate: {rows[s.LEADS]:,} leads, {rows[s.ACCOUNTS]:,} accounts, "
@@ -136,7 +118,7 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
 def run_ingest(cfg: DictConfig) -> dict[str, Any]:
     """Read every configured source, check its contract and write data/interim."""
     from leadml.data.ingest import respelt_sentence
-    from leadml.stages.common import ingest_stage
+    from leadml.stages.ingest import ingest_stage
 
     summary = ingest_stage(_data(cfg), Path(cfg.output_dir))
     for table, report in summary["tables"].items():
@@ -164,7 +146,7 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- features
 def run_features(cfg: DictConfig) -> dict[str, Any]:
     """Build the point-in-time training snapshots from data/interim."""
-    from leadml.stages.common import features_stage
+    from leadml.stages.features import features_stage
 
     summary = features_stage(
         _data(cfg),
@@ -194,7 +176,7 @@ def prepare_upstream(cfg: DictConfig) -> None:
     config, or a source file changed since it was ingested: ``leadml-train data=bank`` then
     runs end to end from the raw files, and a second run reuses them.
     """
-    from leadml.stages.common import stale_upstream
+    from leadml.stages.ingest import stale_upstream
 
     mode = str(cfg.get("prepare", "never"))
     if mode not in PREPARE_CHOICES:
@@ -242,7 +224,7 @@ def sentinel_line(checked: int | None, guards: Mapping[str, Any]) -> str:
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
-    from leadml.stages.common import train_stage
+    from leadml.stages.train import train_stage
 
     check_points_sheet(cfg)
     prepare_upstream(cfg)
@@ -319,7 +301,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- score
 def run_score(cfg: DictConfig) -> dict[str, Any]:
     """Score the open leads with the production model (the nightly job)."""
-    from leadml.stages.common import score_stage
+    from leadml.stages.score import score_stage
 
     summary = score_stage(_container(cfg), Path(cfg.paths.root))
     tiers = ", ".join(f"{tier} {count:,}" for tier, count in summary["tiers"].items())
@@ -344,7 +326,7 @@ def run_score(cfg: DictConfig) -> dict[str, Any]:
 
 def run_report(cfg: DictConfig) -> Any:
     """Write the leadership report (HTML) and the ranked CSV of a scored run."""
-    from leadml.reporting.leadership import report_stage
+    from leadml.stages.report import report_stage
 
     files = report_stage(_container(cfg), Path(cfg.paths.root))
     _echo(f"report: {files.leads:,} open leads as of {files.as_of:%Y-%m-%d}")
@@ -356,7 +338,7 @@ def run_report(cfg: DictConfig) -> Any:
 # --------------------------------------------------------------------------- forecast
 def run_forecast(cfg: DictConfig) -> dict[str, Any]:
     """Funnel forecast: forward (planned leads), reverse (leads for a revenue target), capacity."""
-    from leadml.reporting.forecast import forecast_stage, summary_lines
+    from leadml.stages.forecast import forecast_stage, summary_lines
 
     summary = forecast_stage(_container(cfg), Path(cfg.paths.root))
     for line in summary_lines(summary):
@@ -367,7 +349,8 @@ def run_forecast(cfg: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- backtest
 def run_backtest(cfg: DictConfig) -> dict[str, Any]:
     """Rolling backtest: train before each cutoff, test on the next period, report drift."""
-    from leadml.modelling.backtest import backtest_stage, table_lines
+    from leadml.modelling.backtest import table_lines
+    from leadml.stages.backtest import backtest_stage
 
     check_points_sheet(cfg)
     prepare_upstream(cfg)

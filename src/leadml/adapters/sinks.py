@@ -11,12 +11,14 @@ UPDATE``. Its table and column names must be plain SQL names and go through a SQ
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
+from leadml.modelling.scorer import PROBABILITY
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +278,7 @@ def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore
 def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
     import sqlalchemy as sa
 
-    from leadml.scoring.scores import column_kind
+    from leadml.modelling.drift import column_kind
 
     if column.name == s.AS_OF:
         return sa.String(10)
@@ -298,3 +301,44 @@ def _records(frame: pd.DataFrame) -> list[dict]:
             out[name] = out[name].dt.tz_convert("UTC")
     out = out.astype(object).where(out.notna(), None)
     return out.to_dict("records")
+
+
+def scored_partition(scored_dir: Path, as_of: str | None) -> Path:
+    """The partition of ``as_of`` (YYYY-MM-DD), or the latest one for ``latest``/None."""
+    partition = find_partition(scored_dir, as_of)
+    if partition is None:
+        raise LeadmlError(f"no scored run in {scored_dir} (run leadml-score, or make score, first)")
+    return partition
+
+
+def read_scored(partition: Path) -> pd.DataFrame:
+    files = sorted(partition.glob("*.parquet"))
+    if not files:
+        raise LeadmlError(f"{partition} holds no Parquet file")
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    for column in (s.LEAD_ID, PROBABILITY, "tier"):
+        if column not in frame.columns:
+            raise LeadmlError(f"{partition}: column {column!r} missing: not a leadml scored run")
+    return frame
+
+
+def read_run_record(partition: Path, record_name: str) -> dict[str, Any]:
+    path = partition / record_name
+    if not path.exists():
+        logger.warning("%s has no run record: model health shows the rows only", partition)
+        return {}
+    return json.loads(path.read_text())
+
+
+def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Every prediction of the runs before ``as_of``: lead id, probability, run date."""
+    frames = []
+    for run_date, partition in written_partitions(scored_dir).items():
+        if run_date >= as_of:
+            continue
+        files = sorted(partition.glob("*.parquet"))
+        rows = [pd.read_parquet(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
+        frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
+    if not frames:
+        return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date"])
+    return pd.concat(frames, ignore_index=True)

@@ -358,28 +358,23 @@ def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, contex
 
 
 @_tracked("log the model")
-def log_model(scorer: Any, name: str, example: pd.DataFrame) -> str:
-    """Log ``scorer`` as the leadml pyfunc (``leadml.scoring.pyfunc``) and return its model URI.
-
-    Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
-    signature of both request shapes and ``example`` (features shape) as the input example.
+def log_model(
+    python_model: Any, name: str, example: pd.DataFrame, signature: Any, artifacts: dict[str, str]
+) -> str:
+    """Log ``python_model`` (the leadml pyfunc, :mod:`leadml.scoring.pyfunc`) with its ``signature``,
+    ``example`` (features shape) as the input example and ``artifacts`` (files beside the pickle);
+    return its model URI. The stage builds the pyfunc: this layer knows MLflow, not leadml's model.
     """
-    import tempfile
-
     import mlflow
 
-    from leadml.scoring.pyfunc import LeadScorerModel, signature
-    from leadml.scoring.requests import MODEL_INFO_ARTIFACT, write_model_info
-
-    with tempfile.TemporaryDirectory() as folder:
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=LeadScorerModel(scorer),
-            artifacts={MODEL_INFO_ARTIFACT: str(write_model_info(scorer, Path(folder)))},
-            signature=signature(scorer, example),
-            input_example=example,
-            pip_requirements=_requirements(),
-        )
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=python_model,
+        artifacts=artifacts,
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
     return info.model_uri
 
 
@@ -442,7 +437,7 @@ def production_model(registered_model: str, model_uri: str | None = None) -> tup
     exported folder (``models/<name>-v3``, labelled with the version it was exported from).
     """
     if model_uri:
-        from leadml.stages.export import exported_version, local_model_folder
+        from leadml.adapters.model_folder import exported_version, local_model_folder
 
         folder = local_model_folder(str(model_uri))
         return str(model_uri), (exported_version(folder) if folder else None) or str(model_uri)
@@ -479,7 +474,7 @@ def load_scorer(model_uri: str) -> Any:
     """
     import mlflow
 
-    from leadml.stages.export import local_model_folder, verify_folder
+    from leadml.adapters.model_folder import local_model_folder, verify_folder
 
     folder = local_model_folder(model_uri)
     if folder is not None:

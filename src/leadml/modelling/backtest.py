@@ -24,31 +24,26 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
-from leadml.adapters.sources import masked_urls
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling.calibration import CalibrationSettings, fit_on_window
+from leadml.modelling.drift import population_stability
 from leadml.modelling.evaluate import base_rate_shift, binary_metrics
 from leadml.modelling.guards import check_minimum_data
 from leadml.modelling.scorer import PROBABILITY
 from leadml.modelling.selection import MARGIN
 from leadml.modelling.split import SplitSettings, split_with_report
 from leadml.modelling.train import BASELINE_LOGREG, BASELINE_POINTS, BASELINE_RATE, train_and_evaluate
-from leadml.scoring.scores import population_stability
 
 logger = logging.getLogger(__name__)
 
@@ -435,158 +430,9 @@ def _short(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- figure
-def backtest_figure(table: pd.DataFrame, settings: BacktestSettings) -> Figure:
-    """ROC AUC, ECE and Brier (standard and recent-window calibration), base rate and PSI per period."""
-    x = table["period"].to_numpy()
-    figure, axes = plt.subplots(2, 3, figsize=(14.0, 7.5))
-    (auc, ece, brier), (rate, psi, pr) = axes
-
-    auc.plot(x, table["roc_auc"], marker="o", label="model")
-    for name, label in (("baseline_logreg", "logistic baseline"), ("baseline_points", "points baseline")):
-        if f"{name}_roc_auc" in table:
-            auc.plot(x, table[f"{name}_roc_auc"], marker=".", label=label)
-    auc.set(title="ROC AUC", ylabel="ROC AUC")
-
-    for panel, metric, title in ((ece, "ece", "ECE (equal-mass bins)"), (brier, "brier", "Brier score")):
-        panel.plot(x, table[metric], marker="o", label="calibration window")
-        panel.plot(
-            x, table[f"{metric}_recent"], marker="s", label=f"latest {settings.recent_fraction:.0%} of it"
-        )
-        panel.set(title=title, ylabel=metric.upper() if metric == "ece" else "Brier")
-    ece.set_ylim(bottom=0)
-
-    rate.plot(x, table["base_rate"], marker="o", label="period")
-    rate.plot(x, table["history_base_rate"], marker=".", linestyle="--", label="training history")
-    shifted = table["base_rate_shift"].to_numpy(dtype=bool)
-    if shifted.any():
-        rate.scatter(x[shifted], table["base_rate"][shifted], s=120, facecolors="none", edgecolors="red",
-                     label="shift flagged", zorder=3)  # fmt: skip
-    rate.yaxis.set_major_formatter(PercentFormatter(1.0))
-    rate.set(title="Base rate", ylabel="positive rate")
-    rate.set_ylim(bottom=0)
-
-    psi.plot(x, table["score_psi"], marker="o", label="calibrated score")
-    psi.plot(x, table["max_feature_psi"], marker=".", label="most drifting feature")
-    for level, label, style in ((settings.watch_psi, "watch", ":"), (settings.shift_psi, "shift", "--")):
-        psi.axhline(level, color="grey", linestyle=style, linewidth=1, label=f"{label} ({level:g})")
-    psi.set(title="Population stability against the training window", ylabel="PSI")
-    psi.set_ylim(bottom=0)
-
-    pr.plot(x, table["pr_auc"], marker="o", label="model")
-    pr.plot(x, table["base_rate"], color="grey", linestyle="--", linewidth=1, label="no skill (base rate)")
-    pr.set(title="PR AUC", ylabel="PR AUC")
-    pr.set_ylim(bottom=0)
-
-    for panel in axes.ravel():
-        panel.set_xticks(x)
-        panel.set_xlabel("period")
-        panel.legend(loc="best", fontsize=8)
-    figure.suptitle("Rolling backtest: train before each cutoff, test on the next period")
-    figure.tight_layout()
-    return figure
 
 
 # --------------------------------------------------------------------------- stage
-def backtest_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """Read the features, run every fold, write backtest.csv/.png/.json and log one MLflow run."""
-    import yaml
-
-    from leadml.adapters import tracking
-    from leadml.adapters.sources import write_csv_atomic, write_json_atomic
-    from leadml.stages.common import read_features
-
-    started = time.perf_counter()
-    settings = BacktestSettings.from_mapping(cfg["backtest"])
-    snapshots, metadata, features_manifest, _ = read_features(
-        Path(cfg["input_dir"]), cfg["features"].get("exclude", ())
-    )
-    mlflow_cfg = cfg["mlflow"]
-    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-    tracking.configure(uri, mlflow_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
-
-    table = run_backtest_folds(snapshots, metadata, cfg)
-    sentences = summary_sentences(table, settings)
-
-    out = Path(cfg["report_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / CSV, "png": out / PNG, "json": out / JSON}
-    write_csv_atomic(table, files["csv"], index=False)
-    figure = backtest_figure(table, settings)
-    figure.savefig(files["png"], dpi=110, bbox_inches="tight")
-    plt.close(figure)
-
-    model = cfg["model"]["name"]
-    means = {
-        "roc_auc": table["roc_auc"].mean(),
-        "ece": table["ece"].mean(),
-        "ece_recent": table["ece_recent"].mean(),
-        "brier": table["brier"].mean(),
-        "brier_recent": table["brier_recent"].mean(),
-        "score_psi": table["score_psi"].mean(),
-    }
-    flags = {
-        "base_rate_shift": table.loc[table["base_rate_shift"], "period"].tolist(),
-        "population_shift": table.loc[table["population"] == SHIFT, "period"].tolist(),
-        "population_watch": table.loc[table["population"] == WATCH, "period"].tolist(),
-    }
-    with tracking.run(run_name=f"backtest-{model}", tags={"leadml.kind": "backtest"}) as run_id:
-        tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
-        tracking.log_text(yaml.safe_dump(_plain_tree(masked_urls(dict(cfg))), sort_keys=False), "config.yaml")
-        for record in table.to_dict(orient="records"):
-            numbers = {k: _number(v) for k, v in record.items() if k != "period" and _number(v) is not None}
-            tracking.log_metrics(numbers, prefix="backtest.", step=int(record["period"]))
-        tracking.log_metrics(means, prefix="backtest.mean.")
-        tracking.log_metrics(
-            {"base_rate_shift_periods": len(flags["base_rate_shift"]),
-             "population_shift_periods": len(flags["population_shift"])},
-            prefix="backtest.",
-        )  # fmt: skip
-        record = {
-            "data": cfg["data"]["name"],
-            "model": model,
-            "split_kind": cfg["split"]["kind"],
-            "settings": _plain_tree(dict(cfg["backtest"])),
-            "features_fingerprint": features_manifest.get("fingerprint"),
-            "summary": sentences,
-            "flags": flags,
-            "means": {k: _number(v) for k, v in means.items()},
-            "periods": [{k: _json_value(v) for k, v in r.items()} for r in table.to_dict(orient="records")],
-            "files": {k: str(v) for k, v in files.items()},
-            "run_id": run_id,
-            "tracking_uri": tracking.masked_uri(uri),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        write_json_atomic(record, files["json"])
-        for path in files.values():
-            tracking.log_file(path, "backtest")
-        tracking.set_tags({"backtest.summary": " | ".join(sentences)[:5000]})
-    return {**record, "table": table}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool | np.bool_):
-        return float(value)
-    if isinstance(value, int | float | np.integer | np.floating) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
-
-
-def _plain_tree(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain_tree(v) for v in value]
-    return value
 
 
 def _plain(value: Any) -> Any:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -26,9 +26,6 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, known_settings
-
-if TYPE_CHECKING:  # leadml.modelling.points builds on this module; it is imported where it is used
-    from leadml.modelling.points import PointsSettings
 
 logger = logging.getLogger(__name__)
 
@@ -122,28 +119,6 @@ class LogRegSettings:
 
 
 ModelSettings = LightGBMSettings | LogRegSettings
-
-
-def model_settings_from_mapping(
-    mapping: Mapping[str, Any], points: Mapping[str, Any] | None = None, data_name: str | None = None
-) -> ModelSettings | PointsSettings:
-    """Settings for the model named by ``mapping["name"]``.
-
-    ``points`` is the data config's ``points`` block (``data.points``): model=points takes its
-    rules and tiers from there (``data_name`` names the data config in its error); others ignore it.
-    """
-    name = mapping.get("name", "lightgbm")
-    if name == "points":
-        from leadml.modelling.points import PointsSettings
-
-        return PointsSettings.from_mapping(mapping, points, data_name)
-    kinds: dict[str, type[LightGBMSettings] | type[LogRegSettings]] = {
-        "lightgbm": LightGBMSettings,
-        "logreg": LogRegSettings,
-    }
-    if name not in kinds:
-        raise LeadmlError(f"model.name must be one of {sorted([*kinds, 'points'])}, got {name!r}")
-    return kinds[name].from_mapping(mapping)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -508,18 +483,3 @@ class BaseRate:
 
     def predict_margin(self, frame: pd.DataFrame) -> np.ndarray:
         return logit(self.predict_proba(frame))
-
-
-def fit_model(
-    train: pd.DataFrame,
-    settings: ModelSettings | PointsSettings,
-    metadata: Mapping[str, FeatureMeta] | None = None,
-) -> ScoringModel:
-    """Fit the model the settings name."""
-    if isinstance(settings, LightGBMSettings):
-        return fit_lightgbm(train, settings, metadata)
-    if isinstance(settings, LogRegSettings):
-        return fit_logreg(train, settings)
-    from leadml.modelling.points import fit_points
-
-    return fit_points(train, settings.rules, settings.tiers)

@@ -31,6 +31,7 @@ they lack (time -> order -> random), with a note saying so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -387,3 +388,9 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise LeadmlError(f"split needs column(s) {missing}, missing from the snapshots")
+
+
+def window_fingerprint(rows: pd.DataFrame) -> str:
+    """SHA-256 of a window's rows (keys, label and features): equal windows, equal fingerprints."""
+    hashed = pd.util.hash_pandas_object(rows, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()

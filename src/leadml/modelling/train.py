@@ -20,6 +20,7 @@ from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, data_config_file
 from leadml.modelling.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
+from leadml.modelling.drift import reference_profile
 from leadml.modelling.evaluate import (
     base_rate_shift,
     binary_metrics,
@@ -37,6 +38,7 @@ from leadml.modelling.guards import (
     leakage_report,
 )
 from leadml.modelling.linear_explain import attach_training_means
+from leadml.modelling.model_settings import model_settings_from_mapping
 from leadml.modelling.models import (
     BaseRate,
     LightGBMSettings,
@@ -44,7 +46,6 @@ from leadml.modelling.models import (
     ScoringModel,
     feature_columns,
     fit_logreg,
-    model_settings_from_mapping,
 )
 from leadml.modelling.points import (
     PointsModel,
@@ -76,7 +77,6 @@ from leadml.modelling.split import (
     split_summary,
     split_with_report,
 )
-from leadml.scoring.scores import reference_profile
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,9 @@ from matplotlib.ticker import PercentFormatter
 
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
+from leadml.modelling.reasons import grouped_reasons
 from leadml.modelling.scorer import MARGIN, PROBABILITY, LeadScorer, as_model_input
-from leadml.modelling.split import TEST, SplitSettings, split_with_report
-from leadml.scoring.scores import grouped_reasons
-from leadml.stages.common import window_fingerprint
+from leadml.modelling.split import TEST, SplitSettings, split_with_report, window_fingerprint
 
 ALL = "all"  # the pooled row of a per-source table
 UNKNOWN = "unknown"  # a missing source

@@ -13,25 +13,20 @@ reach a network; every text from the data goes through autoescaping templates.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from leadml.adapters.sinks import PARTITION_PREFIX, find_partition, written_partitions
-from leadml.adapters.sources import write_csv_atomic
 from leadml.data import schema as s
-from leadml.data.contracts import as_tuple
-from leadml.data.features import LABEL, FeatureMeta, FeatureSettings, flat_open_features, open_lead_features
+from leadml.data.features import LABEL, FeatureMeta, FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling.evaluate import assign_tiers
+from leadml.modelling.reasons import grouped_reasons
 from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer, as_model_input
-from leadml.scoring.scores import grouped_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -78,31 +73,6 @@ class ReportSettings:
 
 
 # --------------------------------------------------------------------------- reading
-def scored_partition(scored_dir: Path, as_of: str | None) -> Path:
-    """The partition of ``as_of`` (YYYY-MM-DD), or the latest one for ``latest``/None."""
-    partition = find_partition(scored_dir, as_of)
-    if partition is None:
-        raise LeadmlError(f"no scored run in {scored_dir} (run leadml-score, or make score, first)")
-    return partition
-
-
-def read_scored(partition: Path) -> pd.DataFrame:
-    files = sorted(partition.glob("*.parquet"))
-    if not files:
-        raise LeadmlError(f"{partition} holds no Parquet file")
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    for column in (s.LEAD_ID, PROBABILITY, "tier"):
-        if column not in frame.columns:
-            raise LeadmlError(f"{partition}: column {column!r} missing: not a leadml scored run")
-    return frame
-
-
-def read_run_record(partition: Path, record_name: str) -> dict[str, Any]:
-    path = partition / record_name
-    if not path.exists():
-        logger.warning("%s has no run record: model health shows the rows only", partition)
-        return {}
-    return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------- overview
@@ -167,24 +137,10 @@ def movers(frame: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return up, down
 
 
-def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Every prediction of the runs before ``as_of``: lead id, probability, run date."""
-    frames = []
-    for run_date, partition in written_partitions(scored_dir).items():
-        if run_date >= as_of:
-            continue
-        files = sorted(partition.glob("*.parquet"))
-        rows = [pd.read_parquet(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
-        frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
-    if not frames:
-        return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def flat_resolved_predictions(scored_dir: Path, as_of: pd.Timestamp, labelled: pd.DataFrame) -> pd.DataFrame:
-    """Earlier runs' predictions of open leads of a flat table that now carry a label (won or lost
-    in today's file), against that label; each lead once, with its latest prediction."""
-    earlier = earlier_predictions(scored_dir, as_of)
+def flat_resolved_predictions(earlier: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
+    """Earlier runs' predictions (:func:`leadml.adapters.sinks.earlier_predictions`) of open leads of
+    a flat table that now carry a label (won or lost in today's file), against that label; each
+    lead once, with its latest prediction."""
     labels = labelled.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[LABEL]
     resolved = earlier[earlier[s.LEAD_ID].isin(labels.index)]
     resolved = resolved.sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
@@ -192,17 +148,18 @@ def flat_resolved_predictions(scored_dir: Path, as_of: pd.Timestamp, labelled: p
 
 
 def resolved_predictions(
-    scored_dir: Path, as_of: pd.Timestamp, outcomes: pd.DataFrame, horizon_days: int
+    earlier: pd.DataFrame, as_of: pd.Timestamp, outcomes: pd.DataFrame, horizon_days: int
 ) -> pd.DataFrame:
     """Earlier runs' predictions whose outcome is now known, against what happened.
 
     A prediction of run T is resolved when the lead closed before ``as_of``, or when its
     horizon (T + ``horizon_days``) has passed with the lead still open (not converted). The
     outcome is "won within the horizon of T", what the probability was a probability of.
-    Each lead counts once, with its latest resolved prediction.
+    Each lead counts once, with its latest resolved prediction. ``earlier``: the predictions of
+    the runs before ``as_of`` (:func:`leadml.adapters.sinks.earlier_predictions`).
     """
     closed = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
-    earlier = earlier_predictions(scored_dir, as_of)
+    earlier = earlier.copy()
     if earlier.empty:
         return earlier.assign(won=pd.Series(dtype="int64"))
     closed_at = pd.to_datetime(earlier[s.LEAD_ID].map(closed[s.CLOSED_AT]), utc=True)
@@ -474,133 +431,3 @@ def _inert_in_spreadsheets(column: pd.Series) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- the stage
-@dataclass(frozen=True)
-class ReportFiles:
-    html: Path
-    csv: Path
-    leads: int
-    as_of: pd.Timestamp
-
-
-def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
-    """Read a scored run and everything around it; write the HTML report and the ranked CSV."""
-    from leadml.adapters import tracking
-    from leadml.reporting import html, plots
-    from leadml.stages.common import FLAT_TABLE, SCORING_RUN_RECORD, open_rows_file, read_interim
-    from leadml.stages.export import local_model_folder
-
-    report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
-    settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
-    partition = scored_partition(Path(report_cfg["scored_dir"]), report_cfg.get("as_of"))
-    scored = read_scored(partition)
-    record = read_run_record(partition, SCORING_RUN_RECORD)
-    as_of = pd.Timestamp(partition.name.removeprefix(PARTITION_PREFIX), tz="UTC")
-    data = cfg.get("data") or {}
-    flat = data.get("kind") == "flat"
-    interim_dir = Path(report_cfg["interim_dir"])
-    if flat:  # one table: the open leads' own columns are their details
-        open_rows = flat_details(pd.read_parquet(interim_dir / open_rows_file(FLAT_TABLE)), data)
-        frame = with_lead_details(scored, open_rows, pd.DataFrame(), settings.personal_columns)
-    else:
-        tables = read_interim(interim_dir, s.CRM_TABLES)
-        frame = with_lead_details(scored, tables[s.LEADS], tables[s.ACCOUNTS], settings.personal_columns)
-    thresholds = {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()}
-    floor_tier = str(record.get("floor_tier") or "D")
-    tiers = tier_order(thresholds, floor_tier, frame["tier"].unique())
-
-    version = str(frame["model_version"].iloc[0]) if "model_version" in frame.columns and len(frame) else ""
-    model_uri = f"models:/{mlflow_cfg['registered_model']}/{version}" if version.isdigit() else version
-    scored_with = str(record.get("model_uri") or "")
-    if scored_with and local_model_folder(scored_with) is not None:
-        model_uri = scored_with  # scored offline from an exported folder: no tracking server needed
-    else:
-        uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-        tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
-    scorer = tracking.load_scorer(model_uri)
-    # a flat table's label is "converted", with no horizon; the CRM's is "won within the horizon"
-    horizon = None if flat else int((scorer.feature_settings or {}).get("horizon_days", 90))
-
-    snapshots_path = Path(report_cfg["snapshots"])
-    analysis: dict[str, Any] = {"rows": 0, "missing": str(snapshots_path)}
-    top = frame.head(settings.top_leads)
-    scored_dir = Path(report_cfg["scored_dir"])
-    if flat:
-        labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
-        resolved = flat_resolved_predictions(scored_dir, as_of, labelled)
-        contract = data.get("contract") or {}
-        features = flat_open_features(
-            open_rows[open_rows[s.LEAD_ID].isin(set(top[s.LEAD_ID]))], as_tuple(contract.get("personal"))
-        )
-        cards = lead_cards(top, features, scorer, settings, lambda lead_id: [])
-        analysis = {
-            "rows": 0,
-            "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
-            "shows how each tier converted on the test window.",
-        }
-    else:
-        if snapshots_path.exists():
-            analysis = conversion_analysis(
-                pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
-                thresholds, floor_tier, settings,
-            )  # fmt: skip
-        resolved = resolved_predictions(scored_dir, as_of, tables[s.OUTCOMES], horizon)
-        days, events = settings.timeline_days, settings.timeline_events
-        cards = lead_cards(
-            top, crm_card_features(top, tables, scorer, as_of), scorer, settings,
-            lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
-        )  # fmt: skip
-    up, down = movers(frame, settings.movers)
-    charts = {
-        "distribution": html.figure_data_uri(
-            plots.score_distribution_figure(frame[PROBABILITY].to_numpy(), thresholds)
-        ),
-    }
-    if not resolved.empty:
-        charts["resolved"] = html.figure_data_uri(
-            plots.reliability_figure(resolved["won"].to_numpy(), {"earlier runs": resolved[PROBABILITY]})
-        )
-    page = html.render(
-        "leadership.html.j2",
-        title=f"Lead scores as of {as_of:%Y-%m-%d}",
-        subtitle=(
-            f"{len(frame):,} open leads scored by model {model_uri}; "
-            f"generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC"
-        ),
-        as_of=as_of,
-        leads=len(frame),
-        expected_conversions=float(frame[PROBABILITY].sum()),
-        expected_revenue=float(frame["expected_value"].sum()) if "expected_value" in frame else None,
-        by_tier=breakdown(frame, "tier", tiers).to_dict("records"),
-        by_source=breakdown(frame, s.SOURCE).to_dict("records") if s.SOURCE in frame else [],
-        by_owner=breakdown(frame, s.OWNER).to_dict("records") if s.OWNER in frame else [],
-        thresholds=thresholds,
-        floor_tier=floor_tier,
-        tiers=tiers,
-        up=up.to_dict("records"),
-        down=down.to_dict("records"),
-        record=record,
-        model_uri=model_uri,
-        horizon=horizon,
-        resolved=calibration_table(resolved).to_dict("records"),
-        resolved_count=len(resolved),
-        charts=charts,
-        table=frame.head(settings.table_rows).to_dict("records"),
-        table_total=len(frame),
-        personal=[c for c in settings.personal_columns if c in frame.columns],
-        reason_columns=REASON_COLUMNS,
-        risk_columns=RISK_COLUMNS,
-        cards=cards,
-        timeline_days=settings.timeline_days,
-        timelines=not flat,  # a flat table has no activity timeline
-        analysis=_records(analysis),
-    )
-    out = Path(report_cfg["output_dir"])
-    stem = f"leads-{as_of:%Y-%m-%d}"
-    html_path = html.write_page(page, out / f"{stem}.html")
-    ranked = ranked_csv(frame, settings.personal_columns)
-    csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
-    return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
-
-
-def _records(analysis: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v for k, v in analysis.items()}

@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -21,6 +23,11 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from leadml.data.features import FeatureMeta
 from leadml.modelling.evaluate import DEFAULT_N_BINS, grouped_shap_values
+
+matplotlib.use("Agg")
+
+
+from leadml.modelling.backtest import BacktestSettings
 
 logger = logging.getLogger(__name__)
 
@@ -182,4 +189,55 @@ def score_distribution_figure(probabilities: np.ndarray, thresholds: Mapping[str
                           rotation=90, va="top", ha="right", fontsize=8, color="grey")  # fmt: skip
     axes.set(xlabel="calibrated probability of conversion", ylabel="open leads", title="Score distribution")
     axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    return figure
+
+
+def backtest_figure(table: pd.DataFrame, settings: BacktestSettings) -> Figure:
+    """ROC AUC, ECE and Brier (standard and recent-window calibration), base rate and PSI per period."""
+    x = table["period"].to_numpy()
+    figure, axes = plt.subplots(2, 3, figsize=(14.0, 7.5))
+    (auc, ece, brier), (rate, psi, pr) = axes
+
+    auc.plot(x, table["roc_auc"], marker="o", label="model")
+    for name, label in (("baseline_logreg", "logistic baseline"), ("baseline_points", "points baseline")):
+        if f"{name}_roc_auc" in table:
+            auc.plot(x, table[f"{name}_roc_auc"], marker=".", label=label)
+    auc.set(title="ROC AUC", ylabel="ROC AUC")
+
+    for panel, metric, title in ((ece, "ece", "ECE (equal-mass bins)"), (brier, "brier", "Brier score")):
+        panel.plot(x, table[metric], marker="o", label="calibration window")
+        panel.plot(
+            x, table[f"{metric}_recent"], marker="s", label=f"latest {settings.recent_fraction:.0%} of it"
+        )
+        panel.set(title=title, ylabel=metric.upper() if metric == "ece" else "Brier")
+    ece.set_ylim(bottom=0)
+
+    rate.plot(x, table["base_rate"], marker="o", label="period")
+    rate.plot(x, table["history_base_rate"], marker=".", linestyle="--", label="training history")
+    shifted = table["base_rate_shift"].to_numpy(dtype=bool)
+    if shifted.any():
+        rate.scatter(x[shifted], table["base_rate"][shifted], s=120, facecolors="none", edgecolors="red",
+                     label="shift flagged", zorder=3)  # fmt: skip
+    rate.yaxis.set_major_formatter(PercentFormatter(1.0))
+    rate.set(title="Base rate", ylabel="positive rate")
+    rate.set_ylim(bottom=0)
+
+    psi.plot(x, table["score_psi"], marker="o", label="calibrated score")
+    psi.plot(x, table["max_feature_psi"], marker=".", label="most drifting feature")
+    for level, label, style in ((settings.watch_psi, "watch", ":"), (settings.shift_psi, "shift", "--")):
+        psi.axhline(level, color="grey", linestyle=style, linewidth=1, label=f"{label} ({level:g})")
+    psi.set(title="Population stability against the training window", ylabel="PSI")
+    psi.set_ylim(bottom=0)
+
+    pr.plot(x, table["pr_auc"], marker="o", label="model")
+    pr.plot(x, table["base_rate"], color="grey", linestyle="--", linewidth=1, label="no skill (base rate)")
+    pr.set(title="PR AUC", ylabel="PR AUC")
+    pr.set_ylim(bottom=0)
+
+    for panel in axes.ravel():
+        panel.set_xticks(x)
+        panel.set_xlabel("period")
+        panel.legend(loc="best", fontsize=8)
+    figure.suptitle("Rolling backtest: train before each cutoff, test on the next period")
+    figure.tight_layout()
     return figure

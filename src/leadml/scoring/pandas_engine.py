@@ -38,23 +38,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from leadml.adapters import sinks
+from leadml.adapters.layout import MANIFEST
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.errors import LeadmlError
+from leadml.modelling.drift import column_kind, drift_counts, psi_from_counts, unseen_categories
 from leadml.modelling.evaluate import assign_tiers
 from leadml.modelling.scorer import PROBABILITY, LeadScorer, as_model_input
 from leadml.progress import progress_iter
-from leadml.scoring.scores import (
-    TierSettings,
-    TrendSettings,
-    add_trend,
-    column_kind,
-    drift_counts,
-    psi_from_counts,
-    score_leads,
-    unseen_categories,
-)
-from leadml.stages.common import MANIFEST, _deal_values, check_model_input
+from leadml.scoring.model_input import check_model_input, deal_values
+from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +451,7 @@ class CrmOpenLeads:
         tables = {name: _read_bucket(self.parts[name], k, self.empty[name]) for name in self.parts}
         tables[s.ACCOUNTS] = self.accounts
         features = open_lead_features(tables, self.as_of, self.settings)
-        deal_value = _deal_values(tables[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
+        deal_value = deal_values(tables[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
         return features, deal_value
 
 

@@ -38,7 +38,7 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Refuse an exported folder whose files changed, then build the explainer once."""
-        from leadml.stages.export import verify_folder
+        from leadml.adapters.model_folder import verify_folder
 
         info = (getattr(context, "artifacts", None) or {}).get(MODEL_INFO_ARTIFACT)
         if info:

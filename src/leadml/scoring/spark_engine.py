@@ -49,10 +49,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leadml.adapters import sinks
+from leadml.adapters.layout import MANIFEST
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.errors import LeadmlError, known_settings
+from leadml.modelling.drift import column_kind
 from leadml.modelling.scorer import PROBABILITY, LeadScorer
+from leadml.scoring.model_input import deal_values
 from leadml.scoring.pandas_engine import (
     PREVIOUS,
     BucketSummaries,
@@ -65,8 +68,7 @@ from leadml.scoring.pandas_engine import (
     finish_rows,
     probe,
 )
-from leadml.scoring.scores import TierSettings, TrendSettings, column_kind, score_leads
-from leadml.stages.common import MANIFEST, _deal_values
+from leadml.scoring.scores import TierSettings, TrendSettings, score_leads
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -324,7 +326,7 @@ class CrmSparkLeads:
             s.ACTIVITIES: activities.select(list(ACTIVITY_COLUMNS)).to_pandas(),
         }
         features = open_lead_features(frames, self.as_of, self.settings)
-        deal_value = _deal_values(frames[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
+        deal_value = deal_values(frames[s.LEADS], features[s.LEAD_ID]) if self.has_deal_value else None
         return features, deal_value
 
 

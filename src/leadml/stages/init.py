@@ -33,8 +33,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
-from leadml.adapters.sources import _SEPARATORS, _binary_kind, _first_undecodable_byte, _format, read_source
+from leadml.adapters.layout import CONFIG_DIR
+from leadml.adapters.sources import (
+    _SEPARATORS,
+    _binary_kind,
+    _first_undecodable_byte,
+    _format,
+    _sheet_name,
+    read_source,
+)
 from leadml.data import schema as s
 from leadml.data.contracts import (
     DEFAULT_MISSING_MARKERS,
@@ -48,6 +57,7 @@ from leadml.data.contracts import (
     normalise_token,
 )
 from leadml.data.features import FLAT_KEY_COLUMNS, LABEL, flat_feature_metadata, flat_snapshots
+from leadml.data.ingest import ingest_flat
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
 from leadml.modelling.guards import OutcomeLevelSettings, leakage_report, outcome_coded_levels, value_bins
 
@@ -1064,7 +1074,6 @@ class Checked:
 
 def data_section(text: str) -> dict[str, Any]:
     """The ``data`` mapping a written config gives (as Hydra reads the YAML: through OmegaConf)."""
-    from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
     assert isinstance(values, dict)
@@ -1074,7 +1083,6 @@ def data_section(text: str) -> dict[str, Any]:
 def check(text: str, frame: pd.DataFrame, events: pd.DataFrame | None = None) -> Checked:
     """Run the written config's contract over the frames in memory, as ``leadml-ingest`` would, and
     build the training rows as ``leadml-features`` would (nothing is written)."""
-    from leadml.data.ingest import ingest_flat
 
     data = data_section(text)
     contract = flat_contract(data["contract"], data.get("outcomes"))
@@ -1300,7 +1308,6 @@ def _scalar(value: Any) -> str:
 
 
 def _reads_back(text: str) -> bool:
-    from omegaconf import OmegaConf
 
     try:
         return OmegaConf.create(f"k: {text}\n")["k"] == text
@@ -1574,7 +1581,6 @@ def sniff_source(path: Path, sheet: str | None = None) -> Source:
 
 def _sheet(path: Path, asked: str | None) -> tuple[str, str]:
     """The workbook's sheet to read, by name (--sheet, a name or a 0-based number; default the first)."""
-    from leadml.adapters.sources import _sheet_name
 
     try:
         import openpyxl
@@ -1668,7 +1674,6 @@ def init_data_config(
 def _train_command(written: Written) -> str:
     """How to train the written config: Hydra finds ``conf/data/`` of this repository by itself,
     another folder ``<configs>/data/`` through ``hydra.searchpath``."""
-    from leadml.cli import CONFIG_DIR
 
     folder = written.path.parent
     command = f"leadml-train data={written.proposal.name}"

@@ -1,0 +1,76 @@
+"""Where the stages keep what they hand on: file names, manifests, the interim tables and snapshots.
+
+Stages hand data on through files (Parquet tables, JSON manifests) so each one can be re-run
+alone; this module is the one place that knows their names and how to read them back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leadml.data import schema as s
+from leadml.data.features import FeatureMeta
+from leadml.errors import LeadmlError
+
+logger = logging.getLogger(__name__)
+
+
+# the project's Hydra configs (conf/ beside src/): the entry points' config path
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+MANIFEST = "manifest.json"
+
+
+# the scoring run's summary inside its partition (a leading "_": Parquet readers skip it)
+SCORING_RUN_RECORD = "_scoring_run.json"
+
+
+SNAPSHOTS = "snapshots.parquet"
+
+
+FEATURE_METADATA = "feature_metadata.json"
+
+
+FLAT_TABLE = "leads"
+
+
+# Columns stored as dictionary-encoded Parquet: repeated ids and codes load as
+# categoricals, which makes the features stage's lookups several times faster.
+CATEGORICAL_ON_DISK = {s.ACTIVITIES: (s.LEAD_ID,)}
+
+
+def open_rows_file(table: str) -> str:
+    """File name of a flat table's open leads (``contract.open``) next to its labelled rows."""
+    return f"open_{table}.parquet"
+
+
+def dictionary_encoded(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in CATEGORICAL_ON_DISK.get(table, ()) if c in frame.columns]
+    return frame.astype(dict.fromkeys(columns, "category")) if columns else frame
+
+
+def read_interim(input_dir: Path, tables: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """The validated tables of a finished ingestion; a clear error when it has not run."""
+    if not (input_dir / MANIFEST).exists():
+        raise LeadmlError(f"no ingested data in {input_dir} (run leadml-ingest, or make ingest, first)")
+    return {table: pd.read_parquet(input_dir / f"{table}.parquet") for table in tables}
+
+
+def read_features(
+    input_dir: Path, exclude: Iterable[str] = ()
+) -> tuple[pd.DataFrame, dict[str, FeatureMeta], dict[str, Any], list[dict[str, Any]]]:
+    """(snapshots, metadata, manifest, metadata records) of the features stage, ``exclude`` left out."""
+    if not (input_dir / MANIFEST).exists():
+        raise LeadmlError(f"no features in {input_dir} (run leadml-features, or make features, first)")
+    snapshots = pd.read_parquet(input_dir / SNAPSHOTS)
+    features_manifest = json.loads((input_dir / MANIFEST).read_text())
+    metadata_records = json.loads((input_dir / FEATURE_METADATA).read_text())
+    metadata = {m["name"]: FeatureMeta(**m) for m in metadata_records}
+    snapshots = snapshots.drop(columns=[c for c in exclude if c in snapshots])
+    metadata = {name: meta for name, meta in metadata.items() if name in snapshots.columns}
+    return snapshots, metadata, features_manifest, metadata_records

@@ -1,0 +1,94 @@
+"""``leadml-features``: the point-in-time training snapshots from data/interim."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leadml.adapters.layout import FEATURE_METADATA, FLAT_TABLE, MANIFEST, SNAPSHOTS, read_interim
+from leadml.adapters.sources import (
+    fingerprint_file,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from leadml.data import schema as s
+from leadml.data.features import (
+    LABEL,
+    FeatureSettings,
+    build_training_snapshots,
+    feature_metadata,
+    flat_feature_metadata,
+    flat_snapshots,
+    metadata_to_json,
+)
+from leadml.stages.ingest import config_fingerprint, data_kind
+
+logger = logging.getLogger(__name__)
+
+
+def feature_settings(data: Mapping[str, Any], features: Mapping[str, Any]) -> FeatureSettings:
+    """FeatureSettings from the features config plus the data config's extra lead columns."""
+    extra = data.get("extra_features") or {}
+    return FeatureSettings.from_mapping(
+        {
+            **features,
+            "extra_categorical": tuple(extra.get("categorical", ())),
+            "extra_numeric": tuple(extra.get("numeric", ())),
+        }
+    )
+
+
+def features_stage(
+    data: Mapping[str, Any],
+    features: Mapping[str, Any],
+    input_dir: Path,
+    output_dir: Path,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Training snapshots, feature metadata and a manifest from the ingested tables."""
+    started = time.perf_counter()
+    if data_kind(data) == "crm":
+        settings = feature_settings(data, features)
+        tables = read_interim(input_dir, s.CRM_TABLES)
+        snapshots = build_training_snapshots(tables, settings, progress=progress)
+        meta = feature_metadata(snapshots.columns, settings)
+        horizon = settings.horizon_days
+        duplicates = None
+    else:
+        contract = data["contract"]
+        table = read_interim(input_dir, (FLAT_TABLE,))[FLAT_TABLE]
+        snapshots = flat_snapshots(
+            table, personal=contract.get("personal", ()), exclude=features.get("exclude", ())
+        )
+        meta = flat_feature_metadata(snapshots, data.get("families", {}))
+        horizon = None
+        ingested = json.loads((input_dir / MANIFEST).read_text()).get("tables", {}).get(FLAT_TABLE, {})
+        duplicates = ingested.get("duplicates")
+    write_parquet_atomic(snapshots, output_dir / SNAPSHOTS)
+    write_json_atomic(metadata_to_json(meta), output_dir / FEATURE_METADATA)
+    summary = {
+        "stage": "features",
+        "data_name": data.get("name"),
+        "kind": data_kind(data),
+        "snapshots": len(snapshots),
+        "leads": int(snapshots[s.LEAD_ID].nunique()),
+        "dates": int(snapshots[s.AS_OF].nunique()) if s.AS_OF in snapshots else 0,
+        "positives": int(snapshots[LABEL].sum()),
+        "positive_rate": float(snapshots[LABEL].mean()) if len(snapshots) else 0.0,
+        "features": len(meta),
+        "horizon_days": horizon,
+        **({} if duplicates is None else {"duplicates": duplicates}),
+        "fingerprint": fingerprint_file(output_dir / SNAPSHOTS),
+        "config_fingerprint": config_fingerprint(data, features),
+        "input_manifest": str(input_dir / MANIFEST),
+        "seconds": round(time.perf_counter() - started, 2),
+        "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+    }
+    write_json_atomic(summary, output_dir / MANIFEST)
+    return summary

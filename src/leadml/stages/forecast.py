@@ -1,0 +1,602 @@
+"""``leadml-forecast``: the funnel forecast from the ingested tables and the latest scored run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from leadml.adapters.layout import FLAT_TABLE, open_rows_file, read_interim
+from leadml.adapters.sinks import find_partition
+from leadml.adapters.sources import write_csv_atomic, write_json_atomic
+from leadml.data import schema as s
+from leadml.data.calendar import to_utc
+from leadml.data.contracts import (
+    OUTCOMES_TABLE,
+    QUARANTINE_COLUMNS,
+    REASON,
+    SETTINGS_KEYS,
+    IngestSettings,
+    as_tuple,
+    flat_contract,
+    validate_table,
+)
+from leadml.errors import LeadmlError
+from leadml.reporting.forecast import (
+    ALL,
+    AMONG_CLOSED,
+    EXPECTED_VALUE,
+    POOLED_GROUP,
+    PROBABILITY,
+    TIER,
+    TOTAL,
+    WITHIN_HORIZON,
+    ForecastSettings,
+    canonical_plan,
+    capacity_plan,
+    closed_rates,
+    forecast_forward,
+    historical_rates,
+    leads_needed,
+    rates_table,
+    recent_volume,
+    whole_number,
+)
+from leadml.stages.ingest import ingest_stage
+
+logger = logging.getLogger(__name__)
+
+
+def read_planned_csv(path: Path) -> dict[str, int]:
+    """``{source: leads}`` from a CSV with a header ``source,leads``; any problem names the file and row.
+
+    Rows are numbered like the quarantine's ``source_row``: 1 is the first data row (line 2).
+    """
+    if not path.is_file():
+        raise LeadmlError(f"planned leads file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise LeadmlError(f"planned leads file {path} is not a readable CSV: {error}") from None
+    frame.columns = [str(c).strip().casefold() for c in frame.columns]
+    missing = [c for c in ("source", "leads") if c not in frame.columns]
+    if missing:
+        raise LeadmlError(
+            f"planned leads file {path}: missing column(s) {missing} "
+            f"(found {list(frame.columns)}; expected a header line 'source,leads')"
+        )
+    if frame.empty:
+        raise LeadmlError(f"planned leads file {path} has a header but no rows")
+    plan: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for number, (source, leads) in enumerate(zip(frame["source"], frame["leads"], strict=True), start=1):
+        where = f"planned leads file {path}, row {number} (line {number + 1})"
+        name = str(source).strip()
+        if not name:
+            raise LeadmlError(f"{where}: column 'source' is empty")
+        text = str(leads).strip()
+        try:
+            plan_n = whole_number(text, "leads")
+        except LeadmlError:
+            raise LeadmlError(f"{where}: column 'leads' must be a whole number >= 0, got {text!r}") from None
+        if name in plan:
+            raise LeadmlError(f"{where}: source {name!r} is planned twice (also row {rows[name]})")
+        plan[name], rows[name] = plan_n, number
+    return plan
+
+
+def read_scored_columns(partition: Path) -> pd.DataFrame:
+    """The columns the capacity plan uses from a scored partition (not the reasons: less memory)."""
+
+    files = sorted(partition.glob("part-*.parquet"))
+    names = set(pq.read_schema(files[0]).names)
+    wanted = [c for c in (s.LEAD_ID, PROBABILITY, TIER, EXPECTED_VALUE) if c in names]
+    return pd.concat([pd.read_parquet(f, columns=wanted) for f in files], ignore_index=True)
+
+
+def _path(root: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _records(table: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+    if table is None:
+        return None
+    frame = table.reset_index().astype(object)
+    frame = frame.where(frame.notna(), None)
+    return frame.to_dict(orient="records")
+
+
+@dataclass(frozen=True)
+class ForecastInputs:
+    """What a forecast is made from, for CRM tables and flat tables alike.
+
+    ``leads`` holds every lead (``lead_id``, the group column ``by``, ``created_at`` when the
+    data is dated): the recent pace and the default number of reps are read from it.
+    ``end`` is the end of what is known and ``pace_end`` where the recent pace is measured up
+    to (None: no time column, so no recent pace).
+    """
+
+    history: pd.DataFrame
+    leads: pd.DataFrame
+    by: str
+    grouping: str
+    rate: str
+    end: pd.Timestamp | None
+    pace_end: pd.Timestamp | None
+    synonyms: Mapping[str, str] = field(default_factory=dict)
+    deal_values: bool = True
+    owners: bool = True
+    scorable: bool = True  # leadml-score can score its open leads (a flat table needs contract.open)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rate_kind(self) -> str:
+        return str(self.history.attrs.get("rate", WITHIN_HORIZON))
+
+
+def _synonyms(data: Mapping[str, Any], column: str) -> dict[str, str]:
+
+    return IngestSettings.from_mapping({"synonyms": data.get("synonyms")}).synonyms_for(column)
+
+
+def _within_horizon(won: str, start: str, horizon: int, end: pd.Timestamp) -> str:
+    return (
+        f"{won} within {horizon} days of {start}, among the leads whose {horizon} days ended by "
+        f"{end:%Y-%m-%d} (the mature cohort; younger leads are counted apart as immature_leads)"
+    )
+
+
+def crm_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
+    """The interim CRM tables: leads and their dated outcomes, rates within the horizon."""
+
+    tables = read_interim(_path(root, settings.input_dir), (s.LEADS, s.OUTCOMES))
+    leads, outcomes = tables[s.LEADS], tables[s.OUTCOMES]
+    by = settings.by or s.SOURCE
+    if by not in leads.columns:
+        columns = [str(c) for c in leads.columns]
+        raise LeadmlError(f"forecast.by={by!r} is not a column of the leads table (columns: {columns})")
+    history = historical_rates(leads, outcomes, settings.horizon_days, settings.as_of, by=by)
+    end = pd.Timestamp(history.attrs["as_of"])
+    return ForecastInputs(
+        history=history,
+        leads=leads,
+        by=by,
+        grouping=f"{by} (forecast.by)" if settings.by else "source (the leads' source)",
+        rate=_within_horizon("won", "the lead's creation", int(history.attrs["horizon_days"]), end),
+        end=end,
+        pace_end=end,
+        synonyms=_synonyms(data, by),
+    )
+
+
+def flat_grouping(data: Mapping[str, Any], columns: Any, by: str | None = None) -> tuple[str | None, str]:
+    """The column that groups a flat table's leads, and why that one, in words.
+
+    ``forecast.by`` when set; else the first column of the ``source`` family in
+    ``data.families`` (the column of the leadership report's "By source"); else None: one
+    pooled group, :data:`POOLED_GROUP`.
+    """
+    present = [str(c) for c in columns]
+    if by is not None:
+        if str(by) not in present:
+            internal = {s.LEAD_ID, s.LABEL, s.AS_OF, s.ORDER_KEY, "dup_group"}
+            raise LeadmlError(
+                f"forecast.by={by!r} is not a column of data={data.get('name')}'s lead table "
+                f"(columns: {[c for c in present if c not in internal]})"
+            )
+        return str(by), f"{by} (forecast.by)"
+    families = data.get("families") or {}
+    sources = [str(c) for c, family in families.items() if family == "source" and str(c) in present]
+    if not sources:
+        return None, f"one pooled group, {POOLED_GROUP!r} (data.families maps no column to the family source)"
+    others = f"; forecast.by={sources[1]} groups by another" if len(sources) > 1 else ""
+    why = f"{sources[0]}, the source-family column of data.families (as the report's By source){others}"
+    return sources[0], why
+
+
+# how ingest's reasons begin for the leads it sets aside unlabelled (leadml.data.ingest.NOT_LABELLED_*)
+_NOT_LABELLED = "not labelled: "
+
+
+def unlabelled_leads(
+    interim: Path, data: Mapping[str, Any], observed_from: str | None
+) -> pd.DataFrame | None:
+    """The leads of a flat table labelled by outcomes that ingest set aside because their horizon
+    had not elapsed: its immature leads, typed again through the contract (``lead_id``, ``as_of``
+    and the other columns, as in the labelled table); None when there are none.
+
+    Leads before ``observed_from`` (set aside too: their outcomes were not recorded) belong to
+    no cohort and are left out.
+    """
+
+    path = interim / "quarantine" / f"{FLAT_TABLE}.parquet"
+    if not path.exists():
+        return None
+    rows = pd.read_parquet(path)
+    rows = rows[rows[REASON].astype("string").str.startswith(_NOT_LABELLED).fillna(False).to_numpy(bool)]
+    if rows.empty:
+        return None
+    contract = flat_contract(data["contract"], data.get("outcomes"))
+    settings = IngestSettings.from_mapping({key: data[key] for key in SETTINGS_KEYS if key in data})
+    typed = validate_table(
+        rows.drop(columns=[c for c in QUARANTINE_COLUMNS if c in rows.columns]).reset_index(drop=True),
+        contract.table,
+        settings.with_fixed_reference_time(),
+        source=str(path),
+        enforce_bad_share=False,
+    ).accepted
+    assert contract.time_column is not None  # a flat table labelled by outcomes has one
+    frame = typed.rename(columns={contract.id_column: s.LEAD_ID, contract.time_column: s.AS_OF})
+    if observed_from:
+        frame = frame[frame[s.AS_OF] >= to_utc(observed_from)]
+    return frame if len(frame) else None
+
+
+def _lead_rows(part: pd.DataFrame, column: str | None, by: str, dated: bool, label: Any) -> pd.DataFrame:
+    """One table's leads as the forecast reads them: ``lead_id``, ``created_at``, ``by``, ``label``."""
+    frame = pd.DataFrame({s.LEAD_ID: part[s.LEAD_ID].astype("string").to_numpy()})
+    if dated:
+        frame[s.CREATED_AT] = part[s.AS_OF].to_numpy()
+    frame[by] = part[column].astype("string").to_numpy() if column is not None else POOLED_GROUP
+    frame[s.LABEL] = pd.array(label, dtype="Int64") if label is not None else pd.NA
+    frame[s.LABEL] = frame[s.LABEL].astype("Int64")
+    return frame
+
+
+NO_DEAL_VALUES = (
+    "no deal values: a flat table names none, so revenue is shown as missing (not 0) and there is "
+    "no reverse forecast (leads needed for a revenue target)"
+)
+
+
+def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
+    """A flat table read through its contract (as ``leadml-score`` does), grouped and rated.
+
+    Labelled by outcomes (dated won events): the CRM's definition, won within the horizon on
+    the mature cohort, the leads ingest set aside as immature counted apart. Labelled by a
+    target column: won / (won + lost) among the closed leads (:func:`closed_rates`), the open
+    leads counted apart. Either way a flat table has no deal values and no owners.
+    """
+
+    name = data.get("name")
+    contract = data.get("contract") or {}
+    spec = data.get("outcomes") or None
+    for key in ("revenue_target", "mix"):  # config errors first: they cost no time
+        if getattr(settings, key) is not None:
+            raise LeadmlError(
+                f"forecast.{key} needs won deal values and data={name} is a flat table without any: "
+                "leave it null (revenue is shown as missing, with no reverse forecast)"
+            )
+    if spec is None and settings.as_of is not None:
+        raise LeadmlError(
+            f"forecast.as_of needs dated outcomes and data={name}'s target ({contract.get('target')}) "
+            "has no date: leave it null"
+        )
+    interim = _path(root, settings.input_dir)
+    record = ingest_stage(data, interim)  # today's file through its contract, as leadml-score reads it
+    labelled = pd.read_parquet(interim / f"{FLAT_TABLE}.parquet")
+    column, grouping = flat_grouping(data, labelled.columns, settings.by)
+    by = column or s.SOURCE
+    dated = s.AS_OF in labelled.columns
+    notes = [NO_DEAL_VALUES]
+    if spec is not None:  # dated won events: the CRM's label
+        labels = record.get("labels") or {}
+        # younger leads: the open ones (not won yet) and those won already, set aside by ingest
+        open_path = interim / open_rows_file(FLAT_TABLE)
+        younger = [
+            part
+            for part in (
+                pd.read_parquet(open_path) if open_path.exists() else None,
+                unlabelled_leads(interim, data, labels.get("observed_from")),
+            )
+            if part is not None and len(part)
+        ]
+        parts = [labelled, *younger]
+        leads = pd.concat([_lead_rows(p, column, by, dated, None) for p in parts], ignore_index=True)
+        events = pd.read_parquet(interim / f"{OUTCOMES_TABLE}.parquet")
+        outcomes = pd.DataFrame(
+            {
+                s.LEAD_ID: events[str(spec["id"])].astype("string"),
+                s.STATUS: s.WON,
+                s.CLOSED_AT: events[str(spec["time"])],
+                s.DEAL_VALUE: np.nan,
+            }
+        )
+        # outcomes complete only until the configured observed_until: the end of what is known
+        as_of = settings.as_of
+        if as_of is None and labels.get("observed_until_from") == "config":
+            as_of = labels.get("observed_until")
+        history = historical_rates(leads, outcomes, settings.horizon_days, as_of, by=by)
+        end = pd.Timestamp(history.attrs["as_of"])
+        horizon = int(history.attrs["horizon_days"])
+        if float(spec["horizon_days"]) != horizon:
+            notes.append(
+                f"forecast.horizon_days={horizon} is not the label's outcomes.horizon_days="
+                f"{float(spec['horizon_days']):g}: the rates are of wins within {horizon} days"
+            )
+        rate = _within_horizon(str(spec["time"]), str(contract.get("time")), horizon, end)
+        pace_end: pd.Timestamp | None = min(end, to_utc(leads[s.CREATED_AT].max()))
+    else:  # a target column: converted or not, with no date
+        open_path = interim / open_rows_file(FLAT_TABLE)
+        parts = [_lead_rows(labelled, column, by, dated, labelled[s.LABEL])]
+        if open_path.exists():
+            parts.append(_lead_rows(pd.read_parquet(open_path), column, by, dated, None))
+        leads = pd.concat(parts, ignore_index=True)
+        latest = leads[s.CREATED_AT].max() if dated else pd.NaT
+        end = None if pd.isna(latest) else to_utc(latest)
+        history = closed_rates(leads, by, as_of=end)
+        values = {k: list(as_tuple(contract.get(k))) for k in ("positive", "negative", "open")}
+        lost = values["negative"] or "the other value"
+        rate = (
+            f"won / (won + lost) among the closed leads, whenever they closed (target "
+            f"{contract.get('target')}: won {values['positive']}, lost {lost}); "
+            f"the open leads ({values['open'] or 'none declared'}) are left out, counted as immature_leads. "
+            "The target has no date, so this is not a rate within a horizon and days to convert are unknown"
+        )
+        pace_end = end
+        if not dated:
+            notes.append(
+                "no time column (contract.time): the rates are of every closed lead in the file, and there "
+                "is no recent pace to plan from"
+            )
+    return ForecastInputs(
+        history=history,
+        leads=leads,
+        by=by,
+        grouping=grouping,
+        rate=rate,
+        end=end,
+        pace_end=pace_end,
+        synonyms=_synonyms(data, column) if column is not None else {},
+        deal_values=False,
+        owners=False,
+        scorable=bool(as_tuple(contract.get("open"))),
+        notes=tuple(notes),
+    )
+
+
+def _plan(settings: ForecastSettings, root: Path, inputs: ForecastInputs, name: Any) -> tuple[dict, str]:
+    """The planned leads per group and where they came from (CSV, config, or the recent pace)."""
+    if settings.planned_csv is not None:
+        path = _path(root, settings.planned_csv)
+        return read_planned_csv(path), str(path)
+    if settings.planned is not None:
+        return dict(settings.planned), "forecast.planned"
+    if inputs.pace_end is None:
+        groups = [str(k) for k in inputs.history.index if k != ALL]
+        shown = ", ".join(groups[:8]) + (f", ... ({len(groups)} in all)" if len(groups) > 8 else "")
+        raise LeadmlError(
+            f"data={name} has no time column (contract.time), so there is no recent pace to plan from: "
+            f"set forecast.planned='{{{groups[0] if groups else POOLED_GROUP}: 500}}' or "
+            f"forecast.planned_csv=plan.csv (leads per value of {inputs.by}: {shown})"
+        )
+    plan = recent_volume(
+        inputs.leads, inputs.pace_end, settings.planned_period_days, settings.lookback_days, by=inputs.by
+    )
+    to = ""
+    if inputs.end is not None and inputs.pace_end < inputs.end:
+        to = f" to {inputs.pace_end:%Y-%m-%d} (the last lead)"
+    period = settings.planned_period_days
+    return plan, f"the pace of the last {settings.lookback_days} days{to}, per {period} days"
+
+
+def _default_reps(leads: pd.DataFrame, end: pd.Timestamp, lookback_days: int) -> int:
+    """The distinct owners of the leads created in the last ``lookback_days`` (the sales team)."""
+    if s.OWNER not in leads.columns:
+        raise LeadmlError("forecast.reps is not set and the leads have no owner column: set forecast.reps")
+    created = pd.to_datetime(leads[s.CREATED_AT], utc=True)
+    reps = int(leads.loc[created > end - pd.Timedelta(days=lookback_days), s.OWNER].nunique())
+    if reps == 0:
+        raise LeadmlError(
+            f"forecast.reps is not set and no lead of the last {lookback_days} days names an owner: "
+            "set forecast.reps"
+        )
+    return reps
+
+
+def _capacity(
+    settings: ForecastSettings, root: Path, inputs: ForecastInputs
+) -> tuple[pd.DataFrame | None, Path | None, int | None]:
+    """The capacity plan on the chosen scored run; (None, None, None) when there is no scored run."""
+    partition_dir = settings.scored_dir
+    partition = find_partition(_path(root, partition_dir), settings.scored_as_of)
+    if partition is None:
+        if inputs.scorable:
+            logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", partition_dir)
+        return None, None, None
+    if settings.reps is not None:
+        reps = settings.reps
+    elif inputs.owners and inputs.end is not None:
+        reps = _default_reps(inputs.leads, inputs.end, settings.lookback_days)
+    else:
+        raise LeadmlError(
+            "forecast.reps is not set and a flat table names no owners to count the sales team from: "
+            "set forecast.reps (how many reps work the open leads)"
+        )
+    try:
+        table = capacity_plan(
+            read_scored_columns(partition),
+            reps,
+            settings.leads_per_rep_per_day,
+            settings.days,
+            level=settings.level,
+        )
+    except LeadmlError as error:
+        raise LeadmlError(f"{partition}: {error}") from None
+    return table, partition, reps
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Read the data and the latest scored run, forecast, write CSVs and one JSON.
+
+    ``cfg`` is the whole composed config (``forecast``, ``data``); relative paths are read
+    from ``root``. CRM data is read from the interim tables; a flat table is read again
+    through its contract (as ``leadml-score`` does, so the forecast is of today's file).
+    Writes ``history.csv``, ``forward.csv``, ``reverse.csv`` (when there are deal values),
+    ``capacity.csv`` (when there is a scored run) and ``forecast.json`` (everything, with
+    the settings, what the rate means and how leads are grouped) to ``forecast.output_dir``,
+    and returns the tables as DataFrames (``history``, ``forward``, ``reverse`` or None,
+    ``capacity`` or None) with what made them.
+
+    Defaults when a setting is null: the plan is the last ``lookback_days``' pace per
+    ``planned_period_days`` (a flat table: up to its last lead; without a time column there
+    is none and the plan must be given); the revenue target is the plan's expected revenue;
+    reps are the distinct owners of the leads created in the last ``lookback_days`` (a flat
+    table names none: set ``forecast.reps``).
+    """
+    started = time.perf_counter()
+    settings = ForecastSettings.from_mapping(cfg.get("forecast"))
+    data = cfg.get("data") or {}
+    kind = data.get("kind", "crm")
+    if kind == "flat":
+        inputs = flat_inputs(settings, root, data)
+    elif kind == "crm":
+        inputs = crm_inputs(settings, root, data)
+    else:
+        raise LeadmlError(f"data.kind must be 'crm' or 'flat', got {kind!r} (data={data.get('name')})")
+    history = inputs.history
+
+    known = tuple(str(k) for k in history.index if k != ALL)
+    plan, planned_from = _plan(settings, root, inputs, data.get("name"))
+    plan = canonical_plan(plan, inputs.synonyms, known)
+    common = {
+        "draws": settings.draws,
+        "seed": settings.seed,
+        "prior": settings.prior,
+        "min_wins": settings.min_wins,
+        "unknown_source": settings.unknown_source,
+    }
+    forward = forecast_forward(history, plan, level=settings.level, revenue=inputs.deal_values, **common)
+    reverse: pd.DataFrame | None = None
+    target: float | None = None
+    target_from: str | None = None
+    if inputs.deal_values:
+        target, target_from = settings.revenue_target, "forecast.revenue_target"
+        if target is None:
+            target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
+        mix = canonical_plan(settings.mix, inputs.synonyms, known) if settings.mix is not None else None
+        reverse = leads_needed(history, target, mix=mix, confidence=settings.confidence, **common)
+    capacity, partition, reps = _capacity(settings, root, inputs)
+    no_capacity = None
+    if capacity is None:
+        no_capacity = "no scored run, so no capacity plan (run leadml-score first)"
+        if not inputs.scorable:
+            no_capacity = (
+                f"no capacity plan: data={data.get('name')} has no open leads to score (contract.open), "
+                "so leadml-score has no run to plan from"
+            )
+
+    out = _path(root, settings.output_dir)
+    outputs = {"history": rates_table(history), "forward": forward, "reverse": reverse, "capacity": capacity}
+    files: dict[str, str] = {}
+    for name, table in outputs.items():
+        if table is not None:
+            write_csv_atomic(table, out / f"{name}.csv")
+            files[name] = str(out / f"{name}.csv")
+    horizon = history.attrs["horizon_days"]
+    summary: dict[str, Any] = {
+        "as_of": inputs.end,
+        "horizon_days": None if horizon is None else int(horizon),
+        "rate_kind": inputs.rate_kind,
+        "rate_definition": inputs.rate,
+        "group_by": inputs.by,
+        "grouping": inputs.grouping,
+        "planned": plan,
+        "planned_from": planned_from,
+        "revenue_target": target,
+        "revenue_target_from": target_from,
+        "mix": None
+        if reverse is None
+        else {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0},
+        "confidence": settings.confidence,
+        "level": settings.level,
+        "scored_partition": None if partition is None else str(partition),
+        "reps": reps,
+        "capacity_leads": None if capacity is None else capacity.attrs["capacity"],
+        "threshold": None if capacity is None else capacity.attrs["threshold"],
+        "no_capacity": no_capacity,
+        "notes": list(inputs.notes),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    record = _json_ready(
+        {**summary, "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+    )
+    record.update({name: _records(table) for name, table in outputs.items()})
+
+    write_json_atomic(record, out / "forecast.json")
+    files["json"] = str(out / "forecast.json")
+    return {**summary, "files": files, **outputs}
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What ``leadml-forecast`` prints of a :func:`forecast_stage` summary, one line per table."""
+    level = f"{summary['level']:.0%}"
+    history = summary["history"].loc[ALL]
+    as_of = summary["as_of"]
+    if summary["rate_kind"] == AMONG_CLOSED:
+        when = f" as of {as_of:%Y-%m-%d}" if as_of is not None else " (no time column)"
+        lines = [
+            f"forecast: history{when}: {int(history['leads']):,} closed leads, {int(history['won']):,} won "
+            f"({history['conversion_rate']:.1%} = won / (won + lost) among closed leads, not a rate within "
+            f"a horizon); {int(history['immature_leads']):,} open leads left out of the rates"
+        ]
+    else:
+        lines = [
+            f"forecast: history as of {as_of:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
+            f"{int(history['won']):,} won within {summary['horizon_days']} days "
+            f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
+            "left out of the rates"
+        ]
+    groups = len(summary["history"]) - 1
+    lines.append(f"forecast: rates per {summary['grouping']}: {groups:,} group{'s' * (groups != 1)}")
+    forward = summary["forward"].loc[TOTAL]
+    revenue = (
+        "revenue not available (no deal values)"
+        if pd.isna(forward["expected_revenue"])
+        else f"revenue {forward['expected_revenue']:,.0f} "
+        f"[{forward['revenue_low']:,.0f}, {forward['revenue_high']:,.0f}]"
+    )
+    lines.append(
+        f"forecast: {int(forward['planned_leads']):,} planned leads ({summary['planned_from']}): "
+        f"{forward['expected_conversions']:,.1f} conversions [{int(forward['conversions_low']):,}, "
+        f"{int(forward['conversions_high']):,}], {revenue} ({level} intervals)"
+    )
+    if summary["reverse"] is not None:
+        reverse = summary["reverse"].loc[TOTAL]
+        lines.append(
+            f"forecast: revenue {summary['revenue_target']:,.0f} ({summary['revenue_target_from']}) needs "
+            f"{int(reverse['mix_expected']):,} leads of the mix in expectation, "
+            f"{int(reverse['mix_at_confidence']):,} to reach it with {summary['confidence']:.0%} confidence"
+        )
+    if summary["capacity"] is None:
+        lines.append(f"forecast: {summary['no_capacity']}")
+    else:
+        capacity = summary["capacity"].loc[TOTAL]
+        lines.append(
+            f"forecast: {summary['reps']} reps work {int(capacity['worked_leads']):,} of "
+            f"{int(capacity['open_leads']):,} open leads (probability >= {summary['threshold']:.3f}): "
+            f"{capacity['expected_wins']:,.1f} wins expected [{int(capacity['wins_low']):,}, "
+            f"{int(capacity['wins_high']):,}]"
+        )
+    lines.extend(f"forecast: note: {note}" for note in summary["notes"])
+    folder = Path(summary["files"]["json"]).parent
+    names = ", ".join(Path(path).name for path in summary["files"].values())
+    lines.append(f"forecast: wrote {names} to {folder} ({summary['seconds']} s)")
+    return lines

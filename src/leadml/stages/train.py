@@ -1,0 +1,290 @@
+"""``leadml-train``'s training stage: split, sentinel, model, gate, registry, model report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from leadml.adapters import tracking
+from leadml.adapters.layout import SNAPSHOTS, read_features
+from leadml.adapters.sources import masked_urls
+from leadml.data import schema as s
+from leadml.data.contracts import SOURCE_ROW
+from leadml.errors import TrackingUnavailableError
+from leadml.modelling.evaluate import binary_metrics
+from leadml.modelling.points import POINTS as POINTS_MODEL
+from leadml.modelling.scorer import as_model_input
+from leadml.modelling.split import window_fingerprint
+from leadml.modelling.train import (
+    BASELINE_LOGREG,
+    BASELINE_POINTS,
+    ORACLE,
+    base_rate_drift,
+    gate_evidence,
+    promotion_gate,
+    train_and_evaluate,
+)
+from leadml.reporting import html, model_report
+from leadml.scoring.pyfunc import LeadScorerModel, signature
+from leadml.scoring.requests import MODEL_INFO_ARTIFACT, feature_example, write_model_info
+from leadml.stages.features import feature_settings
+from leadml.stages.ingest import data_kind, ingest_settings
+
+logger = logging.getLogger(__name__)
+
+
+def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
+
+    started = time.perf_counter()
+    input_dir = Path(cfg["input_dir"])
+    snapshots, metadata, features_manifest, metadata_records = read_features(
+        input_dir, cfg["features"].get("exclude", ())
+    )
+    truth_path = cfg["data"].get("ground_truth")
+    truth = pd.read_parquet(truth_path) if truth_path and Path(truth_path).exists() else None
+
+    mlflow_cfg = cfg["mlflow"]
+    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+    tracking.configure(uri, mlflow_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
+    model_name = mlflow_cfg["registered_model"]
+    with tracking.run(run_name=f"train-{cfg['model']['name']}") as run_id:
+        # database passwords in data.tables.*.url or score.sql.url never reach the tracking store
+        tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
+        tracking.log_text(yaml.safe_dump(masked_urls(dict(cfg)), sort_keys=False), "config.yaml")
+        result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
+        if data_kind(cfg["data"]) == "crm":
+            result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
+        else:  # a request to the served model spells a flat row as the file does
+            if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
+                result.scorer.request_id = str(cfg["data"]["contract"]["id"])
+            settings = ingest_settings(cfg["data"])
+            synonyms = {name: settings.synonyms_for(name) for name in result.scorer.feature_names}
+            result.scorer.request_synonyms = {name: given for name, given in synonyms.items() if given}
+        for window, rows in result.windows.items():
+            tracking.log_dataset(
+                rows,
+                f"{cfg['data']['name']}-{window}",
+                window_fingerprint(rows),
+                f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})",
+                window,
+            )
+        tracking.log_dict(result.split, "split.json")
+        drift = base_rate_drift(result.split)
+        if "change" in drift:
+            tracking.log_metrics(
+                {"change": drift["change"], "p_value": drift["p_value"]}, prefix="base_rate_drift."
+            )
+        tracking.log_dict(
+            {"purged_rows": result.purged_rows, "duplicate_rows": result.duplicate_rows}, "split_purged.json"
+        )
+        if result.selection is not None:
+            tracking.log_dict(result.selection.describe(), "selection.json")
+            if not result.selection.trials.empty:
+                tracking.log_table(result.selection.trials, "selection_trials.csv")
+            tracking.log_metrics(
+                {str(name): float(row["roc_auc"]) for name, row in result.selection.table.iterrows()},
+                prefix="validation.",
+            )
+            tracking.set_tags({"selection.chosen": result.selection.chosen})
+        tracking.log_dict(result.deployment, "deployment.json")
+        tracking.log_table(result.leakage, "leakage_report.csv")
+        if result.leakage_excluded:
+            tracking.set_tags({"leakage.excluded": ", ".join(result.leakage_excluded)})
+        tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
+        tracking.log_table(result.tiers, "tiers.csv")
+        tracking.log_dict(result.calibration, "calibration.json")
+        tracking.log_dict(metadata_records, "feature_metadata.json")
+        for name, row in result.comparison.iterrows():
+            tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
+        if ORACLE in result.comparison.index:
+            gap = result.comparison.loc[ORACLE] - result.comparison.loc[result.model_name]
+            tracking.log_metrics(
+                {"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap."
+            )
+        tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+        tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
+        labels = result.test[s.LABEL].to_numpy()
+        if result.shap_importance is not None:
+            tracking.log_table(result.shap_importance, "shap_importance.csv")
+        charts = {}  # drawn once: logged to the run and embedded in the model report
+        for chart, figure in model_report.chart_figures(
+            labels, result.probabilities, result.shap_importance, result.shap_sample, metadata
+        ).items():
+            charts[chart] = html.figure_data_uri(figure, close=False)
+            tracking.log_figure(figure, f"plots/{model_report.CHART_ARTIFACTS[chart]}.png")
+
+        names = result.scorer.feature_names
+        example = feature_example(result.scorer, result.test.head(5))
+        model_uri = _log_pyfunc(result.scorer, example)
+        version = tracking.register(model_uri, model_name)
+
+        champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
+        champion_metrics = None
+        if champion_version is not None:
+            champion_metrics = _rescore_champion(model_name, champion_version, result.test, names, labels)
+        metrics = result.comparison
+        points = None
+        if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
+            points = metrics.loc[BASELINE_POINTS]
+        decision = promotion_gate(
+            metrics.loc[result.model_name],
+            metrics.loc[BASELINE_LOGREG],
+            champion_metrics,
+            cfg["promotion"],
+            points=points,
+            evidence=gate_evidence(result, bool(drift.get("flagged"))),
+        )
+        # the report before the alias moves: a report that cannot be written fails the run unpromoted
+        report_run = model_report.RunInfo(
+            run_id=run_id,
+            version=version,
+            registered_model=model_name,
+            tracking_uri=tracking.masked_uri(uri),
+            champion_version=champion_version,
+            champion_metrics=champion_metrics,
+            stage_seconds=upstream_seconds(features_manifest),
+            elapsed_seconds=time.perf_counter() - started,
+        )
+        report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
+        model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata, charts)
+        try:
+            report_artifact = tracking.log_file(report_path, "report")
+            tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
+            tracking.log_dict(
+                {
+                    "promote": decision.promote,
+                    "reasons": decision.reasons,
+                    "champion_before": champion_version,
+                    "version": version,
+                },
+                "promotion.json",
+            )
+            tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
+            tracking.log_metrics({"seconds.total": time.perf_counter() - started})
+            # the aliases move last: a run that fails on the way (tracking server gone) moves none
+            tracking.set_alias(model_name, tracking.CHALLENGER, version)
+            if decision.promote:
+                tracking.set_alias(model_name, tracking.CHAMPION, version)
+        except BaseException:
+            report_path.unlink(missing_ok=True)  # no report of a version whose run did not finish
+            raise
+
+    summary = {
+        "run_id": run_id,
+        "tracking_uri": tracking.masked_uri(uri),
+        "registered_model": model_name,
+        "version": version,
+        "promoted": decision.promote,
+        "reasons": decision.reasons,
+        "champion_before": champion_version,
+        "split": result.split,
+        "comparison": result.comparison,
+        "calibration": result.calibration,
+        "has_oracle": ORACLE in result.probabilities,
+        "leakage_flagged": _flagged_reasons(result.leakage, result.leakage_flagged),
+        "leakage_checked": len(result.leakage),  # columns the sentinel looked at
+        "leakage_excluded": list(result.leakage_excluded),
+        "base_rate_drift": drift,
+        "model_name": result.model_name,
+        "selection": result.selection.sentence if result.selection is not None else "",
+        "deployment": result.deployment,
+        "notes": list(result.notes),
+        "duplicate_rows": result.duplicate_rows,
+        "report": str(report_path),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return summary
+
+
+def _flagged_reasons(leakage: pd.DataFrame, flagged: list[str]) -> dict[str, str]:
+    reasons = dict(zip(leakage["feature"], leakage["reason"], strict=False))
+    return {name: str(reasons.get(name, "")) for name in flagged}
+
+
+def upstream_seconds(manifest: Mapping[str, Any]) -> dict[str, float]:
+    """Duration of each earlier stage, following the manifests' ``input_manifest`` links.
+
+    With the train stage's own ``seconds.total``, the run records where the time of a
+    whole ``make train`` went.
+    """
+    seconds: dict[str, float] = {}
+    seen: set[str] = set()
+    while manifest:
+        if "stage" in manifest and "seconds" in manifest:
+            seconds[str(manifest["stage"])] = float(manifest["seconds"])
+        link = manifest.get("input_manifest")
+        if not link or link in seen or not Path(link).exists():
+            break
+        seen.add(link)
+        manifest = json.loads(Path(link).read_text())
+    return seconds
+
+
+MIN_CHAMPION_ROWS = 200  # unseen test rows (with both labels) needed to rescore the champion
+
+
+def _rescore_champion(
+    model_name: str, version: str, test: pd.DataFrame, names: list[str], labels: Any
+) -> dict[str, Any] | None:
+    """The champion's metrics on the candidate's test rows it never saw, None when it cannot score
+    them, or ``{"note": ...}`` when it was trained on them (a refit saw every labelled row)."""
+
+    labels = np.asarray(labels)
+    try:
+        champion = tracking.load_scorer(f"models:/{model_name}/{version}")
+        unseen = unseen_rows(test, getattr(champion, "trained", None) or {})
+        if unseen is not None:
+            test, labels = test[unseen], labels[unseen]
+            if len(test) < MIN_CHAMPION_ROWS or len(np.unique(labels)) < 2:
+                return {
+                    "note": f"champion v{version} was trained on this test window (its refit saw every "
+                    "labelled row), so it cannot be compared on it; the candidate is judged on its own"
+                }
+        predicted = champion.predict(as_model_input(test, names))
+    except TrackingUnavailableError:
+        raise  # not "the champion cannot score": nobody could tell
+    except Exception as error:  # a champion built on other features cannot score these rows
+        logger.warning("champion version %s cannot score the test rows: %s", version, error)
+        return None
+    return {**binary_metrics(labels, predicted["probability"].to_numpy()), "rows": len(test)}
+
+
+def unseen_rows(test: pd.DataFrame, trained: Mapping[str, Any]) -> np.ndarray | None:
+    """Which test rows lie after everything a refitted champion was trained on (None: no record)."""
+    column, through = trained.get("position_column"), trained.get("through")
+    if not trained.get("refit"):
+        return None
+    if column is None or through is None or column not in test.columns:
+        return np.zeros(len(test), dtype=bool)  # a refit without time saw every row
+    position = test[column]
+    if column == s.AS_OF:
+        return (position > pd.Timestamp(through)).to_numpy()
+    return (position > float(through)).to_numpy()
+
+
+def _log_pyfunc(scorer: Any, example: pd.DataFrame) -> str:
+    """Log ``scorer`` as the leadml pyfunc and return its model URI.
+
+    Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
+    signature of both request shapes and ``example`` (features shape) as the input example.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        info = write_model_info(scorer, Path(folder))
+        return tracking.log_model(
+            LeadScorerModel(scorer),
+            "model",
+            example,
+            signature(scorer, example),
+            {MODEL_INFO_ARTIFACT: str(info)},
+        )
