@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install system-deps test train score report forecast backtest export serve notebooks generate ingest features lint bench clean mlflow-ui
+.PHONY: help install system-deps test test-fast train score report forecast backtest export serve notebooks generate ingest features lint bench clean mlflow-ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ system-deps: ## Debian's chromium and postgresql for the browser and PostgreSQL 
 test: $(STAMP) system-deps ## lint (ruff, the import layers) and run the test suite
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the unit tests only (pure functions, seconds): tests/unit
+	$(BIN)/python -m pytest tests/unit
 
 train: $(STAMP) ## the main job: generate (if absent), ingest, features, train, calibrate, evaluate, register
 	$(BIN)/leadml-generate $(ARGS)

@@ -6,10 +6,12 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,3 +246,53 @@ LENIENT_GATE = [
     "promotion.min_gain_over_points=-1.0",
 ]
 QUICK = ["selection.trials=3", "selection.seconds=0", "evaluation.bootstrap=20", "evaluation.shap_rows=100"]
+
+
+# --------------------------------------------------------------------------- the README's flat example
+REPO = Path(__file__).resolve().parents[1]  # the project's folder: README.md, conf/, notebooks/
+README = REPO / "README.md"
+PUBLIC = REPO.parent / "shared" / "data" / "public"
+
+
+def readme_flat_config() -> str:
+    """The YAML block that follows "For example `conf/data/my_leads.yaml`:" in the README."""
+    text = README.read_text()
+    start = text.index("For example `conf/data/my_leads.yaml`:")
+    match = re.compile(r"```yaml\n(.*?)```", re.S).search(text, start)
+    assert match is not None
+    return match.group(1)
+
+
+def exported_leads(n: int = 2000, seed: int = 3) -> pd.DataFrame:
+    """A CRM export as a user brings it: Won, Lost and still open leads, one row each."""
+    rng = np.random.default_rng(seed)
+    visits = rng.poisson(3, n)
+    won = rng.random(n) < 1 / (1 + np.exp(-(visits - 4)))
+    status = np.where(won, "Won", "Lost")
+    still_open = rng.random(n) < 0.11
+    status = np.where(still_open, rng.choice(["Open", "In progress"], n), status)
+    return pd.DataFrame(
+        {
+            "Lead ID": [f"L-{i:05d}" for i in range(n)],
+            "Created Date": pd.date_range("2024-01-01", periods=n, freq="4h").strftime("%Y-%m-%d %H:%M"),
+            "Status": status,
+            "Sales Notes": np.where(won, "signed", "no answer"),
+            "Deal Size": np.where(won, rng.integers(1000, 9000, n), 0),
+            "Source": rng.choice(["Web", "Referral", "Event"], n),
+            "Industry": rng.choice(["Retail", "Software", "Banking"], n),
+            "Country": rng.choice(["US", "DE", "FR"], n),
+            "Employees": rng.integers(1, 5000, n),
+            "Web Visits": visits,
+            "Email": [f"person{i}@example.com" for i in range(n)],
+            "Phone": [f"+1 555 {i:07d}" for i in range(n)],
+        }
+    )
+
+
+def readme_project(root: Path, leads: pd.DataFrame) -> list[str]:
+    """``root`` set up as the README says (the export at exports/leads.csv, the config in a folder
+    of the user's own); the overrides that find it. The caller changes into ``root``."""
+    (root / "exports").mkdir()
+    leads.to_csv(root / "exports" / "leads.csv", index=False)
+    folder = user_configs(root, readme_flat_config())
+    return [f"hydra.searchpath=[file://{folder}]", "data=my_leads", f"paths.root={root}"]

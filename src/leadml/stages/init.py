@@ -71,7 +71,8 @@ HORIZON_DAYS = 90
 # the split's default windows (conf/split/time.yaml): test and calibration months
 DEFAULT_WINDOW_MONTHS = 3
 # guards' minimums (conf/guards/default.yaml), checked against the rows a training window gets
-MIN_SNAPSHOTS, MIN_POSITIVES = 1000, 100
+MIN_SNAPSHOTS = 1000
+MIN_POSITIVES = 100
 # share of rows before the test and calibration windows (split=order's 20% + 20%)
 TRAIN_SHARE = 0.6
 MAX_BAD_SHARE = 0.05
@@ -177,9 +178,16 @@ FAMILY_NAMES: tuple[tuple[str, re.Pattern[str]], ...] = (
 RESERVED = frozenset({*FLAT_KEY_COLUMNS, "source_row", "reason", "table"})
 
 # column kinds
-EMPTY, CONSTANT, BOOLEAN, INTEGER, NUMERIC = "empty", "constant", "boolean", "integer", "numeric"
-TIMESTAMP, CATEGORICAL, TEXT = "timestamp", "categorical", "text"
-DATE_TEXT, DECIMAL_COMMA = "date_text", "decimal_comma"
+EMPTY = "empty"
+CONSTANT = "constant"
+BOOLEAN = "boolean"
+INTEGER = "integer"
+NUMERIC = "numeric"
+TIMESTAMP = "timestamp"
+CATEGORICAL = "categorical"
+TEXT = "text"
+DATE_TEXT = "date_text"
+DECIMAL_COMMA = "decimal_comma"
 # contract column groups in the order they are written
 GROUPS: tuple[str, ...] = ("personal", "boolean", "integer", "numeric", "categorical")
 

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factories import activities_table, at, leads_table, outcomes_table
+from factories import REPO, activities_table, at, leads_table, outcomes_table
 from leadml.data import schema as s
 from leadml.modelling.scorer import PROBABILITY
 from leadml.reporting import explore
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 EXPLORE, DIAGNOSTICS = "01-explore-leads.ipynb", "02-model-diagnostics.ipynb"
 CELL_TIMEOUT = 300  # seconds per cell
 

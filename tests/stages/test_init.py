@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy.special import expit
 
-from factories import local_tracking, run_entry_point
+from factories import REPO, local_tracking, run_entry_point
 from leadml import cli
 from leadml.cli import CONFIG_DIR
 from leadml.data.contracts import flat_contract
@@ -32,7 +32,7 @@ from leadml.stages.init import (
     sniff_source,
 )
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
 # training as fast as it goes: the point is that the written config trains, not how well
 QUICK = [

@@ -1,6 +1,6 @@
 """Faults of the nightly job, as a scheduler sees them: exit code and one line on stderr.
 
-tests/test_score.py already covers a run that dies while writing (in process), a second run
+tests/stages/test_score.py already covers a run that dies while writing (in process), a second run
 of a date refused while a lock holder runs, an interrupted swap, no champion (exit 2), an
 unreachable tracking server (exit 6) and a schema mismatch (exit 5). Here: a real scorer
 killed with SIGKILL in the middle of its partition and of its SQL upsert, two real scoring

@@ -18,16 +18,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from factories import run_entry_point, user_configs
+from factories import REPO, exported_leads, readme_flat_config, readme_project, run_entry_point, user_configs
 from leadml import cli
 from leadml.cli import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.reporting.forecast import ALL, AMONG_CLOSED, POOLED_GROUP, TOTAL, WITHIN_HORIZON, ForecastSettings
 from leadml.stages.forecast import NO_DEAL_VALUES, forecast_stage
-from test_readme_flat import exported_leads, readme_flat_config, readme_project
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
 DAY = pd.Timedelta(days=1)
 QUICK = ["forecast.draws=2000"]
@@ -37,7 +36,7 @@ OPEN = ["Open", "In progress"]
 def readme_forecast_lines() -> list[list[str]]:
     """The overrides of each ``leadml-forecast`` line of the README's flat forecast example."""
     text = README.read_text()
-    start = text.index("`tests/test_forecast_flat.py` runs these lines):")
+    start = text.index("`tests/stages/test_forecast_flat.py` runs these lines):")
     match = re.compile(r"```bash\n(.*?)```", re.S).search(text, start)
     assert match is not None
     lines = [shlex.split(line, comments=True) for line in match.group(1).splitlines() if line.strip()]
@@ -369,7 +368,7 @@ def test_the_readme_flat_forecast_lines_run_as_written(
     for line in lines:
         name = next(arg for arg in line if arg.startswith("data=")).removeprefix("data=")
         if name != "my_leads" and not PUBLIC.exists():
-            continue  # the public sets are not here (as in tests/test_public_data.py)
+            continue  # the public sets are not here (as in tests/system/test_public_data.py)
         extra = (
             project if name == "my_leads" else [f"paths.root={tmp_path}", f"paths.public_data_dir={PUBLIC}"]
         )

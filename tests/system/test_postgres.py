@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from omegaconf import OmegaConf
 
 import postgres
-from factories import local_tracking, project_config
+from factories import REPO, local_tracking, project_config
 from leadml.adapters import sinks
 from leadml.adapters.layout import read_interim
 from leadml.adapters.sources import engine_url, fingerprint_source, read_source
@@ -326,7 +326,7 @@ def warehouse_tables(raw: Path) -> dict[str, pd.DataFrame]:
 
 def data_config(name: str, tables: dict[str, dict]) -> str:
     """The synthetic data config with other sources: a user's conf/data/<name>.yaml."""
-    data = OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "synthetic.yaml")
+    data = OmegaConf.load(REPO / "conf" / "data" / "synthetic.yaml")
     data.name, data.tables = name, tables
     data.reference_time = "2026-02-01T00:00:00Z"  # not the time of the run: both copies quarantine alike
     return OmegaConf.to_yaml(data)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from factories import REPO
 from leadml.data import schema as s
 from leadml.data.calendar import snapshot_dates
 from leadml.data.synthetic import (
@@ -21,7 +21,7 @@ from leadml.data.synthetic import (
     settings_from_mapping,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "synthetic"
+CONF = REPO / "conf" / "synthetic"
 ONE_YEAR = {"start": "2024-07-01", "end": "2025-07-01"}
 CLEAN = SyntheticSettings(n_leads=4_000, messiness=0.0, seed=7, **ONE_YEAR)
 MESSY = SyntheticSettings(n_leads=2_000, messiness=0.05, seed=7, **ONE_YEAR)

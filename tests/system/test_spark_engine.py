@@ -251,12 +251,11 @@ SPARK = ["score.engine=spark", "score.spark.buckets=4"]
 
 @pytest.fixture(scope="module")
 def flat_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[str], pd.DataFrame]]:
-    """The README's flat example (tests/test_readme_flat.py) on a small export, trained once."""
+    """The README's flat example (tests/stages/test_readme_flat.py) on a small export, trained once."""
     from hydra import compose, initialize_config_dir
 
-    from factories import LENIENT_GATE, QUICK
+    from factories import LENIENT_GATE, QUICK, exported_leads, readme_project
     from leadml.cli import CONFIG_DIR, run_train
-    from test_readme_flat import exported_leads, readme_project
 
     root = tmp_path_factory.mktemp("flat")
     leads = exported_leads()

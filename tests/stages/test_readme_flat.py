@@ -6,7 +6,6 @@ The config is read from the README's text, so the README and this test cannot dr
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,57 +13,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from factories import LENIENT_GATE, QUICK, local_tracking, run_entry_point, user_configs
+from factories import LENIENT_GATE, QUICK, exported_leads, local_tracking, readme_project, run_entry_point
 from leadml import cli
 from leadml.adapters.layout import MANIFEST, open_rows_file
 from leadml.cli import CONFIG_DIR, run_features, run_ingest
 from leadml.errors import ContractError, LeadmlError
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def readme_flat_config() -> str:
-    """The YAML block that follows "For example `conf/data/my_leads.yaml`:" in the README."""
-    text = README.read_text()
-    start = text.index("For example `conf/data/my_leads.yaml`:")
-    match = re.compile(r"```yaml\n(.*?)```", re.S).search(text, start)
-    assert match is not None
-    return match.group(1)
-
-
-def exported_leads(n: int = 2000, seed: int = 3) -> pd.DataFrame:
-    """A CRM export as a user brings it: Won, Lost and still open leads, one row each."""
-    rng = np.random.default_rng(seed)
-    visits = rng.poisson(3, n)
-    won = rng.random(n) < 1 / (1 + np.exp(-(visits - 4)))
-    status = np.where(won, "Won", "Lost")
-    still_open = rng.random(n) < 0.11
-    status = np.where(still_open, rng.choice(["Open", "In progress"], n), status)
-    return pd.DataFrame(
-        {
-            "Lead ID": [f"L-{i:05d}" for i in range(n)],
-            "Created Date": pd.date_range("2024-01-01", periods=n, freq="4h").strftime("%Y-%m-%d %H:%M"),
-            "Status": status,
-            "Sales Notes": np.where(won, "signed", "no answer"),
-            "Deal Size": np.where(won, rng.integers(1000, 9000, n), 0),
-            "Source": rng.choice(["Web", "Referral", "Event"], n),
-            "Industry": rng.choice(["Retail", "Software", "Banking"], n),
-            "Country": rng.choice(["US", "DE", "FR"], n),
-            "Employees": rng.integers(1, 5000, n),
-            "Web Visits": visits,
-            "Email": [f"person{i}@example.com" for i in range(n)],
-            "Phone": [f"+1 555 {i:07d}" for i in range(n)],
-        }
-    )
-
-
-def readme_project(root: Path, leads: pd.DataFrame) -> list[str]:
-    """``root`` set up as the README says (the export at exports/leads.csv, the config in a folder
-    of the user's own); the overrides that find it. The caller changes into ``root``."""
-    (root / "exports").mkdir()
-    leads.to_csv(root / "exports" / "leads.csv", index=False)
-    folder = user_configs(root, readme_flat_config())
-    return [f"hydra.searchpath=[file://{folder}]", "data=my_leads", f"paths.root={root}"]
 
 
 def test_the_readme_flat_example_keeps_open_leads_apart(
@@ -176,7 +129,7 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
 
 
 def test_a_flat_table_is_scored_from_its_open_leads() -> None:
-    """With either engine (tests/test_spark_engine.py scores a flat table with both)."""
+    """With either engine (tests/system/test_spark_engine.py scores a flat table with both)."""
     from leadml.stages.score import _check_flat_scoring
 
     data = {"name": "my_leads", "kind": "flat", "contract": {"id": "Lead ID", "target": "Status"}}

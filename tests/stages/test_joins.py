@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from factories import LENIENT_GATE, QUICK, local_tracking, run_entry_point, user_configs
+from factories import LENIENT_GATE, QUICK, REPO, local_tracking, run_entry_point, user_configs
 from leadml import cli
 from leadml.adapters.layout import MANIFEST, open_rows_file
 from leadml.cli import CONFIG_DIR, run_ingest
@@ -23,7 +23,7 @@ from leadml.data.contracts import IngestSettings, flat_contract
 from leadml.data.joins import Lookup, filter_rows, join_lookup, lookups, row_rules
 from leadml.errors import LeadmlError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 PRODUCTS = {  # product -> (series, sales price)
     "GTX Basic": ("GTX", 550),
     "GTX Pro": ("GTX", 4821),
