@@ -20,17 +20,12 @@ from scipy.special import expit
 from factories import REPO, local_tracking, run_entry_point
 from leadml import cli
 from leadml.cli import CONFIG_DIR
+from leadml.data.config_yaml import yaml_scalar
 from leadml.data.contracts import flat_contract
+from leadml.data.profiles import detect_separator, header_problem, sample_records
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
-from leadml.stages.init import (
-    _scalar,
-    data_section,
-    detect_separator,
-    header_problem,
-    init_data_config,
-    sample_records,
-    sniff_source,
-)
+from leadml.modelling.proposal_check import data_section
+from leadml.stages.init import init_data_config, sniff_source
 
 README = REPO / "README.md"
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
@@ -243,7 +238,7 @@ def test_a_header_line_that_is_data_is_noticed() -> None:
 )
 def test_every_name_and_value_reads_back_as_written(value: str) -> None:
     read = OmegaConf.to_container(
-        OmegaConf.create(f"k: {_scalar(value)}\nl: [{_scalar(value)}]\n"), resolve=True
+        OmegaConf.create(f"k: {yaml_scalar(value)}\nl: [{yaml_scalar(value)}]\n"), resolve=True
     )
     assert read == {"k": value, "l": [value]}
 

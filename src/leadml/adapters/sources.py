@@ -42,6 +42,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from leadml.data.profiles import SEPARATORS
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ _SQLALCHEMY_LINK = re.compile(r"\(Background on this error at: [^)]*\)")
 # pyarrow's "Expected 14 columns, got 15: <the record's text>"
 _CSV_RECORD = re.compile(r"(Expected \d+ columns, got \d+): .*")
 # what a CSV header holding one column may really be separated by (the most frequent one wins)
-_SEPARATORS: tuple[str, ...] = (";", "\t", "|", ",")
+_SEPARATORS = SEPARATORS
 # first bytes of files that are not text: a zip archive (an .xlsx is one), an OLE compound
 # file (an old .xls, or an encrypted .xlsx), Parquet; and the byte order marks of UTF-16
 _ZIP_MAGIC = b"PK\x03\x04"
