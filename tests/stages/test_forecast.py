@@ -24,15 +24,12 @@ from leadml.reporting.forecast import (
     POOLED,
     TOTAL,
     ForecastSettings,
-    allocate,
     canonical_plan,
-    capacity_plan,
     forecast_forward,
     historical_rates,
-    leads_needed,
-    poisson_binomial_interval,
     rates_table,
 )
+from leadml.reporting.forecast_plans import allocate, capacity_plan, leads_needed, poisson_binomial_interval
 from leadml.stages.forecast import forecast_stage, read_planned_csv
 
 RATES = {"web_organic": 0.05, "event": 0.15, "referral": 0.30}  # true conversion within the horizon

@@ -41,15 +41,14 @@ from leadml.reporting.forecast import (
     WITHIN_HORIZON,
     ForecastSettings,
     canonical_plan,
-    capacity_plan,
     closed_rates,
     forecast_forward,
     historical_rates,
-    leads_needed,
     rates_table,
     recent_volume,
     whole_number,
 )
+from leadml.reporting.forecast_plans import capacity_plan, leads_needed
 from leadml.stages.ingest import ingest_stage
 
 logger = logging.getLogger(__name__)
