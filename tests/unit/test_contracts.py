@@ -17,12 +17,11 @@ from leadml.data.contracts import (
     ColumnSpec,
     IngestSettings,
     TableContract,
-    ValidatedTable,
     crm_contracts,
     flat_contract,
     normalise_token,
-    validate_table,
 )
+from leadml.data.validation import ValidatedTable, validate_table
 from leadml.errors import ContractError, LeadmlError
 
 REFERENCE = "2024-06-01T00:00:00Z"

@@ -24,8 +24,9 @@ from leadml.adapters.sources import (
     write_parquet_atomic,
 )
 from leadml.data import schema as s
-from leadml.data.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, validate_table
+from leadml.data.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts
 from leadml.data.ingest import IngestResult, frame_fingerprint, ingest_crm
+from leadml.data.validation import validate_table
 from leadml.errors import ContractError, LeadmlError
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")

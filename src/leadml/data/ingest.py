@@ -45,14 +45,15 @@ from leadml.data.contracts import (
     RowCheck,
     RowProblem,
     TableContract,
+    normalise_token,
+    normalise_tokens,
+)
+from leadml.data.parsing import present_text, respelt_values
+from leadml.data.validation import (
     TableReport,
     ValidatedTable,
     check_bad_share,
     move_to_quarantine,
-    normalise_token,
-    normalise_tokens,
-    present_text,
-    respelt_values,
     validate_table,
 )
 from leadml.errors import ContractError

@@ -39,15 +39,12 @@ from leadml.data.contracts import (
     FlatContract,
     IngestSettings,
     TableContract,
-    ValidatedTable,
-    as_text,
     as_tuple,
     normalise_tokens,
-    parse_column,
-    trimmed_text,
-    validate_table,
 )
 from leadml.data.ingest import IngestResult
+from leadml.data.parsing import as_text, parse_column, trimmed_text
+from leadml.data.validation import ValidatedTable, validate_table
 from leadml.errors import LeadmlError
 
 JOIN_KEYS: tuple[str, ...] = ("table", "by", "key", "columns", "prefix")

@@ -16,14 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leadml.data.contracts import (
-    DEFAULT_MISSING_MARKERS,
-    FALSE_TOKENS,
-    TRUE_TOKENS,
-    as_text,
-    normalise_token,
-)
+from leadml.data.contracts import DEFAULT_MISSING_MARKERS, FALSE_TOKENS, TRUE_TOKENS, normalise_token
 from leadml.data.features import FLAT_KEY_COLUMNS
+from leadml.data.parsing import as_text
 
 # the separators a CSV may use, "," last (leadml.adapters.sources checks a file read with the wrong one)
 SEPARATORS: tuple[str, ...] = (";", "\t", "|", ",")

@@ -13,11 +13,8 @@ import numpy as np
 import pandas as pd
 
 from leadml.data.config_yaml import yaml_scalar
-from leadml.data.contracts import (
-    SOURCE_ROW,
-    as_text,
-    normalise_token,
-)
+from leadml.data.contracts import SOURCE_ROW, normalise_token
+from leadml.data.parsing import as_text
 from leadml.data.profiles import (
     _CREATED_NAME,
     _EVENT_NAME,

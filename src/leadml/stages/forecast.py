@@ -27,8 +27,8 @@ from leadml.data.contracts import (
     IngestSettings,
     as_tuple,
     flat_contract,
-    validate_table,
 )
+from leadml.data.validation import validate_table
 from leadml.errors import LeadmlError
 from leadml.reporting.forecast import (
     ALL,

@@ -1,0 +1,317 @@
+"""Values as text into typed columns: the parsers of the contracts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.data.contracts import (
+    _OFFSET_PATTERN,
+    _SHOWN_ALLOWED,
+    _SHOWN_VALUE_CHARS,
+    EARLIEST_TIMESTAMP,
+    FALSE_TOKENS,
+    TIMESTAMP_DTYPE,
+    TIMESTAMP_UNIT,
+    TRUE_TOKENS,
+    ColumnSpec,
+    IngestSettings,
+    Parsed,
+    RowProblem,
+    normalise_tokens,
+    squashed_spellings,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Values as ``str`` with nulls kept; whole floats lose ``.0`` so an id reads the same from any format."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        present = values.dropna().to_numpy(dtype="float64")
+        if (
+            np.isfinite(present).all()
+            and (present == np.floor(present)).all()
+            and (np.abs(present) < 2**53).all()
+        ):
+            return values.astype("Int64").astype("str")
+    return values.astype("str")
+
+
+def _clean_text(text: pd.Series, markers: frozenset[str]) -> tuple[pd.Series, np.ndarray]:
+    stripped = text.str.strip()
+    missing = stripped.isna().to_numpy().copy()
+    longest = max((len(marker) for marker in markers), default=0)
+    # Only short strings can be markers: case-fold just those.
+    short = ~missing & (stripped.str.len() <= longest).to_numpy(dtype=bool, na_value=False)
+    if short.any():
+        short_values = stripped[short].str.casefold()
+        missing[np.flatnonzero(short)[short_values.isin(markers).to_numpy()]] = True
+    return stripped.mask(missing), missing
+
+
+def trimmed_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> pd.Series:
+    """A raw column as trimmed text, its missing values (markers included) as nulls."""
+    cleaned, _ = _clean_text(as_text(raw), spec.missing_markers(settings))
+    return cleaned
+
+
+def present_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> pd.Series:
+    """A raw column as trimmed text, its missing values (markers included) left out."""
+    return trimmed_text(raw, spec, settings).dropna()
+
+
+def _shown(raw: pd.Series, positions: np.ndarray) -> pd.Series:
+    """Original values at ``positions`` for a reason text, indexed by position."""
+    text = as_text(raw.iloc[positions]).fillna("")
+    return text.str.slice(0, _SHOWN_VALUE_CHARS)
+
+
+def _value_problem(raw: pd.Series, mask: np.ndarray, column: str, what: str, category: str) -> RowProblem:
+    positions = np.flatnonzero(mask)
+    messages = f"{column}: '" + _shown(raw, positions) + f"' {what}"
+    return RowProblem(mask, f"{column}: {category}", messages)
+
+
+def empty_column(spec: ColumnSpec, rows: int) -> pd.Series:
+    return pd.Series(index=pd.RangeIndex(rows), dtype=_empty_dtype(spec))
+
+
+def _empty_dtype(spec: ColumnSpec) -> Any:
+    if spec.dtype == "category":
+        return pd.CategoricalDtype(pd.Index(spec.allowed or (), dtype="str"))
+    return {
+        "string": "str",
+        "integer": "Int64",
+        "float": "float64",
+        "timestamp": TIMESTAMP_DTYPE,
+        "boolean": "boolean",
+    }[spec.dtype]
+
+
+def _parse_string(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
+    cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
+    return cleaned, missing, []
+
+
+def _token_lookup(
+    raw: pd.Series, settings: IngestSettings, spec: ColumnSpec
+) -> tuple[np.ndarray, pd.Series, np.ndarray]:
+    """Factorised values: (row codes, normalised token per distinct value, missing per distinct value).
+
+    Work is done once per distinct value, which is what makes 20 million categorical rows cheap.
+    """
+    codes, uniques = pd.factorize(as_text(raw))
+    cleaned, missing = _clean_text(pd.Series(uniques, dtype="str"), spec.missing_markers(settings))
+    tokens = normalise_tokens(cleaned)
+    synonyms = {**squashed_spellings(spec.allowed or ()), **settings.synonyms_for(spec.name)}
+    if synonyms:
+        tokens = tokens.map(synonyms).fillna(tokens).astype("str")
+    return codes, tokens, missing
+
+
+def respelt_values(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> dict[str, str]:
+    """{value as written: value as stored} of a category column's distinct values whose spelling
+    ingestion changes (trimmed, case-folded, separators as ``_``, synonyms), missing ones left out.
+
+    Points rules, filters and reasons see the stored spelling, so a user needs to know it.
+    """
+    _, tokens, missing = _token_lookup(raw, settings, spec)
+    written = pd.Series(pd.factorize(as_text(raw))[1], dtype="str")
+    changed = ~missing & (written.str.strip() != tokens).to_numpy()
+    return dict(zip(written[changed].str.strip(), tokens[changed], strict=True))
+
+
+def _rows(per_value: np.ndarray, codes: np.ndarray, null_value: Any) -> np.ndarray:
+    """Per-distinct-value array spread to rows; code -1 (null) gets ``null_value``."""
+    return np.append(per_value, np.array([null_value], dtype=per_value.dtype))[codes]
+
+
+def _parse_category(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
+    codes, tokens, missing_values = _token_lookup(raw, settings, spec)
+    missing = _rows(missing_values, codes, True)
+    problems = []
+    valid_tokens = tokens.mask(missing_values)
+    if spec.allowed is not None:
+        not_allowed = (valid_tokens.notna() & ~valid_tokens.isin(spec.allowed)).to_numpy()
+        shown = ", ".join(spec.allowed[:_SHOWN_ALLOWED]) + (
+            ", ..." if len(spec.allowed) > _SHOWN_ALLOWED else ""
+        )
+        row_mask = _rows(not_allowed, codes, False)
+        if row_mask.any():
+            problems.append(
+                _value_problem(raw, row_mask, spec.name, f"is not one of {shown}", "not an allowed value")
+            )
+        valid_tokens = valid_tokens.mask(not_allowed)
+        categories = pd.Index(spec.allowed, dtype="str")
+    else:
+        categories = pd.Index(sorted(valid_tokens.dropna().unique()), dtype="str")
+    category_codes = categories.get_indexer(valid_tokens.astype("str")).astype(np.int64)
+    row_codes = _rows(category_codes, codes, -1)
+    typed = pd.Series(pd.Categorical.from_codes(row_codes, dtype=pd.CategoricalDtype(categories)))
+    return typed, missing, problems
+
+
+def _parse_boolean(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        typed = raw.astype("boolean").reset_index(drop=True)
+        return typed, typed.isna().to_numpy(), []
+    codes, tokens, missing_values = _token_lookup(raw, settings, spec)
+    truth = tokens.isin(TRUE_TOKENS).to_numpy()
+    falsehood = tokens.isin(FALSE_TOKENS).to_numpy()
+    invalid_values = ~missing_values & ~truth & ~falsehood
+    per_value = np.where(truth, True, np.where(falsehood, False, None)).astype(object)
+    typed = pd.Series(pd.array(_rows(per_value, codes, None), dtype="boolean"))
+    invalid = _rows(invalid_values, codes, False)
+    problems = (
+        [
+            _value_problem(
+                raw, invalid, spec.name, "is not a boolean (true/false, yes/no, 1/0)", "not a boolean"
+            )
+        ]
+        if invalid.any()
+        else []
+    )
+    return typed, _rows(missing_values, codes, True), problems
+
+
+def _range_problems(
+    raw: pd.Series, numbers: np.ndarray, valid: np.ndarray, spec: ColumnSpec
+) -> list[RowProblem]:
+    problems = []
+    if spec.min is not None and (below := valid & (numbers < spec.min)).any():
+        problems.append(
+            _value_problem(raw, below, spec.name, f"is below the minimum {spec.min:g}", "below minimum")
+        )
+    if spec.max is not None and (above := valid & (numbers > spec.max)).any():
+        problems.append(
+            _value_problem(raw, above, spec.name, f"is above the maximum {spec.max:g}", "above maximum")
+        )
+    return problems
+
+
+def _parse_number(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        numbers = raw.to_numpy(dtype="float64", na_value=np.nan)
+        missing = np.isnan(numbers)
+    else:
+        cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
+        numbers = pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if spec.missing_values:
+        marked = np.isin(numbers, spec.numeric_missing_values())
+        missing = missing | marked
+        numbers = np.where(marked, np.nan, numbers)
+    problems = []
+    finite = np.isfinite(numbers)
+    invalid = ~missing & ~finite
+    if invalid.any():
+        problems.append(_value_problem(raw, invalid, spec.name, "is not a number", "not a number"))
+    if spec.dtype == "integer":
+        fractional = finite & (numbers != np.floor(numbers))
+        if fractional.any():
+            problems.append(
+                _value_problem(raw, fractional, spec.name, "is not a whole number", "not a whole number")
+            )
+        invalid = invalid | fractional
+        huge = finite & ~fractional & (np.abs(numbers) >= 2.0**63)  # beyond a 64-bit integer
+        if huge.any():
+            what = "is too large for a whole number"
+            problems.append(_value_problem(raw, huge, spec.name, what, "too large"))
+        invalid = invalid | huge
+    range_problems = _range_problems(raw, numbers, finite & ~invalid, spec)
+    for problem in range_problems:
+        invalid = invalid | problem.mask
+    values = pd.Series(np.where(invalid, np.nan, numbers), dtype="float64")
+    return (values.astype("Int64") if spec.dtype == "integer" else values), missing, problems + range_problems
+
+
+def _localised(naive: pd.Series, timezone: str) -> pd.Series:
+    # A local time that does not exist or is ambiguous (daylight saving change) becomes NaT: quarantined.
+    return naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+
+
+def _timestamps_from_text(
+    raw: pd.Series, spec: ColumnSpec, settings: IngestSettings
+) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray]:
+    """(UTC timestamps, missing, unparseable, invalid local time) from text."""
+    cleaned, missing = _clean_text(as_text(raw), spec.missing_markers(settings))
+    cleaned = cleaned.reset_index(drop=True)
+    # utc=True for every value: offsets are honoured and a naive value reads as UTC wall-clock time,
+    # which is then re-read in the configured zone; to_datetime never sees a naive/aware mix.
+    as_utc = pd.to_datetime(cleaned, format=spec.format or "ISO8601", utc=True, errors="coerce")
+    unparseable = ~missing & as_utc.isna().to_numpy()
+    if settings.timezone == "UTC":
+        return as_utc, missing, unparseable, np.zeros(len(cleaned), dtype=bool)
+    if spec.format is not None:
+        has_offset = np.full(len(cleaned), "%z" in spec.format)
+    else:
+        has_offset = cleaned.str.contains(_OFFSET_PATTERN, regex=True).to_numpy(dtype=bool, na_value=False)
+    local = _localised(as_utc.dt.tz_localize(None), settings.timezone)
+    invalid_local = ~has_offset & as_utc.notna().to_numpy() & local.isna().to_numpy()
+    return as_utc.where(has_offset, local), missing, unparseable, invalid_local
+
+
+def _parse_timestamp(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> Parsed:
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        missing = raw.isna().to_numpy()
+        unparseable = np.zeros(len(raw), dtype=bool)
+        if raw.dt.tz is not None:
+            parsed, invalid_local = raw.dt.tz_convert("UTC"), unparseable
+        else:
+            parsed = _localised(raw, settings.timezone)
+            invalid_local = ~missing & parsed.isna().to_numpy()
+    else:
+        parsed, missing, unparseable, invalid_local = _timestamps_from_text(raw, spec, settings)
+    problems = []
+    if unparseable.any():
+        what = f"does not match {spec.format!r}" if spec.format else "is not an ISO 8601 timestamp"
+        problems.append(_value_problem(raw, unparseable, spec.name, what, "not a timestamp"))
+    if invalid_local.any():
+        problems.append(
+            _value_problem(
+                raw,
+                invalid_local,
+                spec.name,
+                f"is not a valid local time in {settings.timezone}",
+                "invalid local time",
+            )
+        )
+    parsed = parsed.reset_index(drop=True).dt.as_unit(TIMESTAMP_UNIT)
+    reference = settings.reference_time if settings.reference_time is not None else pd.Timestamp.now(tz="UTC")
+    future = (parsed > reference).to_numpy(dtype=bool, na_value=False)
+    if future.any():
+        problems.append(
+            _value_problem(
+                raw, future, spec.name, f"is in the future (after {reference.isoformat()})", "in the future"
+            )
+        )
+    ancient = (parsed < EARLIEST_TIMESTAMP).to_numpy(dtype=bool, na_value=False)
+    if ancient.any():
+        what = f"is before {EARLIEST_TIMESTAMP:%Y-%m-%d} (not a plausible date)"
+        problems.append(_value_problem(raw, ancient, spec.name, what, "before 1900"))
+    return parsed.mask(future | ancient), missing, problems
+
+
+_PARSERS: Mapping[str, Callable[[pd.Series, ColumnSpec, IngestSettings], Parsed]] = {
+    "string": _parse_string,
+    "category": _parse_category,
+    "boolean": _parse_boolean,
+    "integer": _parse_number,
+    "float": _parse_number,
+    "timestamp": _parse_timestamp,
+}
+
+
+def parse_column(
+    raw: pd.Series, spec: ColumnSpec, settings: IngestSettings
+) -> tuple[pd.Series, list[RowProblem]]:
+    """One raw column -> (typed values, problems). Broken values are null in the typed column."""
+    raw = raw.reset_index(drop=True)
+    typed, missing, problems = _PARSERS[spec.dtype](raw, spec, settings)
+    if not spec.nullable and missing.any():
+        problems.insert(0, RowProblem(missing, f"{spec.name}: missing", f"{spec.name}: missing value"))
+    return typed.reset_index(drop=True).rename(spec.name), problems
