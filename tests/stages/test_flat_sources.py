@@ -14,7 +14,8 @@ import pytest
 from leadml.adapters.sources import fingerprint_file
 from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW, ColumnSpec, IngestSettings, flat_contract
-from leadml.data.ingest import LABEL, check_bad_shares, ingest_flat
+from leadml.data.flat import ingest_flat
+from leadml.data.ingest import LABEL, check_bad_shares
 from leadml.data.parsing import parse_column
 from leadml.errors import ContractError, LeadmlError
 from leadml.stages.ingest import ingest_stage

@@ -10,6 +10,7 @@ import pytest
 
 from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW, IngestSettings, crm_contracts, flat_contract
+from leadml.data.flat import ingest_flat
 from leadml.data.ingest import (
     LABEL,
     ORDER_KEY,
@@ -17,7 +18,6 @@ from leadml.data.ingest import (
     check_bad_shares,
     frame_fingerprint,
     ingest_crm,
-    ingest_flat,
     manifest,
 )
 from leadml.errors import ContractError, LeadmlError

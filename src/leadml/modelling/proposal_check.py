@@ -21,7 +21,7 @@ from leadml.data.contracts import (
     flat_contract,
 )
 from leadml.data.features import LABEL, flat_feature_metadata, flat_snapshots
-from leadml.data.ingest import ingest_flat
+from leadml.data.flat import ingest_flat
 from leadml.data.profiles import (
     DEFAULT_WINDOW_MONTHS,
     MAX_BAD_SHARE,

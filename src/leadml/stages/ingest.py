@@ -29,7 +29,8 @@ from leadml.data.contracts import (
     crm_contracts,
     flat_contract,
 )
-from leadml.data.ingest import check_bad_shares, ingest_crm, ingest_flat, manifest, respelt_categories
+from leadml.data.flat import ingest_flat
+from leadml.data.ingest import check_bad_shares, ingest_crm, manifest, respelt_categories
 from leadml.data.joins import combine_flat, lookup_specs, lookups, row_rules, with_lookups
 from leadml.errors import LeadmlError
 
