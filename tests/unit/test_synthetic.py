@@ -13,13 +13,12 @@ from factories import REPO
 from leadml.data import schema as s
 from leadml.data.calendar import snapshot_dates
 from leadml.data.synthetic import (
-    BROWSER,
-    CAMPAIGN_CODE,
     SyntheticSettings,
     absorption_probability,
     generate_crm,
     settings_from_mapping,
 )
+from leadml.data.synthetic_world import BROWSER, CAMPAIGN_CODE
 
 CONF = REPO / "conf" / "synthetic"
 ONE_YEAR = {"start": "2024-07-01", "end": "2025-07-01"}
