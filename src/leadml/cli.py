@@ -45,7 +45,7 @@ def _show_progress(cfg: DictConfig) -> bool:
     return bool(cfg.get("progress", True)) and sys.stderr.isatty()
 
 
-def _data(cfg: DictConfig) -> dict[str, Any]:
+def composed_data(cfg: DictConfig) -> dict[str, Any]:
     """The data config for ingest and features, without ``data.config_file``.
 
     Where the config file lives is not a setting: left out, it never enters the fingerprint that
@@ -120,7 +120,7 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
     from leadml.data.ingest import respelt_sentence
     from leadml.stages.ingest import ingest_stage
 
-    summary = ingest_stage(_data(cfg), Path(cfg.output_dir))
+    summary = ingest_stage(composed_data(cfg), Path(cfg.output_dir))
     for table, report in summary["tables"].items():
         _echo(
             f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
@@ -149,7 +149,7 @@ def run_features(cfg: DictConfig) -> dict[str, Any]:
     from leadml.stages.features import features_stage
 
     summary = features_stage(
-        _data(cfg),
+        composed_data(cfg),
         _container(cfg.features),
         Path(cfg.input_dir),
         Path(cfg.output_dir),
@@ -187,7 +187,7 @@ def prepare_upstream(cfg: DictConfig) -> None:
         return
     reason = "prepare=always"
     if mode == "auto":
-        reason = stale_upstream(_data(cfg), _container(cfg.features), interim_dir, features_dir)
+        reason = stale_upstream(composed_data(cfg), _container(cfg.features), interim_dir, features_dir)
         if reason is None:
             return
     _echo(f"prepare: {reason}; running ingest and features first")
@@ -404,7 +404,7 @@ def recreate_overrides(logged: dict[str, Any]) -> list[str]:
     def compose(overrides: list[str]) -> dict[str, Any]:
         key = tuple(overrides)
         if key not in composed:
-            composed[key] = _composed("train", base + overrides)
+            composed[key] = composed_config("train", base + overrides)
         return composed[key]
 
     def distance(overrides: list[str]) -> int:  # differing values plus keys on one side only
@@ -441,7 +441,7 @@ def _hydra_context() -> Iterator[None]:
             yield
 
 
-def _composed(config_name: str, overrides: list[str]) -> dict[str, Any]:
+def composed_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
     """A config composed as the entry points do (inside one of them or from a test or notebook)."""
     from hydra import compose
 

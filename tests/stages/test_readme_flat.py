@@ -130,14 +130,14 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
 
 def test_a_flat_table_is_scored_from_its_open_leads() -> None:
     """With either engine (tests/system/test_spark_engine.py scores a flat table with both)."""
-    from leadml.stages.score import _check_flat_scoring
+    from leadml.stages.score import check_flat_scoring
 
     data = {"name": "my_leads", "kind": "flat", "contract": {"id": "Lead ID", "target": "Status"}}
     with pytest.raises(LeadmlError) as error:
-        _check_flat_scoring(data)
+        check_flat_scoring(data)
     assert str(error.value) == (
         "data=my_leads is a flat table without open leads to score: add contract.open (the target values "
         "of leads still open, e.g. open: [Open]) to conf/data/my_leads.yaml"
     )
     data["contract"]["open"] = ["Open"]
-    _check_flat_scoring(data)
+    check_flat_scoring(data)

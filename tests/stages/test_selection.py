@@ -25,6 +25,7 @@ from leadml.cli import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.data.features import flat_feature_metadata
 from leadml.modelling.calibration import CalibrationSettings, fit_calibrator
+from leadml.modelling.folds import SelectionSettings, fold_weights, validation_folds
 from leadml.modelling.models import (
     LightGBMSettings,
     LogRegSettings,
@@ -34,17 +35,8 @@ from leadml.modelling.models import (
     sized_lightgbm,
     time_axis,
 )
-from leadml.modelling.selection import (
-    LIGHTGBM,
-    LOGREG,
-    MARGIN,
-    SelectionSettings,
-    _cv_data,
-    cross_validate_lightgbm,
-    fold_weights,
-    select_model,
-    validation_folds,
-)
+from leadml.modelling.search import cross_validate_lightgbm, cv_data_of
+from leadml.modelling.selection import LIGHTGBM, LOGREG, MARGIN, select_model
 from leadml.modelling.train import (
     FITTING_FAILURE,
     KEEP_THE_SHEET,
@@ -255,7 +247,7 @@ def test_the_search_score_is_the_weighted_mean_of_each_fold_at_one_tree_count() 
     frame = leads(3000, seed=12, rates=(0.05, 0.3))  # a moving rate: the folds weigh 1, 2, 4
     settings = SelectionSettings(folds=3, fold_share=0.15, max_search_rows=1500, fold_weighting=2)
     folds = validation_folds(frame, settings)
-    data = _cv_data(frame, folds, settings)
+    data = cv_data_of(frame, folds, settings)
     assert np.allclose(data.weights, np.array([1, 2, 4]) / 7)
     lightgbm = LightGBMSettings(
         num_leaves=7, min_child_samples=20, learning_rate=0.1, recency_half_life=500.0

@@ -128,7 +128,7 @@ def test_model_card_reports_the_run(exported) -> None:
 def test_recreate_command_composes_the_runs_config_again(exported) -> None:
     import yaml
 
-    from leadml.cli import _composed
+    from leadml.cli import composed_config
     from leadml.reporting.model_card import config_differences as differences
 
     root, summary = exported
@@ -138,15 +138,15 @@ def test_recreate_command_composes_the_runs_config_again(exported) -> None:
     assert "synthetic.n_leads=5000" in overrides and "model.n_estimators=80" in overrides
     assert not any(o.startswith("model=") for o in overrides)  # lightgbm is the default
     trained_in = logged["paths"]["root"]  # the shared project this one is a copy of
-    again = _composed("train", [f"paths.root={trained_in}", *overrides])
+    again = composed_config("train", [f"paths.root={trained_in}", *overrides])
     assert differences(logged, again) == []
     card = (_folder(root) / MODEL_CARD).read_text()
     assert "leadml-train " + " ".join(overrides) in card
     # a non-default group choice is found, not spelled out key by key
-    logreg = _composed("train", [f"paths.root={root}", "model=logreg", "calibration=isotonic"])
+    logreg = composed_config("train", [f"paths.root={root}", "model=logreg", "calibration=isotonic"])
     chosen = recreate_overrides(logreg)
     assert "model=logreg" in chosen and "calibration=isotonic" in chosen
-    assert differences(logreg, _composed("train", [f"paths.root={root}", *chosen])) == []
+    assert differences(logreg, composed_config("train", [f"paths.root={root}", *chosen])) == []
 
 
 def test_export_of_a_missing_alias_or_version_says_so(project: Path) -> None:

@@ -396,13 +396,13 @@ def test_a_proxy_answering_health_with_503_counts_as_unreachable() -> None:
 
 def test_a_run_failing_after_its_rows_are_written_leaves_the_partitions_as_they_were(tmp_path: Path) -> None:
     """score_stage's undo, alone: the re-run date gets its previous files back, a new date goes."""
-    from leadml.stages.score import _undone_on_error
+    from leadml.stages.score import undone_on_error
 
     old, new = pd.Timestamp("2025-12-01", tz="UTC"), pd.Timestamp("2025-12-15", tz="UTC")
     sinks.write_partition(pd.DataFrame({"lead_id": ["L1"], "probability": [0.1]}), tmp_path, old)
     before = _files(tmp_path)
     for as_of in (old, new):
-        with pytest.raises(TrackingUnavailableError), _undone_on_error(tmp_path, as_of):
+        with pytest.raises(TrackingUnavailableError), undone_on_error(tmp_path, as_of):
             sinks.write_partition(pd.DataFrame({"lead_id": ["L2"], "probability": [0.9]}), tmp_path, as_of)
             raise TrackingUnavailableError("the server went away")
         assert _files(tmp_path) == before

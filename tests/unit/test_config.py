@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from factories import user_configs
-from leadml.cli import CONFIG_DIR, _data, data_config_source
+from leadml.cli import CONFIG_DIR, composed_data, data_config_source
 from leadml.data.contracts import IngestSettings
 from leadml.data.features import FeatureSettings
 from leadml.errors import CONFIG_FILE
@@ -145,8 +145,8 @@ def test_the_data_config_file_is_the_one_hydra_read(tmp_path: Path) -> None:
 
 def test_the_config_file_never_enters_the_build_fingerprint(tmp_path: Path) -> None:
     cfg = _compose("train", [f"paths.root={tmp_path}"])
-    plain = config_fingerprint(_data(cfg), OmegaConf.to_container(cfg.features, resolve=True))
+    plain = config_fingerprint(composed_data(cfg), OmegaConf.to_container(cfg.features, resolve=True))
     with open_dict(cfg):
         cfg.data[CONFIG_FILE] = str(tmp_path / "elsewhere" / "data" / "synthetic.yaml")
-    assert CONFIG_FILE not in _data(cfg)
-    assert config_fingerprint(_data(cfg), OmegaConf.to_container(cfg.features, resolve=True)) == plain
+    assert CONFIG_FILE not in composed_data(cfg)
+    assert config_fingerprint(composed_data(cfg), OmegaConf.to_container(cfg.features, resolve=True)) == plain

@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from leadml.adapters.sources import (
-    _scrubbed,
     checked_spec,
     describe_source,
     fingerprint_source,
     mask_url,
     read_source,
+    scrubbed,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -473,7 +473,7 @@ def test_passwords_never_appear_in_messages():
     assert "s3cret" not in str(error.value)
     assert "scorer:***@127.0.0.1:1/crm" in str(error.value)
     driver_message = f"connection to {url} failed: password s3cret-pw rejected"
-    assert "s3cret" not in _scrubbed(driver_message, url)
+    assert "s3cret" not in scrubbed(driver_message, url)
 
 
 # --------------------------------------------------------------------------- fingerprints

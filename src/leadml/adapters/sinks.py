@@ -223,7 +223,7 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from leadml.adapters.sources import _scrubbed, engine_url, mask_url
+    from leadml.adapters.sources import engine_url, mask_url, scrubbed
 
     check_identifier(table, "score.sql.table")
     written = 0
@@ -254,7 +254,7 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
         if isinstance(error, ArgumentError):
             detail = "invalid database URL"
         raise LeadmlError(
-            f"cannot write scores to table {table} in {mask_url(url)}: {_scrubbed(str(detail), url)}"
+            f"cannot write scores to table {table} in {mask_url(url)}: {scrubbed(str(detail), url)}"
         ) from None
     finally:
         if engine is not None:

@@ -79,7 +79,7 @@ _SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 # --------------------------------------------------------------------------- specs
-def _format(spec: Mapping[str, Any]) -> str:
+def source_format(spec: Mapping[str, Any]) -> str:
     if spec.get("format"):
         return str(spec["format"]).lower()
     if spec.get("url"):
@@ -122,7 +122,7 @@ def checked_spec(spec: Mapping[str, Any], where: str = "source") -> dict[str, An
         raise LeadmlError(
             f"{where}: unknown source key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}"
         )
-    values["format"] = _format(values)
+    values["format"] = source_format(values)
     if values["format"] == "xls":
         raise LeadmlError(
             f"{where}: .xls (Excel 97-2003) is not supported; save the workbook as .xlsx or CSV"
@@ -188,7 +188,7 @@ def engine_url(url: str) -> str:
     return url
 
 
-def _scrubbed(message: str, url: str) -> str:
+def scrubbed(message: str, url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -227,7 +227,7 @@ def _existing_path(values: Mapping[str, Any]) -> Path:
     return path
 
 
-def _binary_kind(path: Path) -> str | None:
+def binary_kind(path: Path) -> str | None:
     """What a file that is not text is, from its first bytes: xlsx, zip, xls or parquet (None: maybe text).
 
     An OLE compound file is an old .xls workbook, or an .xlsx saved with a password.
@@ -255,7 +255,7 @@ def _is_workbook(path: Path) -> bool:
 
 def _refuse_binary(path: Path) -> None:
     """A workbook, an archive or a Parquet file given as CSV: say which format to set instead."""
-    kind = _binary_kind(path)
+    kind = binary_kind(path)
     if kind is None:
         return
     raise LeadmlError(
@@ -354,7 +354,7 @@ def _not_encoded_as(path: Path, encoding: str) -> str:
     if head in _UTF16_BOMS and "16" not in encoding:
         where, suggestion = "it starts with a UTF-16 byte order mark", "utf-16"
     else:
-        found = _first_undecodable_byte(path, encoding)
+        found = first_undecodable_byte(path, encoding)
         where = f"byte 0x{found[1]:02x} on line {found[0]}" if found else "an undecodable byte"
         suggestion = "latin-1"
     return (
@@ -363,7 +363,7 @@ def _not_encoded_as(path: Path, encoding: str) -> str:
     )
 
 
-def _first_undecodable_byte(path: Path, encoding: str) -> tuple[int, int] | None:
+def first_undecodable_byte(path: Path, encoding: str) -> tuple[int, int] | None:
     """(line, byte value) of the first byte that does not decode in ``encoding``, if found; streamed."""
     decoder = codecs.getincrementaldecoder(encoding)()
     line = 1
@@ -422,7 +422,7 @@ def _read_xlsx(values: Mapping[str, Any]) -> pd.DataFrame:
                 f"xlsx file {path} cannot be read as an Excel workbook: {_detail(error)}"
             ) from None
         with workbook:
-            sheet = _sheet_name(values.get("sheet"), workbook.sheet_names, path)
+            sheet = chosen_sheet(values.get("sheet"), workbook.sheet_names, path)
             try:
                 frame = pd.read_excel(workbook, sheet_name=sheet, keep_default_na=False, na_values=[""])
             except Exception as error:
@@ -439,7 +439,7 @@ def _detail(error: BaseException) -> str:
 
 def _refuse_non_workbook(path: Path) -> None:
     """A file given as xlsx that is not one (a CSV, an .xls, a Parquet file): say what to set instead."""
-    kind = _binary_kind(path)
+    kind = binary_kind(path)
     if kind == "xls":
         raise LeadmlError(
             f"xlsx file {path} is an old Excel workbook (.xls) or one saved with a password: neither is "
@@ -454,7 +454,7 @@ def _refuse_non_workbook(path: Path) -> None:
         )
 
 
-def _sheet_name(asked: Any, names: Sequence[str], path: Path) -> str:
+def chosen_sheet(asked: Any, names: Sequence[str], path: Path) -> str:
     """The sheet ``asked`` names: a name (whose case Excel ignores), a 0-based number, or None: the first."""
     if asked is None and names:
         return names[0]
@@ -515,12 +515,12 @@ def _connection(url: str, description: str) -> Iterator[Any]:
     try:
         engine = sa.create_engine(engine_url(url))
     except (SQLAlchemyError, ImportError) as error:
-        raise LeadmlError(f"cannot open database {mask_url(url)}: {_scrubbed(str(error), url)}") from None
+        raise LeadmlError(f"cannot open database {mask_url(url)}: {scrubbed(str(error), url)}") from None
     try:
         with engine.connect() as connection:
             yield connection
     except (SQLAlchemyError, pd.errors.DatabaseError) as error:
-        raise LeadmlError(f"cannot read {description}: {_scrubbed(str(error), url)}") from None
+        raise LeadmlError(f"cannot read {description}: {scrubbed(str(error), url)}") from None
     finally:
         engine.dispose()
 

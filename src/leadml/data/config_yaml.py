@@ -16,7 +16,7 @@ from leadml.data.profiles import (
     Outcomes,
     Proposal,
     Source,
-    _count,
+    count_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def _contract_lines(proposal: Proposal, indent: str) -> list[str]:
         )
     if proposal.kept_strongest:
         flagged = (
-            f"{_count(len(proposal.suspects), 'column')} flagged" if proposal.suspects else "none flagged"
+            f"{count_text(len(proposal.suspects), 'column')} flagged" if proposal.suspects else "none flagged"
         )
         lines += _comment(
             f"the leakage sentinel's measures on every labelled row: {flagged}; {proposal.kept_strongest}",

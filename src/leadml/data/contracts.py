@@ -147,9 +147,9 @@ _SEPARATORS = re.compile(r"[\s\-.]+")
 _SEPARATORS_PATTERN = r"[\s\-.]+"
 # An explicit UTC offset at the end: Z, +hh:mm, +hhmm, or +hh right after a time (a bare "-01" ends a date).
 # Written without a leading time-of-day part because that made the scan ten times slower.
-_OFFSET_PATTERN = r"(?:[zZ]|[+-]\d{2}:?\d{2}|:\d{2}(?:[.,]\d+)?[+-]\d{2})$"
-_SHOWN_VALUE_CHARS = 80
-_SHOWN_ALLOWED = 12
+OFFSET_PATTERN = r"(?:[zZ]|[+-]\d{2}:?\d{2}|:\d{2}(?:[.,]\d+)?[+-]\d{2})$"
+SHOWN_VALUE_CHARS = 80
+SHOWN_ALLOWED = 12
 
 
 # --------------------------------------------------------------------------- settings

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from leadml.data.contracts import (
-    _OFFSET_PATTERN,
-    _SHOWN_ALLOWED,
-    _SHOWN_VALUE_CHARS,
     EARLIEST_TIMESTAMP,
     FALSE_TOKENS,
+    OFFSET_PATTERN,
+    SHOWN_ALLOWED,
+    SHOWN_VALUE_CHARS,
     TIMESTAMP_DTYPE,
     TIMESTAMP_UNIT,
     TRUE_TOKENS,
@@ -68,7 +68,7 @@ def present_text(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) -> 
 def _shown(raw: pd.Series, positions: np.ndarray) -> pd.Series:
     """Original values at ``positions`` for a reason text, indexed by position."""
     text = as_text(raw.iloc[positions]).fillna("")
-    return text.str.slice(0, _SHOWN_VALUE_CHARS)
+    return text.str.slice(0, SHOWN_VALUE_CHARS)
 
 
 def _value_problem(raw: pd.Series, mask: np.ndarray, column: str, what: str, category: str) -> RowProblem:
@@ -138,8 +138,8 @@ def _parse_category(raw: pd.Series, spec: ColumnSpec, settings: IngestSettings) 
     valid_tokens = tokens.mask(missing_values)
     if spec.allowed is not None:
         not_allowed = (valid_tokens.notna() & ~valid_tokens.isin(spec.allowed)).to_numpy()
-        shown = ", ".join(spec.allowed[:_SHOWN_ALLOWED]) + (
-            ", ..." if len(spec.allowed) > _SHOWN_ALLOWED else ""
+        shown = ", ".join(spec.allowed[:SHOWN_ALLOWED]) + (
+            ", ..." if len(spec.allowed) > SHOWN_ALLOWED else ""
         )
         row_mask = _rows(not_allowed, codes, False)
         if row_mask.any():
@@ -249,7 +249,7 @@ def _timestamps_from_text(
     if spec.format is not None:
         has_offset = np.full(len(cleaned), "%z" in spec.format)
     else:
-        has_offset = cleaned.str.contains(_OFFSET_PATTERN, regex=True).to_numpy(dtype=bool, na_value=False)
+        has_offset = cleaned.str.contains(OFFSET_PATTERN, regex=True).to_numpy(dtype=bool, na_value=False)
     local = _localised(as_utc.dt.tz_localize(None), settings.timezone)
     invalid_local = ~has_offset & as_utc.notna().to_numpy() & local.isna().to_numpy()
     return as_utc.where(has_offset, local), missing, unparseable, invalid_local

@@ -101,25 +101,25 @@ OPEN_TOKENS = _words(
     "on_hold in_review"
 )
 
-_TARGET_NAME = re.compile(
+TARGET_NAME = re.compile(
     r"status|convert|\bwon\b|\bwin\b|outcome|result|stage|target|label|closed|success|subscri|purchas"
     r"|churn|signed|^y$|^is_?customer",
     re.I,
 )
 
-_ID_NAME = re.compile(r"(^|[\s_-])(id|uuid|guid|key)$|^id[\s_-]|_id$|\bid\b", re.I)
+ID_NAME = re.compile(r"(^|[\s_-])(id|uuid|guid|key)$|^id[\s_-]|_id$|\bid\b", re.I)
 
-_ORDER_NAME = re.compile(r"number|\bno\b|\bnr\b|\bseq|sequence|counter|serial|index", re.I)
+ORDER_NAME = re.compile(r"number|\bno\b|\bnr\b|\bseq|sequence|counter|serial|index", re.I)
 
-_CREATED_NAME = re.compile(
+CREATED_NAME = re.compile(
     r"creat|first|start|signup|sign_up|register|submit|received|arriv|date_added|added|opened|contact_date"
     r"|^date$|lead_date|inquiry",
     re.I,
 )
 
-_LATER_NAME = re.compile(r"clos|won|lost|last|modif|updat|end|convert|change|due|expir", re.I)
+LATER_NAME = re.compile(r"clos|won|lost|last|modif|updat|end|convert|change|due|expir", re.I)
 
-_EVENT_NAME = re.compile(r"won|clos|convert|sign|purchas|date|time", re.I)
+EVENT_NAME = re.compile(r"won|clos|convert|sign|purchas|date|time", re.I)
 
 _PERSON_NAME = re.compile(
     r"^(first|last|full|middle|given|family|sur|contact|customer|client|lead|person|user)?[\s_-]?name$"
@@ -393,11 +393,11 @@ def encoding_from_bom(head: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
+def count_text(n: int, one: str, many: str | None = None) -> str:
     return f"{n:,} {one if n == 1 else (many or one + 's')}"
 
 
-def _shown(value: str, limit: int = 40) -> str:
+def shown_text(value: str, limit: int = 40) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
@@ -425,7 +425,7 @@ def profile_column(name: str, values: pd.Series, markers: Iterable[str] = ()) ->
         "maybe_missing": _found(raw, MAYBE_MISSING),
         "unique": filled == rows and len(counts) == rows,
     }
-    missing = f", {_count(rows - filled, 'row')} missing" if filled < rows else ""
+    missing = f", {count_text(rows - filled, 'row')} missing" if filled < rows else ""
     if filled == 0:
         return Profile(**base, kind=EMPTY, detail="empty in every row")
     personal = _personal(name, filled_text)
@@ -433,7 +433,7 @@ def profile_column(name: str, values: pd.Series, markers: Iterable[str] = ()) ->
         return Profile(**base, kind=TEXT, detail=f"{personal}{missing}", personal=personal)
     tokens = {normalise_token(str(value)) for value in counts.index} if len(counts) <= 4 else set()
     if len(counts) == 1 and filled == rows:
-        return Profile(**base, kind=CONSTANT, detail=f"{_shown(str(counts.index[0]))!r} in every row")
+        return Profile(**base, kind=CONSTANT, detail=f"{shown_text(str(counts.index[0]))!r} in every row")
     if (
         1 <= len(tokens) <= 2
         and tokens <= TRUE_TOKENS | FALSE_TOKENS
@@ -451,7 +451,7 @@ def profile_column(name: str, values: pd.Series, markers: Iterable[str] = ()) ->
         return Profile(
             **base, kind=TEXT, detail=f"{len(counts):,} different values in {filled:,} rows{missing}"
         )
-    return Profile(**base, kind=CATEGORICAL, detail=f"{_count(len(counts), 'value')}{missing}")
+    return Profile(**base, kind=CATEGORICAL, detail=f"{count_text(len(counts), 'value')}{missing}")
 
 
 def _found(raw: pd.Series, values: frozenset[str]) -> tuple[str, ...]:
@@ -496,10 +496,10 @@ def _numbers(filled: pd.Series, base: dict[str, Any], missing: str) -> Profile |
     kind = INTEGER if whole else NUMERIC
     low, high = present.min(), present.max()
     words = "whole numbers" if whole else "numbers"
-    detail = f"{words} {_number(low)} to {_number(high)}{missing}"
+    detail = f"{words} {as_number(low)} to {as_number(high)}{missing}"
     if markers:
         detail += "; " + ", ".join(
-            f"{value!r} ({_count(int((others == value).sum()), 'row')})" for value in markers
+            f"{value!r} ({count_text(int((others == value).sum()), 'row')})" for value in markers
         )
         detail += " read as missing"
     return Profile(
@@ -511,7 +511,7 @@ def _numbers(filled: pd.Series, base: dict[str, Any], missing: str) -> Profile |
     )
 
 
-def _number(value: float) -> str:
+def as_number(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
 
 
@@ -525,7 +525,7 @@ def _sentinel(numbers: pd.Series) -> str | None:
         rest = numbers[~marked]
         if (value < 0 and rest.min() >= 0) or (value > 0 and rest.max() < value / 2):
             others = ">= 0" if value < 0 else "far below"
-            return f"{_number(value)} in {share:.0%} of its rows, every other value {others}"
+            return f"{as_number(value)} in {share:.0%} of its rows, every other value {others}"
     return None
 
 
@@ -553,7 +553,8 @@ def placeholder_markers(profiles: Mapping[str, Profile]) -> tuple[Entry, ...]:
         shown = ", ".join(columns[:4]) + (f" and {len(columns) - 4} more" if len(columns) > 4 else "")
         entries.append(
             Entry(
-                value, f"{value!r} stands for 'nothing chosen' in {_count(len(columns), 'column')} ({shown})"
+                value,
+                f"{value!r} stands for 'nothing chosen' in {count_text(len(columns), 'column')} ({shown})",
             )
         )
     return tuple(entries)

@@ -16,30 +16,30 @@ from leadml.data.config_yaml import yaml_scalar
 from leadml.data.contracts import SOURCE_ROW, normalise_token
 from leadml.data.parsing import as_text
 from leadml.data.profiles import (
-    _CREATED_NAME,
-    _EVENT_NAME,
-    _ID_NAME,
-    _LATER_NAME,
-    _ORDER_NAME,
-    _TARGET_NAME,
     BOOLEAN,
     CATEGORICAL,
     CONSTANT,
+    CREATED_NAME,
     DATE_TEXT,
     DECIMAL_COMMA,
     EMPTY,
+    EVENT_NAME,
     FAMILY_NAMES,
     GROUPS,
     HORIZON_DAYS,
+    ID_NAME,
     INTEGER,
+    LATER_NAME,
     NEGATIVE_TOKENS,
     NOT_A_FEATURE,
     NUMERIC,
     OPEN_TOKENS,
     ORDER_CORRELATION,
+    ORDER_NAME,
     POSITIVE_TOKENS,
     RESERVED,
     RUN_SHARE,
+    TARGET_NAME,
     TARGET_VALUES,
     TEXT,
     TIMESTAMP,
@@ -49,8 +49,8 @@ from leadml.data.profiles import (
     Proposal,
     Source,
     Target,
-    _count,
     cleaned_text,
+    count_text,
     number_markers,
     placeholder_markers,
     profile_column,
@@ -79,7 +79,7 @@ def choose_target(profiles: Mapping[str, Profile], forced: str | None = None) ->
         and profile.kind in (BOOLEAN, CATEGORICAL, INTEGER)
         and not profile.personal
     ]
-    named = [profile for profile in candidates if _TARGET_NAME.search(profile.name)]
+    named = [profile for profile in candidates if TARGET_NAME.search(profile.name)]
     proposals = [target_values(profile, "named like an outcome") for profile in named]
     known = [target for target in proposals if target.positive and not target.notes]
     if known:
@@ -126,7 +126,7 @@ def target_values(profile: Profile, reason: str) -> Target:
         open_ += unsure
     counts = dict(profile.values)
     shown_counts = ", ".join(f"{value} ({counts[value]:,} rows)" for value, _ in profile.values)
-    why = f"{_count(profile.distinct, 'value')}: {shown_counts}; {reason}"
+    why = f"{count_text(profile.distinct, 'value')}: {shown_counts}; {reason}"
     return Target(
         profile.name,
         tuple(_yaml_value(value) for value in positive),
@@ -158,7 +158,7 @@ def choose_id(profiles: Mapping[str, Profile], frame: pd.DataFrame) -> Entry:
         )
     candidates.sort(
         key=lambda p: (
-            not _ID_NAME.search(p.name),
+            not ID_NAME.search(p.name),
             p.kind == INTEGER and _follows_rows(frame[p.name]) is not None,
         )
     )
@@ -193,11 +193,11 @@ def choose_time(profiles: Mapping[str, Profile]) -> tuple[Entry | None, tuple[En
             for p in dates
         )
     usable.sort(
-        key=lambda p: (not _CREATED_NAME.search(p.name), bool(_LATER_NAME.search(p.name)), p.median_date)
+        key=lambda p: (not CREATED_NAME.search(p.name), bool(LATER_NAME.search(p.name)), p.median_date)
     )
     chosen = usable[0]
     reasons = []
-    if _CREATED_NAME.search(chosen.name):
+    if CREATED_NAME.search(chosen.name):
         reasons.append("named like a creation date")
     if len(dates) > 1:
         reasons.append(
@@ -231,7 +231,7 @@ def choose_order(profiles: Mapping[str, Profile], frame: pd.DataFrame, id_column
         if profile.kind != INTEGER or not profile.unique or profile.name == id_column:
             continue
         correlation = _follows_rows(frame[profile.name])
-        if correlation is not None or _ORDER_NAME.search(profile.name):
+        if correlation is not None or ORDER_NAME.search(profile.name):
             numbered.append((profile, correlation))
     if numbered:
         numbered.sort(key=lambda item: -abs(item[1] or 0.0))
@@ -336,7 +336,7 @@ def choose_outcomes(
             f"{source.path}: no column holds ISO 8601 dates filled in every row: the outcome's date is "
             "needed to label leads within a horizon"
         )
-    dates.sort(key=lambda p: (not _EVENT_NAME.search(p.name), p.filled < p.rows, p.median_date))
+    dates.sort(key=lambda p: (not EVENT_NAME.search(p.name), p.filled < p.rows, p.median_date))
     event_time = dates[0].name
     lead_times = pd.to_datetime(cleaned_text(leads[time.column]), format="ISO8601", utc=True, errors="coerce")
     lead_times.index = as_text(leads[lead_id])

@@ -37,7 +37,7 @@ from leadml.data.schema import (
     TRUE_PROBABILITY,
     WON,
 )
-from leadml.data.synthetic_export import _export_tables, _lead_id_width, _prefixed_ids
+from leadml.data.synthetic_export import export_tables, lead_id_width, prefixed_ids
 from leadml.data.synthetic_world import (
     BASE_LOSS,
     BROWSER_SHARES,
@@ -81,12 +81,12 @@ from leadml.data.synthetic_world import (
     STATE_WON,
     STEP_EVENT_BY_STATE,
     STEP_EVENT_CHANCE,
-    _Accounts,
-    _History,
-    _LeadProcess,
-    _Leads,
-    _Period,
-    _title_table,
+    Accounts,
+    History,
+    LeadProcess,
+    LeadRows,
+    SimulationPeriod,
+    title_table,
 )
 from leadml.errors import known_settings
 from leadml.progress import progress_iter
@@ -212,7 +212,7 @@ def generate_crm(settings: SyntheticSettings, progress: bool = False) -> dict[st
     history = _simulate(process_rng, process, leads, period, settings.event_rate_scale, progress)
     logger.info("simulated %d events; computing the ground truth", history.event_lead.size)
     truth = _ground_truth(process, history, period, settings)
-    tables = _export_tables(mess_rng, accounts, leads, history, period, settings.messiness)
+    tables = export_tables(mess_rng, accounts, leads, history, period, settings.messiness)
     tables[GROUND_TRUTH] = truth
     logger.info("generated %s", ", ".join(f"{len(frame):,} {name}" for name, frame in tables.items()))
     return tables
@@ -246,14 +246,16 @@ def absorption_probability(daily_matrices: np.ndarray, horizon_days: int, target
 
 
 # --------------------------------------------------------------------------- the world
-def _period(settings: SyntheticSettings) -> _Period:
+def _period(settings: SyntheticSettings) -> SimulationPeriod:
     start, end = to_utc(settings.start), to_utc(settings.end)
     grid = snapshot_dates(start, end, settings.snapshot_cadence_days)
     grid_days = np.asarray((grid - start).days, dtype=np.int64)
-    return _Period(start=start, n_days=(end - start).days, start_weekday=start.dayofweek, grid_days=grid_days)
+    return SimulationPeriod(
+        start=start, n_days=(end - start).days, start_weekday=start.dayofweek, grid_days=grid_days
+    )
 
 
-def _draw_accounts(rng: np.random.Generator, n_accounts: int, start_year: int) -> _Accounts:
+def _draw_accounts(rng: np.random.Generator, n_accounts: int, start_year: int) -> Accounts:
     industry = rng.choice(len(INDUSTRIES), size=n_accounts, p=INDUSTRY_SHARES)
     employees = np.clip(np.round(np.exp(rng.normal(np.log(80.0), 1.7, n_accounts))), 1, 250_000).astype(
         np.int64
@@ -268,7 +270,7 @@ def _draw_accounts(rng: np.random.Generator, n_accounts: int, start_year: int) -
             for vocabulary in (COMPANY_PREFIXES, COMPANY_CORES, COMPANY_SUFFIXES)
         ]
     )
-    return _Accounts(
+    return Accounts(
         industry=industry,
         employees=employees,
         revenue=revenue,
@@ -283,7 +285,9 @@ def _size_class(employees: np.ndarray) -> np.ndarray:
     return (employees >= SMALL_MAX_EMPLOYEES).astype(np.int64) + (employees >= LARGE_MIN_EMPLOYEES)
 
 
-def _creation_days(rng: np.random.Generator, n_leads: int, period: _Period, growth: float) -> np.ndarray:
+def _creation_days(
+    rng: np.random.Generator, n_leads: int, period: SimulationPeriod, growth: float
+) -> np.ndarray:
     days = np.arange(period.n_days)
     weights = WEEKDAY_LEAD_CREATION[(period.start_weekday + days) % 7] * (1.0 + growth) ** (days / 365.0)
     return np.sort(rng.choice(period.n_days, size=n_leads, p=weights / weights.sum()))
@@ -310,8 +314,8 @@ def _rows_from_draws(draws: np.ndarray, cumulative: np.ndarray, rows: np.ndarray
 
 
 def _draw_leads(
-    rng: np.random.Generator, settings: SyntheticSettings, accounts: _Accounts, period: _Period
-) -> _Leads:
+    rng: np.random.Generator, settings: SyntheticSettings, accounts: Accounts, period: SimulationPeriod
+) -> LeadRows:
     n = settings.n_leads
     # larger companies are the source of more leads
     account_weights = accounts.employees.astype(float) ** 0.35
@@ -322,7 +326,7 @@ def _draw_leads(
     created_day, created_second = created_day[order], created_second[order]
     employees = accounts.employees[account]
     seniority = _draw_seniority(rng, _size_class(employees))
-    title_level, _ = _title_table()
+    title_level, _ = title_table()
     level_start = np.searchsorted(title_level, np.arange(len(SENIORITY_LEVELS)))
     level_count = np.bincount(title_level, minlength=len(SENIORITY_LEVELS))
     title = level_start[seniority] + (rng.random(n) * level_count[seniority]).astype(np.int64)
@@ -333,7 +337,7 @@ def _draw_leads(
     free_email = np.where(rng.random(n) < free_email_chance, rng.integers(0, len(FREE_EMAIL_DOMAINS), n), -1)
     owner = rng.integers(0, settings.n_owners, n)
     deal_value = np.round(3_000.0 * employees**0.5 * np.exp(rng.normal(0.0, 0.4, n)), -2)
-    return _Leads(
+    return LeadRows(
         account=account,
         created_day=created_day,
         created_second=created_second,
@@ -367,7 +371,7 @@ def _seniority_fit(seniority: np.ndarray, employees: np.ndarray) -> np.ndarray:
 
 
 def _firmographic_fit(
-    accounts: _Accounts, account: np.ndarray, seniority: np.ndarray, country: np.ndarray
+    accounts: Accounts, account: np.ndarray, seniority: np.ndarray, country: np.ndarray
 ) -> np.ndarray:
     employees = accounts.employees[account]
     log_employees = np.log10(employees)
@@ -380,7 +384,7 @@ def _firmographic_fit(
     )
 
 
-def _lead_process(leads: _Leads, accounts: _Accounts) -> _LeadProcess:
+def _lead_process(leads: LeadRows, accounts: Accounts) -> LeadProcess:
     """Per-lead chain parameters from what is known about the lead and what is hidden."""
     observed_fit = _firmographic_fit(accounts, leads.account, leads.seniority, leads.country) - 0.7 * (
         leads.free_email >= 0
@@ -390,7 +394,7 @@ def _lead_process(leads: _Leads, accounts: _Accounts) -> _LeadProcess:
     initial_cumulative = np.cumsum(SOURCE_INITIAL_STATE, axis=1)
     initial_cumulative[:, -1] = 1.0
     low_fit = observed_fit < LOW_FIT_THRESHOLD
-    return _LeadProcess(
+    return LeadProcess(
         initial_state=_rows_from_draws(leads.initial_draw, initial_cumulative, leads.source).astype(np.int8),
         progress=PROGRESS_CEILING * _sigmoid(drive + PROGRESS_OFFSET),
         regress=np.broadcast_to(REGRESS_RATE, (n, N_TRANSIENT)),
@@ -438,12 +442,12 @@ def _kind_index(name: str) -> int:
 # --------------------------------------------------------------------------- simulation
 def _simulate(
     rng: np.random.Generator,
-    process: _LeadProcess,
-    leads: _Leads,
-    period: _Period,
+    process: LeadProcess,
+    leads: LeadRows,
+    period: SimulationPeriod,
     rate_scale: float,
     progress: bool = False,
-) -> _History:
+) -> History:
     n = leads.account.size
     state = np.full(n, -1, dtype=np.int8)
     closed_day = np.full(n, -1, dtype=np.int32)
@@ -518,7 +522,7 @@ def _simulate(
     if period.n_days in grid:
         snapshot_parts.append((period.n_days, active.copy(), state[active]))
     event_lead, event_second, event_kind = (np.concatenate(part) for part in zip(*event_parts, strict=True))
-    return _History(
+    return History(
         state=state,
         closed_day=closed_day,
         closed_second=closed_second,
@@ -559,7 +563,7 @@ def _with_step_events(
     )
 
 
-def _creation_kinds(process: _LeadProcess, leads: _Leads) -> np.ndarray:
+def _creation_kinds(process: LeadProcess, leads: LeadRows) -> np.ndarray:
     """Kind of the event logged at creation (-1: none): a demo request if arriving evaluating."""
     by_source = np.array([_kind_index(kind) if kind else -1 for kind in SOURCE_CREATION_EVENT])
     return np.where(process.initial_state == EVALUATING, _kind_index("demo_request"), by_source[leads.source])
@@ -567,7 +571,7 @@ def _creation_kinds(process: _LeadProcess, leads: _Leads) -> np.ndarray:
 
 def _next_states(
     rng: np.random.Generator,
-    process: _LeadProcess,
+    process: LeadProcess,
     active: np.ndarray,
     current: np.ndarray,
     negatives: np.ndarray,
@@ -588,7 +592,7 @@ def _day_events(
     active: np.ndarray,
     events: tuple[np.ndarray, np.ndarray, np.ndarray],
     new: np.ndarray,
-    leads: _Leads,
+    leads: LeadRows,
     arrival_kinds: tuple[np.ndarray, ...],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The day's events in time order: activity, then what each new lead logged on arrival.
@@ -612,7 +616,7 @@ def _day_events(
 
 # --------------------------------------------------------------------------- ground truth
 def _ground_truth(
-    process: _LeadProcess, history: _History, period: _Period, settings: SyntheticSettings
+    process: LeadProcess, history: History, period: SimulationPeriod, settings: SyntheticSettings
 ) -> pd.DataFrame:
     """P(won within the horizon) for every lead open at every grid date T, from its state at T.
 
@@ -631,7 +635,7 @@ def _ground_truth(
     as_of = (period.start + pd.to_timedelta(history.snapshot_day, unit="D")).as_unit("ns")
     return pd.DataFrame(
         {
-            LEAD_ID: _prefixed_ids("L", history.snapshot_lead + 1, _lead_id_width(n_leads)),
+            LEAD_ID: prefixed_ids("L", history.snapshot_lead + 1, lead_id_width(n_leads)),
             AS_OF: as_of,
             HORIZON_DAYS: np.full(probability.size, settings.horizon_days, dtype=np.int64),
             TRUE_PROBABILITY: probability,
@@ -640,7 +644,7 @@ def _ground_truth(
 
 
 def _won_probability_by_state(
-    process: _LeadProcess, weekday: int, settings: SyntheticSettings, chunk: int = 50_000
+    process: LeadProcess, weekday: int, settings: SyntheticSettings, chunk: int = 50_000
 ) -> np.ndarray:
     """(n_leads, 4): chance of a win within the horizon from each transient state, on a given weekday."""
     weekdays = (weekday + np.arange(7)) % 7
@@ -661,7 +665,7 @@ def _won_probability_by_state(
 
 
 def _transition_matrices(
-    process: _LeadProcess, leads: np.ndarray, weekdays: np.ndarray, rate_scale: float
+    process: LeadProcess, leads: np.ndarray, weekdays: np.ndarray, rate_scale: float
 ) -> np.ndarray:
     """Each lead's daily transition matrix for each weekday given: (len(leads), len(weekdays), 6, 6)."""
     rate = process.event_rate[leads][:, None, :] * rate_scale * WEEKDAY_ACTIVITY[weekdays][None, :, None]

@@ -70,11 +70,11 @@ from leadml.data.synthetic_world import (
     STATE_LOST,
     STATE_WON,
     STATUS_SPELLINGS,
-    _Accounts,
-    _History,
-    _Leads,
-    _Period,
-    _title_table,
+    Accounts,
+    History,
+    LeadRows,
+    SimulationPeriod,
+    title_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _last_digit_rows() -> np.ndarray:
     return _ascii_rows(np.char.zfill(np.arange(10_000).astype(str), 4))
 
 
-def _prefixed_ids(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
+def prefixed_ids(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
     """prefix + number zero-padded to ``width`` digits, assembled from digit tables."""
     chunks = []
     for part in _chunks(numbers.size):
@@ -197,17 +197,17 @@ def _prefixed_ids(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
     return _to_series(chunks)
 
 
-def _lead_id_width(n_leads: int) -> int:
+def lead_id_width(n_leads: int) -> int:
     # room for the unknown ids the messy export adds above n_leads
     return max(7, len(str(2 * n_leads)))
 
 
-def _export_tables(
+def export_tables(
     rng: np.random.Generator,
-    accounts: _Accounts,
-    leads: _Leads,
-    history: _History,
-    period: _Period,
+    accounts: Accounts,
+    leads: LeadRows,
+    history: History,
+    period: SimulationPeriod,
     messiness: float,
 ) -> dict[str, pd.DataFrame]:
     return {
@@ -298,7 +298,7 @@ def _spoil_seconds(
     return spoiled, replacement
 
 
-def _accounts_table(rng: np.random.Generator, accounts: _Accounts, messiness: float) -> pd.DataFrame:
+def _accounts_table(rng: np.random.Generator, accounts: Accounts, messiness: float) -> pd.DataFrame:
     n = accounts.industry.size
     industry_labels, industry_variants = _spelling_table(INDUSTRIES)
     country_labels, country_variants = _spelling_table(COUNTRIES, COUNTRY_SPELLINGS)
@@ -312,7 +312,7 @@ def _accounts_table(rng: np.random.Generator, accounts: _Accounts, messiness: fl
     ]
     return pd.DataFrame(
         {
-            ACCOUNT_ID: _prefixed_ids("A", np.arange(1, n + 1), _account_id_width(n)),
+            ACCOUNT_ID: prefixed_ids("A", np.arange(1, n + 1), _account_id_width(n)),
             COMPANY_NAME: _to_series(
                 [pc.binary_join_element_wise(name_parts[0], name_parts[1], " ", name_parts[2], "")]
             ),
@@ -329,7 +329,7 @@ def _account_id_width(n_accounts: int) -> int:
     return max(6, len(str(n_accounts)))
 
 
-def _company_domains(accounts: _Accounts) -> pa.Array:
+def _company_domains(accounts: Accounts) -> pa.Array:
     prefix = pa.array([word.lower() for word in COMPANY_PREFIXES]).take(pa.array(accounts.name_parts[:, 0]))
     core = pa.array(COMPANY_CORES).take(pa.array(accounts.name_parts[:, 1]))
     return pc.binary_join_element_wise(
@@ -337,7 +337,7 @@ def _company_domains(accounts: _Accounts) -> pa.Array:
     )
 
 
-def _emails(rng: np.random.Generator, accounts: _Accounts, leads: _Leads) -> pa.Array:
+def _emails(rng: np.random.Generator, accounts: Accounts, leads: LeadRows) -> pa.Array:
     first = pa.array([name.lower() for name in FIRST_NAMES]).take(pa.array(leads.first_name))
     last = pa.array([name.lower() for name in LAST_NAMES]).take(pa.array(leads.last_name))
     free = leads.free_email >= 0
@@ -353,15 +353,15 @@ def _emails(rng: np.random.Generator, accounts: _Accounts, leads: _Leads) -> pa.
     return pc.binary_join_element_wise(local, "@", domain, "")
 
 
-def _phones(rng: np.random.Generator, leads: _Leads) -> pa.Array:
+def _phones(rng: np.random.Generator, leads: LeadRows) -> pa.Array:
     number = pc.cast(pa.array(rng.integers(200_000_000, 999_999_999, leads.country.size)), pa.string())
     return pc.binary_join_element_wise(
         pa.array(COUNTRY_CALLING_CODES).take(pa.array(leads.country)), number, " "
     )
 
 
-def _job_titles(rng: np.random.Generator, leads: _Leads, messiness: float) -> pd.Series:
-    _, titles = _title_table()
+def _job_titles(rng: np.random.Generator, leads: LeadRows, messiness: float) -> pd.Series:
+    _, titles = title_table()
     # as people type them: mostly as printed on the card, some all lower or upper case
     labels = [variant for title in titles for variant in (title, title.lower(), title.upper())]
     case = rng.choice(3, size=leads.title.size, p=[0.88, 0.09, 0.03])
@@ -369,7 +369,7 @@ def _job_titles(rng: np.random.Generator, leads: _Leads, messiness: float) -> pd
 
 
 def _leads_table(
-    rng: np.random.Generator, accounts: _Accounts, leads: _Leads, period: _Period, messiness: float
+    rng: np.random.Generator, accounts: Accounts, leads: LeadRows, period: SimulationPeriod, messiness: float
 ) -> pd.DataFrame:
     n = leads.account.size
     source_labels, source_variants = _spelling_table(SOURCES)
@@ -380,12 +380,12 @@ def _leads_table(
     owner_names = [f"rep_{number:02d}" for number in range(1, leads.owner.max() + 2)]
     frame = pd.DataFrame(
         {
-            LEAD_ID: _prefixed_ids("L", np.arange(1, n + 1), _lead_id_width(n)),
+            LEAD_ID: prefixed_ids("L", np.arange(1, n + 1), lead_id_width(n)),
             # an offset shows the local wall clock of the same instant
             CREATED_AT: _timestamp_column(
                 seconds + ISO_OFFSET_SECONDS[offset], period.first_day, replacement, offsets=offset
             ),
-            ACCOUNT_ID: _prefixed_ids("A", leads.account + 1, _account_id_width(accounts.industry.size)),
+            ACCOUNT_ID: prefixed_ids("A", leads.account + 1, _account_id_width(accounts.industry.size)),
             SOURCE: _labels(_misspell(rng, leads.source, source_variants, messiness), source_labels),
             OWNER: _labels(leads.owner, owner_names),
             JOB_TITLE: _job_titles(rng, leads, messiness),
@@ -423,7 +423,7 @@ def _with_duplicates(rng: np.random.Generator, frame: pd.DataFrame, rate: float)
 
 
 def _outcomes_table(
-    rng: np.random.Generator, leads: _Leads, history: _History, period: _Period, messiness: float
+    rng: np.random.Generator, leads: LeadRows, history: History, period: SimulationPeriod, messiness: float
 ) -> pd.DataFrame:
     n = history.state.size
     status = np.select([history.state == STATE_WON, history.state == STATE_LOST], [0, 1], 2)
@@ -438,7 +438,7 @@ def _outcomes_table(
     )
     return pd.DataFrame(
         {
-            LEAD_ID: _prefixed_ids("L", np.arange(1, n + 1), _lead_id_width(n)),
+            LEAD_ID: prefixed_ids("L", np.arange(1, n + 1), lead_id_width(n)),
             STATUS: _labels(_misspell(rng, status, status_variants, messiness), status_labels),
             CLOSED_AT: _timestamp_column(seconds, period.first_day, replacement),
             DEAL_VALUE: deal_value,
@@ -447,7 +447,7 @@ def _outcomes_table(
 
 
 def _activities_table(
-    rng: np.random.Generator, history: _History, period: _Period, messiness: float
+    rng: np.random.Generator, history: History, period: SimulationPeriod, messiness: float
 ) -> pd.DataFrame:
     n_leads = history.state.size
     lead, seconds, kind = history.event_lead, history.event_second, history.event_kind
@@ -468,8 +468,8 @@ def _activities_table(
     )
     return pd.DataFrame(
         {
-            EVENT_ID: _prefixed_ids("E", np.arange(1, size + 1), max(9, len(str(size)))),
-            LEAD_ID: _prefixed_ids("L", lead + 1, _lead_id_width(n_leads)),
+            EVENT_ID: prefixed_ids("E", np.arange(1, size + 1), max(9, len(str(size)))),
+            LEAD_ID: prefixed_ids("L", lead + 1, lead_id_width(n_leads)),
             TIMESTAMP: _timestamp_column(seconds, period.first_day, replacement),
             ACTIVITY_TYPE: _labels(_misspell(rng, type_of_kind[kind], type_variants, messiness), type_labels),
             PAGE_CATEGORY: _labels(category_of_kind[kind], PAGE_CATEGORIES),

@@ -234,7 +234,7 @@ ISO_OFFSET_SECONDS = np.array([0, 0, 3600, -5 * 3600, 0])
 ISO_OFFSET_SHARES = np.array([0.4, 0.15, 0.15, 0.15, 0.15])
 
 @dataclass(frozen=True)
-class _Period:
+class SimulationPeriod:
     start: pd.Timestamp
     n_days: int
     start_weekday: int
@@ -248,7 +248,7 @@ class _Period:
         return (self.start_weekday + day) % 7
 
 @dataclass(frozen=True)
-class _Accounts:
+class Accounts:
     industry: np.ndarray
     employees: np.ndarray
     revenue: np.ndarray
@@ -257,14 +257,14 @@ class _Accounts:
     name_parts: np.ndarray  # (n, 3) indices into prefixes, cores, suffixes
 
 @dataclass(frozen=True)
-class _Leads:
+class LeadRows:
     account: np.ndarray
     created_day: np.ndarray  # sorted: lead ids follow creation time
     created_second: np.ndarray  # second of the day
     source: np.ndarray
     owner: np.ndarray
     seniority: np.ndarray
-    title: np.ndarray  # index into _title_table()
+    title: np.ndarray  # index into title_table()
     country: np.ndarray
     first_name: np.ndarray
     last_name: np.ndarray
@@ -278,7 +278,7 @@ class _Leads:
     initial_draw: np.ndarray  # uniform draw that picks the initial latent state
 
 @dataclass(frozen=True)
-class _LeadProcess:
+class LeadProcess:
     """Per-lead parameters of the latent chain; arrays are (n_leads,) or (n_leads, 4 transient states)."""
 
     initial_state: np.ndarray
@@ -289,7 +289,7 @@ class _LeadProcess:
     mix_group: np.ndarray  # (n_leads,) row block of the event kind table: size class * 2 + low fit
 
 @dataclass(frozen=True)
-class _History:
+class History:
     state: np.ndarray  # final latent state per lead
     closed_day: np.ndarray  # -1 while open
     closed_second: np.ndarray
@@ -323,7 +323,7 @@ STATE_WON = 4
 STATE_LOST = 5
 
 @cache
-def _title_table() -> tuple[np.ndarray, tuple[str, ...]]:
+def title_table() -> tuple[np.ndarray, tuple[str, ...]]:
     """Every job title the generator writes, sorted by seniority level: (level per title, titles)."""
     levels, titles = [], []
     for level, templates in enumerate(TITLE_TEMPLATES):

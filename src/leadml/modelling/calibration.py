@@ -193,7 +193,7 @@ class RelativeCalibrator:
     """A calibrator of margins relative to the base log-odds of the model's training rows.
 
     ``predict_proba(margin)`` is ``inner.predict_proba(margin - offset)``, ``offset`` being the
-    log-odds of the positive rate the model was fitted on (``leadml.modelling.selection.base_log_odds``):
+    log-odds of the positive rate the model was fitted on (``leadml.modelling.folds.base_log_odds``):
     the calibrator was fitted on out-of-sample margins of models fitted on earlier histories,
     each taken relative to its own history's rate, so a refit on a history with another rate is
     mapped the same way. Monotone in the margin like ``inner``.

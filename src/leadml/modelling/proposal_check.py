@@ -30,9 +30,9 @@ from leadml.data.profiles import (
     TRAIN_SHARE,
     Entry,
     Proposal,
-    _count,
-    _number,
-    _shown,
+    as_number,
+    count_text,
+    shown_text,
 )
 from leadml.modelling.guards import OutcomeLevelSettings, leakage_report, outcome_coded_levels, value_bins
 
@@ -149,7 +149,7 @@ def _level_rates(values: pd.Series, labels: np.ndarray, levels: Sequence[str], s
     """The first outcome-coded levels of a category with their positive rate."""
     text = values.astype("string").fillna("(missing)").to_numpy()
     rates = pd.Series(labels).groupby(text).mean()
-    parts = [f"{_shown(level)} {rates.get(level, float('nan')):.0%} positive" for level in levels[:shown]]
+    parts = [f"{shown_text(level)} {rates.get(level, float('nan')):.0%} positive" for level in levels[:shown]]
     return ", ".join(parts) + (f" and {len(levels) - shown} more" if len(levels) > shown else "")
 
 
@@ -181,7 +181,7 @@ def _range_rates(
             parts.append(f"missing: {rate:.1%} positive")
         else:
             inside = values[rows]
-            parts.append(f"{_number(inside.min())} to {_number(inside.max())}: {rate:.1%} positive")
+            parts.append(f"{as_number(inside.min())} to {as_number(inside.max())}: {rate:.1%} positive")
     return ", ".join(parts[:shown]) + (f" and {len(parts) - shown} more" if len(parts) > shown else "")
 
 
@@ -247,7 +247,7 @@ def _with_split(proposal: Proposal, checked: Checked) -> Proposal:
     window = max(1, min(DEFAULT_WINDOW_MONTHS, int(months // 4)))
     why = (
         f"the labelled rows span {months:.1f} months ({times.min():%Y-%m-%d} to {times.max():%Y-%m-%d}): "
-        f"test and calibration windows of {_count(window, 'month')} each leave the rest to train on "
+        f"test and calibration windows of {count_text(window, 'month')} each leave the rest to train on "
         f"(the default is {DEFAULT_WINDOW_MONTHS} months each)"
     )
     return replace(proposal, split={"test_months": window, "calibration_months": window}, split_why=why)

@@ -30,6 +30,7 @@ from leadml.modelling.evaluate import (
     grouped_shap_importance,
     tier_table,
 )
+from leadml.modelling.folds import Selection, SelectionSettings
 from leadml.modelling.guards import (
     EXCLUDE,
     OutcomeLevelSettings,
@@ -58,17 +59,7 @@ from leadml.modelling.points import (
     training_sheet,
 )
 from leadml.modelling.scorer import PROBABILITY, LeadScorer
-from leadml.modelling.selection import (
-    LIGHTGBM,
-    LOGREG,
-    MARGIN,
-    POINTS,
-    Selection,
-    SelectionSettings,
-    anchor,
-    refit,
-    select_model,
-)
+from leadml.modelling.selection import LIGHTGBM, LOGREG, MARGIN, POINTS, anchor, refit, select_model
 from leadml.modelling.split import (
     SplitSettings,
     latest_rows,

@@ -33,19 +33,19 @@ import pandas as pd
 
 from leadml.adapters.layout import CONFIG_DIR
 from leadml.adapters.sources import (
-    _binary_kind,
-    _first_undecodable_byte,
-    _format,
-    _sheet_name,
+    binary_kind,
+    chosen_sheet,
+    first_undecodable_byte,
     read_source,
+    source_format,
 )
 from leadml.data.config_yaml import flow_list
 from leadml.data.profiles import (
     SNIFF_BYTES,
     Proposal,
     Source,
-    _count,
     complete_lines,
+    count_text,
     detect_separator,
     encoding_from_bom,
     header_problem,
@@ -109,11 +109,11 @@ def detect_encoding(path: Path) -> tuple[str, str]:
     announced = encoding_from_bom(head)
     if announced:
         return announced
-    found = _first_undecodable_byte(path, "utf-8")
+    found = first_undecodable_byte(path, "utf-8")
     if found is None:
         return "utf-8", "every byte decodes as UTF-8"
     where = f"byte 0x{found[1]:02x} on line {found[0]:,} is not UTF-8"
-    if _first_undecodable_byte(path, "cp1252") is None:
+    if first_undecodable_byte(path, "cp1252") is None:
         return "cp1252", f"{where}; every byte decodes as Windows-1252"
     return "latin-1", f"{where}, nor Windows-1252"
 
@@ -122,12 +122,12 @@ def sniff_source(path: Path, sheet: str | None = None) -> Source:
     """How to read ``path``: its format (by suffix, corrected by its first bytes), and for CSV its
     encoding and separator; for a workbook the sheet. Raises LeadmlError with one line naming the file."""
     _checked_file(path)
-    kind = _binary_kind(path)
+    kind = binary_kind(path)
     if kind == "xls" or path.suffix.lower() == ".xls":
         raise LeadmlError(f"{path}: .xls (Excel 97-2003) is not supported; save the workbook as .xlsx or CSV")
     if kind == "zip":
         raise LeadmlError(f"{path} is a zip archive: extract the file inside and give that")
-    suffix_format = _format({"path": str(path)})
+    suffix_format = source_format({"path": str(path)})
     found = kind or "csv"
     notes: list[str] = [
         found
@@ -174,7 +174,7 @@ def _sheet(path: Path, asked: str | None) -> tuple[str, str]:
     wanted: str | int | None = asked
     if asked is not None and asked not in names and asked.isdigit():
         wanted = int(asked)
-    chosen = _sheet_name(wanted, names, path)
+    chosen = chosen_sheet(wanted, names, path)
     others = [name for name in names if name != chosen]
     note = f"sheet {chosen!r}" + (
         f" of {len(names)} ({', '.join(map(repr, others))} not read)" if others else ""
@@ -291,7 +291,7 @@ def summary_lines(written: Written) -> list[str]:
     if proposal.suspects:
         verb = "looks" if len(proposal.suspects) == 1 else "look"
         names = ", ".join(entry.column for entry in proposal.suspects)
-        count = _count(len(proposal.suspects), "column")
+        count = count_text(len(proposal.suspects), "column")
         lines.append(f"init: {count} {verb} filled in after the outcome, dropped: {names}")
     lines += [f"init: {note}" for note in proposal.notes]
     lines.append(f"init: wrote {written.path}")

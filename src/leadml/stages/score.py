@@ -50,7 +50,7 @@ FLAT_WITHOUT_TIME = (
 )
 
 
-def _check_flat_scoring(data: Mapping[str, Any]) -> None:
+def check_flat_scoring(data: Mapping[str, Any]) -> None:
     """A flat data set is scored from its open leads (either engine); say so before any work."""
     if not as_tuple((data.get("contract") or {}).get("open")) and not data.get("outcomes"):
         raise LeadmlError(
@@ -118,7 +118,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
     flat = data_kind(data) == "flat"
     if flat:  # checked before anything runs: a flat data set needs its open leads
-        _check_flat_scoring(data)
+        check_flat_scoring(data)
     if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
         sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
@@ -156,7 +156,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     else:  # lead buckets one after another in this process, in bounded memory
         output_dir = Path(score_cfg["output_dir"])
         held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
-        held.enter_context(_undone_on_error(output_dir, as_of))  # until the run is tracked
+        held.enter_context(undone_on_error(output_dir, as_of))  # until the run is tracked
         outcome = score_in_buckets(
             open_leads,
             scorer,
@@ -264,7 +264,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
 
 
 @contextlib.contextmanager
-def _undone_on_error(output_dir: Path, as_of: pd.Timestamp) -> Iterator[None]:
+def undone_on_error(output_dir: Path, as_of: pd.Timestamp) -> Iterator[None]:
     """The date's partition as it was before the run, if the run fails after writing it.
 
     Rows whose scoring run is missing from MLflow (the server went away after they were written)
