@@ -16,7 +16,8 @@ from factories import local_tracking, project_config
 from leadml.cli import run_train
 from leadml.data import schema as s
 from leadml.modelling.evaluate import compare_models, tier_table
-from leadml.modelling.train import GateDecision, TrainingResult
+from leadml.modelling.gate import GateDecision
+from leadml.modelling.train import TrainingResult
 from leadml.reporting.model_report import (
     RunInfo,
     champion_comparison,

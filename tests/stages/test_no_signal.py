@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from factories import local_tracking
 from leadml.cli import run_features, run_ingest, run_train
-from leadml.modelling.train import NO_SIGNAL, no_signal_reason, promotion_gate
+from leadml.modelling.gate import NO_SIGNAL, no_signal_reason, promotion_gate
 from leadml.stages.ingest import stale_upstream
 
 DATA_CONFIG = """\

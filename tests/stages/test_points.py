@@ -21,6 +21,7 @@ from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, SettingsError
 from leadml.modelling.calibration import SigmoidCalibrator, fit_calibrator
+from leadml.modelling.gate import GateDecision
 from leadml.modelling.model_settings import model_settings_from_mapping
 from leadml.modelling.points import (
     BASE_VALUE,
@@ -36,7 +37,7 @@ from leadml.modelling.points import (
     training_sheet,
 )
 from leadml.modelling.scorer import LeadScorer, as_model_input
-from leadml.modelling.train import GateDecision, TrainingResult, train_and_evaluate
+from leadml.modelling.train import TrainingResult, train_and_evaluate
 from leadml.reporting import model_report
 
 CONF = Path(CONFIG_DIR)

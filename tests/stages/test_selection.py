@@ -26,6 +26,15 @@ from leadml.data import schema as s
 from leadml.data.features import flat_feature_metadata
 from leadml.modelling.calibration import CalibrationSettings, fit_calibrator
 from leadml.modelling.folds import SelectionSettings, fold_weights, validation_folds
+from leadml.modelling.gate import (
+    FITTING_FAILURE,
+    KEEP_THE_SHEET,
+    NO_SIGNAL,
+    GateEvidence,
+    InTimeCalibration,
+    fitting_failure_reason,
+    promotion_gate,
+)
 from leadml.modelling.models import (
     LightGBMSettings,
     LogRegSettings,
@@ -37,19 +46,7 @@ from leadml.modelling.models import (
 )
 from leadml.modelling.search import cross_validate_lightgbm, cv_data_of
 from leadml.modelling.selection import LIGHTGBM, LOGREG, MARGIN, select_model
-from leadml.modelling.train import (
-    FITTING_FAILURE,
-    KEEP_THE_SHEET,
-    NO_SIGNAL,
-    TOO_LITTLE_DATA,
-    GateEvidence,
-    InTimeCalibration,
-    fitting_failure_reason,
-    in_time_calibration,
-    latest_calibrator,
-    promotion_gate,
-    train_and_evaluate,
-)
+from leadml.modelling.train import TOO_LITTLE_DATA, in_time_calibration, latest_calibrator, train_and_evaluate
 from leadml.stages.train import unseen_rows
 
 GATE = {
@@ -93,7 +90,8 @@ def train(frame: pd.DataFrame, *overrides: str, deploy: bool = True):  # type: i
 
 def gate(result: Any, settings: dict[str, Any] | None = None) -> Any:
     """The gate as the train stage calls it."""
-    from leadml.modelling.train import base_rate_drift, gate_evidence
+    from leadml.modelling.gate import gate_evidence
+    from leadml.modelling.train import base_rate_drift
 
     metrics = result.comparison
     evidence = gate_evidence(result, bool(base_rate_drift(result.split)["flagged"]))

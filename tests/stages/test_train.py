@@ -240,7 +240,7 @@ def test_base_rate_drift_flags_a_moved_test_window_and_not_noise() -> None:
 
 
 def test_gate_requires_beating_the_points_sheet_when_there_is_one() -> None:
-    from leadml.modelling.train import promotion_gate
+    from leadml.modelling.gate import promotion_gate
 
     settings = {"min_roc_auc": 0.5, "max_ece": 1.0, "min_gain_over_logreg": 0.0, "champion_tolerance": 0.005}
     candidate = {"roc_auc": 0.64, "roc_auc_low": 0.62, "roc_auc_high": 0.66, "ece": 0.02}

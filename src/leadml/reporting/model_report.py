@@ -24,15 +24,9 @@ from matplotlib.figure import Figure
 
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
+from leadml.modelling.gate import GateDecision
 from leadml.modelling.guards import OutcomeLevelSettings
-from leadml.modelling.train import (
-    BASELINE_LOGREG,
-    BASELINE_POINTS,
-    BASELINE_RATE,
-    ORACLE,
-    GateDecision,
-    TrainingResult,
-)
+from leadml.modelling.train import BASELINE_LOGREG, BASELINE_POINTS, BASELINE_RATE, ORACLE, TrainingResult
 from leadml.reporting import html, plots
 from leadml.reporting.html import finite
 

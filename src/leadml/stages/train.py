@@ -22,6 +22,7 @@ from leadml.data import schema as s
 from leadml.data.contracts import SOURCE_ROW
 from leadml.errors import TrackingUnavailableError
 from leadml.modelling.evaluate import binary_metrics
+from leadml.modelling.gate import gate_evidence, promotion_gate
 from leadml.modelling.points import POINTS as POINTS_MODEL
 from leadml.modelling.scorer import as_model_input
 from leadml.modelling.split import window_fingerprint
@@ -30,8 +31,6 @@ from leadml.modelling.train import (
     BASELINE_POINTS,
     ORACLE,
     base_rate_drift,
-    gate_evidence,
-    promotion_gate,
     train_and_evaluate,
 )
 from leadml.reporting import html, model_report
