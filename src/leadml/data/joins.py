@@ -75,6 +75,7 @@ class Lookup:
     key: str
     columns: tuple[str, ...] | None = None  # None: every column but the key
     prefix: str = ""
+    table: Mapping[str, Any] = field(default_factory=dict)  # its source spec (format, path, ...)
 
     @property
     def key_config(self) -> str:
@@ -104,6 +105,8 @@ def row_rules(where: Mapping[str, Any] | None) -> tuple[RowRule, ...]:
 
 def lookups(joins: Mapping[str, Any] | None, reserved: tuple[str, ...]) -> tuple[Lookup, ...]:
     """``data.joins`` as lookups; a malformed entry names its key. ``reserved``: table names in use."""
+    if joins is not None and not isinstance(joins, Mapping):
+        raise LeadmlError("data.joins: give one entry per lookup table, {name: {table: ..., by: ...}}")
     found = []
     for name, entry in dict(joins or {}).items():
         key = f"data.joins.{name}"
@@ -122,6 +125,8 @@ def lookups(joins: Mapping[str, Any] | None, reserved: tuple[str, ...]) -> tuple
         for required in ("table", "by"):
             if not entry.get(required):
                 raise LeadmlError(f"{key} needs {required!r}")
+        if not isinstance(entry["table"], Mapping):
+            raise LeadmlError(f"{key} needs 'table' (its source: format, path, ...)")
         columns = entry.get("columns")
         found.append(
             Lookup(
@@ -130,6 +135,7 @@ def lookups(joins: Mapping[str, Any] | None, reserved: tuple[str, ...]) -> tuple
                 key=str(entry.get("key") or entry["by"]),
                 columns=None if columns is None else tuple(str(column) for column in as_tuple(columns)),
                 prefix=str(entry.get("prefix") or ""),
+                table=entry["table"],
             )
         )
     return tuple(found)
@@ -192,7 +198,8 @@ def filter_rows(
             str(value): int(rows) for value, rows in shown[dropped].value_counts().items()
         }
         # a listed value no row has is most often a typo; said, not fatal: tonight's file may lack it
-        missing = [written for spelt_value, written in wanted.items() if not (spelt == spelt_value).any()]
+        present = set(spelt.dropna())
+        missing = [written for spelt_value, written in wanted.items() if spelt_value not in present]
         if missing:
             unseen[rule.sentence] = missing
         keep &= matched
@@ -459,17 +466,9 @@ def combine_flat(
     )
 
 
-def lookup_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+def lookup_specs(data: Mapping[str, Any], reserved: tuple[str, ...]) -> dict[str, Mapping[str, Any]]:
     """The source spec of each ``data.joins`` entry, by its name."""
-    joins = data.get("joins") or {}
-    if not isinstance(joins, Mapping):
-        raise LeadmlError("data.joins: give one entry per lookup table, {name: {table: ..., by: ...}}")
-    specs = {}
-    for name, entry in joins.items():
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("table"), Mapping):
-            raise LeadmlError(f"data.joins.{name} needs 'table' (its source: format, path, ...)")
-        specs[str(name)] = entry["table"]
-    return specs
+    return {lookup.name: lookup.table for lookup in lookups(data.get("joins"), reserved)}
 
 
 def with_lookups(result: IngestResult, validated: Mapping[str, ValidatedTable]) -> IngestResult:

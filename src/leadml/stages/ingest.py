@@ -77,7 +77,7 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     if data_kind(data) == "flat":  # lookups joined, rows kept by data.where: the table the contract sees
         combined = combine_flat(
             raw[FLAT_TABLE],
-            {name: raw[name] for name in lookup_specs(data)},
+            {name: raw[name] for name in lookup_specs(data, (contract.table.name, OUTCOMES_TABLE))},
             data,
             contract,
             settings,
@@ -162,7 +162,7 @@ def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
         if data.get("outcomes"):
             specs[OUTCOMES_TABLE] = data["outcomes"]["table"]
             keys[OUTCOMES_TABLE] = "data.outcomes.table"
-        for name, spec in lookup_specs(data).items():  # a name in use is refused by joins.lookups
+        for name, spec in lookup_specs(data, (FLAT_TABLE, OUTCOMES_TABLE)).items():
             specs.setdefault(name, spec)
             keys.setdefault(name, f"data.joins.{name}.table")
     for table, spec in specs.items():
