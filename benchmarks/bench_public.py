@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from leadml.cli import CONFIG_DIR, run_backtest, run_features, run_ingest, run_train  # noqa: E402
+from leadml.stages.backtest import BacktestResult  # noqa: E402
+from leadml.stages.train import TrainResult  # noqa: E402
 
 BEGIN, END = "<!-- public:begin -->", "<!-- public:end -->"
 MODELS = {
@@ -64,14 +67,19 @@ def config(stage: str, data: str, root: Path, overrides: Sequence[str] = ()) -> 
         )
 
 
-def train_set(data: str, root: Path, bootstrap: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Ingest, features and train ``data`` in ``root``; the train summary plus the seconds taken."""
+@dataclass(frozen=True)
+class TrainedSet:
+    result: TrainResult
+    wall_seconds: float  # ingest, features and train from the raw files
+
+
+def train_set(data: str, root: Path, bootstrap: int, overrides: Sequence[str] = ()) -> TrainedSet:
+    """Ingest, features and train ``data`` in ``root``; the train result plus the seconds taken."""
     started = time.perf_counter()
     run_ingest(config("ingest", data, root, overrides))
     run_features(config("features", data, root, overrides))
-    summary = run_train(config("train", data, root, [f"evaluation.bootstrap={bootstrap}", *overrides]))
-    summary["wall_seconds"] = time.perf_counter() - started
-    return summary
+    result = run_train(config("train", data, root, [f"evaluation.bootstrap={bootstrap}", *overrides]))
+    return TrainedSet(result, time.perf_counter() - started)
 
 
 def _cell(row: pd.Series, metric: str) -> str:
@@ -91,21 +99,21 @@ def metrics_table(comparison: pd.DataFrame, model_name: str) -> list[str]:
     return lines
 
 
-def split_line(summary: dict[str, Any]) -> str:
-    split = summary["split"]
+def split_line(result: TrainResult) -> str:
+    split = result.split
     return ", ".join(
         f"{window} {split[window]['rows']:,} rows ({split[window]['rate']:.1%} positive)"
         for window in ("train", "calibration", "test")
     )
 
 
-def reference_line(data: str, root: Path, summary: dict[str, Any]) -> str:
+def reference_line(data: str, root: Path, result: TrainResult) -> str:
     """Plain LightGBM on the same rows (measured here) and FLAML (from benchmarks/reference.json)."""
     from bench_reference import model_frames, plain_lightgbm, reference_rows
 
     frames = model_frames(reference_rows(data, root / "reference")["parts"])
     plain = plain_lightgbm(frames["pre_test"], frames["test"])
-    ours = summary["comparison"].loc[summary["model_name"], "roc_auc"]
+    ours = result.comparison.loc[result.model_name, "roc_auc"]
     line = (
         f"Reference on the same rows: plain LightGBM (300 trees, learning rate 0.03, 15 leaves, trained on"
         f" every row before the test window) ROC AUC {plain:.3f}; leadml {ours:.3f} ({ours - plain:+.3f})"
@@ -123,23 +131,24 @@ def reference_line(data: str, root: Path, summary: dict[str, Any]) -> str:
     return line + "."
 
 
-def set_section(data: str, summary: dict[str, Any], root: Path) -> list[str]:
+def set_section(data: str, trained: TrainedSet, root: Path) -> list[str]:
+    result = trained.result
     lines = [
         f"### `data={data}`",
         "",
-        f"Split: {split_line(summary)}. Gate: {'promoted' if summary['promoted'] else 'not promoted'}"
-        f" ({'; '.join(summary['reasons'])}). {summary['wall_seconds']:.0f} s from the raw files.",
+        f"Split: {split_line(result)}. Gate: {'promoted' if result.promoted else 'not promoted'}"
+        f" ({'; '.join(result.reasons)}). {trained.wall_seconds:.0f} s from the raw files.",
         "",
-        f"Selection: {summary.get('selection', '')}.",
+        f"Selection: {result.selection}.",
         "",
-        *metrics_table(summary["comparison"], summary["model_name"]),
+        *metrics_table(result.comparison, result.model_name),
         "",
-        reference_line(data, root, summary),
+        reference_line(data, root, result),
         "",
     ]
-    if summary.get("leakage_flagged"):
-        flagged = "; ".join(f"**{name}**: {reason}" for name, reason in summary["leakage_flagged"].items())
-        action = "excluded" if summary.get("leakage_excluded") else "flagged"
+    if result.leakage_flagged:
+        flagged = "; ".join(f"**{name}**: {reason}" for name, reason in result.leakage_flagged.items())
+        action = "excluded" if result.leakage_excluded else "flagged"
         lines += [f"Leakage sentinel ({action}): {flagged}.", ""]
     lines += [f"Published: {PUBLISHED[data]}.", ""]
     return lines
@@ -167,8 +176,8 @@ def _backtest_cell(column: str, value: Any) -> str:
     return f"{value:.1%}" if "base_rate" in column else f"{value:.3f}"
 
 
-def backtest_section(summary: dict[str, Any], command: str) -> list[str]:
-    table: pd.DataFrame = summary["table"].copy()
+def backtest_section(backtest: BacktestResult, command: str) -> list[str]:
+    table: pd.DataFrame = backtest.table.copy()
     table["roc_auc"] = [
         f"{row.roc_auc:.3f} [{row.roc_auc_low:.3f}, {row.roc_auc_high:.3f}]" for row in table.itertuples()
     ]
@@ -185,7 +194,7 @@ def backtest_section(summary: dict[str, Any], command: str) -> list[str]:
     ]
     for _, row in table[columns].iterrows():
         lines.append("| " + " | ".join(_backtest_cell(column, row[column]) for column in columns) + " |")
-    lines += ["", *[f"- {sentence}" for sentence in summary["summary"]], ""]
+    lines += ["", *[f"- {sentence}" for sentence in backtest.summary], ""]
     return lines
 
 
@@ -213,7 +222,7 @@ def main() -> None:
                 f" follow-up ({', '.join(X_EDUCATION_DICTIONARY_SUSPECTS)}), which the sentinel's evidence"
                 " does not flag (`features.exclude=[...]`):",
                 "",
-                *metrics_table(extra["comparison"], extra["model_name"]),
+                *metrics_table(extra.result.comparison, extra.result.model_name),
                 "",
             ]
         if data == "bank":

@@ -1,9 +1,12 @@
-"""Thin Hydra entry points: read config, do the I/O, call the pure stage functions.
+"""Thin Hydra entry points: compose the config, call the entry point's stage, print its result.
 
-Each ``run_*`` function takes a composed config and returns a summary dict, so tests
-(and notebooks) can call a stage without a subprocess; the ``@hydra.main`` wrappers
-add logging set-up and turn a :class:`~leadml.errors.LeadmlError` into one line on
-stderr and a non-zero exit code.
+Each ``run_*`` function takes a composed config and returns the stage's result (a small frozen
+dataclass of :mod:`leadml.stages`), so tests and notebooks can call a stage without a
+subprocess; the ``@hydra.main`` wrappers add logging set-up and turn a
+:class:`~leadml.errors.LeadmlError` into one line on stderr and a non-zero exit code.
+
+Each entry point imports its own stage inside its ``run_*`` function, so that
+``leadml-ingest`` does not pay for MLflow, LightGBM and SHAP, which only the later stages use.
 """
 
 from __future__ import annotations
@@ -11,17 +14,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from leadml.adapters.layout import CONFIG_DIR, MANIFEST
+from leadml.adapters.layout import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
+
+if TYPE_CHECKING:  # the stages are imported by their entry point only (see run_*)
+    from leadml.stages.backtest import BacktestResult
+    from leadml.stages.export import ExportResult
+    from leadml.stages.features import FeaturesResult
+    from leadml.stages.forecast import ForecastResult
+    from leadml.stages.generate import GenerateResult
+    from leadml.stages.ingest import IngestSummary
+    from leadml.stages.score import ScoreResult
+    from leadml.stages.train import TrainResult
 
 logger = logging.getLogger("leadml")
 
@@ -79,8 +93,6 @@ def _record_data_config_file(cfg: DictConfig) -> None:
     """Set ``data.config_file`` to the file the data config was read from, so that messages name
     the file to edit (:func:`leadml.errors.data_config_file`) even when it was found through
     ``hydra.searchpath``. Only an entry point knows it: Hydra's choices and search path."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized() or not isinstance(cfg.get("data"), DictConfig):
         return
     runtime = HydraConfig.get().runtime
@@ -92,36 +104,38 @@ def _record_data_config_file(cfg: DictConfig) -> None:
 
 
 # --------------------------------------------------------------------------- generate
-def run_generate(cfg: DictConfig) -> dict[str, Any]:
+def run_generate(cfg: DictConfig) -> GenerateResult:
     """Write the synthetic CRM to ``cfg.output_dir`` unless it is already there."""
-    from leadml.stages.generate import generate_stage, up_to_date
+    from leadml.stages.generate import generate_stage
 
-    out = Path(cfg.output_dir)
-    requested = _container(cfg.synthetic)
-    if (out / MANIFEST).exists() and not cfg.overwrite:
-        existing = up_to_date(out, requested)
-        if existing is not None:
-            _echo(f"generate: {out} is up to date (seed {requested.get('seed')}); keeping it")
-            return existing
+    result = generate_stage(
+        _container(cfg.synthetic),
+        Path(cfg.output_dir),
+        overwrite=bool(cfg.overwrite),
+        progress=_show_progress(cfg),
+    )
+    out = result.output_dir
+    if result.written == "kept":
+        _echo(f"generate: {out} is up to date (seed {result.seed}); keeping it")
+        return result
+    if result.written == "replaced":
         _echo(f"generate: the settings or the generator changed since {out} was written; regenerating")
-    manifest = generate_stage(requested, out, progress=_show_progress(cfg))
-    rows = manifest["rows"]
+    rows = result.rows
     _echo(
         f"generate: {rows[s.LEADS]:,} leads, {rows[s.ACCOUNTS]:,} accounts, "
         f"{rows[s.ACTIVITIES]:,} activities, "
-        f"{rows[s.GROUND_TRUTH]:,} ground-truth rows -> {out} ({manifest['seconds']} s)"
+        f"{rows[s.GROUND_TRUTH]:,} ground-truth rows -> {out} ({result.seconds} s)"
     )
-    return manifest
+    return result
 
 
 # --------------------------------------------------------------------------- ingest
-def run_ingest(cfg: DictConfig) -> dict[str, Any]:
+def run_ingest(cfg: DictConfig) -> IngestSummary:
     """Read every configured source, check its contract and write data/interim."""
-    from leadml.data.ingest import respelt_sentence
     from leadml.stages.ingest import ingest_stage
 
-    summary = ingest_stage(composed_data(cfg), Path(cfg.output_dir))
-    for table, report in summary["tables"].items():
+    result = ingest_stage(composed_data(cfg), Path(cfg.output_dir))
+    for table, report in result.tables.items():
         _echo(
             f"ingest {table}: {report['input_rows']:,} rows in, {report['accepted_rows']:,} accepted, "
             f"{report['quarantined_rows']:,} quarantined"
@@ -129,40 +143,39 @@ def run_ingest(cfg: DictConfig) -> dict[str, Any]:
         duplicates = report.get("duplicates") or {}
         if duplicates.get("rows") or duplicates.get("conflicting_rows"):
             _echo(f"ingest {table}: {duplicates['sentence']}")
-        if report.get("respelt"):
-            _echo(f"ingest {respelt_sentence(table, report['respelt'])}")
-    for joined in (summary.get("joins") or {}).values():
+        if table in result.respelt:
+            _echo(f"ingest {result.respelt[table]}")
+    for joined in result.joins.values():
         _echo(f"ingest: {joined['sentence']}")
-    if summary.get("where"):
-        _echo(f"ingest: {summary['where']['sentence']}")
-    for table, kept in (summary.get("open_rows") or {}).items():
+    if result.where:
+        _echo(f"ingest: {result.where['sentence']}")
+    for table, kept in result.open_rows.items():
         _echo(f"ingest {table}: {kept['rows']:,} open leads (contract.open) kept apart for scoring")
-    if (summary.get("labels") or {}).get("negative_taken"):
-        _echo(f"ingest: {summary['labels']['negative_taken']}")
+    if result.labels.get("negative_taken"):
+        _echo(f"ingest: {result.labels['negative_taken']}")
     _echo(f"ingest: wrote {cfg.output_dir}")
-    return summary
+    return result
 
 
 # --------------------------------------------------------------------------- features
-def run_features(cfg: DictConfig) -> dict[str, Any]:
+def run_features(cfg: DictConfig) -> FeaturesResult:
     """Build the point-in-time training snapshots from data/interim."""
     from leadml.stages.features import features_stage
 
-    summary = features_stage(
+    result = features_stage(
         composed_data(cfg),
         _container(cfg.features),
         Path(cfg.input_dir),
         Path(cfg.output_dir),
         progress=_show_progress(cfg),
     )
-    when = f"on {summary['dates']} as-of dates" if summary["dates"] else "(no time column: one row per lead)"
+    when = f"on {result.dates} as-of dates" if result.dates else "(no time column: one row per lead)"
     _echo(
-        f"features: {summary['snapshots']:,} snapshots of {summary['leads']:,} leads {when}, "
-        f"{summary['positives']:,} positives ({summary['positive_rate']:.2%}), "
-        f"{summary['features']} features "
-        f"-> {cfg.output_dir} ({summary['seconds']} s)"
+        f"features: {result.snapshots:,} snapshots of {result.leads:,} leads {when}, "
+        f"{result.positives:,} positives ({result.positive_rate:.2%}), {result.features} features "
+        f"-> {result.output_dir} ({result.seconds} s)"
     )
-    return summary
+    return result
 
 
 # --------------------------------------------------------------------------- train
@@ -196,42 +209,14 @@ def prepare_upstream(cfg: DictConfig) -> None:
     run_features(OmegaConf.create({**values, "input_dir": str(interim_dir), "output_dir": str(features_dir)}))
 
 
-def check_points_sheet(cfg: DictConfig) -> None:
-    """model=points needs rules in the data config: said before ingest and features run, naming
-    the file to add them to (training itself finds out only once the features are built)."""
-    from leadml.modelling.points import POINTS, no_rules_message, points_block
-
-    if cfg.model.get("name") == POINTS and points_block(_container(cfg.data.get("points"))) is None:
-        raise LeadmlError(no_rules_message(cfg.data.get("name"), data_config_file(cfg.data)))
-
-
-def sentinel_line(checked: int | None, guards: Mapping[str, Any]) -> str:
-    """The one line saying the leakage sentinel ran and flagged nothing, with the thresholds applied
-    (``guards``, as :func:`leadml.modelling.train.sentinel_report` passes them to the sentinel)."""
-    from leadml.modelling.guards import OutcomeLevelSettings
-
-    threshold = float(guards["leakage_threshold"])
-    positives, negatives = (float(share) for share in guards["post_outcome_presence"])
-    level_share = float(guards.get("outcome_level_share", OutcomeLevelSettings.max_share))
-    what = "the features" if checked is None else f"{checked:,} column{'' if checked == 1 else 's'}"
-    return (
-        f"leakage sentinel: checked {what} (single-feature AUC above {threshold:g} or below "
-        f"{1 - threshold:g}; filled for at least {positives:.0%} of positives and at most "
-        f"{negatives:.0%} of negatives; at least {level_share:.0%} of rows in outcome-coded levels): "
-        "none flagged"
-    )
-
-
-def run_train(cfg: DictConfig) -> dict[str, Any]:
+def run_train(cfg: DictConfig) -> TrainResult:
     """Train, calibrate, evaluate, track in MLflow, register and gate; print a summary."""
-    from leadml.stages.train import train_stage
+    from leadml.stages.train import BASELINE_POINTS, check_points_sheet, train_stage
 
-    check_points_sheet(cfg)
+    check_points_sheet(_container(cfg.model), _container(cfg.data))
     prepare_upstream(cfg)
-    from leadml.modelling.train import BASELINE_POINTS
-
-    summary = train_stage(_container(cfg), Path(cfg.paths.root))
-    split = summary["split"]
+    result = train_stage(_container(cfg), Path(cfg.paths.root))
+    split = result.split
     _echo(
         "train: "
         + ", ".join(
@@ -239,14 +224,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             for w in ("train", "calibration", "test")
         )
     )
-    for note in summary.get("notes") or ():
+    for note in result.notes:
         _echo(f"train: {note}")
-    drift = summary.get("base_rate_drift") or {}
-    if drift.get("sentence"):
-        _echo(f"train: {drift['sentence']}")
-    if summary.get("selection"):
-        _echo(f"selection: {summary['selection']}")
-    table = summary["comparison"][
+    if result.base_rate_drift.get("sentence"):
+        _echo(f"train: {result.base_rate_drift['sentence']}")
+    if result.selection:
+        _echo(f"selection: {result.selection}")
+    table = result.comparison[
         ["roc_auc", "roc_auc_low", "roc_auc_high", "pr_auc", "log_loss", "brier", "ece"]
     ]
     _echo("test window (95% intervals by lead bootstrap):")
@@ -261,67 +245,69 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             f"  {BASELINE_POINTS:<24} none: no points rules in the data config "
             f"(add data.points to {data_config_file(cfg.data)} for a traditional-scoring baseline)"
         )
-    flagged = summary.get("leakage_flagged") or {}
-    if flagged:
-        what = "excluded from the model" if summary.get("leakage_excluded") else "trained on anyway"
-        _echo(f"leakage sentinel: {len(flagged)} column(s) flagged, {what}:")
-        for name, reason in flagged.items():
-            _echo(f"  {name}: {reason}")
-    else:
-        _echo(sentinel_line(summary.get("leakage_checked"), cfg.guards))
-    calibration = summary["calibration"]
+    _echo_sentinel(result)
+    calibration = result.calibration
     _echo(
         f"calibration: {calibration.get('method')} ({calibration.get('chosen_by', 'configured')}), "
         f"{calibration.get('verdict', '')}"
     )
-    if summary["has_oracle"]:
-        model, oracle = table.loc[summary["model_name"], "roc_auc"], table.loc["oracle", "roc_auc"]
+    if result.has_oracle:
+        model, oracle = table.loc[result.model_name, "roc_auc"], table.loc["oracle", "roc_auc"]
         _echo(
             f"oracle: the generator's true probabilities reach ROC AUC {oracle:.4f}; "
             f"the model is {oracle - model:.4f} below"
         )
-    deployment = summary.get("deployment") or {}
+    deployment = result.deployment
     if deployment.get("refit"):
         through = f" through {deployment['through']}" if deployment.get("through") is not None else ""
         _echo(
             f"deployed: the same procedure refitted on every labelled row ({deployment['rows']:,} rows, "
             f"{deployment['positives']:,} won{through}), calibrated on the latest out-of-sample predictions"
         )
-    verdict = "promoted to champion" if summary["promoted"] else "not promoted"
+    verdict = "promoted to champion" if result.promoted else "not promoted"
     _echo(
-        f"gate: version {summary['version']} of {summary['registered_model']} {verdict}: "
-        + "; ".join(summary["reasons"])
+        f"gate: version {result.version} of {result.registered_model} {verdict}: " + "; ".join(result.reasons)
     )
-    _echo(f"train: report {summary['report']}")
-    _echo(f"run {summary['run_id']} in {summary['tracking_uri']} ({summary['seconds']} s)")
+    _echo(f"train: report {result.report}")
+    _echo(f"run {result.run_id} in {result.tracking_uri} ({result.seconds} s)")
     _echo("look at it with: make mlflow-ui")
-    return summary
+    return result
+
+
+def _echo_sentinel(result: TrainResult) -> None:
+    if not result.leakage_flagged:
+        _echo(result.sentinel)
+        return
+    what = "excluded from the model" if result.leakage_excluded else "trained on anyway"
+    _echo(f"leakage sentinel: {len(result.leakage_flagged)} column(s) flagged, {what}:")
+    for name, reason in result.leakage_flagged.items():
+        _echo(f"  {name}: {reason}")
 
 
 # --------------------------------------------------------------------------- score
-def run_score(cfg: DictConfig) -> dict[str, Any]:
+def run_score(cfg: DictConfig) -> ScoreResult:
     """Score the open leads with the production model (the nightly job)."""
     from leadml.stages.score import score_stage
 
-    summary = score_stage(_container(cfg), Path(cfg.paths.root))
-    tiers = ", ".join(f"{tier} {count:,}" for tier, count in summary["tiers"].items())
+    result = score_stage(_container(cfg), Path(cfg.paths.root))
+    tiers = ", ".join(f"{tier} {count:,}" for tier, count in result.tiers.items())
     _echo(
-        f"score: {summary['leads']:,} open leads as of {summary['as_of']:%Y-%m-%d} with "
-        f"{summary['model_uri']} (version {summary['model_version']}): {tiers}"
+        f"score: {result.leads:,} open leads as of {result.as_of:%Y-%m-%d} with "
+        f"{result.model_uri} (version {result.model_version}): {tiers}"
     )
-    for note in summary.get("notes", ()):
+    for note in result.notes:
         _echo(f"score: {note}")
-    if summary["unseen"]:
-        _echo(f"score: unseen categories scored as unknown: {summary['unseen']}")
-    for line in summary["warnings"]:
+    if result.unseen:
+        _echo(f"score: unseen categories scored as unknown: {result.unseen}")
+    for line in result.warnings:
         _echo(f"score: drift warning: {line}")
-    sink = f"; {summary['sql_rows']:,} rows upserted to {cfg.score.sql.table}" if summary["sql_rows"] else ""
-    _echo(f"score: wrote {summary['output']}{sink} ({summary['seconds']} s)")
-    if summary["run_id"]:
-        _echo(f"score: run {summary['run_id']} in {summary['tracking_uri']}")
+    sink = f"; {result.sql_rows:,} rows upserted to {cfg.score.sql.table}" if result.sql_rows else ""
+    _echo(f"score: wrote {result.output}{sink} ({result.seconds} s)")
+    if result.run_id:
+        _echo(f"score: run {result.run_id} in {result.tracking_uri}")
     else:
         _echo("score: not tracked in MLflow (score.track); the run's figures are in _scoring_run.json")
-    return summary
+    return result
 
 
 def run_report(cfg: DictConfig) -> Any:
@@ -336,119 +322,54 @@ def run_report(cfg: DictConfig) -> Any:
 
 
 # --------------------------------------------------------------------------- forecast
-def run_forecast(cfg: DictConfig) -> dict[str, Any]:
+def run_forecast(cfg: DictConfig) -> ForecastResult:
     """Funnel forecast: forward (planned leads), reverse (leads for a revenue target), capacity."""
     from leadml.stages.forecast import forecast_stage, summary_lines
 
-    summary = forecast_stage(_container(cfg), Path(cfg.paths.root))
-    for line in summary_lines(summary):
+    result = forecast_stage(_container(cfg), Path(cfg.paths.root))
+    for line in summary_lines(result):
         _echo(line)
-    return summary
+    return result
 
 
 # --------------------------------------------------------------------------- backtest
-def run_backtest(cfg: DictConfig) -> dict[str, Any]:
+def run_backtest(cfg: DictConfig) -> BacktestResult:
     """Rolling backtest: train before each cutoff, test on the next period, report drift."""
-    from leadml.modelling.backtest import table_lines
     from leadml.stages.backtest import backtest_stage
+    from leadml.stages.train import check_points_sheet
 
-    check_points_sheet(cfg)
+    check_points_sheet(_container(cfg.model), _container(cfg.data))
     prepare_upstream(cfg)
-    summary = backtest_stage(_container(cfg), Path(cfg.paths.root))
+    result = backtest_stage(_container(cfg), Path(cfg.paths.root))
     _echo(
-        f"backtest: {len(summary['periods'])} periods of {summary['data']} ({summary['split_kind']} split), "
-        f"model {summary['model']} trained before each cutoff"
+        f"backtest: {len(result.table)} periods of {result.data} ({result.split_kind} split), "
+        f"model {result.model} trained before each cutoff"
     )
-    for line in table_lines(summary["table"]):
+    for line in result.table_lines:
         _echo(f"  {line}")
-    for sentence in summary["summary"]:
+    for sentence in result.summary:
         _echo(f"backtest: {sentence}")
-    for path in summary["files"].values():
+    for path in result.files.values():
         _echo(f"backtest: wrote {path}")
-    _echo(f"backtest: run {summary['run_id']} in {summary['tracking_uri']} ({summary['seconds']} s)")
-    return summary
+    _echo(f"backtest: run {result.run_id} in {result.tracking_uri} ({result.seconds} s)")
+    return result
 
 
 # --------------------------------------------------------------------------- export
-# config groups whose choice a training run may have made, data first (it may choose others)
-RECREATE_GROUPS = ("data", "model", "split", "calibration", "tiers", "features", "synthetic")
-
-
-def run_export(cfg: DictConfig) -> dict[str, Any]:
+def run_export(cfg: DictConfig) -> ExportResult:
     """Copy the champion (or export.version / export.alias) to models/<name>-v<version>/."""
+    from leadml.stages.configs import recreate_overrides
     from leadml.stages.export import export_stage
 
-    summary = export_stage(_container(cfg), Path(cfg.paths.root), recreate=recreate_overrides)
-    aliases = ", ".join(f"@{alias}" for alias in summary["aliases"]) or "no alias"
+    result = export_stage(_container(cfg), Path(cfg.paths.root), recreate=recreate_overrides)
+    aliases = ", ".join(f"@{alias}" for alias in result.aliases) or "no alias"
     _echo(
-        f"export: version {summary['version']} of {summary['registered_model']} ({aliases}), "
-        f"run {summary['run_id']} from {summary['tracking_uri']}"
+        f"export: version {result.version} of {result.registered_model} ({aliases}), "
+        f"run {result.run_id} from {result.tracking_uri}"
     )
-    _echo(f"export: {len(summary['files'])} files with SHA256SUMS; model card {summary['model_card']}")
-    _echo(f"export: wrote {summary['path']} ({summary['seconds']} s)")
-    return summary
-
-
-def recreate_overrides(logged: dict[str, Any]) -> list[str]:
-    """The ``leadml-train`` overrides that compose ``logged`` (a run's config.yaml) again.
-
-    Group choices are found by composing each option and keeping the one that leaves the
-    fewest differences; the remaining differences become ``key=value`` overrides.
-    """
-    from leadml.reporting.model_card import config_differences as differences
-    from leadml.reporting.model_card import unshared_keys
-
-    base = [f"paths.root={(logged.get('paths') or {}).get('root', '.')}"]
-    composed: dict[tuple[str, ...], dict[str, Any]] = {}
-
-    def compose(overrides: list[str]) -> dict[str, Any]:
-        key = tuple(overrides)
-        if key not in composed:
-            composed[key] = composed_config("train", base + overrides)
-        return composed[key]
-
-    def distance(overrides: list[str]) -> int:  # differing values plus keys on one side only
-        candidate = compose(overrides)
-        return len(differences(logged, candidate)) + len(unshared_keys(logged, candidate))
-
-    chosen: list[str] = []
-    with _hydra_context():
-        for group in RECREATE_GROUPS:
-            options = sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-            if len(options) < 2 or logged.get(group) == compose(chosen).get(group):
-                continue  # nothing to choose, or the current choice gives this section already
-            best = min(options, key=lambda option: distance([*chosen, f"{group}={option}"]))
-            if distance([*chosen, f"{group}={best}"]) < distance(chosen):
-                chosen.append(f"{group}={best}")
-        overrides = differences(logged, compose(chosen), chosen)
-        left = differences(logged, compose(overrides))
-    if left:  # a value the override grammar cannot carry: the card says the command is not enough
-        logger.warning("the re-create command misses %s", left)
-        overrides.append("# and as in the run's config.yaml: " + " ".join(left))
-    return overrides
-
-
-@contextlib.contextmanager
-def _hydra_context() -> Iterator[None]:
-    """Hydra's config search as the entry points set it up (already there inside one of them)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        yield
-    else:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            yield
-
-
-def composed_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
-    """A config composed as the entry points do (inside one of them or from a test or notebook)."""
-    from hydra import compose
-
-    with _hydra_context():
-        values = _container(compose(config_name, overrides))
-    values.pop("hydra", None)
-    return values
+    _echo(f"export: {len(result.files)} files with SHA256SUMS; model card {result.model_card}")
+    _echo(f"export: wrote {result.path} ({result.seconds} s)")
+    return result
 
 
 # --------------------------------------------------------------------------- wrappers

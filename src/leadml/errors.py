@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,6 @@ class SettingsError(LeadmlError, ValueError):
 
 def known_settings(cls: type, mapping: object, section: str) -> dict:
     """``mapping`` as keyword arguments of the dataclass ``cls``; unknown keys raise SettingsError."""
-    from dataclasses import fields
-
     values = dict(mapping or {})  # type: ignore[call-overload]
     known = {field.name for field in fields(cls)}
     unknown = sorted(set(values) - known)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+# tqdm is imported inside functions: only a run that shows a bar loads it
+
 T = TypeVar("T")
 
 

@@ -59,7 +59,7 @@ def test_rising_base_rate_is_flagged_and_recent_calibration_helps(root: Path) ->
     cfg = _cfg(root, "split=order", "backtest.folds=4", "backtest.test_share=0.4")
     with local_tracking():
         summary = run_backtest(cfg)
-    table = summary["table"]
+    table = summary.table
     assert list(table["period"]) == [1, 2, 3, 4]
     assert (table["rows"] == 1600).all()  # 40% of 16,000 rows in four equal periods
     assert table["base_rate"].iloc[-1] > table["base_rate"].iloc[0] * 1.3
@@ -69,7 +69,7 @@ def test_rising_base_rate_is_flagged_and_recent_calibration_helps(root: Path) ->
     assert table["ece_recent"].mean() < table["ece"].mean()
     assert (table["recent_calibration_rows"] < table["calibration_rows"]).all()
     assert {"score_psi", "max_feature_psi", "top_drift_features", "baseline_logreg_ece"} <= set(table.columns)
-    sentences = summary["summary"]
+    sentences = summary.summary
     assert sentences[0].startswith("base rate rose from")
     assert "recent-window calibration (latest 25% of the out-of-sample rows) lowered ECE" in sentences[1]
 
@@ -78,19 +78,19 @@ def test_rising_base_rate_is_flagged_and_recent_calibration_helps(root: Path) ->
     assert len(csv) == 4 and "ece_recent" in csv.columns
     assert (out / "backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((out / "backtest.json").read_text())
-    assert record["summary"] == sentences and len(record["periods"]) == 4
+    assert record["summary"] == list(sentences) and len(record["periods"]) == 4
     flagged = table.loc[table["base_rate_shift"], "period"]
     assert record["flags"]["base_rate_shift"] == [int(period) for period in flagged]
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(summary["tracking_uri"])
-    run = client.get_run(summary["run_id"])
+    client = MlflowClient(summary.tracking_uri)
+    run = client.get_run(summary.run_id)
     assert run.info.run_name == "backtest-lightgbm"
-    history = client.get_metric_history(summary["run_id"], "backtest.ece_recent")
+    history = client.get_metric_history(summary.run_id, "backtest.ece_recent")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert run.data.params["backtest.folds"] == "4"
-    artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "backtest")}
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id, "backtest")}
     assert artifacts == {"backtest/backtest.csv", "backtest/backtest.png", "backtest/backtest.json"}
 
 
@@ -105,13 +105,13 @@ def test_time_periods_keep_whole_dates_and_follow_the_snapshot_dates(root: Path)
     cfg = _cfg(root, "backtest.folds=3", "backtest.test_share=0.3", "split.calibration_months=2")
     with local_tracking():
         summary = run_backtest(cfg)
-    result = summary["table"]
+    result = summary.table
     assert (result["rows"] == 900).all()  # 9 whole weeks of 100 rows each
     starts = pd.to_datetime(result["period_start"])
     assert (starts.diff().dropna() == pd.Timedelta(weeks=9)).all()
     assert (pd.to_datetime(result["cutoff"]) + pd.Timedelta(weeks=1) == starts).all()
     assert not result["base_rate_shift"].any()  # a stable rate: nothing to flag
-    assert summary["summary"][0].startswith("base rate held steady")
+    assert summary.summary[0].startswith("base rate held steady")
 
 
 def test_too_little_data_names_the_fold_and_the_fix(root: Path) -> None:

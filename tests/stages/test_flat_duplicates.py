@@ -111,7 +111,7 @@ def test_exact_copies_are_counted_at_ingest_and_kept_in_one_split_window(
     tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ingested, featured, snapshots = prepare(tmp_path, leads_with_copies(), kind)
-    counts = ingested["tables"]["leads"]["duplicates"]
+    counts = ingested.tables["leads"]["duplicates"]
     assert (counts["rows"], counts["groups"], counts["conflicting_rows"]) == (
         EXACT_ROWS,
         EXACT_GROUPS,
@@ -122,7 +122,7 @@ def test_exact_copies_are_counted_at_ingest_and_kept_in_one_split_window(
         "33 rows share their features with a row of the other label"
     )
     assert counts["sentence"] == sentence
-    assert featured["duplicates"] == counts
+    assert featured.duplicates == counts
     assert f"ingest leads: {sentence}" in capsys.readouterr().out
     # the group key is the lead id (row number) of the group's first row, and never a feature
     assert len(snapshots) == ROWS and snapshots[s.DUP_GROUP].nunique() == ROWS - EXACT_ROWS + EXACT_GROUPS
@@ -191,7 +191,7 @@ def test_a_flat_config_without_time_or_order_ingests_builds_features_and_splits_
     printed = capsys.readouterr().out
     assert "ingest leads: 500 rows in, 500 accepted, 0 quarantined" in printed
     assert "(no time column: one row per lead)" in printed and "exact cop" not in printed
-    assert ingested["tables"]["leads"]["duplicates"]["rows"] == 0 == featured["duplicates"]["rows"]
+    assert ingested.tables["leads"]["duplicates"]["rows"] == 0 == featured.duplicates["rows"]
     assert {s.AS_OF, s.ORDER_KEY, s.DUP_GROUP}.isdisjoint(snapshots.columns)  # no copies: no group key
     with pytest.raises(LeadmlError, match=r"split needs column\(s\) \['as_of'\]"):  # what train did before
         split_with_report(snapshots, SplitSettings())

@@ -18,7 +18,7 @@ from leadml.data.flat import ingest_flat
 from leadml.data.ingest import LABEL, check_bad_shares
 from leadml.data.parsing import parse_column
 from leadml.errors import ContractError, LeadmlError
-from leadml.stages.ingest import ingest_stage
+from leadml.stages.ingest import IngestSummary, ingest_stage
 
 SETTINGS = IngestSettings(reference_time="2024-06-01T00:00:00Z")
 CONTRACT = {"id": "mql_id", "time": "first_contact", "categorical": ["origin"]}
@@ -196,13 +196,13 @@ def test_ingest_stage_reads_the_outcomes_table_and_records_the_labels(tmp_path: 
         "outcomes": {"table": {"format": "csv", "path": str(tmp_path / "deals.csv")}, **OUTCOMES},
     }
     record = ingest_stage(data, tmp_path / "out")
-    assert set(record["tables"]) == {s.LEADS, "outcomes"}
-    deals = record["tables"]["outcomes"]
+    assert set(record.tables) == {s.LEADS, "outcomes"}
+    deals = record.tables["outcomes"]
     assert deals["source"] == f"csv file {tmp_path / 'deals.csv'}"
     assert deals["reasons"] == {"won_date: not a timestamp": 1}
     quarantine = pd.read_parquet(tmp_path / "out" / "quarantine" / "outcomes.parquet")
     assert quarantine[[SOURCE_ROW, "won_date"]].values.tolist() == [[3, "someday"]]
-    leads = record["tables"][s.LEADS]
+    leads = record.tables[s.LEADS]
     assert leads["accepted_rows"] + leads["quarantined_rows"] == leads["input_rows"] == 6
     assert leads["excluded_rows"] == 0  # m6: the data ends on its first contact, so it is open
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -296,7 +296,7 @@ def crm_export() -> pd.DataFrame:
     })  # fmt: skip
 
 
-def ingest_export(tmp_path: Path, table: dict, name: str) -> dict:
+def ingest_export(tmp_path: Path, table: dict, name: str) -> IngestSummary:
     data = {
         "name": name,
         "kind": "flat",
@@ -346,9 +346,9 @@ def test_an_xlsx_export_ingests_like_the_same_export_as_csv(tmp_path: Path):
         6: "Created Date: '2024-03-31 02:30:00' is not a valid local time in Europe/Berlin",
     }
     for key in ("input_rows", "accepted_rows", "quarantined_rows", "reasons", "output_fingerprint"):
-        assert from_xlsx["tables"][s.LEADS][key] == from_csv["tables"][s.LEADS][key], key
-    assert from_xlsx["tables"][s.LEADS]["source"] == f"xlsx file {xlsx_path} (sheet 'Leads')"
-    assert from_xlsx["tables"][s.LEADS]["source_fingerprint"] == fingerprint_file(xlsx_path)
+        assert from_xlsx.tables[s.LEADS][key] == from_csv.tables[s.LEADS][key], key
+    assert from_xlsx.tables[s.LEADS]["source"] == f"xlsx file {xlsx_path} (sheet 'Leads')"
+    assert from_xlsx.tables[s.LEADS]["source_fingerprint"] == fingerprint_file(xlsx_path)
 
 
 def test_leadml_ingest_stops_on_a_semicolon_file_with_one_line_and_exit_1(tmp_path: Path):
@@ -445,12 +445,12 @@ def test_a_funnel_labelled_by_won_deals_scores_its_leads_whose_window_is_still_o
     overrides = [f"hydra.searchpath=[file://{folder}]", "data=funnel", f"paths.root={tmp_path}"]
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         trained = run_train(compose("train", [*overrides, *QUICK, *LENIENT_GATE]))
-        assert trained["promoted"]
+        assert trained.promoted
         scored = run_score(compose("score", [*overrides, "score.as_of=latest"]))
     end = max(pd.Timestamp(mqls["first_contact_date"].max()), pd.Timestamp(deals["won_date"].max()))
     young = pd.to_datetime(mqls["first_contact_date"]) + pd.Timedelta(days=30) > end
     still_open = mqls.loc[young & ~mqls["mql_id"].isin(deals["mql_id"]), "mql_id"]
-    rows = pd.read_parquet(scored["output"])
+    rows = pd.read_parquet(scored.output)
     assert len(still_open) > 20 and sorted(rows["lead_id"]) == sorted(still_open)
     referral = rows["lead_id"].isin(mqls.loc[mqls["origin"] == "referral", "mql_id"])
     assert rows.loc[referral, "probability"].mean() > rows.loc[~referral, "probability"].mean()

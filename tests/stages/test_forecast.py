@@ -495,17 +495,17 @@ def test_the_stage_writes_every_table_and_the_cli_prints_them(
     assert "400 planned leads (forecast.planned)" in printed
     assert "2 reps work 200 of 500 open leads (probability >= " in printed
     assert f"forecast.json to {tmp_path}/out" in printed
-    assert summary["planned"] == {"web_organic": 300, "event": 100}
-    assert summary["capacity_leads"] == 2 * 20 * 5
+    assert summary.planned == {"web_organic": 300, "event": 100}
+    assert summary.capacity_leads == 2 * 20 * 5
     for name in ("history", "forward", "reverse", "capacity"):
         table = pd.read_csv(tmp_path / f"out/{name}.csv", index_col=0)
         assert table.index[-1] in (ALL, TOTAL)
-        assert list(table.columns) == list(summary[name].columns)
+        assert list(table.columns) == list(getattr(summary, name).columns)
     record = json.loads((tmp_path / "out/forecast.json").read_text())
     assert record["settings"]["planned"] == {"web_organic": 300, "Event": 100}
     assert record["forward"][-1]["source"] == TOTAL
     assert record["revenue_target"] == 800000
-    assert summary["reverse"].loc["referral", "share"] == 0.5
+    assert summary.reverse.loc["referral", "share"] == 0.5
 
 
 def test_the_stage_defaults_to_the_recent_pace_and_without_a_scored_run_skips_capacity(
@@ -513,11 +513,11 @@ def test_the_stage_defaults_to_the_recent_pace_and_without_a_scored_run_skips_ca
 ) -> None:
     cfg = _cfg(project, [f"forecast.output_dir={tmp_path}", f"forecast.scored_dir={tmp_path}/none"])
     summary = forecast_stage(OmegaConf.to_container(cfg, resolve=True), project)
-    assert summary["capacity"] is None and "capacity" not in summary["files"]
-    assert summary["planned_from"].startswith("the pace of the last 90 days")
+    assert summary.capacity is None and "capacity" not in summary.files
+    assert summary.planned_from.startswith("the pace of the last 90 days")
     # 12 months at 200/100/50 a month: about that many per 30 days
-    assert summary["planned"]["web_organic"] == pytest.approx(200, rel=0.25)
-    assert summary["revenue_target"] == pytest.approx(summary["forward"].loc[TOTAL, "expected_revenue"])
+    assert summary.planned["web_organic"] == pytest.approx(200, rel=0.25)
+    assert summary.revenue_target == pytest.approx(summary.forward.loc[TOTAL, "expected_revenue"])
 
 
 def test_the_stage_names_a_bad_planned_file_and_an_unknown_setting(project: Path, tmp_path: Path) -> None:
@@ -540,13 +540,10 @@ def test_the_stage_groups_by_another_leads_column_with_forecast_by(project: Path
         project, [f"forecast.output_dir={tmp_path}", "forecast.by=owner", "forecast.planned={rep_0: 100}"]
     )
     summary = forecast_stage(OmegaConf.to_container(cfg, resolve=True), project)
-    history = summary["history"]
+    history = summary.history
     assert history.index.name == "owner" and set(history.index) == {"rep_0", "rep_1", "rep_2", "rep_3", ALL}
     assert history.loc[ALL, "won"] == history.drop(index=ALL)["won"].sum()
-    assert (
-        summary["grouping"] == "owner (forecast.by)"
-        and summary["forward"].loc["rep_0", "planned_leads"] == 100
-    )
+    assert summary.grouping == "owner (forecast.by)" and summary.forward.loc["rep_0", "planned_leads"] == 100
     cfg = _cfg(project, [f"forecast.output_dir={tmp_path}", "forecast.by=channel"])
     with pytest.raises(LeadmlError, match=r"forecast.by='channel' is not a column of the leads table"):
         forecast_stage(OmegaConf.to_container(cfg, resolve=True), project)

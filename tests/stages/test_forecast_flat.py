@@ -10,7 +10,6 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from leadml.cli import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.reporting.forecast import ALL, AMONG_CLOSED, POOLED_GROUP, TOTAL, WITHIN_HORIZON, ForecastSettings
-from leadml.stages.forecast import NO_DEAL_VALUES, forecast_stage
+from leadml.stages.forecast import NO_DEAL_VALUES, ForecastResult, forecast_stage
 
 README = REPO / "README.md"
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
@@ -44,7 +43,7 @@ def readme_forecast_lines() -> list[list[str]]:
     return [line[1:] for line in lines]
 
 
-def _stage(overrides: list[str]) -> dict[str, Any]:
+def _stage(overrides: list[str]) -> ForecastResult:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("forecast", [*QUICK, *overrides])
     return forecast_stage(OmegaConf.to_container(cfg, resolve=True), Path(cfg.paths.root))
@@ -96,8 +95,8 @@ def test_a_target_column_gives_won_among_closed_per_source_without_a_horizon(
     summary = _stage([*overrides, "forecast.planned={Web: 300, referral: 100}"])
     counts = _by_source(leads)
 
-    history = summary["history"]
-    assert summary["group_by"] == "Source" and summary["grouping"].startswith("Source, the source-family")
+    history = summary.history
+    assert summary.group_by == "Source" and summary.grouping.startswith("Source, the source-family")
     assert history.index.name == "Source" and list(history.index)[-1] == ALL
     for source, row in counts.iterrows():
         got = history.loc[source]
@@ -111,27 +110,27 @@ def test_a_target_column_gives_won_among_closed_per_source_without_a_horizon(
     assert history["days_to_convert_mean"].isna().all() and history["deal_value_mean"].isna().all()
 
     # the forward forecast: the posterior mean of each source's rate, revenue missing
-    forward = summary["forward"]
-    assert summary["planned"] == {"web": 300, "referral": 100}
-    for source, n in summary["planned"].items():
+    forward = summary.forward
+    assert summary.planned == {"web": 300, "referral": 100}
+    for source, n in summary.planned.items():
         row = counts.loc[source]
         rate = (row["won"] + 0.5) / (row["closed"] + 1.0)
         assert forward.loc[source, "expected_conversions"] == pytest.approx(n * rate)
         assert forward.loc[source, "conversions_low"] < n * rate < forward.loc[source, "conversions_high"]
     assert forward[["expected_revenue", "revenue_low", "revenue_high", "deal_value_mean"]].isna().all().all()
     assert forward["days_to_convert"].isna().all()
-    assert summary["reverse"] is None and summary["revenue_target"] is None
+    assert summary.reverse is None and summary.revenue_target is None
 
     # what the rate is, said in the summary and the JSON; no reverse.csv
-    assert summary["rate_kind"] == AMONG_CLOSED and summary["horizon_days"] is None
-    record = json.loads(Path(summary["files"]["json"]).read_text())
+    assert summary.rate_kind == AMONG_CLOSED and summary.horizon_days is None
+    record = json.loads(Path(summary.files["json"]).read_text())
     assert "won / (won + lost) among the closed leads" in record["rate_definition"]
     assert "not a rate within a horizon" in record["rate_definition"]
     assert record["horizon_days"] is None and record["reverse"] is None
     assert record["forward"][-1]["expected_revenue"] is None  # missing, not 0
     assert NO_DEAL_VALUES in record["notes"]
-    assert not (Path(summary["files"]["json"]).parent / "reverse.csv").exists()
-    assert set(summary["files"]) == {"history", "forward", "json"}
+    assert not (Path(summary.files["json"]).parent / "reverse.csv").exists()
+    assert set(summary.files) == {"history", "forward", "json"}
 
 
 def test_the_default_plan_of_a_dated_flat_table_is_the_pace_of_all_its_leads(
@@ -144,9 +143,9 @@ def test_the_default_plan_of_a_dated_flat_table_is_the_pace_of_all_its_leads(
     end = created.max()
     recent = leads[created > end - 90 * DAY]  # open leads arrived too: they count in the pace
     expected = {k: round(v * 30 / 90) for k, v in recent["Source"].str.lower().value_counts().items()}
-    assert summary["planned"] == expected
-    assert summary["planned_from"] == "the pace of the last 90 days, per 30 days"
-    assert summary["as_of"] == end
+    assert summary.planned == expected
+    assert summary.planned_from == "the pace of the last 90 days, per 30 days"
+    assert summary.as_of == end
 
 
 def test_capacity_of_a_flat_table_needs_reps_and_plans_from_the_scored_open_leads(
@@ -233,15 +232,15 @@ def test_without_a_source_family_the_leads_are_one_pooled_group(
     leads = exported_leads(500, seed=9)
     overrides = [*readme_project(tmp_path, leads), *_config_without(tmp_path, "pooled", "families:")]
     summary = _stage([*overrides, "forecast.planned={all_leads: 200}"])
-    history = summary["history"]
+    history = summary.history
     assert list(history.index) == [POOLED_GROUP, ALL]
-    assert summary["grouping"] == (
+    assert summary.grouping == (
         "one pooled group, 'all_leads' (data.families maps no column to the family source)"
     )
     closed = leads["Status"].isin(["Won", "Lost"])
     assert history.loc[POOLED_GROUP, "leads"] == closed.sum()
     assert history.loc[POOLED_GROUP, "won"] == (leads["Status"] == "Won").sum()
-    assert summary["forward"].loc[TOTAL, "planned_leads"] == 200
+    assert summary.forward.loc[TOTAL, "planned_leads"] == 200
 
 
 # --------------------------------------------------------------------------- dated outcomes
@@ -323,8 +322,8 @@ def test_dated_outcomes_give_the_crm_definition_on_the_mature_cohort(
     )
 
     summary = _stage(overrides)
-    history, expected = summary["history"], _within_horizon(leads, deals)
-    assert summary["rate_kind"] == WITHIN_HORIZON and summary["horizon_days"] == HORIZON
+    history, expected = summary.history, _within_horizon(leads, deals)
+    assert summary.rate_kind == WITHIN_HORIZON and summary.horizon_days == HORIZON
     for channel, row in expected.iterrows():
         got = history.loc[channel]
         assert (got["leads"], got["won"]) == (row["leads"], row["won"])
@@ -340,13 +339,13 @@ def test_dated_outcomes_give_the_crm_definition_on_the_mature_cohort(
     # the default plan: the pace of the last 90 days up to the last lead, the young leads included
     created = leads["first_contact"]
     recent = leads[created > created.max() - 90 * DAY]
-    assert summary["planned"] == {k: round(v / 3) for k, v in recent["channel"].value_counts().items()}
+    assert summary.planned == {k: round(v / 3) for k, v in recent["channel"].value_counts().items()}
     assert (
-        summary["planned_from"]
+        summary.planned_from
         == f"the pace of the last 90 days to {created.max():%Y-%m-%d} (the last lead), per 30 days"
     )
-    assert summary["forward"]["expected_revenue"].isna().all()
-    record = json.loads(Path(summary["files"]["json"]).read_text())
+    assert summary.forward["expected_revenue"].isna().all()
+    record = json.loads(Path(summary.files["json"]).read_text())
     assert record["rate_definition"].startswith("won_date within 30 days of first_contact, among the leads")
     assert record["grouping"].startswith("channel, the source-family column")
     assert record["no_capacity"] == (
@@ -393,11 +392,11 @@ def test_olist_by_channel_matches_its_labels_and_the_raw_files(tmp_path: Path) -
     delay = pd.to_datetime(joined["won_date"], utc=True) - first
     labelled = (first >= pd.Timestamp("2017-12-05", tz="UTC")) & ~(delay < pd.Timedelta(0))
     won = labelled & (delay <= 90 * DAY)
-    history = summary["history"]
+    history = summary.history
     assert (history.loc[ALL, "leads"], history.loc[ALL, "won"]) == (labelled.sum(), won.sum())
     paid = joined["origin"] == "paid_search"
     assert history.loc["paid_search", "won"] == (won & paid).sum()
     assert history.loc["paid_search", "leads"] == (labelled & paid).sum()
     assert history.loc[ALL, "immature_leads"] == 0  # every MQL's 90 days ended before the last won deal
-    assert summary["as_of"] == pd.Timestamp("2018-11-14 18:04:19", tz="UTC")
-    assert summary["planned_from"].startswith("the pace of the last 90 days to 2018-05-31 (the last lead)")
+    assert summary.as_of == pd.Timestamp("2018-11-14 18:04:19", tz="UTC")
+    assert summary.planned_from.startswith("the pace of the last 90 days to 2018-05-31 (the last lead)")

@@ -128,10 +128,8 @@ def test_the_readme_opportunity_export_trains_and_scores_with_its_lookup_tables(
 
     prospecting = int((pipeline["deal_stage"] == "Prospecting").sum())
     kept = len(pipeline) - prospecting
-    assert summary["where"]["kept_rows"] == kept
-    assert summary["where"]["left_out"] == {
-        "deal_stage in [Won, Lost, Engaging]": {"Prospecting": prospecting}
-    }
+    assert summary.where["kept_rows"] == kept
+    assert summary.where["left_out"] == {"deal_stage in [Won, Lost, Engaging]": {"Prospecting": prospecting}}
     assert f"ingest: where: kept {kept:,} of {len(pipeline):,} rows of leads" in out
     # the bad account row is quarantined once, in the lookup's own file, at its row there
     accounts = pd.read_parquet(
@@ -141,11 +139,11 @@ def test_the_readme_opportunity_export_trains_and_scores_with_its_lookup_tables(
     assert "revenue" in accounts["reason"].iloc[0]
     bad_account = tables["accounts"]["account"].iloc[BAD_ACCOUNT_ROW - 1]
     pointing = int(((pipeline["account"] == bad_account) & (pipeline["deal_stage"] != "Prospecting")).sum())
-    joined = summary["joins"]["accounts"]
+    joined = summary.joins["accounts"]
     assert joined["unmatched_leads"] == pointing and joined["unmatched_examples"] == [bad_account]
     assert joined["matched_leads"] == kept - pointing
     # GTXPro meets GTX Pro through the config's synonyms: every product matched
-    assert summary["joins"]["products"]["matched_leads"] == kept
+    assert summary.joins["products"]["matched_leads"] == kept
     # the bad lead's quarantine names its row in the file, not its position after where
     leads_quarantine = pd.read_parquet(
         tmp_path / "data" / "interim" / "opportunities" / "quarantine" / "leads.parquet"
@@ -169,9 +167,9 @@ def test_the_readme_opportunity_export_trains_and_scores_with_its_lookup_tables(
 
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         trained = run_train(compose("train", [*overrides, *QUICK, *LENIENT_GATE]))
-        assert trained["promoted"]
+        assert trained.promoted
         scored = run_score(compose("score", [*overrides, "score.as_of=latest"]))
-    rows = pd.read_parquet(scored["output"])
+    rows = pd.read_parquet(scored.output)
     assert sorted(rows["lead_id"]) == sorted(pipeline.loc[engaging, "opportunity_id"])
     reasons = " ".join(str(reason) for reason in rows.filter(like="reason").stack().dropna())
     assert "sector" in reasons or "sales price" in reasons or "product" in reasons

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from factories import local_tracking, project_config, run_entry_point, user_configs
 from leadml import cli
 from leadml.errors import CONFIG_FILE, data_config_file
+from leadml.modelling.guards import sentinel_sentence
 from leadml.modelling.points import no_rules_message
 
 GUARDS = {
@@ -80,19 +81,19 @@ def test_model_points_without_rules_names_the_file_to_add_them_to(tmp_path: Path
 
 # --------------------------------------------------------------------------- leakage sentinel
 def test_the_sentinel_line_names_what_it_checked_and_the_thresholds() -> None:
-    assert cli.sentinel_line(23, GUARDS) == (
+    assert sentinel_sentence(23, GUARDS) == (
         "leakage sentinel: checked 23 columns (single-feature AUC above 0.95 or below 0.05; filled for "
         "at least 95% of positives and at most 5% of negatives; at least 10% of rows in outcome-coded "
         "levels): none flagged"
     )
     stricter = {"leakage_threshold": 0.85, "post_outcome_presence": [0.9, 0.1], "outcome_level_share": 0.2}
-    assert cli.sentinel_line(1, stricter) == (
+    assert sentinel_sentence(1, stricter) == (
         "leakage sentinel: checked 1 column (single-feature AUC above 0.85 or below 0.15; filled for "
         "at least 90% of positives and at most 10% of negatives; at least 20% of rows in outcome-coded "
         "levels): none flagged"
     )
     without_share = {key: value for key, value in GUARDS.items() if key != "outcome_level_share"}
-    assert cli.sentinel_line(None, without_share).startswith("leakage sentinel: checked the features (")
+    assert sentinel_sentence(None, without_share).startswith("leakage sentinel: checked the features (")
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_the_shared_projects_run_flagged_nothing_and_says_what_it_checked(projec
     checked = len(report)  # what the train stage's summary counts as leakage_checked
     assert not report["flagged"].any()
     assert checked == len(metadata) > 10
-    assert cli.sentinel_line(checked, guards) == (
+    assert sentinel_sentence(checked, guards) == (
         f"leakage sentinel: checked {len(metadata)} columns (single-feature AUC above 0.95 or below 0.05; "
         "filled for at least 95% of positives and at most 5% of negatives; at least 10% of rows in "
         "outcome-coded levels): none flagged"

@@ -27,6 +27,7 @@ from leadml.reporting.model_report import (
     render_model_report,
     tier_records,
 )
+from leadml.stages.train import TrainResult
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_COLUMN = '<img src=x onerror="alert(2)">'
@@ -185,7 +186,7 @@ def test_report_pieces_and_escaping() -> None:
 
 # --------------------------------------------------------------------------- make train
 @pytest.fixture(scope="module")
-def trained_twice(project_copy) -> tuple[Path, dict, dict, str]:
+def trained_twice(project_copy) -> tuple[Path, TrainResult, TrainResult, str]:
     """A project trained twice (the second run has a champion to compare with) and what train printed:
     the shared project's data (generated, ingested, featured), in a store of its own."""
     root = project_copy("model_report", tracking=False)
@@ -200,34 +201,38 @@ def trained_twice(project_copy) -> tuple[Path, dict, dict, str]:
     return root, first, second, printed.getvalue()
 
 
-def test_train_writes_logs_and_links_the_report(trained_twice: tuple[Path, dict, dict, str]) -> None:
+def test_train_writes_logs_and_links_the_report(
+    trained_twice: tuple[Path, TrainResult, TrainResult, str],
+) -> None:
     root, first, second, printed = trained_twice
     for summary in (first, second):
-        path = Path(summary["report"])
-        assert path == root / "reports" / "synthetic" / f"model-v{summary['version']}.html"
+        path = Path(summary.report)
+        assert path == root / "reports" / "synthetic" / f"model-v{summary.version}.html"
         assert path.exists() and not list(path.parent.glob(".*partial"))
         assert f"train: report {path}\n" in printed
-        assert f"selection: {summary['selection']}\n" in printed and summary["selection"].startswith("chose ")
+        assert f"selection: {summary.selection}\n" in printed and summary.selection.startswith("chose ")
     # the registered model is the refit on every labelled row; the first run's data ended early
-    assert second["deployment"]["refit"] and second["deployment"]["rows"] > first["deployment"]["rows"]
+    assert second.deployment["refit"] and second.deployment["rows"] > first.deployment["rows"]
     assert printed.count("deployed: the same procedure refitted on every labelled row") == 2
-    page = Path(second["report"]).read_text(encoding="utf-8")
+    page = Path(second.report).read_text(encoding="utf-8")
     assert 'id="selection-table"' in page and "the same procedure refitted on every labelled row" in page
 
     from mlflow import MlflowClient
 
     with local_tracking():
-        client = MlflowClient(tracking_uri=second["tracking_uri"])
-        artifacts = {a.path for a in client.list_artifacts(second["run_id"], "report")}
-        assert f"report/model-v{second['version']}.html" in artifacts
-        tags = client.get_run(second["run_id"]).data.tags
-    assert Path(tags["report"]) == Path(second["report"]).resolve()
-    assert tags["report_artifact"] == f"report/model-v{second['version']}.html"
+        client = MlflowClient(tracking_uri=second.tracking_uri)
+        artifacts = {a.path for a in client.list_artifacts(second.run_id, "report")}
+        assert f"report/model-v{second.version}.html" in artifacts
+        tags = client.get_run(second.run_id).data.tags
+    assert Path(tags["report"]) == Path(second.report).resolve()
+    assert tags["report_artifact"] == f"report/model-v{second.version}.html"
 
 
-def test_report_sections_charts_gate_and_champion(trained_twice: tuple[Path, dict, dict, str]) -> None:
+def test_report_sections_charts_gate_and_champion(
+    trained_twice: tuple[Path, TrainResult, TrainResult, str],
+) -> None:
     _, first, second, _ = trained_twice
-    page = Path(second["report"]).read_text(encoding="utf-8")
+    page = Path(second.report).read_text(encoding="utf-8")
     _assert_self_contained(page)
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
@@ -236,12 +241,12 @@ def test_report_sections_charts_gate_and_champion(trained_twice: tuple[Path, dic
     for chart in CHARTS:
         assert len(_chart(page, chart)) > 5000
     assert "Oracle gap: ROC AUC" in page
-    for reason in second["reasons"]:
+    for reason in second.reasons:
         assert reason.replace("'", "&#39;") in page
-    assert 'id="champion-table"' in page and f"champion (v{second['champion_before']})" in page
+    assert 'id="champion-table"' in page and f"champion (v{second.champion_before})" in page
     assert all(f'<tr><td><span class="tier tier-{tier}">' in page for tier in "ABCD")
     assert re.search(r"<td>test</td><td>\d{4}-\d{2}-\d{2}</td><td>\d{4}-\d{2}-\d{2}</td>", page)
 
-    first_page = Path(first["report"]).read_text(encoding="utf-8")
+    first_page = Path(first.report).read_text(encoding="utf-8")
     assert "There was no champion before" in first_page and 'id="champion-table"' not in first_page
     assert "promoted to champion" in first_page

@@ -111,11 +111,11 @@ def test_a_target_independent_of_every_column_ends_unpromoted_with_a_no_signal_m
     with local_tracking():  # leadml-train alone: it ingests and builds features first (prepare=auto)
         # enough resamples for the interval's tails (100 make it too narrow)
         summary = run_train(_config("train", root, config_dir, ("evaluation.bootstrap=1000",)))
-    model = summary["comparison"].loc[summary["model_name"]]
+    model = summary.comparison.loc[summary.model_name]
     assert abs(model["roc_auc"] - 0.5) < 0.05
     assert model["roc_auc_low"] <= 0.5 <= model["roc_auc_high"]
-    assert not summary["promoted"]
-    assert summary["reasons"][0].startswith(NO_SIGNAL)
+    assert not summary.promoted
+    assert summary.reasons[0].startswith(NO_SIGNAL)
     printed = capsys.readouterr().out
     assert "prepare: no features in" in printed and "ingest leads: 8,000 rows in, 8,000 accepted" in printed
     assert "not promoted: no usable signal: test ROC AUC" in printed

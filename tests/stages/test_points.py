@@ -312,18 +312,18 @@ def evaluate(project: Path, overrides: tuple[str, ...]) -> tuple[TrainingResult,
 def test_model_points_trains_and_scores_end_to_end(project: Path) -> None:
     with local_tracking():
         summary = run_train(_cfg(project, "train", ("model=points", only(project, SHEET_FEATURES))))
-        comparison = summary["comparison"]
+        comparison = summary.comparison
         expected = {"points", "points_uncalibrated", "points_baseline", "logreg_baseline"}
         assert expected <= set(comparison.index)
         assert comparison.loc["points", "roc_auc"] > 0.7  # the sheet ranks, if less well than a model
-        page = Path(summary["report"]).read_text()
+        page = Path(summary.report).read_text()
         assert 'id="points-tiers"' in page and "from points" in page and "n_demo_request_90d" in page
         assert "rule 10 (days_since_last_activity)" in page  # skipped: left out of the model
-        assert summary["promoted"]
+        assert summary.promoted
 
         scored = run_score(_cfg(project, "score"))
-    assert scored["leads"] > 0 and set(scored["tiers"]) <= {"A", "B", "C", "D"}
-    rows = pd.read_parquet(Path(scored["output"]))
+    assert scored.leads > 0 and set(scored.tiers) <= {"A", "B", "C", "D"}
+    rows = pd.read_parquet(Path(scored.output))
     assert rows["probability"].between(0, 1).all() and "positive_reason_1" not in rows
 
 

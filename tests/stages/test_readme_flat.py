@@ -31,15 +31,15 @@ def test_the_readme_flat_example_keeps_open_leads_apart(
         features = compose("features", overrides)
     summary = run_ingest(ingest)
     still_open = leads["Status"].isin(["Open", "In progress"])
-    table = summary["tables"]["leads"]
+    table = summary.tables["leads"]
     assert table["output_rows"] == (~still_open).sum() and table["quarantined_rows"] == 0
-    assert summary["open_rows"]["leads"]["rows"] == still_open.sum()
+    assert summary.open_rows["leads"]["rows"] == still_open.sum()
     open_rows = pd.read_parquet(Path(ingest.output_dir) / open_rows_file("leads"))
     assert sorted(open_rows["lead_id"]) == sorted(leads.loc[still_open, "Lead ID"])
     assert "label" not in open_rows and "Email" in open_rows.columns  # personal: validated, kept
     built = run_features(features)
-    assert built["snapshots"] == (~still_open).sum()
-    assert built["positives"] == (leads["Status"] == "Won").sum()
+    assert built.snapshots == (~still_open).sum()
+    assert built.positives == (leads["Status"] == "Won").sum()
     assert (Path(features.output_dir) / MANIFEST).exists()
     assert f"{still_open.sum():,} open" in capsys.readouterr().out
 
@@ -75,11 +75,11 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     overrides = [*readme_project(tmp_path, leads), *QUICK, *LENIENT_GATE, synonyms]
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         trained = run_train(compose("train", overrides))
-        assert trained["promoted"]
+        assert trained.promoted
         scored = run_score(compose("score", [*overrides, "score.as_of=latest"]))
     still_open = leads.loc[leads["Status"].isin(["Open", "In progress"]), "Lead ID"]
-    assert scored["leads"] == len(still_open)
-    rows = pd.read_parquet(scored["output"])
+    assert scored.leads == len(still_open)
+    rows = pd.read_parquet(scored.output)
     assert sorted(rows["lead_id"]) == sorted(still_open)
     latest = pd.Timestamp(leads["Created Date"].max(), tz="UTC").normalize() + pd.Timedelta(days=1)
     assert (rows["as_of"] == latest).all() and rows["probability"].between(0, 1).all()
@@ -95,7 +95,7 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     # the export, and requests in the export's own shape: a row as in the file, its id echoed
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         exported = run_export(compose("export", overrides))
-    folder = Path(exported["path"])
+    folder = Path(exported.path)
     example = json.loads((folder / "request_example.json").read_text())["dataframe_records"][0]
     assert example["Lead ID"] == "example-1" and "Email" not in example and "Web Visits" in example
     served = mlflow.pyfunc.load_model(str(folder))
@@ -121,7 +121,7 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     with local_tracking(), initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         again = run_score(compose("score", [*overrides, f"score.as_of={week_later}"]))
         second = run_report(compose("report", overrides))
-    rows = pd.read_parquet(again["output"])
+    rows = pd.read_parquet(again.output)
     assert sorted(rows["lead_id"]) == sorted(still_open.iloc[40:])
     assert (rows["trend"] == "steady").all()  # same rows, same model: nothing moved
     page = second.html.read_text()

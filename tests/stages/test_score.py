@@ -23,6 +23,7 @@ from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
 from leadml.modelling.drift import population_stability, reference_profile, unseen_categories
 from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
+from leadml.stages.score import ScoreResult
 
 SMALL = {
     "synthetic.n_leads": 6000,
@@ -52,10 +53,12 @@ def root(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return tmp_path
 
 
-def _scored(root: Path, as_of: str = "latest", extra: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame]:
-    summary = run_score(_cfg(root, "score", [f"score.as_of={as_of}", *extra]))
-    frame = pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE)
-    return summary, frame
+def _scored(
+    root: Path, as_of: str = "latest", extra: tuple[str, ...] = ()
+) -> tuple[ScoreResult, pd.DataFrame]:
+    result = run_score(_cfg(root, "score", [f"score.as_of={as_of}", *extra]))
+    frame = pd.read_parquet(Path(result.output) / sinks.PART_FILE)
+    return result, frame
 
 
 def _scorer(root: Path):
@@ -74,11 +77,11 @@ def _open_features(root: Path, scorer) -> tuple[dict, pd.DataFrame]:
 # --------------------------------------------------------------------------- the job
 def test_score_writes_every_open_lead_with_tiers_reasons_and_trend(root: Path) -> None:
     summary, frame = _scored(root)
-    assert summary["leads"] == len(frame) > 100
+    assert summary.leads == len(frame) > 100
     assert frame[s.LEAD_ID].is_unique
     assert frame["probability"].between(0, 1).all()
     assert set(frame["tier"]) <= {"A", "B", "C", "D"}
-    assert sum(summary["tiers"].values()) == len(frame)
+    assert sum(summary.tiers.values()) == len(frame)
     assert frame["percentile"].between(0, 100).all() and frame["percentile"].max() == 100
     assert (frame["trend"] == "new").all()  # no earlier run
     assert frame["model_version"].eq("1").all()
@@ -99,7 +102,7 @@ def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) ->
     first, frame = _scored(root, "2025-12-01")
     _, frame_again = _scored(root, "2025-12-01")
     pd.testing.assert_frame_equal(frame, frame_again)
-    partition = Path(first["output"])
+    partition = Path(first.output)
     assert sorted(p.name for p in partition.iterdir()) == [SCORING_RUN_RECORD, sinks.PART_FILE]
     assert not sinks.leftovers(partition.parent)
     _, later = _scored(root, "2025-12-15")
@@ -116,7 +119,7 @@ def test_lead_buckets_give_the_same_rows_as_one_bucket(root: Path) -> None:
         extra = (f"score.bucket_leads={bucket_leads}", f"score.output_dir={root / 'scored' / name}")
         _scored(root, "2025-12-01", extra)
         summary, frames[name] = _scored(root, "2025-12-15", extra)
-        assert summary["buckets"] == (1 if name == "one" else 9)  # 6000 leads in buckets of 700
+        assert summary.buckets == (1 if name == "one" else 9)  # 6000 leads in buckets of 700
         assert not list((root / "data" / "scoring" / "synthetic" / "work").iterdir())  # bucket files removed
     one, many = (frames[k].sort_values(s.LEAD_ID, ignore_index=True) for k in ("one", "many"))
     pd.testing.assert_frame_equal(one, many)
@@ -130,7 +133,7 @@ def test_sql_sink_upserts_without_duplicates(root: Path) -> None:
     _scored(root, "2025-12-01", tuple(sql))
     with sqlite3.connect(database) as connection:
         stored = pd.read_sql("select * from lead_scores", connection)
-    assert summary["sql_rows"] == len(frame) == len(stored)
+    assert summary.sql_rows == len(frame) == len(stored)
     assert not stored.duplicated([s.LEAD_ID, s.AS_OF]).any()
     assert stored[s.AS_OF].eq("2025-12-01").all()
     merged = stored.merge(frame[[s.LEAD_ID, "probability"]], on=s.LEAD_ID, suffixes=("", "_parquet"))
@@ -152,16 +155,16 @@ def test_a_run_that_dies_while_writing_leaves_the_previous_partition(
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(pq.ParquetWriter, "write_table", die_in_the_partition)
         _scored(root, "2025-12-01")
-    pd.testing.assert_frame_equal(pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE), before)
+    pd.testing.assert_frame_equal(pd.read_parquet(Path(summary.output) / sinks.PART_FILE), before)
     _, after = _scored(root, "2025-12-01")  # the re-run cleans up and completes
     pd.testing.assert_frame_equal(before, after)
-    assert not sinks.leftovers(Path(summary["output"]).parent)
+    assert not sinks.leftovers(Path(summary.output).parent)
 
 
 def test_a_second_run_of_the_same_date_refuses_while_the_first_holds_it(root: Path) -> None:
     """The lock is held by another process (a real second scorer would be too slow for a test)."""
     first, before = _scored(root, "2025-12-01")
-    base = Path(first["output"]).parent
+    base = Path(first.output).parent
     holder = subprocess.Popen(
         [
             sys.executable,

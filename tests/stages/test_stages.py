@@ -49,9 +49,13 @@ def test_generate_is_skipped_when_present_and_deterministic(pipeline: Path, tmp_
 def test_generate_reruns_when_the_settings_change(tmp_path: Path) -> None:
     first = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500"]))
     again = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500"]))
-    assert again["created_at"] == first["created_at"]
+    assert (first.written, again.written) == ("new", "kept") and again.created_at == first.created_at
     changed = run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500", "synthetic.seed=7"]))
-    assert changed["settings"]["seed"] == 7 and changed["created_at"] != first["created_at"]
+    assert changed.written == "replaced" and changed.seed == 7 and changed.created_at != first.created_at
+    assert (
+        run_generate(_cfg("generate", tmp_path, ["synthetic.n_leads=500", "synthetic.seed=7"])).written
+        == "kept"
+    )
 
 
 def test_ingest_accounts_for_every_row(pipeline: Path) -> None:
@@ -120,8 +124,8 @@ def test_sql_source_gives_the_same_tables_as_parquet(pipeline: Path, tmp_path: P
     record = run_ingest(_cfg("ingest", tmp_path, overrides))
     parquet = json.loads((pipeline / "data/interim/synthetic/manifest.json").read_text())
     for table in s.CRM_TABLES:
-        assert record["tables"][table]["accepted_rows"] == parquet["tables"][table]["accepted_rows"]
-        assert record["tables"][table]["output_fingerprint"] == parquet["tables"][table]["output_fingerprint"]
+        assert record.tables[table]["accepted_rows"] == parquet["tables"][table]["accepted_rows"]
+        assert record.tables[table]["output_fingerprint"] == parquet["tables"][table]["output_fingerprint"]
 
 
 def test_features_before_ingest_is_a_clear_error(tmp_path: Path) -> None:

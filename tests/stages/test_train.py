@@ -52,31 +52,31 @@ def root(features_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> None:
     first = run_train(_cfg(root))
-    assert first["promoted"] and first["version"] == "1" and first["champion_before"] is None
-    assert first["has_oracle"]
-    assert first["leakage_checked"] > 10 and not first["leakage_flagged"]  # the sentinel's one line
-    comparison = first["comparison"]
+    assert first.promoted and first.version == "1" and first.champion_before is None
+    assert first.has_oracle
+    assert first.leakage_checked > 10 and not first.leakage_flagged  # the sentinel's one line
+    comparison = first.comparison
     assert {"lightgbm", "lightgbm_uncalibrated", "logreg_baseline", "base_rate", "oracle"} <= set(
         comparison.index
     )
     assert comparison.loc["lightgbm", "roc_auc"] > comparison.loc["base_rate", "roc_auc"] + 0.2
     assert (root / "mlflow.db").exists()
     second = run_train(_cfg(root))
-    assert second["version"] == "2" and second["champion_before"] == "1"
-    assert any("champion" in reason for reason in second["reasons"])
+    assert second.version == "2" and second.champion_before == "1"
+    assert any("champion" in reason for reason in second.reasons)
 
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    run = client.get_run(second["run_id"])
+    run = client.get_run(second.run_id)
     assert run.data.params["model.name"] == "lightgbm"
     assert "test.lightgbm.roc_auc" in run.data.metrics
     gap = comparison.loc["oracle", "roc_auc"] - comparison.loc["lightgbm", "roc_auc"]
     assert run.data.metrics["oracle_gap.roc_auc"] == pytest.approx(
-        second["comparison"].loc["oracle", "roc_auc"] - second["comparison"].loc["lightgbm", "roc_auc"]
+        second.comparison.loc["oracle", "roc_auc"] - second.comparison.loc["lightgbm", "roc_auc"]
     )
     assert gap > -0.02  # a model far above the oracle would mean a leak
-    assert first["calibration"]["verdict"].startswith(("improved", "not improved"))
+    assert first.calibration["verdict"].startswith(("improved", "not improved"))
     inputs = {
         next(tag.value for tag in d.tags if tag.key == "mlflow.data.context"): d.dataset
         for d in run.inputs.dataset_inputs
@@ -84,9 +84,9 @@ def test_train_registers_promotes_and_compares_with_the_champion(root: Path) -> 
     assert set(inputs) == {"train", "calibration", "test"}
     for window, dataset in inputs.items():
         assert dataset.name == f"synthetic-{window}" and len(dataset.digest) == 36
-        assert json.loads(dataset.profile)["num_rows"] == second["split"][window]["rows"]
+        assert json.loads(dataset.profile)["num_rows"] == second.split[window]["rows"]
     assert len({d.digest for d in inputs.values()}) == 3
-    artifacts = {a.path for a in client.list_artifacts(second["run_id"])}
+    artifacts = {a.path for a in client.list_artifacts(second.run_id)}
     assert {"config.yaml", "metrics_comparison.csv", "promotion.json", "plots"} <= artifacts
     champion = str(client.get_model_version_by_alias("leadml-synthetic", "champion").version)
     assert champion in ("1", "2")
@@ -120,19 +120,19 @@ def test_logreg_sigmoid_exclusions_and_another_tracking_store(root: Path) -> Non
         f"mlflow.tracking_uri=sqlite:///{other_store}",
     ]
     summary = run_train(_cfg(root, overrides))
-    assert "logreg" in summary["comparison"].index
-    assert summary["calibration"]["method"] == "sigmoid"
-    assert summary["tracking_uri"] == f"sqlite:///{other_store}" and other_store.exists()
+    assert "logreg" in summary.comparison.index
+    assert summary.calibration["method"] == "sigmoid"
+    assert summary.tracking_uri == f"sqlite:///{other_store}" and other_store.exists()
     assert not (root / "mlflow.db").exists()
 
     from mlflow import MlflowClient
 
-    run = MlflowClient().get_run(summary["run_id"])
+    run = MlflowClient().get_run(summary.run_id)
     assert run.data.params["split.test_months"] == "2"
     import mlflow
 
     inputs = mlflow.pyfunc.load_model(
-        f"models:/leadml-synthetic/{summary['version']}"
+        f"models:/leadml-synthetic/{summary.version}"
     ).metadata.get_input_schema()
     assert {"browser", "seniority"}.isdisjoint(inputs.input_names())
 
@@ -163,13 +163,13 @@ def test_planted_leak_is_caught_by_name(root: Path) -> None:
     import mlflow
 
     summary = run_train(_cfg(root, ["guards.leakage_action=exclude"]))
-    assert summary["leakage_excluded"] == ["days_to_close_entered_by_sales"]
-    assert "single-feature AUC" in summary["leakage_flagged"]["days_to_close_entered_by_sales"]
-    run = mlflow.get_run(summary["run_id"])
+    assert summary.leakage_excluded == ("days_to_close_entered_by_sales",)
+    assert "single-feature AUC" in summary.leakage_flagged["days_to_close_entered_by_sales"]
+    run = mlflow.get_run(summary.run_id)
     assert run.data.tags["leakage.excluded"] == "days_to_close_entered_by_sales"
-    inputs = mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary['version']}").metadata
+    inputs = mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary.version}").metadata
     assert "days_to_close_entered_by_sales" not in inputs.get_input_schema().input_names()
-    assert "left out of the model" in Path(summary["report"]).read_text()
+    assert "left out of the model" in Path(summary.report).read_text()
 
 
 def test_pure_noise_is_never_promoted(root: Path) -> None:
@@ -178,8 +178,8 @@ def test_pure_noise_is_never_promoted(root: Path) -> None:
         c for c in snapshots.columns if c not in (s.LEAD_ID, s.AS_OF, s.LABEL, "campaign_code")
     ]
     summary = run_train(_cfg(root, [f"features.exclude=[{','.join(everything_but_noise)}]"]))
-    assert not summary["promoted"]
-    assert any("floor" in reason for reason in summary["reasons"])
+    assert not summary.promoted
+    assert any("floor" in reason for reason in summary.reasons)
 
 
 def _comparison(calibrated: tuple[float, float], raw: tuple[float, float]) -> pd.DataFrame:
@@ -206,14 +206,14 @@ def test_calibration_verdict_says_whether_it_helped_and_why_not() -> None:
 
 def test_recent_window_calibration_is_recorded_and_shap_rows_zero_skips_explanations(root: Path) -> None:
     summary = run_train(_cfg(root, ["calibration.recent_fraction=0.5", "evaluation.shap_rows=0"]))
-    calibration = summary["calibration"]
-    window_rows = summary["split"]["calibration"]["rows"]
+    calibration = summary.calibration
+    window_rows = summary.split["calibration"]["rows"]
     assert 0.5 * window_rows <= calibration["calibration_rows"] < window_rows
     assert calibration["calibration_window"].startswith("the latest 50% of the out-of-sample rows (as_of ")
 
     from mlflow import MlflowClient
 
-    artifacts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"])}
+    artifacts = {a.path for a in MlflowClient().list_artifacts(summary.run_id)}
     assert "calibration.json" in artifacts and "shap_importance.csv" not in artifacts
 
 

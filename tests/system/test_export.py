@@ -22,11 +22,13 @@ from factories import copy_project, free_port, local_tracking, project_config
 from leadml.adapters import sinks
 from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
 from leadml.adapters.model_folder import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
-from leadml.cli import recreate_overrides, run_export, run_report, run_score
+from leadml.cli import run_export, run_report, run_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, ModelIntegrityError, NoModelError
 from leadml.scoring.requests import ACTIVITIES, predict_request, requests_from_tables
+from leadml.stages.configs import composed_config, recreate_overrides
+from leadml.stages.export import ExportResult
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-10-01"
@@ -35,7 +37,7 @@ START_TIMEOUT = 180.0  # seconds: the scoring server imports MLflow and leadml, 
 
 
 @pytest.fixture(scope="module")
-def exported(project_copy) -> tuple[Path, dict]:
+def exported(project_copy) -> tuple[Path, ExportResult]:
     """A copy of the shared trained project (conftest) and the export of its champion."""
     root = project_copy("export")
     with local_tracking():
@@ -44,7 +46,7 @@ def exported(project_copy) -> tuple[Path, dict]:
 
 
 @pytest.fixture
-def project(exported: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(exported: tuple[Path, ExportResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project (store, data and export) that a test may break or score into."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root, _ = exported
@@ -65,13 +67,13 @@ def _closed_port_uri() -> str:
 def test_export_writes_a_verified_mlflow_model_folder_with_its_card(exported, capsys) -> None:
     root, summary = exported
     folder = _folder(root)
-    assert summary["path"] == str(folder) and summary["version"] == "1"
-    assert {"challenger", "champion"} <= set(summary["aliases"])
+    assert summary.path == folder and summary.version == "1"
+    assert {"challenger", "champion"} <= set(summary.aliases)
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert {"MLmodel", "python_model.pkl", "requirements.txt", "input_example.json", MODEL_CARD} <= names
     assert {REQUEST_EXAMPLE, "export.json", CHECKSUMS, "artifacts/leadml_model.json"} <= names
     record = json.loads((folder / "export.json").read_text())
-    assert record["registered_model"] == MODEL and record["run_id"] == summary["run_id"]
+    assert record["registered_model"] == MODEL and record["run_id"] == summary.run_id
 
     # the checksum file is sha256sum's format and covers every other file
     listed = {line.split("  ", 1)[1] for line in (folder / CHECKSUMS).read_text().splitlines()}
@@ -114,7 +116,7 @@ def test_model_card_reports_the_run(exported) -> None:
         "## How to re-create it",
     ):
         assert heading in card, heading
-    run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary["run_id"])
+    run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary.run_id)
     metrics = run.data.metrics
     roc, low, high = (metrics[f"test.lightgbm.roc_auc{k}"] for k in ("", "_low", "_high"))
     assert f"| lightgbm | {roc:.3f} [{low:.3f}, {high:.3f}]" in card
@@ -128,11 +130,10 @@ def test_model_card_reports_the_run(exported) -> None:
 def test_recreate_command_composes_the_runs_config_again(exported) -> None:
     import yaml
 
-    from leadml.cli import composed_config
     from leadml.reporting.model_card import config_differences as differences
 
     root, summary = exported
-    run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary["run_id"])
+    run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(summary.run_id)
     logged = yaml.safe_load(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml"))
     overrides = recreate_overrides(logged)
     assert "synthetic.n_leads=5000" in overrides and "model.n_estimators=80" in overrides
@@ -234,12 +235,12 @@ def test_offline_scoring_from_the_export_equals_the_registry(
     summary = run_score(
         project_config(project, "score", [f"score.as_of={AS_OF}", f"score.model_uri={folder}"])
     )
-    assert summary["run_id"] is None and summary["model_version"] == "1"
+    assert summary.run_id is None and summary.model_version == "1"
     registry = pd.read_parquet(project / "registry" / f"as_of={AS_OF}" / sinks.PART_FILE)
-    offline = pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE)
+    offline = pd.read_parquet(Path(summary.output) / sinks.PART_FILE)
     pd.testing.assert_frame_equal(registry, offline)
     assert len(offline) > 100 and offline["positive_reason_1"].notna().any()
-    record = json.loads((Path(summary["output"]) / SCORING_RUN_RECORD).read_text())
+    record = json.loads((Path(summary.output) / SCORING_RUN_RECORD).read_text())
     assert record["model_uri"] == str(folder) and record["tracking_uri"] is None
 
     # the leadership report of that run needs no tracking server either

@@ -350,7 +350,7 @@ def test_hostile_rows_in_the_real_sources_go_through_the_nightly_job(project: di
     ]
     with local_tracking():
         summary = run_score(_cfg(project["root"], "score", overrides))
-    scored = pd.read_parquet(summary["output"])
+    scored = pd.read_parquet(summary.output)
     assert scored[s.LEAD_ID].is_unique and scored["probability"].between(0, 1).all()
     hostile_scored = set(scored[s.LEAD_ID]) & set(hostile[s.LEAD_ID])
     assert hostile_scored == {"H1", "H3", "H5", "H6"}  # created in 1900 is old, not wrong; H3 once

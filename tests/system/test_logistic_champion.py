@@ -61,7 +61,7 @@ def project(project_copy) -> Path:
     root = project_copy("logreg", tracking=False)
     with local_tracking():
         summary = run_train(_cfg(root, "train"))
-        assert summary["model_name"] == "logreg" and summary["promoted"]
+        assert summary.model_name == "logreg" and summary.promoted
         run_score(_cfg(root, "score", [f"score.as_of={AS_OF}"]))
     return root
 
@@ -71,7 +71,7 @@ def exported(project: Path) -> Path:
     """The champion exported (leadml-export): its model folder."""
     with local_tracking():
         summary = run_export(_cfg(project, "export"))
-    return Path(summary["path"])
+    return Path(summary.path)
 
 
 @pytest.fixture(scope="module")

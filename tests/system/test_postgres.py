@@ -30,7 +30,8 @@ from leadml.cli import run_features, run_generate, run_ingest, run_score, run_tr
 from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW
 from leadml.errors import LeadmlError
-from leadml.stages.ingest import ingest_stage
+from leadml.stages.ingest import IngestSummary, ingest_stage
+from leadml.stages.score import ScoreResult
 
 # the pipeline's project: smaller than SMALL_PROJECT, still enough for a promoted champion
 SIZE = {"synthetic.n_leads": 3000}
@@ -311,7 +312,7 @@ class Warehouse:
     root: Path
     url: str
     overrides: list[str]  # the config folder and data=pg_crm
-    ingested: dict  # leadml-ingest's summary of the PostgreSQL tables
+    ingested: IngestSummary  # leadml-ingest's summary of the PostgreSQL tables
 
 
 def warehouse_tables(raw: Path) -> dict[str, pd.DataFrame]:
@@ -386,7 +387,7 @@ def test_crm_in_postgresql_ingests_like_its_parquet_copy(warehouse: Warehouse) -
     root = warehouse.root
     with local_tracking():
         run_ingest(config(root, "ingest", [*warehouse.overrides[:1], "data=pq_crm"]))
-    source = warehouse.ingested["tables"][s.ACTIVITIES]["source"]
+    source = warehouse.ingested.tables[s.ACTIVITIES]["source"]
     assert source.startswith("sql table crm.WebActivity in postgresql+psycopg://leadml:***@127.0.0.1:")
     interim = root / "data" / "interim"
     pg, pq = (read_interim(interim / name, s.CRM_TABLES) for name in ("pg_crm", "pq_crm"))
@@ -414,14 +415,14 @@ def test_train_and_score_from_postgresql_and_upsert_scores_into_it(
         trained = run_train(config(root, "train", overrides))
         training = capsys.readouterr().out
         assert "prepare:" not in training  # the SQL fingerprints are stable: nothing rebuilt
-        assert trained["promoted"]
+        assert trained.promoted
 
-        def score(as_of: str) -> tuple[dict, pd.DataFrame]:
-            summary = run_score(config(root, "score", [*overrides, *sink, f"score.as_of={as_of}"]))
-            return summary, pd.read_parquet(Path(summary["output"]) / sinks.PART_FILE)
+        def score(as_of: str) -> tuple[ScoreResult, pd.DataFrame]:
+            result = run_score(config(root, "score", [*overrides, *sink, f"score.as_of={as_of}"]))
+            return result, pd.read_parquet(Path(result.output) / sinks.PART_FILE)
 
         first, frame = score("2025-12-01")
-        assert first["sql_rows"] == len(frame) > 100
+        assert first.sql_rows == len(frame) > 100
         victim = frame[s.LEAD_ID].iloc[0]
         engine = sa.create_engine(url)
         with engine.begin() as connection:  # a stale value the re-run must overwrite (DO UPDATE)

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from factories import local_tracking
 from leadml.cli import CONFIG_DIR, run_features, run_ingest, run_train
 from leadml.data import schema as s
+from leadml.stages.ingest import IngestSummary
 
 PUBLIC = Path(CONFIG_DIR).parent.parent / "shared" / "data" / "public"
 pytestmark = [
@@ -30,12 +31,12 @@ def _cfg(name: str, root: Path, data: str, overrides: list[str] | None = None):
 
 def test_x_education_flat_table_through_contracts_and_features(tmp_path: Path) -> None:
     record = run_ingest(_cfg("ingest", tmp_path, "x_education"))
-    report = record["tables"]["leads"]
+    report = record.tables["leads"]
     assert report["input_rows"] == 9240
     assert report["accepted_rows"] + report["quarantined_rows"] == 9240
     summary = run_features(_cfg("features", tmp_path, "x_education"))
     snaps = pd.read_parquet(tmp_path / "data/features/x_education/snapshots.parquet")
-    assert len(snaps) == report["accepted_rows"] == summary["snapshots"]
+    assert len(snaps) == report["accepted_rows"] == summary.snapshots
     assert snaps[s.LEAD_ID].is_unique
     assert snaps[s.ORDER_KEY].notna().all()
     assert 0.3 < snaps[s.LABEL].mean() < 0.45  # 38.5% of X Education's leads converted
@@ -59,8 +60,8 @@ def test_train_runs_end_to_end_from_the_shared_files(
     cfg = _cfg("train", tmp_path, data, ["evaluation.bootstrap=50", "evaluation.shap_rows=500"])
     with local_tracking():
         summary = run_train(cfg)
-    assert summary["version"] == "1"
-    comparison = summary["comparison"]
+    assert summary.version == "1"
+    comparison = summary.comparison
     assert {"lightgbm", "logreg_baseline", "points_baseline", "base_rate"} <= set(comparison.index)
     assert (tmp_path / "reports" / data / "model-v1.html").exists()
     printed = capsys.readouterr().out
@@ -71,8 +72,8 @@ def test_train_runs_end_to_end_from_the_shared_files(
     if data == "x_education":
         assert cfg.split.kind == "order"
         # the sentinel's evidence, not a list in the config, leaves out what sales filled in
-        assert summary["leakage_excluded"] == ["Tags", "Lead Quality"]
-        assert "outcome-coded" in summary["leakage_flagged"]["Tags"]
+        assert summary.leakage_excluded == ("Tags", "Lead Quality")
+        assert "outcome-coded" in summary.leakage_flagged["Tags"]
         assert "leakage sentinel: 2 column(s) flagged, excluded from the model" in printed
         assert 0.85 < model["roc_auc"] < 0.96  # 0.98 with the leaks
     elif data == "olist":
@@ -81,11 +82,11 @@ def test_train_runs_end_to_end_from_the_shared_files(
     else:
         assert cfg.split.kind == "order"
         # the conversion rate rises several-fold over the rows: the test window converts far more
-        assert summary["split"]["test"]["rate"] > 3 * summary["split"]["train"]["rate"]
-        assert not summary["promoted"]
+        assert summary.split["test"]["rate"] > 3 * summary.split["train"]["rate"]
+        assert not summary.promoted
 
 
-def _features(tmp_path: Path, data: str) -> tuple[dict, pd.DataFrame, dict]:
+def _features(tmp_path: Path, data: str) -> tuple[IngestSummary, pd.DataFrame, dict]:
     record = run_ingest(_cfg("ingest", tmp_path, data))
     run_features(_cfg("features", tmp_path, data))
     snaps = pd.read_parquet(tmp_path / f"data/features/{data}/snapshots.parquet")
@@ -95,7 +96,7 @@ def _features(tmp_path: Path, data: str) -> tuple[dict, pd.DataFrame, dict]:
 
 def test_bank_is_ordered_by_row_without_the_columns_known_only_after_the_call(tmp_path: Path) -> None:
     record, snaps, meta = _features(tmp_path, "bank")
-    report = record["tables"]["leads"]
+    report = record.tables["leads"]
     assert report["input_rows"] == report["accepted_rows"] + report["quarantined_rows"] == 45211
     assert report["quarantined_rows"] == 0
     assert len(snaps) == 45211 and snaps[s.LABEL].sum() == 5289  # 11.7% subscribed
@@ -138,24 +139,24 @@ def test_olist_labels_wins_within_the_horizon_and_never_sees_the_deal_columns(tm
     expected = joined.loc[labelled, "mql_id"]
     positives = int((labelled & (delay <= horizon)).sum())
 
-    leads = record["tables"]["leads"]
+    leads = record.tables["leads"]
     assert leads["input_rows"] == leads["accepted_rows"] + leads["quarantined_rows"] == 8000
     won_already = immature & delay.notna()  # set aside; the others are open (scored, never labels)
     assert leads["excluded_rows"] == int((early | won_already).sum()) > 1800
-    assert record["labels"]["not_labelled"]["not labelled: before observed_from"] == int(early.sum())
-    assert record["labels"]["not_labelled"]["not labelled: horizon not elapsed"] == int(won_already.sum())
-    assert record["labels"]["open_leads"] == int((immature & delay.isna()).sum())
+    assert record.labels["not_labelled"]["not labelled: before observed_from"] == int(early.sum())
+    assert record.labels["not_labelled"]["not labelled: horizon not elapsed"] == int(won_already.sum())
+    assert record.labels["open_leads"] == int((immature & delay.isna()).sum())
     assert leads["reasons"]["outcome row quarantined"] == int(won_before_contact.sum()) == 1
-    deals_report = record["tables"]["outcomes"]
+    deals_report = record.tables["outcomes"]
     assert (
         deals_report["input_rows"] == deals_report["accepted_rows"] + deals_report["quarantined_rows"] == 842
     )
     assert deals_report["reasons"] == {"won_date before first_contact_date": 1}
 
     assert sorted(snaps[s.LEAD_ID]) == sorted(expected)
-    assert int(snaps[s.LABEL].sum()) == record["labels"]["positives"] == positives
+    assert int(snaps[s.LABEL].sum()) == record.labels["positives"] == positives
     # 842 wins less those after the horizon, of MQLs not labelled, and the one dated before contact
-    assert 650 < positives < 842 - record["labels"]["outcomes_after_horizon"]
+    assert 650 < positives < 842 - record.labels["outcomes_after_horizon"]
     assert snaps[s.AS_OF].min() >= observed_from and snaps[s.AS_OF].max() == pd.Timestamp(
         "2018-05-31", tz="UTC"
     )

@@ -31,6 +31,7 @@ from factories import free_port, project_config
 from leadml.adapters import sinks, tracking
 from leadml.cli import run_score, run_train
 from leadml.errors import TrackingUnavailableError
+from leadml.stages.score import ScoreResult
 
 BIN = Path(sys.executable).parent
 MLFLOW = BIN / "mlflow"
@@ -238,7 +239,7 @@ def trained(server: TrackingServer, prepared: Path) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def scored(server: TrackingServer, trained: SimpleNamespace) -> dict:
+def scored(server: TrackingServer, trained: SimpleNamespace) -> ScoreResult:
     with pytest.MonkeyPatch.context() as patch:
         _over_http(patch, server)
         return run_score(_cfg(trained.root, "score", [f"score.as_of={FIRST}"]))
@@ -256,7 +257,7 @@ def test_train_with_the_server_stopped_mid_run_fails_in_one_line_and_leaves_noth
     )
     assert len(failed) == 1  # the interrupted run (left RUNNING: the server was gone when it ended)
     # after the restart the same command trains, registers and promotes
-    assert trained.summary["version"] == "1" and trained.summary["promoted"]
+    assert trained.summary.version == "1" and trained.summary.promoted
     assert _aliases(server) == {"challenger": "1", "champion": "1"}
     assert sorted(path.name for path in (trained.root / "reports" / "synthetic").iterdir()) == [
         "model-v1.html"
@@ -264,22 +265,22 @@ def test_train_with_the_server_stopped_mid_run_fails_in_one_line_and_leaves_noth
 
 
 def test_train_and_score_go_through_the_server_and_its_artifact_store(
-    server: TrackingServer, trained: SimpleNamespace, scored: dict
+    server: TrackingServer, trained: SimpleNamespace, scored: ScoreResult
 ) -> None:
     client, root = _client(server), trained.root
-    run = client.get_run(trained.summary["run_id"])
+    run = client.get_run(trained.summary.run_id)
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
-    assert trained.summary["tracking_uri"] == server.uri
+    assert trained.summary.tracking_uri == server.uri
     assert client.get_model_version_by_alias(NAME, "champion").run_id == run.info.run_id
 
-    scoring = client.get_run(scored["run_id"])
+    scoring = client.get_run(scored.run_id)
     assert scoring.info.status == "FINISHED"
     assert client.get_experiment(scoring.info.experiment_id).name == f"{NAME}-scoring"
     assert scoring.data.params["model_version"] == "1" and scoring.data.params["as_of"] == FIRST
     partition = root / "data" / "scored" / "synthetic" / f"as_of={FIRST}"
-    assert Path(scored["output"]) == partition
-    assert len(pd.read_parquet(partition / sinks.PART_FILE)) == scored["leads"] > 100
+    assert Path(scored.output) == partition
+    assert len(pd.read_parquet(partition / sinks.PART_FILE)) == scored.leads > 100
 
     # every artifact went to the server's artifact root, nothing to a local store in the project
     stored = {path.relative_to(server.artifacts).as_posix() for path in server.artifacts.rglob("*")}
@@ -290,7 +291,7 @@ def test_train_and_score_go_through_the_server_and_its_artifact_store(
 
 
 def test_score_with_the_server_stopped_mid_run_fails_in_one_line_and_writes_nothing(
-    server: TrackingServer, trained: SimpleNamespace, scored: dict, monkeypatch: pytest.MonkeyPatch
+    server: TrackingServer, trained: SimpleNamespace, scored: ScoreResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, output = trained.root, trained.root / "data" / "scored" / "synthetic"
     _over_http(monkeypatch, server)
@@ -329,13 +330,13 @@ def test_score_with_the_server_stopped_mid_run_fails_in_one_line_and_writes_noth
     server.wait()
     _over_http(monkeypatch, server)
     summary = run_score(_cfg(root, "score", [f"score.as_of={SECOND}"]))
-    assert Path(summary["output"]) == output / f"as_of={SECOND}"
-    assert _client(server).get_run(summary["run_id"]).info.status == "FINISHED"
+    assert Path(summary.output) == output / f"as_of={SECOND}"
+    assert _client(server).get_run(summary.run_id).info.status == "FINISHED"
     assert all(_files(output)[name] == stamp for name, stamp in before.items())
 
 
 def test_score_puts_the_partition_back_when_its_run_cannot_be_tracked(
-    server: TrackingServer, trained: SimpleNamespace, scored: dict, monkeypatch: pytest.MonkeyPatch
+    server: TrackingServer, trained: SimpleNamespace, scored: ScoreResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rows are written, then the server hangs: the date's previous partition comes back."""
     root, output = trained.root, trained.root / "data" / "scored" / "synthetic"

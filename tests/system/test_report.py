@@ -76,9 +76,9 @@ def reported(project_copy) -> dict:
 def test_report_writes_html_and_a_csv_of_every_lead(reported: dict) -> None:
     files, latest = reported["files"], reported["latest"]
     assert files.html.exists() and files.csv.exists()
-    assert files.as_of == latest["as_of"]
+    assert files.as_of == latest.as_of
     ranked = pd.read_csv(files.csv)
-    scored = pd.read_parquet(Path(latest["output"]))
+    scored = pd.read_parquet(Path(latest.output))
     assert len(ranked) == len(scored) == files.leads
     assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
     assert ranked[PROBABILITY].is_monotonic_decreasing
@@ -128,8 +128,8 @@ def test_reasons_are_sentences_never_feature_names(reported: dict) -> None:
 def test_earlier_predictions_resolve_against_outcomes(reported: dict) -> None:
     root, latest = reported["root"], reported["latest"]
     outcomes = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "outcomes.parquet")
-    earlier = earlier_predictions(root / "data" / "scored" / "synthetic", latest["as_of"])
-    resolved = resolved_predictions(earlier, latest["as_of"], outcomes, 90)
+    earlier = earlier_predictions(root / "data" / "scored" / "synthetic", latest.as_of)
+    resolved = resolved_predictions(earlier, latest.as_of, outcomes, 90)
     assert len(resolved) > 0 and resolved[s.LEAD_ID].is_unique
     assert set(resolved["won"].unique()) <= {0, 1}
     table = calibration_table(resolved)
@@ -140,7 +140,7 @@ def test_earlier_predictions_resolve_against_outcomes(reported: dict) -> None:
 
 def test_scored_partition_picks_latest_or_a_date_and_names_missing_ones(reported: dict) -> None:
     scored_dir = reported["root"] / "data" / "scored" / "synthetic"
-    assert scored_partition(scored_dir, "latest").name == f"as_of={reported['latest']['as_of']:%Y-%m-%d}"
+    assert scored_partition(scored_dir, "latest").name == f"as_of={reported['latest'].as_of:%Y-%m-%d}"
     assert scored_partition(scored_dir, EARLIER_RUN).name == f"as_of={EARLIER_RUN}"
     with pytest.raises(LeadmlError, match="no scored run for 2020-01-01"):
         scored_partition(scored_dir, "2020-01-01")

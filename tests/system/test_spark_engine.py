@@ -23,6 +23,7 @@ from leadml.modelling.drift import population_stability, unseen_categories
 from leadml.scoring.model_input import deal_values, resolve_as_of
 from leadml.scoring.pandas_engine import CrmOpenLeads
 from leadml.scoring.scores import TierSettings, TrendSettings, score_leads
+from leadml.stages.score import ScoreResult
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="the Spark engine needs Java 17 or later"),
@@ -188,8 +189,8 @@ def test_leads_without_any_activity_score_as_in_pandas(spark, project: Path, sco
 def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
     spark, project: Path, scorer, spark_runs
 ) -> None:
-    """Through ``score_from_config`` (what ``score_stage`` calls), in two files this time."""
-    from leadml.scoring.spark_engine import score_from_config
+    """Through ``score_in_session`` (what ``score_stage`` calls), in two files this time."""
+    from leadml.scoring.spark_engine import SparkSettings, score_in_session
 
     first = spark_runs[DAYS[0]]
     before = _by_lead(pd.read_parquet(first.output))
@@ -199,13 +200,14 @@ def test_a_rerun_from_the_stage_config_replaces_the_partition_whole(
         "++score.spark.output_files=2",
     ]
     cfg = _cfg(project, "score", overrides)
-    again = score_from_config(
-        cfg.score,
+    again = score_in_session(
+        SparkSettings.from_mapping(cfg.score.spark),
         _crm_leads(_interim(project), scorer, DAYS[0]),
         scorer,
         _day(DAYS[0]),
         TierSettings.from_mapping(cfg.tiers),
-        "1",
+        output_dir=Path(cfg.score.output_dir),
+        model_version="1",
     )
     assert spark.range(3).count() == 3  # the session running before was left running
     assert again.output == first.output
@@ -265,11 +267,11 @@ def flat_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
         local_tracking(),
         initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"),
     ):
-        assert run_train(compose("train", overrides))["promoted"]
+        assert run_train(compose("train", overrides)).promoted
     yield root, overrides, leads
 
 
-def _flat_score(root: Path, overrides: list[str], engine: list[str], output: str, as_of: str) -> dict:
+def _flat_score(root: Path, overrides: list[str], engine: list[str], output: str, as_of: str) -> ScoreResult:
     from hydra import compose, initialize_config_dir
 
     from leadml.cli import CONFIG_DIR
@@ -283,14 +285,14 @@ def _flat_score(root: Path, overrides: list[str], engine: list[str], output: str
         return run_score(compose("score", run))
 
 
-def _assert_same_run(root: Path, spark_run: dict, pandas_run: dict) -> None:
+def _assert_same_run(root: Path, spark_run: ScoreResult, pandas_run: ScoreResult) -> None:
     """The same scoring run record (tiers, thresholds, drift warnings, notes) and MLflow metrics
     (every feature's PSI among them)."""
     from mlflow import MlflowClient
 
     differ = ("output", "engine", "buckets", "seconds", "run_id")
     got, expected = (
-        {k: v for k, v in json.loads((Path(run["output"]) / SCORING_RUN_RECORD).read_text()).items()
+        {k: v for k, v in json.loads((Path(run.output) / SCORING_RUN_RECORD).read_text()).items()
          if k not in differ}
         for run in (spark_run, pandas_run)
     )  # fmt: skip
@@ -298,7 +300,7 @@ def _assert_same_run(root: Path, spark_run: dict, pandas_run: dict) -> None:
         assert got.pop(key) == pytest.approx(expected.pop(key), rel=0, abs=1e-9)
     assert got == expected
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    got, expected = ({**client.get_run(run["run_id"]).data.metrics, "seconds": 0.0}
+    got, expected = ({**client.get_run(run.run_id).data.metrics, "seconds": 0.0}
                      for run in (spark_run, pandas_run))  # fmt: skip
     assert any(name.startswith("psi.Web Visits") for name in got)
     assert got == pytest.approx(expected, rel=0, abs=1e-9, nan_ok=True)
@@ -318,17 +320,17 @@ def test_a_flat_data_set_scores_the_same_on_both_engines(spark, flat_project) ->
     moved = still_open.iloc[:3]
     leads.loc[leads["Lead ID"].isin(moved), "Web Visits"] += 12
     leads.to_csv(root / "exports" / "leads.csv", index=False)
-    week_later = f"{first['pandas']['as_of'] + pd.Timedelta(days=7):%Y-%m-%d}"
+    week_later = f"{first['pandas'].as_of + pd.Timedelta(days=7):%Y-%m-%d}"
     second = {
         engine: _flat_score(root, overrides, options, f"scored-{engine}", week_later)
         for engine, options in (("pandas", []), ("spark", SPARK))
     }
     for runs in (first, second):
         pandas_run, spark_run = runs["pandas"], runs["spark"]
-        assert spark_run["engine"] == "spark" and spark_run["buckets"] == 4
-        assert spark_run["as_of"] == pandas_run["as_of"] and spark_run["leads"] == len(still_open)
-        expected = _by_lead(pd.read_parquet(pandas_run["output"]))
-        got = _by_lead(pd.read_parquet(spark_run["output"]))
+        assert spark_run.engine == "spark" and spark_run.buckets == 4
+        assert spark_run.as_of == pandas_run.as_of and spark_run.leads == len(still_open)
+        expected = _by_lead(pd.read_parquet(pandas_run.output))
+        got = _by_lead(pd.read_parquet(spark_run.output))
         assert sorted(got[s.LEAD_ID]) == sorted(still_open)
         np.testing.assert_allclose(got["probability"], expected["probability"], rtol=0, atol=1e-9)
         assert got["tier"].tolist() == expected["tier"].tolist()
@@ -336,14 +338,14 @@ def test_a_flat_data_set_scores_the_same_on_both_engines(spark, flat_project) ->
         assert got["trend"].tolist() == expected["trend"].tolist()
         pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-9)
         _assert_same_run(root, spark_run, pandas_run)
-        assert Path(spark_run["output"]).parent == root / "scored-spark"
-        assert sorted(p.name for p in Path(spark_run["output"]).iterdir()) == [
+        assert Path(spark_run.output).parent == root / "scored-spark"
+        assert sorted(p.name for p in Path(spark_run.output).iterdir()) == [
             SCORING_RUN_RECORD,
             "part-0.parquet",
         ]
     last_created = pd.Timestamp(leads["Created Date"].max(), tz="UTC").normalize()
-    assert first["spark"]["as_of"] == last_created + pd.Timedelta(days=1)
-    trend = _by_lead(pd.read_parquet(second["spark"]["output"])).set_index(s.LEAD_ID)["trend"]
-    assert (_by_lead(pd.read_parquet(first["spark"]["output"]))["trend"] == "new").all()
+    assert first["spark"].as_of == last_created + pd.Timedelta(days=1)
+    trend = _by_lead(pd.read_parquet(second["spark"].output)).set_index(s.LEAD_ID)["trend"]
+    assert (_by_lead(pd.read_parquet(first["spark"].output))["trend"] == "new").all()
     assert (trend[moved] == "improving").all()
     assert (trend.drop(moved) == "steady").all()

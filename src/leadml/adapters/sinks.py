@@ -24,9 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from leadml.adapters.sources import check_sql_name, engine_url, mask_url, scrubbed
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
+from leadml.modelling.drift import column_kind
 from leadml.modelling.scorer import PROBABILITY
+
+# imported inside functions: sqlalchemy (only when a SQL sink is configured) and fcntl (POSIX only)
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +202,6 @@ def check_identifier(name: str, what: str) -> str:
 
     The rule of :func:`leadml.adapters.sources.check_sql_name`: letters, digits and underscores.
     """
-    from leadml.adapters.sources import check_sql_name
-
     return check_sql_name(name, what)
 
 
@@ -222,8 +224,6 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
     """
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    from leadml.adapters.sources import engine_url, mask_url, scrubbed
 
     check_identifier(table, "score.sql.table")
     written = 0
@@ -277,8 +277,6 @@ def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore
 
 def _sql_type(column: pd.Series):  # type: ignore[no-untyped-def]
     import sqlalchemy as sa
-
-    from leadml.modelling.drift import column_kind
 
     if column.name == s.AS_OF:
         return sa.String(10)

@@ -41,9 +41,12 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow
 
 from leadml.data.profiles import SEPARATORS
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
+
+# sqlalchemy is imported inside functions: only a SQL source (or a URL to mask) needs it
 
 logger = logging.getLogger(__name__)
 
@@ -380,8 +383,6 @@ def first_undecodable_byte(path: Path, encoding: str) -> tuple[int, int] | None:
 
 def _first_ragged_line(path: Path, sep: str, encoding: str) -> int | None:
     """The line where the first record with another number of fields than the header starts, if found."""
-    import csv
-
     if len(sep) != 1:
         return None
     try:
@@ -399,8 +400,6 @@ def _first_ragged_line(path: Path, sep: str, encoding: str) -> int | None:
 
 
 def _read_parquet(values: Mapping[str, Any]) -> pd.DataFrame:
-    import pyarrow
-
     path = _existing_path(values)
     try:
         return pd.read_parquet(path)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import io
+import json
 import logging
 import math
 import os
@@ -24,10 +27,16 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
+import yaml
 
+from leadml.adapters.model_folder import exported_version, local_model_folder, verify_folder
 from leadml.errors import LeadmlError, NoModelError, TrackingUnavailableError
+
+# imported inside functions, only when used: mlflow (1-2 s to import), requests/urllib3 (a remote
+# tracking server only) and matplotlib.pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +120,6 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 
 def masked_uri(uri: str) -> str:
     """``uri`` with the password of its user part, if any, replaced by ``***``."""
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(uri)
         password = parts.password
@@ -380,10 +387,8 @@ def log_model(
 
 def _requirements() -> list[str]:
     """The packages the pickle needs besides leadml itself (installed from its repository)."""
-    from importlib.metadata import version
-
     return [
-        f"{package}=={version(package)}"
+        f"{package}=={importlib.metadata.version(package)}"
         for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "numba", "pyarrow", "mlflow")
     ]
 
@@ -437,8 +442,6 @@ def production_model(registered_model: str, model_uri: str | None = None) -> tup
     exported folder (``models/<name>-v3``, labelled with the version it was exported from).
     """
     if model_uri:
-        from leadml.adapters.model_folder import exported_version, local_model_folder
-
         folder = local_model_folder(str(model_uri))
         return str(model_uri), (exported_version(folder) if folder else None) or str(model_uri)
     version = version_by_alias(registered_model, CHAMPION)
@@ -473,8 +476,6 @@ def load_scorer(model_uri: str) -> Any:
     tracking server; a modified one raises :class:`~leadml.errors.ModelIntegrityError`.
     """
     import mlflow
-
-    from leadml.adapters.model_folder import local_model_folder, verify_folder
 
     folder = local_model_folder(model_uri)
     if folder is not None:
@@ -511,9 +512,6 @@ def version_details(name: str, version: str) -> dict[str, Any]:
 @_tracked("read the training run's artifacts")
 def run_artifacts(run_id: str, names: Sequence[str]) -> dict[str, Any]:
     """The run's JSON artifacts parsed, CSV ones as frames, others as text; absent ones left out."""
-    import io
-    import json
-
     import mlflow
 
     found: dict[str, Any] = {}
@@ -538,7 +536,6 @@ def model_run(model_uri: str) -> dict[str, Any]:
     ``metrics`` and ``datasets`` (window -> logged digest, to check that re-created rows are
     the ones the model was evaluated on)."""
     import mlflow
-    import yaml
 
     with _model_lookup(
         f"read the training run of {model_uri}", f"cannot find the training run of {model_uri}"

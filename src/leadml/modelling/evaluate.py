@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
 from leadml.data.features import FeatureMeta
+from leadml.errors import LeadmlError, known_settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_SHARES: tuple[float, ...] = (0.05, 0.10, 0.20)
 DEFAULT_N_BINS = 10
+FLOOR_TIER = "D"  # the tier of every lead below the lowest minimum, unless conf/tiers names another
 CONFIDENCE = 0.95
 _PROBABILITY_CLIP = 1e-6  # for logit(p) in the calibration fit only
 _NEWTON_STEPS = 25
@@ -255,7 +258,7 @@ def bootstrap_intervals(
 
 
 def assign_tiers(
-    probabilities: np.ndarray | pd.Series, thresholds: Mapping[str, float], floor_tier: str = "D"
+    probabilities: np.ndarray | pd.Series, thresholds: Mapping[str, float], floor_tier: str = FLOOR_TIER
 ) -> np.ndarray:
     """Tier of each probability: the highest tier whose minimum it reaches, else ``floor_tier``."""
     p = np.asarray(probabilities, dtype="float64")
@@ -269,7 +272,7 @@ def tier_table(
     labels: np.ndarray | pd.Series,
     probabilities: np.ndarray | pd.Series,
     thresholds: Mapping[str, float],
-    floor_tier: str = "D",
+    floor_tier: str = FLOOR_TIER,
     n_boot: int = 200,
     seed: int = 0,
     groups: np.ndarray | pd.Series | None = None,
@@ -308,6 +311,32 @@ def tier_table(
             }
         )
     return table
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """How probabilities become tiers (conf/tiers): fixed minimums, or capacity shares of the leads."""
+
+    method: str = "probability"
+    thresholds: Mapping[str, float] = field(default_factory=lambda: {"A": 0.30, "B": 0.15, "C": 0.05})
+    shares: Mapping[str, float] = field(default_factory=lambda: {"A": 0.05, "B": 0.20, "C": 0.50})
+    floor_tier: str = FLOOR_TIER
+
+    def __post_init__(self) -> None:
+        if self.method not in ("probability", "capacity"):
+            raise LeadmlError(f"tiers.method must be 'probability' or 'capacity', got {self.method!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> TierSettings:
+        values = known_settings(cls, mapping, "tiers")
+        values = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items() if v is not None}
+        return cls(**values)
+
+    def thresholds_for(self, probabilities: np.ndarray) -> dict[str, float]:
+        """Probability minimum of each tier: fixed, or the capacity quantiles of today's leads."""
+        if self.method == "capacity":
+            return capacity_thresholds(probabilities, dict(self.shares))
+        return dict(self.thresholds)
 
 
 def capacity_thresholds(
@@ -410,3 +439,30 @@ def base_rate_shift(
     p_value = float(2 * norm.sf(abs(after - before) / spread)) if spread > 0 else 1.0
     change = (after - before) / before if before > 0 else math.inf
     return change, p_value
+
+
+def base_rate_drift(
+    split: Mapping[str, Mapping[str, Any]], p_value: float = 0.01, min_relative_change: float = 0.25
+) -> dict[str, Any]:
+    """Did the positive rate of the test window move from its history's (train + calibration)?
+
+    Flagged when a two-proportion test gives p below ``p_value`` and the rate changed by more
+    than ``min_relative_change`` (the thresholds of ``leadml-backtest``); then calibration on
+    the latest rows (``calibration.recent_fraction``) may help, and the backtest shows whether.
+    """
+    history_rows = split["train"]["rows"] + split["calibration"]["rows"]
+    history_positives = split["train"]["positives"] + split["calibration"]["positives"]
+    test_rows, test_positives = split["test"]["rows"], split["test"]["positives"]
+    if not history_rows or not test_rows:
+        return {"flagged": False, "sentence": ""}
+    change, p = base_rate_shift(history_positives, history_rows, test_positives, test_rows)
+    flagged = p < p_value and abs(change) > min_relative_change
+    rates = ", ".join(f"{window} {split[window]['rate']:.1%}" for window in ("train", "calibration", "test"))
+    sentence = f"base rate {rates}"
+    if flagged:
+        sentence += (
+            f": the test window's rate moved {change:+.0%} from its history's"
+            f" ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'}); expect"
+            " calibration to suffer (try calibration.recent_fraction=0.25, and leadml-backtest)"
+        )
+    return {"change": change, "p_value": p, "flagged": flagged, "sentence": sentence}

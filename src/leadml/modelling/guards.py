@@ -297,3 +297,19 @@ def enforce_leakage(report: pd.DataFrame, action: str = STOP) -> list[str]:
 def flagged_features(report: pd.DataFrame) -> Sequence[str]:
     """Names of the features the leakage report flags."""
     return report.loc[report["flagged"], "feature"].tolist()
+
+
+def sentinel_sentence(checked: int | None, guards: Mapping[str, Any]) -> str:
+    """The one line saying the leakage sentinel ran and flagged nothing, with the thresholds applied
+    (``guards``, the guards config as :func:`leadml.modelling.train.sentinel_report` passes it on);
+    ``checked`` is the number of columns looked at (None: not known)."""
+    threshold = float(guards["leakage_threshold"])
+    positives, negatives = (float(share) for share in guards["post_outcome_presence"])
+    level_share = float(guards.get("outcome_level_share", OutcomeLevelSettings.max_share))
+    what = "the features" if checked is None else f"{checked:,} column{'' if checked == 1 else 's'}"
+    return (
+        f"leakage sentinel: checked {what} (single-feature AUC above {threshold:g} or below "
+        f"{1 - threshold:g}; filled for at least {positives:.0%} of positives and at most "
+        f"{negatives:.0%} of negatives; at least {level_share:.0%} of rows in outcome-coded levels): "
+        "none flagged"
+    )

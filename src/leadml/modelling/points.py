@@ -45,6 +45,7 @@ from leadml.data import schema as s
 from leadml.data.contracts import normalise_token
 from leadml.errors import LeadmlError, SettingsError, data_config_file
 from leadml.modelling.calibration import Calibrator
+from leadml.modelling.evaluate import FLOOR_TIER, assign_tiers, tier_table
 from leadml.modelling.models import (
     NON_FEATURE_COLUMNS,
     PROBABILITY_FLOOR,
@@ -517,7 +518,7 @@ def probability_thresholds(
 
 
 def point_tiers(
-    points: np.ndarray, point_thresholds: Mapping[str, float], floor_tier: str = "D"
+    points: np.ndarray, point_thresholds: Mapping[str, float], floor_tier: str = FLOOR_TIER
 ) -> np.ndarray:
     """Tier of each total: the highest tier whose minimum points it reaches, else ``floor_tier``."""
     values = np.asarray(points, dtype=np.float64)
@@ -598,11 +599,9 @@ def tier_agreement(
     thresholds: Mapping[str, float],
     points: np.ndarray,
     point_thresholds: Mapping[str, float],
-    floor_tier: str = "D",
+    floor_tier: str = FLOOR_TIER,
 ) -> float:
     """Share of rows whose probability tier is their points tier (below 1 only through calibration ties)."""
-    from leadml.modelling.evaluate import assign_tiers
-
     if not len(points):
         return float("nan")
     by_probability = assign_tiers(probabilities, thresholds, floor_tier)
@@ -639,7 +638,7 @@ def points_tier_table(
     points: np.ndarray,
     point_thresholds: Mapping[str, float],
     thresholds: Mapping[str, float],
-    floor_tier: str = "D",
+    floor_tier: str = FLOOR_TIER,
     n_boot: int = 200,
     groups: np.ndarray | None = None,
 ) -> pd.DataFrame:
@@ -651,8 +650,6 @@ def points_tier_table(
     the calibrator puts totals on both sides of a tier's minimum on one step (isotonic ties):
     the sheet's tiers are what marketing works with, so the points decide.
     """
-    from leadml.modelling.evaluate import tier_table
-
     # tier_table takes scores in [0, 1]: points and minimums through one increasing linear map,
     # which keeps every comparison (equal totals stay equal)
     values = np.asarray(points, dtype=np.float64)

@@ -44,6 +44,8 @@ from leadml.modelling.models import (
 from leadml.modelling.split import position_column
 from leadml.progress import progress_bar
 
+# optuna is imported inside the LightGBM search: only model search needs it
+
 logger = logging.getLogger(__name__)
 
 

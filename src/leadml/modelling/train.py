@@ -22,10 +22,10 @@ from leadml.errors import LeadmlError, data_config_file
 from leadml.modelling.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
 from leadml.modelling.drift import reference_profile
 from leadml.modelling.evaluate import (
-    base_rate_shift,
+    TierSettings,
+    base_rate_drift,
     binary_metrics,
     bootstrap_intervals,
-    capacity_thresholds,
     compare_models,
     grouped_shap_importance,
     tier_table,
@@ -106,12 +106,12 @@ class TrainingResult:
     development: pd.DataFrame | None = None  # every row before the test window
 
 
-def _tier_note(tier_settings: Mapping[str, Any], points_sheet: bool) -> str:
+def _tier_note(tier_settings: TierSettings, points_sheet: bool) -> str:
     """How the stored thresholds came about, for the model card and the served model."""
     if points_sheet:
         return "the points sheet's tiers (data.points.tiers), each minimum mapped to a probability"
-    if tier_settings.get("method") == "capacity":
-        shares = ", ".join(f"{k} top {float(v):.0%}" for k, v in dict(tier_settings["shares"]).items())
+    if tier_settings.method == "capacity":
+        shares = ", ".join(f"{k} top {float(v):.0%}" for k, v in tier_settings.shares.items())
         return f"capacity shares ({shares}) of the test window's leads, fixed as probabilities"
     return "fixed probability minimums (conf/tiers)"
 
@@ -248,11 +248,9 @@ def train_and_evaluate(
         n_boot=evaluation["bootstrap"],
         seed=evaluation["seed"],
     )
-    tier_settings = config["tiers"]
-    thresholds = dict(tier_settings.get("thresholds") or {})
-    if tier_settings.get("method") == "capacity":
-        thresholds = capacity_thresholds(probabilities[model_name], dict(tier_settings["shares"]))
-    floor_tier = str(tier_settings.get("floor_tier") or "D")
+    tier_settings = TierSettings.from_mapping(config["tiers"])
+    thresholds = tier_settings.thresholds_for(probabilities[model_name])
+    floor_tier = tier_settings.floor_tier
     # model=points with data.points.tiers: the sheet's own tiers, each minimum also as a probability
     point_thresholds = mapped_tiers(model, calibrator) if isinstance(model, PointsModel) else None
     if point_thresholds is not None and isinstance(model, PointsModel) and model.tiers:
@@ -285,7 +283,7 @@ def train_and_evaluate(
             groups=test[s.LEAD_ID].to_numpy(),
         )
     tier_record = {
-        "method": str(tier_settings.get("method") or "probability"),
+        "method": tier_settings.method,
         "thresholds": {str(k): float(v) for k, v in (point_thresholds or thresholds).items()},
         "floor_tier": floor_tier,
         "note": _tier_note(tier_settings, bool(point_thresholds and getattr(model, "tiers", None))),
@@ -327,7 +325,7 @@ def train_and_evaluate(
         if tier_record["method"] == "capacity" and not point_thresholds:
             # the shares hold for the probabilities the deployed calibrator gives the test window
             deployed = scorer.calibrator.predict_proba(test_relative.to_numpy() + scorer.calibrator.offset)
-            tier_record["thresholds"] = capacity_thresholds(deployed, dict(tier_settings["shares"]))
+            tier_record["thresholds"] = tier_settings.thresholds_for(deployed)
     else:
         scorer, deployment = evaluated, {"refit": False}
     scorer.tiers = tier_record
@@ -562,30 +560,3 @@ def calibration_verdict(
             "(split.calibration_months, or split.calibration_fraction without time)"
         )
     return f"not improved: {figures}; {why}"
-
-
-def base_rate_drift(
-    split: Mapping[str, Mapping[str, Any]], p_value: float = 0.01, min_relative_change: float = 0.25
-) -> dict[str, Any]:
-    """Did the positive rate of the test window move from its history's (train + calibration)?
-
-    Flagged when a two-proportion test gives p below ``p_value`` and the rate changed by more
-    than ``min_relative_change`` (the thresholds of ``leadml-backtest``); then calibration on
-    the latest rows (``calibration.recent_fraction``) may help, and the backtest shows whether.
-    """
-    history_rows = split["train"]["rows"] + split["calibration"]["rows"]
-    history_positives = split["train"]["positives"] + split["calibration"]["positives"]
-    test_rows, test_positives = split["test"]["rows"], split["test"]["positives"]
-    if not history_rows or not test_rows:
-        return {"flagged": False, "sentence": ""}
-    change, p = base_rate_shift(history_positives, history_rows, test_positives, test_rows)
-    flagged = p < p_value and abs(change) > min_relative_change
-    rates = ", ".join(f"{window} {split[window]['rate']:.1%}" for window in ("train", "calibration", "test"))
-    sentence = f"base rate {rates}"
-    if flagged:
-        sentence += (
-            f": the test window's rate moved {change:+.0%} from its history's"
-            f" ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'}); expect"
-            " calibration to suffer (try calibration.recent_fraction=0.25, and leadml-backtest)"
-        )
-    return {"change": change, "p_value": p, "flagged": flagged, "sentence": sentence}

@@ -41,6 +41,7 @@ import pandas as pd
 
 from leadml.data import schema as s
 from leadml.data.calendar import to_utc
+from leadml.data.contracts import normalise_token
 from leadml.errors import LeadmlError, known_settings
 
 logger = logging.getLogger(__name__)
@@ -641,8 +642,6 @@ def canonical_plan(
 
     A name that is already one of the ``known`` sources is kept as it is.
     """
-    from leadml.data.contracts import normalise_token
-
     out: dict[str, Any] = {}
     original: dict[str, str] = {}
     for name, value in planned.items():

@@ -19,6 +19,8 @@ import jinja2
 import numpy as np
 from matplotlib.figure import Figure
 
+# matplotlib.pyplot (its backend, slow to import) is imported inside the one function that needs it
+
 MISSING = "\u2013"  # an en dash where a figure is missing
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leadml.modelling.evaluate import FLOOR_TIER, base_rate_drift
 from leadml.modelling.scorer import LeadScorer
 
 RUN_ARTIFACTS = (
@@ -316,7 +317,7 @@ def _tiers(facts: CardFacts) -> str:
     if stored:
         minimums = ", ".join(f"{tier} >= {p:.3f}" for tier, p in stored.get("thresholds", {}).items())
         lines.append(
-            f"Stored in the model: {minimums}, else {stored.get('floor_tier', 'D')} "
+            f"Stored in the model: {minimums}, else {stored.get('floor_tier', FLOOR_TIER)} "
             f"({stored.get('note', '')})."
         )
         lines.append("The served model tiers with these; the nightly job with `conf/tiers` of its own run.")
@@ -368,8 +369,6 @@ def _gate(facts: CardFacts) -> str:
 
 
 def _limitations(facts: CardFacts, config: Mapping[str, Any]) -> str:
-    from leadml.modelling.train import base_rate_drift
-
     lines = ["## Known limitations", ""]
     split = _artifact(facts, "split.json") or {}
     drift = base_rate_drift(split) if {"train", "calibration", "test"} <= set(split) else {}

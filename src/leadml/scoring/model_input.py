@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from leadml.data import schema as s
+from leadml.data.features import data_end
 from leadml.errors import LeadmlError, SchemaMismatchError
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,6 @@ def resolve_as_of(
 ) -> pd.Timestamp:
     """The scoring date (midnight UTC): ``today``, ``latest`` (the day after the data's last
     timestamp, for replayed or synthetic data: of the CRM ``tables``, or ``end()``) or a date."""
-    from leadml.data.features import data_end
-
     text = str(value or "today").strip().lower()
     if text == "today":
         return pd.Timestamp.now(tz="UTC").normalize()

@@ -15,7 +15,13 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.utils import _infer_schema
 
+from leadml.adapters.model_folder import verify_folder
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.modelling.scorer import LeadScorer
@@ -38,8 +44,6 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Refuse an exported folder whose files changed, then build the explainer once."""
-        from leadml.adapters.model_folder import verify_folder
-
         info = (getattr(context, "artifacts", None) or {}).get(MODEL_INFO_ARTIFACT)
         if info:
             try:
@@ -58,8 +62,6 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
 
 def to_mlflow_error(error: LeadmlError) -> Exception:
     """MLflow's "invalid parameter value" error (HTTP 400 from the scoring server) with the message."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     return MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE)
 
@@ -71,7 +73,6 @@ def input_schema(scorer: LeadScorer) -> Any:
     field, where MLflow's own enforcement refuses an integer for a double column and answers
     with the whole schema of 100-odd columns.
     """
-    from mlflow.types.schema import AnyType, ColSpec, Schema
 
     own_id = [scorer.request_id] if getattr(scorer, "request_id", None) else []
     names = [s.LEAD_ID, *own_id, REQUEST_AS_OF, *scorer.feature_names, *lead_fields(scorer)]
@@ -82,8 +83,6 @@ def input_schema(scorer: LeadScorer) -> Any:
 
 def signature(scorer: LeadScorer, example: pd.DataFrame) -> Any:
     """Inputs as :func:`input_schema`, outputs as the predictions of ``example``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.utils import _infer_schema
 
     outputs = _infer_schema(predict_request(scorer, example))
     return ModelSignature(inputs=input_schema(scorer), outputs=outputs)

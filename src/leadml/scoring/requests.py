@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from leadml.data import schema as s
 from leadml.data.contracts import normalise_token
 from leadml.data.features import FeatureSettings, build_features
 from leadml.errors import LeadmlError
+from leadml.modelling.evaluate import FLOOR_TIER
 from leadml.modelling.scorer import LeadScorer, as_model_input
+from leadml.scoring.scores import TierSettings, score_leads
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +82,9 @@ class Tiers:
     @classmethod
     def of(cls, scorer: LeadScorer) -> Tiers:
         stored = getattr(scorer, "tiers", None) or {}
-        thresholds = stored.get("thresholds") or {"A": 0.30, "B": 0.15, "C": 0.05}
-        return cls({str(k): float(v) for k, v in thresholds.items()}, str(stored.get("floor_tier") or "D"))
+        thresholds = stored.get("thresholds") or TierSettings().thresholds
+        floor_tier = str(stored.get("floor_tier") or FLOOR_TIER)
+        return cls({str(k): float(v) for k, v in thresholds.items()}, floor_tier)
 
 
 # --------------------------------------------------------------------------- requests
@@ -421,8 +425,6 @@ def _missing(value: Any) -> bool:
 # --------------------------------------------------------------------------- predictions
 def predict_request(scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
     """Probability, tier, sub-scores and reasons of every request row (see the module docstring)."""
-    from leadml.scoring.scores import TierSettings, score_leads
-
     features, warnings = request_features(scorer, frame, now)
     tiers = Tiers.of(scorer)
     scored = score_leads(
@@ -566,8 +568,6 @@ def _most_common(profile: Mapping[str, Any]) -> Any:
 
 def model_info(scorer: LeadScorer) -> dict[str, Any]:
     """What travels beside the pickle as JSON: readable without unpickling."""
-    from importlib.metadata import version
-
     tiers = Tiers.of(scorer)
     return {
         "leadml_version": version("leadml"),

@@ -6,47 +6,20 @@ frames and arrays and returns frames, so the pandas and Spark engines share them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
-from leadml.errors import LeadmlError, known_settings
-from leadml.modelling.evaluate import assign_tiers, capacity_thresholds, grouped_shap_values
+from leadml.modelling.evaluate import TierSettings, assign_tiers, grouped_shap_values
 from leadml.modelling.reasons import N_REASONS, reason_sentences, representatives
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer
 
 TREND_NEW, TREND_UP, TREND_STEADY, TREND_DOWN = "new", "improving", "steady", "declining"
 # sub-scores: SHAP values summed over the features of each family, in log-odds
 SUB_SCORE_FAMILIES: tuple[str, ...] = ("fit", "engagement")
-
-
-@dataclass(frozen=True)
-class TierSettings:
-    method: str = "probability"
-    thresholds: Mapping[str, float] = field(default_factory=lambda: {"A": 0.30, "B": 0.15, "C": 0.05})
-    shares: Mapping[str, float] = field(default_factory=lambda: {"A": 0.05, "B": 0.20, "C": 0.50})
-    floor_tier: str = "D"
-
-    def __post_init__(self) -> None:
-        if self.method not in ("probability", "capacity"):
-            raise LeadmlError(f"tiers.method must be 'probability' or 'capacity', got {self.method!r}")
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> TierSettings:
-        values = known_settings(cls, mapping, "tiers")
-        values = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items() if v is not None}
-        return cls(**values)
-
-    def thresholds_for(self, probabilities: np.ndarray) -> dict[str, float]:
-        """Probability minimum of each tier: fixed, or the capacity quantiles of today's leads."""
-        if self.method == "capacity":
-            return capacity_thresholds(probabilities, dict(self.shares))
-        return dict(self.thresholds)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from leadml.scoring.pandas_engine import (
 )
 from leadml.scoring.scores import TierSettings, TrendSettings, score_leads
 
+# pyspark is imported inside functions, and below for type checking only: only score.engine=spark needs it
 if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -531,20 +532,23 @@ def score_with_spark(
     )
 
 
-def score_from_config(
-    score_cfg: Mapping[str, Any],
+def score_in_session(
+    settings: SparkSettings,
     open_leads: OpenLeads,
     scorer: LeadScorer,
     as_of: pd.Timestamp,
     tiers: TierSettings,
-    model_version: str,
+    *,
+    output_dir: Path,
+    explain: bool = True,
+    explainer: str = "fast",
+    trend: TrendSettings | None = None,
+    model_version: str = "",
 ) -> ScoringOutcome:
-    """``stages.score_stage`` with ``score.engine=spark``: a session from ``score.spark``, the date's
-    lock, and :func:`score_with_spark` on the open leads and run date the stage resolved (as for
-    the pandas engine)."""
-    spark_settings = SparkSettings.from_mapping(score_cfg.get("spark"))
-    output_dir = Path(score_cfg["output_dir"])
-    with spark_session(spark_settings) as spark, sinks.date_lock(output_dir, as_of):
+    """:func:`score_with_spark` in a session from ``score.spark`` (one already running is reused and
+    left running). ``stages.score`` resolves the run date and holds the date's lock, as it does for
+    the pandas engine."""
+    with spark_session(settings) as spark:
         return score_with_spark(
             spark,
             open_leads,
@@ -552,12 +556,12 @@ def score_from_config(
             as_of,
             tiers,
             output_dir=output_dir,
-            explain=bool(score_cfg["explain"]),
-            explainer=str(score_cfg.get("explainer") or "fast"),
-            trend=TrendSettings(float(score_cfg["trend_band"])),
+            explain=explain,
+            explainer=explainer,
+            trend=trend,
             model_version=model_version,
-            buckets=spark_settings.buckets,
-            output_files=spark_settings.output_files,
+            buckets=settings.buckets,
+            output_files=settings.output_files,
         )
 
 

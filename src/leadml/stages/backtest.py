@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import yaml
 
 from leadml.adapters import tracking
@@ -29,13 +31,34 @@ from leadml.modelling.backtest import (
     BacktestSettings,
     run_backtest_folds,
     summary_sentences,
+    table_lines,
 )
 from leadml.reporting.plots import backtest_figure
 
 logger = logging.getLogger(__name__)
 
 
-def backtest_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BacktestResult:
+    """One backtest: its table, its plain-words summary and where it was written and tracked."""
+
+    data: str
+    model: str
+    split_kind: str
+    table: pd.DataFrame  # one row per period (backtest.csv)
+    summary: tuple[str, ...]  # sentences on base-rate shifts, calibration and the population
+    files: Mapping[str, str]  # csv, png and json written to report_dir
+    run_id: str
+    tracking_uri: str
+    seconds: float
+
+    @property
+    def table_lines(self) -> list[str]:
+        """The table as the CLI prints it, one line per period under a header."""
+        return table_lines(self.table)
+
+
+def backtest_stage(cfg: Mapping[str, Any], root: Path) -> BacktestResult:
     """Read the features, run every fold, write backtest.csv/.png/.json and log one MLflow run."""
 
     started = time.perf_counter()
@@ -103,7 +126,17 @@ def backtest_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         for path in files.values():
             tracking.log_file(path, "backtest")
         tracking.set_tags({"backtest.summary": " | ".join(sentences)[:5000]})
-    return {**record, "table": table}
+    return BacktestResult(
+        data=record["data"],
+        model=model,
+        split_kind=record["split_kind"],
+        table=table,
+        summary=tuple(sentences),
+        files=record["files"],
+        run_id=run_id,
+        tracking_uri=record["tracking_uri"],
+        seconds=record["seconds"],
+    )
 
 
 def _number(value: Any) -> float | None:

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,31 @@ from leadml.errors import LeadmlError, NoModelError
 from leadml.reporting import model_card
 from leadml.scoring.requests import flat_example, lead_example
 
-# --------------------------------------------------------------------------- checksums
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The folder a registered version was exported to, and where it came from."""
+
+    path: Path
+    registered_model: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str
+    files: tuple[str, ...]  # listed in SHA256SUMS
+    model_card: Path
+    tracking_uri: str
+    seconds: float
 
 
-# --------------------------------------------------------------------------- export
 def export_stage(
     cfg: Mapping[str, Any],
     root: Path,
     recreate: Callable[[Mapping[str, Any]], list[str]] | None = None,
-) -> dict[str, Any]:
+) -> ExportResult:
     """Copy a registered version into ``export.output_dir`` with its card and checksums.
 
     ``recreate`` turns the run's logged config into the ``leadml-train`` overrides that
-    re-create it (``cli.recreate_overrides``); the card quotes them.
+    re-create it (:func:`leadml.stages.configs.recreate_overrides`); the card quotes them.
     """
 
     started = time.perf_counter()
@@ -106,17 +119,17 @@ def export_stage(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {
-        "path": str(target),
-        "registered_model": name,
-        "version": version,
-        "aliases": record["aliases"],
-        "run_id": run["run_id"],
-        "files": sorted(listed),
-        "model_card": str(target / MODEL_CARD),
-        "tracking_uri": tracking.masked_uri(uri),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return ExportResult(
+        path=target,
+        registered_model=name,
+        version=version,
+        aliases=tuple(record["aliases"]),
+        run_id=run["run_id"],
+        files=tuple(sorted(listed)),
+        model_card=target / MODEL_CARD,
+        tracking_uri=tracking.masked_uri(uri),
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
 def _chosen_version(name: str, export_cfg: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,28 @@ def feature_settings(data: Mapping[str, Any], features: Mapping[str, Any]) -> Fe
     )
 
 
+@dataclass(frozen=True)
+class FeaturesResult:
+    """The training snapshots built (the figures of data/features/<name>/manifest.json)."""
+
+    output_dir: Path
+    snapshots: int  # rows: one per lead and as-of date (one per lead without a time column)
+    leads: int
+    dates: int  # as-of dates; 0 for a flat table without a time column
+    positives: int
+    positive_rate: float
+    features: int
+    duplicates: Mapping[str, Any] | None  # a flat table's exact copies, as ingestion counted them
+    seconds: float
+
+
 def features_stage(
     data: Mapping[str, Any],
     features: Mapping[str, Any],
     input_dir: Path,
     output_dir: Path,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> FeaturesResult:
     """Training snapshots, feature metadata and a manifest from the ingested tables."""
     started = time.perf_counter()
     if data_kind(data) == "crm":
@@ -91,4 +107,14 @@ def features_stage(
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
     write_json_atomic(summary, output_dir / MANIFEST)
-    return summary
+    return FeaturesResult(
+        output_dir=output_dir,
+        snapshots=summary["snapshots"],
+        leads=summary["leads"],
+        dates=summary["dates"],
+        positives=summary["positives"],
+        positive_rate=summary["positive_rate"],
+        features=summary["features"],
+        duplicates=duplicates,
+        seconds=summary["seconds"],
+    )

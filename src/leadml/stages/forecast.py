@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,37 @@ NO_DEAL_VALUES = (
 )
 
 
+@dataclass(frozen=True)
+class _FlatLeads:
+    """A flat table's leads as ingest left them today, and the column that groups them."""
+
+    interim: Path
+    labelled: pd.DataFrame  # the labelled leads (the flat table's interim file)
+    column: str | None  # the grouping column; None: one pooled group
+    by: str  # the group column of the forecast's tables
+    dated: bool  # the table has a time column (as_of)
+
+    def rows(self, part: pd.DataFrame, label: Any = None) -> pd.DataFrame:
+        return _lead_rows(part, self.column, self.by, self.dated, label)
+
+    def open_leads(self) -> pd.DataFrame | None:
+        """The open leads (``contract.open``) ingest set apart; None when it wrote none."""
+        path = self.interim / open_rows_file(FLAT_TABLE)
+        return pd.read_parquet(path) if path.exists() else None
+
+
+@dataclass(frozen=True)
+class _FlatRates:
+    """A flat table's rates and what they mean: what :class:`ForecastInputs` takes from its label."""
+
+    leads: pd.DataFrame
+    history: pd.DataFrame
+    rate: str
+    end: pd.Timestamp | None
+    pace_end: pd.Timestamp | None
+    notes: tuple[str, ...] = ()
+
+
 def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
     """A flat table read through its contract (as ``leadml-score`` does), grouped and rated.
 
@@ -266,100 +297,129 @@ def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any])
     leads counted apart. Either way a flat table has no deal values and no owners.
     """
 
-    name = data.get("name")
     contract = data.get("contract") or {}
-    spec = data.get("outcomes") or None
-    for key in ("revenue_target", "mix"):  # config errors first: they cost no time
+    _check_flat_settings(settings, data)  # config errors first: they cost no time
+    interim = _path(root, settings.input_dir)
+    # today's file through its contract, as leadml-score reads it
+    record = ingest_stage(data, interim).manifest
+    labelled = pd.read_parquet(interim / f"{FLAT_TABLE}.parquet")
+    column, grouping = flat_grouping(data, labelled.columns, settings.by)
+    table = _FlatLeads(interim, labelled, column, by=column or s.SOURCE, dated=s.AS_OF in labelled.columns)
+    if data.get("outcomes"):  # dated won events: the CRM's label
+        rated = _rates_by_outcomes(settings, data, record, table)
+    else:  # a target column: converted or not, with no date
+        rated = _rates_by_target(contract, table)
+    return ForecastInputs(
+        history=rated.history,
+        leads=rated.leads,
+        by=table.by,
+        grouping=grouping,
+        rate=rated.rate,
+        end=rated.end,
+        pace_end=rated.pace_end,
+        synonyms=_synonyms(data, column) if column is not None else {},
+        deal_values=False,
+        owners=False,
+        scorable=bool(as_tuple(contract.get("open"))),
+        notes=(NO_DEAL_VALUES, *rated.notes),
+    )
+
+
+def _check_flat_settings(settings: ForecastSettings, data: Mapping[str, Any]) -> None:
+    """The forecast settings a flat table cannot honour: it has no deal values, and maybe no dates."""
+    name = data.get("name")
+    for key in ("revenue_target", "mix"):
         if getattr(settings, key) is not None:
             raise LeadmlError(
                 f"forecast.{key} needs won deal values and data={name} is a flat table without any: "
                 "leave it null (revenue is shown as missing, with no reverse forecast)"
             )
-    if spec is None and settings.as_of is not None:
+    if not data.get("outcomes") and settings.as_of is not None:
         raise LeadmlError(
-            f"forecast.as_of needs dated outcomes and data={name}'s target ({contract.get('target')}) "
-            "has no date: leave it null"
+            f"forecast.as_of needs dated outcomes and data={name}'s target "
+            f"({(data.get('contract') or {}).get('target')}) has no date: leave it null"
         )
-    interim = _path(root, settings.input_dir)
-    record = ingest_stage(data, interim)  # today's file through its contract, as leadml-score reads it
-    labelled = pd.read_parquet(interim / f"{FLAT_TABLE}.parquet")
-    column, grouping = flat_grouping(data, labelled.columns, settings.by)
-    by = column or s.SOURCE
-    dated = s.AS_OF in labelled.columns
-    notes = [NO_DEAL_VALUES]
-    if spec is not None:  # dated won events: the CRM's label
-        labels = record.get("labels") or {}
-        # younger leads: the open ones (not won yet) and those won already, set aside by ingest
-        open_path = interim / open_rows_file(FLAT_TABLE)
-        younger = [
-            part
-            for part in (
-                pd.read_parquet(open_path) if open_path.exists() else None,
-                unlabelled_leads(interim, data, labels.get("observed_from")),
-            )
-            if part is not None and len(part)
-        ]
-        parts = [labelled, *younger]
-        leads = pd.concat([_lead_rows(p, column, by, dated, None) for p in parts], ignore_index=True)
-        events = pd.read_parquet(interim / f"{OUTCOMES_TABLE}.parquet")
-        outcomes = pd.DataFrame(
-            {
-                s.LEAD_ID: events[str(spec["id"])].astype("string"),
-                s.STATUS: s.WON,
-                s.CLOSED_AT: events[str(spec["time"])],
-                s.DEAL_VALUE: np.nan,
-            }
+
+
+def _rates_by_outcomes(
+    settings: ForecastSettings, data: Mapping[str, Any], record: Mapping[str, Any], table: _FlatLeads
+) -> _FlatRates:
+    """Labelled by dated won events (``data.outcomes``): won within the horizon, the mature cohort."""
+    spec, contract = data["outcomes"], data.get("contract") or {}
+    labels = record.get("labels") or {}
+    # younger leads: the open ones (not won yet) and those won already, set aside by ingest
+    younger = [
+        part
+        for part in (table.open_leads(), unlabelled_leads(table.interim, data, labels.get("observed_from")))
+        if part is not None and len(part)
+    ]
+    leads = pd.concat([table.rows(part) for part in (table.labelled, *younger)], ignore_index=True)
+    outcomes = _won_events(table.interim, spec)
+    # outcomes complete only until the configured observed_until: the end of what is known
+    as_of = settings.as_of
+    if as_of is None and labels.get("observed_until_from") == "config":
+        as_of = labels.get("observed_until")
+    history = historical_rates(leads, outcomes, settings.horizon_days, as_of, by=table.by)
+    end = pd.Timestamp(history.attrs["as_of"])
+    horizon = int(history.attrs["horizon_days"])
+    notes: tuple[str, ...] = ()
+    if float(spec["horizon_days"]) != horizon:
+        notes = (
+            f"forecast.horizon_days={horizon} is not the label's outcomes.horizon_days="
+            f"{float(spec['horizon_days']):g}: the rates are of wins within {horizon} days",
         )
-        # outcomes complete only until the configured observed_until: the end of what is known
-        as_of = settings.as_of
-        if as_of is None and labels.get("observed_until_from") == "config":
-            as_of = labels.get("observed_until")
-        history = historical_rates(leads, outcomes, settings.horizon_days, as_of, by=by)
-        end = pd.Timestamp(history.attrs["as_of"])
-        horizon = int(history.attrs["horizon_days"])
-        if float(spec["horizon_days"]) != horizon:
-            notes.append(
-                f"forecast.horizon_days={horizon} is not the label's outcomes.horizon_days="
-                f"{float(spec['horizon_days']):g}: the rates are of wins within {horizon} days"
-            )
-        rate = _within_horizon(str(spec["time"]), str(contract.get("time")), horizon, end)
-        pace_end: pd.Timestamp | None = min(end, to_utc(leads[s.CREATED_AT].max()))
-    else:  # a target column: converted or not, with no date
-        open_path = interim / open_rows_file(FLAT_TABLE)
-        parts = [_lead_rows(labelled, column, by, dated, labelled[s.LABEL])]
-        if open_path.exists():
-            parts.append(_lead_rows(pd.read_parquet(open_path), column, by, dated, None))
-        leads = pd.concat(parts, ignore_index=True)
-        latest = leads[s.CREATED_AT].max() if dated else pd.NaT
-        end = None if pd.isna(latest) else to_utc(latest)
-        history = closed_rates(leads, by, as_of=end)
-        values = {k: list(as_tuple(contract.get(k))) for k in ("positive", "negative", "open")}
-        lost = values["negative"] or "the other value"
-        rate = (
-            f"won / (won + lost) among the closed leads, whenever they closed (target "
-            f"{contract.get('target')}: won {values['positive']}, lost {lost}); "
-            f"the open leads ({values['open'] or 'none declared'}) are left out, counted as immature_leads. "
-            "The target has no date, so this is not a rate within a horizon and days to convert are unknown"
-        )
-        pace_end = end
-        if not dated:
-            notes.append(
-                "no time column (contract.time): the rates are of every closed lead in the file, and there "
-                "is no recent pace to plan from"
-            )
-    return ForecastInputs(
-        history=history,
+    return _FlatRates(
         leads=leads,
-        by=by,
-        grouping=grouping,
+        history=history,
+        rate=_within_horizon(str(spec["time"]), str(contract.get("time")), horizon, end),
+        end=end,
+        pace_end=min(end, to_utc(leads[s.CREATED_AT].max())),
+        notes=notes,
+    )
+
+
+def _won_events(interim: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
+    """The outcomes file's won events as the CRM's outcomes table (with no deal values)."""
+    events = pd.read_parquet(interim / f"{OUTCOMES_TABLE}.parquet")
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: events[str(spec["id"])].astype("string"),
+            s.STATUS: s.WON,
+            s.CLOSED_AT: events[str(spec["time"])],
+            s.DEAL_VALUE: np.nan,
+        }
+    )
+
+
+def _rates_by_target(contract: Mapping[str, Any], table: _FlatLeads) -> _FlatRates:
+    """Labelled by a target column: won / (won + lost) among the closed leads, with no date."""
+    parts = [table.rows(table.labelled, table.labelled[s.LABEL])]
+    open_leads = table.open_leads()
+    if open_leads is not None:
+        parts.append(table.rows(open_leads))
+    leads = pd.concat(parts, ignore_index=True)
+    latest = leads[s.CREATED_AT].max() if table.dated else pd.NaT
+    end = None if pd.isna(latest) else to_utc(latest)
+    history = closed_rates(leads, table.by, as_of=end)
+    values = {k: list(as_tuple(contract.get(k))) for k in ("positive", "negative", "open")}
+    lost = values["negative"] or "the other value"
+    rate = (
+        f"won / (won + lost) among the closed leads, whenever they closed (target "
+        f"{contract.get('target')}: won {values['positive']}, lost {lost}); "
+        f"the open leads ({values['open'] or 'none declared'}) are left out, counted as immature_leads. "
+        "The target has no date, so this is not a rate within a horizon and days to convert are unknown"
+    )
+    undated = (
+        "no time column (contract.time): the rates are of every closed lead in the file, and there "
+        "is no recent pace to plan from"
+    )
+    return _FlatRates(
+        leads=leads,
+        history=history,
         rate=rate,
         end=end,
-        pace_end=pace_end,
-        synonyms=_synonyms(data, column) if column is not None else {},
-        deal_values=False,
-        owners=False,
-        scorable=bool(as_tuple(contract.get("open"))),
-        notes=tuple(notes),
+        pace_end=end,
+        notes=() if table.dated else (undated,),
     )
 
 
@@ -442,7 +502,46 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ForecastResult:
+    """What ``leadml-forecast`` made: the four tables, what made them, and the files it wrote.
+
+    The fields before ``files`` go to ``forecast.json`` in this order, then the settings, then
+    the tables as records (:func:`_forecast_record`).
+    """
+
+    as_of: pd.Timestamp | None  # the end of what is known; None: a flat table without a time column
+    horizon_days: int | None  # None: rates among the closed leads, within no horizon
+    rate_kind: str  # WITHIN_HORIZON or AMONG_CLOSED
+    rate_definition: str  # what the rate is, in words
+    group_by: str
+    grouping: str  # how the leads are grouped and why, in words
+    planned: Mapping[str, int]  # leads per group
+    planned_from: str
+    revenue_target: float | None  # None: no deal values, no reverse forecast
+    revenue_target_from: str | None
+    mix: Mapping[str, float] | None  # the reverse forecast's share per group
+    confidence: float
+    level: float
+    scored_partition: str | None  # the scored run the capacity plan is made on
+    reps: int | None
+    capacity_leads: int | None
+    threshold: float | None
+    no_capacity: str | None  # why there is no capacity plan
+    notes: tuple[str, ...]
+    seconds: float
+    files: Mapping[str, str]  # table name (and "json") -> the file written
+    history: pd.DataFrame
+    forward: pd.DataFrame
+    reverse: pd.DataFrame | None  # None: no deal values
+    capacity: pd.DataFrame | None  # None: no scored run
+
+
+# the ForecastResult fields written as CSVs, and as records in forecast.json
+_TABLES = ("history", "forward", "reverse", "capacity")
+
+
+def forecast_stage(cfg: Mapping[str, Any], root: Path) -> ForecastResult:
     """Read the data and the latest scored run, forecast, write CSVs and one JSON.
 
     ``cfg`` is the whole composed config (``forecast``, ``data``); relative paths are read
@@ -451,8 +550,8 @@ def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     Writes ``history.csv``, ``forward.csv``, ``reverse.csv`` (when there are deal values),
     ``capacity.csv`` (when there is a scored run) and ``forecast.json`` (everything, with
     the settings, what the rate means and how leads are grouped) to ``forecast.output_dir``,
-    and returns the tables as DataFrames (``history``, ``forward``, ``reverse`` or None,
-    ``capacity`` or None) with what made them.
+    and returns a :class:`ForecastResult`: the tables as DataFrames (``history``,
+    ``forward``, ``reverse`` or None, ``capacity`` or None) with what made them.
 
     Defaults when a setting is null: the plan is the last ``lookback_days``' pace per
     ``planned_period_days`` (a flat table: up to its last lead; without a time column there
@@ -463,109 +562,130 @@ def forecast_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
     started = time.perf_counter()
     settings = ForecastSettings.from_mapping(cfg.get("forecast"))
     data = cfg.get("data") or {}
-    kind = data.get("kind", "crm")
-    if kind == "flat":
-        inputs = flat_inputs(settings, root, data)
-    elif kind == "crm":
-        inputs = crm_inputs(settings, root, data)
-    else:
-        raise LeadmlError(f"data.kind must be 'crm' or 'flat', got {kind!r} (data={data.get('name')})")
+    inputs = _forecast_inputs(settings, root, data)
     history = inputs.history
-
     known = tuple(str(k) for k in history.index if k != ALL)
     plan, planned_from = _plan(settings, root, inputs, data.get("name"))
     plan = canonical_plan(plan, inputs.synonyms, known)
-    common = {
+    forward = forecast_forward(
+        history, plan, level=settings.level, revenue=inputs.deal_values, **_simulation(settings)
+    )
+    reverse, target, target_from = _reverse(settings, inputs, forward, known)
+    capacity, partition, reps = _capacity(settings, root, inputs)
+    out = _path(root, settings.output_dir)
+    rates = rates_table(history)
+    tables = {"history": rates, "forward": forward, "reverse": reverse, "capacity": capacity}
+    files = _write_tables(tables, out)
+    horizon = history.attrs["horizon_days"]
+    result = ForecastResult(
+        as_of=inputs.end,
+        horizon_days=None if horizon is None else int(horizon),
+        rate_kind=inputs.rate_kind,
+        rate_definition=inputs.rate,
+        group_by=inputs.by,
+        grouping=inputs.grouping,
+        planned=plan,
+        planned_from=planned_from,
+        revenue_target=target,
+        revenue_target_from=target_from,
+        mix=None if reverse is None else _mix(reverse),
+        confidence=settings.confidence,
+        level=settings.level,
+        scored_partition=None if partition is None else str(partition),
+        reps=reps,
+        capacity_leads=None if capacity is None else capacity.attrs["capacity"],
+        threshold=None if capacity is None else capacity.attrs["threshold"],
+        no_capacity=None if capacity is not None else _no_capacity(inputs, data.get("name")),
+        notes=inputs.notes,
+        seconds=round(time.perf_counter() - started, 2),
+        files={**files, "json": str(out / "forecast.json")},
+        history=rates,
+        forward=forward,
+        reverse=reverse,
+        capacity=capacity,
+    )
+    write_json_atomic(_forecast_record(result, settings), out / "forecast.json")
+    return result
+
+
+def _forecast_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any]) -> ForecastInputs:
+    kind = data.get("kind", "crm")
+    if kind == "flat":
+        return flat_inputs(settings, root, data)
+    if kind == "crm":
+        return crm_inputs(settings, root, data)
+    raise LeadmlError(f"data.kind must be 'crm' or 'flat', got {kind!r} (data={data.get('name')})")
+
+
+def _simulation(settings: ForecastSettings) -> dict[str, Any]:
+    """The settings of the simulated conversions, the same for the forward and the reverse forecast."""
+    return {
         "draws": settings.draws,
         "seed": settings.seed,
         "prior": settings.prior,
         "min_wins": settings.min_wins,
         "unknown_source": settings.unknown_source,
     }
-    forward = forecast_forward(history, plan, level=settings.level, revenue=inputs.deal_values, **common)
-    reverse: pd.DataFrame | None = None
-    target: float | None = None
-    target_from: str | None = None
-    if inputs.deal_values:
-        target, target_from = settings.revenue_target, "forecast.revenue_target"
-        if target is None:
-            target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
-        mix = canonical_plan(settings.mix, inputs.synonyms, known) if settings.mix is not None else None
-        reverse = leads_needed(history, target, mix=mix, confidence=settings.confidence, **common)
-    capacity, partition, reps = _capacity(settings, root, inputs)
-    no_capacity = None
-    if capacity is None:
-        no_capacity = "no scored run, so no capacity plan (run leadml-score first)"
-        if not inputs.scorable:
-            no_capacity = (
-                f"no capacity plan: data={data.get('name')} has no open leads to score (contract.open), "
-                "so leadml-score has no run to plan from"
-            )
 
-    out = _path(root, settings.output_dir)
-    outputs = {"history": rates_table(history), "forward": forward, "reverse": reverse, "capacity": capacity}
+
+def _reverse(
+    settings: ForecastSettings, inputs: ForecastInputs, forward: pd.DataFrame, known: tuple[str, ...]
+) -> tuple[pd.DataFrame | None, float | None, str | None]:
+    """The leads needed for the revenue target, the target and where it came from; Nones without deal
+    values. The target defaults to the forward forecast's expected revenue."""
+    if not inputs.deal_values:
+        return None, None, None
+    target, target_from = settings.revenue_target, "forecast.revenue_target"
+    if target is None:
+        target, target_from = float(forward.loc[TOTAL, "expected_revenue"]), "the plan's expected revenue"
+    mix = canonical_plan(settings.mix, inputs.synonyms, known) if settings.mix is not None else None
+    reverse = leads_needed(
+        inputs.history, target, mix=mix, confidence=settings.confidence, **_simulation(settings)
+    )
+    return reverse, target, target_from
+
+
+def _mix(reverse: pd.DataFrame) -> dict[str, float]:
+    """The reverse forecast's share of each group that gets any leads."""
+    return {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0}
+
+
+def _no_capacity(inputs: ForecastInputs, name: Any) -> str:
+    """Why there is no capacity plan: no scored run yet, or data that leadml-score cannot score."""
+    if not inputs.scorable:
+        return (
+            f"no capacity plan: data={name} has no open leads to score (contract.open), "
+            "so leadml-score has no run to plan from"
+        )
+    return "no scored run, so no capacity plan (run leadml-score first)"
+
+
+def _write_tables(tables: Mapping[str, pd.DataFrame | None], out: Path) -> dict[str, str]:
+    """Each table there is as ``<name>.csv`` in ``out``; the files written, by table name."""
     files: dict[str, str] = {}
-    for name, table in outputs.items():
+    for name, table in tables.items():
         if table is not None:
             write_csv_atomic(table, out / f"{name}.csv")
             files[name] = str(out / f"{name}.csv")
-    horizon = history.attrs["horizon_days"]
-    summary: dict[str, Any] = {
-        "as_of": inputs.end,
-        "horizon_days": None if horizon is None else int(horizon),
-        "rate_kind": inputs.rate_kind,
-        "rate_definition": inputs.rate,
-        "group_by": inputs.by,
-        "grouping": inputs.grouping,
-        "planned": plan,
-        "planned_from": planned_from,
-        "revenue_target": target,
-        "revenue_target_from": target_from,
-        "mix": None
-        if reverse is None
-        else {str(k): float(v) for k, v in reverse["share"].drop(TOTAL).items() if v > 0},
-        "confidence": settings.confidence,
-        "level": settings.level,
-        "scored_partition": None if partition is None else str(partition),
-        "reps": reps,
-        "capacity_leads": None if capacity is None else capacity.attrs["capacity"],
-        "threshold": None if capacity is None else capacity.attrs["threshold"],
-        "no_capacity": no_capacity,
-        "notes": list(inputs.notes),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    record = _json_ready(
-        {**summary, "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
-    )
-    record.update({name: _records(table) for name, table in outputs.items()})
-
-    write_json_atomic(record, out / "forecast.json")
-    files["json"] = str(out / "forecast.json")
-    return {**summary, "files": files, **outputs}
+    return files
 
 
-def summary_lines(summary: Mapping[str, Any]) -> list[str]:
-    """What ``leadml-forecast`` prints of a :func:`forecast_stage` summary, one line per table."""
-    level = f"{summary['level']:.0%}"
-    history = summary["history"].loc[ALL]
-    as_of = summary["as_of"]
-    if summary["rate_kind"] == AMONG_CLOSED:
-        when = f" as of {as_of:%Y-%m-%d}" if as_of is not None else " (no time column)"
-        lines = [
-            f"forecast: history{when}: {int(history['leads']):,} closed leads, {int(history['won']):,} won "
-            f"({history['conversion_rate']:.1%} = won / (won + lost) among closed leads, not a rate within "
-            f"a horizon); {int(history['immature_leads']):,} open leads left out of the rates"
-        ]
-    else:
-        lines = [
-            f"forecast: history as of {as_of:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
-            f"{int(history['won']):,} won within {summary['horizon_days']} days "
-            f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
-            "left out of the rates"
-        ]
-    groups = len(summary["history"]) - 1
-    lines.append(f"forecast: rates per {summary['grouping']}: {groups:,} group{'s' * (groups != 1)}")
-    forward = summary["forward"].loc[TOTAL]
+def _forecast_record(result: ForecastResult, settings: ForecastSettings) -> dict[str, Any]:
+    """``forecast.json``: the result but its files, the settings, then the tables as records."""
+    summary = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("files", *_TABLES)}
+    chosen = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+    record = _json_ready({**summary, "settings": chosen})
+    record.update({name: _records(getattr(result, name)) for name in _TABLES})
+    return record
+
+
+def summary_lines(result: ForecastResult) -> list[str]:
+    """What ``leadml-forecast`` prints of a :class:`ForecastResult`, one line per table."""
+    level = f"{result.level:.0%}"
+    lines = [_history_line(result)]
+    groups = len(result.history) - 1
+    lines.append(f"forecast: rates per {result.grouping}: {groups:,} group{'s' * (groups != 1)}")
+    forward = result.forward.loc[TOTAL]
     revenue = (
         "revenue not available (no deal values)"
         if pd.isna(forward["expected_revenue"])
@@ -573,29 +693,48 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
         f"[{forward['revenue_low']:,.0f}, {forward['revenue_high']:,.0f}]"
     )
     lines.append(
-        f"forecast: {int(forward['planned_leads']):,} planned leads ({summary['planned_from']}): "
+        f"forecast: {int(forward['planned_leads']):,} planned leads ({result.planned_from}): "
         f"{forward['expected_conversions']:,.1f} conversions [{int(forward['conversions_low']):,}, "
         f"{int(forward['conversions_high']):,}], {revenue} ({level} intervals)"
     )
-    if summary["reverse"] is not None:
-        reverse = summary["reverse"].loc[TOTAL]
+    if result.reverse is not None:
+        reverse = result.reverse.loc[TOTAL]
         lines.append(
-            f"forecast: revenue {summary['revenue_target']:,.0f} ({summary['revenue_target_from']}) needs "
+            f"forecast: revenue {result.revenue_target:,.0f} ({result.revenue_target_from}) needs "
             f"{int(reverse['mix_expected']):,} leads of the mix in expectation, "
-            f"{int(reverse['mix_at_confidence']):,} to reach it with {summary['confidence']:.0%} confidence"
+            f"{int(reverse['mix_at_confidence']):,} to reach it with {result.confidence:.0%} confidence"
         )
-    if summary["capacity"] is None:
-        lines.append(f"forecast: {summary['no_capacity']}")
+    if result.capacity is None:
+        lines.append(f"forecast: {result.no_capacity}")
     else:
-        capacity = summary["capacity"].loc[TOTAL]
+        capacity = result.capacity.loc[TOTAL]
         lines.append(
-            f"forecast: {summary['reps']} reps work {int(capacity['worked_leads']):,} of "
-            f"{int(capacity['open_leads']):,} open leads (probability >= {summary['threshold']:.3f}): "
+            f"forecast: {result.reps} reps work {int(capacity['worked_leads']):,} of "
+            f"{int(capacity['open_leads']):,} open leads (probability >= {result.threshold:.3f}): "
             f"{capacity['expected_wins']:,.1f} wins expected [{int(capacity['wins_low']):,}, "
             f"{int(capacity['wins_high']):,}]"
         )
-    lines.extend(f"forecast: note: {note}" for note in summary["notes"])
-    folder = Path(summary["files"]["json"]).parent
-    names = ", ".join(Path(path).name for path in summary["files"].values())
-    lines.append(f"forecast: wrote {names} to {folder} ({summary['seconds']} s)")
+    lines.extend(f"forecast: note: {note}" for note in result.notes)
+    folder = Path(result.files["json"]).parent
+    names = ", ".join(Path(path).name for path in result.files.values())
+    lines.append(f"forecast: wrote {names} to {folder} ({result.seconds} s)")
     return lines
+
+
+def _history_line(result: ForecastResult) -> str:
+    """The first line printed: the leads the rates are of, and the leads left out of them."""
+    history = result.history.loc[ALL]
+    as_of = result.as_of
+    if result.rate_kind == AMONG_CLOSED:
+        when = f" as of {as_of:%Y-%m-%d}" if as_of is not None else " (no time column)"
+        return (
+            f"forecast: history{when}: {int(history['leads']):,} closed leads, {int(history['won']):,} won "
+            f"({history['conversion_rate']:.1%} = won / (won + lost) among closed leads, not a rate within "
+            f"a horizon); {int(history['immature_leads']):,} open leads left out of the rates"
+        )
+    return (
+        f"forecast: history as of {as_of:%Y-%m-%d}: {int(history['leads']):,} mature leads, "
+        f"{int(history['won']):,} won within {result.horizon_days} days "
+        f"({history['conversion_rate']:.1%}); {int(history['immature_leads']):,} younger leads "
+        "left out of the rates"
+    )

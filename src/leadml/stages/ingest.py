@@ -7,8 +7,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from leadml.adapters.layout import FLAT_TABLE, MANIFEST, dictionary_encoded, open_rows_file
 from leadml.adapters.sources import (
@@ -24,14 +27,23 @@ from leadml.data import schema as s
 from leadml.data.contracts import (
     OUTCOMES_TABLE,
     SETTINGS_KEYS,
+    FlatContract,
     IngestSettings,
+    TableContract,
     column_specs_from_config,
     crm_contracts,
     flat_contract,
 )
 from leadml.data.flat import ingest_flat
-from leadml.data.ingest import check_bad_shares, ingest_crm, manifest, respelt_categories
-from leadml.data.joins import combine_flat, lookup_specs, lookups, row_rules, with_lookups
+from leadml.data.ingest import (
+    IngestResult,
+    check_bad_shares,
+    ingest_crm,
+    manifest,
+    respelt_categories,
+    respelt_sentence,
+)
+from leadml.data.joins import CombinedTable, combine_flat, lookup_specs, lookups, row_rules, with_lookups
 from leadml.errors import LeadmlError
 
 logger = logging.getLogger(__name__)
@@ -48,19 +60,38 @@ def data_kind(data: Mapping[str, Any]) -> str:
     return kind
 
 
-def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class IngestSummary:
+    """What ``leadml-ingest`` read, accepted and quarantined.
+
+    The per-table figures are the manifest's records (``data/interim/<name>/manifest.json``,
+    read back by the features stage and logged by the nightly job), kept as written there.
+    """
+
+    data_name: str | None
+    kind: str
+    tables: Mapping[str, Mapping[str, Any]]  # rows in, accepted, quarantined, duplicates, respelt
+    joins: Mapping[str, Mapping[str, Any]]  # lookup tables joined to a flat table
+    where: Mapping[str, Any] | None  # rows kept by data.where
+    open_rows: Mapping[str, Mapping[str, Any]]  # open leads kept apart for scoring
+    labels: Mapping[str, Any]  # how a flat table was labelled by its outcomes table
+    respelt: Mapping[str, str]  # table -> the sentence on category values written another way
+    seconds: float
+    manifest: Mapping[str, Any]  # the whole record, as written to the manifest
+
+
+@dataclass(frozen=True)
+class _Validated:
+    result: IngestResult
+    combined: CombinedTable | None
+    respelt: dict[str, dict[str, dict[str, Any]]]
+
+
+def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
     """Validate every configured source into ``output_dir`` (tables, quarantine/, manifest)."""
     started = time.perf_counter()
     settings = ingest_settings(data)
-    if data_kind(data) == "flat":  # checked before reading, so a config error costs no time
-        contract = flat_contract(data["contract"], data.get("outcomes"))
-        lookups(data.get("joins"), (contract.table.name, OUTCOMES_TABLE))
-        row_rules(data.get("where"))
-    elif data.get("joins") or data.get("where"):
-        raise LeadmlError(
-            f"data.joins and data.where apply to a flat table (data.kind: flat); data={data.get('name')} "
-            "is crm: filter and join in the source's SQL query instead"
-        )
+    contract = checked_flat_config(data)  # before reading, so a config error costs no time
     specs = source_specs(data)
     sources = {table: describe_source(spec) for table, spec in specs.items()}
     quarantine_paths = {table: str(output_dir / "quarantine" / f"{table}.parquet") for table in specs}
@@ -68,52 +99,8 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     for table, spec in specs.items():
         logger.info("reading %s from %s", table, sources[table])
         raw[table] = read_source(spec)
-    contracts = (
-        crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
-        if data_kind(data) == "crm"
-        else {FLAT_TABLE: contract.table}
-    )
-    combined = None
-    if data_kind(data) == "flat":  # lookups joined, rows kept by data.where: the table the contract sees
-        combined = combine_flat(
-            raw[FLAT_TABLE],
-            {name: raw[name] for name in lookup_specs(data, (contract.table.name, OUTCOMES_TABLE))},
-            data,
-            contract,
-            settings,
-            sources=sources,
-            quarantine_paths=quarantine_paths,
-        )
-        raw[FLAT_TABLE] = combined.frame
-    respelt_by_table = {
-        table: respelt_categories(raw[table], table_contract, settings)
-        for table, table_contract in contracts.items()
-        if table in raw
-    }
-    if data_kind(data) == "crm":
-        result = ingest_crm(
-            raw,
-            contracts,
-            settings,
-            sources=sources,
-            quarantine_paths=quarantine_paths,
-            enforce_bad_share=False,
-        )
-    else:
-        result = ingest_flat(
-            raw[FLAT_TABLE],
-            contract,
-            settings,
-            source=sources[FLAT_TABLE],
-            quarantine_path=quarantine_paths[FLAT_TABLE],
-            enforce_bad_share=False,
-            outcomes=raw.get(OUTCOMES_TABLE),
-            outcomes_source=sources.get(OUTCOMES_TABLE, "the outcomes table"),
-            outcomes_quarantine_path=quarantine_paths.get(OUTCOMES_TABLE),
-            source_rows=combined.source_rows if combined is not None else None,
-        )
-        if combined is not None:
-            result = with_lookups(result, combined.lookups)
+    validated = _validate(raw, data, contract, settings, sources, quarantine_paths)
+    result = validated.result
     for table, rejected in result.quarantines.items():
         write_parquet_atomic(rejected, quarantine_paths[table])
     check_bad_shares(result, settings)  # after writing, so the message points to existing files
@@ -135,11 +122,109 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     record.update(
         data_name=data.get("name"), kind=data_kind(data), seconds=round(time.perf_counter() - started, 2)
     )
+    _add_flat_records(record, validated, open_paths)
+    write_json_atomic(record, output_dir / MANIFEST)
+    return IngestSummary(
+        data_name=record["data_name"],
+        kind=record["kind"],
+        tables=record["tables"],
+        joins=record.get("joins") or {},
+        where=record.get("where"),
+        open_rows=record.get("open_rows") or {},
+        labels=record.get("labels") or {},
+        respelt={
+            table: respelt_sentence(table, report["respelt"])
+            for table, report in record["tables"].items()
+            if report.get("respelt")
+        },
+        seconds=record["seconds"],
+        manifest=record,
+    )
+
+
+def checked_flat_config(data: Mapping[str, Any]) -> FlatContract | None:
+    """The flat table's contract with its joins and row rules checked; None for a CRM export,
+    which may have neither (its source's SQL query filters and joins)."""
+    if data_kind(data) == "flat":
+        contract = flat_contract(data["contract"], data.get("outcomes"))
+        lookups(data.get("joins"), (contract.table.name, OUTCOMES_TABLE))
+        row_rules(data.get("where"))
+        return contract
+    if data.get("joins") or data.get("where"):
+        raise LeadmlError(
+            f"data.joins and data.where apply to a flat table (data.kind: flat); data={data.get('name')} "
+            "is crm: filter and join in the source's SQL query instead"
+        )
+    return None
+
+
+def _validate(
+    raw: dict[str, pd.DataFrame],
+    data: Mapping[str, Any],
+    contract: FlatContract | None,
+    settings: IngestSettings,
+    sources: Mapping[str, str],
+    quarantine_paths: Mapping[str, str],
+) -> _Validated:
+    """Every table through its contract: the CRM tables, or the flat table with its lookups joined
+    and its rows kept by data.where (the table the contract sees)."""
+    if contract is None:
+        contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+        respelt = _respelt(raw, contracts, settings)
+        result = ingest_crm(
+            raw,
+            contracts,
+            settings,
+            sources=sources,
+            quarantine_paths=quarantine_paths,
+            enforce_bad_share=False,
+        )
+        return _Validated(result, None, respelt)
+    combined = combine_flat(
+        raw[FLAT_TABLE],
+        {name: raw[name] for name in lookup_specs(data, (contract.table.name, OUTCOMES_TABLE))},
+        data,
+        contract,
+        settings,
+        sources=sources,
+        quarantine_paths=quarantine_paths,
+    )
+    raw[FLAT_TABLE] = combined.frame
+    respelt = _respelt(raw, {FLAT_TABLE: contract.table}, settings)
+    result = ingest_flat(
+        raw[FLAT_TABLE],
+        contract,
+        settings,
+        source=sources[FLAT_TABLE],
+        quarantine_path=quarantine_paths[FLAT_TABLE],
+        enforce_bad_share=False,
+        outcomes=raw.get(OUTCOMES_TABLE),
+        outcomes_source=sources.get(OUTCOMES_TABLE, "the outcomes table"),
+        outcomes_quarantine_path=quarantine_paths.get(OUTCOMES_TABLE),
+        source_rows=combined.source_rows,
+    )
+    return _Validated(with_lookups(result, combined.lookups), combined, respelt)
+
+
+def _respelt(
+    raw: Mapping[str, pd.DataFrame], contracts: Mapping[str, TableContract], settings: IngestSettings
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Category values written to their declared spelling, by table (before validation sees them)."""
+    return {
+        table: respelt_categories(raw[table], contract, settings)
+        for table, contract in contracts.items()
+        if table in raw
+    }
+
+
+def _add_flat_records(record: dict[str, Any], validated: _Validated, open_paths: Mapping[str, Path]) -> None:
+    """The manifest's records of labels, joins, respelt categories and open rows."""
+    result = validated.result
     if result.labels:
         record["labels"] = result.labels
-    if combined is not None:
-        record.update(combined.record(FLAT_TABLE))
-    for table, respelt in respelt_by_table.items():
+    if validated.combined is not None:
+        record.update(validated.combined.record(FLAT_TABLE))
+    for table, respelt in validated.respelt.items():
         if respelt and table in record["tables"]:
             record["tables"][table]["respelt"] = respelt
     if result.open_rows:
@@ -147,8 +232,6 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
             table: {"rows": len(frame), "output_path": str(open_paths[table])}
             for table, frame in result.open_rows.items()
         }
-    write_json_atomic(record, output_dir / MANIFEST)
-    return record
 
 
 def source_specs(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

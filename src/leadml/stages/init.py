@@ -162,7 +162,7 @@ def _sheet(path: Path, asked: str | None) -> tuple[str, str]:
     """The workbook's sheet to read, by name (--sheet, a name or a 0-based number; default the first)."""
 
     try:
-        import openpyxl
+        import openpyxl  # only for an Excel file: pandas needs it there too, nowhere else
 
         workbook = openpyxl.load_workbook(path, read_only=True)
         names = list(workbook.sheetnames)

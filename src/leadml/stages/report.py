@@ -24,7 +24,8 @@ from leadml.adapters.sources import write_csv_atomic
 from leadml.data import schema as s
 from leadml.data.contracts import as_tuple
 from leadml.data.features import LABEL, flat_open_features
-from leadml.modelling.scorer import PROBABILITY
+from leadml.modelling.evaluate import FLOOR_TIER
+from leadml.modelling.scorer import PROBABILITY, LeadScorer
 from leadml.reporting import html, plots
 from leadml.reporting.leadership import (
     REASON_COLUMNS,
@@ -50,87 +51,52 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """The report of one scored run: the two files written, for the lead count and date printed."""
+
     html: Path
     csv: Path
     leads: int
     as_of: pd.Timestamp
 
 
+@dataclass(frozen=True)
+class _ScoredRun:
+    """A scored partition with its run record and the ingested tables its leads come from."""
+
+    frame: pd.DataFrame  # the scored leads with their details, best first
+    record: Mapping[str, Any]  # _scoring_run.json
+    as_of: pd.Timestamp
+    thresholds: dict[str, float]
+    floor_tier: str
+    tables: Mapping[str, pd.DataFrame]  # the CRM tables; a flat table's open rows under FLAT_TABLE
+
+
+@dataclass(frozen=True)
+class _History:
+    """What the report says beyond today's scores: earlier predictions, analysis, lead cards."""
+
+    analysis: Mapping[str, Any]
+    resolved: pd.DataFrame
+    cards: list[Any]
+
+
 def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     """Read a scored run and everything around it; write the HTML report and the ranked CSV."""
 
-    report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
-    settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
-    partition = scored_partition(Path(report_cfg["scored_dir"]), report_cfg.get("as_of"))
-    scored = read_scored(partition)
-    record = read_run_record(partition, SCORING_RUN_RECORD)
-    as_of = pd.Timestamp(partition.name.removeprefix(PARTITION_PREFIX), tz="UTC")
+    report_cfg = cfg["report"]
     data = cfg.get("data") or {}
     flat = data.get("kind") == "flat"
-    interim_dir = Path(report_cfg["interim_dir"])
-    if flat:  # one table: the open leads' own columns are their details
-        open_rows = flat_details(pd.read_parquet(interim_dir / open_rows_file(FLAT_TABLE)), data)
-        frame = with_lead_details(scored, open_rows, pd.DataFrame(), settings.personal_columns)
-    else:
-        tables = read_interim(interim_dir, s.CRM_TABLES)
-        frame = with_lead_details(scored, tables[s.LEADS], tables[s.ACCOUNTS], settings.personal_columns)
-    thresholds = {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()}
-    floor_tier = str(record.get("floor_tier") or "D")
-    tiers = tier_order(thresholds, floor_tier, frame["tier"].unique())
-
-    version = str(frame["model_version"].iloc[0]) if "model_version" in frame.columns and len(frame) else ""
-    model_uri = f"models:/{mlflow_cfg['registered_model']}/{version}" if version.isdigit() else version
-    scored_with = str(record.get("model_uri") or "")
-    if scored_with and local_model_folder(scored_with) is not None:
-        model_uri = scored_with  # scored offline from an exported folder: no tracking server needed
-    else:
-        uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-        tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
-    scorer = tracking.load_scorer(model_uri)
+    settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
+    run = _scored_run(report_cfg, data, settings)
+    scorer, model_uri = _run_scorer(run, cfg, root)
     # a flat table's label is "converted", with no horizon; the CRM's is "won within the horizon"
     horizon = None if flat else int((scorer.feature_settings or {}).get("horizon_days", 90))
-
-    snapshots_path = Path(report_cfg["snapshots"])
-    analysis: dict[str, Any] = {"rows": 0, "missing": str(snapshots_path)}
-    top = frame.head(settings.top_leads)
-    scored_dir = Path(report_cfg["scored_dir"])
     if flat:
-        labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
-        resolved = flat_resolved_predictions(earlier_predictions(scored_dir, as_of), labelled)
-        contract = data.get("contract") or {}
-        features = flat_open_features(
-            open_rows[open_rows[s.LEAD_ID].isin(set(top[s.LEAD_ID]))], as_tuple(contract.get("personal"))
-        )
-        cards = lead_cards(top, features, scorer, settings, lambda lead_id: [])
-        analysis = {
-            "rows": 0,
-            "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
-            "shows how each tier converted on the test window.",
-        }
+        history = _flat_history(run, scorer, data, report_cfg, settings)
     else:
-        if snapshots_path.exists():
-            analysis = conversion_analysis(
-                pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
-                thresholds, floor_tier, settings,
-            )  # fmt: skip
-        resolved = resolved_predictions(
-            earlier_predictions(scored_dir, as_of), as_of, tables[s.OUTCOMES], horizon
-        )
-        days, events = settings.timeline_days, settings.timeline_events
-        cards = lead_cards(
-            top, crm_card_features(top, tables, scorer, as_of), scorer, settings,
-            lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
-        )  # fmt: skip
+        history = _crm_history(run, scorer, report_cfg, settings, horizon)
+    frame, as_of, thresholds, tiers = run.frame, run.as_of, run.thresholds, _tiers(run)
     up, down = movers(frame, settings.movers)
-    charts = {
-        "distribution": html.figure_data_uri(
-            plots.score_distribution_figure(frame[PROBABILITY].to_numpy(), thresholds)
-        ),
-    }
-    if not resolved.empty:
-        charts["resolved"] = html.figure_data_uri(
-            plots.reliability_figure(resolved["won"].to_numpy(), {"earlier runs": resolved[PROBABILITY]})
-        )
     page = html.render(
         "leadership.html.j2",
         title=f"Lead scores as of {as_of:%Y-%m-%d}",
@@ -146,25 +112,25 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         by_source=breakdown(frame, s.SOURCE).to_dict("records") if s.SOURCE in frame else [],
         by_owner=breakdown(frame, s.OWNER).to_dict("records") if s.OWNER in frame else [],
         thresholds=thresholds,
-        floor_tier=floor_tier,
+        floor_tier=run.floor_tier,
         tiers=tiers,
         up=up.to_dict("records"),
         down=down.to_dict("records"),
-        record=record,
+        record=run.record,
         model_uri=model_uri,
         horizon=horizon,
-        resolved=calibration_table(resolved).to_dict("records"),
-        resolved_count=len(resolved),
-        charts=charts,
+        resolved=calibration_table(history.resolved).to_dict("records"),
+        resolved_count=len(history.resolved),
+        charts=_charts(frame, thresholds, history.resolved),
         table=frame.head(settings.table_rows).to_dict("records"),
         table_total=len(frame),
         personal=[c for c in settings.personal_columns if c in frame.columns],
         reason_columns=REASON_COLUMNS,
         risk_columns=RISK_COLUMNS,
-        cards=cards,
+        cards=history.cards,
         timeline_days=settings.timeline_days,
         timelines=not flat,  # a flat table has no activity timeline
-        analysis=_records(analysis),
+        analysis=_records(history.analysis),
     )
     out = Path(report_cfg["output_dir"])
     stem = f"leads-{as_of:%Y-%m-%d}"
@@ -172,6 +138,111 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     ranked = ranked_csv(frame, settings.personal_columns)
     csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
     return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
+
+
+def _scored_run(
+    report_cfg: Mapping[str, Any], data: Mapping[str, Any], settings: ReportSettings
+) -> _ScoredRun:
+    """The chosen scored partition (``report.as_of`` or the latest) with the leads' details."""
+    partition = scored_partition(Path(report_cfg["scored_dir"]), report_cfg.get("as_of"))
+    scored = read_scored(partition)
+    record = read_run_record(partition, SCORING_RUN_RECORD)
+    interim_dir = Path(report_cfg["interim_dir"])
+    if data.get("kind") == "flat":  # one table: the open leads' own columns are their details
+        open_rows = flat_details(pd.read_parquet(interim_dir / open_rows_file(FLAT_TABLE)), data)
+        tables: Mapping[str, pd.DataFrame] = {FLAT_TABLE: open_rows}
+        frame = with_lead_details(scored, open_rows, pd.DataFrame(), settings.personal_columns)
+    else:
+        tables = read_interim(interim_dir, s.CRM_TABLES)
+        frame = with_lead_details(scored, tables[s.LEADS], tables[s.ACCOUNTS], settings.personal_columns)
+    return _ScoredRun(
+        frame=frame,
+        record=record,
+        as_of=pd.Timestamp(partition.name.removeprefix(PARTITION_PREFIX), tz="UTC"),
+        thresholds={str(k): float(v) for k, v in (record.get("thresholds") or {}).items()},
+        floor_tier=str(record.get("floor_tier") or FLOOR_TIER),
+        tables=tables,
+    )
+
+
+def _tiers(run: _ScoredRun) -> list[str]:
+    return tier_order(run.thresholds, run.floor_tier, run.frame["tier"].unique())
+
+
+def _run_scorer(run: _ScoredRun, cfg: Mapping[str, Any], root: Path) -> tuple[LeadScorer, str]:
+    """The model that scored the run (for the lead cards' explanations) and its URI."""
+    report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
+    frame = run.frame
+    version = str(frame["model_version"].iloc[0]) if "model_version" in frame.columns and len(frame) else ""
+    model_uri = f"models:/{mlflow_cfg['registered_model']}/{version}" if version.isdigit() else version
+    scored_with = str(run.record.get("model_uri") or "")
+    if scored_with and local_model_folder(scored_with) is not None:
+        model_uri = scored_with  # scored offline from an exported folder: no tracking server needed
+    else:
+        uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+        tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
+    return tracking.load_scorer(model_uri), model_uri
+
+
+def _flat_history(
+    run: _ScoredRun,
+    scorer: LeadScorer,
+    data: Mapping[str, Any],
+    report_cfg: Mapping[str, Any],
+    settings: ReportSettings,
+) -> _History:
+    interim_dir, scored_dir = Path(report_cfg["interim_dir"]), Path(report_cfg["scored_dir"])
+    labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
+    resolved = flat_resolved_predictions(earlier_predictions(scored_dir, run.as_of), labelled)
+    top = run.frame.head(settings.top_leads)
+    open_rows = run.tables[FLAT_TABLE]
+    personal = as_tuple((data.get("contract") or {}).get("personal"))
+    features = flat_open_features(open_rows[open_rows[s.LEAD_ID].isin(set(top[s.LEAD_ID]))], personal)
+    analysis = {
+        "rows": 0,
+        "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
+        "shows how each tier converted on the test window.",
+    }
+    return _History(analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []))
+
+
+def _crm_history(
+    run: _ScoredRun,
+    scorer: LeadScorer,
+    report_cfg: Mapping[str, Any],
+    settings: ReportSettings,
+    horizon: int | None,
+) -> _History:
+    tables, as_of = run.tables, run.as_of
+    snapshots_path = Path(report_cfg["snapshots"])
+    analysis: Mapping[str, Any] = {"rows": 0, "missing": str(snapshots_path)}
+    if snapshots_path.exists():
+        analysis = conversion_analysis(
+            pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
+            run.thresholds, run.floor_tier, settings,
+        )  # fmt: skip
+    earlier = earlier_predictions(Path(report_cfg["scored_dir"]), as_of)
+    resolved = resolved_predictions(earlier, as_of, tables[s.OUTCOMES], horizon)
+    top = run.frame.head(settings.top_leads)
+    days, events = settings.timeline_days, settings.timeline_events
+    cards = lead_cards(
+        top, crm_card_features(top, tables, scorer, as_of), scorer, settings,
+        lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
+    )  # fmt: skip
+    return _History(analysis, resolved, cards)
+
+
+def _charts(frame: pd.DataFrame, thresholds: Mapping[str, float], resolved: pd.DataFrame) -> dict[str, str]:
+    charts = {
+        "distribution": html.figure_data_uri(
+            plots.score_distribution_figure(frame[PROBABILITY].to_numpy(), thresholds)
+        ),
+    }
+    if not resolved.empty:
+        charts["resolved"] = html.figure_data_uri(
+            plots.reliability_figure(resolved["won"].to_numpy(), {"earlier runs": resolved[PROBABILITY]})
+        )
+    return charts
 
 
 def _records(analysis: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,16 @@ from leadml.errors import LeadmlError, data_config_file
 from leadml.modelling.drift import population_stability
 from leadml.modelling.scorer import PROBABILITY
 from leadml.scoring.model_input import resolve_as_of
-from leadml.scoring.pandas_engine import CrmOpenLeads, FlatOpenLeads, OpenLeads, score_in_buckets, time_bounds
+from leadml.scoring.pandas_engine import (
+    CrmOpenLeads,
+    FlatOpenLeads,
+    OpenLeads,
+    ScoringOutcome,
+    score_in_buckets,
+    time_bounds,
+)
 from leadml.scoring.scores import TierSettings, TrendSettings
-from leadml.scoring.spark_engine import score_from_config
+from leadml.scoring.spark_engine import SparkSettings, score_in_session
 from leadml.stages.features import feature_settings
 from leadml.stages.ingest import data_kind, ingest_stage
 
@@ -102,78 +110,189 @@ def scoring_tracked(score_cfg: Mapping[str, Any]) -> bool:
     raise LeadmlError(f"score.track must be auto, true or false, got {track!r}")
 
 
-def score_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ScoreResult:
+    """What one ``leadml-score`` run did: the CLI prints it, and the run record is built from it.
+
+    The fields come first in ``_scoring_run.json``, in this order (:func:`_run_record`).
+    """
+
+    as_of: pd.Timestamp
+    leads: int
+    tiers: Mapping[str, int]  # leads per tier
+    output: str  # the date's partition
+    sql_rows: int | None  # rows upserted to score.sql; None: no score.sql.url
+    model_uri: str
+    model_version: str
+    engine: str  # pandas or spark
+    buckets: int
+    warnings: tuple[str, ...]  # drift against the training reference, the score's first
+    unseen: Mapping[str, int]  # rows per categorical feature with a level the model never saw
+    run_id: str | None  # the MLflow run; None: not tracked (score.track)
+    tracking_uri: str | None  # its password masked; None: not tracked
+    seconds: float
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """How the run's scores and features shifted from the training reference."""
+
+    score_psi: float  # NaN: the model holds no reference of its scores
+    features_above_warn: int
+    warnings: tuple[str, ...]  # the lines the CLI prints, the score's first, then the largest shift
+
+
+def score_stage(cfg: Mapping[str, Any], root: Path) -> ScoreResult:
     """Score every open lead as of the run date with the production model; write, sink and track it.
 
-    With the pandas engine the date's lock is held until the run is tracked, and a run that fails
+    With either engine the date's lock is held until the run is tracked, and a run that fails
     after writing its partition (the tracking server went away) puts the date's previous one back.
     """
     with contextlib.ExitStack() as held:
         return _score_stage(cfg, root, held)
 
 
-def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack) -> dict[str, Any]:
-
+def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack) -> ScoreResult:
+    """:func:`score_stage` inside ``held``, which keeps the date's lock and undo to the end of the run."""
     started = time.perf_counter()
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
     flat = data_kind(data) == "flat"
-    if flat:  # checked before anything runs: a flat data set needs its open leads
-        check_flat_scoring(data)
-    if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
-        sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
+    _check_before_scoring(score_cfg, data, flat)
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
     tracked = scoring_tracked(score_cfg)
     if tracked:
         tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
     model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
     scorer = tracking.load_scorer(model_uri)
-
-    engine = str(score_cfg.get("engine") or "pandas")
-    if engine not in ("pandas", "spark"):
-        raise LeadmlError(f"score.engine must be 'pandas' or 'spark', got {engine!r}")
+    engine = _scoring_engine(score_cfg)
     interim_dir = Path(score_cfg["interim_dir"])
-    ingested = ingest_stage(data, interim_dir)
+    ingested = ingest_stage(data, interim_dir).manifest
     if flat:
         _check_open_rows(data, ingested)
     tiers = TierSettings.from_mapping(cfg["tiers"])
-    reference = getattr(scorer, "reference", None) or {}
-    open_leads: OpenLeads  # the run date and the open leads, the same for both engines
+    as_of, open_leads = _open_leads(cfg, scorer, interim_dir, flat)
+    outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held)
+    probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
+    drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
+    seconds = round(time.perf_counter() - started, 2)
+    metrics = _run_metrics(probabilities, outcome, drift, seconds)
+    run_id = None
+    if tracked:
+        run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested)
+    # after the run is tracked: a run that cannot be, sinks nothing
+    sql_rows = _sink_to_sql(score_cfg, outcome.output)
+    result = ScoreResult(
+        as_of=outcome.as_of,
+        leads=len(probabilities),
+        tiers=dict(outcome.tier_counts),
+        output=str(outcome.output),
+        sql_rows=sql_rows,
+        model_uri=model_uri,
+        model_version=str(version),
+        engine=engine,
+        buckets=outcome.buckets,
+        warnings=drift.warnings,
+        unseen=outcome.unseen,
+        run_id=run_id,
+        tracking_uri=tracking.masked_uri(uri) if tracked else None,
+        seconds=seconds,
+        notes=(FLAT_WITHOUT_TIME,) if flat and not data["contract"].get("time") else (),
+    )
+    # beside the rows, for the report (leadml-report), which must not need the tracking server
+    record = _run_record(result, tiers, outcome, drift, metrics)
+    write_json_atomic(record, Path(outcome.output) / SCORING_RUN_RECORD)
+    return result
+
+
+def _check_before_scoring(score_cfg: Mapping[str, Any], data: Mapping[str, Any], flat: bool) -> None:
+    """The mistakes found in the config alone, raised before any model is loaded or lead read."""
+    if flat:  # checked before anything runs: a flat data set needs its open leads
+        check_flat_scoring(data)
+    if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
+        sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
+
+
+def _scoring_engine(score_cfg: Mapping[str, Any]) -> str:
+    engine = str(score_cfg.get("engine") or "pandas")
+    if engine not in ("pandas", "spark"):
+        raise LeadmlError(f"score.engine must be 'pandas' or 'spark', got {engine!r}")
+    return engine
+
+
+def _open_leads(
+    cfg: Mapping[str, Any], scorer: Any, interim_dir: Path, flat: bool
+) -> tuple[pd.Timestamp, OpenLeads]:
+    """The run date and the open leads as of it, the same for both engines."""
+    score_cfg, data = cfg["score"], cfg["data"]
     if flat:
         as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
         contract = data["contract"]
-        open_leads = FlatOpenLeads(
+        return as_of, FlatOpenLeads(
             interim_dir / open_rows_file(FLAT_TABLE),
             as_of,
             personal=tuple(as_tuple(contract.get("personal"))),
             exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
         )
-    else:
-        as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
-        settings = _scoring_feature_settings(scorer, data, cfg["features"])
-        open_leads = CrmOpenLeads(interim_dir, as_of, settings)
-    if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
-        outcome = score_from_config(score_cfg, open_leads, scorer, as_of, tiers, str(version))
-    else:  # lead buckets one after another in this process, in bounded memory
-        output_dir = Path(score_cfg["output_dir"])
-        held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
-        held.enter_context(undone_on_error(output_dir, as_of))  # until the run is tracked
-        outcome = score_in_buckets(
-            open_leads,
-            scorer,
-            as_of,
-            tiers,
-            output_dir=output_dir,
-            work_dir=Path(score_cfg["work_dir"]),
-            bucket_leads=int(score_cfg.get("bucket_leads") or 100_000),
-            explain=bool(score_cfg["explain"]),
-            explainer=str(score_cfg.get("explainer") or "fast"),
-            trend=TrendSettings(float(score_cfg["trend_band"])),
-            model_version=str(version),
-            progress=bool(cfg.get("progress", False)),
-        )
-    as_of, written_to, psi_features, unseen = outcome.as_of, outcome.output, outcome.psi, outcome.unseen
-    probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
+    as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
+    settings = _scoring_feature_settings(scorer, data, cfg["features"])
+    return as_of, CrmOpenLeads(interim_dir, as_of, settings)
 
+
+def _run_engine(
+    cfg: Mapping[str, Any],
+    engine: str,
+    open_leads: OpenLeads,
+    scorer: Any,
+    as_of: pd.Timestamp,
+    tiers: TierSettings,
+    model_version: str,
+    held: contextlib.ExitStack,
+) -> ScoringOutcome:
+    """The open leads scored and written to the date's partition by ``engine``.
+
+    Whatever the engine, the date's lock and the partition's undo go into ``held``, so both last
+    until the run is tracked.
+    """
+    score_cfg = cfg["score"]
+    output_dir = Path(score_cfg["output_dir"])
+    held.enter_context(sinks.date_lock(output_dir, as_of))  # a second run of this date refuses at once
+    held.enter_context(undone_on_error(output_dir, as_of))  # until the run is tracked
+    explain = bool(score_cfg["explain"])
+    explainer = str(score_cfg.get("explainer") or "fast")
+    trend = TrendSettings(float(score_cfg["trend_band"]))
+    if engine == "spark":  # same rows and figures, features and TreeSHAP computed in Spark tasks
+        spark = SparkSettings.from_mapping(score_cfg.get("spark"))
+        return score_in_session(
+            spark, open_leads, scorer, as_of, tiers, output_dir=output_dir, explain=explain,
+            explainer=explainer, trend=trend, model_version=model_version,
+        )  # fmt: skip
+    # lead buckets one after another in this process, in bounded memory
+    return score_in_buckets(
+        open_leads,
+        scorer,
+        as_of,
+        tiers,
+        output_dir=output_dir,
+        work_dir=Path(score_cfg["work_dir"]),
+        bucket_leads=int(score_cfg.get("bucket_leads") or 100_000),
+        explain=explain,
+        explainer=explainer,
+        trend=trend,
+        model_version=model_version,
+        progress=bool(cfg.get("progress", False)),
+    )
+
+
+def _shift(value: float, alert: float) -> str:
+    return "large" if value > alert else "moderate"
+
+
+def _drift(
+    score_cfg: Mapping[str, Any], scorer: Any, psi_features: Mapping[str, float], probabilities: pd.DataFrame
+) -> _Drift:
+    """The PSI of the scores against the model's reference, and a warning per shift above ``psi_warn``."""
+    reference = getattr(scorer, "reference", None) or {}
     psi_score = (
         population_stability({PROBABILITY: reference["score"]}, probabilities)[PROBABILITY]
         if reference.get("score")
@@ -182,85 +301,93 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     warn, alert = float(score_cfg["psi_warn"]), float(score_cfg["psi_alert"])
     drifted = {name: value for name, value in psi_features.items() if value > warn}
     warnings = [
-        f"{name}: PSI {value:.3f} ({'large' if value > alert else 'moderate'} shift)"
+        f"{name}: PSI {value:.3f} ({_shift(value, alert)} shift)"
         for name, value in sorted(drifted.items(), key=lambda item: -item[1])
     ]
     if psi_score > warn:
-        warnings.insert(
-            0, f"score: PSI {psi_score:.3f} ({'large' if psi_score > alert else 'moderate'} shift)"
-        )
+        warnings.insert(0, f"score: PSI {psi_score:.3f} ({_shift(psi_score, alert)} shift)")
     for line in warnings:
         logger.info("drift against the training reference: %s", line)  # the CLI prints them
-    tier_counts = outcome.tier_counts
-    seconds = round(time.perf_counter() - started, 2)
-    metrics = {
+    return _Drift(score_psi=psi_score, features_above_warn=len(drifted), warnings=tuple(warnings))
+
+
+def _run_metrics(
+    probabilities: pd.DataFrame, outcome: ScoringOutcome, drift: _Drift, seconds: float
+) -> dict[str, float]:
+    """The run's figures as MLflow metrics: the scores, the drift, the tiers, the time it took."""
+    probability = probabilities[PROBABILITY]
+    return {
         "leads": len(probabilities),
-        "probability.mean": float(probabilities[PROBABILITY].mean()),
-        "probability.p50": float(probabilities[PROBABILITY].median()),
-        "probability.p90": float(probabilities[PROBABILITY].quantile(0.9)),
-        "expected_conversions": float(probabilities[PROBABILITY].sum()),
-        "psi.score": psi_score,
-        "psi.features_above_warn": len(drifted),
-        "unseen_category_rows": sum(unseen.values()),
+        "probability.mean": float(probability.mean()),
+        "probability.p50": float(probability.median()),
+        "probability.p90": float(probability.quantile(0.9)),
+        "expected_conversions": float(probability.sum()),
+        "psi.score": drift.score_psi,
+        "psi.features_above_warn": drift.features_above_warn,
+        "unseen_category_rows": sum(outcome.unseen.values()),
         "seconds": seconds,
-        **{f"tier.{tier}": int(count) for tier, count in tier_counts.items()},
-        **{f"psi.{name}": value for name, value in psi_features.items()},
+        **{f"tier.{tier}": int(count) for tier, count in outcome.tier_counts.items()},
+        **{f"psi.{name}": value for name, value in outcome.psi.items()},
     }
-    run_id = None
-    if tracked:
-        run_id = tracking.log_scoring_run(
-            run_name=f"score-{as_of:%Y-%m-%d}",
-            params={
-                "as_of": f"{as_of:%Y-%m-%d}",
-                "model_uri": model_uri,
-                "model_version": version,
-                "engine": engine,
-                "buckets": outcome.buckets,
-                "explain": score_cfg["explain"],
-                "explainer": score_cfg.get("explainer") or "fast",
-                "tiers": dict(cfg["tiers"]),
-                "output": str(written_to),
-            },
-            metrics=metrics,
-            tables={
-                "psi.csv": pd.DataFrame({"feature": list(psi_features), "psi": list(psi_features.values())})
-            },
-            records={
-                "warnings.json": {"drift": warnings, "unseen_categories": unseen},
-                "ingest.json": ingested,
-            },
-            tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
-        )
-    sql = score_cfg.get("sql") or {}  # after the run is tracked: a run that cannot be, sinks nothing
-    sql_rows = sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
-    summary = {
-        "as_of": as_of,
-        "leads": len(probabilities),
-        "tiers": dict(tier_counts),
-        "output": str(written_to),
-        "sql_rows": sql_rows,
-        "model_uri": model_uri,
-        "model_version": str(version),
-        "engine": engine,
-        "buckets": outcome.buckets,
-        "warnings": warnings,
-        "unseen": unseen,
-        "run_id": run_id,
-        "tracking_uri": tracking.masked_uri(uri) if tracked else None,
-        "seconds": seconds,
-        "notes": [FLAT_WITHOUT_TIME] if flat and not data["contract"].get("time") else [],
-    }
-    run_record = {
-        **summary,
-        "as_of": f"{as_of:%Y-%m-%d}",
+
+
+def _track_run(
+    cfg: Mapping[str, Any],
+    outcome: ScoringOutcome,
+    model_uri: str,
+    version: str,
+    engine: str,
+    metrics: Mapping[str, float],
+    drift: _Drift,
+    ingested: Mapping[str, Any],
+) -> str:
+    """The run logged to the scoring experiment: its settings, figures, drift and ingestion; its id."""
+    score_cfg, as_of, psi = cfg["score"], outcome.as_of, outcome.psi
+    return tracking.log_scoring_run(
+        run_name=f"score-{as_of:%Y-%m-%d}",
+        params={
+            "as_of": f"{as_of:%Y-%m-%d}",
+            "model_uri": model_uri,
+            "model_version": version,
+            "engine": engine,
+            "buckets": outcome.buckets,
+            "explain": score_cfg["explain"],
+            "explainer": score_cfg.get("explainer") or "fast",
+            "tiers": dict(cfg["tiers"]),
+            "output": str(outcome.output),
+        },
+        metrics=metrics,
+        tables={"psi.csv": pd.DataFrame({"feature": list(psi), "psi": list(psi.values())})},
+        records={
+            "warnings.json": {"drift": list(drift.warnings), "unseen_categories": outcome.unseen},
+            "ingest.json": ingested,
+        },
+        tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
+    )
+
+
+def _sink_to_sql(score_cfg: Mapping[str, Any], written_to: Path) -> int | None:
+    """The rows of the written partition upserted to ``score.sql``; None without ``score.sql.url``."""
+    sql = score_cfg.get("sql") or {}
+    return sinks.upsert_partition(sql["url"], sql["table"], written_to) if sql.get("url") else None
+
+
+def _run_record(
+    result: ScoreResult,
+    tiers: TierSettings,
+    outcome: ScoringOutcome,
+    drift: _Drift,
+    metrics: Mapping[str, float],
+) -> dict[str, Any]:
+    """``_scoring_run.json``: the result, its date as text, and what the report shows of the run."""
+    return {
+        **asdict(result),
+        "as_of": f"{result.as_of:%Y-%m-%d}",
         "thresholds": dict(tiers.thresholds_for(outcome.probabilities)),
         "floor_tier": tiers.floor_tier,
-        "psi_score": None if pd.isna(psi_score) else psi_score,
+        "psi_score": None if pd.isna(drift.score_psi) else drift.score_psi,
         "expected_conversions": metrics["expected_conversions"],
     }
-    # beside the rows, for the report (leadml-report), which must not need the tracking server
-    write_json_atomic(run_record, Path(written_to) / SCORING_RUN_RECORD)
-    return summary
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,19 @@ from leadml.adapters.layout import SNAPSHOTS, read_features
 from leadml.adapters.sources import masked_urls
 from leadml.data import schema as s
 from leadml.data.contracts import SOURCE_ROW
-from leadml.errors import TrackingUnavailableError
+from leadml.errors import LeadmlError, TrackingUnavailableError, data_config_file
 from leadml.modelling.evaluate import binary_metrics
-from leadml.modelling.gate import gate_evidence, promotion_gate
+from leadml.modelling.gate import GateDecision, gate_evidence, promotion_gate
+from leadml.modelling.guards import sentinel_sentence
 from leadml.modelling.points import POINTS as POINTS_MODEL
-from leadml.modelling.scorer import as_model_input
+from leadml.modelling.points import no_rules_message, points_block
+from leadml.modelling.scorer import LeadScorer, as_model_input
 from leadml.modelling.split import window_fingerprint
 from leadml.modelling.train import (
     BASELINE_LOGREG,
     BASELINE_POINTS,
     ORACLE,
+    TrainingResult,
     base_rate_drift,
     train_and_evaluate,
 )
@@ -42,7 +45,50 @@ from leadml.stages.ingest import data_kind, ingest_settings
 logger = logging.getLogger(__name__)
 
 
-def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainResult:
+    """What one ``leadml-train`` run produced and decided (the CLI prints it; tests read it)."""
+
+    run_id: str
+    tracking_uri: str
+    registered_model: str
+    version: str
+    promoted: bool
+    reasons: tuple[str, ...]
+    champion_before: str | None
+    split: Mapping[str, Any]  # rows, positives and dates of each window (split.json)
+    comparison: pd.DataFrame  # test-window metrics, one row per model and baseline
+    calibration: Mapping[str, Any]  # calibration.json
+    has_oracle: bool  # the generator's true probabilities were scored too (synthetic data)
+    leakage_flagged: Mapping[str, str]  # column -> why the sentinel flagged it
+    leakage_checked: int  # columns the sentinel looked at
+    sentinel: str  # the sentinel's line when it flagged nothing, with the thresholds applied
+    leakage_excluded: tuple[str, ...]
+    base_rate_drift: Mapping[str, Any]
+    model_name: str
+    selection: str  # the model selection's sentence, "" when none ran
+    deployment: Mapping[str, Any]  # deployment.json: refit or not, rows, through
+    notes: tuple[str, ...]
+    duplicate_rows: int
+    report: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _GateOutcome:
+    decision: GateDecision
+    champion_version: str | None
+    champion_metrics: dict[str, Any] | None
+
+
+def check_points_sheet(model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """model=points needs rules in the data config: said before ingest and features run, naming
+    the file to add them to (training itself finds out only once the features are built)."""
+    if model.get("name") == POINTS_MODEL and points_block(data.get("points")) is None:
+        raise LeadmlError(no_rules_message(data.get("name"), data_config_file(data)))
+
+
+def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
     """Train, calibrate and evaluate from data/features, track it all in MLflow, register and gate."""
 
     started = time.perf_counter()
@@ -62,148 +108,179 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> dict[str, Any]:
         tracking.log_params(masked_urls({k: v for k, v in cfg.items() if k != "hydra"}))
         tracking.log_text(yaml.safe_dump(masked_urls(dict(cfg)), sort_keys=False), "config.yaml")
         result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
-        if data_kind(cfg["data"]) == "crm":
-            result.scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
-        else:  # a request to the served model spells a flat row as the file does
-            if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
-                result.scorer.request_id = str(cfg["data"]["contract"]["id"])
-            settings = ingest_settings(cfg["data"])
-            synonyms = {name: settings.synonyms_for(name) for name in result.scorer.feature_names}
-            result.scorer.request_synonyms = {name: given for name, given in synonyms.items() if given}
-        for window, rows in result.windows.items():
-            tracking.log_dataset(
-                rows,
-                f"{cfg['data']['name']}-{window}",
-                window_fingerprint(rows),
-                f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})",
-                window,
-            )
-        tracking.log_dict(result.split, "split.json")
-        drift = base_rate_drift(result.split)
-        if "change" in drift:
-            tracking.log_metrics(
-                {"change": drift["change"], "p_value": drift["p_value"]}, prefix="base_rate_drift."
-            )
-        tracking.log_dict(
-            {"purged_rows": result.purged_rows, "duplicate_rows": result.duplicate_rows}, "split_purged.json"
-        )
-        if result.selection is not None:
-            tracking.log_dict(result.selection.describe(), "selection.json")
-            if not result.selection.trials.empty:
-                tracking.log_table(result.selection.trials, "selection_trials.csv")
-            tracking.log_metrics(
-                {str(name): float(row["roc_auc"]) for name, row in result.selection.table.iterrows()},
-                prefix="validation.",
-            )
-            tracking.set_tags({"selection.chosen": result.selection.chosen})
-        tracking.log_dict(result.deployment, "deployment.json")
-        tracking.log_table(result.leakage, "leakage_report.csv")
-        if result.leakage_excluded:
-            tracking.set_tags({"leakage.excluded": ", ".join(result.leakage_excluded)})
-        tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
-        tracking.log_table(result.tiers, "tiers.csv")
-        tracking.log_dict(result.calibration, "calibration.json")
-        tracking.log_dict(metadata_records, "feature_metadata.json")
-        for name, row in result.comparison.iterrows():
-            tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
-        if ORACLE in result.comparison.index:
-            gap = result.comparison.loc[ORACLE] - result.comparison.loc[result.model_name]
-            tracking.log_metrics(
-                {"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap."
-            )
-        tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
-        tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
-        labels = result.test[s.LABEL].to_numpy()
-        if result.shap_importance is not None:
-            tracking.log_table(result.shap_importance, "shap_importance.csv")
-        charts = {}  # drawn once: logged to the run and embedded in the model report
-        for chart, figure in model_report.chart_figures(
-            labels, result.probabilities, result.shap_importance, result.shap_sample, metadata
-        ).items():
-            charts[chart] = html.figure_data_uri(figure, close=False)
-            tracking.log_figure(figure, f"plots/{model_report.CHART_ARTIFACTS[chart]}.png")
-
-        names = result.scorer.feature_names
+        _set_request_spelling(result.scorer, cfg)
+        source = f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})"
+        drift = _log_evaluation(result, cfg["data"]["name"], source, metadata_records, features_manifest)
+        charts = _log_charts(result, metadata)
         example = feature_example(result.scorer, result.test.head(5))
-        model_uri = _log_pyfunc(result.scorer, example)
-        version = tracking.register(model_uri, model_name)
-
-        champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
-        champion_metrics = None
-        if champion_version is not None:
-            champion_metrics = _rescore_champion(model_name, champion_version, result.test, names, labels)
-        metrics = result.comparison
-        points = None
-        if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
-            points = metrics.loc[BASELINE_POINTS]
-        decision = promotion_gate(
-            metrics.loc[result.model_name],
-            metrics.loc[BASELINE_LOGREG],
-            champion_metrics,
-            cfg["promotion"],
-            points=points,
-            evidence=gate_evidence(result, bool(drift.get("flagged"))),
-        )
+        version = tracking.register(_log_pyfunc(result.scorer, example), model_name)
+        gate = _gate(result, model_name, cfg["promotion"], drift)
         # the report before the alias moves: a report that cannot be written fails the run unpromoted
         report_run = model_report.RunInfo(
             run_id=run_id,
             version=version,
             registered_model=model_name,
             tracking_uri=tracking.masked_uri(uri),
-            champion_version=champion_version,
-            champion_metrics=champion_metrics,
+            champion_version=gate.champion_version,
+            champion_metrics=gate.champion_metrics,
             stage_seconds=upstream_seconds(features_manifest),
             elapsed_seconds=time.perf_counter() - started,
         )
         report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
-        model_report.write_model_report(report_path, result, decision, report_run, cfg, metadata, charts)
-        try:
-            report_artifact = tracking.log_file(report_path, "report")
-            tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
-            tracking.log_dict(
-                {
-                    "promote": decision.promote,
-                    "reasons": decision.reasons,
-                    "champion_before": champion_version,
-                    "version": version,
-                },
-                "promotion.json",
-            )
-            tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
-            tracking.log_metrics({"seconds.total": time.perf_counter() - started})
-            # the aliases move last: a run that fails on the way (tracking server gone) moves none
-            tracking.set_alias(model_name, tracking.CHALLENGER, version)
-            if decision.promote:
-                tracking.set_alias(model_name, tracking.CHAMPION, version)
-        except BaseException:
-            report_path.unlink(missing_ok=True)  # no report of a version whose run did not finish
-            raise
+        model_report.write_model_report(report_path, result, gate.decision, report_run, cfg, metadata, charts)
+        _publish(report_path, model_name, version, gate, started)
 
-    summary = {
-        "run_id": run_id,
-        "tracking_uri": tracking.masked_uri(uri),
-        "registered_model": model_name,
-        "version": version,
-        "promoted": decision.promote,
-        "reasons": decision.reasons,
-        "champion_before": champion_version,
-        "split": result.split,
-        "comparison": result.comparison,
-        "calibration": result.calibration,
-        "has_oracle": ORACLE in result.probabilities,
-        "leakage_flagged": _flagged_reasons(result.leakage, result.leakage_flagged),
-        "leakage_checked": len(result.leakage),  # columns the sentinel looked at
-        "leakage_excluded": list(result.leakage_excluded),
-        "base_rate_drift": drift,
-        "model_name": result.model_name,
-        "selection": result.selection.sentence if result.selection is not None else "",
-        "deployment": result.deployment,
-        "notes": list(result.notes),
-        "duplicate_rows": result.duplicate_rows,
-        "report": str(report_path),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    return summary
+    return TrainResult(
+        run_id=run_id,
+        tracking_uri=tracking.masked_uri(uri),
+        registered_model=model_name,
+        version=version,
+        promoted=gate.decision.promote,
+        reasons=tuple(gate.decision.reasons),
+        champion_before=gate.champion_version,
+        split=result.split,
+        comparison=result.comparison,
+        calibration=result.calibration,
+        has_oracle=ORACLE in result.probabilities,
+        leakage_flagged=_flagged_reasons(result.leakage, result.leakage_flagged),
+        leakage_checked=len(result.leakage),
+        sentinel=sentinel_sentence(len(result.leakage), cfg["guards"]),
+        leakage_excluded=tuple(result.leakage_excluded),
+        base_rate_drift=drift,
+        model_name=result.model_name,
+        selection=result.selection.sentence if result.selection is not None else "",
+        deployment=result.deployment,
+        notes=tuple(result.notes),
+        duplicate_rows=result.duplicate_rows,
+        report=str(report_path),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def _set_request_spelling(scorer: LeadScorer, cfg: Mapping[str, Any]) -> None:
+    """What the served model needs to read a request: the feature settings of a CRM lead, or the
+    id column and the category synonyms of a flat row (a request spells it as the file does)."""
+    if data_kind(cfg["data"]) == "crm":
+        scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
+        return
+    if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
+        scorer.request_id = str(cfg["data"]["contract"]["id"])
+    settings = ingest_settings(cfg["data"])
+    synonyms = {name: settings.synonyms_for(name) for name in scorer.feature_names}
+    scorer.request_synonyms = {name: given for name, given in synonyms.items() if given}
+
+
+def _log_evaluation(
+    result: TrainingResult,
+    data_name: str,
+    source: str,
+    metadata_records: list[dict[str, Any]],
+    features_manifest: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Log the windows, the split, selection, calibration, leakage and test metrics to the run;
+    return the base-rate drift between the windows (the gate reads it)."""
+    for window, rows in result.windows.items():
+        tracking.log_dataset(rows, f"{data_name}-{window}", window_fingerprint(rows), source, window)
+    tracking.log_dict(result.split, "split.json")
+    drift = base_rate_drift(result.split)
+    if "change" in drift:
+        tracking.log_metrics(
+            {"change": drift["change"], "p_value": drift["p_value"]}, prefix="base_rate_drift."
+        )
+    tracking.log_dict(
+        {"purged_rows": result.purged_rows, "duplicate_rows": result.duplicate_rows}, "split_purged.json"
+    )
+    if result.selection is not None:
+        tracking.log_dict(result.selection.describe(), "selection.json")
+        if not result.selection.trials.empty:
+            tracking.log_table(result.selection.trials, "selection_trials.csv")
+        tracking.log_metrics(
+            {str(name): float(row["roc_auc"]) for name, row in result.selection.table.iterrows()},
+            prefix="validation.",
+        )
+        tracking.set_tags({"selection.chosen": result.selection.chosen})
+    tracking.log_dict(result.deployment, "deployment.json")
+    tracking.log_table(result.leakage, "leakage_report.csv")
+    if result.leakage_excluded:
+        tracking.set_tags({"leakage.excluded": ", ".join(result.leakage_excluded)})
+    tracking.log_table(result.comparison.reset_index(), "metrics_comparison.csv")
+    tracking.log_table(result.tiers, "tiers.csv")
+    tracking.log_dict(result.calibration, "calibration.json")
+    tracking.log_dict(metadata_records, "feature_metadata.json")
+    for name, row in result.comparison.iterrows():
+        tracking.log_metrics({k: v for k, v in row.items()}, prefix=f"test.{name}.")
+    if ORACLE in result.comparison.index:
+        gap = result.comparison.loc[ORACLE] - result.comparison.loc[result.model_name]
+        tracking.log_metrics({"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap.")
+    tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+    tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
+    if result.shap_importance is not None:
+        tracking.log_table(result.shap_importance, "shap_importance.csv")
+    return drift
+
+
+def _log_charts(result: TrainingResult, metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The model report's charts, drawn once: logged to the run and returned as data URIs."""
+    charts = {}
+    labels = result.test[s.LABEL].to_numpy()
+    for chart, figure in model_report.chart_figures(
+        labels, result.probabilities, result.shap_importance, result.shap_sample, metadata
+    ).items():
+        charts[chart] = html.figure_data_uri(figure, close=False)
+        tracking.log_figure(figure, f"plots/{model_report.CHART_ARTIFACTS[chart]}.png")
+    return charts
+
+
+def _gate(
+    result: TrainingResult, model_name: str, promotion: Mapping[str, Any], drift: Mapping[str, Any]
+) -> _GateOutcome:
+    """The promotion decision against the baselines and the champion rescored on the same rows."""
+    labels = result.test[s.LABEL].to_numpy()
+    champion_version = tracking.version_by_alias(model_name, tracking.CHAMPION)
+    champion_metrics = None
+    if champion_version is not None:
+        champion_metrics = _rescore_champion(
+            model_name, champion_version, result.test, result.scorer.feature_names, labels
+        )
+    metrics = result.comparison
+    points = None
+    if BASELINE_POINTS in metrics.index and result.model_name != POINTS_MODEL:
+        points = metrics.loc[BASELINE_POINTS]
+    decision = promotion_gate(
+        metrics.loc[result.model_name],
+        metrics.loc[BASELINE_LOGREG],
+        champion_metrics,
+        promotion,
+        points=points,
+        evidence=gate_evidence(result, bool(drift.get("flagged"))),
+    )
+    return _GateOutcome(decision, champion_version, champion_metrics)
+
+
+def _publish(report_path: Path, model_name: str, version: str, gate: _GateOutcome, started: float) -> None:
+    """Log the report and the decision, then move the aliases: the last step of a run."""
+    decision = gate.decision
+    try:
+        report_artifact = tracking.log_file(report_path, "report")
+        tracking.set_tags({"report": str(report_path.resolve()), "report_artifact": report_artifact})
+        tracking.log_dict(
+            {
+                "promote": decision.promote,
+                "reasons": decision.reasons,
+                "champion_before": gate.champion_version,
+                "version": version,
+            },
+            "promotion.json",
+        )
+        tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
+        tracking.log_metrics({"seconds.total": time.perf_counter() - started})
+        # the aliases move last: a run that fails on the way (tracking server gone) moves none
+        tracking.set_alias(model_name, tracking.CHALLENGER, version)
+        if decision.promote:
+            tracking.set_alias(model_name, tracking.CHAMPION, version)
+    except BaseException:
+        report_path.unlink(missing_ok=True)  # no report of a version whose run did not finish
+        raise
 
 
 def _flagged_reasons(leakage: pd.DataFrame, flagged: list[str]) -> dict[str, str]:
