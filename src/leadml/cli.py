@@ -173,7 +173,7 @@ def run_features(cfg: DictConfig) -> FeaturesResult:
     _echo(
         f"features: {result.snapshots:,} snapshots of {result.leads:,} leads {when}, "
         f"{result.positives:,} positives ({result.positive_rate:.2%}), {result.features} features "
-        f"-> {result.output_dir} ({result.seconds} s)"
+        f"-> {cfg.output_dir} ({result.seconds} s)"
     )
     return result
 
