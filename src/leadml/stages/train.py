@@ -110,7 +110,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         result = train_and_evaluate(snapshots, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         _set_request_spelling(result.scorer, cfg)
         source = f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})"
-        drift = _log_evaluation(result, cfg["data"]["name"], source, metadata_records, features_manifest)
+        stage_seconds = upstream_seconds(features_manifest)  # read once: it follows the manifests' links
+        drift = _log_evaluation(result, cfg["data"]["name"], source, metadata_records, stage_seconds)
         charts = _log_charts(result, metadata)
         example = feature_example(result.scorer, result.test.head(5))
         version = tracking.register(_log_pyfunc(result.scorer, example), model_name)
@@ -123,7 +124,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
             tracking_uri=tracking.masked_uri(uri),
             champion_version=gate.champion_version,
             champion_metrics=gate.champion_metrics,
-            stage_seconds=upstream_seconds(features_manifest),
+            stage_seconds=stage_seconds,
             elapsed_seconds=time.perf_counter() - started,
         )
         report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
@@ -175,7 +176,7 @@ def _log_evaluation(
     data_name: str,
     source: str,
     metadata_records: list[dict[str, Any]],
-    features_manifest: Mapping[str, Any],
+    stage_seconds: Mapping[str, float],
 ) -> dict[str, Any]:
     """Log the windows, the split, selection, calibration, leakage and test metrics to the run;
     return the base-rate drift between the windows (the gate reads it)."""
@@ -213,7 +214,7 @@ def _log_evaluation(
         gap = result.comparison.loc[ORACLE] - result.comparison.loc[result.model_name]
         tracking.log_metrics({"roc_auc": gap["roc_auc"], "log_loss": -gap["log_loss"]}, prefix="oracle_gap.")
     tracking.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
-    tracking.log_metrics(upstream_seconds(features_manifest), prefix="seconds.stage.")
+    tracking.log_metrics(stage_seconds, prefix="seconds.stage.")
     if result.shap_importance is not None:
         tracking.log_table(result.shap_importance, "shap_importance.csv")
     return drift
