@@ -58,6 +58,12 @@ class ModelIntegrityError(NoModelError):
     exit_code = 8
 
 
+class StaleDataError(LeadmlError):
+    """The data's latest lead or activity is older than ``score.max_staleness_days`` before the run's date."""
+
+    exit_code = 9
+
+
 class SettingsError(LeadmlError, ValueError):
     """A config section names a setting that does not exist (a typo must not be ignored)."""
 

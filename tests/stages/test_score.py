@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,9 +22,17 @@ from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
 from leadml.cli import run_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, open_lead_features
-from leadml.errors import LeadmlError, NoModelError, SchemaMismatchError, TrackingUnavailableError
-from leadml.modelling.drift import population_stability, reference_profile, unseen_categories
-from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
+from leadml.errors import (
+    LeadmlError,
+    NoModelError,
+    SchemaMismatchError,
+    StaleDataError,
+    TrackingUnavailableError,
+)
+from leadml.modelling.drift import drift_reference, population_stability, reference_profile, unseen_categories
+from leadml.modelling.scorer import MARGIN
+from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, group_deltas, score_leads
+from leadml.stages.report import stale_days
 from leadml.stages.score import ScoreResult
 
 SMALL = {
@@ -110,6 +120,63 @@ def test_rerunning_a_date_replaces_it_and_a_later_run_has_a_trend(root: Path) ->
     assert len(carried) > 0
     assert set(carried["trend"]) <= {"improving", "steady", "declining"}
     assert (later.loc[~later[s.LEAD_ID].isin(frame[s.LEAD_ID]), "trend"] == "new").all()
+
+
+def test_a_later_run_says_why_each_lead_moved_exactly(root: Path) -> None:
+    """The groups' changes of contribution add up to the change of margin (1e-9) for every lead
+    with a previous score, and the movement sentence quotes them in points."""
+    _, earlier = _scored(root, "2025-12-01")
+    _, later = _scored(root, "2025-12-15")
+    before = earlier.set_index(s.LEAD_ID).reindex(later[s.LEAD_ID])
+    known = before[MARGIN].notna().to_numpy()
+    assert known.sum() > 100
+    _, deltas = group_deltas(later[known].reset_index(drop=True), before[known].reset_index(drop=True))
+    change = later.loc[known, "margin_change"].to_numpy()
+    np.testing.assert_allclose(deltas.sum(axis=1), change, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        change, later.loc[known, MARGIN].to_numpy() - before.loc[known, MARGIN].to_numpy(), rtol=0, atol=1e-12
+    )
+    moved = later.loc[known, "movement"]
+    assert moved.str.match(
+        r"^(rose|fell) [\d.]+ points?(: .+ \([+-][\d.]+\))?(; (rose|fell): .+)?$|^no change$"
+    ).all()
+    assert later.loc[~known, "movement"].isna().all()
+
+
+def test_stale_data_stops_the_run_and_names_the_latest_timestamp(root: Path) -> None:
+    with pytest.raises(StaleDataError, match=r"latest lead or activity is \d{4}-\d\d-\d\d \d\d:\d\d UTC, "
+                       r"\d+ days before the run's date 2027-01-01") as stopped:  # fmt: skip
+        _scored(root, "2027-01-01")
+    assert stopped.value.exit_code == 9
+    assert not (root / "data" / "scored" / "synthetic" / "as_of=2027-01-01").exists()
+    summary, _ = _scored(root, "2027-01-01", ("score.max_staleness_days=null",))  # unchecked: scored
+    assert summary.leads > 0
+    # the run record keeps the data's latest timestamp: the report says the run is stale at the top
+    record = json.loads((Path(summary.output) / SCORING_RUN_RECORD).read_text())
+    assert stale_days(record, summary.as_of) > 100
+    fresh, _ = _scored(root, "latest")
+    assert stale_days(json.loads((Path(fresh.output) / SCORING_RUN_RECORD).read_text()), fresh.as_of) is None
+    with pytest.raises(LeadmlError, match=r"score\.max_staleness_days must be"):
+        _scored(root, "latest", ("score.max_staleness_days=-1",))
+
+
+RECENCY = re.compile(r"^(days_since_|rw_|lead_age_days$|engagement_velocity$)")
+
+
+def test_a_nightly_run_on_any_weekday_shows_no_recency_drift(root: Path) -> None:
+    """Training dates fall on every weekday and tonight's leads are compared with the training rows
+    of the same weekday: no weekday of a week warns of drift in a recency feature (PSI < 0.1)."""
+    scorer = _scorer(root)
+    tables = read_interim(root / "data" / "interim" / "synthetic", s.CRM_TABLES)
+    settings = FeatureSettings.from_mapping(scorer.feature_settings)
+    assert sorted(scorer.reference["by_weekday"]) == [str(day) for day in range(7)]
+    end = pd.Timestamp(tables[s.ACTIVITIES][s.TIMESTAMP].max()).normalize() + pd.Timedelta(days=1)
+    worst = {}
+    for day in pd.date_range(end - pd.Timedelta(days=6), end):
+        features = open_lead_features(tables, day, settings)
+        psi = population_stability(drift_reference(scorer.reference, day), features)
+        worst[f"{day:%a}"] = max(value for name, value in psi.items() if RECENCY.match(name))
+    assert max(worst.values()) < 0.1, worst
 
 
 def test_lead_buckets_give_the_same_rows_as_one_bucket(root: Path) -> None:

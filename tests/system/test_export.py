@@ -293,10 +293,37 @@ def test_request_warnings_name_what_was_missing_or_ignored(served_scorer) -> Non
     }
     answer = predict_request(served_scorer, pd.DataFrame([request])).iloc[0]
     assert "not given, scored as unknown: job_title, email_domain" in answer["warnings"]
-    assert "1 activities at or after as_of ignored" in answer["warnings"]
+    assert "1 activity at or after as_of ignored" in answer["warnings"]
     assert "industry 'an industry nobody has' not seen in training" in answer["warnings"]
     later = predict_request(served_scorer, pd.DataFrame([{**request, "as_of": "2025-07-03"}])).iloc[0]
     assert later["probability"] != answer["probability"]  # the demo request counts once it is past
+
+
+def test_a_request_with_its_previous_answer_says_why_the_lead_moved(served_scorer) -> None:
+    """The endpoint's answer carries the groups' contributions; given back as ``previous_answer`` with a
+    later request, the answer says why the lead moved, exactly as the nightly job does."""
+    request = {
+        s.CREATED_AT: "2025-06-01T10:00:00Z", "as_of": "2025-07-01", s.JOB_TITLE: "Head of IT",
+        ACTIVITIES: [
+            {s.TIMESTAMP: "2025-06-20T09:00:00Z", s.ACTIVITY_TYPE: "page_view", s.PAGE_CATEGORY: "pricing"},
+            {s.TIMESTAMP: "2025-07-02T09:00:00Z", s.ACTIVITY_TYPE: "demo_request"},
+        ],
+    }  # fmt: skip
+    first = predict_request(served_scorer, pd.DataFrame([request])).iloc[0]
+    assert first["movement"] is None and np.isnan(first["margin_change"])
+    previous = {
+        k: v
+        for k, v in first.items()
+        if k in ("probability", "margin", "base_value") or k.startswith("group:")
+    }
+    later = predict_request(
+        served_scorer, pd.DataFrame([{**request, "as_of": "2025-07-09", "previous_answer": previous}])
+    )
+    row = later.iloc[0]
+    assert row["margin_change"] == pytest.approx(row["margin"] - first["margin"], abs=1e-12)
+    assert row["movement"].startswith(("rose ", "fell ")) and "demo requests" in row["movement"]
+    with pytest.raises(LeadmlError, match="field 'previous_answer': 'margin' missing"):
+        predict_request(served_scorer, pd.DataFrame([{**request, "previous_answer": {"probability": 0.1}}]))
 
 
 BAD_REQUESTS = [

@@ -7,6 +7,7 @@ first name shown. The browser test drives Debian's Chromium through Playwright.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from factories import local_tracking, project_config
 from leadml.adapters.sinks import earlier_predictions, scored_partition
 from leadml.cli import run_features, run_ingest, run_report, run_score
 from leadml.data import schema as s
+from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError
 from leadml.modelling.scorer import PROBABILITY
 from leadml.reporting.leadership import ReportSettings, breakdown, calibration_table, resolved_predictions
@@ -31,6 +33,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 EARLIER_RUN = "2025-09-01"
+PAGE_ROWS = 50  # rows of the ranked table at once: the small project's leads span several pages
+WIDTHS = (1280, 1920)
+# screenshots of every run are also copied here, for a person to look at (reports/ is not committed)
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
 
 
 def _cfg(root: Path, name: str, overrides: list[str] | tuple[str, ...] = ()):
@@ -66,7 +72,11 @@ def reported(project_copy) -> dict:
             _cfg(
                 root,
                 "report",
-                ["report.settings.personal_columns=[first_name]", "report.settings.top_leads=5"],
+                [
+                    "report.settings.personal_columns=[first_name]",
+                    "report.settings.top_leads=5",
+                    f"report.settings.page_rows={PAGE_ROWS}",
+                ],
             )
         )
     return {"root": root, "earlier": earlier, "latest": latest, "files": files}
@@ -86,17 +96,31 @@ def test_report_writes_html_and_a_csv_of_every_lead(reported: dict) -> None:
     assert s.FIRST_NAME in ranked.columns  # configured
     assert not {s.LAST_NAME, s.EMAIL, s.PHONE} & set(ranked.columns)  # not configured: never shown
     assert (ranked["company"] == "'" + HOSTILE_COMPANY).all()  # a spreadsheet shows it, never runs it
+    # figures rounded for a CRM: probabilities to 4 places, money to whole units
+    text = files.csv.read_text()
+    assert not re.search(r"\d\.\d{5,}", text), "an unrounded figure"
+    assert (ranked[PROBABILITY] == ranked[PROBABILITY].round(4)).all()
+    if "expected_value" in ranked:
+        assert (ranked["expected_value"].dropna() % 1 == 0).all()
 
 
 def test_personal_data_is_left_out_unless_configured(reported: dict, tmp_path: Path) -> None:
     root = reported["root"]
+    overrides = [
+        f"report.output_dir={tmp_path}",
+        "report.settings.top_leads=2",
+        "report.settings.table_rows=100",
+    ]
     with local_tracking():
-        files = run_report(
-            _cfg(root, "report", [f"report.output_dir={tmp_path}", "report.settings.top_leads=2"])
-        )
+        files = run_report(_cfg(root, "report", overrides))
     page = files.html.read_text()
     assert "alert(1)" not in page  # the first name is not configured, so it is nowhere
     assert s.FIRST_NAME not in pd.read_csv(files.csv).columns
+    # above report.settings.table_rows the page holds the best leads and says the CSV is complete
+    table = json.loads(re.search(r'<script type="application/json" id="ranked-data">(.*?)</script>', page)[1])
+    assert len(table["rows"]) == 100 < table["total"] == files.leads == len(pd.read_csv(files.csv))
+    assert 'id="table-cap"' in page and "the ranked CSV beside this page is complete" in page
+    assert s.FIRST_NAME not in table["columns"]
     with pytest.raises(LeadmlError, match="personal_columns"):
         ReportSettings.from_mapping({"personal_columns": ["company_name"]})
 
@@ -108,7 +132,12 @@ def test_page_is_self_contained_and_escapes_data(reported: dict) -> None:
     assert 'onerror="alert(2)"' not in page
     # nothing fetched from anywhere: no external scripts, styles or images
     assert not re.search(r"""(src|href)=["']https?://""", page)
-    assert len(re.findall(r"<script\b", page)) == 1  # the report's own sorting/filtering script
+    # the ranked table's data (JSON, with <, > and & escaped) and the report's own script
+    assert len(re.findall(r"<script\b", page)) == 2 and page.count("</script>") == 2
+    assert '<script type="application/json" id="ranked-data">' in page
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in page  # the name, inert in the JSON
+    # points only: no log-odds and no technical drift lines for a sales leader
+    assert "log-odds" not in page and "PSI" not in page
     # closed leads: the rate the probability is about sits beside the sales team's conversion rate
     assert "won within 90 days</th>" in page
 
@@ -123,6 +152,62 @@ def test_reasons_are_sentences_never_feature_names(reported: dict) -> None:
     for reason in reasons.unique():
         assert not set(re.findall(r"[a-z0-9]+(?:_[a-z0-9]+)+", reason)) & internal, reason
     assert reasons.str.contains(r"\d").mean() > 0.5  # most reasons quote a value
+
+
+# what the reasons read like before the style guide (issue 20): none may appear anywhere a person reads
+CODE_LIKE = (
+    re.compile(r"(^|\s)0\.0 "),  # "0.0 recent e-mail clicks"
+    re.compile(r"\b1 activities\b"),
+    re.compile(r"\(1 = yes\)"),
+    re.compile(r"half-life|weighted"),
+    re.compile(r"\d\.0(?![\d%])"),  # a code read as a number: "campaign code: 1152.0"
+    re.compile(r"\b1 days\b|\b0 days ago\b"),
+    re.compile(r"[a-z]_[a-z]"),  # a raw code: "c_level", "web_organic"
+    re.compile(r"\bunknown\b"),
+)
+
+
+def _code_like(texts: pd.Series) -> list[str]:
+    return [text for text in texts.dropna().astype(str).unique() if any(p.search(text) for p in CODE_LIKE)]
+
+
+def test_no_reason_reads_like_code_in_the_partition_the_csv_or_the_page(reported: dict) -> None:
+    """The patterns the issue counted on the default data, scanned in every place a reason appears."""
+    rows = pd.read_parquet(reported["latest"].output)
+    reasons = rows.filter(regex=r"^((positive|negative)_reason_\d|movement)$").stack()
+    assert len(reasons) > 0 and _code_like(reasons) == []
+    ranked = pd.read_csv(reported["files"].csv)
+    assert _code_like(ranked.filter(regex=r"_reason_\d$").stack()) == []
+    page = reported["files"].html.read_text()
+    table = json.loads(re.search(r'<script type="application/json" id="ranked-data">(.*?)</script>', page)[1])
+    assert _code_like(pd.Series(table["strings"])) == []
+    cards = re.findall(r'<div class="step"><span>(.*?)</span>', page)
+    assert cards and _code_like(pd.Series(cards)) == []
+    # a missing value is a reason in a lead's favour only where the features stage found that
+    # missing tells (FeatureMeta.missing_informative); "unknown" never is
+    metadata = json.loads(
+        (reported["root"] / "data" / "features" / "synthetic" / "feature_metadata.json").read_text()
+    )
+    telling = {FeatureMeta(**m).describe(None) for m in metadata if m["missing_informative"]}
+    favourable = rows.filter(regex=r"^positive_reason_\d$").stack().dropna().astype(str)
+    assert set(favourable[favourable.str.contains("recorded")]) <= telling
+
+
+def test_the_movers_say_why_each_lead_moved(reported: dict) -> None:
+    """Scored on two dates: the partition's movement sentences, and the report's movers quoting them
+    in today's words with points that add up to the change."""
+    rows = pd.read_parquet(reported["latest"].output)
+    carried = rows[rows["previous_probability"].notna()]
+    assert len(carried) > 0 and carried["movement"].notna().all()
+    page = reported["files"].html.read_text()
+    movers = re.findall(r'<table class="movers">(.*?)</table>', page, flags=re.S)
+    assert movers, "no movers table"
+    said = re.findall(r"<td>((?:rose|fell) [\d.]+ points?: [^<]*)</td>", " ".join(movers))
+    assert said, "the movers do not say why they moved"
+    for text in said:
+        head = float(re.match(r"(?:rose|fell) ([\d.]+)", text)[1])
+        parts = [float(v) for v in re.findall(r"\(([+-][\d.]+)\)", text)]
+        assert parts and max(abs(v) for v in parts) <= head + 30  # the quoted groups are of the change's size
 
 
 def test_earlier_predictions_resolve_against_outcomes(reported: dict) -> None:
@@ -180,63 +265,152 @@ def _visible_size(locator) -> tuple[float, float]:
     return box["width"], box["height"]
 
 
-def test_report_in_a_browser(reported: dict, browser, tmp_path: Path) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    requests: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(reported["files"].html.as_uri())
-    page.wait_for_load_state("load")
+def test_report_in_a_browser(reported: dict, browser) -> None:
+    ranked = pd.read_csv(reported["files"].csv)
+    for width in WIDTHS:
+        page = browser.new_page(viewport={"width": width, "height": 1000})
+        problems = _watched(page)
+        page.goto(reported["files"].html.as_uri())
+        page.wait_for_load_state("load")
+        _check_layout(page, width)
+        _check_ranked_table(page, ranked)
+        _check_cards(page, ranked)
+        assert problems == {"dialogs": [], "errors": [], "requests": []}, problems
+        page.locator("#lead-dialog").evaluate("dialog => dialog.open && dialog.close()")
+        _screenshot(page, reported["root"] / "reports" / f"leadership-{width}.png")
+        page.close()
 
-    # the tier table, a lead card and the charts are there, with a size
+
+def _watched(page) -> dict[str, list[str]]:
+    """Alerts, script errors and requests beyond the file itself (none expected), as they come."""
+    problems: dict[str, list[str]] = {"dialogs": [], "errors": [], "requests": []}
+    page.on("dialog", lambda dialog: (problems["dialogs"].append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda error: problems["errors"].append(str(error)))
+    page.on(
+        "request",
+        lambda request: (
+            None if request.url.startswith(("file:", "data:")) else problems["requests"].append(request.url)
+        ),
+    )
+    return problems
+
+
+def _check_layout(page, width: int) -> None:
+    """Everything is drawn, nothing is wider than the window, numbered lists have room for "12."."""
     for selector in ("#tier-table", "#lead-1", "#lead-1 .waterfall", "#ranked-table", "#conversion-tier"):
-        width, height = _visible_size(page.locator(selector))
-        assert width > 0 and height > 0, selector
-    tiers = page.locator("#tier-table tbody tr")
-    assert tiers.count() >= 2
+        box_width, height = _visible_size(page.locator(selector))
+        assert box_width > 0 and height > 0, selector
+    assert page.locator("#tier-table tbody tr").count() >= 2
     for chart in page.locator("img.chart").all():
         chart.scroll_into_view_if_needed()
         assert chart.evaluate("img => img.complete && img.naturalWidth > 0"), "a chart did not render"
         assert _visible_size(chart)[1] > 50
     assert page.locator(".waterfall .bar").first.evaluate("bar => bar.getBoundingClientRect().width") > 0
+    # no horizontal cut-off: the page never scrolls sideways and no element reaches past the window
+    # but inside a box that scrolls on its own; and the tables fit without scrolling
+    overflow = page.evaluate(
+        """() => {
+            const wide = [];
+            const inScroller = el => { for (let p = el.parentElement; p; p = p.parentElement) {
+                if (getComputedStyle(p).overflowX === "auto") return true; } return false; };
+            for (const el of document.querySelectorAll("body *")) {
+                const box = el.getBoundingClientRect();
+                const past = box.width && box.right > innerWidth + 1;
+                if (past && !inScroller(el)) wide.push(el.tagName + "#" + el.id);
+            }
+            const tables = [...document.querySelectorAll(".table-wrap")]
+                .filter(w => w.scrollWidth > w.clientWidth + 1).map(w => w.firstElementChild.id);
+            return {page: document.documentElement.scrollWidth - innerWidth, wide, tables};
+        }"""
+    )
+    assert overflow == {"page": 0, "wide": [], "tables": []}, (width, overflow)
+    padding = page.locator("ol.timeline").first.evaluate(
+        "ol => parseFloat(getComputedStyle(ol).paddingLeft) / parseFloat(getComputedStyle(ol).fontSize)"
+    )
+    assert padding >= 2.2, "two-digit list numbers would be clipped"
 
-    # the hostile name is text on the page, and nothing ran
-    assert HOSTILE_NAME in page.locator("#ranked-table tbody tr").first.inner_text()
-    assert HOSTILE_NAME in page.locator("#lead-1 h3").inner_text()
-    assert dialogs == [] and errors == []
-    assert all(url.startswith(("file:", "data:")) for url in requests), requests
 
-    # sort by probability (ascending, then descending) by clicking its header
+def _check_ranked_table(page, ranked: pd.DataFrame) -> None:
+    """Every lead is in the page: sorted, filtered by tier and text, paged."""
     rows = page.locator("#ranked-table tbody tr")
+    assert rows.count() == min(PAGE_ROWS, len(ranked))
+    assert page.locator("#shown-count").inner_text() == f"{len(ranked):,}"
+    # the hostile name is text on the page, and nothing ran
+    assert HOSTILE_NAME in rows.first.inner_text()
+
+    # sort by probability (ascending, then descending) by clicking its header: over all leads
     header = page.locator("#ranked-table thead th", has_text="probability")
     header.click()
     ascending = _column(page, "probability")
-    assert ascending == sorted(ascending) and ascending[0] < ascending[-1]
+    assert ascending == sorted(ascending) and ascending[0] == pytest.approx(
+        ranked[PROBABILITY].min(), abs=1e-4
+    )
     header.click()
-    assert _column(page, "probability") == sorted(ascending, reverse=True)
+    assert _column(page, "probability")[0] == pytest.approx(ranked[PROBABILITY].max(), abs=1e-4)
+    page.locator("#ranked-table thead th", has_text="#").click()
 
-    # filter by tier, then by text
-    total = rows.count()
-    page.select_option("#tier-filter", "A")
+    # the tier filter works over every lead, not the first page only: B (else the first tier below A)
+    below_a = [tier for tier in sorted(ranked["tier"].unique()) if tier > "A"]
+    assert below_a, "the small project has leads of one tier only"
+    tier = "B" if "B" in below_a else below_a[0]
+    page.select_option("#tier-filter", tier)
     shown = _visible_rows(rows)
-    assert 0 < len(shown) < total
-    assert all(tier == "A" for tier, _ in shown)
-    assert page.locator("#shown-count").inner_text() == str(len(shown))
+    expected = int((ranked["tier"] == tier).sum())
+    assert 0 < len(shown) == min(expected, PAGE_ROWS)
+    assert all(row_tier == tier for row_tier, _ in shown)
+    assert page.locator("#shown-count").inner_text() == f"{expected:,}"
     page.select_option("#tier-filter", "")
-    first_id = rows.first.locator("td").nth(1).inner_text()
-    page.fill("#filter", first_id)
-    assert [lead for _, lead in _visible_rows(rows)] == [first_id]
-    page.fill("#filter", "")
-    assert page.locator("#shown-count").inner_text() == str(total)
 
-    shot = tmp_path / "report.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
-    shutil.copy(shot, reported["root"] / "report.png")
-    page.close()
+    # a text filter finds the last lead, far beyond the first page
+    last_id = str(ranked[s.LEAD_ID].iloc[-1])
+    page.fill("#filter", last_id)
+    assert [lead for _, lead in _visible_rows(rows)] == [last_id]
+    page.fill("#filter", "")
+    assert page.locator("#shown-count").inner_text() == f"{len(ranked):,}"
+
+    # the next page starts where the first ended
+    if len(ranked) > PAGE_ROWS:
+        page.click("#page-next")
+        assert rows.first.locator("td").first.inner_text() == str(PAGE_ROWS + 1)
+        page.click("#page-prev")
+        assert rows.first.locator("td").first.inner_text() == "1"
+
+
+def _check_cards(page, ranked: pd.DataFrame) -> None:
+    """Clicking a ranked row opens its card: the full one for the top leads, a compact one for others."""
+    dialog = page.locator("#lead-dialog")
+    assert not dialog.is_visible()
+    assert HOSTILE_NAME in page.locator("#lead-1 h3").inner_text()
+    first_id = str(ranked[s.LEAD_ID].iloc[0])
+    page.locator("#ranked-table tbody tr").first.click()
+    assert dialog.is_visible() and first_id in dialog.locator("h3").inner_text()
+    assert dialog.locator(".waterfall .bar").count() >= 3
+    page.keyboard.press("Escape")
+    assert not dialog.is_visible()
+
+    # a lead without a full card (top_leads=5): its compact card, from the row's own reasons
+    row = 7
+    lead_id, probability = str(ranked[s.LEAD_ID].iloc[row - 1]), float(ranked[PROBABILITY].iloc[row - 1])
+    page.locator("#ranked-table tbody tr").nth(row - 1).locator("button.lead-link").click()
+    assert dialog.is_visible()
+    assert dialog.locator("h3").inner_text().startswith(f"#{row} {lead_id}")
+    values = dialog.locator(".waterfall .step .num").all_inner_texts()
+    assert values[0].endswith("%") and values[-1] == f"{100 * probability:.1f}%"
+    points = [float(value.removesuffix(" pts")) for value in values[1:-1]]
+    start = float(values[0].removesuffix("%"))
+    assert sum(points) == pytest.approx(100 * probability - start, abs=0.05 * len(points) + 0.1)
+    assert "log-odds" not in dialog.inner_text()
+    page.keyboard.press("Escape")
+
+
+def _screenshot(page, path: Path) -> None:
+    """A full-page screenshot in the project's reports/, copied to the repository's reports/screenshots/."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / path.name)
 
 
 def _visible_rows(rows) -> list[tuple[str, str]]:

@@ -129,14 +129,15 @@ def test_both_engines_write_the_same_partition(project: Path, spark_runs, day: s
 
 
 def test_the_drift_record_matches_the_pandas_functions(project: Path, scorer, spark_runs) -> None:
-    from leadml.modelling.drift import drift_counts, psi_from_counts
+    from leadml.modelling.drift import drift_counts, drift_reference, psi_from_counts
     from leadml.scoring.pandas_engine import BucketSummaries
 
     tables = read_interim(_interim(project), s.CRM_TABLES)
     features = open_lead_features(
         tables, _day(DAYS[1]), FeatureSettings.from_mapping(scorer.feature_settings)
     )
-    reference = scorer.reference["features"]
+    reference = drift_reference(scorer.reference, _day(DAYS[1]))  # the run's weekday among the latest dates
+    assert reference is scorer.reference["by_weekday"][str(_day(DAYS[1]).day_of_week)]
     expected = population_stability(reference, features)
     summary = BucketSummaries()
     for rows in np.array_split(np.arange(len(features)), 3):
@@ -276,7 +277,9 @@ def _flat_score(root: Path, overrides: list[str], engine: list[str], output: str
 
     from leadml.cli import CONFIG_DIR
 
-    run = [*overrides, *engine, f"score.output_dir={root / output}", f"score.as_of={as_of}"]
+    # no lead comes in between the two runs (the file is replayed): not stale for the 7-day check
+    run = [*overrides, *engine, f"score.output_dir={root / output}", f"score.as_of={as_of}",
+           "score.max_staleness_days=10"]  # fmt: skip
     with (
         contextlib.chdir(root),
         local_tracking(),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from factories import BASE, accounts_table, activities_table, at, leads_table, outcomes_table, tables
 from leadml.data import schema as s
+from leadml.data.calendar import snapshot_dates
 from leadml.data.features import (
     LABEL,
     FeatureSettings,
@@ -23,6 +24,8 @@ from leadml.data.features import (
 )
 
 SETTINGS = FeatureSettings(cadence_days=7, horizon_days=30, half_life_days=7.0)
+# every Monday from BASE: the dates these tests reason about (the grid itself spreads over weekdays)
+WEEKLY = [at(days) for days in range(7, 200, 7)]
 
 
 def features_of(leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -132,7 +135,7 @@ def test_snapshot_labels_closed_leads_and_censoring() -> None:
         ]
     )
     activities = activities_table([("OPEN", at(100), "email_open", None)])  # data ends at day 100
-    snaps = build_training_snapshots(tables(leads, outcomes, activities), SETTINGS)
+    snaps = build_training_snapshots(tables(leads, outcomes, activities), SETTINGS, dates=WEEKLY)
     dates = sorted(snaps[s.AS_OF].unique())
     assert dates[0] == at(7) and dates[-1] == at(70)  # 70 + 30 <= 100 < 77 + 30
     won = snaps[snaps[s.LEAD_ID] == "WON"].set_index(s.AS_OF)[LABEL]
@@ -151,7 +154,7 @@ def test_scoring_features_equal_training_snapshot_features() -> None:
     all_tables = tables(
         leads, outcomes_table([("L1", "open", None, None), ("L2", "open", None, None)]), activities
     )
-    snaps = build_training_snapshots(all_tables, SETTINGS)
+    snaps = build_training_snapshots(all_tables, SETTINGS, dates=WEEKLY)
     training = snaps[snaps[s.AS_OF] == at(14)].drop(columns=LABEL).reset_index(drop=True)
     scoring = build_features(leads, all_tables[s.ACCOUNTS], activities, at(14), SETTINGS)
     pd.testing.assert_frame_equal(training, scoring, check_categorical=False)
@@ -272,3 +275,18 @@ def _any_open(history: dict[str, pd.DataFrame]) -> bool:
 
 def test_base_is_on_the_weekly_grid() -> None:
     assert BASE.dayofweek == 0 and np.isclose((BASE - pd.Timestamp("2000-01-03", tz="UTC")).days % 7, 0)
+
+
+def test_the_snapshot_grid_spreads_over_the_weekdays() -> None:
+    """A cadence of whole weeks would put every training date on one weekday while the nightly
+    job runs on all of them: seven consecutive dates fall on seven weekdays, the mean cadence and
+    the grid's place are kept, and a cadence that is no multiple of 7 is left as it is."""
+    for cadence in (7, 14, 28):
+        grid = snapshot_dates(pd.Timestamp("2024-01-01"), pd.Timestamp("2026-01-01"), cadence)
+        for start in range(len(grid) - 7):
+            assert grid[start : start + 7].day_of_week.nunique() == 7
+        assert abs(pd.Series(grid).diff().dt.days.mean() - cadence) < 1
+        later = snapshot_dates(pd.Timestamp("2025-01-01"), pd.Timestamp("2026-01-01"), cadence)
+        assert set(later) <= set(grid)  # a later start keeps the same dates
+    ten = snapshot_dates(pd.Timestamp("2025-01-01"), pd.Timestamp("2025-06-01"), 10)
+    assert set(pd.Series(ten).diff().dt.days.dropna()) == {10}

@@ -28,6 +28,7 @@ from leadml.adapters.sources import check_sql_name, engine_url, mask_url, scrubb
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.modelling.drift import column_kind
+from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import PROBABILITY
 
 # imported inside functions: sqlalchemy (only when a SQL sink is configured) and fcntl (POSIX only)
@@ -210,7 +211,11 @@ def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_00
 
     def frames() -> Iterator[pd.DataFrame]:
         for part in sorted(folder.glob("part-*.parquet")):
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows):
+            handle = pq.ParquetFile(part)
+            # the groups' contributions stay in the partition: what the next run reads to say why a
+            # lead moved; the table holds what a CRM shows (and a group's name need not be a SQL name)
+            columns = [n for n in handle.schema_arrow.names if not n.startswith(GROUP_PREFIX)]
+            for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
                 yield batch.to_pandas()
 
     return upsert_frames(url, table, frames())

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 # Snapshot dates sit on a fixed grid (every `cadence_days` from a Monday) so that
 # training snapshots, ground truth and out-of-time split boundaries line up across runs.
 SNAPSHOT_ANCHOR = pd.Timestamp("2000-01-03", tz="UTC")
+DAYS_PER_WEEK = 7
 
 
 def snapshot_dates(start: pd.Timestamp, end: pd.Timestamp, cadence_days: int) -> pd.DatetimeIndex:
-    """Grid dates T (midnight UTC) with ``start < T <= end``, every ``cadence_days`` days."""
+    """Grid dates T (midnight UTC) with ``start < T <= end``, one every ``cadence_days`` days.
+
+    A cadence of whole weeks would put every date on one weekday (Mondays from the anchor),
+    while the nightly job scores on every weekday: recency features ("last activity 2 days
+    ago") then differ between training and scoring by the weekend alone. So the k-th date of
+    such a grid moves ``k mod 7`` days later: seven consecutive dates fall on seven different
+    weekdays, the mean cadence is unchanged and the grid stays fixed across runs.
+    """
     if cadence_days < 1:
         raise ValueError(f"cadence_days must be at least 1, got {cadence_days}")
     start, end = to_utc(start), to_utc(end)
     step = pd.Timedelta(days=cadence_days)
-    first = SNAPSHOT_ANCHOR + ((start - SNAPSHOT_ANCHOR) // step + 1) * step
-    if first > end:
+    first = (start - SNAPSHOT_ANCHOR) // step - 1  # the shift is under a week: one step back is enough
+    last = (end - SNAPSHOT_ANCHOR) // step
+    if last < first:
         return pd.DatetimeIndex([], tz="UTC")
-    return pd.date_range(first, end, freq=step, tz="UTC")
+    k = np.arange(first, last + 1, dtype=np.int64)
+    shift = k % DAYS_PER_WEEK if cadence_days % DAYS_PER_WEEK == 0 else np.zeros_like(k)
+    dates = SNAPSHOT_ANCHOR + pd.to_timedelta(k * cadence_days + shift, unit="D")
+    return pd.DatetimeIndex(dates[(dates > start) & (dates <= end)], tz="UTC").as_unit("ns")
 
 
 def to_utc(value: pd.Timestamp | str) -> pd.Timestamp:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
+from leadml.data import wording
 from leadml.data.arrays import argsort_int, positions_in
 from leadml.data.calendar import snapshot_dates, to_utc
+from leadml.data.contracts import normalise_token
 from leadml.errors import LeadmlError, known_settings
 from leadml.progress import progress_iter
 
@@ -104,6 +106,40 @@ CHANNEL_LABELS: dict[str, str] = {
 }
 # +1: more of it never lowers the score (used for monotone constraints later);
 # -1: more of it never raises it; 0: no constraint (careers-page visits are often job seekers).
+# each channel's noun (singular, plural) and what a lead did, for "last ... 3 days ago" and "never ..."
+CHANNEL_WORDS: dict[str, tuple[str, str, str]] = {
+    "page_view": ("page view", "page views", "viewed a page"),
+    "email_open": ("e-mail open", "e-mail opens", "opened an e-mail"),
+    "email_click": ("e-mail click", "e-mail clicks", "clicked an e-mail"),
+    "form_submit": ("form submission", "form submissions", "submitted a form"),
+    "content_download": ("content download", "content downloads", "downloaded content"),
+    "webinar": ("webinar attended", "webinars attended", "attended a webinar"),
+    "demo_request": ("demo request", "demo requests", "requested a demo"),
+    "call": ("call", "calls", "had a call"),
+    "meeting": ("meeting", "meetings", "had a meeting"),
+    "unsubscribe": ("unsubscribe", "unsubscribes", "unsubscribed"),
+    "bounce": ("e-mail bounce", "e-mail bounces", "had an e-mail bounce"),
+    "page_pricing": ("pricing-page visit", "pricing-page visits", "visited the pricing page"),
+    "page_product": ("product-page visit", "product-page visits", "visited a product page"),
+    "page_docs": ("documentation-page visit", "documentation-page visits", "read the documentation"),
+    "page_blog": ("blog-page visit", "blog-page visits", "read the blog"),
+    "page_careers": ("careers-page visit", "careers-page visits", "visited the careers page"),
+}
+# the seniority levels of SENIORITY_RULES as a reason reads them
+SENIORITY_WORDS: dict[str, str] = {
+    "intern_student": "an intern or student",
+    "c_level": "a C-level contact",
+    "vp": "a VP or head of department",
+    "director": "a director",
+    "manager": "a manager",
+    "senior_individual": "a senior specialist",
+    "individual": "an individual contributor",
+    "other": "a job title of no known seniority",
+}
+CORPORATE_EMAIL_WORDS: dict[str, str] = {
+    "1": "corporate e-mail address",
+    "0": "free e-mail address (such as Gmail)",
+}
 CHANNEL_DIRECTION: dict[str, int] = {
     "page_view": 0,
     "email_open": 1,
@@ -174,17 +210,34 @@ class FeatureSettings:
 
 @dataclass(frozen=True)
 class FeatureMeta:
-    """Metadata that turns a feature into a reason a person can read."""
+    """Metadata that turns a feature into a reason a person can read.
+
+    ``wording`` names the sentence style (:mod:`leadml.data.wording`) and the fields after it
+    are what that style needs; a model trained before the style guide has none and reads its
+    ``template`` as it always did.
+    """
 
     name: str
     family: str  # fit, engagement, source or other
     group: str  # original column or activity channel the feature is grouped back to
-    template: str  # str.format template with {value}
+    template: str  # str.format template with {value} (the styles that quote a value use it too)
     monotone: int = 0  # +1 never lowers the score when higher, -1 never raises it, 0 free
     kind: str = "numeric"  # numeric or categorical
+    wording: str = ""  # a style of leadml.data.wording.STYLES ("" : the template as it is)
+    noun: str = ""  # what is counted or named, singular ("e-mail click", "job title")
+    plural: str = ""  # the plural of ``noun`` ("e-mail clicks")
+    verb: str = ""  # what the lead did, for "last ... 3 days ago" / "never ..." ("requested a demo")
+    window_days: float = 0.0  # the count's window, a recency half-life or a velocity baseline
+    labels: Mapping[str, str] = field(default_factory=dict)  # display words of values (data.labels)
+    missing: str = ""  # the sentence of a missing value ("never requested a demo")
+    # may a missing value be a reason in the lead's favour? True where missing means something
+    # (never did it), or where the training rows showed that leads without it convert differently
+    missing_informative: bool = False
 
     def describe(self, value: Any) -> str:
         """A plain-words sentence for one value of this feature."""
+        if self.wording:
+            return wording.sentence(self, value)
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return f"{self.group.replace('_', ' ')} unknown"
         try:
@@ -539,88 +592,203 @@ def build_training_snapshots(
     return snapshots
 
 
-def feature_metadata(columns: Iterable[str], settings: FeatureSettings) -> dict[str, FeatureMeta]:
-    """Metadata for every feature column produced by :func:`features_as_of`."""
+def feature_metadata(
+    columns: Iterable[str], settings: FeatureSettings, labels: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, FeatureMeta]:
+    """Metadata for every feature column produced by :func:`features_as_of`.
+
+    ``labels`` is the data config's display map (``data.labels``: column -> value -> words),
+    read by the feature of that name or of that source column (``country`` also words
+    ``company_country``).
+    """
     meta: dict[str, FeatureMeta] = {}
     for name in columns:
         entry = _meta_for(name, settings)
         if entry is not None:
-            meta[name] = entry
+            meta[name] = with_labels(entry, labels or {})
     return meta
+
+
+def with_labels(meta: FeatureMeta, labels: Mapping[str, Mapping[str, Any]]) -> FeatureMeta:
+    """``meta`` with the configured display words of its values (by feature name, then group)."""
+    own = labels.get(meta.name) or labels.get(meta.group)
+    if not own:
+        return meta
+    words = {}
+    for value, text in own.items():  # as written, and in the stored spelling ("Web Organic" -> web_organic)
+        words[wording.plain_value(value)] = words[normalise_token(wording.plain_value(value))] = str(text)
+    return replace(meta, labels={**meta.labels, **words})
+
+
+def _channel_meta(name: str, settings: FeatureSettings) -> FeatureMeta | None:
+    for channel in CHANNELS:
+        direction = CHANNEL_DIRECTION[channel]
+        noun, plural, verb = CHANNEL_WORDS[channel]
+        if name.startswith(f"n_{channel}_") and name.endswith("d"):
+            days = name.removeprefix(f"n_{channel}_").removesuffix("d")
+            if days.isdigit():
+                return FeatureMeta(
+                    name, ENGAGEMENT, channel, f"{{value:.0f}} {plural} in the last {days} days", direction,
+                    wording="count", noun=noun, plural=plural, window_days=float(days),
+                )  # fmt: skip
+        if name == f"days_since_last_{channel}":
+            return FeatureMeta(
+                name, ENGAGEMENT, channel, f"last of the {plural} {{value:.0f}} days ago", 0,
+                wording="days_since", noun=noun, plural=plural, verb=verb, missing=f"never {verb}",
+                missing_informative=True,
+            )  # fmt: skip
+        if name == f"rw_{channel}":
+            return FeatureMeta(
+                name, ENGAGEMENT, channel, f"{{value:.1f}} recent {plural}", direction,
+                wording="recency", noun=noun, plural=plural, window_days=float(settings.half_life_days),
+            )  # fmt: skip
+    if name.startswith("n_events_"):
+        days = name.removeprefix("n_events_").removesuffix("d")
+        return FeatureMeta(
+            name, ENGAGEMENT, "activity", f"{{value:.0f}} activities in the last {days} days", 0,
+            wording="count", noun="activity", plural="activities", window_days=float(days),
+        )  # fmt: skip
+    return None
+
+
+def _fixed_meta(settings: FeatureSettings) -> dict[str, FeatureMeta]:
+    """The metadata of the features every CRM project has (lead and account columns, activity)."""
+    never = "no activity yet"
+    return {
+        "engagement_velocity": FeatureMeta(
+            "engagement_velocity", ENGAGEMENT, "activity", "activity {value:+.2f} events a day", 0,
+            wording="velocity", window_days=float(settings.velocity_baseline_days),
+        ),
+        "days_since_last_activity": FeatureMeta(
+            "days_since_last_activity", ENGAGEMENT, "activity", "last activity {value}", 0,
+            wording="days_ago", missing=never, missing_informative=True,
+        ),
+        "days_since_first_activity": FeatureMeta(
+            "days_since_first_activity", ENGAGEMENT, "activity", "first activity {value}", 0,
+            wording="days_ago", missing=never, missing_informative=True,
+        ),
+        "lead_age_days": FeatureMeta(
+            "lead_age_days", OTHER, s.CREATED_AT, "lead created {value}", 0, wording="days_ago",
+            noun="creation date",
+        ),
+        "seniority": FeatureMeta(
+            "seniority", FIT, s.JOB_TITLE, "{value}", 0, "categorical", wording="category",
+            noun="job title", labels=SENIORITY_WORDS,
+        ),
+        "corporate_email": FeatureMeta(
+            "corporate_email", FIT, s.EMAIL, "corporate e-mail domain", 0, wording="flag",
+            noun="e-mail address", labels=CORPORATE_EMAIL_WORDS,
+        ),
+        s.INDUSTRY: FeatureMeta(
+            s.INDUSTRY, FIT, s.INDUSTRY, "industry: {value}", 0, "categorical", wording="category",
+            noun="industry",
+        ),
+        "company_country": FeatureMeta(
+            "company_country", FIT, s.COUNTRY, "company based in {value}", 0, "categorical",
+            wording="country", noun="company country",
+        ),
+        s.EMPLOYEES: FeatureMeta(
+            s.EMPLOYEES, FIT, s.EMPLOYEES, "{value} employees", 0, wording="count", noun="employee",
+            plural="employees", missing="no head count recorded",
+        ),
+        s.ANNUAL_REVENUE: FeatureMeta(
+            s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue {value}", 0, wording="money",
+            noun="annual revenue",
+        ),
+        "revenue_per_employee": FeatureMeta(
+            "revenue_per_employee", FIT, s.ANNUAL_REVENUE, "revenue per employee {value}", 0,
+            wording="money", noun="revenue per employee",
+        ),
+        "company_age_years": FeatureMeta(
+            "company_age_years", FIT, s.FOUNDED_YEAR, "company founded {value}", 0, wording="years_ago",
+            noun="founding year",
+        ),
+        s.SOURCE: FeatureMeta(
+            s.SOURCE, SOURCE_FAMILY, s.SOURCE, "lead source: {value}", 0, "categorical",
+            wording="category", noun="lead source",
+        ),
+        s.COUNTRY: FeatureMeta(
+            s.COUNTRY, FIT, s.COUNTRY, "contact based in {value}", 0, "categorical", wording="country",
+            noun="country",
+        ),
+        s.ESTIMATED_DEAL_VALUE: FeatureMeta(
+            s.ESTIMATED_DEAL_VALUE, FIT, s.ESTIMATED_DEAL_VALUE, "estimated deal value {value}", 0,
+            wording="money", noun="estimated deal value",
+        ),
+    }  # fmt: skip
 
 
 def _meta_for(name: str, settings: FeatureSettings) -> FeatureMeta | None:
     if name in (s.LEAD_ID, s.AS_OF, LABEL):
         return None
-    for channel in CHANNELS:
-        label, direction = CHANNEL_LABELS[channel], CHANNEL_DIRECTION[channel]
-        if name.startswith(f"n_{channel}_") and name.endswith("d"):
-            days = name.removeprefix(f"n_{channel}_").removesuffix("d")
-            if days.isdigit():
-                return FeatureMeta(
-                    name, ENGAGEMENT, channel, f"{{value:.0f}} {label} in the last {days} days", direction
-                )
-        if name == f"days_since_last_{channel}":
-            return FeatureMeta(name, ENGAGEMENT, channel, f"last of the {label} {{value:.0f}} days ago", 0)
-        if name == f"rw_{channel}":
-            return FeatureMeta(
-                name,
-                ENGAGEMENT,
-                channel,
-                f"{{value:.1f}} recent {label} (weighted, half-life {settings.half_life_days:g} days)",
-                direction,
-            )
-    if name.startswith("n_events_"):
-        days = name.removeprefix("n_events_").removesuffix("d")
-        return FeatureMeta(
-            name, ENGAGEMENT, "activity", f"{{value:.0f}} activities in the last {days} days", 0
-        )
-    fixed = {
-        "engagement_velocity": FeatureMeta(
-            "engagement_velocity",
-            ENGAGEMENT,
-            "activity",
-            "activity {value:+.2f} events a day against the month before",
-            0,
-        ),
-        "days_since_last_activity": FeatureMeta(
-            "days_since_last_activity", ENGAGEMENT, "activity", "last activity {value:.0f} days ago", 0
-        ),
-        "days_since_first_activity": FeatureMeta(
-            "days_since_first_activity", ENGAGEMENT, "activity", "first activity {value:.0f} days ago", 0
-        ),
-        "lead_age_days": FeatureMeta(
-            "lead_age_days", OTHER, s.CREATED_AT, "lead created {value:.0f} days ago", 0
-        ),
-        "seniority": FeatureMeta("seniority", FIT, s.JOB_TITLE, "seniority: {value}", 0, "categorical"),
-        "corporate_email": FeatureMeta(
-            "corporate_email", FIT, s.EMAIL, "corporate e-mail domain: {value:.0f} (1 = yes)", 0
-        ),
-        s.INDUSTRY: FeatureMeta(s.INDUSTRY, FIT, s.INDUSTRY, "industry: {value}", 0, "categorical"),
-        "company_country": FeatureMeta(
-            "company_country", FIT, s.COUNTRY, "company based in {value}", 0, "categorical"
-        ),
-        s.EMPLOYEES: FeatureMeta(s.EMPLOYEES, FIT, s.EMPLOYEES, "{value:,.0f} employees", 0),
-        s.ANNUAL_REVENUE: FeatureMeta(
-            s.ANNUAL_REVENUE, FIT, s.ANNUAL_REVENUE, "annual revenue ${value:,.0f}", 0
-        ),
-        "revenue_per_employee": FeatureMeta(
-            "revenue_per_employee", FIT, s.ANNUAL_REVENUE, "revenue per employee ${value:,.0f}", 0
-        ),
-        "company_age_years": FeatureMeta(
-            "company_age_years", FIT, s.FOUNDED_YEAR, "company founded {value:.0f} years ago", 0
-        ),
-        s.SOURCE: FeatureMeta(s.SOURCE, SOURCE_FAMILY, s.SOURCE, "lead source: {value}", 0, "categorical"),
-        s.COUNTRY: FeatureMeta(s.COUNTRY, FIT, s.COUNTRY, "lead from {value}", 0, "categorical"),
-        s.ESTIMATED_DEAL_VALUE: FeatureMeta(
-            s.ESTIMATED_DEAL_VALUE, FIT, s.ESTIMATED_DEAL_VALUE, "estimated deal value ${value:,.0f}", 0
-        ),
-    }
+    channel = _channel_meta(name, settings)
+    if channel is not None:
+        return channel
+    fixed = _fixed_meta(settings)
     if name in fixed:
         return fixed[name]
-    kind = "categorical" if name in (*settings.extra_categorical, *settings.lead_categorical) else "numeric"
-    template = f"{name.replace('_', ' ')}: {{value}}"
-    return FeatureMeta(name, OTHER, name, template, 0, kind)
+    return column_meta(
+        name, OTHER, categorical=name in (*settings.extra_categorical, *settings.lead_categorical)
+    )
+
+
+def column_meta(name: str, family: str, categorical: bool, flag: bool = False) -> FeatureMeta:
+    """The metadata of a column used as it is (an extra lead column, a flat table's column)."""
+    words = name.replace("_", " ") if name.islower() else name  # "campaign_code"; "Lead Source" as it is
+    if categorical:
+        return FeatureMeta(
+            name, family, name, f"{words}: {{value}}", 0, "categorical", wording="category", noun=words
+        )
+    return FeatureMeta(
+        name, family, name, f"{words}: {{value}}", 0, wording="flag" if flag else "number", noun=words
+    )
+
+
+# a missing value may be a reason in a lead's favour when leads without the value converted
+# differently on the training rows: |z| of the two-proportion test above this, and a gap in the
+# conversion rate of at least this share of the overall rate (not a trace effect of many rows)
+MISSING_Z = 3.29  # two-sided p < 0.001
+MISSING_MIN_GAP = 0.25
+MISSING_MIN_ROWS = 30
+
+
+def with_missingness_tested(
+    meta: Mapping[str, FeatureMeta], snapshots: pd.DataFrame
+) -> dict[str, FeatureMeta]:
+    """``meta`` with ``missing_informative`` set where missing values convert differently.
+
+    Features whose missing value has a meaning of its own (``never ...``) are informative by
+    construction and keep it; a value not recorded (no job title, "unknown") is only where the
+    training rows say so.
+    """
+    if LABEL not in snapshots.columns or snapshots.empty:
+        return dict(meta)
+    label = snapshots[LABEL].to_numpy(dtype=np.float64)
+    out = dict(meta)
+    for name, entry in meta.items():
+        if entry.missing_informative or not entry.wording or name not in snapshots.columns:
+            continue
+        missing = snapshots[name].isna().to_numpy().copy()
+        if isinstance(snapshots[name].dtype, pd.CategoricalDtype):
+            missing |= snapshots[name].astype("string").str.strip().str.lower().isin(
+                wording.MISSING_CATEGORIES).to_numpy(dtype=bool, na_value=False)  # fmt: skip
+        if missing_is_informative(label, missing):
+            out[name] = replace(entry, missing_informative=True)
+    return out
+
+
+def missing_is_informative(label: np.ndarray, missing: np.ndarray) -> bool:
+    """Two-proportion z-test of the label between missing and present rows, with a material gap."""
+    n_missing, n_present = int(missing.sum()), int((~missing).sum())
+    if min(n_missing, n_present) < MISSING_MIN_ROWS:
+        return False
+    rate_missing, rate_present = label[missing].mean(), label[~missing].mean()
+    overall = label.mean()
+    spread = np.sqrt(overall * (1 - overall) * (1 / n_missing + 1 / n_present))
+    if spread == 0:
+        return False
+    gap = abs(rate_missing - rate_present)
+    return bool(gap / spread > MISSING_Z and gap >= MISSING_MIN_GAP * overall)
 
 
 def metadata_to_json(meta: Mapping[str, FeatureMeta]) -> list[dict[str, Any]]:
@@ -665,6 +833,9 @@ def _flat_rows(table: pd.DataFrame, personal: Iterable[str], exclude: Iterable[s
         values = table[column]
         if isinstance(values.dtype, pd.CategoricalDtype):
             features[column] = values
+        elif _numeric_code(column, values):
+            features[column] = pd.Series(_categorical(values.map(wording.plain_value, na_action="ignore")),
+                                         index=table.index)  # fmt: skip
         elif pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
             features[column] = values.astype("float64")
         else:
@@ -672,14 +843,33 @@ def _flat_rows(table: pd.DataFrame, personal: Iterable[str], exclude: Iterable[s
     return pd.concat([out, pd.DataFrame(features, index=table.index)], axis=1)
 
 
-def flat_feature_metadata(snapshots: pd.DataFrame, families: Mapping[str, str]) -> dict[str, FeatureMeta]:
-    """Metadata for a flat table's features; families come from the data config (default other)."""
+def _numeric_code(column: str, values: pd.Series) -> bool:
+    """A column of numbers whose name says it is a code or an id: modelled as a category (logged)."""
+    if pd.api.types.is_bool_dtype(values.dtype) or not pd.api.types.is_numeric_dtype(values.dtype):
+        return False
+    if not wording.is_code_name(str(column)):
+        return False
+    logger.warning("features: column %r holds numbers but its name says it is a code or an id: "
+                   "modelled as a category", column)  # fmt: skip
+    return True
+
+
+def flat_feature_metadata(
+    snapshots: pd.DataFrame,
+    families: Mapping[str, str],
+    labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, FeatureMeta]:
+    """Metadata for a flat table's features; families come from the data config (default other).
+
+    A numeric column holding only 0 and 1 reads as yes/no; categories through ``labels``.
+    """
     meta = {}
     for column in snapshots.columns:
         if column in FLAT_KEY_COLUMNS:
             continue
-        kind = "categorical" if isinstance(snapshots[column].dtype, pd.CategoricalDtype) else "numeric"
-        meta[column] = FeatureMeta(
-            column, families.get(column, OTHER), column, f"{column}: {{value}}", 0, kind
-        )
+        values = snapshots[column]
+        categorical = isinstance(values.dtype, pd.CategoricalDtype)
+        flag = not categorical and bool(values.dropna().isin((0.0, 1.0)).all()) and values.notna().any()
+        entry = column_meta(column, families.get(column, OTHER), categorical, flag=flag)
+        meta[column] = with_labels(entry, labels or {})
     return meta

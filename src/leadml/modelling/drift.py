@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leadml.data import schema as s
 from leadml.modelling.scorer import LeadScorer
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,62 @@ def reference_profile(frame: pd.DataFrame, columns: Sequence[str], bins: int = P
                 "shares": _numeric_shares(values, np.asarray(edges)).tolist(),
             }
     return profile
+
+
+# the drift references per weekday: the latest this many snapshot dates of the training rows (on the
+# grid of leadml.data.calendar.snapshot_dates seven consecutive dates fall on seven weekdays)
+WEEKDAY_DATES = 7
+# a category keeps its own bin in a drift reference when it holds at least this share of the rows
+# (at most MAX_LEVELS of them); the rest share one bin: the PSI of a code with thousands of rare
+# values would otherwise measure sampling noise
+MIN_LEVEL_SHARE = 0.005
+MAX_LEVELS = 30
+
+
+def weekday_profiles(
+    rows: pd.DataFrame, columns: Sequence[str], seed: int = 0, max_rows: int = 200_000
+) -> dict[str, dict[str, Any]]:
+    """Drift references of the latest training dates, one per weekday of the as-of date ("0" Monday).
+
+    Tonight's leads are compared with training rows of the same weekday and the latest period:
+    recency features differ by weekday by design (on a Monday the last activity is at least
+    two days old), and the lead mix moves with time, so neither is drift of the data. Empty
+    when the rows have no snapshot dates (a flat table) or fewer than seven dates.
+    """
+    if s.AS_OF not in rows.columns:
+        return {}
+    dates = pd.DatetimeIndex(pd.to_datetime(rows[s.AS_OF], utc=True).unique()).sort_values()
+    latest = dates[-WEEKDAY_DATES:]
+    if len(latest) < WEEKDAY_DATES or latest.day_of_week.nunique() < WEEKDAY_DATES:
+        return {}
+    stamps = pd.to_datetime(rows[s.AS_OF], utc=True)
+    out = {}
+    for date in latest:
+        chosen = rows[(stamps == date).to_numpy()]
+        chosen = chosen.sample(min(len(chosen), max_rows // WEEKDAY_DATES), random_state=seed)
+        out[str(date.day_of_week)] = lumped(reference_profile(chosen, columns))
+    return out
+
+
+def lumped(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """``profile`` with each category's rare levels in one bin (:data:`UNSEEN`, with unseen ones)."""
+    out = dict(profile)
+    for name, entry in profile.items():
+        if entry["kind"] != "categorical":
+            continue
+        ranked = sorted(entry["shares"].items(), key=lambda kv: -kv[1])
+        kept = {k: v for k, v in ranked[:MAX_LEVELS] if v >= MIN_LEVEL_SHARE}
+        rest = 1.0 - sum(kept.values())
+        out[name] = {**entry, "shares": {**kept, **({UNSEEN: rest} if rest > 1e-12 else {})}}
+    return out
+
+
+def drift_reference(reference: Mapping[str, Any], as_of: pd.Timestamp | None) -> Mapping[str, Any]:
+    """The feature profile tonight's leads are compared with: the weekday's, else the training window's."""
+    weekdays = reference.get("by_weekday") or {}
+    if as_of is not None and str(pd.Timestamp(as_of).day_of_week) in weekdays:
+        return weekdays[str(pd.Timestamp(as_of).day_of_week)]
+    return reference.get("features") or {}
 
 
 def _numeric_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -10,13 +10,100 @@ import numpy as np
 import pandas as pd
 
 from leadml.data.features import FeatureMeta
+from leadml.data.wording import is_missing
 from leadml.modelling.evaluate import grouped_shap_values
-from leadml.modelling.scorer import LeadScorer
+from leadml.modelling.scorer import BASE_VALUE, LeadScorer
 
 logger = logging.getLogger(__name__)
 
 
 N_REASONS = 3
+# the scored partition's column of each group's exact contribution (log-odds), read by the next run
+# to say why a lead moved; not for the SQL sink (a group's name need not be a SQL identifier)
+GROUP_PREFIX = "group:"
+# the model's own change between two runs, in a movement (the base value moved: a new model)
+MODEL_CHANGE = "(model)"
+MOVERS_PER_DIRECTION = 3
+# words for the groups whose column name does not read well; the others are worded from their
+# 7-day count's plural ("pricing-page visits"), or are their column's name
+GROUP_WORDS = {
+    "job_title": "seniority",
+    "email": "e-mail domain",
+    "created_at": "lead age",
+    "founded_year": "company age",
+    "country": "country",
+    "activity": "all activity",
+    "source": "lead source",
+    MODEL_CHANGE: "model updated",
+}
+
+
+def group_words(group: str, metadata: Mapping[str, FeatureMeta]) -> str:
+    """A group's name in words: "pricing-page visits", "employees", "lead source"."""
+    if group in GROUP_WORDS:
+        return GROUP_WORDS[group]
+    weekly = metadata.get(f"n_{group}_7d")
+    if weekly is not None and weekly.plural:
+        return weekly.plural
+    if weekly is not None and weekly.template.startswith("{value:.0f} "):  # a model from before the wording
+        return weekly.template.removeprefix("{value:.0f} ").removesuffix(" in the last 7 days")
+    return group.replace("_", " ") if group.islower() else group
+
+
+def points(value: float) -> str:
+    """Percentage points with their sign: "+9", "-2.5" (whole from 10 up)."""
+    text = f"{value:+.0f}" if abs(value) >= 10 else f"{value:+.1f}"
+    return text.replace(".0", "") if text.endswith(".0") else text
+
+
+def movement_sentence(change_points: float, moves: Sequence[tuple[str, float]]) -> str:
+    """ "rose 12 points: 4 pricing-page visits ... (+9), ...; fell: ... (-2)" from (words, points) moves.
+
+    The largest rises and falls (at most :data:`MOVERS_PER_DIRECTION` each, none under 0.05 points).
+    """
+    if abs(change_points) < 0.05:
+        return "no change"
+    verb = "rose" if change_points > 0 else "fell"
+    amount = points(abs(change_points)).lstrip("+")
+    head = f"{verb} {amount} {'point' if amount == '1' else 'points'}"
+    ups = sorted((m for m in moves if m[1] >= 0.05), key=lambda m: -m[1])[:MOVERS_PER_DIRECTION]
+    downs = sorted((m for m in moves if m[1] <= -0.05), key=lambda m: m[1])[:MOVERS_PER_DIRECTION]
+    first, second = (ups, downs) if change_points > 0 else (downs, ups)
+    parts = [head + (": " + ", ".join(f"{w} ({points(v)})" for w, v in first) if first else "")]
+    if second:
+        other = "fell" if change_points > 0 else "rose"
+        parts.append(f"{other}: " + ", ".join(f"{w} ({points(v)})" for w, v in second))
+    return "; ".join(parts)
+
+
+def group_deltas(today: pd.DataFrame, before: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Each group's change of contribution between two runs (rows of ``today``; ``before`` aligned).
+
+    A group one of the models does not have counts 0 there; a changed base value (a new model)
+    is one more group, :data:`MODEL_CHANGE`. Together they add up to the change of the margin.
+    """
+    columns = [c for c in today.columns if c.startswith(GROUP_PREFIX)]
+    columns += [c for c in before.columns if c.startswith(GROUP_PREFIX) and c not in columns]
+    now = today.reindex(columns=columns).to_numpy(dtype=np.float64)
+    then = before.reindex(columns=columns).to_numpy(dtype=np.float64)
+    now, then = np.nan_to_num(now, nan=0.0), np.nan_to_num(then, nan=0.0)
+    base = today[BASE_VALUE].to_numpy(dtype=np.float64) - before[BASE_VALUE].to_numpy(dtype=np.float64)
+    groups = [c.removeprefix(GROUP_PREFIX) for c in columns] + [MODEL_CHANGE]
+    return groups, np.column_stack([now - then, base])
+
+
+def movement_points(
+    change_probability: np.ndarray, change_margin: np.ndarray, deltas: np.ndarray
+) -> np.ndarray:
+    """Each group's share of a probability change, in percentage points (rows x groups).
+
+    ``deltas`` are the groups' exact log-odds changes (they add up to ``change_margin``); the
+    probability moved by ``change_probability`` through the monotone calibrator, so each group
+    gets the same share of it as of the margin: the points add up to the change exactly.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(np.abs(change_margin) > 1e-12, 100.0 * change_probability / change_margin, 0.0)
+    return deltas * scale[:, None]
 
 
 def grouped_reasons(
@@ -76,6 +163,34 @@ def reason_sentences(
         words[-1] = _sentence(metadata, name, None)
         sentences[rows] = words[codes]  # code -1 (missing) takes the last entry
     return sentences
+
+
+def uninformative_missing(feature_values: pd.DataFrame, metadata: Mapping[str, FeatureMeta]) -> np.ndarray:
+    """(rows x features) True where a value is missing and its feature's missingness says nothing.
+
+    Such a value may pull a lead down (the model's exact contribution stays in the waterfall), but
+    is never given as a reason in its favour: "no job title recorded" is not why a lead is good
+    unless the training rows showed that leads without one convert differently
+    (``FeatureMeta.missing_informative``, decided by the features stage).
+    """
+    out = np.zeros(feature_values.shape, dtype=bool)
+    for f, name in enumerate(feature_values.columns):
+        meta = metadata.get(name)
+        if meta is None or meta.missing_informative or not meta.wording:
+            continue
+        out[:, f] = missing_values(feature_values[name])
+    return out
+
+
+def missing_values(column: pd.Series) -> np.ndarray:
+    """Missing (NaN, None) or a category that means "not recorded" ("unknown")."""
+    missing = column.isna().to_numpy().copy()
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        levels = np.array([is_missing(str(level)) for level in column.cat.categories], dtype=bool)
+        if levels.any():
+            codes = column.cat.codes.to_numpy()
+            missing |= (codes >= 0) & levels[np.maximum(codes, 0)]
+    return missing
 
 
 def _sentence(metadata: Mapping[str, FeatureMeta], name: str, value: Any) -> str:

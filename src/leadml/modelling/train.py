@@ -20,7 +20,7 @@ from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, data_config_file
 from leadml.modelling.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
-from leadml.modelling.drift import reference_profile
+from leadml.modelling.drift import reference_profile, weekday_profiles
 from leadml.modelling.evaluate import (
     TierSettings,
     base_rate_drift,
@@ -329,9 +329,8 @@ def train_and_evaluate(
     else:
         scorer, deployment = evaluated, {"refit": False}
     scorer.tiers = tier_record
-    scorer.reference = training_reference(
-        scorer, labelled if deploy else development, seed=evaluation["seed"]
-    )
+    fitted = labelled if deploy else development
+    scorer.reference = training_reference(scorer, fitted, seed=evaluation["seed"], population=snapshots)
     lap("refit")
 
     return TrainingResult(
@@ -522,16 +521,31 @@ def sentinel_report(
 
 
 def training_reference(
-    scorer: LeadScorer, train: pd.DataFrame, seed: int = 0, max_rows: int = REFERENCE_ROWS
+    scorer: LeadScorer,
+    train: pd.DataFrame,
+    seed: int = 0,
+    max_rows: int = REFERENCE_ROWS,
+    population: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Distributions of every feature and of the calibrated score on (a sample of) the training window."""
+    """Distributions of every feature and of the calibrated score on (a sample of) the training window.
+
+    The drift references by weekday (``by_weekday``) profile every open lead of the latest dates
+    of ``train``, taken from ``population`` (all snapshots): the out-of-time split keeps a lead in
+    the window of its first snapshot, so the split's own rows of a late date are its new leads only,
+    not the population a nightly run scores.
+    """
     sample = train.sample(min(len(train), max_rows), random_state=seed)
     score = scorer.predict(sample)[[PROBABILITY]]
-    return {
+    reference = {
         "rows": len(sample),
         "features": reference_profile(sample, scorer.feature_names),
         "score": reference_profile(score, [PROBABILITY])[PROBABILITY],
     }
+    rows = train
+    if population is not None and s.AS_OF in train.columns and s.AS_OF in population.columns:
+        rows = population[population[s.AS_OF].isin(train[s.AS_OF].unique())]
+    weekdays = weekday_profiles(rows, scorer.feature_names, seed, max_rows)
+    return {**reference, "by_weekday": weekdays} if weekdays else reference
 
 
 def calibration_verdict(

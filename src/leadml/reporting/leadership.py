@@ -22,33 +22,33 @@ import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.features import LABEL, FeatureMeta, FeatureSettings, open_lead_features
+from leadml.data import wording
+from leadml.data.features import LABEL, SOURCE_FAMILY, FeatureMeta, FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling.evaluate import assign_tiers
-from leadml.modelling.reasons import grouped_reasons
-from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer, as_model_input
+from leadml.modelling.reasons import (
+    GROUP_PREFIX,
+    group_deltas,
+    group_words,
+    grouped_reasons,
+    movement_points,
+    movement_sentence,
+)
+from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
+from leadml.reporting.html import finite
 
 logger = logging.getLogger(__name__)
 
 REASON_COLUMNS = [f"positive_reason_{rank}" for rank in (1, 2, 3)]
 RISK_COLUMNS = [f"negative_reason_{rank}" for rank in (1, 2, 3)]
 CHANGE = "change"
-# words for the groups whose column name does not read well; the others are worded from
-# their 7-day count's sentence ("pricing-page visits") or their column name
-GROUP_WORDS = {
-    "job_title": "seniority",
-    "email": "corporate e-mail domain",
-    "created_at": "lead age",
-    "founded_year": "company age",
-    "country": "country",
-    "activity": "all activity",
-}
 
 
 @dataclass(frozen=True)
 class ReportSettings:
     top_leads: int = 20  # lead cards
-    table_rows: int = 1000  # rows of the ranked table in the page (the CSV has every lead)
+    table_rows: int = 50_000  # leads the page's ranked table holds (the CSV has every lead)
+    page_rows: int = 100  # rows of the ranked table shown at once (previous / next)
     movers: int = 10
     personal_columns: Sequence[str] = ()  # personal data shown only when listed here
     timeline_days: int = 30
@@ -56,6 +56,7 @@ class ReportSettings:
     waterfall_steps: int = 8  # largest groups shown; the rest is one "other factors" step
     analysis_rows: int = 20_000  # closed leads explained for the conversion analysis
     seed: int = 0
+    drift_psi: float = 0.1  # a feature shifted more (PSI) is described in words (as score.psi_warn)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ReportSettings:
@@ -101,6 +102,22 @@ def with_lead_details(
     return frame.sort_values(PROBABILITY, ascending=False, kind="stable", ignore_index=True)
 
 
+def with_source_labels(frame: pd.DataFrame, scorer: LeadScorer) -> pd.DataFrame:
+    """``frame`` with its ``source`` in display words ("Web Organic", or ``data.labels``), for the page.
+
+    The words of the model's source feature (the CRM's ``source``, or a flat table's column of the
+    source family); the ranked CSV keeps the stored values a CRM import matches on.
+    """
+    if s.SOURCE not in frame.columns:
+        return frame
+    metadata = [FeatureMeta(**meta) for meta in scorer.metadata.values()]
+    own = [m for m in metadata if m.name == s.SOURCE] or [m for m in metadata if m.family == SOURCE_FAMILY]
+    labels = own[0].labels if own else {}
+    values = frame[s.SOURCE].astype(object)
+    words = values.map(lambda value: wording.label(value, labels), na_action="ignore")
+    return frame.assign(**{s.SOURCE: words.where(values.notna(), None)})
+
+
 def tier_order(thresholds: Mapping[str, float], floor_tier: str, present: Sequence[str]) -> list[str]:
     ordered = [t for t, _ in sorted(thresholds.items(), key=lambda item: -item[1])] + [floor_tier]
     return ordered + sorted(set(present) - set(ordered))
@@ -135,6 +152,40 @@ def movers(frame: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     up = known[known[CHANGE] > 0].nlargest(n, CHANGE)
     down = known[known[CHANGE] < 0].nsmallest(n, CHANGE)
     return up, down
+
+
+def movement_texts(
+    today: pd.DataFrame,
+    before: pd.DataFrame,
+    sentences: Mapping[str, Mapping[str, str]],
+    words: Mapping[str, str],
+) -> dict[str, str]:
+    """Why each lead of ``today`` moved since ``before`` (its previous run's rows, by lead id), in
+    today's words: "rose 12 points: about 4 pricing-page visits lately (+9), ...".
+
+    The points are each group's exact share of the change (``reasons.group_deltas``, then
+    ``reasons.movement_points``); a group is quoted by its sentence for the lead today
+    (``sentences[lead][group]``), else its name in ``words``. Leads without a previous run, or
+    runs without the groups' contributions, get no text.
+    """
+    needed = (MARGIN, BASE_VALUE, PROBABILITY)
+    if today.empty or before.empty or any(c not in before.columns or c not in today.columns for c in needed):
+        return {}
+    before = before.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
+    rows = today[today[s.LEAD_ID].isin(before.index)].reset_index(drop=True)
+    if rows.empty or not any(c.startswith(GROUP_PREFIX) for c in before.columns):
+        return {}
+    aligned = before.reindex(rows[s.LEAD_ID]).reset_index(drop=True)
+    groups, deltas = group_deltas(rows, aligned)
+    change = (rows[PROBABILITY] - aligned[PROBABILITY]).to_numpy(dtype=np.float64)
+    margin = (rows[MARGIN] - aligned[MARGIN]).to_numpy(dtype=np.float64)
+    moved = movement_points(change, margin, deltas)
+    texts = {}
+    for i, lead in enumerate(rows[s.LEAD_ID]):
+        own = sentences.get(lead, {})
+        named = [(own.get(g) or words.get(g, g), float(moved[i, k])) for k, g in enumerate(groups)]
+        texts[lead] = movement_sentence(100.0 * change[i], named)
+    return texts
 
 
 def flat_resolved_predictions(earlier: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
@@ -187,6 +238,82 @@ def calibration_table(resolved: pd.DataFrame, bins: int = 5) -> pd.DataFrame:
     return table.reset_index(names="bin")
 
 
+# --------------------------------------------------------------------------- points from a typical lead
+# a probability this close to 0 or 1 is taken as this for its log-odds (isotonic calibration may give 0)
+PROBABILITY_FLOOR = 1e-9
+BASE_LABEL = "typical lead (training base rate)"
+
+
+def logit(probability: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(probability, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return np.log(p / (1 - p))
+
+
+def logistic(log_odds: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds, dtype=np.float64)))
+
+
+def base_rate(scorer: LeadScorer, base_value: float) -> float:
+    """Where a lead card starts: the share of training rows won (``scorer.trained["rate"]``).
+
+    A sales leader knows "about 1 lead in 10 converts"; the explainer's base value (the mean
+    raw margin) put through the calibrator is a lower, unfamiliar figure. A model saved before
+    the rate was recorded falls back on that calibrated base value (NaN when it is not known).
+    """
+    rate = (scorer.trained or {}).get("rate")
+    if isinstance(rate, int | float) and 0 < float(rate) < 1:
+        return float(rate)
+    if not np.isfinite(base_value):
+        return float("nan")
+    return float(scorer.calibrator.predict_proba(np.array([base_value], dtype=np.float64))[0])
+
+
+def shared_log_odds(contributions: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """(rows x groups) each group's share of ``distance`` (log-odds): l = c + R * |c| / sum |c|.
+
+    ``contributions`` c add up to the model's margin minus its base value; ``distance`` is what
+    the card must cover, logit(probability) - logit(base rate). The residual R = distance - sum c
+    (calibration, and the gap between the explainer's base value and the base rate) is shared in
+    proportion to |c|, so each row's l add up to its distance. A row whose c are all zero shares
+    it evenly.
+    """
+    c = np.atleast_2d(np.asarray(contributions, dtype=np.float64))
+    magnitude = np.abs(c)
+    total = magnitude.sum(axis=1, keepdims=True)
+    weights = np.divide(magnitude, total, out=np.full_like(c, 1.0 / max(c.shape[1], 1)), where=total > 0)
+    residual = np.asarray(distance, dtype=np.float64).reshape(-1, 1) - c.sum(axis=1, keepdims=True)
+    return c + residual * weights
+
+
+def shared_points(start: float, probability: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """(rows x groups) each group's percentage points from ``start`` to the row's ``probability``.
+
+    Each group gets the share of the probability change that its log-odds ``shared`` (from
+    :func:`shared_log_odds`, adding up to logit(probability) - logit(start)) is of the row's
+    log-odds change: the straight path from the base rate to the lead in log-odds, integrated
+    (Aumann-Shapley, "integrated gradients"). So the points add up to the change exactly, keep
+    the sign and the order of size of the log-odds, and do not depend on the order the bars are
+    drawn in (a walk through the logistic curve would give the same push more points nearer 50%).
+    """
+    shared = np.atleast_2d(np.asarray(shared, dtype=np.float64))
+    probability = np.asarray(probability, dtype=np.float64).reshape(-1)
+    distance = shared.sum(axis=1)
+    change = probability - start
+    # the mean slope of the logistic curve between the two; at no distance, its slope there
+    slope = np.divide(
+        change, distance, out=np.full_like(change, start * (1 - start)), where=np.abs(distance) > 1e-12
+    )
+    return 100.0 * shared * slope[:, None]
+
+
+def drawing_order(points: np.ndarray) -> np.ndarray:
+    """(rows x groups) the order bars are drawn in: for the lead, largest first, then against it,
+    largest first; so the bars climb from the base rate and come down to the lead, never below 0%."""
+    points = np.atleast_2d(points)
+    key = np.where(points >= 0, -points, 1e300 - points)  # every positive before every negative
+    return np.argsort(key, axis=1, kind="stable")
+
+
 # --------------------------------------------------------------------------- lead cards
 @dataclass
 class LeadCard:
@@ -197,45 +324,63 @@ class LeadCard:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def probability_of(scorer: LeadScorer, margins: np.ndarray) -> np.ndarray:
-    """Calibrated probability of raw log-odds margins: how a waterfall is put in probability terms."""
-    return np.asarray(
-        scorer.calibrator.predict_proba(np.asarray(margins, dtype=np.float64)), dtype=np.float64
-    )
-
-
 def waterfall_steps(
-    scorer: LeadScorer, base_value: float, contributions: np.ndarray, sentences: np.ndarray, steps: int
+    start: float, probability: float, contributions: np.ndarray, labels: Sequence[str], steps: int
 ) -> list[dict[str, Any]]:
-    """Steps from the base rate to the lead's probability, largest group contributions first.
+    """Bars from a typical lead (the training base rate ``start``) to the lead's ``probability``.
 
-    Contributions add in log-odds; each step shows the calibrated probability before and
-    after it, so the last step ends exactly on the lead's probability.
+    Method: the groups' exact contributions c_g are in log-odds and add up to margin - base
+    value. The distance to cover is L = logit(probability) - logit(start); the residual
+    R = L - sum c_g (the calibrator, and the gap between the explainer's base value and the
+    base rate) is shared over the groups in proportion to |c_g|: l_g = c_g + R * |c_g| / sum |c|
+    (:func:`shared_log_odds`). Each group gets the share l_g / L of the change in points
+    (:func:`shared_points`), so the points add up to probability - start exactly and follow the
+    size of the contributions. The ``steps`` largest are drawn for the lead first, then against
+    it, each largest first (:func:`drawing_order`); the rest is one "N other factors" step,
+    last, which lands exactly on the table's probability. Only percentage points are shown.
     """
-    order = np.argsort(-np.abs(contributions), kind="stable")
-    shown, rest = order[:steps], order[steps:]
-    labels = [str(sentences[g]) for g in shown]
-    deltas = [float(contributions[g]) for g in shown]
+    contributions = np.asarray(contributions, dtype=np.float64)
+    distance = logit(probability) - logit(start)
+    shared = shared_log_odds(contributions, np.array([distance]))
+    points = shared_points(start, np.array([probability]), shared)[0]
+    by_size = np.argsort(-np.abs(points), kind="stable")
+    shown, rest = by_size[:steps], by_size[steps:]
+    shown = shown[drawing_order(points[shown])[0]]
+    names = [str(labels[g]) for g in shown]
+    moves = [float(points[g]) for g in shown]
     if len(rest):
-        labels.append(f"{len(rest)} other factors")
-        deltas.append(float(contributions[rest].sum()))
-    margins = base_value + np.concatenate([[0.0], np.cumsum(deltas)])
-    probabilities = probability_of(scorer, margins)
-    out = [
-        {
-            "label": "base rate (an average lead)",
-            "start": 0.0,
-            "end": float(probabilities[0]),
-            "kind": "total",
-        }
-    ]
-    for i, (label, delta) in enumerate(zip(labels, deltas, strict=True)):
-        out.append({
-            "label": label, "log_odds": delta, "start": float(probabilities[i]),
-            "end": float(probabilities[i + 1]), "kind": "pos" if delta >= 0 else "neg",
-        })  # fmt: skip
-    out.append({"label": "this lead", "start": 0.0, "end": float(probabilities[-1]), "kind": "total"})
+        names.append(f"{len(rest)} other factor{'s' if len(rest) > 1 else ''}")
+        moves.append(float(points[rest].sum()))
+    out = [{"label": BASE_LABEL, "start": 0.0, "end": start, "kind": "total"}]
+    at = start
+    for i, (name, move) in enumerate(zip(names, moves, strict=True)):
+        after = (
+            probability if i == len(names) - 1 else at + move / 100
+        )  # the last lands on the table's figure
+        out.append({"label": name, "start": float(at), "end": float(after), "points": move,
+                    "kind": "pos" if move >= 0 else "neg"})  # fmt: skip
+        at = after
+    out.append({"label": "this lead", "start": 0.0, "end": float(probability), "kind": "total"})
     return out
+
+
+def sub_score_points(start: float, row: Mapping[str, Any]) -> dict[str, float]:
+    """The points from a typical lead that fit, engagement and the rest of the groups give.
+
+    The row's sub-scores are sums of contributions (log-odds) of the fit and the engagement
+    features; the rest is margin - base value - both. They are put in points the way the
+    waterfall is (:func:`waterfall_steps`), so the three add up to probability - start.
+    Empty when the row has no sub-scores.
+    """
+    needed = ("fit_score", "engagement_score", MARGIN, BASE_VALUE, PROBABILITY)
+    if not all(finite(row.get(name)) for name in needed):
+        return {}
+    fit, engagement = float(row["fit_score"]), float(row["engagement_score"])
+    rest = float(row[MARGIN]) - float(row[BASE_VALUE]) - fit - engagement
+    probability = float(row[PROBABILITY])
+    shared = shared_log_odds(np.array([fit, engagement, rest]), np.array([logit(probability) - logit(start)]))
+    points = shared_points(start, np.array([probability]), shared)[0]
+    return {"fit": float(points[0]), "engagement": float(points[1]), "other": float(points[2])}
 
 
 def lead_timeline(
@@ -256,6 +401,18 @@ def lead_timeline(
     return events
 
 
+def group_sentences(
+    leads: Sequence[str], features: pd.DataFrame, scorer: LeadScorer
+) -> dict[str, dict[str, str]]:
+    """Each lead's sentence for every group today (lead -> group -> words), from its features."""
+    if not len(leads) or not scorer.can_explain:
+        return {}
+    chosen = features.set_index(s.LEAD_ID).reindex(list(leads)).reset_index()
+    chosen = as_model_input(chosen, scorer.feature_names).assign(**{s.LEAD_ID: chosen[s.LEAD_ID]})
+    _, groups, sentences = grouped_reasons(scorer.explain(chosen[scorer.feature_names]), scorer, chosen)
+    return {lead: dict(zip(groups, sentences[i], strict=True)) for i, lead in enumerate(chosen[s.LEAD_ID])}
+
+
 def lead_cards(
     top: pd.DataFrame,
     features: pd.DataFrame,
@@ -265,9 +422,10 @@ def lead_cards(
 ) -> list[LeadCard]:
     """A card for each lead of ``top``: its waterfall, sub-scores and recent activity.
 
-    ``features`` are the leads' features as of the run's date (rebuilt for these leads only),
-    explained by the model that scored them: the waterfall's last step is the probability in
-    the table. ``timeline(lead_id)`` gives the lead's recent events in words.
+    ``features`` are the leads' features as of the run's date (rebuilt; other leads' rows are
+    left out), explained by the model that scored them: the waterfall starts at the training
+    base rate and its last step is the probability in the table. ``timeline(lead_id)`` gives
+    the lead's recent events in words.
     """
     if top.empty or not scorer.can_explain:
         return []
@@ -275,37 +433,29 @@ def lead_cards(
     features = as_model_input(features, scorer.feature_names).assign(**{s.LEAD_ID: features[s.LEAD_ID]})
     contributions = scorer.explain(features[scorer.feature_names])
     summed, _, sentences = grouped_reasons(contributions, scorer, features)
-    base = contributions[BASE_VALUE].to_numpy()
+    start = base_rate(scorer, float(contributions[BASE_VALUE].iloc[0]))
     cards = []
     for i, row in enumerate(top.to_dict("records")):
-        steps = waterfall_steps(scorer, float(base[i]), summed[i], sentences[i], settings.waterfall_steps)
+        probability = float(row[PROBABILITY])
+        steps = waterfall_steps(start, probability, summed[i], sentences[i], settings.waterfall_steps)
         scale = max(max(step["start"], step["end"]) for step in steps)
         events = timeline(row[s.LEAD_ID])
-        cards.append(LeadCard(row=row, steps=steps, timeline=events, scale_max=min(1.0, scale * 1.08)))
+        extras = {"sub_scores": sub_score_points(start, row)}
+        cards.append(LeadCard(row=row, steps=steps, timeline=events, scale_max=scale * 1.08, extras=extras))
     return cards
 
 
-def crm_card_features(
-    top: pd.DataFrame, tables: Mapping[str, pd.DataFrame], scorer: LeadScorer, as_of: pd.Timestamp
+def crm_lead_features(
+    leads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], scorer: LeadScorer, as_of: pd.Timestamp
 ) -> pd.DataFrame:
-    """The features of ``top``'s leads as of ``as_of``, rebuilt from the CRM tables."""
-    ids = set(top[s.LEAD_ID])
+    """The features of ``leads`` as of ``as_of``, rebuilt from the CRM tables as the model builds them."""
+    ids = set(leads[s.LEAD_ID])
     subset = {name: frame[frame[s.LEAD_ID].isin(ids)] if s.LEAD_ID in frame.columns else frame
               for name, frame in tables.items()}  # fmt: skip
     return open_lead_features(subset, as_of, FeatureSettings.from_mapping(scorer.feature_settings))
 
 
 # --------------------------------------------------------------------------- conversion analysis
-def group_words(group: str, metadata: Mapping[str, FeatureMeta]) -> str:
-    """A group's name in words: "pricing-page visits", "employees", "lead source"."""
-    if group in GROUP_WORDS:
-        return GROUP_WORDS[group]
-    weekly = metadata.get(f"n_{group}_7d")
-    if weekly is not None and weekly.template.startswith("{value:.0f} "):
-        return weekly.template.removeprefix("{value:.0f} ").removesuffix(" in the last 7 days")
-    return "lead source" if group == s.SOURCE else group.replace("_", " ")
-
-
 def first_snapshots(snapshots: pd.DataFrame, outcomes: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     """Each closed lead's first training snapshot (how it looked soon after it came in), sampled."""
     closed = set(outcomes.loc[outcomes[s.STATUS].isin([s.WON, s.LOST]), s.LEAD_ID])
@@ -371,8 +521,9 @@ def conversion_analysis(
         summed, groups, _ = grouped_reasons(contributions, scorer, labelled)
         words = [group_words(g, metadata) for g in groups]
         won = frame["won"].to_numpy()
-        result["won_reasons"] = _mean_reasons(summed[won], words, largest=True)
-        result["lost_reasons"] = _mean_reasons(summed[~won], words, largest=False)
+        start = base_rate(scorer, float(contributions[BASE_VALUE].iloc[0]))
+        result["won_reasons"] = _mean_reasons(summed[won], words, start, largest=True)
+        result["lost_reasons"] = _mean_reasons(summed[~won], words, start, largest=False)
     return result
 
 
@@ -393,14 +544,112 @@ def _conversion_table(frame: pd.DataFrame, by: str, order: Sequence[str] | None 
 
 
 def _mean_reasons(
-    summed: np.ndarray, words: Sequence[str], largest: bool, n: int = 5
+    summed: np.ndarray, words: Sequence[str], start: float, largest: bool, n: int = 5
 ) -> list[dict[str, Any]]:
+    """The groups with the largest mean contribution (or most negative), in points for a typical lead.
+
+    A mean contribution (log-odds) is put in points as the waterfall's first step would be:
+    what it alone moves a lead at the training base rate ``start``.
+    """
     if len(summed) == 0:
         return []
     mean = summed.mean(axis=0)
     order = np.argsort(-mean if largest else mean, kind="stable")[:n]
-    return [{"reason": words[g], "mean_log_odds": float(mean[g])} for g in order
+    points = 100 * (logistic(logit(start) + mean) - start)
+    return [{"reason": words[g], "points": float(points[g])} for g in order
             if (mean[g] > 0 if largest else mean[g] < 0)]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the ranked table in the page
+POINT_COLUMNS = [c.replace("_reason_", "_contribution_") for c in (*REASON_COLUMNS, *RISK_COLUMNS)]
+TABLE_TEXT = ("company", s.SOURCE, s.OWNER, "trend")  # shown when the frame has them
+
+
+def reason_points(
+    frame: pd.DataFrame, start: float | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Each row's reasons (positive 1-3, then negative 1-3) in the order its compact card walks them.
+
+    Returns (rows x 6) indices into ``REASON_COLUMNS + RISK_COLUMNS``, and the points each step
+    adds and the points of the rest of the groups ("other factors", always last), both None when
+    the rows carry no contributions or there is no ``start`` (the reasons keep their rank). The
+    six contributions and the rest (margin - base value - their sum) are put in points as
+    :func:`waterfall_steps` does, so a row's steps add up to probability - ``start`` exactly.
+    A missing reason adds nothing and comes last.
+    """
+    texts = frame.reindex(columns=[*REASON_COLUMNS, *RISK_COLUMNS])
+    present = texts.notna().to_numpy()
+    needed = [*POINT_COLUMNS, MARGIN, BASE_VALUE]
+    if start is None or not set(needed) <= set(frame.columns):
+        return np.tile(np.arange(len(POINT_COLUMNS)), (len(frame), 1)), None, None
+    contributions = np.where(present, frame[POINT_COLUMNS].to_numpy(dtype=np.float64), 0.0)
+    contributions = np.nan_to_num(contributions)
+    total = (frame[MARGIN] - frame[BASE_VALUE]).to_numpy(dtype=np.float64)
+    groups = np.column_stack([contributions, total - contributions.sum(axis=1)])
+    probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
+    shared = shared_log_odds(groups, logit(probability) - logit(start))
+    points = shared_points(start, probability, shared)
+    order = drawing_order(np.where(present, points[:, :-1], -1e200))  # a missing reason last
+    return order, np.take_along_axis(points[:, :-1], order, axis=1), points[:, -1]
+
+
+class _Strings:
+    """Texts stored once in the page's table: a reason repeated over thousands of rows is one entry."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def __call__(self, value: Any) -> int | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return None
+        return self.index.setdefault(str(value), len(self.index))
+
+    @property
+    def texts(self) -> list[str]:
+        return list(self.index)
+
+
+def _number(value: Any, digits: int) -> float | None:
+    return round(float(value), digits) if finite(value) else None
+
+
+def page_table(
+    frame: pd.DataFrame, start: float | None, personal: Sequence[str], rows: int
+) -> dict[str, Any]:
+    """The best ``rows`` leads of ``frame`` as the page's script reads them (plain JSON values).
+
+    ``columns`` names each row's fields, ``text`` those held as an index into ``strings``;
+    ``reasons`` is a row's reasons in its card's order as [text, points or null, column]
+    (0-2: ``positive_reason_1..3``, 3-5: ``negative_reason_1..3``), ``other`` the points of
+    the rest of its groups. ``start``: the training base rate the points start from (None:
+    no points). Rows are best first; ``total`` counts every lead, also those left out.
+    """
+    table = frame.head(rows)
+    text_columns = [s.LEAD_ID, *personal, *[c for c in TABLE_TEXT if c in table.columns], "tier"]
+    strings = _Strings()
+    order, points, other = reason_points(table, start)
+    reason_texts = table.reindex(columns=[*REASON_COLUMNS, *RISK_COLUMNS]).to_numpy(dtype=object)
+    probability = table[PROBABILITY].to_numpy(dtype=np.float64)
+    change = table[CHANGE].to_numpy(dtype=np.float64) if CHANGE in table else np.full(len(table), np.nan)
+    out_rows = []
+    step_points = np.full(order.shape, np.nan) if points is None else points
+    for i, values in enumerate(table[text_columns].itertuples(index=False, name=None)):
+        reasons = [
+            [strings(reason_texts[i, j]), _number(step_points[i, k], 2), int(j)]
+            for k, j in enumerate(order[i])
+            if isinstance(reason_texts[i, j], str) and reason_texts[i, j]
+        ]
+        figures = [_number(probability[i], 6), _number(change[i], 6)]
+        row_other = None if other is None else _number(other[i], 2)
+        out_rows.append([*(strings(v) for v in values), *figures, reasons, row_other])
+    return {
+        "columns": [*text_columns, PROBABILITY, CHANGE, "reasons", "other"],
+        "text": text_columns,
+        "strings": strings.texts,
+        "rows": out_rows,
+        "total": len(frame),
+        "start": start,
+    }
 
 
 # --------------------------------------------------------------------------- the ranked CSV
@@ -413,9 +662,26 @@ def ranked_csv(frame: pd.DataFrame, personal: Sequence[str]) -> pd.DataFrame:
     for column in ranked.columns:
         if column != s.AS_OF and not pd.api.types.is_numeric_dtype(ranked[column]):
             ranked[column] = _inert_in_spreadsheets(ranked[column])
+    ranked = _rounded(ranked)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     if s.AS_OF in ranked.columns:
         ranked[s.AS_OF] = pd.to_datetime(ranked[s.AS_OF], utc=True).dt.strftime("%Y-%m-%d")
+    return ranked
+
+
+# decimals of the CSV's figures: probabilities and their change to 4 places, money to whole units
+CSV_DECIMALS = {PROBABILITY: 4, "percentile": 4, CHANGE: 4, "expected_value": 0}
+
+
+def _rounded(ranked: pd.DataFrame) -> pd.DataFrame:
+    """Figures as a CRM import shows them (0.7803, not 0.7802511524074309); contributions to 2 places."""
+    decimals = dict(CSV_DECIMALS)
+    decimals.update({c: 2 for c in ranked.columns if "_contribution_" in c})
+    for column, digits in decimals.items():
+        if column in ranked.columns and pd.api.types.is_numeric_dtype(ranked[column]):
+            ranked[column] = ranked[column].round(digits)
+            if digits == 0:
+                ranked[column] = ranked[column].astype("Int64")  # whole units: "4001", not "4001.0"
     return ranked
 
 

@@ -477,7 +477,9 @@ def _how_to_use(facts: CardFacts) -> str:
         "Precomputed features work too: send the model's feature columns (the signature in `MLmodel`,",
         "an example in `input_example.json`). Each answer row holds `probability`, `tier`, `fit_score`,",
         "`engagement_score`, `positive_reason_1..3` and `negative_reason_1..3` with their contributions",
-        "in log-odds, and `warnings` (fields not given, unseen levels, activities after `as_of`).",
+        "in log-odds, every group's contribution (`group:*`), and `warnings` (fields not given, unseen",
+        "levels, activities after `as_of`). Send a lead's earlier answer back as `previous_answer` and",
+        '`margin_change` and `movement` say why it moved since ("rose 12 points: ...").',
         "A request the model cannot score gets HTTP 400 with a message naming the row and field.",
     ]
     return "\n".join(lines) + "\n"

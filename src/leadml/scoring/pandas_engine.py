@@ -42,16 +42,25 @@ from leadml.adapters.layout import MANIFEST
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.errors import LeadmlError
-from leadml.modelling.drift import column_kind, drift_counts, psi_from_counts, unseen_categories
+from leadml.modelling.drift import (
+    column_kind,
+    drift_counts,
+    drift_reference,
+    psi_from_counts,
+    unseen_categories,
+)
 from leadml.modelling.evaluate import assign_tiers
-from leadml.modelling.scorer import PROBABILITY, LeadScorer, as_model_input
+from leadml.modelling.reasons import GROUP_PREFIX
+from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
 from leadml.progress import progress_iter
 from leadml.scoring.model_input import check_model_input, deal_values
-from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
+from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, movement_words, score_leads
 
 logger = logging.getLogger(__name__)
 
 PREVIOUS = "_previous_probability"
+# the previous run's margin, base value and group contributions ride along as "_previous:<column>"
+PREVIOUS_PREFIX = "_previous:"
 ACTIVITY_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
 SPLIT_BATCH_ROWS = 500_000  # rows of one table in memory while it is split into buckets
 WRITE_BATCH_ROWS = 100_000
@@ -77,9 +86,14 @@ def bucket_summary(features: pd.DataFrame, scorer: LeadScorer) -> dict[str, Any]
     return {
         "rows": len(features),
         "witness": _witness(features) if len(features) else None,
-        "drift": drift_counts((scorer.reference or {}).get("features", {}), features),
+        "drift": drift_counts(drift_reference(scorer.reference or {}, _as_of_of(features)), features),
         "unseen": unseen_categories(scorer, features),
     }
+
+
+def _as_of_of(features: pd.DataFrame) -> pd.Timestamp | None:
+    """The run's date from a bucket's features (CRM snapshots carry it; None without rows)."""
+    return features[s.AS_OF].iloc[0] if s.AS_OF in features.columns and len(features) else None
 
 
 def _witness(features: pd.DataFrame) -> pd.DataFrame:
@@ -128,8 +142,8 @@ class BucketSummaries:
             raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {source}: nothing to score")
         check_model_input(self.witness, scorer)
 
-    def psi(self, scorer: LeadScorer) -> dict[str, float]:
-        return psi_from_counts((scorer.reference or {}).get("features", {}), self.drift, self.rows)
+    def psi(self, scorer: LeadScorer, as_of: pd.Timestamp | None = None) -> dict[str, float]:
+        return psi_from_counts(drift_reference(scorer.reference or {}, as_of), self.drift, self.rows)
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,7 @@ class Finish:
     as_of: pd.Timestamp
     model_version: str
     schema: pa.Schema | None = None
+    group_words: Mapping[str, str] = field(default_factory=dict)  # scores.movement_words
 
 
 def finish_rows(frame: pd.DataFrame, job: Finish) -> pd.DataFrame:
@@ -155,15 +170,18 @@ def finish_rows(frame: pd.DataFrame, job: Finish) -> pd.DataFrame:
     """
     frame = frame.copy()
     previous_probability = frame.pop(PREVIOUS)
+    carried = [c for c in frame.columns if c.startswith(PREVIOUS_PREFIX)]
     known = previous_probability.notna().to_numpy()
     previous = pd.DataFrame(
         {s.LEAD_ID: frame[s.LEAD_ID].to_numpy()[known], PROBABILITY: previous_probability.to_numpy()[known]}
     )
+    for column in carried:
+        previous[column.removeprefix(PREVIOUS_PREFIX)] = frame.pop(column).to_numpy()[known]
     probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
     at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
     frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
     frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
-    frame = add_trend(frame, previous, job.trend)
+    frame = add_trend(frame, previous, job.trend, job.group_words)
     frame.insert(1, s.AS_OF, pd.Series(job.as_of, index=frame.index, dtype="datetime64[us, UTC]"))
     frame["model_version"] = job.model_version
     return frame
@@ -529,12 +547,11 @@ def _score(
     open_leads.split(run_dir, buckets)
     previous_dir = sinks.previous_partition_dir(output_dir, as_of)
     previous_parts = (
-        _split(
-            sorted(previous_dir.glob("*.parquet")), [s.LEAD_ID, PROBABILITY], run_dir / "previous", buckets
-        )
+        _split(previous_files := sorted(previous_dir.glob("*.parquet")), previous_columns(previous_files),
+               run_dir / "previous", buckets)
         if previous_dir is not None
         else []
-    )
+    )  # fmt: skip
     scored_schema = arrow_schema(probe(scorer, explain, explainer, open_leads.has_deal_value))
     summaries = BucketSummaries()
     probabilities: list[np.ndarray] = []
@@ -561,8 +578,9 @@ def _score(
     summaries.check(scorer, as_of, open_leads.source)
     everything = np.sort(np.concatenate(probabilities))
     finish = Finish(
-        everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version
-    )
+        everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version,
+        group_words=movement_words(scorer),
+    )  # fmt: skip
     no_rows = scored_schema.empty_table().to_pandas().assign(**{PREVIOUS: np.nan})
     final_schema = arrow_schema(finish_rows(no_rows, finish))
     tier_counts: dict[str, int] = {}
@@ -586,15 +604,27 @@ def _score(
         output=written,
         probabilities=everything,
         tier_counts=dict(sorted(tier_counts.items())),
-        psi=summaries.psi(scorer),
+        psi=summaries.psi(scorer, as_of),
         unseen=summaries.unseen,
         buckets=buckets,
     )
 
 
+def previous_columns(files: list[Path]) -> list[str]:
+    """What the trend and the movement read of the previous partition: the probability, and the
+    margin, base value and group contributions where that run wrote them."""
+    names = pq.read_schema(files[0]).names if files else []
+    wanted = [MARGIN, BASE_VALUE, *(n for n in names if n.startswith(GROUP_PREFIX))]
+    return [s.LEAD_ID, PROBABILITY, *(n for n in wanted if n in names)]
+
+
 def _with_previous(scored: pd.DataFrame, previous_parts: list[Path], k: int) -> pd.DataFrame:
-    """``scored`` with the probability of the latest earlier run of each lead (NaN for a new one)."""
+    """``scored`` with the latest earlier run's probability (NaN for a new lead) and, as
+    ``_previous:<column>``, its margin, base value and group contributions."""
     if not previous_parts:
         return scored.assign(**{PREVIOUS: np.nan})
     before = _read_bucket(previous_parts, k, pd.DataFrame()).drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
-    return scored.assign(**{PREVIOUS: scored[s.LEAD_ID].map(before[PROBABILITY]).astype("float64")})
+    aligned = before.reindex(scored[s.LEAD_ID].to_numpy())
+    carried = {f"{PREVIOUS_PREFIX}{c}": aligned[c].to_numpy(dtype=np.float64) for c in before.columns
+               if c != PROBABILITY}  # fmt: skip
+    return scored.assign(**{PREVIOUS: aligned[PROBABILITY].to_numpy(dtype=np.float64)}, **carried)

@@ -28,6 +28,7 @@ from leadml.modelling.scorer import LeadScorer
 from leadml.scoring.requests import (
     ACTIVITIES,
     MODEL_INFO_ARTIFACT,
+    PREVIOUS,
     REQUEST_AS_OF,
     lead_fields,
     predict_request,
@@ -78,6 +79,8 @@ def input_schema(scorer: LeadScorer) -> Any:
     names = [s.LEAD_ID, *own_id, REQUEST_AS_OF, *scorer.feature_names, *lead_fields(scorer)]
     if lead_fields(scorer):
         names.append(ACTIVITIES)
+    if PREVIOUS not in scorer.feature_names:
+        names.append(PREVIOUS)
     return Schema([ColSpec(AnyType(), name, required=False) for name in dict.fromkeys(names)])
 
 

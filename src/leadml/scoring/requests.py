@@ -31,10 +31,12 @@ import pandas as pd
 from leadml.data import schema as s
 from leadml.data.contracts import normalise_token
 from leadml.data.features import FeatureSettings, build_features
+from leadml.data.wording import counted
 from leadml.errors import LeadmlError
 from leadml.modelling.evaluate import FLOOR_TIER
-from leadml.modelling.scorer import LeadScorer, as_model_input
-from leadml.scoring.scores import TierSettings, score_leads
+from leadml.modelling.reasons import GROUP_PREFIX
+from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
+from leadml.scoring.scores import TierSettings, movement_columns, movement_words, score_leads
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ REQUEST_AS_OF = "as_of"
 # the e-mail's domain only (a corporate-address flag): the endpoint never needs the address
 EMAIL_DOMAIN = "email_domain"
 WARNINGS = "warnings"
+# a request row may carry its lead's previous answer (the object the endpoint returned then, or the
+# scored partition's row): the answer then also says why the lead moved (margin_change, movement)
+PREVIOUS = "previous_answer"
 # written beside the pickled model; load_context finds the model folder through it
 MODEL_INFO_ARTIFACT = "leadml_model"
 MODEL_INFO_FILE = "leadml_model.json"
@@ -412,7 +417,8 @@ def _lead_warnings(scorer: LeadScorer, frame: pd.DataFrame, row: int, ignored: i
     if absent:
         warnings.append(f"not given, scored as unknown: {', '.join(absent)}")
     if ignored:
-        warnings.append(f"{ignored} activities at or after as_of ignored (only earlier events count)")
+        activities = counted(ignored, "activity", "activities")
+        warnings.append(f"{activities} at or after as_of ignored (only earlier events count)")
     return warnings
 
 
@@ -437,8 +443,44 @@ def predict_request(scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp |
     out = scored.drop(columns=["percentile"])
     as_of = features[REQUEST_AS_OF].astype(object)
     out.insert(1, REQUEST_AS_OF, as_of.where(as_of.notna(), None))
+    out["margin_change"], out["movement"] = movement_columns(
+        out, _previous_answers(frame, out), movement_words(scorer)
+    )
     out[WARNINGS] = ["; ".join(w + unseen[row]) or None for row, w in enumerate(warnings)]
     return out
+
+
+def _previous_answers(frame: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows' ``previous`` answers as a frame indexed by lead id (None when no row has one).
+
+    Only the numbers the movement needs are read: probability, margin, base value and the
+    ``group:*`` contributions; anything else in the object is ignored.
+    """
+    if PREVIOUS not in frame.columns:
+        return None
+    records = []
+    for row, value in enumerate(frame[PREVIOUS].tolist()):
+        if _missing(value):
+            continue
+        if not isinstance(value, Mapping):
+            raise RequestError(
+                f"row {row}, field {PREVIOUS!r}: expected the lead's previous answer (an object)"
+            )
+        wanted = {k: v for k, v in value.items() if k in (PROBABILITY, MARGIN, BASE_VALUE) or
+                  str(k).startswith(GROUP_PREFIX)}  # fmt: skip
+        for key in (PROBABILITY, MARGIN, BASE_VALUE):
+            if key not in wanted:
+                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} missing from the previous answer")
+        numbers = {}
+        for key, number in wanted.items():
+            parsed = _number(number)
+            if not isinstance(parsed, float) or not np.isfinite(parsed):
+                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} is not a number")
+            numbers[key] = parsed
+        records.append({s.LEAD_ID: scored[s.LEAD_ID].iloc[row], **numbers})
+    if not records:
+        return None
+    return pd.DataFrame(records).drop_duplicates(s.LEAD_ID, keep="last").set_index(s.LEAD_ID)
 
 
 def _unseen_levels(scorer: LeadScorer, features: pd.DataFrame) -> list[list[str]]:

@@ -6,6 +6,7 @@ frames and arrays and returns frames, so the pandas and Spark engines share them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,19 @@ import pandas as pd
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.modelling.evaluate import TierSettings, assign_tiers, grouped_shap_values
-from leadml.modelling.reasons import N_REASONS, reason_sentences, representatives
+from leadml.modelling.reasons import (
+    GROUP_PREFIX,
+    MODEL_CHANGE,
+    MOVERS_PER_DIRECTION,
+    N_REASONS,
+    group_deltas,
+    group_words,
+    movement_points,
+    movement_sentence,
+    reason_sentences,
+    representatives,
+    uninformative_missing,
+)
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer
 
 TREND_NEW, TREND_UP, TREND_STEADY, TREND_DOWN = "new", "improving", "steady", "declining"
@@ -75,13 +88,20 @@ def explanation_columns(
     summed, groups = grouped_shap_values(values, names, metadata)
     out = pd.DataFrame(index=range(len(features)))
     out[BASE_VALUE] = contributions[BASE_VALUE].to_numpy()
+    # every group's exact contribution: what the next run subtracts to say why the lead moved
+    grouped = pd.DataFrame(summed, columns=[f"{GROUP_PREFIX}{g}" for g in groups], index=out.index)
+    out = pd.concat([out, grouped], axis=1)
     for family in SUB_SCORE_FAMILIES:
         members = [i for i, name in enumerate(names) if name in metadata and metadata[name].family == family]
         out[f"{family}_score"] = values[:, members].sum(axis=1) if members else 0.0
     representative = representatives(values, names, groups, metadata)
     feature_values = features[names]
+    rows = np.arange(len(summed))[:, None]
+    # a missing value that says nothing is never a reason in the lead's favour
+    unfavourable = uninformative_missing(feature_values, metadata)[rows, representative]
     for direction, sign in (("positive", 1.0), ("negative", -1.0)):
-        order = np.argsort(-sign * summed, axis=1, kind="stable")[:, :N_REASONS]
+        ranked = np.where(unfavourable, -np.inf, summed) if sign > 0 else -summed
+        order = np.argsort(-ranked, axis=1, kind="stable")[:, :N_REASONS]
         for rank in range(N_REASONS):
             if rank >= order.shape[1]:  # fewer columns than reasons: the rest stay empty
                 out[f"{direction}_reason_{rank + 1}"] = None
@@ -89,7 +109,9 @@ def explanation_columns(
                 continue
             group_index = order[:, rank]
             contribution = summed[np.arange(len(summed)), group_index]
-            useful = sign * contribution > 0
+            useful = (sign * contribution > 0) & (
+                ~unfavourable[np.arange(len(summed)), group_index] if sign > 0 else True
+            )
             feature_index = representative[np.arange(len(summed)), group_index]
             out[f"{direction}_reason_{rank + 1}"] = reason_sentences(
                 feature_values, feature_index, useful, metadata
@@ -106,21 +128,78 @@ def _percentile(probability: np.ndarray) -> np.ndarray:
     return 100.0 * ranks / len(probability)
 
 
-def add_trend(today: pd.DataFrame, previous: pd.DataFrame | None, settings: TrendSettings) -> pd.DataFrame:
-    """``previous_probability`` and ``trend`` against the last scored run (new leads: ``new``)."""
+def add_trend(
+    today: pd.DataFrame,
+    previous: pd.DataFrame | None,
+    settings: TrendSettings,
+    words: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """``previous_probability``, ``trend`` and why the lead moved, against the last scored run.
+
+    New leads are ``new``. Where both runs carry the groups' contributions (``group:*``) and the
+    margin, ``margin_change`` is the change in log-odds and ``movement`` says which groups moved
+    the lead, in percentage points that add up to the change (:func:`movement_columns`).
+    ``words``: each group's name in words (:func:`movement_words`).
+    """
     out = today.copy()
+    before = None
     if previous is None or previous.empty:
         out["previous_probability"] = np.nan
     else:
-        before = previous.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[PROBABILITY]
-        out["previous_probability"] = out[s.LEAD_ID].map(before).astype("float64")
+        before = previous.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
+        out["previous_probability"] = out[s.LEAD_ID].map(before[PROBABILITY]).astype("float64")
     change = out[PROBABILITY] - out["previous_probability"]
     out["trend"] = np.select(
         [out["previous_probability"].isna(), change > settings.steady_band, change < -settings.steady_band],
         [TREND_NEW, TREND_UP, TREND_DOWN],
         default=TREND_STEADY,
     )
+    out["margin_change"], out["movement"] = movement_columns(out, before, words or {})
     return out
+
+
+def movement_words(scorer: LeadScorer) -> dict[str, str]:
+    """Every group of the scorer's features in words, for the movement sentences."""
+    metadata = {name: FeatureMeta(**meta) for name, meta in scorer.metadata.items()}
+    groups = {metadata[n].group if n in metadata else n for n in scorer.feature_names}
+    return {group: group_words(group, metadata) for group in sorted(groups | {MODEL_CHANGE})}
+
+
+def movement_columns(
+    today: pd.DataFrame, before: pd.DataFrame | None, words: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(margin change, movement sentence) of each row; NaN and None where a run lacks the groups."""
+    margin_change = np.full(len(today), np.nan)
+    sentences = np.full(len(today), None, dtype=object)
+    needed = (MARGIN, BASE_VALUE)
+    if before is None or any(c not in today.columns or c not in before.columns for c in needed):
+        return margin_change, sentences
+    if not any(c.startswith(GROUP_PREFIX) for c in before.columns):
+        return margin_change, sentences
+    aligned = before.reindex(today[s.LEAD_ID].to_numpy())
+    known = np.flatnonzero(aligned[MARGIN].notna().to_numpy() & today[MARGIN].notna().to_numpy())
+    if len(known) == 0:
+        return margin_change, sentences
+    rows_today, rows_before = today.iloc[known], aligned.iloc[known]
+    groups, deltas = group_deltas(rows_today, rows_before)
+    change = rows_today[MARGIN].to_numpy(dtype=np.float64) - rows_before[MARGIN].to_numpy(dtype=np.float64)
+    change_probability = rows_today[PROBABILITY].to_numpy(dtype=np.float64) - rows_before[
+        PROBABILITY
+    ].to_numpy(dtype=np.float64)
+    moved = movement_points(change_probability, change, deltas)
+    named = [words.get(g, g.replace("_", " ")) for g in groups]
+    k = min(MOVERS_PER_DIRECTION, len(groups))
+    ups = np.argsort(-moved, axis=1, kind="stable")[:, :k]
+    downs = np.argsort(moved, axis=1, kind="stable")[:, :k]
+    margin_change[known] = change
+    sentences[known] = [
+        movement_sentence(
+            100.0 * change_probability[i],
+            [(named[g], moved[i, g]) for g in (*ups[i], *downs[i])],
+        )
+        for i in range(len(known))
+    ]
+    return margin_change, sentences
 
 
 # --------------------------------------------------------------------------- drift

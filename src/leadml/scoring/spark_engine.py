@@ -58,6 +58,7 @@ from leadml.modelling.scorer import PROBABILITY, LeadScorer
 from leadml.scoring.model_input import deal_values
 from leadml.scoring.pandas_engine import (
     PREVIOUS,
+    PREVIOUS_PREFIX,
     BucketSummaries,
     CrmOpenLeads,
     Finish,
@@ -66,9 +67,10 @@ from leadml.scoring.pandas_engine import (
     ScoringOutcome,
     bucket_summary,
     finish_rows,
+    previous_columns,
     probe,
 )
-from leadml.scoring.scores import TierSettings, TrendSettings, score_leads
+from leadml.scoring.scores import TierSettings, TrendSettings, movement_words, score_leads
 
 # pyspark is imported inside functions, and below for type checking only: only score.engine=spark needs it
 if TYPE_CHECKING:
@@ -507,8 +509,9 @@ def score_with_spark(
         probabilities = np.sort(scored.select(PROBABILITY).toArrow().column(0).to_numpy())
         logger.info("scored %d leads in %d buckets", len(probabilities), buckets)
         finish = Finish(
-            probabilities, tiers.thresholds_for(probabilities), tiers.floor_tier, trend, as_of, model_version
-        )
+            probabilities, tiers.thresholds_for(probabilities), tiers.floor_tier, trend, as_of, model_version,
+            group_words=movement_words(scorer),
+        )  # fmt: skip
         final_struct = _struct(finish_rows(probe_rows.assign(**{PREVIOUS: np.nan}), finish))
         finish_ref = spark.sparkContext.broadcast(replace(finish, schema=_arrow_schema(spark, final_struct)))
         broadcasts.append(finish_ref)
@@ -526,7 +529,7 @@ def score_with_spark(
         output=written,
         probabilities=np.sort(written_rows[PROBABILITY].to_numpy(dtype=np.float64)),
         tier_counts={str(k): int(v) for k, v in written_rows["tier"].value_counts().sort_index().items()},
-        psi=summary.psi(scorer),
+        psi=summary.psi(scorer, as_of),
         unseen=summary.unseen,
         buckets=buckets,
     )
@@ -581,11 +584,14 @@ def _with_previous(
     folder = sinks.previous_partition_dir(output_dir, as_of)
     if folder is None:
         return scored.withColumn(PREVIOUS, F.lit(None).cast("double"))
-    parts = [_uri(p) for p in sorted(folder.glob(f"{PART_PREFIX}*.parquet"))]
+    files = sorted(folder.glob(f"{PART_PREFIX}*.parquet"))
     logger.info("trend against %s", folder)
+    carried = [
+        F.col(f"`{c}`").cast("double").alias(f"{PREVIOUS_PREFIX}{c}") for c in previous_columns(files)[2:]
+    ]
     previous = (
-        spark.read.parquet(*parts)
-        .select(F.col(s.LEAD_ID), F.col(PROBABILITY).cast("double").alias(PREVIOUS))
+        spark.read.parquet(*[_uri(p) for p in files])
+        .select(F.col(s.LEAD_ID), F.col(PROBABILITY).cast("double").alias(PREVIOUS), *carried)
         .dropDuplicates([s.LEAD_ID])
     )
     return scored.join(previous, on=s.LEAD_ID, how="left")

@@ -27,20 +27,34 @@ from leadml.data.features import (
     flat_feature_metadata,
     flat_snapshots,
     metadata_to_json,
+    with_missingness_tested,
 )
+from leadml.data.wording import is_code_name
 from leadml.stages.ingest import config_fingerprint, data_kind
 
 logger = logging.getLogger(__name__)
 
 
 def feature_settings(data: Mapping[str, Any], features: Mapping[str, Any]) -> FeatureSettings:
-    """FeatureSettings from the features config plus the data config's extra lead columns."""
+    """FeatureSettings from the features config plus the data config's extra lead columns.
+
+    An extra column listed as numeric whose name says it is a code or an id (``campaign_code``)
+    is modelled as a category, with a warning: a campaign code of 1152 is not "more" than 1000.
+    """
     extra = data.get("extra_features") or {}
+    numeric = tuple(extra.get("numeric", ()))
+    codes = tuple(c for c in numeric if is_code_name(c))
+    for column in codes:
+        logger.warning(
+            "features: data.extra_features.numeric lists %r, whose name says it is a code or an id: "
+            "modelled as a category (list it under extra_features.categorical to silence this)",
+            column,
+        )
     return FeatureSettings.from_mapping(
         {
             **features,
-            "extra_categorical": tuple(extra.get("categorical", ())),
-            "extra_numeric": tuple(extra.get("numeric", ())),
+            "extra_categorical": (*extra.get("categorical", ()), *codes),
+            "extra_numeric": tuple(c for c in numeric if c not in codes),
         }
     )
 
@@ -73,7 +87,7 @@ def features_stage(
         settings = feature_settings(data, features)
         tables = read_interim(input_dir, s.CRM_TABLES)
         snapshots = build_training_snapshots(tables, settings, progress=progress)
-        meta = feature_metadata(snapshots.columns, settings)
+        meta = feature_metadata(snapshots.columns, settings, data.get("labels"))
         horizon = settings.horizon_days
         duplicates = None
     else:
@@ -82,10 +96,11 @@ def features_stage(
         snapshots = flat_snapshots(
             table, personal=contract.get("personal", ()), exclude=features.get("exclude", ())
         )
-        meta = flat_feature_metadata(snapshots, data.get("families", {}))
+        meta = flat_feature_metadata(snapshots, data.get("families", {}), data.get("labels"))
         horizon = None
         ingested = json.loads((input_dir / MANIFEST).read_text()).get("tables", {}).get(FLAT_TABLE, {})
         duplicates = ingested.get("duplicates")
+    meta = with_missingness_tested(meta, snapshots)
     write_parquet_atomic(snapshots, output_dir / SNAPSHOTS)
     write_json_atomic(metadata_to_json(meta), output_dir / FEATURE_METADATA)
     summary = {

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from jinja2.utils import htmlsafe_json_dumps
 
-from leadml.adapters import tracking
+from leadml.adapters import sinks, tracking
 from leadml.adapters.layout import FLAT_TABLE, SCORING_RUN_RECORD, open_rows_file, read_interim
 from leadml.adapters.model_folder import local_model_folder
 from leadml.adapters.sinks import (
@@ -25,26 +27,34 @@ from leadml.data import schema as s
 from leadml.data.contracts import as_tuple
 from leadml.data.features import LABEL, flat_open_features
 from leadml.modelling.evaluate import FLOOR_TIER
-from leadml.modelling.scorer import PROBABILITY, LeadScorer
+from leadml.modelling.reasons import GROUP_PREFIX
+from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer
 from leadml.reporting import html, plots
+from leadml.reporting.lead_mix import lead_mix_shift
 from leadml.reporting.leadership import (
-    REASON_COLUMNS,
-    RISK_COLUMNS,
+    TABLE_TEXT,
     ReportSettings,
+    base_rate,
     breakdown,
     calibration_table,
     conversion_analysis,
-    crm_card_features,
+    crm_lead_features,
     flat_details,
     flat_resolved_predictions,
+    group_sentences,
     lead_cards,
     lead_timeline,
+    movement_texts,
     movers,
+    page_table,
     ranked_csv,
     resolved_predictions,
     tier_order,
     with_lead_details,
+    with_source_labels,
 )
+from leadml.scoring.pandas_engine import previous_columns
+from leadml.scoring.scores import movement_words
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +98,21 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     flat = data.get("kind") == "flat"
     settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
     run = _scored_run(report_cfg, data, settings)
+    ranked = ranked_csv(run.frame, settings.personal_columns)  # the stored values, before words for the page
     scorer, model_uri = _run_scorer(run, cfg, root)
+    run = replace(run, frame=with_source_labels(run.frame, scorer))
     # a flat table's label is "converted", with no horizon; the CRM's is "won within the horizon"
     horizon = None if flat else int((scorer.feature_settings or {}).get("horizon_days", 90))
+    features = _open_features(run, scorer, data)
+    _add_movements(run, scorer, features, report_cfg, settings)
     if flat:
-        history = _flat_history(run, scorer, data, report_cfg, settings)
+        history = _flat_history(run, scorer, features, report_cfg, settings)
     else:
-        history = _crm_history(run, scorer, report_cfg, settings, horizon)
+        history = _crm_history(run, scorer, features, report_cfg, settings, horizon)
     frame, as_of, thresholds, tiers = run.frame, run.as_of, run.thresholds, _tiers(run)
     up, down = movers(frame, settings.movers)
+    start = _start(scorer, frame)
+    personal = [c for c in settings.personal_columns if c in frame.columns]
     page = html.render(
         "leadership.html.j2",
         title=f"Lead scores as of {as_of:%Y-%m-%d}",
@@ -117,16 +133,21 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         up=up.to_dict("records"),
         down=down.to_dict("records"),
         record=run.record,
+        stale_days=stale_days(run.record, as_of),
+        lead_mix=lead_mix_shift(scorer.reference or {}, features, frame[PROBABILITY], settings.drift_psi),
         model_uri=model_uri,
         horizon=horizon,
         resolved=calibration_table(history.resolved).to_dict("records"),
         resolved_count=len(history.resolved),
         charts=_charts(frame, thresholds, history.resolved),
-        table=frame.head(settings.table_rows).to_dict("records"),
+        table=htmlsafe_json_dumps(
+            page_table(frame, start, personal, settings.table_rows), separators=(",", ":"), allow_nan=False
+        ),
+        table_rows=min(len(frame), settings.table_rows),
         table_total=len(frame),
-        personal=[c for c in settings.personal_columns if c in frame.columns],
-        reason_columns=REASON_COLUMNS,
-        risk_columns=RISK_COLUMNS,
+        table_columns=[c for c in TABLE_TEXT if c in frame.columns],
+        page_rows=settings.page_rows,
+        personal=personal,
         cards=history.cards,
         timeline_days=settings.timeline_days,
         timelines=not flat,  # a flat table has no activity timeline
@@ -135,7 +156,6 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     out = Path(report_cfg["output_dir"])
     stem = f"leads-{as_of:%Y-%m-%d}"
     html_path = html.write_page(page, out / f"{stem}.html")
-    ranked = ranked_csv(frame, settings.personal_columns)
     csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
     return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
 
@@ -184,10 +204,71 @@ def _run_scorer(run: _ScoredRun, cfg: Mapping[str, Any], root: Path) -> tuple[Le
     return tracking.load_scorer(model_uri), model_uri
 
 
+def _open_features(run: _ScoredRun, scorer: LeadScorer, data: Mapping[str, Any]) -> pd.DataFrame:
+    """Today's features of every open lead, rebuilt as the scoring run built them.
+
+    The lead cards explain the top leads with them, and the lead-mix paragraph compares them
+    with the model's training profile (the scored partition keeps no features).
+    """
+    if data.get("kind") == "flat":
+        personal = as_tuple((data.get("contract") or {}).get("personal"))
+        return flat_open_features(run.tables[FLAT_TABLE], personal)
+    return crm_lead_features(run.frame, run.tables, scorer, run.as_of)
+
+
+def _add_movements(
+    run: _ScoredRun,
+    scorer: LeadScorer,
+    features: pd.DataFrame,
+    report_cfg: Mapping[str, Any],
+    settings: ReportSettings,
+) -> None:
+    """``movement_text`` of the movers and the carded leads: why each moved since its previous run,
+    quoting today's sentences of the groups that moved it (the partition's ``movement`` names them)."""
+    frame = run.frame
+    folder = sinks.previous_partition_dir(Path(report_cfg["scored_dir"]), run.as_of)
+    if folder is None or not any(c.startswith(GROUP_PREFIX) for c in frame.columns):
+        return
+    up, down = movers(frame, settings.movers)
+    leads = list(
+        dict.fromkeys([*up[s.LEAD_ID], *down[s.LEAD_ID], *frame[s.LEAD_ID].head(settings.top_leads)])
+    )
+    files = sorted(folder.glob("*.parquet"))
+    before = pd.concat(
+        [pd.read_parquet(f, columns=previous_columns(files)) for f in files], ignore_index=True
+    )
+    before = before[before[s.LEAD_ID].isin(leads)]
+    today = frame[frame[s.LEAD_ID].isin(leads)]
+    sentences = group_sentences(list(today[s.LEAD_ID]), features, scorer)
+    texts = movement_texts(today, before, sentences, movement_words(scorer))
+    frame["movement_text"] = frame[s.LEAD_ID].map(texts)
+
+
+# a run whose data ends this many days before its date says so at the top of the report (the
+# nightly job refuses such data unless score.max_staleness_days was raised or turned off)
+STALE_DAYS = 7
+
+
+def stale_days(record: Mapping[str, Any], as_of: pd.Timestamp) -> int | None:
+    """Days between the run's date and its data's latest lead or activity, when more than STALE_DAYS."""
+    through = record.get("data_through")
+    if not through:
+        return None
+    days = int((as_of - pd.Timestamp(through)) / pd.Timedelta(days=1))
+    return days if days > STALE_DAYS else None
+
+
+def _start(scorer: LeadScorer, frame: pd.DataFrame) -> float | None:
+    """The training base rate the page's points start from; None without a rate or a base value."""
+    values = frame[BASE_VALUE].dropna() if BASE_VALUE in frame.columns else pd.Series(dtype="float64")
+    start = base_rate(scorer, float(values.iloc[0]) if len(values) else math.nan)
+    return start if math.isfinite(start) else None
+
+
 def _flat_history(
     run: _ScoredRun,
     scorer: LeadScorer,
-    data: Mapping[str, Any],
+    features: pd.DataFrame,
     report_cfg: Mapping[str, Any],
     settings: ReportSettings,
 ) -> _History:
@@ -195,9 +276,6 @@ def _flat_history(
     labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
     resolved = flat_resolved_predictions(earlier_predictions(scored_dir, run.as_of), labelled)
     top = run.frame.head(settings.top_leads)
-    open_rows = run.tables[FLAT_TABLE]
-    personal = as_tuple((data.get("contract") or {}).get("personal"))
-    features = flat_open_features(open_rows[open_rows[s.LEAD_ID].isin(set(top[s.LEAD_ID]))], personal)
     analysis = {
         "rows": 0,
         "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
@@ -209,6 +287,7 @@ def _flat_history(
 def _crm_history(
     run: _ScoredRun,
     scorer: LeadScorer,
+    features: pd.DataFrame,
     report_cfg: Mapping[str, Any],
     settings: ReportSettings,
     horizon: int | None,
@@ -226,7 +305,7 @@ def _crm_history(
     top = run.frame.head(settings.top_leads)
     days, events = settings.timeline_days, settings.timeline_events
     cards = lead_cards(
-        top, crm_card_features(top, tables, scorer, as_of), scorer, settings,
+        top, features, scorer, settings,
         lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
     )  # fmt: skip
     return _History(analysis, resolved, cards)

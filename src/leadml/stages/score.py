@@ -23,7 +23,7 @@ from leadml.data import schema as s
 from leadml.data.calendar import to_utc
 from leadml.data.contracts import as_tuple
 from leadml.data.features import FeatureSettings
-from leadml.errors import LeadmlError, data_config_file
+from leadml.errors import LeadmlError, StaleDataError, data_config_file
 from leadml.modelling.drift import population_stability
 from leadml.modelling.scorer import PROBABILITY
 from leadml.scoring.model_input import resolve_as_of
@@ -130,6 +130,7 @@ class ScoreResult:
     unseen: Mapping[str, int]  # rows per categorical feature with a level the model never saw
     run_id: str | None  # the MLflow run; None: not tracked (score.track)
     tracking_uri: str | None  # its password masked; None: not tracked
+    data_through: pd.Timestamp | None  # the data's latest lead or activity (None: a flat table without time)
     seconds: float
     notes: tuple[str, ...]
 
@@ -171,7 +172,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     if flat:
         _check_open_rows(data, ingested)
     tiers = TierSettings.from_mapping(cfg["tiers"])
-    as_of, open_leads = _open_leads(cfg, scorer, interim_dir, flat)
+    as_of, open_leads, data_through = _open_leads(cfg, scorer, interim_dir, flat)
     outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held)
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
@@ -196,6 +197,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         unseen=outcome.unseen,
         run_id=run_id,
         tracking_uri=tracking.masked_uri(uri) if tracked else None,
+        data_through=data_through,
         seconds=seconds,
         notes=(FLAT_WITHOUT_TIME,) if flat and not data["contract"].get("time") else (),
     )
@@ -222,21 +224,61 @@ def _scoring_engine(score_cfg: Mapping[str, Any]) -> str:
 
 def _open_leads(
     cfg: Mapping[str, Any], scorer: Any, interim_dir: Path, flat: bool
-) -> tuple[pd.Timestamp, OpenLeads]:
-    """The run date and the open leads as of it, the same for both engines."""
+) -> tuple[pd.Timestamp, OpenLeads, pd.Timestamp | None]:
+    """The run date, the open leads as of it (the same for both engines) and the data's latest lead
+    or activity (None for a flat table without a time column); stale data stops here."""
     score_cfg, data = cfg["score"], cfg["data"]
     if flat:
         as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
+        latest = flat_data_end(interim_dir) if data["contract"].get("time") else None
+        if latest is not None:
+            check_fresh(latest, as_of, score_cfg.get("max_staleness_days"), interim_dir)
         contract = data["contract"]
-        return as_of, FlatOpenLeads(
-            interim_dir / open_rows_file(FLAT_TABLE),
+        return (
             as_of,
-            personal=tuple(as_tuple(contract.get("personal"))),
-            exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
+            FlatOpenLeads(
+                interim_dir / open_rows_file(FLAT_TABLE),
+                as_of,
+                personal=tuple(as_tuple(contract.get("personal"))),
+                exclude=tuple(as_tuple(cfg["features"].get("exclude"))),
+            ),
+            latest,
         )
-    as_of = resolve_as_of(score_cfg.get("as_of"), time_bounds(interim_dir))
+    bounds = time_bounds(interim_dir)
+    as_of = resolve_as_of(score_cfg.get("as_of"), bounds)
+    latest = max(bounds[s.LEADS][s.CREATED_AT].max(), bounds[s.ACTIVITIES][s.TIMESTAMP].max())
+    check_fresh(latest, as_of, score_cfg.get("max_staleness_days"), interim_dir)
     settings = _scoring_feature_settings(scorer, data, cfg["features"])
-    return as_of, CrmOpenLeads(interim_dir, as_of, settings)
+    return as_of, CrmOpenLeads(interim_dir, as_of, settings), None if pd.isna(latest) else to_utc(latest)
+
+
+def check_fresh(latest: pd.Timestamp, as_of: pd.Timestamp, max_days: Any, interim_dir: Path) -> None:
+    """Stop when the newest lead or activity is more than ``max_days`` before the run's date.
+
+    Scoring a feed that stopped as if it were fresh puts every lead in the bottom tier ("no
+    activity for 6 months") and the report would show that run as the latest. Data that runs
+    past the run's date (a replay of an earlier night) is fresh. ``max_days`` None: not checked.
+    """
+    if max_days is None:
+        return
+    try:
+        limit = float(max_days)
+    except (TypeError, ValueError):
+        raise LeadmlError(
+            f"score.max_staleness_days must be a number of days or null, got {max_days!r}"
+        ) from None
+    if limit < 0:
+        raise LeadmlError(f"score.max_staleness_days must be 0 or more, got {max_days!r}")
+    if pd.isna(latest):
+        return
+    age = (as_of - to_utc(latest)) / pd.Timedelta(days=1)
+    if age > limit:
+        raise StaleDataError(
+            f"stale data in {interim_dir}: the latest lead or activity is "
+            f"{to_utc(latest):%Y-%m-%d %H:%M} UTC, {age:.0f} days before the run's date {as_of:%Y-%m-%d} "
+            f"(score.max_staleness_days={limit:g}); "
+            "check the export feed, or score an earlier date with score.as_of=latest or YYYY-MM-DD"
+        )
 
 
 def _run_engine(
@@ -383,6 +425,7 @@ def _run_record(
     return {
         **asdict(result),
         "as_of": f"{result.as_of:%Y-%m-%d}",
+        "data_through": None if result.data_through is None else result.data_through.isoformat(),
         "thresholds": dict(tiers.thresholds_for(outcome.probabilities)),
         "floor_tier": tiers.floor_tier,
         "psi_score": None if pd.isna(drift.score_psi) else drift.score_psi,
