@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +19,12 @@ from leadml.modelling.models import (
     BaseRate,
     LightGBMSettings,
     LogRegSettings,
+    available_cpus,
+    cgroup_cpu_quota,
     early_stopping_split,
     fit_lightgbm,
     fit_logreg,
+    threads,
 )
 
 START = pd.Timestamp("2025-01-06", tz="UTC")
@@ -190,3 +195,26 @@ def test_logreg_fits_on_a_sample_of_large_training_windows(data) -> None:
     sampled = fit_logreg(train, LogRegSettings(max_rows=1_000))
     assert sampled.categories == fit_logreg(train, LogRegSettings()).categories
     assert roc_auc_score(test[s.LABEL], sampled.predict_proba(test)) > 0.75
+
+
+def test_threads_follow_the_cpus_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``model.n_jobs=auto``: the affinity mask, capped by a container's CPU quota (v2, then v1)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert available_cpus(tmp_path) == 8  # no cgroup files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None and available_cpus(tmp_path) == 8
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert cgroup_cpu_quota(tmp_path) == 1.5 and available_cpus(tmp_path) == 2
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(v1) == 3
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cpus(v1) == 8
+    assert threads(3) == 3
+    for bad in (0, -2, "many", True, 1.5):
+        with pytest.raises(LeadmlError, match=r"model\.n_jobs"):
+            LightGBMSettings(n_jobs=bad)

@@ -8,9 +8,12 @@ of the training frame except the id, time, order and label columns.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import lightgbm as lgb
@@ -41,6 +44,49 @@ class ScoringModel(Protocol):
     def predict_margin(self, frame: pd.DataFrame) -> np.ndarray: ...
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the host's CPUs; a container limited to 2 CPUs of a 64-core host
+    that started 64 threads would spend its quota switching between them (and LightGBM's
+    OpenMP threads spin while they wait for each other), so the quota counts.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """CPUs' worth of time the cgroup allows (cgroup v2 ``cpu.max``, else v1 CFS), None: no limit."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1_quota, v1_period = cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"
+        if v1_quota.exists() and v1_period.exists():
+            quota_us = int(v1_quota.read_text())
+            return None if quota_us <= 0 else quota_us / int(v1_period.read_text())
+    except (OSError, ValueError):  # unreadable or unexpected: no limit known
+        return None
+    return None
+
+
+def threads(setting: int | str) -> int:
+    """``model.n_jobs`` as a thread count: ``auto`` is :func:`available_cpus`."""
+    if setting == "auto":
+        return available_cpus()
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise LeadmlError(f"model.n_jobs must be auto or a number of threads of at least 1, got {setting!r}")
+    return setting
 
 
 @dataclass(frozen=True)
@@ -76,9 +122,11 @@ class LightGBMSettings:
     # tune within selection's budget (Optuna, time-ordered validation); false: these settings only
     search: bool = True
     seed: int = 0
-    n_jobs: int = 2
+    # threads: auto (the CPUs this process may use, see available_cpus) or a number
+    n_jobs: int | str = "auto"
 
     def __post_init__(self) -> None:
+        threads(self.n_jobs)  # a bad value stops here, naming the setting
         for name in ("num_leaves", "min_child_samples"):
             if getattr(self, name) == "auto":
                 object.__setattr__(self, name, None)
@@ -245,7 +293,7 @@ def lightgbm_params(
         "cat_smooth": settings.cat_smooth,
         "min_data_per_group": settings.min_data_per_group,
         "seed": settings.seed,
-        "num_threads": settings.n_jobs,
+        "num_threads": threads(settings.n_jobs),
         "deterministic": True,
         "verbosity": -1,
     }
