@@ -30,8 +30,9 @@ from leadml.errors import (
     TrackingUnavailableError,
 )
 from leadml.modelling.drift import drift_reference, population_stability, reference_profile, unseen_categories
+from leadml.modelling.reasons import group_deltas
 from leadml.modelling.scorer import MARGIN
-from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, group_deltas, score_leads
+from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, score_leads
 from leadml.stages.report import stale_days
 from leadml.stages.score import ScoreResult
 

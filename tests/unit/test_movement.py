@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from leadml.data import schema as s
-from leadml.modelling.reasons import GROUP_PREFIX, MODEL_CHANGE, movement_sentence
+from leadml.modelling.reasons import GROUP_PREFIX, MODEL_CHANGE, group_deltas, movement_sentence
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY
-from leadml.scoring.scores import TrendSettings, add_trend, group_deltas
+from leadml.scoring.scores import TrendSettings, add_trend
 from leadml.stages.features import feature_settings
 
 GROUPS = ("page_pricing", "demo_request", "email_open", "job_title")

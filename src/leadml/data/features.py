@@ -768,11 +768,7 @@ def with_missingness_tested(
     for name, entry in meta.items():
         if entry.missing_informative or not entry.wording or name not in snapshots.columns:
             continue
-        missing = snapshots[name].isna().to_numpy().copy()
-        if isinstance(snapshots[name].dtype, pd.CategoricalDtype):
-            missing |= snapshots[name].astype("string").str.strip().str.lower().isin(
-                wording.MISSING_CATEGORIES).to_numpy(dtype=bool, na_value=False)  # fmt: skip
-        if missing_is_informative(label, missing):
+        if missing_is_informative(label, wording.missing_values(snapshots[name])):
             out[name] = replace(entry, missing_informative=True)
     return out
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
 import pycountry  # its ISO tables load on first lookup, not on import
 
 
@@ -64,6 +66,17 @@ def is_missing(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and value.strip().lower() in MISSING_CATEGORIES
+
+
+def missing_values(column: pd.Series) -> np.ndarray:
+    """Missing (NaN, None) or a category value that means "not recorded" ("unknown"), row by row."""
+    missing = column.isna().to_numpy().copy()
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        levels = np.array([is_missing(str(level)) for level in column.cat.categories], dtype=bool)
+        if levels.any():
+            codes = column.cat.codes.to_numpy()
+            missing |= (codes >= 0) & levels[np.maximum(codes, 0)]
+    return missing
 
 
 def number(value: float) -> str:

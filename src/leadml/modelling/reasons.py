@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
-from leadml.data.wording import is_missing
+from leadml.data.wording import missing_values
 from leadml.modelling.evaluate import grouped_shap_values
-from leadml.modelling.scorer import BASE_VALUE, LeadScorer
+from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,37 @@ def group_deltas(today: pd.DataFrame, before: pd.DataFrame) -> tuple[list[str], 
     base = today[BASE_VALUE].to_numpy(dtype=np.float64) - before[BASE_VALUE].to_numpy(dtype=np.float64)
     groups = [c.removeprefix(GROUP_PREFIX) for c in columns] + [MODEL_CHANGE]
     return groups, np.column_stack([now - then, base])
+
+
+@dataclass(frozen=True)
+class Movement:
+    """How the leads of a run moved since their previous run, group by group."""
+
+    rows: np.ndarray  # positions in today's rows of the leads the previous run scored
+    groups: list[str]  # the groups (and MODEL_CHANGE) the points are of
+    points: np.ndarray  # (rows x groups) each group's share of the change, percentage points
+    change_probability: np.ndarray
+    change_margin: np.ndarray
+
+
+def movements(today: pd.DataFrame, before: pd.DataFrame | None) -> Movement | None:
+    """Each lead's move since ``before`` (the previous run's rows, indexed by lead id); None when
+    either run lacks the margin, base value or groups' contributions, or no lead was scored before."""
+    needed = (PROBABILITY, MARGIN, BASE_VALUE)
+    if before is None or any(c not in today.columns or c not in before.columns for c in needed):
+        return None
+    if not any(c.startswith(GROUP_PREFIX) for c in before.columns):
+        return None
+    aligned = before.reindex(today[s.LEAD_ID].to_numpy())
+    known = np.flatnonzero(aligned[MARGIN].notna().to_numpy() & today[MARGIN].notna().to_numpy())
+    if len(known) == 0:
+        return None
+    now, then = today.iloc[known].reset_index(drop=True), aligned.iloc[known].reset_index(drop=True)
+    groups, deltas = group_deltas(now, then)
+    change_margin = (now[MARGIN] - then[MARGIN]).to_numpy(dtype=np.float64)
+    change_probability = (now[PROBABILITY] - then[PROBABILITY]).to_numpy(dtype=np.float64)
+    points = movement_points(change_probability, change_margin, deltas)
+    return Movement(known, groups, points, change_probability, change_margin)
 
 
 def movement_points(
@@ -180,17 +213,6 @@ def uninformative_missing(feature_values: pd.DataFrame, metadata: Mapping[str, F
             continue
         out[:, f] = missing_values(feature_values[name])
     return out
-
-
-def missing_values(column: pd.Series) -> np.ndarray:
-    """Missing (NaN, None) or a category that means "not recorded" ("unknown")."""
-    missing = column.isna().to_numpy().copy()
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        levels = np.array([is_missing(str(level)) for level in column.cat.categories], dtype=bool)
-        if levels.any():
-            codes = column.cat.codes.to_numpy()
-            missing |= (codes >= 0) & levels[np.maximum(codes, 0)]
-    return missing
 
 
 def _sentence(metadata: Mapping[str, FeatureMeta], name: str, value: Any) -> str:

@@ -27,12 +27,10 @@ from leadml.data.features import LABEL, SOURCE_FAMILY, FeatureMeta, FeatureSetti
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling.evaluate import assign_tiers
 from leadml.modelling.reasons import (
-    GROUP_PREFIX,
-    group_deltas,
     group_words,
     grouped_reasons,
-    movement_points,
     movement_sentence,
+    movements,
 )
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
 from leadml.reporting.html import finite
@@ -163,28 +161,21 @@ def movement_texts(
     """Why each lead of ``today`` moved since ``before`` (its previous run's rows, by lead id), in
     today's words: "rose 12 points: about 4 pricing-page visits lately (+9), ...".
 
-    The points are each group's exact share of the change (``reasons.group_deltas``, then
-    ``reasons.movement_points``); a group is quoted by its sentence for the lead today
+    The points are each group's exact share of the change (``reasons.movements``); a group is
+    quoted by its sentence for the lead today
     (``sentences[lead][group]``), else its name in ``words``. Leads without a previous run, or
     runs without the groups' contributions, get no text.
     """
-    needed = (MARGIN, BASE_VALUE, PROBABILITY)
-    if today.empty or before.empty or any(c not in before.columns or c not in today.columns for c in needed):
+    moved = movements(today.reset_index(drop=True), before.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID))
+    if moved is None:
         return {}
-    before = before.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
-    rows = today[today[s.LEAD_ID].isin(before.index)].reset_index(drop=True)
-    if rows.empty or not any(c.startswith(GROUP_PREFIX) for c in before.columns):
-        return {}
-    aligned = before.reindex(rows[s.LEAD_ID]).reset_index(drop=True)
-    groups, deltas = group_deltas(rows, aligned)
-    change = (rows[PROBABILITY] - aligned[PROBABILITY]).to_numpy(dtype=np.float64)
-    margin = (rows[MARGIN] - aligned[MARGIN]).to_numpy(dtype=np.float64)
-    moved = movement_points(change, margin, deltas)
     texts = {}
-    for i, lead in enumerate(rows[s.LEAD_ID]):
+    for i, lead in enumerate(today[s.LEAD_ID].to_numpy()[moved.rows]):
         own = sentences.get(lead, {})
-        named = [(own.get(g) or words.get(g, g), float(moved[i, k])) for k, g in enumerate(groups)]
-        texts[lead] = movement_sentence(100.0 * change[i], named)
+        named = [
+            (own.get(g) or words.get(g, g), float(moved.points[i, k])) for k, g in enumerate(moved.groups)
+        ]
+        texts[lead] = movement_sentence(100.0 * moved.change_probability[i], named)
     return texts
 
 

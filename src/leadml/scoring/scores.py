@@ -20,10 +20,9 @@ from leadml.modelling.reasons import (
     MODEL_CHANGE,
     MOVERS_PER_DIRECTION,
     N_REASONS,
-    group_deltas,
     group_words,
-    movement_points,
     movement_sentence,
+    movements,
     reason_sentences,
     representatives,
     uninformative_missing,
@@ -171,34 +170,19 @@ def movement_columns(
     """(margin change, movement sentence) of each row; NaN and None where a run lacks the groups."""
     margin_change = np.full(len(today), np.nan)
     sentences = np.full(len(today), None, dtype=object)
-    needed = (MARGIN, BASE_VALUE)
-    if before is None or any(c not in today.columns or c not in before.columns for c in needed):
+    moved = movements(today, before)
+    if moved is None:
         return margin_change, sentences
-    if not any(c.startswith(GROUP_PREFIX) for c in before.columns):
-        return margin_change, sentences
-    aligned = before.reindex(today[s.LEAD_ID].to_numpy())
-    known = np.flatnonzero(aligned[MARGIN].notna().to_numpy() & today[MARGIN].notna().to_numpy())
-    if len(known) == 0:
-        return margin_change, sentences
-    rows_today, rows_before = today.iloc[known], aligned.iloc[known]
-    groups, deltas = group_deltas(rows_today, rows_before)
-    change = rows_today[MARGIN].to_numpy(dtype=np.float64) - rows_before[MARGIN].to_numpy(dtype=np.float64)
-    change_probability = rows_today[PROBABILITY].to_numpy(dtype=np.float64) - rows_before[
-        PROBABILITY
-    ].to_numpy(dtype=np.float64)
-    moved = movement_points(change_probability, change, deltas)
-    named = [words.get(g, g.replace("_", " ")) for g in groups]
-    k = min(MOVERS_PER_DIRECTION, len(groups))
-    ups = np.argsort(-moved, axis=1, kind="stable")[:, :k]
-    downs = np.argsort(moved, axis=1, kind="stable")[:, :k]
-    margin_change[known] = change
-    sentences[known] = [
-        movement_sentence(
-            100.0 * change_probability[i],
-            [(named[g], moved[i, g]) for g in (*ups[i], *downs[i])],
-        )
-        for i in range(len(known))
-    ]
+    named = [words.get(g, g.replace("_", " ")) for g in moved.groups]
+    k = min(MOVERS_PER_DIRECTION, len(moved.groups))
+    ups = np.argsort(-moved.points, axis=1, kind="stable")[:, :k]
+    downs = np.argsort(moved.points, axis=1, kind="stable")[:, :k]
+    margin_change[moved.rows] = moved.change_margin
+    sentences[moved.rows] = [
+        movement_sentence(100.0 * moved.change_probability[i],
+                          [(named[g], moved.points[i, g]) for g in (*ups[i], *downs[i])])
+        for i in range(len(moved.rows))
+    ]  # fmt: skip
     return margin_change, sentences
 
 

@@ -229,8 +229,11 @@ def _open_leads(
     or activity (None for a flat table without a time column); stale data stops here."""
     score_cfg, data = cfg["score"], cfg["data"]
     if flat:
-        as_of = resolve_as_of(score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir))
         latest = flat_data_end(interim_dir) if data["contract"].get("time") else None
+        # without a time column, flat_data_end says why score.as_of=latest cannot be resolved
+        as_of = resolve_as_of(
+            score_cfg.get("as_of"), {}, end=lambda: flat_data_end(interim_dir) if latest is None else latest
+        )
         if latest is not None:
             check_fresh(latest, as_of, score_cfg.get("max_staleness_days"), interim_dir)
         contract = data["contract"]
