@@ -109,6 +109,10 @@ bench: $(STAMP) ## benchmarks (not part of make test); results in benchmarks/RES
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_train.py --synthetic million
 	$(BIN)/python benchmarks/bench_score.py
+	$(BIN)/python benchmarks/bench_threads.py
+	$(BIN)/python benchmarks/bench_train_busy.py --policies passive active
+	$(BIN)/python benchmarks/bench_request.py
+	$(BIN)/python benchmarks/bench_serve.py --root . --requests 1000
 
 clean: ## remove generated data and the virtual environment
 	rm -rf $(VENV) data/raw data/interim data/features outputs

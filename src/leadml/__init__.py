@@ -5,7 +5,10 @@ The package is layered (README "Layout"): ``stages`` (the I/O shells of the entr
 system. Until version 0.1 the modules sat in one flat package, and a model registered then holds
 pickled references to those paths (``leadml.pyfunc.LeadScorerModel``, ``leadml.scorer.LeadScorer``):
 the finder below answers an old path with the module's new home, so such a champion still loads.
-It imports nothing itself, so it adds no import between the layers.
+The finder imports nothing itself, so it adds no import between the layers.
+
+Importing leadml also makes idle OpenMP threads sleep rather than spin (``OMP_WAIT_POLICY``,
+unless the environment sets it): see :mod:`leadml.machine`, which must run before LightGBM loads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
+
+from leadml.machine import default_wait_policy
+
+default_wait_policy()
 
 __version__ = "0.1.0"
 

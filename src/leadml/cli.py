@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from threadpoolctl import threadpool_limits
 
 from leadml.adapters.layout import CONFIG_DIR
 from leadml.data import schema as s
 from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
+from leadml.machine import apply_thread_count, apply_wait_policy
 
 if TYPE_CHECKING:  # the stages are imported by their entry point only (see run_*)
     from leadml.stages.backtest import BacktestResult
@@ -53,6 +55,15 @@ def _configure_logging(cfg: DictConfig) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("alembic", "urllib3", "numba"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _share_the_machine(cfg: DictConfig) -> None:
+    """The OpenMP wait policy and thread counts before a stage loads LightGBM or numba, and the
+    BLAS threads numpy already loaded (issue 21: training that shares a busy machine)."""
+    policy = apply_wait_policy(cfg.get("omp_wait_policy"))
+    count = apply_thread_count(_container(cfg.get("threads")))
+    threadpool_limits(limits=count, user_api="blas")
+    logger.info("threads: %d, OpenMP wait policy %s", count, policy)
 
 
 def _show_progress(cfg: DictConfig) -> bool:
@@ -297,6 +308,9 @@ def run_score(cfg: DictConfig) -> ScoreResult:
     )
     for note in result.notes:
         _echo(f"score: {note}")
+    if result.ingestion_reused:
+        when = result.ingestion_reused[:19].replace("T", " ")
+        _echo(f"score: sources unchanged since their ingestion at {when} UTC: its validated copy reused")
     if result.unseen:
         _echo(f"score: unseen categories scored as unknown: {result.unseen}")
     for line in result.warnings:
@@ -378,6 +392,7 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
     def main(cfg: DictConfig) -> None:
         _configure_logging(cfg)
         try:
+            _share_the_machine(cfg)
             _record_data_config_file(cfg)
             run(cfg)
         except LeadmlError as error:

@@ -22,6 +22,7 @@ from leadml.cli import CONFIG_DIR, run_ingest
 from leadml.data.contracts import IngestSettings, flat_contract
 from leadml.data.joins import Lookup, filter_rows, join_lookup, lookups, row_rules
 from leadml.errors import LeadmlError
+from leadml.stages.ingest import ingest_stage, ingest_unless_unchanged
 
 README = REPO / "README.md"
 PRODUCTS = {  # product -> (series, sales price)
@@ -195,6 +196,33 @@ def test_a_lookup_file_that_changes_rebuilds_the_training_data(
     tables["products"].loc[0, "sales_price"] = "600"
     tables["products"].to_csv(tmp_path / "exports" / "products.csv", index=False)
     assert "products" in str(stale_upstream(data, values["features"], interim, built))
+
+
+def test_a_nightly_ingestion_is_reused_only_while_nothing_it_depends_on_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """leadml-score and leadml-forecast skip ingestion when the sources' bytes, the data config and
+    the written tables are those of the last ingestion (issue 21: a small nightly run)."""
+    monkeypatch.chdir(tmp_path)
+    tables = crm_exports(300)
+    overrides = exports_project(tmp_path, tables, readme_opportunities_config())
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        ingest = compose("ingest", [*overrides, "data.max_bad_share=0.5"])
+    data = OmegaConf.to_container(ingest.data, resolve=True)
+    interim = tmp_path / "nightly"
+    first = ingest_stage(data, interim)
+    again = ingest_unless_unchanged(data, interim)
+    assert again.reused and again.tables == first.tables
+    assert not ingest_unless_unchanged({**data, "max_bad_share": 0.4}, interim).reused  # config changed
+    assert not ingest_unless_unchanged(data, interim).reused  # and back
+    assert ingest_unless_unchanged(data, interim).reused
+    tables["products"].loc[0, "sales_price"] = "600"  # a lookup file changed
+    tables["products"].to_csv(tmp_path / "exports" / "products.csv", index=False)
+    redone = ingest_unless_unchanged(data, interim)
+    assert not redone.reused and ingest_unless_unchanged(data, interim).reused
+    (interim / "leads.parquet").write_bytes(b"not the table it was")  # an output altered
+    assert not ingest_unless_unchanged(data, interim).reused
+    assert len(pd.read_parquet(interim / "leads.parquet")) == first.tables["leads"]["output_rows"]
 
 
 def test_a_key_the_lookup_lacks_is_counted_as_the_readme_shows(

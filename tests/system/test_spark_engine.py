@@ -293,7 +293,7 @@ def _assert_same_run(root: Path, spark_run: ScoreResult, pandas_run: ScoreResult
     (every feature's PSI among them)."""
     from mlflow import MlflowClient
 
-    differ = ("output", "engine", "buckets", "seconds", "run_id")
+    differ = ("output", "engine", "buckets", "seconds", "run_id", "ingestion_reused")
     got, expected = (
         {k: v for k, v in json.loads((Path(run.output) / SCORING_RUN_RECORD).read_text()).items()
          if k not in differ}

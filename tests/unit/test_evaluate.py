@@ -119,6 +119,22 @@ def test_same_seed_same_intervals() -> None:
     )
 
 
+def test_models_share_one_set_of_resamples_and_each_gets_its_own_intervals() -> None:
+    """compare_models draws the resamples once for every model (issue 21); each model's intervals
+    are the ones it gets alone, and a larger sample than one chunk of resamples changes nothing."""
+    labels, probabilities = calibrated_sample(3000)
+    rng = np.random.default_rng(7)
+    models = {"model": probabilities, "noisy": np.clip(probabilities + rng.normal(0, 0.05, 3000), 0, 1)}
+    leads = rng.integers(0, 2000, 3000)
+    table = compare_models(labels, models, groups=leads, n_boot=40, seed=5)
+    for name, values in models.items():
+        alone = bootstrap_intervals(labels, values, n_boot=40, seed=5, groups=leads)
+        for metric in ("roc_auc", "ece", "calibration_slope", "lift_at_10"):
+            assert table.loc[name, f"{metric}_low"] == pytest.approx(alone[metric][0], abs=1e-9), metric
+            assert table.loc[name, f"{metric}_high"] == pytest.approx(alone[metric][1], abs=1e-9), metric
+    assert table.loc["model", "roc_auc_low"] != table.loc["noisy", "roc_auc_low"]
+
+
 def test_cluster_bootstrap_is_wider_when_groups_repeat_the_same_rows() -> None:
     labels, probabilities = calibrated_sample(2000)
     # every lead appears as 5 identical snapshots: resampling rows pretends there are 10 000 leads

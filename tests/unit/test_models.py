@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,18 @@ from sklearn.metrics import log_loss, roc_auc_score
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError
+from leadml.machine import (
+    apply_thread_count,
+    apply_wait_policy,
+    available_cpus,
+    cgroup_cpu_quota,
+    thread_count,
+)
 from leadml.modelling.model_settings import model_settings_from_mapping
 from leadml.modelling.models import (
     BaseRate,
     LightGBMSettings,
     LogRegSettings,
-    available_cpus,
-    cgroup_cpu_quota,
     early_stopping_split,
     fit_lightgbm,
     fit_logreg,
@@ -195,6 +202,37 @@ def test_logreg_fits_on_a_sample_of_large_training_windows(data) -> None:
     sampled = fit_logreg(train, LogRegSettings(max_rows=1_000))
     assert sampled.categories == fit_logreg(train, LogRegSettings()).categories
     assert roc_auc_score(test[s.LABEL], sampled.predict_proba(test)) > 0.75
+
+
+def test_openmp_threads_wait_passively_unless_the_environment_or_the_config_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spinning OpenMP threads collapse a fit on a busy machine (benchmarks/RESULTS.md): ``import
+    leadml`` makes the wait passive before LightGBM loads, keeping a policy the user set."""
+    probe = "import os, leadml, lightgbm; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "PASSIVE"
+    kept = subprocess.run(
+        [sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert kept.stdout.strip() == "ACTIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert apply_wait_policy("auto") == apply_wait_policy(None) == "passive"
+    assert apply_wait_policy("passive") == "passive"
+    with pytest.raises(LeadmlError, match="omp_wait_policy must be one of"):
+        apply_wait_policy("sometimes")
+    assert thread_count("auto") == available_cpus() and thread_count(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    assert apply_thread_count("auto") == available_cpus()
+    assert os.environ["OMP_NUM_THREADS"] == "7" and os.environ["NUMBA_NUM_THREADS"] == str(available_cpus())
+    assert (
+        apply_thread_count(3) == 3 and os.environ["OMP_NUM_THREADS"] == os.environ["NUMBA_NUM_THREADS"] == "3"
+    )
+    with pytest.raises(LeadmlError, match=r"^threads must be auto"):
+        thread_count(0)
 
 
 def test_threads_follow_the_cpus_this_process_may_use(

@@ -15,12 +15,15 @@ as a lead goes quiet.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from leadml.data import schema as s
 from leadml.data import wording
@@ -61,6 +64,8 @@ FREE_EMAIL_DOMAINS: tuple[str, ...] = (
     "qq.com",
     "163.com",
 )
+# the domain of an e-mail address (lower-cased and trimmed first)
+EMAIL_DOMAIN = r"@([^@\s]+)$"
 
 # Ordered: the first rule whose pattern matches a title wins ("VP of Sales Operations
 # Manager" is a VP). Patterns are matched on the lower-cased title with word boundaries.
@@ -283,9 +288,20 @@ def prepare_events(activities: pd.DataFrame, lead_ids: pd.Index) -> EventLog:
     if not known.all():
         logger.warning("ignoring %d activities of unknown leads or types, or without time", (~known).sum())
     time_s = to_seconds(activities[s.TIMESTAMP][known])
-    lead_pos = lead_pos[known]
-    type_codes = type_codes[known]
     page_codes = positions_in(activities[s.PAGE_CATEGORY], s.PAGE_CATEGORIES)[known]
+    return event_log(lead_ids, lead_pos[known], time_s, type_codes[known], page_codes)
+
+
+def event_log(
+    lead_ids: pd.Index,
+    lead_pos: np.ndarray,
+    time_s: np.ndarray,
+    type_codes: np.ndarray,
+    page_codes: np.ndarray,
+) -> EventLog:
+    """The :class:`EventLog` of known events given as int64 arrays: each event's position in
+    ``lead_ids``, its seconds since the epoch, its position in ``ACTIVITY_TYPES`` and in
+    ``PAGE_CATEGORIES`` (-1: none). The request path builds its events this way, without a frame."""
     is_page_view = type_codes == s.ACTIVITY_TYPES.index(s.PAGE_VIEW)
     page_channel = np.where(is_page_view & (page_codes >= 0), len(s.ACTIVITY_TYPES) + page_codes, -1)
     order = argsort_int(time_s)
@@ -322,9 +338,53 @@ def seniority_from_title(titles: pd.Series) -> pd.Series:
 
 def corporate_email_flag(emails: pd.Series, free_domains: Iterable[str]) -> pd.Series:
     """1.0 for a company domain, 0.0 for a free-mail domain, NaN when there is no address."""
-    domain = emails.astype("string").str.strip().str.lower().str.extract(r"@([^@\s]+)$", expand=False)
+    domain = emails.astype("string").str.strip().str.lower().str.extract(EMAIL_DOMAIN, expand=False)
     flag = (~domain.isin(set(free_domains))).astype("float64")
     return flag.where(domain.notna(), np.nan)
+
+
+# --------------------------------------------------------------------------- a few values at a time
+# The same rules as the two functions above for the handful of values of one request, compiled once
+# and without a pandas round trip (a string Series costs more than the rules). pandas runs these
+# string methods in Arrow: lower-casing and trimming stay Arrow's (its Unicode case mapping differs
+# from Python's for a few letters), the patterns are Python's (pandas falls back to ``re`` for
+# them on non-ASCII text and for the look-behind, and on ASCII text RE2 matches the same).
+SENIORITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (level, re.compile(pattern)) for level, pattern in SENIORITY_RULES
+)
+TITLE_SEPARATORS = re.compile(r"[_/,&]")
+EMAIL_DOMAIN_PATTERN = re.compile(EMAIL_DOMAIN)
+
+
+def seniority_levels(titles: Sequence[str | None]) -> list[str]:
+    """:func:`seniority_from_title` of a few titles, as plain strings."""
+    levels = []
+    for title in titles:
+        text = None if title is None else TITLE_SEPARATORS.sub(" ", _arrow_lower(title))
+        if text is None or not _arrow_strip(text):
+            levels.append("unknown")
+            continue
+        levels.append(next((level for level, pattern in SENIORITY_PATTERNS if pattern.search(text)), "other"))
+    return levels
+
+
+def corporate_email_flags(emails: Sequence[str | None], free_domains: frozenset[str]) -> np.ndarray:
+    """:func:`corporate_email_flag` of a few addresses."""
+    flags = np.full(len(emails), np.nan)
+    for row, email in enumerate(emails):
+        found = None if email is None else EMAIL_DOMAIN_PATTERN.search(_arrow_lower(_arrow_strip(email)))
+        if found is not None:
+            flags[row] = 0.0 if found.group(1) in free_domains else 1.0
+    return flags
+
+
+def _arrow_lower(text: str) -> str:
+    return text.lower() if text.isascii() else str(pc.utf8_lower(pa.scalar(text)).as_py())
+
+
+def _arrow_strip(text: str) -> str:
+    # Arrow trims the same ASCII whitespace as str.strip (\x1c to \x1f included)
+    return text.strip() if text.isascii() else str(pc.utf8_trim_whitespace(pa.scalar(text)).as_py())
 
 
 def lead_profile(leads: pd.DataFrame, accounts: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
@@ -383,6 +443,29 @@ def features_as_of(
     as_of = to_utc(as_of)
     t = int(to_seconds(pd.DatetimeIndex([as_of]))[0])
     lead_positions = np.asarray(lead_positions, dtype=np.int64)
+    columns = activity_columns(events, lead_positions, t, settings)
+
+    static = profile.iloc[lead_positions]
+    out = static.drop(columns=["_created_s"]).reset_index()
+    out.insert(1, s.AS_OF, pd.Series(as_of, index=out.index, dtype="datetime64[ns, UTC]"))
+    out["lead_age_days"] = (t - static["_created_s"].to_numpy()) / SECONDS_PER_DAY
+    out["company_age_years"] = as_of.year - static[s.FOUNDED_YEAR].to_numpy()
+    out["revenue_per_employee"] = revenue_per_employee(
+        pd.to_numeric(static[s.EMPLOYEES], errors="coerce").to_numpy(dtype=np.float64),
+        pd.to_numeric(static[s.ANNUAL_REVENUE], errors="coerce").to_numpy(dtype=np.float64),
+    )
+    out = out.drop(columns=[s.FOUNDED_YEAR])
+    dynamic = pd.DataFrame(columns, index=out.index)
+    out = pd.concat([out, dynamic], axis=1)
+    return out.drop(columns=[c for c in settings.exclude if c in out.columns])
+
+
+def activity_columns(
+    events: EventLog, lead_positions: np.ndarray, t: int, settings: FeatureSettings
+) -> dict[str, np.ndarray]:
+    """The activity features (counts, recency weights, velocity, days since) of the leads at
+    ``lead_positions`` (int64 rows of ``events.lead_ids``) as of ``t`` seconds since the epoch,
+    from the events strictly before it."""
     n = len(lead_positions)
     local = np.full(len(events.lead_ids), -1, dtype=np.int64)
     local[lead_positions] = np.arange(n)
@@ -437,27 +520,15 @@ def features_as_of(
     for c, name in enumerate(CHANNELS):
         last_s, _ = _last_and_first_before(events.channel_time_key, lead_positions * n_channels + c, t)
         columns[f"days_since_last_{name}"] = (t - last_s) / SECONDS_PER_DAY
-
-    static = profile.iloc[lead_positions]
-    out = static.drop(columns=["_created_s"]).reset_index()
-    out.insert(1, s.AS_OF, pd.Series(as_of, index=out.index, dtype="datetime64[ns, UTC]"))
-    out["lead_age_days"] = (t - static["_created_s"].to_numpy()) / SECONDS_PER_DAY
-    out["company_age_years"] = as_of.year - static[s.FOUNDED_YEAR].to_numpy()
-    out["revenue_per_employee"] = _revenue_per_employee(static)
-    out = out.drop(columns=[s.FOUNDED_YEAR])
-    dynamic = pd.DataFrame(columns, index=out.index)
-    out = pd.concat([out, dynamic], axis=1)
-    return out.drop(columns=[c for c in settings.exclude if c in out.columns])
+    return columns
 
 
-def _revenue_per_employee(static: pd.DataFrame) -> np.ndarray:
+def revenue_per_employee(employees: np.ndarray, revenue: np.ndarray) -> np.ndarray:
     """Annual revenue over head count (NaN without a positive head count).
 
     A ratio that trees cannot build from the two columns by splitting on each: it tells a
     well-funded company from a large but thin one of the same size.
     """
-    employees = pd.to_numeric(static[s.EMPLOYEES], errors="coerce").to_numpy(dtype=np.float64)
-    revenue = pd.to_numeric(static[s.ANNUAL_REVENUE], errors="coerce").to_numpy(dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(employees > 0, revenue / employees, np.nan)
 

@@ -8,12 +8,9 @@ of the training frame except the id, time, order and label columns.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import lightgbm as lgb
@@ -29,6 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, known_settings
+from leadml.machine import thread_count
 
 logger = logging.getLogger(__name__)
 
@@ -46,47 +44,9 @@ class ScoringModel(Protocol):
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray: ...
 
 
-CGROUP = Path("/sys/fs/cgroup")
-
-
-def available_cpus(cgroup: Path = CGROUP) -> int:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
-
-    ``os.cpu_count()`` counts the host's CPUs; a container limited to 2 CPUs of a 64-core host
-    that started 64 threads would spend its quota switching between them (and LightGBM's
-    OpenMP threads spin while they wait for each other), so the quota counts.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(cgroup)
-    return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
-
-
-def cgroup_cpu_quota(cgroup: Path = CGROUP) -> float | None:
-    """CPUs' worth of time the cgroup allows (cgroup v2 ``cpu.max``, else v1 CFS), None: no limit."""
-    try:
-        v2 = cgroup / "cpu.max"
-        if v2.exists():
-            quota, period = v2.read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        v1_quota, v1_period = cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"
-        if v1_quota.exists() and v1_period.exists():
-            quota_us = int(v1_quota.read_text())
-            return None if quota_us <= 0 else quota_us / int(v1_period.read_text())
-    except (OSError, ValueError):  # unreadable or unexpected: no limit known
-        return None
-    return None
-
-
 def threads(setting: int | str) -> int:
-    """``model.n_jobs`` as a thread count: ``auto`` is :func:`available_cpus`."""
-    if setting == "auto":
-        return available_cpus()
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise LeadmlError(f"model.n_jobs must be auto or a number of threads of at least 1, got {setting!r}")
-    return setting
+    """``model.n_jobs`` as a thread count: ``auto`` is :func:`leadml.machine.available_cpus`."""
+    return thread_count(setting, "model.n_jobs")
 
 
 @dataclass(frozen=True)

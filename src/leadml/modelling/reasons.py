@@ -191,9 +191,9 @@ def reason_sentences(
         codes, uniques = pd.factorize(column.astype(object), use_na_sentinel=True)
         name = names[f]
         words = np.array(
-            [_sentence(metadata, name, value) for value in uniques.tolist()] + [None], dtype=object
+            [sentence_of(metadata, name, value) for value in uniques.tolist()] + [None], dtype=object
         )
-        words[-1] = _sentence(metadata, name, None)
+        words[-1] = sentence_of(metadata, name, None)
         sentences[rows] = words[codes]  # code -1 (missing) takes the last entry
     return sentences
 
@@ -215,7 +215,8 @@ def uninformative_missing(feature_values: pd.DataFrame, metadata: Mapping[str, F
     return out
 
 
-def _sentence(metadata: Mapping[str, FeatureMeta], name: str, value: Any) -> str:
+def sentence_of(metadata: Mapping[str, FeatureMeta], name: str, value: Any) -> str:
+    """The reason quoting one value of feature ``name`` (None or NaN: the value is missing)."""
     meta = metadata.get(name)
     if meta is None:
         return f"{name}: {value}"

@@ -59,11 +59,15 @@ class LeadScorer:
     _fast_explainer: Any = field(default=None, init=False, repr=False, compare=False)
     # built on first use from the logistic pipeline; never pickled (rebuilt in milliseconds)
     _linear_explainer: Any = field(default=None, init=False, repr=False, compare=False)
+    # what the single-request path compiles once per loaded model (leadml.scoring.request_plan);
+    # never pickled
+    _request_plan: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fast_explainer"] = None
         state["_linear_explainer"] = None
+        state["_request_plan"] = None
         return state
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +138,13 @@ class LeadScorer:
             self._fast()
         elif is_linear(self.model):
             self._linear()
+
+    def tree_explainer(self) -> FastTreeExplainer:
+        """The fast TreeSHAP of a LightGBM model (built on first use): for rows already in the
+        booster's float layout (:func:`~leadml.modelling.treeshap.booster_matrix`), raw-score units."""
+        if not isinstance(self.model, LightGBMModel):
+            raise TypeError(f"{type(self.model).__name__} has no tree explainer")
+        return self._fast()
 
     @staticmethod
     def _check_method(method: str) -> None:

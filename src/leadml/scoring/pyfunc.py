@@ -25,14 +25,9 @@ from leadml.adapters.model_folder import verify_folder
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.modelling.scorer import LeadScorer
-from leadml.scoring.requests import (
-    ACTIVITIES,
-    MODEL_INFO_ARTIFACT,
-    PREVIOUS,
-    REQUEST_AS_OF,
-    lead_fields,
-    predict_request,
-)
+from leadml.scoring.request_fields import ACTIVITIES, PREVIOUS, REQUEST_AS_OF, lead_fields
+from leadml.scoring.request_plan import prepare_request_plan
+from leadml.scoring.requests import MODEL_INFO_ARTIFACT, predict_request
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +39,7 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
         self.scorer = scorer
 
     def load_context(self, context: Any) -> None:
-        """Refuse an exported folder whose files changed, then build the explainer once."""
+        """Refuse an exported folder whose files changed, then build the explainer and request path once."""
         info = (getattr(context, "artifacts", None) or {}).get(MODEL_INFO_ARTIFACT)
         if info:
             try:
@@ -53,6 +48,7 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
                 raise to_mlflow_error(error) from None
         if self.scorer.can_explain:  # the first request must not pay for the tree tables or the means
             self.scorer.prepare_explainer()
+        prepare_request_plan(self.scorer)  # nor for compiling the request path
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:

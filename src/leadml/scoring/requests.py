@@ -13,6 +13,12 @@ Each row comes back with the calibrated probability, its tier (the thresholds st
 model), the fit and engagement sub-scores and the top reasons for and against, in the same
 words as the nightly job. A request the model cannot score raises :class:`RequestError`,
 which the pyfunc turns into MLflow's "invalid parameter" error: HTTP 400 with the message.
+
+Two implementations answer: the compiled path (:mod:`leadml.scoring.request_plan`: NumPy arrays
+and rules compiled once per loaded model, what the endpoint runs) and, below, the reference on
+pandas frames (the nightly job's functions on the request's rows). They give the same answers
+(tests/unit/test_request_plan.py); what the compiled path does not cover falls back here. The
+field names and the readers of single values both use are ``leadml.scoring.request_fields``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,107 +34,45 @@ import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.contracts import normalise_token
-from leadml.data.features import FeatureSettings, build_features
-from leadml.data.wording import counted
-from leadml.errors import LeadmlError
-from leadml.modelling.evaluate import FLOOR_TIER
-from leadml.modelling.reasons import GROUP_PREFIX
-from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
-from leadml.scoring.scores import TierSettings, movement_columns, movement_words, score_leads
+from leadml.data.features import build_features
+from leadml.modelling.scorer import LeadScorer, as_model_input
+from leadml.scoring.request_fields import (
+    ACCOUNT_FIELDS,
+    ACTIVITIES,
+    ACTIVITY_FIELDS,
+    EMAIL_DOMAIN,
+    NOT_A_NUMBER,
+    REQUEST_AS_OF,
+    WARNINGS,
+    RequestError,
+    Tiers,
+    absent_features_warning,
+    feature_settings_of,
+    is_lead_request,
+    is_missing,
+    lead_fields,
+    lead_numeric_fields,
+    lead_warnings,
+    number,
+    numeric_features,
+    previous_answers,
+    shown,
+    timestamp,
+    training_levels,
+    training_spelling,
+    unseen_level_warning,
+)
+from leadml.scoring.request_plan import compiled_answer
+from leadml.scoring.scores import movement_columns, movement_words, score_leads
 
 logger = logging.getLogger(__name__)
 
-ACTIVITIES = "activities"
-REQUEST_AS_OF = "as_of"
-# the e-mail's domain only (a corporate-address flag): the endpoint never needs the address
-EMAIL_DOMAIN = "email_domain"
-WARNINGS = "warnings"
-# a request row may carry its lead's previous answer (the object the endpoint returned then, or the
-# scored partition's row): the answer then also says why the lead moved (margin_change, movement)
-PREVIOUS = "previous_answer"
 # written beside the pickled model; load_context finds the model folder through it
 MODEL_INFO_ARTIFACT = "leadml_model"
 MODEL_INFO_FILE = "leadml_model.json"
-# request fields that describe the lead's account (the CRM's accounts table)
-ACCOUNT_FIELDS: dict[str, str] = {
-    s.INDUSTRY: s.INDUSTRY,
-    s.EMPLOYEES: s.EMPLOYEES,
-    s.ANNUAL_REVENUE: s.ANNUAL_REVENUE,
-    "company_country": s.COUNTRY,
-    s.FOUNDED_YEAR: s.FOUNDED_YEAR,
-}
-ACCOUNT_NUMERIC = (s.EMPLOYEES, s.ANNUAL_REVENUE, s.FOUNDED_YEAR)
-# request field -> the features it feeds (beyond a feature of its own name)
-DERIVED_FEATURES: dict[str, tuple[str, ...]] = {
-    s.CREATED_AT: ("lead_age_days",),
-    s.JOB_TITLE: ("seniority",),
-    EMAIL_DOMAIN: ("corporate_email",),
-    s.FOUNDED_YEAR: ("company_age_years",),
-    s.EMPLOYEES: (s.EMPLOYEES, "revenue_per_employee"),
-    s.ANNUAL_REVENUE: (s.ANNUAL_REVENUE, "revenue_per_employee"),
-}
-ACTIVITY_FIELDS = (s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
-MAX_LISTED = 5
-
-
-class RequestError(LeadmlError):
-    """A request the model cannot score; the message names the row and field."""
-
-
-@dataclass(frozen=True)
-class Tiers:
-    """Probability minimum of each tier as stored in the model (``LeadScorer.tiers``)."""
-
-    thresholds: Mapping[str, float]
-    floor_tier: str
-
-    @classmethod
-    def of(cls, scorer: LeadScorer) -> Tiers:
-        stored = getattr(scorer, "tiers", None) or {}
-        thresholds = stored.get("thresholds") or TierSettings().thresholds
-        floor_tier = str(stored.get("floor_tier") or FLOOR_TIER)
-        return cls({str(k): float(v) for k, v in thresholds.items()}, floor_tier)
 
 
 # --------------------------------------------------------------------------- requests
-def lead_fields(scorer: LeadScorer) -> list[str]:
-    """The request fields of the lead shape for this model (empty: it takes features only).
-
-    ``created_at`` and every field that feeds one of the model's features: a column left out
-    of the model (``features.exclude``, the leakage sentinel) is not asked for.
-    """
-    settings = _settings(scorer)
-    if settings is None:
-        return []
-    own = [*settings.lead_categorical, *settings.extra_categorical, *settings.lead_numeric]
-    own += list(settings.extra_numeric)
-    used = set(scorer.feature_names)
-    fields = [
-        field
-        for field in dict.fromkeys([s.JOB_TITLE, EMAIL_DOMAIN, *own, *ACCOUNT_FIELDS])
-        if used.intersection((field, *DERIVED_FEATURES.get(field, ())))
-    ]
-    return [s.CREATED_AT, *fields]
-
-
-def lead_numeric_fields(scorer: LeadScorer) -> list[str]:
-    settings = _settings(scorer)
-    if settings is None:
-        return []
-    return [*settings.lead_numeric, *settings.extra_numeric, *ACCOUNT_NUMERIC]
-
-
-def _settings(scorer: LeadScorer) -> FeatureSettings | None:
-    stored = getattr(scorer, "feature_settings", None)
-    return FeatureSettings.from_mapping(stored) if stored else None
-
-
-def is_lead_request(frame: pd.DataFrame) -> bool:
-    """Lead fields (``created_at`` or ``activities`` present) rather than precomputed features."""
-    return any(name in frame.columns and frame[name].notna().any() for name in (s.CREATED_AT, ACTIVITIES))
-
-
 def request_features(
     scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None
 ) -> tuple[pd.DataFrame, list[list[str]]]:
@@ -168,13 +111,8 @@ def _from_features(scorer: LeadScorer, frame: pd.DataFrame) -> tuple[pd.DataFram
             columns[name] = _training_spelling(_texts(given, name), levels.get(name), synonyms)
     features = pd.DataFrame(columns)
     # a null feature is a value (no such event yet); a feature left out of the request is not
-    warning = [_absent_features(absent, len(names))] if absent else []
+    warning = [absent_features_warning(absent, len(names))] if absent else []
     return features, [list(warning) for _ in range(len(frame))]
-
-
-def _absent_features(absent: Sequence[str], total: int) -> str:
-    listed = ", ".join(absent[:MAX_LISTED]) + (", ..." if len(absent) > MAX_LISTED else "")
-    return f"{len(absent)} of {total} features not in the request, scored as missing: {listed}"
 
 
 def _unknown_fields_message(scorer: LeadScorer) -> str:
@@ -186,73 +124,22 @@ def _unknown_fields_message(scorer: LeadScorer) -> str:
     )
 
 
-def numeric_features(scorer: LeadScorer) -> list[str]:
-    categories = getattr(scorer.model, "categories", None) or {}
-    kinds = {name: meta.get("kind") for name, meta in (scorer.metadata or {}).items()}
-    return [n for n in scorer.feature_names if n not in categories and kinds.get(n) != "categorical"]
-
-
 def _numbers(values: pd.Series, field: str) -> pd.Series:
     """``values`` as floats; text that reads as a number is taken, anything else is refused."""
-    parsed = [_number(value) for value in values]
-    bad = [
-        row for row, (value, number) in enumerate(zip(values, parsed, strict=True)) if number is _NOT_A_NUMBER
-    ]
+    parsed = [number(value) for value in values]
+    bad = [row for row, value in enumerate(parsed) if value is NOT_A_NUMBER]
     if bad:
-        raise RequestError(f"row {bad[0]}, field {field!r}: {_shown(values.iloc[bad[0]])} is not a number")
+        raise RequestError(f"row {bad[0]}, field {field!r}: {shown(values.iloc[bad[0]])} is not a number")
     return pd.Series(parsed, index=values.index, dtype="float64")
-
-
-_NOT_A_NUMBER = object()
-
-
-def _number(value: Any) -> Any:
-    if _missing(value):
-        return np.nan
-    if isinstance(value, bool) or not isinstance(value, str | int | float | np.integer | np.floating):
-        return _NOT_A_NUMBER
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return _NOT_A_NUMBER
-    return number if np.isfinite(number) or np.isnan(number) else _NOT_A_NUMBER
-
-
-def _shown(value: Any) -> str:
-    """A value quoted in a message, cut short (a client may send anything)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def training_levels(scorer: LeadScorer) -> dict[str, set[Any]]:
-    """The levels of each categorical feature as training saw them (the model's, else the
-    training profile's)."""
-    levels = {name: set(values) for name, values in (getattr(scorer.model, "categories", None) or {}).items()}
-    for name, profile in ((scorer.reference or {}).get("features") or {}).items():
-        if profile.get("kind") == "categorical" and name not in levels:
-            levels[name] = set(profile.get("shares") or {}) - {"__missing__", "__unseen__"}
-    return levels
 
 
 def _training_spelling(
     values: pd.Series, levels: set[Any] | None, synonyms: Mapping[str, str] | None = None
 ) -> pd.Series:
-    """Each value as training spelt it: ingestion stores a declared category trimmed, in lower
-    case, separators as ``_`` ("Paid Search" -> "paid_search"), then through the data config's
-    ``synonyms``, so a request spelt as in the export is mapped to that level; a value known as
-    it is, or unknown either way, stays."""
+    """Each value as training spelt it (:func:`~leadml.scoring.request_fields.training_spelling`)."""
     if not levels:
         return values
-    synonyms = synonyms or {}
-
-    def spelt(value: Any) -> Any:
-        if value is None or value in levels:
-            return value
-        token = normalise_token(str(value))
-        token = synonyms.get(token, token)
-        return token if token in levels else value
-
-    return values.map(spelt)
+    return values.map(lambda value: training_spelling(value, levels, synonyms or {}))
 
 
 def _lead_ids(frame: pd.DataFrame, own_id: str | None = None) -> pd.Series:
@@ -266,7 +153,7 @@ def _lead_ids(frame: pd.DataFrame, own_id: str | None = None) -> pd.Series:
 def _from_lead_fields(
     scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp
 ) -> tuple[pd.DataFrame, list[list[str]]]:
-    settings = _settings(scorer)
+    settings = feature_settings_of(scorer)
     if settings is None:
         raise RequestError(
             f"this model takes precomputed features only (it was trained on a flat table, not CRM "
@@ -328,7 +215,11 @@ def _texts(values: pd.Series, field: str) -> pd.Series:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         kind = type(values.iloc[row]).__name__
         raise RequestError(f"row {row}, field {field!r}: expected text, got {kind}")
-    return values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+    # object dtype, missing as None: pandas 3 would infer its string dtype and make a missing value
+    # NaN, which the e-mail domain's mapping below cannot take
+    present = values.notna().to_numpy()
+    texts = [str(value) if given else None for value, given in zip(values.tolist(), present, strict=True)]
+    return pd.Series(texts, index=values.index, dtype=object)
 
 
 def _timestamps(frame: pd.DataFrame, field: str, *, required: bool) -> pd.Series:
@@ -338,7 +229,7 @@ def _timestamps(frame: pd.DataFrame, field: str, *, required: bool) -> pd.Series
         return pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
     values = frame[field]
     parsed = pd.Series(
-        [_timestamp(value, f"row {row}, field {field!r}") for row, value in enumerate(values)],
+        [timestamp(value, f"row {row}, field {field!r}") for row, value in enumerate(values)],
         index=frame.index,
         dtype="datetime64[ns, UTC]",
     )
@@ -346,22 +237,6 @@ def _timestamps(frame: pd.DataFrame, field: str, *, required: bool) -> pd.Series
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
         raise RequestError(f"row {row}: field {field!r} is required with lead fields (an ISO 8601 date-time)")
     return parsed
-
-
-def _timestamp(value: Any, where: str) -> pd.Timestamp:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return pd.NaT
-    if not isinstance(value, str | pd.Timestamp):
-        raise RequestError(f"{where}: expected an ISO 8601 date-time, got {_shown(value)}")
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise RequestError(f"{where}: {_shown(value)} is not an ISO 8601 date-time") from None
-    if pd.isna(stamp):
-        return pd.NaT
-    if not 1900 <= stamp.year <= 2200:
-        raise RequestError(f"{where}: {_shown(value)} is not a plausible date")
-    return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
 
 
 def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> tuple[pd.DataFrame, list[int]]:
@@ -386,18 +261,18 @@ def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> t
             unknown = sorted(set(event) - set(ACTIVITY_FIELDS))
             if unknown:
                 raise RequestError(f"{where}: unknown field(s) {unknown}; known: {list(ACTIVITY_FIELDS)}")
-            stamp = _timestamp(event.get(s.TIMESTAMP), f"{where}.{s.TIMESTAMP}")
+            stamp = timestamp(event.get(s.TIMESTAMP), f"{where}.{s.TIMESTAMP}")
             if pd.isna(stamp):
                 raise RequestError(f"{where}: {s.TIMESTAMP!r} is required")
             kind = event.get(s.ACTIVITY_TYPE)
             if kind not in s.ACTIVITY_TYPES:
                 raise RequestError(
-                    f"{where}.{s.ACTIVITY_TYPE}: {_shown(kind)} is not one of {list(s.ACTIVITY_TYPES)}"
+                    f"{where}.{s.ACTIVITY_TYPE}: {shown(kind)} is not one of {list(s.ACTIVITY_TYPES)}"
                 )
             page = event.get(s.PAGE_CATEGORY)
             if page is not None and page not in s.PAGE_CATEGORIES:
                 raise RequestError(
-                    f"{where}.{s.PAGE_CATEGORY}: {_shown(page)} is not one of "
+                    f"{where}.{s.PAGE_CATEGORY}: {shown(page)} is not one of "
                     f"{list(s.PAGE_CATEGORIES)} or null"
                 )
             if stamp >= as_of.iloc[row]:
@@ -411,76 +286,43 @@ def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> t
 def _lead_warnings(scorer: LeadScorer, frame: pd.DataFrame, row: int, ignored: int) -> list[str]:
     absent = []
     for field in lead_fields(scorer)[1:]:  # created_at is required, so given
-        if field not in frame.columns or _missing(frame.at[row, field]):
+        if field not in frame.columns or is_missing(frame.at[row, field]):
             absent.append(field)
-    warnings = []
-    if absent:
-        warnings.append(f"not given, scored as unknown: {', '.join(absent)}")
-    if ignored:
-        activities = counted(ignored, "activity", "activities")
-        warnings.append(f"{activities} at or after as_of ignored (only earlier events count)")
-    return warnings
-
-
-def _missing(value: Any) -> bool:
-    if isinstance(value, list | dict | np.ndarray):
-        return False
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    return lead_warnings(absent, ignored)
 
 
 # --------------------------------------------------------------------------- predictions
-def predict_request(scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Probability, tier, sub-scores and reasons of every request row (see the module docstring)."""
+def predict_request(
+    scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None, *, compiled: bool = True
+) -> pd.DataFrame:
+    """Probability, tier, sub-scores and reasons of every request row (see the module docstring).
+
+    Answered by the compiled path (:mod:`leadml.scoring.request_plan`) where it covers the model
+    and the request, else by :func:`reference_answer`; ``compiled=False`` takes the reference.
+    """
+    if compiled:
+        answer = compiled_answer(scorer, frame, now)
+        if answer is not None:
+            return answer
+    return reference_answer(scorer, frame, now)
+
+
+def reference_answer(
+    scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """:func:`predict_request` on pandas frames: the nightly job's code on the request's rows, and
+    what the compiled path is tested against (same numbers to 1e-12, same words)."""
     features, warnings = request_features(scorer, frame, now)
-    tiers = Tiers.of(scorer)
-    scored = score_leads(
-        scorer,
-        features,
-        TierSettings(method="probability", thresholds=dict(tiers.thresholds), floor_tier=tiers.floor_tier),
-        explain=scorer.can_explain,
-    )
+    scored = score_leads(scorer, features, Tiers.of(scorer).settings(), explain=scorer.can_explain)
     unseen = _unseen_levels(scorer, features)
     out = scored.drop(columns=["percentile"])
     as_of = features[REQUEST_AS_OF].astype(object)
     out.insert(1, REQUEST_AS_OF, as_of.where(as_of.notna(), None))
     out["margin_change"], out["movement"] = movement_columns(
-        out, _previous_answers(frame, out), movement_words(scorer)
+        out, previous_answers(frame, out[s.LEAD_ID]), movement_words(scorer)
     )
     out[WARNINGS] = ["; ".join(w + unseen[row]) or None for row, w in enumerate(warnings)]
     return out
-
-
-def _previous_answers(frame: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame | None:
-    """The rows' ``previous`` answers as a frame indexed by lead id (None when no row has one).
-
-    Only the numbers the movement needs are read: probability, margin, base value and the
-    ``group:*`` contributions; anything else in the object is ignored.
-    """
-    if PREVIOUS not in frame.columns:
-        return None
-    records = []
-    for row, value in enumerate(frame[PREVIOUS].tolist()):
-        if _missing(value):
-            continue
-        if not isinstance(value, Mapping):
-            raise RequestError(
-                f"row {row}, field {PREVIOUS!r}: expected the lead's previous answer (an object)"
-            )
-        wanted = {k: v for k, v in value.items() if k in (PROBABILITY, MARGIN, BASE_VALUE) or
-                  str(k).startswith(GROUP_PREFIX)}  # fmt: skip
-        for key in (PROBABILITY, MARGIN, BASE_VALUE):
-            if key not in wanted:
-                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} missing from the previous answer")
-        numbers = {}
-        for key, number in wanted.items():
-            parsed = _number(number)
-            if not isinstance(parsed, float) or not np.isfinite(parsed):
-                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} is not a number")
-            numbers[key] = parsed
-        records.append({s.LEAD_ID: scored[s.LEAD_ID].iloc[row], **numbers})
-    if not records:
-        return None
-    return pd.DataFrame(records).drop_duplicates(s.LEAD_ID, keep="last").set_index(s.LEAD_ID)
 
 
 def _unseen_levels(scorer: LeadScorer, features: pd.DataFrame) -> list[list[str]]:
@@ -491,8 +333,8 @@ def _unseen_levels(scorer: LeadScorer, features: pd.DataFrame) -> list[list[str]
             continue
         known = set(levels)
         for row, value in enumerate(features[name]):
-            if value is not None and not _missing(value) and value not in known:
-                found[row].append(f"{name} {value!r} not seen in training, scored as unknown")
+            if value is not None and not is_missing(value) and value not in known:
+                found[row].append(unseen_level_warning(name, value))
     return found
 
 
@@ -518,7 +360,7 @@ def requests_from_tables(
         for field in lead_fields(scorer):
             if field == EMAIL_DOMAIN:
                 value = lead.get(s.EMAIL)
-                value = None if _missing(value) else str(value).rpartition("@")[2]
+                value = None if is_missing(value) else str(value).rpartition("@")[2]
             elif field in ACCOUNT_FIELDS:
                 value = account.get(ACCOUNT_FIELDS[field])
             else:

@@ -6,7 +6,7 @@ frames and arrays and returns frames, so the pandas and Spark engines share them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +14,7 @@ import pandas as pd
 
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
-from leadml.modelling.evaluate import TierSettings, assign_tiers, grouped_shap_values
+from leadml.modelling.evaluate import TierSettings, assign_tiers
 from leadml.modelling.reasons import (
     GROUP_PREFIX,
     MODEL_CHANGE,
@@ -24,7 +24,6 @@ from leadml.modelling.reasons import (
     movement_sentence,
     movements,
     reason_sentences,
-    representatives,
     uninformative_missing,
 )
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer
@@ -81,41 +80,119 @@ def explanation_columns(
     contributions: pd.DataFrame, scorer: LeadScorer, features: pd.DataFrame
 ) -> pd.DataFrame:
     """Base value, fit and engagement sub-scores and the top reasons of each row."""
-    names = scorer.feature_names
-    metadata = {name: FeatureMeta(**meta) for name, meta in scorer.metadata.items()}
-    values = contributions[names].to_numpy(dtype=np.float64)
-    summed, groups = grouped_shap_values(values, names, metadata)
-    out = pd.DataFrame(index=range(len(features)))
-    out[BASE_VALUE] = contributions[BASE_VALUE].to_numpy()
+    plan = ExplanationPlan.of(scorer)
+    feature_values = features[plan.names]
+    columns = explanation_arrays(
+        contributions[plan.names].to_numpy(dtype=np.float64),
+        contributions[BASE_VALUE].to_numpy(),
+        plan,
+        uninformative_missing(feature_values, plan.metadata),
+        lambda index, useful: reason_sentences(feature_values, index, useful, plan.metadata),
+    )
+    return pd.DataFrame(columns, index=range(len(features)))
+
+
+@dataclass(frozen=True)
+class ExplanationPlan:
+    """What the reasons of a scorer's rows need, worked out once from its features' metadata: the
+    groups (original columns and channels), the features of each group and of each sub-score
+    family, and the features whose missing value is never a reason in a lead's favour."""
+
+    names: list[str]
+    metadata: dict[str, FeatureMeta]
+    groups: list[str]
+    membership: np.ndarray  # (features x groups): 1 where the feature is one of the group's
+    members: list[np.ndarray]  # each group's features, positions in ``names``
+    families: dict[str, list[int]]  # each sub-score family's features, positions in ``names``
+    quiet_missing: np.ndarray  # per feature: a missing value says nothing (uninformative_missing)
+
+    @classmethod
+    def of(cls, scorer: LeadScorer) -> ExplanationPlan:
+        names = list(scorer.feature_names)
+        metadata = {name: FeatureMeta(**meta) for name, meta in scorer.metadata.items()}
+        feature_groups = [metadata[n].group if n in metadata else n for n in names]
+        groups = list(dict.fromkeys(feature_groups))  # in order of appearance, as grouped_shap_values
+        codes = np.array([groups.index(group) for group in feature_groups], dtype=np.int64)
+        membership = np.zeros((len(names), len(groups)))
+        membership[np.arange(len(names)), codes] = 1.0
+        families = {
+            family: [i for i, n in enumerate(names) if n in metadata and metadata[n].family == family]
+            for family in SUB_SCORE_FAMILIES
+        }
+        quiet = [
+            n in metadata and not metadata[n].missing_informative and bool(metadata[n].wording) for n in names
+        ]
+        return cls(
+            names=names,
+            metadata=metadata,
+            groups=[str(group) for group in groups],
+            membership=membership,
+            members=[np.flatnonzero(codes == g) for g in range(len(groups))],
+            families=families,
+            quiet_missing=np.array(quiet, dtype=bool),
+        )
+
+    def representatives(self, values: np.ndarray) -> np.ndarray:
+        """Per row and group, the feature with the largest |contribution|: the one its reason quotes."""
+        chosen = np.zeros((values.shape[0], len(self.groups)), dtype=np.int64)
+        magnitude = np.abs(values)
+        for g, members in enumerate(self.members):
+            chosen[:, g] = members[np.argmax(magnitude[:, members], axis=1)]
+        return chosen
+
+
+def explanation_arrays(
+    values: np.ndarray,
+    base: np.ndarray,
+    plan: ExplanationPlan,
+    missing: np.ndarray,
+    describe: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`explanation_columns` from arrays, for frames and single requests alike.
+
+    ``values`` are the (rows x features) contributions in ``plan.names`` order and ``base`` the
+    base values; ``missing`` is True where a feature's value is missing; ``describe(features,
+    useful)`` gives the sentence quoting feature ``features[i]`` of row i where ``useful[i]``.
+    """
+    n = len(values)
+    summed = values @ plan.membership
+    out: dict[str, np.ndarray] = {BASE_VALUE: base}
     # every group's exact contribution: what the next run subtracts to say why the lead moved
-    grouped = pd.DataFrame(summed, columns=[f"{GROUP_PREFIX}{g}" for g in groups], index=out.index)
-    out = pd.concat([out, grouped], axis=1)
+    out.update({f"{GROUP_PREFIX}{group}": summed[:, g] for g, group in enumerate(plan.groups)})
     for family in SUB_SCORE_FAMILIES:
-        members = [i for i, name in enumerate(names) if name in metadata and metadata[name].family == family]
-        out[f"{family}_score"] = values[:, members].sum(axis=1) if members else 0.0
-    representative = representatives(values, names, groups, metadata)
-    feature_values = features[names]
-    rows = np.arange(len(summed))[:, None]
+        members = plan.families[family]
+        out[f"{family}_score"] = values[:, members].sum(axis=1) if members else np.zeros(n)
+    representative = plan.representatives(values)
     # a missing value that says nothing is never a reason in the lead's favour
-    unfavourable = uninformative_missing(feature_values, metadata)[rows, representative]
+    unfavourable = (missing & plan.quiet_missing)[np.arange(n)[:, None], representative]
     for direction, sign in (("positive", 1.0), ("negative", -1.0)):
-        ranked = np.where(unfavourable, -np.inf, summed) if sign > 0 else -summed
-        order = np.argsort(-ranked, axis=1, kind="stable")[:, :N_REASONS]
-        for rank in range(N_REASONS):
-            if rank >= order.shape[1]:  # fewer columns than reasons: the rest stay empty
-                out[f"{direction}_reason_{rank + 1}"] = None
-                out[f"{direction}_contribution_{rank + 1}"] = np.nan
-                continue
-            group_index = order[:, rank]
-            contribution = summed[np.arange(len(summed)), group_index]
-            useful = (sign * contribution > 0) & (
-                ~unfavourable[np.arange(len(summed)), group_index] if sign > 0 else True
-            )
-            feature_index = representative[np.arange(len(summed)), group_index]
-            out[f"{direction}_reason_{rank + 1}"] = reason_sentences(
-                feature_values, feature_index, useful, metadata
-            )
-            out[f"{direction}_contribution_{rank + 1}"] = np.where(useful, contribution, np.nan)
+        out.update(_top_reasons(direction, sign, summed, representative, unfavourable, describe))
+    return out
+
+
+def _top_reasons(
+    direction: str,
+    sign: float,
+    summed: np.ndarray,
+    representative: np.ndarray,
+    unfavourable: np.ndarray,
+    describe: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> dict[str, np.ndarray]:
+    rows = np.arange(len(summed))
+    ranked = np.where(unfavourable, -np.inf, summed) if sign > 0 else -summed
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :N_REASONS]
+    out: dict[str, np.ndarray] = {}
+    for rank in range(N_REASONS):
+        reason, contribution_column = f"{direction}_reason_{rank + 1}", f"{direction}_contribution_{rank + 1}"
+        if rank >= order.shape[1]:  # fewer groups than reasons: the rest stay empty
+            out[reason] = np.full(len(summed), None, dtype=object)
+            out[contribution_column] = np.full(len(summed), np.nan)
+            continue
+        group_index = order[:, rank]
+        contribution = summed[rows, group_index]
+        useful = (sign * contribution > 0) & (~unfavourable[rows, group_index] if sign > 0 else True)
+        out[reason] = describe(representative[rows, group_index], useful)
+        out[contribution_column] = np.where(useful, contribution, np.nan)
     return out
 
 

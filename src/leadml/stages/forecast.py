@@ -49,7 +49,7 @@ from leadml.reporting.forecast import (
     whole_number,
 )
 from leadml.reporting.forecast_plans import capacity_plan, leads_needed
-from leadml.stages.ingest import ingest_stage
+from leadml.stages.ingest import ingest_unless_unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def flat_inputs(settings: ForecastSettings, root: Path, data: Mapping[str, Any])
     _check_flat_settings(settings, data)  # config errors first: they cost no time
     interim = _path(root, settings.input_dir)
     # today's file through its contract, as leadml-score reads it
-    record = ingest_stage(data, interim).manifest
+    record = ingest_unless_unchanged(data, interim).manifest
     labelled = pd.read_parquet(interim / f"{FLAT_TABLE}.parquet")
     column, grouping = flat_grouping(data, labelled.columns, settings.by)
     table = _FlatLeads(interim, labelled, column, by=column or s.SOURCE, dated=s.AS_OF in labelled.columns)

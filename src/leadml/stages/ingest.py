@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from leadml import __version__
 from leadml.adapters.layout import FLAT_TABLE, MANIFEST, dictionary_encoded, open_rows_file
 from leadml.adapters.sources import (
     checked_spec,
@@ -78,6 +79,7 @@ class IngestSummary:
     respelt: Mapping[str, str]  # table -> the sentence on category values written another way
     seconds: float
     manifest: Mapping[str, Any]  # the whole record, as written to the manifest
+    reused: bool = False  # nothing changed since the last ingestion: its outputs were kept
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,17 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
         output_fingerprints={table: fingerprint_file(path) for table, path in output_paths.items()},
     )
     record.update(
-        data_name=data.get("name"), kind=data_kind(data), seconds=round(time.perf_counter() - started, 2)
+        data_name=data.get("name"),
+        kind=data_kind(data),
+        seconds=round(time.perf_counter() - started, 2),
+        ingest_fingerprint=ingest_fingerprint(data),
     )
     _add_flat_records(record, validated, open_paths)
     write_json_atomic(record, output_dir / MANIFEST)
+    return _summary(record)
+
+
+def _summary(record: Mapping[str, Any], reused: bool = False) -> IngestSummary:
     return IngestSummary(
         data_name=record["data_name"],
         kind=record["kind"],
@@ -139,7 +148,58 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
         },
         seconds=record["seconds"],
         manifest=record,
+        reused=reused,
     )
+
+
+def ingest_fingerprint(data: Mapping[str, Any]) -> str:
+    """sha256 of what decides an ingestion besides the sources' bytes: the data config (without file
+    locations) and the leadml version whose contracts ran."""
+    payload = {"data": _without_locations(data), "leadml": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ingest_unless_unchanged(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
+    """:func:`ingest_stage`, or the last ingestion's summary when nothing it depends on changed.
+
+    A nightly run ingests again only when a source's bytes, the data config or leadml changed, or
+    an output went missing or was altered: the file sources are hashed (sha256, a fraction of the
+    cost of parsing and checking them) and so are the written tables. SQL sources are always read
+    again (hashing a query's result costs as much as reading it).
+    """
+    started = time.perf_counter()
+    record = _current_manifest(data, output_dir)
+    if record is None:
+        return ingest_stage(data, output_dir)
+    logger.info("ingest: sources unchanged since %s; %s reused", record.get("created_at"), output_dir)
+    return _summary({**record, "seconds": round(time.perf_counter() - started, 2)}, reused=True)
+
+
+def _current_manifest(data: Mapping[str, Any], output_dir: Path) -> dict[str, Any] | None:
+    """The manifest in ``output_dir`` when it still describes ``data`` exactly, else None."""
+    path = output_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    tables = record.get("tables") or {}
+    if record.get("ingest_fingerprint") != ingest_fingerprint(data):
+        return None
+    for table, spec in source_specs(data).items():
+        if checked_spec(spec)["format"] == "sql" or not _source_exists(spec):
+            return None
+        if (tables.get(table) or {}).get("source_fingerprint") != fingerprint_source(spec):
+            return None
+    for table, report in tables.items():
+        output = output_dir / f"{table}.parquet"  # here, not the recorded path: the folder may have moved
+        if not output.exists() or fingerprint_file(output) != report.get("output_fingerprint"):
+            return None
+    opened = record.get("open_rows") or {}
+    if any(not (output_dir / open_rows_file(table)).exists() for table in opened):
+        return None
+    return record
 
 
 def checked_flat_config(data: Mapping[str, Any]) -> FlatContract | None:

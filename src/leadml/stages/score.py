@@ -38,7 +38,7 @@ from leadml.scoring.pandas_engine import (
 from leadml.scoring.scores import TierSettings, TrendSettings
 from leadml.scoring.spark_engine import SparkSettings, score_in_session
 from leadml.stages.features import feature_settings
-from leadml.stages.ingest import data_kind, ingest_stage
+from leadml.stages.ingest import data_kind, ingest_unless_unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class ScoreResult:
     data_through: pd.Timestamp | None  # the data's latest lead or activity (None: a flat table without time)
     seconds: float
     notes: tuple[str, ...]
+    # the sources had not changed since the last ingestion, whose validated copy was used (when)
+    ingestion_reused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,8 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     scorer = tracking.load_scorer(model_uri)
     engine = _scoring_engine(score_cfg)
     interim_dir = Path(score_cfg["interim_dir"])
-    ingested = ingest_stage(data, interim_dir).manifest
+    ingest = ingest_unless_unchanged(data, interim_dir)
+    ingested = ingest.manifest
     if flat:
         _check_open_rows(data, ingested)
     tiers = TierSettings.from_mapping(cfg["tiers"])
@@ -200,6 +203,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         data_through=data_through,
         seconds=seconds,
         notes=(FLAT_WITHOUT_TIME,) if flat and not data["contract"].get("time") else (),
+        ingestion_reused=str(ingest.manifest.get("created_at")) if ingest.reused else None,
     )
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     record = _run_record(result, tiers, outcome, drift, metrics)

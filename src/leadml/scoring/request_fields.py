@@ -1,0 +1,250 @@
+"""What a request to the served model may hold, and how its single values are read.
+
+Shared by the two request paths of ``leadml.scoring.requests`` (the pandas reference) and
+``leadml.scoring.request_plan`` (the compiled path): the field names, the fields each model asks
+for, the readers of one value (number, date-time, text as training spelt it), the words of the
+warnings and the previous answer a row may carry. A value that cannot be read raises
+:class:`RequestError`, whose message names the row and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.data import schema as s
+from leadml.data.contracts import normalise_token
+from leadml.data.features import FeatureSettings
+from leadml.data.wording import counted
+from leadml.errors import LeadmlError
+from leadml.modelling.evaluate import FLOOR_TIER
+from leadml.modelling.reasons import GROUP_PREFIX
+from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer
+from leadml.scoring.scores import TierSettings
+
+ACTIVITIES = "activities"
+REQUEST_AS_OF = "as_of"
+# the e-mail's domain only (a corporate-address flag): the endpoint never needs the address
+EMAIL_DOMAIN = "email_domain"
+WARNINGS = "warnings"
+# a request row may carry its lead's previous answer (the object the endpoint returned then, or the
+# scored partition's row): the answer then also says why the lead moved (margin_change, movement)
+PREVIOUS = "previous_answer"
+# request fields that describe the lead's account (the CRM's accounts table)
+ACCOUNT_FIELDS: dict[str, str] = {
+    s.INDUSTRY: s.INDUSTRY,
+    s.EMPLOYEES: s.EMPLOYEES,
+    s.ANNUAL_REVENUE: s.ANNUAL_REVENUE,
+    "company_country": s.COUNTRY,
+    s.FOUNDED_YEAR: s.FOUNDED_YEAR,
+}
+ACCOUNT_NUMERIC = (s.EMPLOYEES, s.ANNUAL_REVENUE, s.FOUNDED_YEAR)
+# request field -> the features it feeds (beyond a feature of its own name)
+DERIVED_FEATURES: dict[str, tuple[str, ...]] = {
+    s.CREATED_AT: ("lead_age_days",),
+    s.JOB_TITLE: ("seniority",),
+    EMAIL_DOMAIN: ("corporate_email",),
+    s.FOUNDED_YEAR: ("company_age_years",),
+    s.EMPLOYEES: (s.EMPLOYEES, "revenue_per_employee"),
+    s.ANNUAL_REVENUE: (s.ANNUAL_REVENUE, "revenue_per_employee"),
+}
+ACTIVITY_FIELDS = (s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
+MAX_LISTED = 5
+
+
+class RequestError(LeadmlError):
+    """A request the model cannot score; the message names the row and field."""
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Probability minimum of each tier as stored in the model (``LeadScorer.tiers``)."""
+
+    thresholds: Mapping[str, float]
+    floor_tier: str
+
+    @classmethod
+    def of(cls, scorer: LeadScorer) -> Tiers:
+        stored = getattr(scorer, "tiers", None) or {}
+        thresholds = stored.get("thresholds") or TierSettings().thresholds
+        floor_tier = str(stored.get("floor_tier") or FLOOR_TIER)
+        return cls({str(k): float(v) for k, v in thresholds.items()}, floor_tier)
+
+    def settings(self) -> TierSettings:
+        return TierSettings(
+            method="probability", thresholds=dict(self.thresholds), floor_tier=self.floor_tier
+        )
+
+
+# --------------------------------------------------------------------------- fields of a model
+def lead_fields(scorer: LeadScorer) -> list[str]:
+    """The request fields of the lead shape for this model (empty: it takes features only).
+
+    ``created_at`` and every field that feeds one of the model's features: a column left out
+    of the model (``features.exclude``, the leakage sentinel) is not asked for.
+    """
+    settings = feature_settings_of(scorer)
+    if settings is None:
+        return []
+    own = [*settings.lead_categorical, *settings.extra_categorical, *settings.lead_numeric]
+    own += list(settings.extra_numeric)
+    used = set(scorer.feature_names)
+    fields = [
+        field
+        for field in dict.fromkeys([s.JOB_TITLE, EMAIL_DOMAIN, *own, *ACCOUNT_FIELDS])
+        if used.intersection((field, *DERIVED_FEATURES.get(field, ())))
+    ]
+    return [s.CREATED_AT, *fields]
+
+
+def lead_numeric_fields(scorer: LeadScorer) -> list[str]:
+    settings = feature_settings_of(scorer)
+    if settings is None:
+        return []
+    return [*settings.lead_numeric, *settings.extra_numeric, *ACCOUNT_NUMERIC]
+
+
+def feature_settings_of(scorer: LeadScorer) -> FeatureSettings | None:
+    """The settings the model's features were built with (None: a flat table's model)."""
+    stored = getattr(scorer, "feature_settings", None)
+    return FeatureSettings.from_mapping(stored) if stored else None
+
+
+def is_lead_request(frame: pd.DataFrame) -> bool:
+    """Lead fields (``created_at`` or ``activities`` present) rather than precomputed features."""
+    return any(name in frame.columns and frame[name].notna().any() for name in (s.CREATED_AT, ACTIVITIES))
+
+
+def numeric_features(scorer: LeadScorer) -> list[str]:
+    categories = getattr(scorer.model, "categories", None) or {}
+    kinds = {name: meta.get("kind") for name, meta in (scorer.metadata or {}).items()}
+    return [n for n in scorer.feature_names if n not in categories and kinds.get(n) != "categorical"]
+
+
+def training_levels(scorer: LeadScorer) -> dict[str, set[Any]]:
+    """The levels of each categorical feature as training saw them (the model's, else the
+    training profile's)."""
+    levels = {name: set(values) for name, values in (getattr(scorer.model, "categories", None) or {}).items()}
+    for name, profile in ((scorer.reference or {}).get("features") or {}).items():
+        if profile.get("kind") == "categorical" and name not in levels:
+            levels[name] = set(profile.get("shares") or {}) - {"__missing__", "__unseen__"}
+    return levels
+
+
+# --------------------------------------------------------------------------- one value
+NOT_A_NUMBER = object()
+
+
+def number(value: Any) -> Any:
+    """``value`` as a float (NaN when missing), or :data:`NOT_A_NUMBER`: text that reads as a
+    number is taken, anything else is refused."""
+    if is_missing(value):
+        return np.nan
+    if isinstance(value, bool) or not isinstance(value, str | int | float | np.integer | np.floating):
+        return NOT_A_NUMBER
+    try:
+        parsed = float(value)
+    except (ValueError, OverflowError):
+        return NOT_A_NUMBER
+    return parsed if np.isfinite(parsed) or np.isnan(parsed) else NOT_A_NUMBER
+
+
+def timestamp(value: Any, where: str) -> pd.Timestamp:
+    """An ISO 8601 date-time in UTC (NaT when missing); ``where`` names the row and field."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return pd.NaT
+    if not isinstance(value, str | pd.Timestamp):
+        raise RequestError(f"{where}: expected an ISO 8601 date-time, got {shown(value)}")
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise RequestError(f"{where}: {shown(value)} is not an ISO 8601 date-time") from None
+    if pd.isna(stamp):
+        return pd.NaT
+    if not 1900 <= stamp.year <= 2200:
+        raise RequestError(f"{where}: {shown(value)} is not a plausible date")
+    return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+
+
+def is_missing(value: Any) -> bool:
+    if isinstance(value, list | dict | np.ndarray):
+        return False
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def shown(value: Any) -> str:
+    """A value quoted in a message, cut short (a client may send anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def training_spelling(value: Any, levels: set[Any], synonyms: Mapping[str, str]) -> Any:
+    """``value`` as training spelt it: ingestion stores a declared category trimmed, in lower
+    case, separators as ``_`` ("Paid Search" -> "paid_search"), then through the data config's
+    ``synonyms``, so a request spelt as in the export is mapped to that level; a value known as
+    it is, or unknown either way, stays."""
+    if value is None or value in levels:
+        return value
+    token = normalise_token(str(value))
+    token = synonyms.get(token, token)
+    return token if token in levels else value
+
+
+# --------------------------------------------------------------------------- warnings
+def absent_features_warning(absent: Sequence[str], total: int) -> str:
+    listed = ", ".join(absent[:MAX_LISTED]) + (", ..." if len(absent) > MAX_LISTED else "")
+    return f"{len(absent)} of {total} features not in the request, scored as missing: {listed}"
+
+
+def lead_warnings(absent: Sequence[str], ignored: int) -> list[str]:
+    """A lead-shape row's warnings: the fields it did not give, the activities it sent too late."""
+    warnings = []
+    if absent:
+        warnings.append(f"not given, scored as unknown: {', '.join(absent)}")
+    if ignored:
+        activities = counted(ignored, "activity", "activities")
+        warnings.append(f"{activities} at or after as_of ignored (only earlier events count)")
+    return warnings
+
+
+def unseen_level_warning(name: str, value: Any) -> str:
+    return f"{name} {value!r} not seen in training, scored as unknown"
+
+
+# --------------------------------------------------------------------------- previous answers
+def previous_answers(frame: pd.DataFrame, lead_ids: pd.Series) -> pd.DataFrame | None:
+    """The rows' ``previous`` answers as a frame indexed by lead id (None when no row has one).
+
+    ``lead_ids`` is the answer's lead id column. Only the numbers the movement needs are
+    read: probability, margin, base value and the ``group:*`` contributions; anything else in the
+    object is ignored.
+    """
+    if PREVIOUS not in frame.columns:
+        return None
+    records = []
+    for row, value in enumerate(frame[PREVIOUS].tolist()):
+        if is_missing(value):
+            continue
+        if not isinstance(value, Mapping):
+            raise RequestError(
+                f"row {row}, field {PREVIOUS!r}: expected the lead's previous answer (an object)"
+            )
+        wanted = {k: v for k, v in value.items() if k in (PROBABILITY, MARGIN, BASE_VALUE) or
+                  str(k).startswith(GROUP_PREFIX)}  # fmt: skip
+        for key in (PROBABILITY, MARGIN, BASE_VALUE):
+            if key not in wanted:
+                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} missing from the previous answer")
+        numbers = {}
+        for key, given in wanted.items():
+            parsed = number(given)
+            if not isinstance(parsed, float) or not np.isfinite(parsed):
+                raise RequestError(f"row {row}, field {PREVIOUS!r}: {key!r} is not a number")
+            numbers[key] = parsed
+        records.append({s.LEAD_ID: lead_ids.iloc[row], **numbers})
+    if not records:
+        return None
+    return pd.DataFrame(records).drop_duplicates(s.LEAD_ID, keep="last").set_index(s.LEAD_ID)

@@ -1,0 +1,618 @@
+"""The compiled request path: one lead (or a small batch) scored on NumPy arrays, not pandas frames.
+
+What does not depend on the request is worked out once per loaded model (:class:`RequestPlan`,
+cached on the scorer): the request fields and which of them are numbers, each categorical
+feature's booster codes, the column order, the feature-building rules (the seniority patterns
+compiled, the free e-mail domains), the explanation's groups, families and words, the tiers and
+the tree explainer. A request then costs the reading of its values, its rows' features (the
+nightly job's own array code, :func:`leadml.data.features.activity_columns`), one pass of the fast
+TreeSHAP and the sentences of its reasons: a few hundred microseconds, where the pandas path
+spent tens of milliseconds building and converting frames of one row.
+
+The answers are the pandas path's (:func:`leadml.scoring.requests.reference_answer`): the same
+numbers to 1e-12 and the same words, which tests/unit/test_request_plan.py checks on random
+leads. What the compiled path does not cover is answered by the pandas path instead:
+
+* models other than LightGBM (logistic regression, a points sheet), a booster the fast
+  explainer refuses, category levels that are not text, or a feature read as a number by the
+  model but built as text (or the reverse);
+* any request the pandas path refuses (it words the error), and values JSON does not send:
+  pandas' NA or NaT, date-times or other objects where text or numbers are expected, text that
+  cannot be encoded as UTF-8, repeated column names;
+* a ``now`` that is not a UTC timestamp.
+
+A scorer whose attributes are replaced after the first request (its model, calibrator,
+metadata, settings, profile or tiers) is compiled again; attributes changed in place are not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadml.data import schema as s
+from leadml.data.features import (
+    SECONDS_PER_DAY,
+    FeatureSettings,
+    activity_columns,
+    corporate_email_flags,
+    event_log,
+    revenue_per_employee,
+    seniority_levels,
+)
+from leadml.errors import LeadmlError
+from leadml.modelling.calibration import Calibrator
+from leadml.modelling.evaluate import assign_tiers
+from leadml.modelling.models import LightGBMModel
+from leadml.modelling.reasons import sentence_of
+from leadml.modelling.scorer import MARGIN, PROBABILITY, LeadScorer
+from leadml.modelling.treeshap import FastTreeExplainer
+from leadml.scoring.request_fields import (
+    ACCOUNT_FIELDS,
+    ACTIVITIES,
+    ACTIVITY_FIELDS,
+    EMAIL_DOMAIN,
+    NOT_A_NUMBER,
+    PREVIOUS,
+    REQUEST_AS_OF,
+    WARNINGS,
+    RequestError,
+    Tiers,
+    absent_features_warning,
+    feature_settings_of,
+    is_lead_request,
+    is_missing,
+    lead_fields,
+    lead_numeric_fields,
+    lead_warnings,
+    number,
+    numeric_features,
+    previous_answers,
+    timestamp,
+    training_levels,
+    training_spelling,
+    unseen_level_warning,
+)
+from leadml.scoring.scores import ExplanationPlan, explanation_arrays, movement_columns, movement_words
+
+logger = logging.getLogger(__name__)
+
+# the scorer's attributes a plan is compiled from: one replaced means compiling again
+SOURCES = (
+    "model",
+    "calibrator",
+    "feature_names",
+    "metadata",
+    "feature_settings",
+    "reference",
+    "tiers",
+    "request_id",
+    "request_synonyms",
+)
+TYPE_CODES = {kind: code for code, kind in enumerate(s.ACTIVITY_TYPES)}
+PAGE_CODES = {page: code for code, page in enumerate(s.PAGE_CATEGORIES)}
+EVENT_FIELDS = frozenset(ACTIVITY_FIELDS)
+NANOSECONDS = 1_000_000_000
+
+
+class NotCovered(Exception):
+    """A model or request the compiled path leaves to the pandas path; the message says why."""
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """Everything a request needs that does not depend on it, for one loaded model."""
+
+    names: list[str]  # the model's features, in its column order
+    settings: FeatureSettings | None  # None: a flat table's model, which takes features only
+    lead_fields: list[str]
+    numeric_fields: frozenset[str]  # lead-shape fields read as numbers
+    free_domains: frozenset[str]
+    codes: dict[str, dict[str, float]]  # categorical feature -> level -> the booster's code
+    unseen_order: list[tuple[int, str]]  # categorical features as the unseen-level warnings list them
+    numeric_features: frozenset[str]  # features-shape columns read as numbers
+    spelling: dict[str, tuple[set[Any], Mapping[str, str]]]  # training levels and synonyms per column
+    request_id: str | None
+    explainer: FastTreeExplainer
+    margin_scale: float
+    calibrator: Calibrator
+    tiers: Tiers
+    explanation: ExplanationPlan
+    words: dict[str, str]
+
+    @classmethod
+    def compile(cls, scorer: LeadScorer) -> RequestPlan:
+        """The plan of ``scorer``; :class:`NotCovered` for a model the compiled path does not cover."""
+        model, names = scorer.model, list(scorer.feature_names)
+        if not isinstance(model, LightGBMModel) or list(model.feature_names) != names:
+            raise NotCovered(f"a {type(model).__name__} model")
+        categories = model.categories or {}
+        if any(not isinstance(level, str) for levels in categories.values() for level in levels):
+            raise NotCovered("category levels that are not text")
+        numeric = frozenset(numeric_features(scorer))
+        if any(name not in categories and name not in numeric for name in names):
+            raise NotCovered("a categorical feature without the booster's levels")
+        try:
+            explainer = scorer.tree_explainer()
+        except LeadmlError as error:
+            raise NotCovered(str(error)) from None
+        settings = feature_settings_of(scorer)
+        levels, synonyms = training_levels(scorer), getattr(scorer, "request_synonyms", None) or {}
+        return cls(
+            names=names,
+            settings=settings,
+            lead_fields=lead_fields(scorer),
+            numeric_fields=frozenset(lead_numeric_fields(scorer)),
+            free_domains=frozenset(settings.free_email_domains if settings else ()),
+            codes={
+                name: {level: float(code) for code, level in enumerate(categories[name])}
+                for name in categories
+            },
+            unseen_order=[(names.index(name), name) for name in categories],
+            numeric_features=numeric,
+            spelling={name: (levels[name], synonyms.get(name, {})) for name in names if levels.get(name)},
+            request_id=getattr(scorer, "request_id", None),
+            explainer=explainer,
+            margin_scale=model.margin_scale,
+            calibrator=scorer.calibrator,
+            tiers=Tiers.of(scorer),
+            explanation=ExplanationPlan.of(scorer),
+            words=movement_words(scorer),
+        )
+
+    def answer(self, frame: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """:func:`~leadml.scoring.requests.predict_request`'s answer; :class:`NotCovered` (or the
+        reference's own :class:`RequestError`) where the pandas path has to answer."""
+        rows = Rows.of(frame)
+        read = lead_shape(self, rows, _utc_now(now)) if is_lead_request(frame) else features_shape(self, rows)
+        inputs = model_input(self, read.columns, rows.n)
+        out = pd.DataFrame(self._columns(read, inputs))
+        if PREVIOUS in frame.columns:  # why each lead moved since the answer it was given before
+            before = previous_answers(frame, out[s.LEAD_ID])
+            out["margin_change"], out["movement"] = movement_columns(out, before, self.words)
+        return out
+
+    def _columns(self, read: Read, inputs: ModelInput) -> dict[str, Any]:
+        """The answer's columns, in the pandas path's order and with what its dtypes come from."""
+        contributions = self.explainer.shap_values(inputs.matrix) * self.margin_scale
+        # summed as the pandas path sums its column-major frame: the same margin to the last bit
+        margin = np.asfortranarray(contributions).sum(axis=1)
+        probability = self.calibrator.predict_proba(margin)
+        explained = explanation_arrays(
+            np.asfortranarray(contributions[:, :-1]),
+            contributions[:, -1],
+            self.explanation,
+            inputs.missing,
+            inputs.describer(self.names, self.explanation.metadata),
+        )
+        n = len(margin)
+        return {
+            s.LEAD_ID: _objects(read.lead_ids),
+            REQUEST_AS_OF: pd.Series(read.as_of, dtype=object),  # echoed as given: never inferred
+            PROBABILITY: probability,
+            MARGIN: margin,
+            "tier": assign_tiers(probability, dict(self.tiers.thresholds), self.tiers.floor_tier),
+            **explained,
+            "margin_change": np.full(n, np.nan),
+            "movement": np.full(n, None, dtype=object),
+            WARNINGS: ["; ".join(w + inputs.unseen[row]) or None for row, w in enumerate(read.warnings)],
+        }
+
+
+def request_plan(scorer: LeadScorer) -> RequestPlan | None:
+    """The scorer's compiled plan (None: the compiled path does not cover its model), compiled on
+    first use and kept on the scorer (``LeadScorer._request_plan``, never pickled)."""
+    sources = tuple(getattr(scorer, name, None) for name in SOURCES)
+    cached = getattr(scorer, "_request_plan", None)
+    if isinstance(cached, CompiledPlan) and all(a is b for a, b in zip(cached.sources, sources, strict=True)):
+        return cached.plan
+    try:
+        plan: RequestPlan | None = RequestPlan.compile(scorer)
+    except NotCovered as reason:
+        logger.info("requests to this model are answered by the pandas path: %s", reason)
+        plan = None
+    scorer._request_plan = CompiledPlan(sources, plan)
+    return plan
+
+
+def prepare_request_plan(scorer: LeadScorer) -> None:
+    """Compile the request path now (when the model loads) rather than on the first request."""
+    request_plan(scorer)
+
+
+@dataclass(frozen=True)
+class CompiledPlan:
+    sources: tuple[Any, ...]  # the scorer's attributes the plan was compiled from
+    plan: RequestPlan | None
+
+
+def compiled_answer(
+    scorer: LeadScorer, frame: pd.DataFrame, now: pd.Timestamp | None = None
+) -> pd.DataFrame | None:
+    """The compiled path's answer to ``frame``, or None where the pandas path answers (module docstring)."""
+    plan = request_plan(scorer)
+    if plan is None:
+        return None
+    try:
+        return plan.answer(frame, now)
+    except (NotCovered, RequestError) as reason:
+        logger.debug("request answered by the pandas path: %s", reason)
+        return None
+
+
+# --------------------------------------------------------------------------- reading a request
+@dataclass(frozen=True)
+class Rows:
+    """The request's values as plain Python objects, read from the frame in one conversion."""
+
+    n: int
+    positions: dict[Any, int]
+    values: np.ndarray  # rows x columns, objects
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> Rows:
+        if len(frame) == 0 or len(frame.columns) == 0:
+            raise NotCovered("an empty request")
+        if not frame.columns.is_unique:
+            raise NotCovered("repeated column names")
+        positions = {name: j for j, name in enumerate(frame.columns)}
+        return cls(len(frame), positions, frame.to_numpy(dtype=object))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.positions
+
+    def column(self, name: str) -> list[Any]:
+        """The field's values, row by row (None for each row when the request has no such field)."""
+        j = self.positions.get(name)
+        return [None] * self.n if j is None else self.values[:, j].tolist()
+
+
+@dataclass(frozen=True)
+class Read:
+    """A request read: its features by name (float arrays, or lists of text), what it echoes, its warnings."""
+
+    columns: dict[str, np.ndarray | list[str | None]]
+    lead_ids: list[Any]
+    as_of: list[Any]
+    warnings: list[list[str]]
+
+
+def _utc_now(now: pd.Timestamp | None) -> pd.Timestamp:
+    now = pd.Timestamp.now(tz="UTC") if now is None else now
+    if not isinstance(now, pd.Timestamp) or str(now.tz) != "UTC":
+        raise NotCovered("now is not a UTC timestamp")
+    return now
+
+
+def _numbers(values: Sequence[Any]) -> np.ndarray:
+    parsed = [number(value) for value in values]
+    if any(value is NOT_A_NUMBER for value in parsed):
+        raise NotCovered("a value that is not a number")
+    return np.array(parsed, dtype=np.float64)
+
+
+def _texts(values: Sequence[Any]) -> list[str | None]:
+    return [_text(value) for value in values]
+
+
+def _text(value: Any) -> str | None:
+    """A text field's value as the pandas path reads it: missing as None, numbers as their text."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")  # pandas' Arrow strings refuse lone surrogates
+            except UnicodeEncodeError:
+                raise NotCovered("text that is not UTF-8") from None
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    raise NotCovered(f"a {type(value).__name__} where text is expected")
+
+
+def _echo(value: Any) -> Any:
+    """An echoed value (lead id, as_of of the features shape): missing as None, scalars as given."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, str | int | float):
+        return value
+    raise NotCovered(f"a {type(value).__name__} echoed")
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _stamps(rows: Rows, field: str, *, required: bool) -> list[pd.Timestamp]:
+    """The field's date-times in UTC, nanoseconds as the pandas path holds them (NaT: missing)."""
+    if required and field not in rows:
+        raise NotCovered(f"no {field}")
+    stamps = []
+    for row, value in enumerate(rows.column(field)):
+        stamp = timestamp(value, f"row {row}, field {field!r}")
+        if stamp is pd.NaT and required:
+            raise NotCovered(f"no {field}")
+        stamps.append(stamp if stamp is pd.NaT else stamp.as_unit("ns"))
+    return stamps
+
+
+# --------------------------------------------------------------------------- the features shape
+def features_shape(plan: RequestPlan, rows: Rows) -> Read:
+    """The model's features as sent: numbers read, category values spelt as training spelt them."""
+    absent = [name for name in plan.names if name not in rows]
+    if len(absent) == len(plan.names):
+        raise NotCovered("no feature of the model")
+    columns: dict[str, np.ndarray | list[str | None]] = {}
+    for name in plan.names:
+        given = rows.column(name)
+        if name in plan.numeric_features:
+            columns[name] = _numbers(given)
+        elif name in plan.spelling:
+            levels, synonyms = plan.spelling[name]
+            columns[name] = [training_spelling(value, levels, synonyms) for value in _texts(given)]
+        else:
+            columns[name] = _texts(given)
+    own_id = plan.request_id
+    id_column = own_id if s.LEAD_ID not in rows and own_id and own_id in rows else s.LEAD_ID
+    # a null feature is a value (no such event yet); a feature left out of the request is not
+    warning = [absent_features_warning(absent, len(plan.names))] if absent else []
+    return Read(
+        columns=columns,
+        lead_ids=[_echo(value) for value in rows.column(id_column)],
+        as_of=[_echo(value) for value in rows.column(REQUEST_AS_OF)],
+        warnings=[list(warning) for _ in range(rows.n)],
+    )
+
+
+# --------------------------------------------------------------------------- the lead shape
+@dataclass(frozen=True)
+class Leads:
+    """The lead-shape rows read: dates, lead and account fields (as the CRM tables name them), events."""
+
+    created: list[pd.Timestamp]
+    as_of: list[pd.Timestamp]
+    leads: dict[str, np.ndarray | list[str | None]]
+    accounts: dict[str, np.ndarray | list[str | None]]
+    events: list[list[tuple[int, int, int]]]  # per row: (seconds, activity type code, page code or -1)
+    ignored: list[int]  # per row: activities at or after its as_of
+
+
+def lead_shape(plan: RequestPlan, rows: Rows, now: pd.Timestamp) -> Read:
+    """The features of lead fields and activities, built as of each row's ``as_of`` (default: now)."""
+    if plan.settings is None:
+        raise NotCovered("lead fields sent to a model that takes features only")
+    read = read_leads(plan, rows, now.floor("us"))
+    columns = lead_columns(plan.settings, plan.free_domains, read)
+    warnings = []
+    for row in range(rows.n):
+        absent = [
+            f
+            for f in plan.lead_fields[1:]
+            if f not in rows or is_missing(rows.values[row, rows.positions[f]])
+        ]
+        warnings.append(lead_warnings(absent, read.ignored[row]))
+    return Read(
+        columns=columns,
+        lead_ids=[_echo(value) for value in rows.column(s.LEAD_ID)],
+        as_of=[moment.isoformat() for moment in read.as_of],
+        warnings=warnings,
+    )
+
+
+def read_leads(plan: RequestPlan, rows: Rows, default_as_of: pd.Timestamp) -> Leads:
+    created = _stamps(rows, s.CREATED_AT, required=True)
+    given = _stamps(rows, REQUEST_AS_OF, required=False)
+    as_of = [default_as_of.as_unit("ns") if stamp is pd.NaT else stamp for stamp in given]
+    if any(made > moment for made, moment in zip(created, as_of, strict=True)):
+        raise NotCovered("a lead created after its as_of")
+    leads: dict[str, np.ndarray | list[str | None]] = {}
+    for field in plan.lead_fields:
+        if field in (s.CREATED_AT, *ACCOUNT_FIELDS):
+            continue
+        values = _field(plan, rows, field)
+        if field == EMAIL_DOMAIN:  # an address sent by mistake loses its local part here
+            if not isinstance(values, list):
+                raise NotCovered("an e-mail domain read as a number")
+            field, values = s.EMAIL, [v if v is None else "x@" + v.rpartition("@")[2] for v in values]
+        leads[field] = values
+    accounts = {column: _field(plan, rows, field) for field, column in ACCOUNT_FIELDS.items()}
+    events, ignored = read_activities(rows, as_of)
+    return Leads(created, as_of, leads, accounts, events, ignored)
+
+
+def _field(plan: RequestPlan, rows: Rows, field: str) -> np.ndarray | list[str | None]:
+    given = rows.column(field)
+    return _numbers(given) if field in plan.numeric_fields else _texts(given)
+
+
+def read_activities(
+    rows: Rows, as_of: Sequence[pd.Timestamp]
+) -> tuple[list[list[tuple[int, int, int]]], list[int]]:
+    """Every row's activities as (seconds, type code, page code), and how many are not before its as_of."""
+    events: list[list[tuple[int, int, int]]] = []
+    ignored = []
+    for row, given in enumerate(rows.column(ACTIVITIES)):
+        mine: list[tuple[int, int, int]] = []
+        late = 0
+        for event in _event_list(given):
+            stamp, kind, page = _event(event)
+            late += bool(stamp >= as_of[row])
+            mine.append((stamp.value // NANOSECONDS, kind, page))
+        events.append(mine)
+        ignored.append(late)
+    return events, ignored
+
+
+def _event_list(given: Any) -> list[Any]:
+    if given is None or (isinstance(given, float) and given != given):
+        return []
+    if isinstance(given, np.ndarray):
+        given = given.tolist()
+    if not isinstance(given, list):
+        raise NotCovered("activities that are not a list")
+    return given
+
+
+def _event(event: Any) -> tuple[pd.Timestamp, int, int]:
+    if not isinstance(event, Mapping) or not set(event) <= EVENT_FIELDS:
+        raise NotCovered("an activity that is not an object of known fields")
+    stamp = timestamp(event.get(s.TIMESTAMP), "activity")
+    kind, page = event.get(s.ACTIVITY_TYPE), event.get(s.PAGE_CATEGORY)
+    if stamp is pd.NaT or not isinstance(kind, str) or kind not in TYPE_CODES:
+        raise NotCovered("an activity without time or of an unknown type")
+    if page is not None and (not isinstance(page, str) or page not in PAGE_CODES):
+        raise NotCovered("an activity of an unknown page category")
+    return stamp, TYPE_CODES[kind], -1 if page is None else PAGE_CODES[page]
+
+
+def lead_columns(
+    settings: FeatureSettings, free_domains: frozenset[str], read: Leads
+) -> dict[str, np.ndarray | list[str | None]]:
+    """Every feature of the rows, as ``lead_profile`` and ``features_as_of`` build them."""
+    columns = profile_columns(settings, free_domains, read)
+    n = len(read.as_of)
+    timed: dict[str, np.ndarray] = {}
+    for moment, group in _by_moment(read.as_of).items():
+        for name, values in moment_columns(settings, read, columns, moment, group).items():
+            timed.setdefault(name, np.empty(n))[group] = values
+    columns.pop(s.FOUNDED_YEAR)
+    derived = ("lead_age_days", "company_age_years", "revenue_per_employee")
+    if any(name in columns and name not in derived for name in timed):
+        raise NotCovered("a column of the same name as an activity feature")
+    columns.update(timed)
+    for name in settings.exclude:
+        columns.pop(name, None)
+    return columns
+
+
+def profile_columns(
+    settings: FeatureSettings, free_domains: frozenset[str], read: Leads
+) -> dict[str, np.ndarray | list[str | None]]:
+    """``lead_profile``'s columns, in its order (a later column of the same name replaces one before)."""
+    n, leads, accounts = len(read.as_of), read.leads, read.accounts
+    columns: dict[str, np.ndarray | list[str | None]] = {}
+    for column in (*settings.lead_categorical, *settings.extra_categorical):
+        columns[column] = _text_column(leads[column]) if column in leads else [None] * n
+    columns["seniority"] = (
+        seniority_levels(_text_column(leads[s.JOB_TITLE])) if s.JOB_TITLE in leads else ["unknown"] * n
+    )
+    columns["corporate_email"] = (
+        corporate_email_flags(_text_column(leads[s.EMAIL]), free_domains)
+        if s.EMAIL in leads
+        else np.full(n, np.nan)
+    )
+    columns[s.INDUSTRY] = _text_column(accounts[s.INDUSTRY])
+    columns["company_country"] = _text_column(accounts[s.COUNTRY])
+    for column in (s.EMPLOYEES, s.ANNUAL_REVENUE, s.FOUNDED_YEAR):
+        columns[column] = _number_column(accounts[column])
+    for column in (*settings.lead_numeric, *settings.extra_numeric):
+        columns[column] = _number_column(leads[column]) if column in leads else np.full(n, np.nan)
+    return columns
+
+
+def _text_column(values: np.ndarray | list[str | None]) -> list[str | None]:
+    if not isinstance(values, list):
+        raise NotCovered("a category read as a number")
+    return values
+
+
+def _number_column(values: np.ndarray | list[str | None]) -> np.ndarray:
+    if isinstance(values, list):
+        raise NotCovered("a number read as text")
+    return values
+
+
+def _by_moment(as_of: Sequence[pd.Timestamp]) -> dict[pd.Timestamp, np.ndarray]:
+    groups: dict[pd.Timestamp, list[int]] = {}
+    for row, moment in enumerate(as_of):
+        groups.setdefault(moment, []).append(row)
+    return {moment: np.array(rows, dtype=np.int64) for moment, rows in groups.items()}
+
+
+def moment_columns(
+    settings: FeatureSettings,
+    read: Leads,
+    profile: Mapping[str, np.ndarray | list[str | None]],
+    moment: pd.Timestamp,
+    group: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The features that depend on ``as_of`` of the rows ``group`` sharing it: ages and activity."""
+    t = moment.value // NANOSECONDS  # floored, as leadml.data.features.to_seconds
+    created_s = np.array([read.created[row].value // NANOSECONDS for row in group], dtype=np.int64)
+    employees, revenue = _number_column(profile[s.EMPLOYEES]), _number_column(profile[s.ANNUAL_REVENUE])
+    columns = {
+        "lead_age_days": (t - created_s) / SECONDS_PER_DAY,
+        "company_age_years": moment.year - _number_column(profile[s.FOUNDED_YEAR])[group],
+        "revenue_per_employee": revenue_per_employee(employees[group], revenue[group]),
+    }
+    mine = [(position, *event) for position, row in enumerate(group) for event in read.events[row]]
+    found = np.array(mine, dtype=np.int64).reshape(-1, 4)
+    events = event_log(pd.RangeIndex(len(group)), found[:, 0], found[:, 1], found[:, 2], found[:, 3])
+    columns.update(activity_columns(events, np.arange(len(group), dtype=np.int64), t, settings))
+    return columns
+
+
+# --------------------------------------------------------------------------- the model's input
+@dataclass(frozen=True)
+class ModelInput:
+    """The rows in the booster's float layout, with what the reasons and warnings read."""
+
+    matrix: np.ndarray  # rows x features: numbers as they are, categories as codes (NaN: unseen, missing)
+    texts: dict[int, list[str | None]]  # the values of the categorical features, by feature position
+    missing: np.ndarray  # rows x features: the value is missing
+    unseen: list[list[str]]  # per row: the category values training never saw
+
+    def value(self, row: int, feature: int) -> Any:
+        texts = self.texts.get(feature)
+        return float(self.matrix[row, feature]) if texts is None else texts[row]
+
+    def describer(
+        self, names: Sequence[str], metadata: Mapping[str, Any]
+    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``describe`` of :func:`~leadml.scoring.scores.explanation_arrays` over these rows."""
+
+        def describe(features: np.ndarray, useful: np.ndarray) -> np.ndarray:
+            sentences = np.full(len(features), None, dtype=object)
+            for row in np.flatnonzero(useful):
+                feature = int(features[row])
+                sentences[row] = sentence_of(metadata, names[feature], self.value(int(row), feature))
+            return sentences
+
+        return describe
+
+
+def model_input(
+    plan: RequestPlan, columns: Mapping[str, np.ndarray | list[str | None]], n: int
+) -> ModelInput:
+    """The features ``plan.names`` of ``columns`` as the booster reads them (one not built: missing)."""
+    matrix = np.full((n, len(plan.names)), np.nan)
+    texts: dict[int, list[str | None]] = {}
+    for j, name in enumerate(plan.names):
+        values = columns.get(name)
+        codes = plan.codes.get(name)
+        if isinstance(values, list):
+            if codes is None:
+                raise NotCovered(f"{name} built as text, read as a number")
+            texts[j] = values
+            matrix[:, j] = [np.nan if value is None else codes.get(value, np.nan) for value in values]
+        elif values is not None:
+            if codes is not None:
+                raise NotCovered(f"{name} built as a number, read as a category")
+            matrix[:, j] = values
+    missing = np.isnan(matrix)
+    for j, values in texts.items():
+        missing[:, j] = [value is None for value in values]
+    unseen: list[list[str]] = [[] for _ in range(n)]
+    for j, name in plan.unseen_order:
+        for row, value in enumerate(texts.get(j, ())):
+            if value is not None and value not in plan.codes[name]:
+                unseen[row].append(unseen_level_warning(name, value))
+    return ModelInput(matrix, texts, missing, unseen)
