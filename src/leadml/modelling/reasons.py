@@ -165,11 +165,16 @@ def representatives(
 ) -> np.ndarray:
     """Per row and group, the feature with the largest |contribution|: the one the reason quotes."""
     feature_groups = np.array([metadata[n].group if n in metadata else n for n in names])
-    chosen = np.zeros((values.shape[0], len(groups)), dtype=np.int64)
+    return largest_members(values, [np.flatnonzero(feature_groups == group) for group in groups])
+
+
+def largest_members(values: np.ndarray, members: Sequence[np.ndarray]) -> np.ndarray:
+    """Per row and group (``members[g]``: its features' positions), the member with the largest
+    |contribution| in ``values`` (rows x features)."""
+    chosen = np.zeros((values.shape[0], len(members)), dtype=np.int64)
     magnitude = np.abs(values)
-    for g, group in enumerate(groups):
-        members = np.flatnonzero(feature_groups == group)
-        chosen[:, g] = members[np.argmax(magnitude[:, members], axis=1)]
+    for g, group_members in enumerate(members):
+        chosen[:, g] = group_members[np.argmax(magnitude[:, group_members], axis=1)]
     return chosen
 
 

@@ -21,6 +21,7 @@ from leadml.modelling.reasons import (
     MOVERS_PER_DIRECTION,
     N_REASONS,
     group_words,
+    largest_members,
     movement_sentence,
     movements,
     reason_sentences,
@@ -134,11 +135,7 @@ class ExplanationPlan:
 
     def representatives(self, values: np.ndarray) -> np.ndarray:
         """Per row and group, the feature with the largest |contribution|: the one its reason quotes."""
-        chosen = np.zeros((values.shape[0], len(self.groups)), dtype=np.int64)
-        magnitude = np.abs(values)
-        for g, members in enumerate(self.members):
-            chosen[:, g] = members[np.argmax(magnitude[:, members], axis=1)]
-        return chosen
+        return largest_members(values, self.members)
 
 
 def explanation_arrays(

@@ -155,8 +155,7 @@ def _summary(record: Mapping[str, Any], reused: bool = False) -> IngestSummary:
 def ingest_fingerprint(data: Mapping[str, Any]) -> str:
     """sha256 of what decides an ingestion besides the sources' bytes: the data config (without file
     locations) and the leadml version whose contracts ran."""
-    payload = {"data": _without_locations(data), "leadml": __version__}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return _sha256_of({"data": _without_locations(data), "leadml": __version__})
 
 
 def ingest_unless_unchanged(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
@@ -187,11 +186,10 @@ def _current_manifest(data: Mapping[str, Any], output_dir: Path) -> dict[str, An
     tables = record.get("tables") or {}
     if record.get("ingest_fingerprint") != ingest_fingerprint(data):
         return None
-    for table, spec in source_specs(data).items():
-        if checked_spec(spec)["format"] == "sql" or not _source_exists(spec):
-            return None
-        if (tables.get(table) or {}).get("source_fingerprint") != fingerprint_source(spec):
-            return None
+    if any(checked_spec(spec)["format"] == "sql" for spec in source_specs(data).values()):
+        return None
+    if changed_source(data, tables) is not None:
+        return None
     for table, report in tables.items():
         output = output_dir / f"{table}.parquet"  # here, not the recorded path: the folder may have moved
         if not output.exists() or fingerprint_file(output) != report.get("output_fingerprint"):
@@ -324,8 +322,11 @@ def config_fingerprint(data: Mapping[str, Any], features: Mapping[str, Any]) -> 
         "data": _without_locations(data),
         "features": {k: v for k, v in features.items() if k != "exclude"},
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _sha256_of(payload)
+
+
+def _sha256_of(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def stale_upstream(
@@ -344,9 +345,14 @@ def stale_upstream(
     if built.get("config_fingerprint") != config_fingerprint(data, features):
         return "the data or features config changed since the features were built"
     ingested = json.loads((interim_dir / MANIFEST).read_text())
-    tables = ingested.get("tables", {})
+    return changed_source(data, ingested.get("tables", {}))
+
+
+def changed_source(data: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Which configured source no longer has the bytes (sha256) the ingestion's ``tables`` record
+    for it, and why; None when every one does."""
     for table, spec in source_specs(data).items():
-        recorded = tables.get(table, {}).get("source_fingerprint")
+        recorded = (tables.get(table) or {}).get("source_fingerprint")
         if recorded is None or not _source_exists(spec):
             return f"table {table} was not ingested from {describe_source(spec)}"
         if recorded != fingerprint_source(spec):
