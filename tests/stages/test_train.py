@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from leadml.cli import CONFIG_DIR, run_features, run_generate, run_ingest, run_train
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
+from leadml.scoring.request_fields import known_fields
 
 SMALL = [
     "synthetic.n_leads=8000",
@@ -98,8 +99,10 @@ def test_champion_pyfunc_scores_feature_rows(root: Path) -> None:
     run_train(_cfg(root))
     model = mlflow.pyfunc.load_model("models:/leadml-synthetic@champion")
     snapshots = pd.read_parquet(root / "data/features/synthetic/snapshots.parquet").head(50)
-    # the signature names both request shapes (features, lead fields); no personal column in either
-    assert not set(s.PERSONAL_DATA_COLUMNS) & set(model.metadata.get_input_schema().input_names())
+    # no input schema: MLflow's check of it cost more than the answer (leadml reads every field itself)
+    assert model.metadata.get_input_schema() is None and model.metadata.get_output_schema() is not None
+    # the fields of both request shapes (features, lead fields): no personal column in either
+    assert not set(s.PERSONAL_DATA_COLUMNS) & set(known_fields(model.unwrap_python_model().scorer))
     inputs = model.unwrap_python_model().scorer.feature_names
     frame = snapshots[inputs].copy()
     for column in frame.columns:
@@ -131,10 +134,10 @@ def test_logreg_sigmoid_exclusions_and_another_tracking_store(root: Path) -> Non
     assert run.data.params["split.test_months"] == "2"
     import mlflow
 
-    inputs = mlflow.pyfunc.load_model(
-        f"models:/leadml-synthetic/{summary.version}"
-    ).metadata.get_input_schema()
-    assert {"browser", "seniority"}.isdisjoint(inputs.input_names())
+    scorer = (
+        mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary.version}").unwrap_python_model().scorer
+    )
+    assert {"browser", "seniority"}.isdisjoint(known_fields(scorer))
 
 
 def test_planted_leak_is_caught_by_name(root: Path) -> None:
@@ -167,8 +170,10 @@ def test_planted_leak_is_caught_by_name(root: Path) -> None:
     assert "single-feature AUC" in summary.leakage_flagged["days_to_close_entered_by_sales"]
     run = mlflow.get_run(summary.run_id)
     assert run.data.tags["leakage.excluded"] == "days_to_close_entered_by_sales"
-    inputs = mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary.version}").metadata
-    assert "days_to_close_entered_by_sales" not in inputs.get_input_schema().input_names()
+    scorer = (
+        mlflow.pyfunc.load_model(f"models:/leadml-synthetic/{summary.version}").unwrap_python_model().scorer
+    )
+    assert "days_to_close_entered_by_sales" not in known_fields(scorer)
     assert "left out of the model" in Path(summary.report).read_text()
 
 

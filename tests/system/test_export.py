@@ -17,6 +17,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow.models import Model
 
 from factories import copy_project, free_port, local_tracking, project_config
 from leadml.adapters import sinks
@@ -430,6 +431,20 @@ def test_served_endpoint_answers_valid_and_invalid_requests(exported, served_sco
         by_features = server.post({"dataframe_records": features})
         assert by_features.status_code == 200, by_features.text
         np.testing.assert_allclose([p["probability"] for p in by_features.json()["predictions"]], expected)
+
+        # no input schema (MLflow's check of it cost more than the answer): the other JSON formats still
+        # carry both shapes, and fields the model does not know are ignored, named once in the log
+        assert Model.load(str(folder)).get_input_schema() is None
+        columns = list(posted[0])
+        split = {"columns": columns, "data": [[lead[name] for name in columns] for lead in posted]}
+        personal = [{**lead, "email": "jane@example.com", "first_name": "Jane"} for lead in posted]
+        for body in ({"inputs": posted}, {"dataframe_split": split}, {"dataframe_records": personal}):
+            answer = server.post(body)
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose([p["probability"] for p in answer.json()["predictions"]], expected)
+        assert server.post({"dataframe_records": personal}).status_code == 200
+        log = server.log.read_text()
+        assert log.count("request field(s) ['email', 'first_name'] are not fields of this model") == 1
 
         # malformed requests: 4xx with a message naming the problem, never a 500 or a traceback
         for body, content_type, status, message in [

@@ -36,6 +36,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +46,7 @@ import pyarrow
 
 from leadml.data.profiles import SEPARATORS
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
+from leadml.machine import available_cpus
 
 # sqlalchemy is imported inside functions: only a SQL source (or a URL to mask) needs it
 
@@ -643,6 +645,21 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> P
     with _atomic_file(path) as handle:
         frame.to_parquet(handle, index=False)
     return Path(path)
+
+
+def write_parquet_files(frames: Mapping[str | os.PathLike[str], pd.DataFrame]) -> None:
+    """Write several frames atomically (:func:`write_parquet_atomic`), side by side on the CPUs
+    this process may use: Arrow encodes and compresses without holding the GIL, so the activity
+    table no longer waits for the others. The first error is raised once every write has ended."""
+    workers = max(1, min(len(frames), available_cpus()))
+    if workers == 1:
+        for path, frame in frames.items():
+            write_parquet_atomic(frame, path)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="leadml-write") as pool:
+        writes = [pool.submit(write_parquet_atomic, frame, path) for path, frame in frames.items()]
+    for write in writes:
+        write.result()
 
 
 def _json_default(value: Any) -> Any:

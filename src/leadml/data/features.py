@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from leadml.data import schema as s
 from leadml.data import wording
-from leadml.data.arrays import argsort_int, positions_in
+from leadml.data.arrays import argsort_int, is_in, positions_in
 from leadml.data.calendar import snapshot_dates, to_utc
 from leadml.data.contracts import normalise_token
 from leadml.errors import LeadmlError, known_settings
@@ -552,9 +552,11 @@ def _last_and_first_before(keys: np.ndarray, groups: np.ndarray, t: int) -> tupl
 
 def open_lead_positions(profile: pd.DataFrame, closed_s: np.ndarray, t: int) -> np.ndarray:
     """Rows of leads created before ``t`` and not closed at or before it."""
-    created = profile["_created_s"].to_numpy()
-    is_open = (created < t) & ~(closed_s <= t)  # NaN closed time (still open) compares False
-    return np.flatnonzero(is_open)
+    return np.flatnonzero(_is_open(profile["_created_s"].to_numpy(), closed_s, t))
+
+
+def _is_open(created_s: np.ndarray, closed_s: np.ndarray, t: int) -> np.ndarray:
+    return (created_s < t) & ~(closed_s <= t)  # NaN closed time (still open) compares False
 
 
 def lead_outcomes(leads: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -606,11 +608,16 @@ def open_lead_features(
         tables[n] for n in (s.LEADS, s.ACCOUNTS, s.OUTCOMES, s.ACTIVITIES)
     )
     as_of = to_utc(as_of)
-    profile = lead_profile(leads, accounts, settings)
+    t = int(to_seconds(pd.DatetimeIndex([as_of]))[0])
     closed_s, _ = lead_outcomes(leads, outcomes)
-    positions = open_lead_positions(profile, closed_s, int(to_seconds(pd.DatetimeIndex([as_of]))[0]))
+    # A profile and the event log are most of the work, and every figure of a lead depends on
+    # that lead alone: build them for the open leads only (a fifth of a CRM's leads, typically).
+    is_open = _is_open(to_seconds(leads[s.CREATED_AT]), closed_s, t)
+    leads = leads.loc[is_open]
+    activities = activities.loc[is_in(activities[s.LEAD_ID], pd.Index(leads[s.LEAD_ID]))]
+    profile = lead_profile(leads, accounts, settings)
     events = prepare_events(activities, profile.index)
-    return features_as_of(profile, events, positions, as_of, settings)
+    return features_as_of(profile, events, np.arange(len(profile)), as_of, settings)
 
 
 def build_training_snapshots(

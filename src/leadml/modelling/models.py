@@ -190,7 +190,9 @@ def prepare_features(
     for name in feature_names:
         column = frame[name]
         if name in categories:
-            values = column.astype(object).where(column.notna(), None)
+            values = column.astype(object)
+            # Unseen values become missing here: pandas 4 refuses them in the Categorical itself.
+            values = values.where(column.notna() & values.isin(categories[name]), None)
             prepared[name] = pd.Categorical(values, categories=categories[name])
         else:
             prepared[name] = pd.to_numeric(column, errors="coerce").astype(np.float64).to_numpy()

@@ -184,7 +184,7 @@ class LeadScorer:
 
 
 def as_model_input(frame: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:
-    """Feature columns as the pyfunc signature expects them: categoricals as text, numbers as floats."""
+    """Feature columns as the pyfunc's input example holds them: categoricals as text, numbers as floats."""
     out = {}
     for name in feature_names:
         column = frame[name]

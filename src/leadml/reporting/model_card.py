@@ -446,8 +446,9 @@ def _how_to_use(facts: CardFacts) -> str:
     else:
         lines += [
             "This model was trained on a flat table (one row per lead), so it scores its features as",
-            "they are: `mlflow.pyfunc.load_model(folder).predict(frame)` with the columns of the",
-            "signature, or the endpoint below (`leadml-score` builds features from CRM tables).",
+            "they are: `mlflow.pyfunc.load_model(folder).predict(frame)` with the model's feature",
+            "columns (`features` in `artifacts/leadml_model.json`), or the endpoint below",
+            "(`leadml-score` builds features from CRM tables).",
         ]
     lines += [
         "",
@@ -474,8 +475,9 @@ def _how_to_use(facts: CardFacts) -> str:
         ]
     lines += [
         "",
-        "Precomputed features work too: send the model's feature columns (the signature in `MLmodel`,",
-        "an example in `input_example.json`). Each answer row holds `probability`, `tier`, `fit_score`,",
+        "Precomputed features work too: send the model's feature columns (`features` in",
+        "`artifacts/leadml_model.json`, an example in `input_example.json`); fields the model does not",
+        "know are ignored. Each answer row holds `probability`, `tier`, `fit_score`,",
         "`engagement_score`, `positive_reason_1..3` and `negative_reason_1..3` with their contributions",
         "in log-odds, every group's contribution (`group:*`), and `warnings` (fields not given, unseen",
         "levels, activities after `as_of`). Send a lead's earlier answer back as `previous_answer` and",

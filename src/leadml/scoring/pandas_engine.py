@@ -342,6 +342,9 @@ def _split(
                     schema = table.schema
                     writers = [pa.ipc.new_stream(target, schema, options=options) for target in targets]
                 table = table.cast(schema)
+                if buckets == 1:  # no hashing, sorting or slicing: the dictionaries hold the rows' values
+                    writers[0].write_table(table)
+                    continue
                 bucket = bucket_of(table.column(s.LEAD_ID), buckets)
                 order = np.argsort(bucket, kind="stable")
                 grouped = table.take(pa.array(order))
@@ -574,7 +577,8 @@ def _score(
         logger.info("bucket %d of %d: %d open leads scored (%d so far)", k + 1, buckets, len(scored),
                     sum(len(p) for p in probabilities))  # fmt: skip
         del features, scored
-        _release_memory()
+        if buckets > 1:  # one bucket is the peak anyway; a full collection costs half a second
+            _release_memory()
     summaries.check(scorer, as_of, open_leads.source)
     everything = np.sort(np.concatenate(probabilities))
     finish = Finish(
@@ -596,7 +600,8 @@ def _score(
                     tier_counts[str(tier)] = tier_counts.get(str(tier), 0) + int(count)
                 yield pa.Table.from_pandas(rows, schema=final_schema, preserve_index=False)
             del scored
-            _release_memory()
+            if buckets > 1:
+                _release_memory()
 
     written = sinks.write_partition_tables(finished_tables(), final_schema, output_dir, as_of)
     return ScoringOutcome(

@@ -108,6 +108,20 @@ def lead_numeric_fields(scorer: LeadScorer) -> list[str]:
     return [*settings.lead_numeric, *settings.extra_numeric, *ACCOUNT_NUMERIC]
 
 
+def known_fields(scorer: LeadScorer) -> list[str]:
+    """Every field a request row may hold for this model, each once: ``lead_id`` (or the flat table's
+    own id column), ``as_of``, the features, the lead fields with ``activities``, ``previous_answer``.
+
+    Any other field of a request is ignored (the pyfunc names it in the server's log once).
+    """
+    own_id = [scorer.request_id] if getattr(scorer, "request_id", None) else []
+    names = [s.LEAD_ID, *own_id, REQUEST_AS_OF, *scorer.feature_names, *lead_fields(scorer)]
+    if lead_fields(scorer):
+        names.append(ACTIVITIES)
+    names.append(PREVIOUS)
+    return list(dict.fromkeys(names))
+
+
 def feature_settings_of(scorer: LeadScorer) -> FeatureSettings | None:
     """The settings the model's features were built with (None: a flat table's model)."""
     stored = getattr(scorer, "feature_settings", None)

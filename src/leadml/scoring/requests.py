@@ -80,7 +80,7 @@ def request_features(
 
     The frame keeps the request's row order; ``lead_id`` and ``as_of`` are echoed.
     """
-    if len(frame.columns) == 0:  # MLflow drops the fields its signature does not name
+    if len(frame.columns) == 0:  # empty objects ({}), or fields an older model's signature dropped
         raise RequestError(_unknown_fields_message(scorer))
     if len(frame) == 0:
         raise RequestError("the request holds no rows: send one object per lead")
@@ -120,7 +120,7 @@ def _unknown_fields_message(scorer: LeadScorer) -> str:
     shape = f"lead fields ({', '.join(fields[:4])}, ...) with {ACTIVITIES}, or " if fields else ""
     return (
         f"no field of the request is known to the model: send {shape}the model's features "
-        f"({', '.join(names[:4])}, ... {len(names)} in all; see the signature in MLmodel)"
+        f"({', '.join(names[:4])}, ... {len(names)} in all; listed in artifacts/{MODEL_INFO_FILE})"
     )
 
 

@@ -22,7 +22,7 @@ from leadml.adapters.sources import (
     fingerprint_source,
     read_source,
     write_json_atomic,
-    write_parquet_atomic,
+    write_parquet_files,
 )
 from leadml.data import schema as s
 from leadml.data.contracts import (
@@ -103,15 +103,12 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
         raw[table] = read_source(spec)
     validated = _validate(raw, data, contract, settings, sources, quarantine_paths)
     result = validated.result
-    for table, rejected in result.quarantines.items():
-        write_parquet_atomic(rejected, quarantine_paths[table])
+    write_parquet_files({quarantine_paths[table]: rejected for table, rejected in result.quarantines.items()})
     check_bad_shares(result, settings)  # after writing, so the message points to existing files
     output_paths = {table: str(output_dir / f"{table}.parquet") for table in result.tables}
-    for table, frame in result.tables.items():
-        write_parquet_atomic(dictionary_encoded(table, frame), output_paths[table])
     open_paths = {table: output_dir / open_rows_file(table) for table in result.open_rows}
-    for table, frame in result.open_rows.items():
-        write_parquet_atomic(frame, open_paths[table])
+    tables = {output_paths[table]: dictionary_encoded(table, frame) for table, frame in result.tables.items()}
+    write_parquet_files({**tables, **{open_paths[table]: frame for table, frame in result.open_rows.items()}})
     record = manifest(
         result,
         sources=sources,

@@ -354,7 +354,9 @@ def _log_pyfunc(scorer: Any, example: pd.DataFrame) -> str:
     """Log ``scorer`` as the leadml pyfunc and return its model URI.
 
     Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
-    signature of both request shapes and ``example`` (features shape) as the input example.
+    signature of the answer (outputs only: MLflow's check of an input schema cost more than the
+    answer itself, :func:`~leadml.scoring.pyfunc.signature`) and ``example`` (features shape) as
+    the input example.
     """
     with tempfile.TemporaryDirectory() as folder:
         info = write_model_info(scorer, Path(folder))
