@@ -20,6 +20,7 @@ from leadml.data.features import (
     build_training_snapshots,
     corporate_email_flag,
     feature_metadata,
+    open_lead_features,
     seniority_from_title,
 )
 
@@ -290,3 +291,39 @@ def test_the_snapshot_grid_spreads_over_the_weekdays() -> None:
         assert set(later) <= set(grid)  # a later start keeps the same dates
     ten = snapshot_dates(pd.Timestamp("2025-01-01"), pd.Timestamp("2025-06-01"), 10)
     assert set(pd.Series(ten).diff().dt.days.dropna()) == {10}
+
+
+def test_nightly_features_are_the_training_snapshot_of_the_same_date() -> None:
+    """``open_lead_features`` narrows the tables to the open leads before building anything: it must
+    still give exactly the rows and values of a training snapshot on that date."""
+    rng = np.random.default_rng(7)
+    leads = leads_table(
+        [{s.LEAD_ID: f"L{i}", s.CREATED_AT: at(float(rng.uniform(0, 150)))} for i in range(80)]
+    )
+    outcomes = []
+    for i, created in enumerate(leads[s.CREATED_AT]):
+        status = ["open", "won", "lost"][i % 3]
+        closed = None if status == "open" else created + pd.Timedelta(days=float(rng.uniform(1, 60)))
+        outcomes.append((f"L{i}", status, closed, 1000.0 if status == "won" else None))
+    kinds = ["page_view", "email_open", "webinar", "form_submit", "call"]
+    events = [
+        (
+            f"L{rng.integers(80)}",
+            at(float(rng.uniform(0, 200))),
+            kind,
+            "pricing" if kind == "page_view" else None,
+        )
+        for kind in rng.choice(kinds, 600)
+    ]
+    all_tables = tables(leads, outcomes_table(outcomes), activities_table(events))
+    dates = [at(40), at(95), at(160)]
+    snapshots = build_training_snapshots(all_tables, SETTINGS, end=at(400), dates=dates)
+    for as_of in dates:
+        nightly = open_lead_features(all_tables, as_of, SETTINGS)
+        training = snapshots[snapshots[s.AS_OF] == as_of].drop(columns=LABEL)
+        assert len(nightly) > 10
+        pd.testing.assert_frame_equal(
+            nightly.sort_values(s.LEAD_ID, ignore_index=True),
+            training.sort_values(s.LEAD_ID, ignore_index=True),
+            check_categorical=False,
+        )

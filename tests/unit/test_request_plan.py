@@ -10,8 +10,10 @@ dtype the same; where the reference refuses a request, the same message.
 
 from __future__ import annotations
 
+import datetime
 import json
 import pickle
+import re
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -34,8 +36,23 @@ from leadml.data.features import (
 from leadml.modelling.calibration import fit_calibrator
 from leadml.modelling.models import LightGBMSettings, feature_columns, fit_lightgbm_rounds
 from leadml.modelling.scorer import LeadScorer
-from leadml.scoring.request_fields import ACTIVITIES, PREVIOUS, RequestError, lead_fields
-from leadml.scoring.request_plan import compiled_answer, prepare_request_plan, request_plan
+from leadml.scoring.request_fields import (
+    ACTIVITIES,
+    PREVIOUS,
+    RequestError,
+    is_lead_request,
+    lead_fields,
+    timestamp,
+)
+from leadml.scoring.request_plan import (
+    Rows,
+    _nanoseconds,
+    answer_frame,
+    compiled_answer,
+    object_values,
+    prepare_request_plan,
+    request_plan,
+)
 from leadml.scoring.requests import predict_request
 
 TOLERANCE = 1e-12
@@ -450,3 +467,127 @@ def test_models_the_compiled_path_does_not_cover_are_answered_by_the_reference(c
     frame = pd.DataFrame([{k: v for k, v in rows[0].items() if k != "as_of"}])
     assert compiled_answer(scorer, frame, NOW.tz_convert("Europe/Berlin")) is None
     assert compiled_answer(scorer, frame, NOW) is not None
+
+
+# --------------------------------------------------------------------------- frames in and out
+def _same_objects(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal shapes, and value by value the same type and value (NaN equal to NaN)."""
+    if got.shape != expected.shape:
+        return False
+    for a, b in zip(got.ravel().tolist(), expected.ravel().tolist(), strict=True):
+        same = a is b or (type(a) is type(b) and (a == b or (isinstance(a, float) and a != a and b != b)))
+        if not same:
+            return False
+    return True
+
+
+def test_a_request_frame_is_read_as_pandas_reads_it() -> None:
+    """``object_values`` reads Rows of a frame block by block: ``to_numpy(dtype=object)``'s values."""
+    stamps = pd.to_datetime(["2025-05-01T10:00:00Z", None, "2025-06-01"], utc=True, format="mixed")
+    frames = [
+        pd.DataFrame(
+            [{"lead_id": "L1", "created_at": "2025-05-01", "employees": 12, "x": 1.5, ACTIVITIES: []}]
+        ),
+        pd.DataFrame(
+            {
+                "text": ["a", None, "ü"],
+                "more": pd.array(["x", "y", None], dtype="string[pyarrow]"),
+                "words": pd.array(["p", None, "q"], dtype="string[python]"),
+                "float": [1.0, np.nan, 3.5],
+                "int": [1, 2, 3],
+                "nullable": pd.array([1, None, 3], dtype="Int64"),
+                "flag": [True, False, True],
+                "when": stamps,
+                "objects": [None, [{"a": 1}], {"b": 2}],
+                "category": pd.Categorical(["u", None, "u"]),
+            }
+        ),
+        pd.DataFrame({"only": ["a", "b"]}),
+        pd.DataFrame({"a": [1.0], "b": [2.0]}),
+    ]
+    for frame in frames:
+        assert _same_objects(object_values(frame), frame.to_numpy(dtype=object)), frame.dtypes.to_dict()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_answer_frame_is_the_one_pandas_builds(seed: int) -> None:
+    """``answer_frame``: ``pd.DataFrame`` of the columns (``as_of`` kept as objects), dtypes and all."""
+    rng = np.random.default_rng(seed)
+    kinds = ["floats", "texts", "some texts", "nones", "numbers", "mixed", "list of texts", "float32"]
+    for _ in range(40):
+        n = int(rng.choice([1, 1, 2, 5]))
+        columns: dict[str, Any] = {
+            "as_of": _objects_of([_pick(rng, ["2025-01-01", None, 7]) for _ in range(n)])
+        }
+        for j in range(int(rng.integers(1, 9))):
+            kind = _pick(rng, kinds)
+            if kind == "floats":
+                values: Any = rng.normal(size=n)
+            elif kind == "float32":
+                values = rng.normal(size=n).astype(np.float32)
+            elif kind == "list of texts":
+                values = [_pick(rng, ["w", None, "ß"]) for _ in range(n)]
+            else:
+                pool = {"texts": ["a", "b c"], "some texts": ["a", None], "nones": [None],
+                        "numbers": [1, None], "mixed": ["a", 2.5]}[kind]  # fmt: skip
+                values = _objects_of([_pick(rng, pool) for _ in range(n)])
+            columns[f"{kind} {j}"] = values
+        expected = pd.DataFrame({**columns, "as_of": pd.Series(columns["as_of"], dtype=object)})
+        got = answer_frame(columns, n)
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        assert got.dtypes.tolist() == expected.dtypes.tolist()
+        got.columns.name = "renamed"  # one answer's labels are its own
+        assert answer_frame(columns, n).columns.name is None
+
+
+def _objects_of(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{s.CREATED_AT: "2025-05-01"}],
+        [{s.CREATED_AT: None, "x": 1.0}],
+        [{s.CREATED_AT: None}, {s.CREATED_AT: "2025-05-01"}],
+        [{ACTIVITIES: None, "x": "a"}],
+        [{ACTIVITIES: []}],
+        [{ACTIVITIES: float("nan"), s.CREATED_AT: pd.NaT}],
+        [{s.CREATED_AT: pd.NA, "x": 2}],
+        [{"x": 1.0, "y": "b"}],
+    ],
+)
+def test_a_lead_request_is_told_from_its_rows_as_from_its_frame(rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    assert Rows.of(frame).is_lead_request() == is_lead_request(frame)
+
+
+def test_activity_times_are_read_as_timestamp_reads_them() -> None:
+    """``_nanoseconds`` (the common ISO shape read by the standard library) against ``timestamp``."""
+    rng = np.random.default_rng(11)
+    values: list[Any] = [
+        "2025-02-29T10:00:00", "2024-02-29T23:59:59.999999Z", "2025-05-01T24:00:00", "2025-05-01T23:59:60",
+        "2025-05-01T10:00:00+24:00", "2025-05-01T10:00:00-23:59", "2025-05-01T10:00:00z",
+        "1899-12-31T23:00:00-02:00", "2025-05-01T10:00:00+00:60", "2025-05-01T10:00:00+13:99",
+        "2025-05-01T10:00:00-00:00", "2025-05-01T10:61:00", "2025-00-10T10:00:00",
+        "2200-12-31T23:30:00-01:00", "2201-01-01T00:00:00", "0001-01-01T00:00:00", "2025-13-01T00:00:00",
+        "2025-05-01T10:00:00.5Z", "2025-05-01T10:00:00.123456789Z", "2025-05-01 10:00:00", "2025-05-01",
+        "NaT", "", None, float("nan"), 17, pd.Timestamp("2025-05-01T10:00:00.123456789", tz="Europe/Berlin"),
+    ]  # fmt: skip
+    for _ in range(300):
+        stamp = pd.Timestamp("1950-01-01", tz="UTC") + pd.Timedelta(seconds=float(rng.uniform(0, 3e9)))
+        values.append(_iso(rng, stamp))
+        values.append(stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[: int(rng.choice([19, 23, 26]))])
+        offset = pd.Timedelta(minutes=int(rng.integers(-12 * 60, 14 * 60)))
+        zoned = stamp.floor(_pick(rng, ["s", "ms", "us", "ns"]))
+        values.append(zoned.tz_convert(datetime.timezone(offset.to_pytimedelta())).isoformat())
+    for value in values:
+        try:
+            expected = timestamp(value, "activity")
+        except RequestError as error:
+            with pytest.raises(RequestError, match=re.escape(str(error))):
+                _nanoseconds(value)
+            continue
+        assert _nanoseconds(value) == (None if expected is pd.NaT else expected.value), value

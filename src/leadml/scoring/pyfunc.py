@@ -28,7 +28,7 @@ from leadml.adapters.model_folder import verify_folder
 from leadml.errors import LeadmlError
 from leadml.modelling.scorer import LeadScorer
 from leadml.scoring.request_fields import RequestError, known_fields
-from leadml.scoring.request_plan import prepare_request_plan
+from leadml.scoring.request_plan import object_values, prepare_request_plan
 from leadml.scoring.requests import MODEL_INFO_ARTIFACT, predict_request
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Answer(pd.DataFrame):
         if orient != "records" or into is not dict or not self.columns.is_unique:
             return super().to_dict(orient, into=into, index=index)  # type: ignore[call-overload]
         names = self.columns.tolist()
-        rows = self.to_numpy(dtype=object).tolist()
+        rows = object_values(self).tolist()  # self.to_numpy(dtype=object), read block by block
         # the columns whose values pandas makes native (numbers, NA as None), and the same rules
         kinds = self.dtypes.tolist()
         boxed = [j for j, kind in enumerate(kinds) if kind.kind == "O" or isinstance(kind, ExtensionDtype)]
