@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,16 @@ def write_results(rows: list[tuple[str, str, str, str, str]], command: str) -> N
         ]
     )
     replace_section(section, BEGIN, END)
+
+
+def measured_with(script: str) -> str:
+    """A RESULTS section's first words: today, this machine, and the command that ran ``script``
+    with this run's arguments, in backticks."""
+    arguments = " ".join(sys.argv[1:])
+    return (
+        f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}. Command: "
+        f"`.venv/bin/python benchmarks/{script}{' ' + arguments if arguments else ''}`"
+    )
 
 
 def replace_section(section: str, begin: str, end: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from bench_features import machine, replace_section
+from bench_features import machine, measured_with, replace_section
 
 from leadml.adapters.sources import read_source
 from leadml.stages.configs import composed_config
@@ -110,14 +110,12 @@ def main() -> None:
     for phase in PHASES:
         print(f"  {phase:14s} {medians[phase]:7.3f} s  {medians[phase] / floor:5.1f}x the pyarrow read")
     print(f"  read + contracts {read_and_contracts:.3f} s  {read_and_contracts / floor:.1f}x")
-    command = " ".join(sys.argv[1:])
     table = [f"| {phase} | {medians[phase]:.2f} s | {medians[phase] / floor:.1f}x |" for phase in PHASES]
     section = [
         BEGIN,
         f"## Ingestion with contracts against a pyarrow read ({args.format} sources, issue 21)",
         "",
-        f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}. Command: "
-        f"`.venv/bin/python benchmarks/bench_ingest.py{' ' + command if command else ''}` (the embedded "
+        measured_with("bench_ingest.py") + " (the embedded "
         f"synthetic CRM of `make train`: {rows:,} raw rows in four tables, timestamps as ISO 8601 "
         f"text). Medians of {args.repeats} rounds after one warm-up; in each round the phases run "
         "one after another on the same files. The ingest stage includes writing the validated "

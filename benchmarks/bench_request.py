@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_features import machine, replace_section
+from bench_features import machine, measured_with, replace_section
 from bench_serve import lead_requests, summary
 
 from leadml.adapters import tracking
@@ -107,13 +107,11 @@ def main() -> None:
             f"| {shape} | {path} | {figures['p50']:.2f} ms | {figures['p99']:.2f} ms | "
             f"{framed['p50']:.2f} ms | {framed['p99']:.2f} ms |"
         )
-    command = " ".join(sys.argv[1:])
     section = [
         BEGIN,
         "## One lead in-process: the compiled request path against the pandas reference (issue 21)",
         "",
-        f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}. Command: "
-        f"`.venv/bin/python benchmarks/bench_request.py{' ' + command if command else ''}` (the champion "
+        measured_with("bench_request.py") + " (the champion "
         f"of `make train`; open leads as of {as_of}, {np.mean(events):.0f} activities a lead on average, "
         f"up to {max(events)}). {args.requests} requests of one lead one after another after "
         f"{args.warmup} warm-up, per path and shape; the two paths' answers compared first (numbers "

@@ -36,7 +36,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import requests
-from bench_features import machine, replace_section
+from bench_features import measured_with, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -224,13 +224,11 @@ def main() -> None:
     print(f"against the floor: lead shape p50 {ratio('p50'):.2f}x, p99 {ratio('p99'):.2f}x")
 
     trees = scorer.model.booster.num_trees() if hasattr(scorer.model, "booster") else 0
-    command = " ".join(sys.argv[1:])
     lines = [
         BEGIN,
         "## Real-time scoring: one lead per request (`mlflow models serve` on an export)",
         "",
-        f"Measured {pd.Timestamp.now(tz='UTC'):%Y-%m-%d} on {machine()}. Command: "
-        f"`.venv/bin/python benchmarks/bench_serve.py{' ' + command if command else ''}`.",
+        measured_with("bench_serve.py") + ".",
         "",
         f"The default `make train` model ({trees} trees, {len(scorer.feature_names)} features), exported "
         "with "
