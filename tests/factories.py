@@ -296,3 +296,68 @@ def readme_project(root: Path, leads: pd.DataFrame) -> list[str]:
     leads.to_csv(root / "exports" / "leads.csv", index=False)
     folder = user_configs(root, readme_flat_config())
     return [f"hydra.searchpath=[file://{folder}]", "data=my_leads", f"paths.root={root}"]
+
+
+def assert_batches_ingest_as_whole_tables(
+    raw: Mapping[str, pd.DataFrame], contracts: Any, settings: Any, batch_rows: int, folder: Path
+) -> None:
+    """``ingest_crm_streamed`` over ``raw`` cut into batches of ``batch_rows`` gives what ``ingest_crm``
+    gives for the whole tables: the same accepted rows and dtypes (read back from the written files),
+    the same quarantine row for row, the same reports; or the same one-line error."""
+    from leadml.adapters.layout import dictionary_encoded
+    from leadml.adapters.streamed_ingest import ingest_crm_streamed
+    from leadml.data.ingest import ingest_crm
+    from leadml.errors import LeadmlError
+
+    def reader(frame: pd.DataFrame) -> Callable[[], Iterator[pd.DataFrame]]:
+        return lambda: (
+            frame.iloc[start : start + batch_rows] for start in range(0, max(len(frame), 1), batch_rows)
+        )
+
+    outputs = {table: folder / f"{table}.parquet" for table in s.CRM_TABLES}
+    quarantines = {table: folder / "quarantine" / f"{table}.parquet" for table in s.CRM_TABLES}
+
+    def streamed_ingestion() -> Any:
+        readers = {table: reader(frame) for table, frame in raw.items()}
+        spill = folder / "spill"
+        return ingest_crm_streamed(
+            readers, contracts, settings, outputs=outputs, quarantines=quarantines, spill_dir=spill
+        )
+
+    try:
+        whole = ingest_crm(raw, contracts, settings, enforce_bad_share=False)
+    except LeadmlError as error:
+        with contextlib.suppress(LeadmlError):
+            streamed_ingestion()
+            raise AssertionError(f"the whole tables stop with {error!s}; the batches went through") from None
+        return
+    streamed = streamed_ingestion()
+    assert not (folder / "spill").exists()
+    for table in s.CRM_TABLES:  # each compared as the in-memory path wrote it (a Parquet round trip)
+        written = folder / "whole" / f"{table}.parquet"
+        written.parent.mkdir(exist_ok=True)
+        dictionary_encoded(table, whole.tables[table]).to_parquet(written, index=False)
+        streamed_table, whole_table = pd.read_parquet(outputs[table]), pd.read_parquet(written)
+        assert _categorical(streamed_table) == _categorical(whole_table), table
+        pd.testing.assert_frame_equal(
+            _used_categories(streamed_table), _used_categories(whole_table), obj=table
+        )
+        whole.quarantines[table].to_parquet(written, index=False)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(quarantines[table]), pd.read_parquet(written), obj=f"quarantine of {table}"
+        )
+        expected = {**whole.reports[table].to_dict(), "quarantine_path": None}
+        assert {**streamed.reports[table].to_dict(), "quarantine_path": None} == expected, table
+        assert streamed.output_rows[table] == len(whole.tables[table]), table
+
+
+def _categorical(frame: pd.DataFrame) -> list[str]:
+    return [str(column) for column, dtype in frame.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+
+
+def _used_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with only the categories its rows use, as text: a category no row uses is not data
+    (and a Parquet file keeps no dictionary for a column whose every value is null)."""
+    return frame.assign(
+        **{column: frame[column].astype("object").astype("str") for column in _categorical(frame)}
+    )

@@ -17,6 +17,7 @@ import contextlib
 import json
 import pickle
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import local_tracking, project_config, train_project
+from factories import assert_batches_ingest_as_whole_tables, local_tracking, project_config, train_project
 from leadml.cli import run_report, run_score
 from leadml.data import schema as s
 from leadml.data.contracts import IngestSettings, column_specs_from_config, crm_contracts
@@ -290,6 +291,17 @@ def run_pipeline(raw: dict[str, pd.DataFrame], scorer: Any) -> None:
 @given(crm_tables())
 def test_hostile_tables_give_a_message_or_a_balanced_result_never_a_crash(project: dict, raw: dict) -> None:
     run_pipeline(raw, project["scorer"])
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(crm_tables(), st.integers(1, 6))
+def test_hostile_tables_checked_batch_by_batch_equal_the_whole_tables_row_for_row(
+    raw: dict, batch_rows: int
+) -> None:
+    """The nightly job's ingestion in batches (bounded memory) against the whole tables in memory:
+    the same accepted rows, quarantine and reports, or the same stop."""
+    with tempfile.TemporaryDirectory(prefix="leadml-batches-") as folder:
+        assert_batches_ingest_as_whole_tables(raw, CONTRACTS, INGEST, batch_rows, Path(folder))
 
 
 def test_events_before_1900_are_quarantined_not_silently_dropped_by_the_features(project: dict) -> None:

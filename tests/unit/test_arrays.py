@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadml.data.arrays import argsort_int, positions_in
+from leadml.data import arrays
+from leadml.data.arrays import IdLookup, argsort_int, positions_in, text_hash
 
 
 @given(st.lists(st.integers(-(2**40), 2**40), max_size=300))
@@ -30,3 +32,37 @@ def test_positions_in_matches_a_dictionary_lookup(values: list[str | None]) -> N
     as_text = pd.Series(values, dtype="str")
     assert positions_in(as_text, universe).tolist() == expected
     assert positions_in(as_text.astype("category"), universe).tolist() == expected
+
+
+IDS = st.one_of(
+    st.none(), st.sampled_from(["L1", "L2", "l1", " L1", "", "L\x00", "🚀", "x" * 300]), st.text(max_size=5)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(IDS, max_size=40), st.lists(IDS, max_size=40))
+def test_an_id_lookup_finds_what_arrow_finds(universe: list, values: list) -> None:
+    present = pd.Series([value for value in universe if value is not None], dtype="str")
+    wanted = pd.Series(values, dtype="str")
+    lookup = IdLookup(present)
+    np.testing.assert_array_equal(lookup.positions(wanted), positions_in(wanted, pd.Index(present)))
+    np.testing.assert_array_equal(
+        lookup.positions(wanted.astype("category")), positions_in(wanted, pd.Index(present))
+    )
+
+
+def test_an_id_lookup_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every id in one of three buckets: the lookup must still tell them apart (through Arrow)."""
+    real = arrays.text_hash
+    monkeypatch.setattr(arrays, "text_hash", lambda values: real(values) % np.uint64(3))
+    universe = pd.Series([f"L{i}" for i in range(50)], dtype="str")
+    wanted = pd.Series(["L7", "L49", "nope", None, "L0"], dtype="str")
+    np.testing.assert_array_equal(IdLookup(universe).positions(wanted), [7, 49, -1, -1, 0])
+
+
+def test_text_hashes_do_not_depend_on_the_batch() -> None:
+    values = pd.Series(["E00001", "E00002", "a", "", None, "E00001"], dtype="str")
+    whole = text_hash(values)
+    assert whole[0] == whole[5] and whole[0] != whole[1] and whole[4] == 0
+    np.testing.assert_array_equal(text_hash(values.iloc[:2]), whole[:2])  # one width: the fast path
+    np.testing.assert_array_equal(text_hash(values.iloc[2:]), whole[2:])

@@ -43,6 +43,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 import pyarrow
+import pyarrow.parquet
 
 from leadml.data.profiles import SEPARATORS
 from leadml.errors import ContractError, LeadmlError, SourceMissingError
@@ -67,6 +68,7 @@ SPEC_KEYS: tuple[str, ...] = (
 )
 _CHUNK_BYTES = 1 << 20
 _SQL_CHUNK_ROWS = 100_000
+_CSV_BLOCK = 16 << 20  # bytes pyarrow parses at a time
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _SQLALCHEMY_LINK = re.compile(r"\(Background on this error at: [^)]*\)")
 # pyarrow's "Expected 14 columns, got 15: <the record's text>"
@@ -583,6 +585,88 @@ def read_source(spec: Mapping[str, Any]) -> pd.DataFrame:
     frame = _READERS[values["format"]](values)
     logger.info("read %d rows from %s", len(frame), describe_source(values))
     return rename_columns(frame, values.get("columns"), describe_source(values))
+
+
+# --------------------------------------------------------------------------- batches
+def source_batches(spec: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]:
+    """A source read again from its start, about ``rows`` rows at a time, as :func:`read_source`
+    reads it (same columns, dtypes and values: the frames concatenated equal its frame).
+
+    A Parquet file and a CSV file stream; a Parquet folder, a workbook or a SQL source is read
+    whole as one batch. At least one frame comes, empty for a source without rows.
+    """
+    values = checked_spec(spec)
+    source = describe_source(values)
+    path = Path(values["path"]) if values.get("path") else None
+    if values["format"] == "parquet" and path is not None and path.is_file():
+        frames = _parquet_batches(path, rows)
+    elif values["format"] == "csv":
+        frames = _csv_batches(values, rows)
+    else:
+        frames = iter([_READERS[values["format"]](values)])
+    for frame in frames:
+        yield rename_columns(frame, values.get("columns"), source)
+
+
+def _parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        parquet = pyarrow.parquet.ParquetFile(path)
+        yielded = False
+        for batch in parquet.iter_batches(batch_size=rows):
+            yielded = True
+            yield pyarrow.Table.from_batches([batch]).to_pandas()
+        if not yielded:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+    except (pyarrow.ArrowException, OSError, ValueError) as error:
+        raise LeadmlError(f"parquet file {path} cannot be read: {' '.join(str(error).split())}") from None
+
+
+def _csv_batches(values: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]:
+    """CSV as text, as :func:`_read_csv` reads it; anything unusual (a repeated header name, a read
+    error) goes through :func:`_read_csv`, whose messages say what to change."""
+    path = _existing_path(values)
+    _refuse_binary(path)
+    try:
+        names = _csv_reader(values, None).schema.names
+    except (pyarrow.ArrowException, OSError, ValueError, LookupError):
+        yield _read_csv(values)
+        return
+    if len(set(names)) != len(names) or not names:
+        yield _read_csv(values)
+        return
+    _check_separator(path, names, values.get("sep") or ",")
+    schema = pyarrow.schema([(name, pyarrow.string()) for name in names])
+    pending = schema.empty_table()
+    yielded = False
+    try:
+        for batch in _csv_reader(values, names):  # blocks of _CSV_BLOCK bytes, cut into batches of rows
+            pending = pyarrow.concat_tables([pending, pyarrow.Table.from_batches([batch])])
+            while len(pending) >= rows:
+                yield pending.slice(0, rows).to_pandas()
+                pending, yielded = pending.slice(rows), True
+    except (pyarrow.ArrowException, OSError, ValueError) as error:
+        _read_csv(values)  # raises the message that names the line or the setting
+        raise LeadmlError(f"csv file {path} cannot be parsed: {' '.join(str(error).split())}") from None
+    if len(pending) or not yielded:
+        yield pending.to_pandas()
+
+
+def _csv_reader(values: Mapping[str, Any], names: Sequence[str] | None) -> Any:
+    """pyarrow's streaming CSV reader with :func:`_read_csv`'s options: every column text, only the
+    empty string null (``names``: the header's columns; None to read just the header)."""
+    import pyarrow.csv as arrow_csv
+
+    return arrow_csv.open_csv(
+        values["path"],
+        read_options=arrow_csv.ReadOptions(encoding=values.get("encoding") or "utf-8", block_size=_CSV_BLOCK),
+        parse_options=arrow_csv.ParseOptions(delimiter=values.get("sep") or ","),
+        convert_options=arrow_csv.ConvertOptions(
+            column_types={name: pyarrow.string() for name in names or ()},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- fingerprints

@@ -22,9 +22,18 @@ def positions_in(values: pd.Series | pd.Index, universe: Sequence[Any] | pd.Inde
         by_category = np.append(positions_in(pd.Index(values.cat.categories.astype(str)), universe), -1)
         return by_category[np.asarray(values.cat.codes, dtype=np.int64)]  # code -1 (null) picks the -1
     array = pc.cast(pa.array(values, from_pandas=True), pa.large_string())
-    value_set = pc.cast(pa.array(np.asarray(universe, dtype=object), from_pandas=True), pa.large_string())
+    value_set = pc.cast(_as_arrow(universe), pa.large_string())
     found = pc.index_in(array, value_set=value_set)
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _as_arrow(values: Sequence[Any] | pd.Index) -> pa.Array:
+    """An Arrow array of ``values``: without copying when pandas already holds them in Arrow (ids of
+    millions of leads looked up batch after batch), else through Python objects."""
+    held = getattr(values, "array", None)
+    if isinstance(held, pd.arrays.ArrowStringArray):
+        return pa.array(held)
+    return pa.array(np.asarray(values, dtype=object), from_pandas=True)
 
 
 def is_in(values: pd.Series | pd.Index, universe: Sequence[Any] | pd.Index) -> np.ndarray:
@@ -48,3 +57,80 @@ def argsort_int(values: np.ndarray) -> np.ndarray:
         return np.argsort(values)
     packed = ((values - low) << index_bits) | np.arange(n, dtype=np.int64)
     return np.sort(packed) & ((1 << index_bits) - 1)
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def text_hash(values: pd.Series) -> np.ndarray:
+    """A 64-bit hash of each text value (nulls hash to 0), from Arrow's bytes without Python objects:
+    a polynomial over each value's bytes, then mixed. For spreading keys over files, not security;
+    equal text gives an equal hash in any batch."""
+    array = pa.array(values, from_pandas=True, type=pa.large_string())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=n + 1, offset=array.offset * 8)
+    data = (
+        np.frombuffer(array.buffers()[2], dtype=np.uint8)
+        if array.buffers()[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    starts, ends = offsets[:-1], offsets[1:]
+    lengths = ends - starts
+    hashes = np.zeros(n, dtype=np.uint64)
+    longest = int(lengths.max()) if n else 0
+    if longest:
+        first, last = int(starts[0]), int(ends[-1])
+        powers = _MIX ** np.arange(longest, dtype=np.uint64)  # wraps modulo 2**64 on purpose
+        if (lengths == longest).all():  # ids of one width (the common case): one row of bytes each
+            rows = data[first:last].reshape(n, longest).astype(np.uint64)
+            hashes = (rows * powers).sum(axis=1, dtype=np.uint64)
+        else:
+            position = np.arange(last - first, dtype=np.int64) - np.repeat(starts - first, lengths)
+            weighted = data[first:last].astype(np.uint64) * powers[position]
+            filled = lengths > 0
+            hashes[filled] = np.add.reduceat(weighted, (starts - first)[filled])
+    hashes ^= lengths.astype(np.uint64) * _MIX
+    hashes ^= hashes >> np.uint64(31)
+    hashes *= np.uint64(0xBF58476D1CE4E5B9)
+    hashes ^= hashes >> np.uint64(29)
+    return np.where(array.is_null().to_numpy(zero_copy_only=False), np.uint64(0), hashes)
+
+
+class IdLookup:
+    """Positions of text ids in a fixed ``universe`` (as :func:`positions_in`), for looking up batch
+    after batch: Arrow's lookup builds its hash table of the universe again on every call, which for
+    millions of lead ids costs more than the batch. Here the universe's hashes are sorted once
+    (16 bytes an id); a batch is hashed, found by binary search and each match checked against the id
+    itself. Rows whose hash the universe holds more than once (a collision) go through Arrow."""
+
+    def __init__(self, universe: pd.Series | pd.Index) -> None:
+        self.values = pa.array(pd.Series(universe, dtype="str"), type=pa.large_string())
+        hashes = text_hash(pd.Series(self.values, dtype="str"))
+        self.order = np.argsort(hashes, kind="stable")  # stable: the first of equal ids comes first
+        self.hashes = hashes[self.order]
+        shared = self.hashes[1:] == self.hashes[:-1]
+        self.shared = np.unique(self.hashes[1:][shared])  # hashes held by more than one id
+
+    def positions(self, values: pd.Series | pd.Index) -> np.ndarray:
+        """Position of each value in the universe (-1 when absent or null)."""
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            by_category = np.append(self.positions(pd.Index(values.cat.categories.astype(str))), -1)
+            return by_category[np.asarray(values.cat.codes, dtype=np.int64)]
+        text = pd.Series(values, dtype="str") if not isinstance(values.dtype, pd.StringDtype) else values
+        if len(self.hashes) == 0 or len(text) == 0:
+            return np.full(len(text), -1, dtype=np.int64)
+        hashes = text_hash(text)
+        # searching in sorted order: each search starts where the last ended (several times faster)
+        order = np.argsort(hashes)
+        at = np.empty(len(hashes), dtype=np.int64)
+        at[order] = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.hashes) - 1)
+        candidates = self.order[at]
+        same = pc.equal(self.values.take(pa.array(candidates)), pa.array(text, type=pa.large_string()))
+        found = (self.hashes[at] == hashes) & same.fill_null(False).to_numpy(zero_copy_only=False)
+        positions = np.where(found, candidates, -1).astype(np.int64)
+        doubtful = ~found & np.isin(hashes, self.shared)
+        if doubtful.any():
+            positions[doubtful] = positions_in(text[doubtful], pd.Series(self.values, dtype="str"))
+        return positions

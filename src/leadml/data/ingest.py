@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.arrays import is_in, positions_in
+from leadml.data.arrays import IdLookup, is_in, positions_in
 from leadml.data.contracts import (
     SOURCE_ROW,
     IngestSettings,
@@ -196,15 +196,20 @@ def find_duplicates(table: pd.DataFrame, ignore: Sequence[str] = ()) -> Duplicat
 
 # --------------------------------------------------------------------------- helpers
 def _unknown_lead_check(leads: ValidatedTable) -> RowCheck:
-    """Rows whose lead is not an accepted lead; those of a quarantined lead are told apart (collateral)."""
-    accepted = pd.Index(leads.accepted[s.LEAD_ID])
-    quarantined = (
-        pd.Index(leads.quarantine[s.LEAD_ID].str.strip().dropna().unique()) if len(leads.quarantine) else None
-    )
+    return unknown_lead_check(leads.accepted[s.LEAD_ID], leads.quarantine[s.LEAD_ID])
+
+
+def unknown_lead_check(accepted_ids: pd.Series, quarantined_ids: pd.Series) -> RowCheck:
+    """Rows whose lead is not an accepted lead; those of a quarantined lead are told apart (collateral).
+
+    ``quarantined_ids``: the lead_id of the leads' quarantined rows as written (trimmed here).
+    """
+    accepted = IdLookup(accepted_ids)  # built once, looked up batch after batch
+    quarantined = pd.Index(quarantined_ids.str.strip().dropna().unique()) if len(quarantined_ids) else None
 
     def check(frame: pd.DataFrame) -> list[RowProblem]:
         ids = frame[s.LEAD_ID]
-        unknown = ids.notna().to_numpy() & (positions_in(ids, accepted) < 0)
+        unknown = ids.notna().to_numpy() & (accepted.positions(ids) < 0)
         if not unknown.any():
             return []
         collateral = np.zeros(len(frame), dtype=bool)
@@ -226,7 +231,7 @@ def _with_collateral(validated: ValidatedTable) -> ValidatedTable:
     return with_report(validated, collateral_rows=validated.report.reason_counts.get(LEAD_QUARANTINED, 0))
 
 
-def _status_check(frame: pd.DataFrame) -> list[RowProblem]:
+def status_check(frame: pd.DataFrame) -> list[RowProblem]:
     status = frame[s.STATUS].astype("str")
     closed = frame[s.CLOSED_AT].notna().to_numpy()
     decided = status.isin([s.WON, s.LOST]).to_numpy()
@@ -241,12 +246,13 @@ def _status_check(frame: pd.DataFrame) -> list[RowProblem]:
     return problems
 
 
-def _closed_before_created_check(leads: pd.DataFrame) -> RowCheck:
-    lead_ids = pd.Index(leads[s.LEAD_ID])
+def closed_before_created_check(leads: pd.DataFrame) -> RowCheck:
+    """Outcome rows closed before their lead was created (``leads``: lead_id and created_at)."""
+    lead_ids = IdLookup(leads[s.LEAD_ID])
     created = leads[s.CREATED_AT].reset_index(drop=True)
 
     def check(frame: pd.DataFrame) -> list[RowProblem]:
-        positions = positions_in(frame[s.LEAD_ID], lead_ids)
+        positions = lead_ids.positions(frame[s.LEAD_ID])
         created_at = pd.Series(created.array.take(positions, allow_fill=True), index=frame.index)
         early = (frame[s.CLOSED_AT] < created_at).to_numpy(dtype=bool, na_value=False)
         if not early.any():
@@ -302,21 +308,32 @@ def _quarantine_leads_without_outcome(
     )
 
 
+def open_outcomes(template: pd.DataFrame, missing: pd.Series) -> pd.DataFrame:
+    """One ``open`` outcome row per lead id in ``missing``, with the columns and dtypes of
+    ``template`` (accepted outcome rows)."""
+    added = template.iloc[:0].reindex(pd.RangeIndex(len(missing)))
+    added[s.LEAD_ID] = missing.to_numpy()
+    added[s.STATUS] = pd.Categorical([s.OPEN] * len(missing), dtype=template[s.STATUS].dtype)
+    return added
+
+
 def _outcomes_with_open_defaults(outcomes: ValidatedTable, lead_ids: pd.Series) -> ValidatedTable:
     missing = lead_ids[~is_in(lead_ids, outcomes.accepted[s.LEAD_ID])].reset_index(drop=True)
     if missing.empty:
         return outcomes
-    added = outcomes.accepted.iloc[:0].reindex(pd.RangeIndex(len(missing)))
-    added[s.LEAD_ID] = missing.to_numpy()
-    added[s.STATUS] = pd.Categorical([s.OPEN] * len(missing), dtype=outcomes.accepted[s.STATUS].dtype)
-    table = pd.concat([outcomes.accepted, added], ignore_index=True)
+    table = pd.concat([outcomes.accepted, open_outcomes(outcomes.accepted, missing)], ignore_index=True)
     validated = replace(outcomes, accepted=table)
     validated = with_report(validated, added_rows=len(missing))
     return with_warning(validated, NO_OUTCOME, len(missing))
 
 
-def _activities_before_created(activities: pd.DataFrame, leads: pd.DataFrame) -> int:
-    positions = positions_in(activities[s.LEAD_ID], pd.Index(leads[s.LEAD_ID]))
+def activities_before_created(
+    activities: pd.DataFrame, leads: pd.DataFrame, lead_ids: IdLookup | None = None
+) -> int:
+    """How many activities come before their lead's created_at (``lead_ids``: of ``leads``, built
+    once when the activities come batch by batch)."""
+    lookup = lead_ids if lead_ids is not None else IdLookup(leads[s.LEAD_ID])
+    positions = lookup.positions(activities[s.LEAD_ID])
     created = leads[s.CREATED_AT].array.take(positions, allow_fill=True)
     return int((activities[s.TIMESTAMP].array < created).sum())
 
@@ -376,7 +393,7 @@ def ingest_crm(
     leads = with_warning(leads, UNKNOWN_ACCOUNT, int(unknown_accounts.sum()))
 
     outcomes = validate(
-        s.OUTCOMES, [_unknown_lead_check(leads), _status_check, _closed_before_created_check(leads.accepted)]
+        s.OUTCOMES, [_unknown_lead_check(leads), status_check, closed_before_created_check(leads.accepted)]
     )
     outcomes = _with_collateral(outcomes)
     leads = _quarantine_leads_without_outcome(leads, frames[s.LEADS], outcomes)
@@ -384,7 +401,7 @@ def ingest_crm(
 
     activities = _with_collateral(validate(s.ACTIVITIES, [_unknown_lead_check(leads)]))
     activities = with_warning(
-        activities, BEFORE_CREATED, _activities_before_created(activities.accepted, leads.accepted)
+        activities, BEFORE_CREATED, activities_before_created(activities.accepted, leads.accepted)
     )
 
     validated = {s.ACCOUNTS: accounts, s.LEADS: leads, s.OUTCOMES: outcomes, s.ACTIVITIES: activities}
@@ -456,26 +473,35 @@ def manifest(
     settings: IngestSettings | None = None,
     created_at: pd.Timestamp | None = None,
     output_fingerprints: Mapping[str, str] | None = None,
+    written: Mapping[str, tuple[int, Mapping[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """A JSON-serialisable record of one ingestion: per table where it came from and went to.
 
     ``output_fingerprints`` (e.g. sha256 of the written files) replaces :func:`frame_fingerprint`,
     which hashes every value in Python and costs close to a minute on 25 million rows.
+    ``written``: per table (rows, {column: dtype}) of tables written batch by batch, which
+    ``result.tables`` then does not hold (their fingerprints must be given).
     """
     quarantine_paths = quarantine_paths or {}
     output_fingerprints = output_fingerprints or {}
+    if written is None:
+        written = {
+            table: (len(frame), {str(column): str(dtype) for column, dtype in frame.dtypes.items()})
+            for table, frame in result.tables.items()
+        }
     tables = {}
-    for table, frame in result.tables.items():
+    for table, (rows, columns) in written.items():
         report = result.reports[table]
+        fingerprint = output_fingerprints.get(table) or frame_fingerprint(result.tables[table])
         tables[table] = {
             **report.to_dict(),
             "source": sources.get(table, report.source),
             "source_fingerprint": source_fingerprints.get(table),
             "output_path": _optional_text(output_paths.get(table)),
-            "output_rows": len(frame),
-            "output_fingerprint": output_fingerprints.get(table) or frame_fingerprint(frame),
+            "output_rows": rows,
+            "output_fingerprint": fingerprint,
             "quarantine_path": _optional_text(quarantine_paths.get(table) or report.quarantine_path),
-            "columns": {str(column): str(dtype) for column, dtype in frame.dtypes.items()},
+            "columns": dict(columns),
         }
         if table in result.duplicates:
             tables[table]["duplicates"] = result.duplicates[table]

@@ -34,16 +34,43 @@ NAT_MICROS = np.iinfo(np.int64).min  # NaT as datetime64 integers
 
 
 def as_text(values: pd.Series) -> pd.Series:
-    """Values as ``str`` with nulls kept; whole floats lose ``.0`` so an id reads the same from any format."""
+    """Values as ``str``, nulls kept; a whole float loses ``.0`` so an id reads the same from any format."""
     if pd.api.types.is_float_dtype(values.dtype):
-        present = values.dropna().to_numpy(dtype="float64")
-        if (
-            np.isfinite(present).all()
-            and (present == np.floor(present)).all()
-            and (np.abs(present) < 2**53).all()
-        ):
-            return values.astype("Int64").astype("str")
+        # value by value, not column by column: a row reads the same whatever rows come with it
+        # (a batch of a table, the quarantined rows of a table)
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) < 2**53)
+        if whole.any():
+            text = values.astype("str").to_numpy(dtype=object)
+            text[whole] = numbers[whole].astype(np.int64).astype(str)
+            return pd.Series(text, index=values.index, dtype="str", name=values.name)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype) and len(values):
+        return _datetime_text(values)
     return values.astype("str")
+
+
+def _datetime_text(values: pd.Series) -> pd.Series:
+    """Timestamps as pandas writes each one alone: pandas writes a column with the precision its most
+    precise value needs ('00:00:01.000000' next to a value with microseconds), so values are
+    written in groups that need the same precision (whole seconds, milli-, micro-, nanoseconds)."""
+    unit = values.dtype.unit if hasattr(values.dtype, "unit") else np.datetime_data(values.dtype)[0]
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    nanoseconds = (values.array.asi8 % per_second) * (10**9 // per_second)
+    # a naive value at midnight alone is written as a date
+    midnight = (values.array.asi8 % (86_400 * per_second) == 0) & (getattr(values.dtype, "tz", None) is None)
+    precision = np.select(
+        [midnight, nanoseconds == 0, nanoseconds % 10**6 == 0, nanoseconds % 10**3 == 0],
+        [-1, 0, 3, 6],
+        default=9,
+    )
+    if (precision == precision[0]).all():
+        return values.astype("str")
+    text = pd.Series(index=values.index, dtype="str", name=values.name)
+    for digits in np.unique(precision):
+        rows = precision == digits
+        text[rows] = values[rows].astype("str")
+    return text
 
 
 def _clean_text(text: pd.Series, markers: frozenset[str]) -> tuple[pd.Series, np.ndarray]:

@@ -44,11 +44,13 @@ def duplicate_problems(
     key: Sequence[str],
     rule: DuplicateRule,
     source_rows: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
 ) -> list[RowProblem]:
     """Rows that lose to another eligible row with the same non-null key under ``rule``.
 
     ``source_rows`` (1-based, per row of ``typed``) names the kept row in the message; default
-    the row's position + 1.
+    the row's position + 1. ``filled``: each row's count of non-null values, for ``most_complete``
+    when ``typed`` holds only the key columns (default: counted over ``typed``'s columns).
     """
     key = list(key)
     candidates = eligible & typed[key].notna().all(axis=1).to_numpy()
@@ -59,7 +61,8 @@ def duplicate_problems(
     group = keys[repeated].copy()
     group["_position"] = group.index.to_numpy()
     if rule == "most_complete":
-        group["_filled"] = -typed.loc[group.index].notna().sum(axis=1)
+        counts = typed.loc[group.index].notna().sum(axis=1) if filled is None else filled[group.index]
+        group["_filled"] = -np.asarray(counts, dtype=np.int64)
         order = [*key, "_filled", "_position"]
     else:
         group["_filled"] = 0
@@ -77,6 +80,15 @@ def duplicate_problems(
     ).astype("str")
     messages = f"duplicate {label} " + _key_text(typed.loc[losers], key) + ", kept source row " + kept_rows
     return [RowProblem(mask, f"duplicate {label}", messages)]
+
+
+def duplicate_keys(contract: TableContract) -> list[list[str]]:
+    """The keys whose duplicates are resolved, in order: the primary key, then every unique column."""
+    keys = [list(contract.primary_key)] if contract.primary_key else []
+    keys += [
+        [spec.name] for spec in contract.columns if spec.unique and spec.name not in contract.primary_key
+    ]
+    return keys
 
 
 def check_required_columns(raw: pd.DataFrame, contract: TableContract, source: str) -> None:
@@ -189,6 +201,7 @@ def validate_table(
     row_checks: Sequence[RowCheck] = (),
     enforce_bad_share: bool = True,
     source_rows: np.ndarray | None = None,
+    defer_duplicates: bool = False,
 ) -> ValidatedTable:
     """Apply ``contract`` to ``raw``: typed accepted rows, quarantined rows and a report.
 
@@ -197,6 +210,8 @@ def validate_table(
     ``enforce_bad_share`` a share of bad rows above ``settings.max_bad_share`` raises.
     ``source_rows`` (1-based, increasing, one per row of ``raw``) are the rows' numbers in the
     source when ``raw`` is a filtered part of it (``data.where``): quarantine and messages name them.
+    ``defer_duplicates`` leaves duplicate keys to the caller, who sees the whole table batch by batch
+    (:mod:`leadml.adapters.streamed_ingest`).
     """
     check_required_columns(raw, contract, source)
     raw = raw.reset_index(drop=True)
@@ -219,11 +234,7 @@ def validate_table(
     checked = [replace(problem, mask=problem.mask & ~bad) for check in row_checks for problem in check(typed)]
     problems.extend(problem for problem in checked if problem.mask.any())
     bad = _flagged(problems, rows)
-    keys = [list(contract.primary_key)] if contract.primary_key else []
-    keys += [
-        [spec.name] for spec in contract.columns if spec.unique and spec.name not in contract.primary_key
-    ]
-    for key in keys:
+    for key in () if defer_duplicates else duplicate_keys(contract):
         for problem in duplicate_problems(typed, ~bad, key, contract.duplicates, source_rows):
             problems.append(problem)
             bad |= problem.mask

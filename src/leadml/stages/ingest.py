@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from leadml.adapters.sources import (
     fingerprint_file,
     fingerprint_source,
     read_source,
+    source_batches,
     write_json_atomic,
     write_parquet_files,
 )
+from leadml.adapters.streamed_ingest import Reader, ingest_crm_streamed
 from leadml.data import schema as s
 from leadml.data.contracts import (
     OUTCOMES_TABLE,
@@ -45,6 +48,7 @@ from leadml.data.ingest import (
     respelt_sentence,
 )
 from leadml.data.joins import CombinedTable, combine_flat, lookup_specs, lookups, row_rules, with_lookups
+from leadml.data.validation import check_bad_share
 from leadml.errors import LeadmlError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +101,8 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
     specs = source_specs(data)
     sources = {table: describe_source(spec) for table, spec in specs.items()}
     quarantine_paths = {table: str(output_dir / "quarantine" / f"{table}.parquet") for table in specs}
+    if contract is None:
+        return _ingest_crm_in_batches(data, output_dir, settings, specs, sources, started)
     raw = {}
     for table, spec in specs.items():
         logger.info("reading %s from %s", table, sources[table])
@@ -127,6 +133,86 @@ def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
     _add_flat_records(record, validated, open_paths)
     write_json_atomic(record, output_dir / MANIFEST)
     return _summary(record)
+
+
+def _ingest_crm_in_batches(
+    data: Mapping[str, Any],
+    output_dir: Path,
+    settings: IngestSettings,
+    specs: Mapping[str, Mapping[str, Any]],
+    sources: Mapping[str, str],
+    started: float,
+) -> IngestSummary:
+    """The CRM tables through their contracts in batches of ``data.batch_rows`` rows
+    (:mod:`leadml.adapters.streamed_ingest`): memory bounded by a batch, whatever the tables' size.
+
+    Every file is written beside its final name and moved there once all are written, so an
+    interrupted run leaves the last ingestion as it was.
+    """
+    rows = batch_rows(data)
+    contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+    outputs = {table: output_dir / f"{table}.parquet" for table in s.CRM_TABLES}
+    quarantines = {table: output_dir / "quarantine" / f"{table}.parquet" for table in s.CRM_TABLES}
+    partial = {
+        path: path.with_name(f".{path.name}.partial") for path in (*outputs.values(), *quarantines.values())
+    }
+    try:
+        streamed = ingest_crm_streamed(
+            {table: partial_reader(spec, rows) for table, spec in specs.items()},
+            contracts,
+            settings,
+            outputs={table: partial[path] for table, path in outputs.items()},
+            quarantines={table: partial[path] for table, path in quarantines.items()},
+            spill_dir=output_dir / f".spill-{os.getpid()}",
+            sources=sources,
+        )
+        for written, final in ((final_path, path) for path, final_path in partial.items()):
+            os.replace(written, final)
+    finally:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+    for report in streamed.reports.values():  # after writing, so the message points to existing files
+        check_bad_share(report, settings.max_bad_share)
+    result = IngestResult(tables={}, quarantines={}, reports=streamed.reports)
+    record = manifest(
+        result,
+        sources=sources,
+        source_fingerprints={table: fingerprint_source(spec) for table, spec in specs.items()},
+        output_paths={table: str(path) for table, path in outputs.items()},
+        quarantine_paths={table: str(path) for table, path in quarantines.items()},
+        settings=settings,
+        output_fingerprints={table: fingerprint_file(path) for table, path in outputs.items()},
+        written={table: (streamed.output_rows[table], streamed.columns[table]) for table in s.CRM_TABLES},
+    )
+    record.update(
+        data_name=data.get("name"),
+        kind=data_kind(data),
+        seconds=round(time.perf_counter() - started, 2),
+        ingest_fingerprint=ingest_fingerprint(data),
+    )
+    for table, respelt in streamed.respelt.items():
+        if respelt:
+            record["tables"][table]["respelt"] = respelt
+    write_json_atomic(record, output_dir / MANIFEST)
+    return _summary(record)
+
+
+DEFAULT_BATCH_ROWS = 250_000
+
+
+def batch_rows(data: Mapping[str, Any]) -> int:
+    """``data.batch_rows``: rows of a CRM table checked at a time (memory grows with it, not with the
+    tables); a bad value names the key."""
+    value = data.get("batch_rows", DEFAULT_BATCH_ROWS)
+    if value is None:
+        return DEFAULT_BATCH_ROWS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LeadmlError(f"data.batch_rows must be a whole number of rows >= 1, got {value!r}")
+    return value
+
+
+def partial_reader(spec: Mapping[str, Any], rows: int) -> Reader:
+    return lambda: source_batches(spec, rows)
 
 
 def _summary(record: Mapping[str, Any], reused: bool = False) -> IngestSummary:
@@ -358,8 +444,8 @@ def changed_source(data: Mapping[str, Any], tables: Mapping[str, Mapping[str, An
 
 
 # data config keys that do not change what ingest and features build: file locations (the
-# sources are compared by content) and the points sheet (read by training)
-BUILD_IRRELEVANT_KEYS = ("path", "ground_truth", "points")
+# sources are compared by content), the points sheet (read by training) and the batch size
+BUILD_IRRELEVANT_KEYS = ("path", "ground_truth", "points", "batch_rows")
 
 
 def _without_locations(value: Any) -> Any:
