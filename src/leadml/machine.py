@@ -119,3 +119,22 @@ def apply_thread_count(setting: int | str | None) -> int:
 def default_wait_policy() -> None:
     """Passive unless the environment says otherwise (called by ``import leadml``)."""
     os.environ.setdefault(WAIT_POLICY, PASSIVE.upper())
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system, so a peak stays one step's (a bucket of the nightly job,
+    a table of ingestion).
+
+    Freed pandas and Arrow buffers otherwise stay in the allocators' free lists (glibc's arenas,
+    Arrow's pool) and the process's resident size ratchets up step by step.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    import pyarrow as pa  # here: machine is imported with leadml, pyarrow only by who frees memory
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

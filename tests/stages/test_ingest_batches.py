@@ -60,6 +60,7 @@ def test_the_stage_writes_what_the_whole_tables_give_and_leaves_no_spill(
         assert record["quarantined_rows"] == len(whole.quarantines[table])
         assert record["reasons"] == whole.reports[table].reason_counts
         assert record["warnings"] == whole.reports[table].warnings
+        assert record["quarantine_path"] == str(tmp_path / "interim" / "quarantine" / f"{table}.parquet")
     written = sorted(path.name for path in (tmp_path / "interim").iterdir())
     assert written == sorted([*(f"{table}.parquet" for table in s.CRM_TABLES), "manifest.json", "quarantine"])
     recorded = json.loads((tmp_path / "interim" / "manifest.json").read_text())["tables"]

@@ -60,6 +60,7 @@ from leadml.data.validation import (
     quarantine_frame,
     validate_table,
 )
+from leadml.machine import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -708,6 +709,7 @@ def _ingest(run: _Run) -> StreamedIngest:
             row_checks=row_checks,
         )
         _resolve_duplicates(spill)
+        release_memory()  # a table's batches freed: the next step starts from this table's state only
         return spill
 
     reports: dict[str, TableReport] = {}
@@ -727,6 +729,7 @@ def _ingest(run: _Run) -> StreamedIngest:
         rows[table] = report.accepted_rows + report.added_rows
         if table != s.LEADS:  # the leads' spill still answers the activities' checks
             shutil.rmtree(spill.folder, ignore_errors=True)
+        release_memory()
 
     accounts = first(s.ACCOUNTS)
     account_ids = accounts.candidates([s.ACCOUNT_ID])[s.ACCOUNT_ID]
@@ -735,22 +738,24 @@ def _ingest(run: _Run) -> StreamedIngest:
     leads = first(s.LEADS)
     if leads.report.input_rows == 0:
         check_has_rows(pd.DataFrame(), s.LEADS, run.sources.get(s.LEADS, "the leads frame"))
-    lead_frame = leads.candidates([s.LEAD_ID, s.CREATED_AT, s.ACCOUNT_ID])
-    lead_accounts = lead_frame[s.ACCOUNT_ID]
+    lead_accounts = leads.candidates([s.ACCOUNT_ID])[s.ACCOUNT_ID]
     unknown_accounts = int((lead_accounts.notna().to_numpy() & ~is_in(lead_accounts, account_ids)).sum())
     del account_ids, lead_accounts
 
+    lead_frame = leads.candidates([s.LEAD_ID, s.CREATED_AT]).drop(columns=_ROW)
+    lead_ids = IdLookup(lead_frame[s.LEAD_ID])  # one lookup of millions of ids for every check
     outcome_checks = [
-        unknown_lead_check(lead_frame[s.LEAD_ID], _quarantined_lead_ids(leads)),
+        unknown_lead_check(lead_frame[s.LEAD_ID], _quarantined_lead_ids(leads), lead_ids),
         status_check,
-        closed_before_created_check(lead_frame[[s.LEAD_ID, s.CREATED_AT]]),
+        closed_before_created_check(lead_frame, lead_ids),
     ]
     outcomes = first(s.OUTCOMES, outcome_checks)
     leads.remove(_leads_without_outcome(leads, outcomes))
     leads_report = _with_warning(_final_report(leads), UNKNOWN_ACCOUNT, unknown_accounts)
     second(s.LEADS, leads, leads_report)
 
-    lead_frame = leads.candidates([s.LEAD_ID, s.CREATED_AT])
+    lead_frame = leads.candidates([s.LEAD_ID, s.CREATED_AT]).drop(columns=_ROW)
+    lead_ids = IdLookup(lead_frame[s.LEAD_ID])
     outcome_ids = outcomes.candidates([s.LEAD_ID])[s.LEAD_ID]
     missing = lead_frame[s.LEAD_ID][~is_in(lead_frame[s.LEAD_ID], outcome_ids)].reset_index(drop=True)
     del outcome_ids
@@ -761,11 +766,10 @@ def _ingest(run: _Run) -> StreamedIngest:
     )
     second(s.OUTCOMES, outcomes, _with_warning(outcomes_report, NO_OUTCOME, len(missing)), appended=added)
 
-    lead_check = unknown_lead_check(lead_frame[s.LEAD_ID], _quarantined_lead_ids(leads))
+    lead_check = unknown_lead_check(lead_frame[s.LEAD_ID], _quarantined_lead_ids(leads), lead_ids)
     shutil.rmtree(leads.folder, ignore_errors=True)
     activities = first(s.ACTIVITIES, [lead_check])
     before_created = 0
-    lead_ids = IdLookup(lead_frame[s.LEAD_ID])
 
     def count_early(batch: pd.DataFrame) -> None:
         nonlocal before_created

@@ -199,12 +199,15 @@ def _unknown_lead_check(leads: ValidatedTable) -> RowCheck:
     return unknown_lead_check(leads.accepted[s.LEAD_ID], leads.quarantine[s.LEAD_ID])
 
 
-def unknown_lead_check(accepted_ids: pd.Series, quarantined_ids: pd.Series) -> RowCheck:
+def unknown_lead_check(
+    accepted_ids: pd.Series, quarantined_ids: pd.Series, lookup: IdLookup | None = None
+) -> RowCheck:
     """Rows whose lead is not an accepted lead; those of a quarantined lead are told apart (collateral).
 
-    ``quarantined_ids``: the lead_id of the leads' quarantined rows as written (trimmed here).
+    ``quarantined_ids``: the lead_id of the leads' quarantined rows as written (trimmed here);
+    ``lookup``: of ``accepted_ids``, when the caller has one.
     """
-    accepted = IdLookup(accepted_ids)  # built once, looked up batch after batch
+    accepted = lookup if lookup is not None else IdLookup(accepted_ids)  # once, for batch after batch
     quarantined = pd.Index(quarantined_ids.str.strip().dropna().unique()) if len(quarantined_ids) else None
 
     def check(frame: pd.DataFrame) -> list[RowProblem]:
@@ -246,9 +249,10 @@ def status_check(frame: pd.DataFrame) -> list[RowProblem]:
     return problems
 
 
-def closed_before_created_check(leads: pd.DataFrame) -> RowCheck:
-    """Outcome rows closed before their lead was created (``leads``: lead_id and created_at)."""
-    lead_ids = IdLookup(leads[s.LEAD_ID])
+def closed_before_created_check(leads: pd.DataFrame, lookup: IdLookup | None = None) -> RowCheck:
+    """Outcome rows closed before their lead was created (``leads``: lead_id and created_at;
+    ``lookup``: of its lead ids, when the caller has one)."""
+    lead_ids = lookup if lookup is not None else IdLookup(leads[s.LEAD_ID])
     created = leads[s.CREATED_AT].reset_index(drop=True)
 
     def check(frame: pd.DataFrame) -> list[RowProblem]:

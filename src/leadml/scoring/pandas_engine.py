@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from leadml.adapters.layout import MANIFEST
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, flat_open_features, open_lead_features
 from leadml.errors import LeadmlError
+from leadml.machine import release_memory
 from leadml.modelling.drift import (
     column_kind,
     drift_counts,
@@ -244,18 +244,6 @@ def _fix_mmap_threshold() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-
-
-def _release_memory() -> None:
-    """Give the memory of a finished bucket back to the system, so the peak stays one bucket's.
-
-    Freed pandas and Arrow buffers otherwise stay in the allocators' free lists (glibc's
-    arenas, Arrow's pool) and the process's resident size ratchets up bucket by bucket.
-    """
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 ARROW_TYPES = {
@@ -578,7 +566,7 @@ def _score(
                     sum(len(p) for p in probabilities))  # fmt: skip
         del features, scored
         if buckets > 1:  # one bucket is the peak anyway; a full collection costs half a second
-            _release_memory()
+            release_memory()
     summaries.check(scorer, as_of, open_leads.source)
     everything = np.sort(np.concatenate(probabilities))
     finish = Finish(
@@ -601,7 +589,7 @@ def _score(
                 yield pa.Table.from_pandas(rows, schema=final_schema, preserve_index=False)
             del scored
             if buckets > 1:
-                _release_memory()
+                release_memory()
 
     written = sinks.write_partition_tables(finished_tables(), final_schema, output_dir, as_of)
     return ScoringOutcome(

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +171,14 @@ def _ingest_crm_in_batches(
     finally:
         for path in partial.values():
             path.unlink(missing_ok=True)
-    for report in streamed.reports.values():  # after writing, so the message points to existing files
+    # the reports name the files where they now are, not where they were written
+    reports = {
+        table: replace(report, quarantine_path=str(quarantines[table]))
+        for table, report in streamed.reports.items()
+    }
+    for report in reports.values():  # after writing, so the message points to existing files
         check_bad_share(report, settings.max_bad_share)
-    result = IngestResult(tables={}, quarantines={}, reports=streamed.reports)
+    result = IngestResult(tables={}, quarantines={}, reports=reports)
     record = manifest(
         result,
         sources=sources,
