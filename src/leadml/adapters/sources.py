@@ -609,14 +609,18 @@ def source_batches(spec: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]
 
 
 def _parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """Row group by row group, each through a reader of its own: one reader over a whole file keeps
+    what it decoded until it is closed (340 MB after 23 million events, growing with the file)."""
     try:
-        parquet = pyarrow.parquet.ParquetFile(path)
+        groups = pyarrow.parquet.ParquetFile(path).num_row_groups
         yielded = False
-        for batch in parquet.iter_batches(batch_size=rows):
-            yielded = True
-            yield pyarrow.Table.from_batches([batch]).to_pandas()
+        for group in range(groups):
+            with pyarrow.parquet.ParquetFile(path) as parquet:
+                for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]):
+                    yielded = True
+                    yield pyarrow.Table.from_batches([batch]).to_pandas()
         if not yielded:
-            yield parquet.schema_arrow.empty_table().to_pandas()
+            yield pyarrow.parquet.ParquetFile(path).schema_arrow.empty_table().to_pandas()
     except (pyarrow.ArrowException, OSError, ValueError) as error:
         raise LeadmlError(f"parquet file {path} cannot be read: {' '.join(str(error).split())}") from None
 
