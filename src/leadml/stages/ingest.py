@@ -146,8 +146,9 @@ def _ingest_crm_in_batches(
     """The CRM tables through their contracts in batches of ``data.batch_rows`` rows
     (:mod:`leadml.adapters.streamed_ingest`): memory bounded by a batch, whatever the tables' size.
 
-    Every file is written beside its final name and moved there once all are written, so an
-    interrupted run leaves the last ingestion as it was.
+    Every file is written beside its final name and moved there at the end: the quarantine first,
+    the tables only when no table has too many bad rows. An interrupted run leaves the last
+    ingestion as it was; a run stopped for bad rows leaves their quarantine and the last tables.
     """
     rows = batch_rows(data)
     contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
@@ -166,18 +167,20 @@ def _ingest_crm_in_batches(
             spill_dir=output_dir / f".spill-{os.getpid()}",
             sources=sources,
         )
-        for written, final in ((final_path, path) for path, final_path in partial.items()):
-            os.replace(written, final)
+        for path in quarantines.values():
+            os.replace(partial[path], path)
+        # the reports name the files where they now are, not where they were written
+        reports = {
+            table: replace(report, quarantine_path=str(quarantines[table]))
+            for table, report in streamed.reports.items()
+        }
+        for report in reports.values():  # after the quarantine is in place, before the tables are
+            check_bad_share(report, settings.max_bad_share)
+        for path in outputs.values():
+            os.replace(partial[path], path)
     finally:
         for path in partial.values():
             path.unlink(missing_ok=True)
-    # the reports name the files where they now are, not where they were written
-    reports = {
-        table: replace(report, quarantine_path=str(quarantines[table]))
-        for table, report in streamed.reports.items()
-    }
-    for report in reports.values():  # after writing, so the message points to existing files
-        check_bad_share(report, settings.max_bad_share)
     result = IngestResult(tables={}, quarantines={}, reports=reports)
     record = manifest(
         result,
