@@ -60,6 +60,7 @@ from leadml.data.validation import (
     quarantine_frame,
     validate_table,
 )
+from leadml.errors import LeadmlError
 from leadml.machine import release_memory
 
 logger = logging.getLogger(__name__)
@@ -679,7 +680,10 @@ def ingest_crm_streamed(
     settings = settings.with_fixed_reference_time()
     sources = dict(sources or {})
     readers = {table: readers.get(table) or _empty_reader(contracts[table]) for table in s.CRM_TABLES}
-    spill_dir.mkdir(parents=True)
+    try:
+        spill_dir.mkdir(parents=True)
+    except OSError as error:  # e.g. a file where the output folder should be
+        raise LeadmlError(f"cannot write {spill_dir.parent}: {error.strerror or error}") from None
     try:
         return _ingest(_Run(readers, contracts, settings, outputs, quarantines, spill_dir, sources))
     finally:
