@@ -15,9 +15,13 @@ import a stage. A process that loaded LightGBM before leadml keeps the policy it
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 from leadml.errors import LeadmlError
@@ -128,13 +132,9 @@ def release_memory() -> None:
     Freed pandas and Arrow buffers otherwise stay in the allocators' free lists (glibc's arenas,
     Arrow's pool) and the process's resident size ratchets up step by step.
     """
-    import contextlib
-    import ctypes
-    import gc
-
-    import pyarrow as pa  # here: machine is imported with leadml, pyarrow only by who frees memory
-
     gc.collect()
-    pa.default_memory_pool().release_unused()
+    arrow = sys.modules.get("pyarrow")  # not imported here: a process without Arrow has no pool to free
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)

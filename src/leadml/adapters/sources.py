@@ -43,6 +43,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 import pyarrow
+import pyarrow.csv as arrow_csv
 import pyarrow.parquet
 
 from leadml.data.profiles import SEPARATORS
@@ -658,8 +659,6 @@ def _csv_batches(values: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]
 def _csv_reader(values: Mapping[str, Any], names: Sequence[str] | None) -> Any:
     """pyarrow's streaming CSV reader with :func:`_read_csv`'s options: every column text, only the
     empty string null (``names``: the header's columns; None to read just the header)."""
-    import pyarrow.csv as arrow_csv
-
     return arrow_csv.open_csv(
         values["path"],
         read_options=arrow_csv.ReadOptions(encoding=values.get("encoding") or "utf-8", block_size=_CSV_BLOCK),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -180,7 +181,8 @@ def _ingest_crm_in_batches(
             os.replace(partial[path], path)
     finally:
         for path in partial.values():
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder that cannot be written has no partial file
+                path.unlink(missing_ok=True)
     result = IngestResult(tables={}, quarantines={}, reports=reports)
     record = manifest(
         result,
