@@ -125,6 +125,14 @@ def default_wait_policy() -> None:
     os.environ.setdefault(WAIT_POLICY, PASSIVE.upper())
 
 
+def release_arrow_memory() -> None:
+    """Hand back to the system what Arrow's allocator keeps of freed buffers (a frame read from
+    Parquet lives there until dropped, and mimalloc keeps its memory for reuse)."""
+    arrow = sys.modules.get("pyarrow")  # not imported here: a process without Arrow has no pool to free
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+
+
 def release_memory() -> None:
     """Give freed memory back to the system, so a peak stays one step's (a bucket of the nightly job,
     a table of ingestion).
@@ -133,8 +141,6 @@ def release_memory() -> None:
     Arrow's pool) and the process's resident size ratchets up step by step.
     """
     gc.collect()
-    arrow = sys.modules.get("pyarrow")  # not imported here: a process without Arrow has no pool to free
-    if arrow is not None:
-        arrow.default_memory_pool().release_unused()
+    release_arrow_memory()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,10 +47,11 @@ def test_an_id_lookup_finds_what_arrow_finds(universe: list, values: list) -> No
     present = pd.Series([value for value in universe if value is not None], dtype="str")
     wanted = pd.Series(values, dtype="str")
     lookup = IdLookup(present)
-    np.testing.assert_array_equal(lookup.positions(wanted), positions_in(wanted, pd.Index(present)))
-    np.testing.assert_array_equal(
-        lookup.positions(wanted.astype("category")), positions_in(wanted, pd.Index(present))
-    )
+    expected = positions_in(wanted, pd.Index(present))
+    np.testing.assert_array_equal(lookup.positions(wanted), expected)
+    np.testing.assert_array_equal(lookup.positions(wanted.astype("category")), expected)
+    with mock.patch.object(arrays, "REPEATS_WORTH_ENCODING", 1):  # each distinct value looked up once
+        np.testing.assert_array_equal(lookup.positions(pd.concat([wanted] * 3)), np.tile(expected, 3))
 
 
 def test_an_id_lookup_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,12 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leadml.adapters.layout import take_apart
 from leadml.data import schema as s
 from leadml.errors import LeadmlError
 from leadml.modelling.split import (
     RANDOM_FALLBACK_NOTE,
+    WINDOWS,
     SplitSettings,
     latest_rows,
+    plan_split,
     resolve_split,
     split_snapshots,
     split_summary,
@@ -390,3 +393,48 @@ def test_resolve_split_refuses_explicit_test_bounds_it_cannot_keep() -> None:
         resolve_split(_columns(s.ORDER_KEY), SplitSettings(test_start="2024-01-01", test_end="2024-02-01"))
     with pytest.raises(LeadmlError, match="but the data has no time or order column"):
         resolve_split(_columns(), SplitSettings(kind="order", test_start=10.0))
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        SplitSettings(test_months=3, calibration_months=3, gap_days=14),
+        SplitSettings(kind="order", test_fraction=0.2, calibration_fraction=0.2),
+        SplitSettings(kind="random", allow_random_with_time=True),
+    ],
+)
+def test_a_planned_split_copies_the_rows_once_and_each_window_is_a_slice_of_them(
+    settings_: SplitSettings,
+) -> None:
+    frame = weekly_snapshots()
+    frame[s.ORDER_KEY] = np.arange(len(frame))
+    frame["kind"] = pd.Categorical(np.where(frame["x"] > 0, "a", "b"))
+    plan = plan_split(frame, settings_)
+    result = plan.apply(frame)
+    # each window: the snapshots' rows of its positions, in the snapshots' order, index kept
+    for name in WINDOWS:
+        expected = frame.iloc[plan.positions[name]]
+        assert np.all(np.diff(plan.positions[name]) > 0)
+        pd.testing.assert_frame_equal(result.parts[name], expected)
+    development = pd.concat([result.parts["train"], result.parts["calibration"]])
+    pd.testing.assert_frame_equal(result.development(), development)
+    pd.testing.assert_frame_equal(result.rows, pd.concat([development, result.parts["test"]]))
+    narrower = result.without(["x"])
+    assert all("x" not in part.columns for part in narrower.parts.values())
+    pd.testing.assert_frame_equal(narrower.parts["test"], result.parts["test"].drop(columns=["x"]))
+    # taken apart column by column: the same windows, and the snapshots left without columns
+    apart = plan.apply(frame.copy(), take_apart)
+    for name in WINDOWS:
+        pd.testing.assert_frame_equal(apart.parts[name], result.parts[name])
+
+
+def test_taking_a_frame_apart_equals_take_and_empties_it() -> None:
+    frame = weekly_snapshots(n_leads=50)
+    frame["kind"] = pd.Categorical(np.where(frame["x"] > 0, "a", "b"))
+    frame.attrs["source"] = "snapshots"
+    positions = np.random.default_rng(1).permutation(len(frame))[: len(frame) // 2]
+    expected = frame.take(positions)
+    taken = take_apart(frame, positions)
+    pd.testing.assert_frame_equal(taken, expected)
+    assert taken.attrs == {"source": "snapshots"}
+    assert frame.columns.empty

@@ -98,6 +98,10 @@ def text_hash(values: pd.Series) -> np.ndarray:
     return np.where(array.is_null().to_numpy(zero_copy_only=False), np.uint64(0), hashes)
 
 
+# rows from which a batch of ids is worth dictionary-encoding before :meth:`IdLookup.positions`
+REPEATS_WORTH_ENCODING = 10_000
+
+
 class IdLookup:
     """Positions of text ids in a fixed ``universe`` (as :func:`positions_in`), for looking up batch
     after batch: Arrow's lookup builds its hash table of the universe again on every call, which for
@@ -121,6 +125,16 @@ class IdLookup:
         text = pd.Series(values, dtype="str") if not isinstance(values.dtype, pd.StringDtype) else values
         if len(self.hashes) == 0 or len(text) == 0:
             return np.full(len(text), -1, dtype=np.int64)
+        if len(text) >= REPEATS_WORTH_ENCODING:
+            # the activities name each lead many times: look up each distinct id once
+            array = pa.array(text, from_pandas=True, type=pa.large_string())
+            if isinstance(array, pa.ChunkedArray):
+                array = array.combine_chunks()  # one dictionary for every chunk
+            encoded = pc.dictionary_encode(array)
+            if len(encoded.dictionary) * 2 <= len(text):
+                by_value = np.append(self.positions(pd.Series(encoded.dictionary, dtype="str")), -1)
+                codes = encoded.indices.fill_null(len(encoded.dictionary))
+                return by_value[codes.to_numpy(zero_copy_only=False)]
         hashes = text_hash(text)
         # searching in sorted order: each search starts where the last ended (several times faster)
         order = np.argsort(hashes)

@@ -79,19 +79,23 @@ MAX_LEVELS = 30
 
 
 def weekday_profiles(
-    rows: pd.DataFrame, columns: Sequence[str], seed: int = 0, max_rows: int = 200_000
+    rows: pd.DataFrame,
+    columns: Sequence[str],
+    seed: int = 0,
+    max_rows: int = 200_000,
+    dates: pd.DatetimeIndex | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Drift references of the latest training dates, one per weekday of the as-of date ("0" Monday).
 
     Tonight's leads are compared with training rows of the same weekday and the latest period:
     recency features differ by weekday by design (on a Monday the last activity is at least
     two days old), and the lead mix moves with time, so neither is drift of the data. Empty
-    when the rows have no snapshot dates (a flat table) or fewer than seven dates.
+    when the rows have no snapshot dates (a flat table) or fewer than seven dates. ``dates``: the
+    dates to profile, when not the latest of ``rows`` (:func:`latest_dates` of other rows).
     """
     if s.AS_OF not in rows.columns:
         return {}
-    dates = pd.DatetimeIndex(pd.to_datetime(rows[s.AS_OF], utc=True).unique()).sort_values()
-    latest = dates[-WEEKDAY_DATES:]
+    latest = latest_dates(rows) if dates is None else dates
     if len(latest) < WEEKDAY_DATES or latest.day_of_week.nunique() < WEEKDAY_DATES:
         return {}
     stamps = pd.to_datetime(rows[s.AS_OF], utc=True)
@@ -101,6 +105,13 @@ def weekday_profiles(
         chosen = chosen.sample(min(len(chosen), max_rows // WEEKDAY_DATES), random_state=seed)
         out[str(date.day_of_week)] = lumped(reference_profile(chosen, columns))
     return out
+
+
+def latest_dates(rows: pd.DataFrame) -> pd.DatetimeIndex:
+    """The latest :data:`WEEKDAY_DATES` snapshot dates of ``rows`` (UTC, oldest first): the dates
+    :func:`weekday_profiles` profiles."""
+    dates = pd.DatetimeIndex(pd.to_datetime(rows[s.AS_OF], utc=True).unique()).sort_values()
+    return dates[-WEEKDAY_DATES:]
 
 
 def lumped(profile: Mapping[str, Any]) -> dict[str, Any]:

@@ -182,7 +182,12 @@ class LightGBMModel:
 def prepare_features(
     frame: pd.DataFrame, feature_names: list[str], categories: Mapping[str, list[Any]]
 ) -> pd.DataFrame:
-    """The model's columns in training order and dtypes; unseen categories become NaN."""
+    """The model's columns in training order and dtypes; unseen categories become NaN.
+
+    Float columns are taken as they are, without a copy (read-only views of ``frame``'s own
+    arrays, which pandas copies on write): the development rows of a million leads are 3 GB of
+    floats, and a copy of them per fit, search and prediction came on top of LightGBM's own.
+    """
     missing = [name for name in feature_names if name not in frame.columns]
     if missing:
         raise LeadmlError(f"scoring data lacks feature column(s) {missing}")
@@ -194,9 +199,12 @@ def prepare_features(
             # Unseen values become missing here: pandas 4 refuses them in the Categorical itself.
             values = values.where(column.notna() & values.isin(categories[name]), None)
             prepared[name] = pd.Categorical(values, categories=categories[name])
+        elif column.dtype == np.float64:
+            prepared[name] = column.to_numpy()
         else:
             prepared[name] = pd.to_numeric(column, errors="coerce").astype(np.float64).to_numpy()
-    return pd.DataFrame(prepared, index=frame.index)
+    # copy=False: one block per column rather than the floats consolidated into a new 2-d block
+    return pd.DataFrame(prepared, index=frame.index, copy=False)
 
 
 def margin_scale(booster: lgb.Booster, iterations: int | None = None) -> float:
@@ -355,6 +363,8 @@ def fit_lightgbm_rounds(
         "fit_seconds": time.perf_counter() - started,
     }
     logger.info("lightgbm: %d trees on %d rows, %.1fs", rounds, len(train), report["fit_seconds"])
+    # the booster kept its binned training rows (0.4 GB at a million leads) as long as the model lived
+    booster.free_dataset()
     return LightGBMModel(booster, names, categories, int(rounds), report, pd.Index([]))
 
 

@@ -19,8 +19,9 @@ from scipy.special import expit
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
 from leadml.errors import LeadmlError, data_config_file
+from leadml.machine import release_memory
 from leadml.modelling.calibration import CalibrationSettings, RelativeCalibrator, fit_on_window, level_shift
-from leadml.modelling.drift import reference_profile, weekday_profiles
+from leadml.modelling.drift import latest_dates, reference_profile, weekday_profiles
 from leadml.modelling.evaluate import (
     TierSettings,
     base_rate_drift,
@@ -61,12 +62,19 @@ from leadml.modelling.points import (
 from leadml.modelling.scorer import PROBABILITY, LeadScorer
 from leadml.modelling.selection import LIGHTGBM, LOGREG, MARGIN, POINTS, anchor, refit, select_model
 from leadml.modelling.split import (
+    CALIBRATION,
+    TEST,
+    TRAIN,
+    WINDOWS,
+    RowTaker,
+    SplitResult,
     SplitSettings,
     latest_rows,
+    plan_split,
     position_column,
     resolve_split,
     split_summary,
-    split_with_report,
+    take_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,6 +124,42 @@ def _tier_note(tier_settings: TierSettings, points_sheet: bool) -> str:
     return "fixed probability minimums (conf/tiers)"
 
 
+@dataclass
+class Windows:
+    """The snapshots as training reads them (:func:`split_windows`): once these exist, the
+    snapshots frame itself may go (at a million leads it is 4.4 GB)."""
+
+    split: SplitResult
+    note: str | None  # why the split differs from the configured one (None: it does not)
+    # the scorer is refitted on every labelled row (else it is the one fitted before the test window)
+    deploy: bool
+    # the scorer's drift references by weekday, of every feature column (weekday_references)
+    by_weekday: dict[str, dict[str, Any]]
+    seconds: float
+
+
+def split_windows(
+    snapshots: pd.DataFrame, config: Mapping[str, Any], deploy: bool = True, take: RowTaker = take_rows
+) -> Windows:
+    """The train, calibration and test windows of ``snapshots`` (``config["split"]``), and the drift
+    references by weekday of the rows the scorer is fitted on (every labelled row with ``deploy``,
+    else the development rows): the only later use of the snapshots beyond the windows.
+
+    ``take`` copies the windows' rows out of the snapshots, last: the train stage's
+    (:func:`leadml.adapters.layout.take_apart`) takes the snapshots apart as it goes, so that the
+    two are never held whole at once.
+    """
+    started = time.perf_counter()
+    split_settings, split_note = resolve_split(snapshots, SplitSettings.from_mapping(config["split"]))
+    if split_note:
+        logger.warning("split: %s", split_note)
+    plan = plan_split(snapshots, split_settings)
+    fitted = plan.kept(WINDOWS if deploy else (TRAIN, CALIBRATION))
+    by_weekday = weekday_references(snapshots, fitted, seed=config["evaluation"]["seed"])
+    split = plan.apply(snapshots, take)
+    return Windows(split, split_note, deploy, by_weekday, time.perf_counter() - started)
+
+
 def train_and_evaluate(
     snapshots: pd.DataFrame,
     metadata: Mapping[str, FeatureMeta],
@@ -132,21 +176,33 @@ def train_and_evaluate(
     labelled row, and that refit is the scorer that gets registered (the rolling backtest,
     which only needs the estimate, passes ``deploy=False``).
     """
+    return train_on_windows(split_windows(snapshots, config, deploy), metadata, config, truth, progress)
+
+
+def train_on_windows(
+    windows: Windows,
+    metadata: Mapping[str, FeatureMeta],
+    config: Mapping[str, Any],
+    truth: pd.DataFrame | None = None,
+    progress: bool = False,
+) -> TrainingResult:
+    """:func:`train_and_evaluate` once the snapshots are split (:func:`split_windows`)."""
+    deploy = windows.deploy
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = time.perf_counter() - windows.seconds  # the split's seconds count as its lap's
 
     def lap(name: str) -> None:
         nonlocal clock
+        # a step's freed memory back to the system before the next step's peak: glibc's arenas kept
+        # 1.4 GB of a million leads' earlier steps under the last refit's
+        release_memory()
         seconds[name] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
     guards = config["guards"]
-    split_settings, split_note = resolve_split(snapshots, SplitSettings.from_mapping(config["split"]))
-    if split_note:
-        logger.warning("split: %s", split_note)
-    split = split_with_report(snapshots, split_settings)
-    train, calibration, test = (split.parts[w] for w in ("train", "calibration", "test"))
-    development = pd.concat([train, calibration])
+    split, split_note = windows.split, windows.note
+    train, test = split.parts[TRAIN], split.parts[TEST]
+    development = split.development()
     data_note = minimum_data_note(development, guards["min_snapshots"], guards["min_positives"])
     lap("split")
 
@@ -154,10 +210,9 @@ def train_and_evaluate(
     flagged = enforce_leakage(leakage, guards["leakage_action"])
     excluded = flagged if guards["leakage_action"] == EXCLUDE else []
     if excluded:
-        train, calibration, test, development = (
-            part.drop(columns=excluded) for part in (train, calibration, test, development)
-        )
-        split.parts.update(train=train, calibration=calibration, test=test)
+        split = split.without(excluded)
+        train, test = split.parts[TRAIN], split.parts[TEST]
+        development = split.development()
         metadata = {name: meta for name, meta in metadata.items() if name not in excluded}
     lap("leakage")
 
@@ -166,7 +221,7 @@ def train_and_evaluate(
     # the scoring sheet (data.points) minus rules on columns left out of the model
     left_out = {
         *(config.get("features", {}).get("exclude") or ()),
-        *snapshots.columns.difference(train.columns),
+        *excluded,
     }
     sheet, skipped_rules = training_sheet(config["data"].get("points"), left_out)
     model_settings = model_settings_from_mapping(
@@ -193,6 +248,7 @@ def train_and_evaluate(
     )
     lap("select")
     model = refit(development, selection, fitters, metadata)
+    release_memory()  # the refit's freed copies, before the logistic baseline's own 3 GB peak
     # the logistic baseline stays plain (unweighted): the chosen one may weigh recent rows
     plain = selection.chosen == LOGREG and not selection.logreg.recency_half_life
     logreg = model if plain else fitters[LOGREG](development)
@@ -212,7 +268,7 @@ def train_and_evaluate(
     calibrator = RelativeCalibrator(
         fit_on_window(
             lambda rows: out_of_sample.loc[rows.index].to_numpy(),
-            development.loc[out_of_sample.index],
+            outcome_rows(development, out_of_sample.index),
             calibration_settings,
         ),
         anchor(development, selection),
@@ -300,7 +356,7 @@ def train_and_evaluate(
         shap_sample = (values, sample[names])
     lap("explain")
 
-    labelled = pd.concat([development, test])
+    labelled = split.rows  # development, then test
     split_info = split_summary(split.parts)
     # where the rate moved, the deployed calibrator takes its level from the latest rows; the
     # same procedure, replayed on the test window's halves, is what the gate judges
@@ -330,7 +386,9 @@ def train_and_evaluate(
         scorer, deployment = evaluated, {"refit": False}
     scorer.tiers = tier_record
     fitted = labelled if deploy else development
-    scorer.reference = training_reference(scorer, fitted, seed=evaluation["seed"], population=snapshots)
+    scorer.reference = training_reference(
+        scorer, fitted, seed=evaluation["seed"], by_weekday=windows.by_weekday
+    )
     lap("refit")
 
     return TrainingResult(
@@ -434,7 +492,7 @@ def latest_calibrator(
     ones that resemble tonight's leads, while the shape needs the many rows.
     """
     margins = pd.concat([out_of_sample, latest])
-    rows = labelled.loc[margins.index]
+    rows = outcome_rows(labelled, margins.index)
     share = min(1.0, len(out_of_sample) / len(rows))
     inner = fit_on_window(lambda part: margins.loc[part.index].to_numpy(), latest_rows(rows, share), settings)
     shift = (
@@ -461,7 +519,7 @@ def in_time_calibration(
     moving inside the window does not, and no calibrator fitted on the past can follow it.
     Empty when a half lacks a label.
     """
-    later = latest_rows(labelled.loc[test_relative.index], 0.5)
+    later = latest_rows(outcome_rows(labelled, test_relative.index), 0.5)
     earlier = test_relative.drop(later.index)
     labels = later[s.LABEL].to_numpy()
     earlier_labels = labelled.loc[earlier.index, s.LABEL]
@@ -481,6 +539,16 @@ def in_time_calibration(
         "in_time_rate_later": float(labels.mean()),
         "in_time_mean_probability": float(probability.mean()),
     }
+
+
+OUTCOME_COLUMNS: tuple[str, ...] = (s.LEAD_ID, s.AS_OF, s.ORDER_KEY, s.LABEL)
+
+
+def outcome_rows(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    """The rows of ``index`` with only their lead, time and label columns: all a calibrator's window
+    reads (:func:`fit_on_window`, :func:`latest_rows`). Every feature too would copy 1.3 GB of the
+    development rows at a million leads, for out-of-sample margins that are already computed."""
+    return frame.loc[index, [column for column in OUTCOME_COLUMNS if column in frame.columns]]
 
 
 def _plain_value(value: Any) -> Any:
@@ -520,19 +588,35 @@ def sentinel_report(
     )
 
 
+def weekday_references(
+    snapshots: pd.DataFrame, fitted: np.ndarray, seed: int = 0, max_rows: int = REFERENCE_ROWS
+) -> dict[str, dict[str, Any]]:
+    """The drift references by weekday of a scorer fitted on the snapshots at positions ``fitted``, of
+    every feature column: :func:`weekday_profiles` of the snapshots of the latest dates of those
+    rows (empty without dates).
+
+    Every open lead of those dates: the out-of-time split keeps a lead in the window of its first
+    snapshot, so the split's own rows of a late date are its new leads only, not the population a
+    nightly run scores. Profiled before the snapshots are split, so they need not be kept until the
+    scorer exists (:func:`training_reference` keeps the scorer's features).
+    """
+    if s.AS_OF not in snapshots.columns:
+        return {}
+    dates = latest_dates(snapshots[[s.AS_OF]].iloc[fitted])
+    return weekday_profiles(snapshots, feature_columns(snapshots), seed, max_rows, dates=dates)
+
+
 def training_reference(
     scorer: LeadScorer,
     train: pd.DataFrame,
     seed: int = 0,
     max_rows: int = REFERENCE_ROWS,
-    population: pd.DataFrame | None = None,
+    by_weekday: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Distributions of every feature and of the calibrated score on (a sample of) the training window.
 
-    The drift references by weekday (``by_weekday``) profile every open lead of the latest dates
-    of ``train``, taken from ``population`` (all snapshots): the out-of-time split keeps a lead in
-    the window of its first snapshot, so the split's own rows of a late date are its new leads only,
-    not the population a nightly run scores.
+    With the drift references by weekday (``by_weekday``, of :func:`weekday_references`; profiled
+    from ``train`` itself when not given), narrowed to the scorer's features.
     """
     sample = train.sample(min(len(train), max_rows), random_state=seed)
     score = scorer.predict(sample)[[PROBABILITY]]
@@ -541,10 +625,11 @@ def training_reference(
         "features": reference_profile(sample, scorer.feature_names),
         "score": reference_profile(score, [PROBABILITY])[PROBABILITY],
     }
-    rows = train
-    if population is not None and s.AS_OF in train.columns and s.AS_OF in population.columns:
-        rows = population[population[s.AS_OF].isin(train[s.AS_OF].unique())]
-    weekdays = weekday_profiles(rows, scorer.feature_names, seed, max_rows)
+    if by_weekday is None:
+        by_weekday = weekday_profiles(train, scorer.feature_names, seed, max_rows)
+    weekdays = {
+        day: {name: profile[name] for name in scorer.feature_names} for day, profile in by_weekday.items()
+    }
     return {**reference, "by_weekday": weekdays} if weekdays else reference
 
 
