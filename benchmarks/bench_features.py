@@ -117,10 +117,20 @@ def measured_with(script: str) -> str:
     )
 
 
+# hand-written prose inside a section (what a figure means, how it got there): kept when a script
+# rewrites its section, which would otherwise lose it
+NOTES_BEGIN, NOTES_END = "<!-- notes:begin -->", "<!-- notes:end -->"
+
+
 def replace_section(section: str, begin: str, end: str) -> None:
-    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into RESULTS.md in place."""
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into RESULTS.md in place,
+    keeping the old section's notes (between :data:`NOTES_BEGIN` and :data:`NOTES_END`) at its end."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     if begin in text:
+        old = text[text.index(begin) : text.index(end)]
+        if NOTES_BEGIN in old and NOTES_END in old and NOTES_BEGIN not in section:
+            notes = old[old.index(NOTES_BEGIN) : old.index(NOTES_END) + len(NOTES_END)]
+            section = section[: section.rindex(end)].rstrip("\n") + "\n\n" + notes + "\n" + end
         text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
