@@ -425,11 +425,11 @@ def _final_report(spill: _Spill, **changes: Any) -> TableReport:
 
 def _final_categories(
     spill: _Spill, on_disk: Sequence[str]
-) -> tuple[dict[str, pd.CategoricalDtype], dict[str, pa.Array]]:
-    """The values that survived in the whole table, sorted: per open category column its categories,
-    per text column stored as categories (``on_disk``) its dictionary. What the in-memory path's
-    categories are: settled when the table is validated, so a lead moved out later for its outcome
-    keeps its values among them. A stored column's values stay in Arrow (millions of lead ids)."""
+) -> tuple[dict[str, pd.CategoricalDtype], list[str]]:
+    """The values that survived in the whole table, sorted: per open category column its categories
+    (what the in-memory path's categories are: settled when the table is validated, so a lead moved
+    out later for its outcome keeps its values among them); and the text columns stored as categories
+    (``on_disk``), whose dictionaries are each row group's own (:class:`_ParquetOut`)."""
     contract = spill.contract
     columns = [
         spec.name
@@ -437,59 +437,22 @@ def _final_categories(
         if spec.dtype == "category" and spec.allowed is None and spec.name in spill.template.columns
     ]
     stored = [column for column in on_disk if column in spill.template.columns and column not in columns]
-    if not columns and not stored:
-        return {}, {}
+    if not columns:
+        return {}, stored
     seen: dict[str, set[Any]] = {column: set() for column in columns}
-    values = {column: _Distinct() for column in stored}
     settled = spill.removed_before_moves()
-    for frame in spill.accepted.all([*columns, *stored, _ROW]):
+    for frame in spill.accepted.all([*columns, _ROW]):
         frame = frame.loc[~np.isin(frame[_ROW].to_numpy(), settled, assume_unique=True)]
         for column in columns:
             codes = frame[column].cat.codes.to_numpy()
             seen[column].update(frame[column].cat.categories[np.unique(codes[codes >= 0])])
-        for column in stored:
-            values[column].add(frame[column])
     categories = {
         column: pd.CategoricalDtype(pd.Index(sorted(seen[column]), dtype="str"))
         if seen[column]
         else _empty_categories(spill.template[column])
         for column in columns
     }
-    return categories, {column: distinct.sorted() for column, distinct in values.items()}
-
-
-class _Distinct:
-    """The distinct values of a text column seen batch by batch, in Arrow (no Python string each)."""
-
-    def __init__(self) -> None:
-        self.parts: list[pa.Array] = []
-        self.held = 0
-        self.last = 0
-
-    def add(self, values: pd.Series) -> None:
-        distinct = pc.unique(pa.array(values, from_pandas=True, type=pa.large_string()).drop_null())
-        self.parts.append(distinct)
-        self.held += len(distinct)
-        if self.held > 2 * self.last + 1_000_000:  # folded now and then: memory near the distinct count
-            self._fold()
-
-    def _fold(self) -> None:
-        folded = pc.unique(pa.chunked_array(self.parts, type=pa.large_string()))
-        folded = folded.combine_chunks() if isinstance(folded, pa.ChunkedArray) else folded
-        self.parts, self.held, self.last = [folded], len(folded), len(folded)
-
-    def sorted(self) -> pa.Array:
-        self._fold()
-        return self.parts[0].take(pc.sort_indices(self.parts[0]))
-
-
-def _codes_type(categories: int) -> pa.DataType:
-    """The integer type of pandas' category codes for ``categories`` categories (what a whole frame
-    written with ``astype("category")`` stores)."""
-    for bits, kind in ((8, pa.int8()), (16, pa.int16()), (32, pa.int32())):
-        if categories < 2 ** (bits - 1):
-            return kind
-    return pa.int64()
+    return categories, stored
 
 
 def _empty_categories(column: pd.Series) -> pd.CategoricalDtype:
@@ -503,22 +466,25 @@ ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default, so a file has the row groups 
 
 class _ParquetOut:
     """Frames appended to one Parquet file in row groups of :data:`ROW_GROUP_ROWS` rows, whatever the
-    batches, as pandas writes the whole frame ``final`` describes (its dtypes, no rows). Columns of
-    ``stored`` arrive as text and are written as categories of those values (every row group carries
-    its dictionary, so small groups would multiply it)."""
+    batches, as pandas writes the whole frame ``final`` describes (its dtypes, no rows).
 
-    def __init__(self, path: Path, final: pd.DataFrame, stored: Mapping[str, pa.Array] | None = None) -> None:
-        self.path, self.stored = path, dict(stored or {})
+    Columns of ``stored`` arrive as text and are written dictionary-encoded, each row group with a
+    dictionary of its own values. One dictionary of the whole column in every row group (what
+    pandas writes for a categorical) held every distinct value for the whole pass and made the
+    Parquet writer encode all of them again per row group: at 4 million leads, the activities'
+    lead ids took 0.5 GB more than at a million. A reader gets the same values; pandas unifies the
+    dictionaries in order of first appearance rather than sorted.
+    """
+
+    def __init__(self, path: Path, final: pd.DataFrame, stored: Sequence[str] = ()) -> None:
+        self.path, self.stored = path, list(stored)
         # without a row, the file is the whole frame's: the stored columns as categories of nothing
         self.final = final.astype(dict.fromkeys(self.stored, "category")) if self.stored else final
         schema = pa.Schema.from_pandas(final, preserve_index=False)
-        for name, values in self.stored.items():
-            dictionary = pa.dictionary(_codes_type(len(values)), pa.large_string())
+        for name in self.stored:
+            dictionary = pa.dictionary(pa.int32(), pa.large_string())
             schema = schema.set(schema.get_field_index(name), pa.field(name, dictionary))
         self.schema = schema
-        # built once: Arrow's index_in built a hash table of the whole dictionary again for every
-        # row group (4 million activity lead ids: 0.6 GB more at the peak than at a million)
-        self.lookups = {name: IdLookup(values) for name, values in self.stored.items()}
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
@@ -547,10 +513,8 @@ class _ParquetOut:
         columns = []
         for target in self.schema:
             column = table.column(target.name)
-            if target.name in self.stored:
-                positions = self.lookups[target.name].positions(column.to_pandas())
-                indices = pa.array(positions, mask=positions < 0).cast(target.type.index_type)
-                column = pa.DictionaryArray.from_arrays(indices, self.stored[target.name])
+            if target.name in self.stored:  # one dictionary for the row group: its chunks combined
+                column = pc.dictionary_encode(column.cast(pa.large_string()).combine_chunks())
             columns.append(column.cast(target.type))
         return pa.Table.from_arrays(columns, schema=self.schema)
 
@@ -763,6 +727,9 @@ def _ingest(run: _Run) -> StreamedIngest:
         closed_before_created_check(lead_frame, lead_ids),
     ]
     outcomes = first(s.OUTCOMES, outcome_checks)
+    # the checks hold the lead ids and their lookup: freed before the leads' second pass builds them
+    # again for what is left (two sets of millions of ids at once were the outcomes' peak)
+    del outcome_checks, lead_frame, lead_ids
     leads.remove(_leads_without_outcome(leads, outcomes))
     leads_report = _with_warning(_final_report(leads), UNKNOWN_ACCOUNT, unknown_accounts)
     second(s.LEADS, leads, leads_report)
