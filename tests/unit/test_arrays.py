@@ -69,3 +69,13 @@ def test_text_hashes_do_not_depend_on_the_batch() -> None:
     assert whole[0] == whole[5] and whole[0] != whole[1] and whole[4] == 0
     np.testing.assert_array_equal(text_hash(values.iloc[:2]), whole[:2])  # one width: the fast path
     np.testing.assert_array_equal(text_hash(values.iloc[2:]), whole[2:])
+
+
+@pytest.mark.parametrize("values", [["E00001", "E00002", "E00003"], ["a", "", None, "bcd", "🚀", "x" * 40]])
+def test_text_hashes_do_not_depend_on_the_slices_they_are_computed_in(values: list) -> None:
+    text = pd.Series(values * 3, dtype="str")
+    whole = text_hash(text)
+    with mock.patch.object(arrays, "HASH_CHUNK_ROWS", 2):
+        np.testing.assert_array_equal(text_hash(text), whole)
+    with mock.patch.object(arrays, "HASH_CHUNK_ROWS", 1):
+        np.testing.assert_array_equal(text_hash(text), whole)
