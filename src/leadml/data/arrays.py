@@ -128,11 +128,8 @@ class IdLookup:
     (16 bytes an id); a batch is hashed, found by binary search and each match checked against the id
     itself. Rows whose hash the universe holds more than once (a collision) go through Arrow."""
 
-    def __init__(self, universe: pd.Series | pd.Index | pa.Array) -> None:
-        if isinstance(universe, pa.Array):  # an Arrow array of text is used as it is, not copied
-            self.values = universe.cast(pa.large_string())
-        else:
-            self.values = pa.array(pd.Series(universe, dtype="str"), type=pa.large_string())
+    def __init__(self, universe: pd.Series | pd.Index) -> None:
+        self.values = pa.array(pd.Series(universe, dtype="str"), type=pa.large_string())
         hashes = text_hash(pd.Series(self.values, dtype="str"))
         self.order = np.argsort(hashes, kind="stable")  # stable: the first of equal ids comes first
         self.hashes = hashes[self.order]
