@@ -120,6 +120,33 @@ def test_a_parquet_source_read_in_batches_equals_the_whole_read(tmp_path: Path) 
     assert list(empty.columns) == ["lead_id", "n"] and empty.empty
 
 
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({name: "str" for name, dtype in frame.dtypes.items() if dtype == "category"})
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+def test_category_columns_read_as_dictionaries_hold_the_same_values(tmp_path: Path, file_format: str) -> None:
+    """Category columns come as pandas categoricals (their few values checked once per batch), under
+    their canonical names through the columns mapping; numbers asked for as categories stay numbers."""
+    frame = pd.DataFrame(
+        {
+            "id": [f"L{i}" for i in range(7)],
+            "channel": ["Web", None, " web ", "NA", "", "Web", "PPC"],
+            "n": [1, 2, 3, 4, 5, 6, 7],
+        }
+    )
+    path = tmp_path / f"leads.{file_format}"
+    frame.to_csv(path, index=False) if file_format == "csv" else frame.to_parquet(path, index=False)
+    spec = {"path": str(path), "columns": {"lead_id": "id", "source": "channel"}}
+    for rows in (2, 100):
+        batches = list(source_batches(spec, rows, categories=["source", "n"]))
+        assert all(isinstance(batch["source"].dtype, pd.CategoricalDtype) for batch in batches)
+        if file_format == "parquet":
+            assert all(batch["n"].dtype == "int64" for batch in batches)
+        whole = pd.concat([_as_text(batch) for batch in batches], ignore_index=True)
+        pd.testing.assert_frame_equal(whole, read_source(spec), check_dtype=file_format == "parquet")
+
+
 def test_a_broken_csv_in_batches_stops_with_the_whole_read_s_message(tmp_path: Path) -> None:
     path = tmp_path / "leads.csv"
     path.write_text("id,created\nL1,2024-01-01\nL2,2024-01-02,extra\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadml.data import arrays
-from leadml.data.arrays import IdLookup, argsort_int, positions_in, text_hash
+from leadml.data.arrays import IdLookup, argsort_int, positions_in, repeated_text, text_hash
 
 
 @given(st.lists(st.integers(-(2**40), 2**40), max_size=300))
@@ -61,6 +61,16 @@ def test_an_id_lookup_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) 
     universe = pd.Series([f"L{i}" for i in range(50)], dtype="str")
     wanted = pd.Series(["L7", "L49", "nope", None, "L0"], dtype="str")
     np.testing.assert_array_equal(IdLookup(universe).positions(wanted), [7, 49, -1, -1, 0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(IDS.filter(lambda value: value is not None), max_size=40))
+def test_repeated_text_is_pandas_duplicated_keep_false(values: list) -> None:
+    text = pd.Series(values, dtype="str", index=np.arange(len(values)) * 7)  # any index
+    expected = text.duplicated(keep=False).to_numpy()
+    np.testing.assert_array_equal(repeated_text(text), expected)
+    with mock.patch.object(arrays, "text_hash", lambda values: text_hash(values) % np.uint64(2)):
+        np.testing.assert_array_equal(repeated_text(text), expected)  # colliding hashes compared as text
 
 
 def test_text_hashes_do_not_depend_on_the_batch() -> None:

@@ -35,7 +35,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -589,34 +589,42 @@ def read_source(spec: Mapping[str, Any]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- batches
-def source_batches(spec: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]:
+def source_batches(
+    spec: Mapping[str, Any], rows: int, categories: Collection[str] = ()
+) -> Iterator[pd.DataFrame]:
     """A source read again from its start, about ``rows`` rows at a time, as :func:`read_source`
-    reads it (same columns, dtypes and values: the frames concatenated equal its frame).
+    reads it (same columns and values: the frames concatenated equal its frame).
 
     A Parquet file and a CSV file stream; a Parquet folder, a workbook or a SQL source is read
     whole as one batch. At least one frame comes, empty for a source without rows.
+    ``categories`` (canonical names): text columns of a file read as pandas categoricals from
+    Arrow dictionaries, so the few distinct values of a category column are decoded and checked
+    once per batch instead of once per row; a column stored as numbers stays as it is.
     """
     values = checked_spec(spec)
     source = describe_source(values)
     path = Path(values["path"]) if values.get("path") else None
+    mapping = {str(canonical): str(name) for canonical, name in (values.get("columns") or {}).items()}
+    encoded = [mapping.get(name, name) for name in categories]
     if values["format"] == "parquet" and path is not None and path.is_file():
-        frames = _parquet_batches(path, rows)
+        frames = _parquet_batches(path, rows, encoded)
     elif values["format"] == "csv":
-        frames = _csv_batches(values, rows)
+        frames = _csv_batches(values, rows, encoded)
     else:
         frames = iter([_READERS[values["format"]](values)])
     for frame in frames:
         yield rename_columns(frame, values.get("columns"), source)
 
 
-def _parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_batches(path: Path, rows: int, encoded: Sequence[str]) -> Iterator[pd.DataFrame]:
     """Row group by row group, each through a reader of its own: one reader over a whole file keeps
-    what it decoded until it is closed (340 MB after 23 million events, growing with the file)."""
+    what it decoded until it is closed (340 MB after 23 million events, growing with the file).
+    ``encoded``: text columns read as dictionaries (numbers are left as they are)."""
     try:
         groups = pyarrow.parquet.ParquetFile(path).num_row_groups
         yielded = False
         for group in range(groups):
-            with pyarrow.parquet.ParquetFile(path) as parquet:
+            with pyarrow.parquet.ParquetFile(path, read_dictionary=encoded) as parquet:
                 for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]):
                     yielded = True
                     yield pyarrow.Table.from_batches([batch]).to_pandas()
@@ -626,9 +634,13 @@ def _parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
         raise LeadmlError(f"parquet file {path} cannot be read: {' '.join(str(error).split())}") from None
 
 
-def _csv_batches(values: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]:
-    """CSV as text, as :func:`_read_csv` reads it; anything unusual (a repeated header name, a read
-    error) goes through :func:`_read_csv`, whose messages say what to change."""
+_DICTIONARY_TEXT = pyarrow.dictionary(pyarrow.int32(), pyarrow.string())
+
+
+def _csv_batches(values: Mapping[str, Any], rows: int, encoded: Sequence[str]) -> Iterator[pd.DataFrame]:
+    """CSV as text, as :func:`_read_csv` reads it (``encoded`` columns as dictionaries of text);
+    anything unusual (a repeated header name, a read error) goes through :func:`_read_csv`, whose
+    messages say what to change."""
     path = _existing_path(values)
     _refuse_binary(path)
     try:
@@ -640,11 +652,12 @@ def _csv_batches(values: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]
         yield _read_csv(values)
         return
     _check_separator(path, names, values.get("sep") or ",")
-    schema = pyarrow.schema([(name, pyarrow.string()) for name in names])
+    types = {name: _DICTIONARY_TEXT if name in encoded else pyarrow.string() for name in names}
+    schema = pyarrow.schema(list(types.items()))
     pending = schema.empty_table()
     yielded = False
     try:
-        for batch in _csv_reader(values, names):  # blocks of _CSV_BLOCK bytes, cut into batches of rows
+        for batch in _csv_reader(values, types):  # blocks of _CSV_BLOCK bytes, cut into batches of rows
             pending = pyarrow.concat_tables([pending, pyarrow.Table.from_batches([batch])])
             while len(pending) >= rows:
                 yield pending.slice(0, rows).to_pandas()
@@ -656,15 +669,16 @@ def _csv_batches(values: Mapping[str, Any], rows: int) -> Iterator[pd.DataFrame]
         yield pending.to_pandas()
 
 
-def _csv_reader(values: Mapping[str, Any], names: Sequence[str] | None) -> Any:
+def _csv_reader(values: Mapping[str, Any], types: Mapping[str, Any] | None) -> Any:
     """pyarrow's streaming CSV reader with :func:`_read_csv`'s options: every column text, only the
-    empty string null (``names``: the header's columns; None to read just the header)."""
+    empty string null (``types``: the header's columns, text or dictionaries of text; None to read
+    just the header)."""
     return arrow_csv.open_csv(
         values["path"],
         read_options=arrow_csv.ReadOptions(encoding=values.get("encoding") or "utf-8", block_size=_CSV_BLOCK),
         parse_options=arrow_csv.ParseOptions(delimiter=values.get("sep") or ","),
         convert_options=arrow_csv.ConvertOptions(
-            column_types={name: pyarrow.string() for name in names or ()},
+            column_types=dict(types or {}),
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=True,

@@ -142,8 +142,13 @@ class _Tokens:
 
 def _token_lookup(raw: pd.Series, settings: IngestSettings, spec: ColumnSpec) -> _Tokens:
     """Work done once per distinct value, which is what makes 20 million categorical rows cheap."""
-    codes, uniques = pd.factorize(as_text(raw))
-    written = pd.Series(uniques, dtype="str")
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        # read as a dictionary (source_batches): its codes, in first-appearance order as for text
+        codes, categories = pd.factorize(raw)
+        written = as_text(pd.Series(np.asarray(categories), dtype=raw.cat.categories.dtype))
+    else:
+        codes, uniques = pd.factorize(as_text(raw))
+        written = pd.Series(uniques, dtype="str")
     cleaned, missing = _clean_text(written, spec.missing_markers(settings))
     tokens = normalise_tokens(cleaned)
     synonyms = {**squashed_spellings(spec.allowed or ()), **settings.synonyms_for(spec.name)}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leadml.data.arrays import repeated_text
 from leadml.data.contracts import (
     QUARANTINE_COLUMNS,
     REASON,
@@ -55,7 +56,10 @@ def duplicate_problems(
     key = list(key)
     candidates = eligible & typed[key].notna().all(axis=1).to_numpy()
     keys = typed.loc[candidates, key]
-    repeated = keys.duplicated(keep=False).to_numpy()
+    if len(key) == 1 and isinstance(keys[key[0]].dtype, pd.StringDtype):
+        repeated = repeated_text(keys[key[0]])
+    else:
+        repeated = keys.duplicated(keep=False).to_numpy()
     if not repeated.any():
         return []
     group = keys[repeated].copy()

@@ -160,7 +160,7 @@ def _ingest_crm_in_batches(
     }
     try:
         streamed = ingest_crm_streamed(
-            {table: partial_reader(spec, rows) for table, spec in specs.items()},
+            {table: partial_reader(spec, rows, contracts[table]) for table, spec in specs.items()},
             contracts,
             settings,
             outputs={table: partial[path] for table, path in outputs.items()},
@@ -221,8 +221,9 @@ def batch_rows(data: Mapping[str, Any]) -> int:
     return value
 
 
-def partial_reader(spec: Mapping[str, Any], rows: int) -> Reader:
-    return lambda: source_batches(spec, rows)
+def partial_reader(spec: Mapping[str, Any], rows: int, contract: TableContract) -> Reader:
+    categories = [column.name for column in contract.columns if column.dtype == "category"]
+    return lambda: source_batches(spec, rows, categories)
 
 
 def _summary(record: Mapping[str, Any], reused: bool = False) -> IngestSummary:
