@@ -51,6 +51,7 @@ from leadml.data.ingest import (
 from leadml.data.joins import CombinedTable, combine_flat, lookup_specs, lookups, row_rules, with_lookups
 from leadml.data.validation import check_bad_share
 from leadml.errors import LeadmlError
+from leadml.machine import collecting_only_new_objects
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ class _Validated:
 
 def ingest_stage(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
     """Validate every configured source into ``output_dir`` (tables, quarantine/, manifest)."""
+    with collecting_only_new_objects():
+        return _ingest(data, output_dir)
+
+
+def _ingest(data: Mapping[str, Any], output_dir: Path) -> IngestSummary:
     started = time.perf_counter()
     settings = ingest_settings(data)
     contract = checked_flat_config(data)  # before reading, so a config error costs no time
