@@ -24,9 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
-from leadml.adapters.layout import CONFIG_DIR
+from leadml.adapters.layout import CONFIG_DIR, check_data_name
 from leadml.data import schema as s
-from leadml.errors import CONFIG_FILE, LeadmlError, data_config_file
+from leadml.errors import CONFIG_FILE, LeadmlError, SettingsError, data_config_file, unknown_keys
 from leadml.machine import apply_thread_count, apply_wait_policy
 
 if TYPE_CHECKING:  # the stages are imported by their entry point only (see run_*)
@@ -387,11 +387,31 @@ def run_export(cfg: DictConfig) -> ExportResult:
 
 
 # --------------------------------------------------------------------------- wrappers
+def check_known_keys(cfg: DictConfig, config_name: str) -> None:
+    """Refuse a key of the command's own section (``score``, ``report``...) that its config file
+    ``conf/<config_name>.yaml`` does not have: ``+score.foo=1`` is a typo, never ignored."""
+    shipped = OmegaConf.load(Path(CONFIG_DIR) / f"{config_name}.yaml")
+    defaults, section = shipped.get(config_name), cfg.get(config_name)
+    if not isinstance(defaults, DictConfig) or not isinstance(section, DictConfig):
+        return
+    unknown = unknown_keys(
+        OmegaConf.to_container(section, resolve=False), OmegaConf.to_container(defaults), config_name
+    )
+    if unknown:
+        raise SettingsError(
+            f"unknown key {', '.join(unknown)}: not a setting of conf/{config_name}.yaml "
+            f"(known {config_name} keys: {', '.join(defaults)})"
+        )
+
+
 def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
     def main(cfg: DictConfig) -> None:
         _configure_logging(cfg)
         try:
+            check_known_keys(cfg, config_name)
+            if isinstance(cfg.get("data"), DictConfig) and "name" in cfg.data:
+                check_data_name(cfg.data.name)
             _share_the_machine(cfg)
             _record_data_config_file(cfg)
             run(cfg)

@@ -78,6 +78,24 @@ def known_settings(cls: type, mapping: object, section: str) -> dict:
     return values
 
 
+def unknown_keys(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str) -> list[str]:
+    """The keys of ``values`` (a composed config section) that ``defaults`` (the same section of
+    the shipped config file, its schema) does not have, as dotted paths under ``prefix``.
+
+    Hydra accepts any new key given as ``+score.foo=1``, which nothing would then read: a typo
+    silently ignored. Below a default that is null or an empty mapping (``score.spark.conf``,
+    ``forecast.planned``) any key is the user's own.
+    """
+    found = []
+    for key, value in values.items():
+        path = f"{prefix}.{key}"
+        if key not in defaults:
+            found.append(path)
+        elif isinstance(defaults[key], Mapping) and defaults[key] and isinstance(value, Mapping):
+            found.extend(unknown_keys(value, defaults[key], path))
+    return found
+
+
 def data_config_file(data: Mapping[str, Any] | None) -> str:
     """The data config file a message tells the user to edit.
 

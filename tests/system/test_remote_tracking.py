@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -393,6 +394,55 @@ def test_a_proxy_answering_health_with_503_counts_as_unreachable() -> None:
         finally:
             proxy.shutdown()
     assert "s3cret" not in str(caught.value) and caught.value.exit_code == 6
+
+
+def test_a_server_refusing_the_api_is_exit_6_not_authorised_not_no_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An authenticating proxy in front of the server: /health answers, every API call is refused
+    (403, MLflow's JSON error). Not "no champion, run make train" (exit 2): not authorised (exit 6)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            body = json.dumps({"error_code": "PERMISSION_DENIED", "message": "Permission denied"}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Refusing) as proxy:
+        Thread(target=proxy.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{proxy.server_port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        earlier = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)  # an earlier test's set_tracking_uri would win over the variable
+        monkeypatch.setitem(tracking._current, "uri", None)  # nor may an earlier configure's URI be named
+        try:
+            with pytest.raises(TrackingUnavailableError) as looked_up:
+                tracking.production_model(NAME)
+            with pytest.raises(TrackingUnavailableError) as opened:
+                tracking.configure(uri, "leadml-synthetic-scoring", tmp_path)
+        finally:
+            mlflow.set_tracking_uri(earlier)
+            proxy.shutdown()
+    for caught in (looked_up, opened):
+        assert caught.value.exit_code == 6
+        assert f"MLflow tracking server {uri} refused leadml's request" in str(caught.value)
+        assert "not authorised (PERMISSION_DENIED)" in str(caught.value)
 
 
 def test_a_run_failing_after_its_rows_are_written_leaves_the_partitions_as_they_were(tmp_path: Path) -> None:

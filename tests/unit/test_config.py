@@ -11,10 +11,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from factories import user_configs
-from leadml.cli import CONFIG_DIR, composed_data, data_config_source
+from leadml.adapters.layout import check_data_name
+from leadml.cli import CONFIG_DIR, check_known_keys, composed_data, data_config_source
+from leadml.data.calendar import date_setting
 from leadml.data.contracts import IngestSettings
 from leadml.data.features import FeatureSettings
-from leadml.errors import CONFIG_FILE
+from leadml.errors import CONFIG_FILE, LeadmlError, SettingsError, unknown_keys
+from leadml.reporting.forecast import ForecastSettings
+from leadml.reporting.leadership import ReportSettings
+from leadml.scoring.model_input import resolve_as_of
 from leadml.stages.ingest import config_fingerprint
 
 CONF = Path(CONFIG_DIR)
@@ -151,3 +156,61 @@ def test_the_config_file_never_enters_the_build_fingerprint(tmp_path: Path) -> N
         cfg.data[CONFIG_FILE] = str(tmp_path / "elsewhere" / "data" / "synthetic.yaml")
     assert CONFIG_FILE not in composed_data(cfg)
     assert config_fingerprint(composed_data(cfg), OmegaConf.to_container(cfg.features, resolve=True)) == plain
+
+
+# --------------------------------------------------------------------------- bad settings (issue 22)
+@pytest.mark.parametrize("config_name", PRIMARY)
+@pytest.mark.parametrize("data_set", DATA_SETS)
+def test_every_shipped_config_passes_the_unknown_key_check(config_name: str, data_set: str) -> None:
+    cfg = _compose(config_name, [f"data={data_set}"])
+    check_known_keys(cfg, config_name)
+    check_data_name(cfg.data.name)
+
+
+def test_a_key_no_config_file_has_is_refused_naming_it() -> None:
+    with pytest.raises(SettingsError, match=r"^unknown key score\.foo: not a setting of conf/score\.yaml"):
+        check_known_keys(_compose("score", ["+score.foo=1"]), "score")
+    with pytest.raises(SettingsError, match=r"^unknown key score\.sql\.tabel"):
+        check_known_keys(_compose("score", ["+score.sql.tabel=x"]), "score")
+    # below an empty mapping or a null the keys are the user's own
+    check_known_keys(_compose("score", ["+score.spark.conf.spark.executor.memory=8g"]), "score")
+    check_known_keys(_compose("forecast", ["forecast.planned={web: 500}"]), "forecast")
+    assert unknown_keys({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 0, "b": {"c": 0}}, "x") == ["x.b.d"]
+
+
+def test_report_settings_are_refused_outside_their_range() -> None:
+    for key, value, expected in [
+        ("top_leads", -5, "report.settings.top_leads must be a whole number >= 0, got -5"),
+        ("table_rows", "abc", "report.settings.table_rows must be a whole number >= 1, got 'abc'"),
+        ("page_rows", 0, "report.settings.page_rows must be a whole number >= 1, got 0"),
+        ("drift_psi", -0.1, "report.settings.drift_psi must be a positive number, got -0.1"),
+    ]:
+        with pytest.raises(LeadmlError) as error:
+            ReportSettings.from_mapping({key: value})
+        assert str(error.value) == expected
+    assert ReportSettings.from_mapping({"top_leads": "7", "table_rows": 10.0}).top_leads == 7
+
+
+@pytest.mark.parametrize("value", ["2026-02-30", "notadate", "nat", "", None])
+def test_a_date_setting_that_is_no_date_names_its_key(value: object) -> None:
+    with pytest.raises(LeadmlError) as error:
+        date_setting(value, "report.as_of", "latest or YYYY-MM-DD")
+    assert str(error.value) == f"report.as_of must be latest or YYYY-MM-DD, got {value!r}"
+    assert str(date_setting("2026-02-28T13:00", "k")) == "2026-02-28 00:00:00+00:00"
+    with pytest.raises(LeadmlError, match=r"^score\.as_of must be today, latest or YYYY-MM-DD, got '2026-02"):
+        resolve_as_of("2026-02-30", {})  # leadml-score's date: the same check
+
+
+def test_forecast_dates_are_checked_with_the_settings() -> None:
+    with pytest.raises(LeadmlError, match=r"^forecast\.scored_as_of must be latest, null or YYYY-MM-DD, got"):
+        ForecastSettings.from_mapping({"scored_as_of": "notadate"})
+    with pytest.raises(LeadmlError, match=r"^forecast\.as_of must be null \(the data's end\) or YYYY-MM-DD"):
+        ForecastSettings.from_mapping({"as_of": "2026-02-30"})
+    assert ForecastSettings.from_mapping({"scored_as_of": "latest"}).scored_as_of == "latest"
+
+
+@pytest.mark.parametrize("name", ["../../../../escaped_dir", "a/b", "a\\b", ".hidden", "", "x" * 101, 7])
+def test_a_data_name_must_be_a_plain_folder_name(name: object) -> None:
+    with pytest.raises(LeadmlError, match=r"^data\.name must be a plain name \(letters, digits"):
+        check_data_name(name)
+    assert check_data_name("my-leads.v2_1") == "my-leads.v2_1"

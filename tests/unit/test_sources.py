@@ -20,6 +20,7 @@ from leadml.adapters.sources import (
     mask_url,
     read_source,
     scrubbed,
+    source_batches,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -295,8 +296,8 @@ def test_text_in_another_encoding_says_which_encoding_to_set(tmp_path):
     with pytest.raises(LeadmlError) as error:
         read_source({"path": str(utf16)})
     assert str(error.value) == (
-        f"csv file {utf16} cannot be parsed: it is not utf-8 text (it starts with a UTF-16 byte order "
-        "mark); set encoding: utf-16 in the source (or the encoding it was saved in)"
+        f"csv file {utf16} cannot be parsed: it looks like UTF-16 text, not utf-8 (it starts with a UTF-16 "
+        "byte order mark); set encoding: utf-16 in the source"
     )
     frame = read_source({"path": str(utf16), "encoding": "utf-16", "sep": "\t"})
     assert frame["city"].tolist() == ["S\xe3o Paulo"]
@@ -306,6 +307,61 @@ def test_text_in_another_encoding_says_which_encoding_to_set(tmp_path):
         f"csv file {latin}: unknown encoding 'latin-l'; set encoding: to a Python codec name such as "
         "utf-8, latin-1, cp1252 or utf-16"
     )
+
+
+@pytest.mark.parametrize(
+    ("codec", "set_to", "why"),
+    [
+        ("utf-16", "utf-16", "it starts with a UTF-16 byte order mark"),
+        ("utf-16-le", "utf-16-le", "NUL bytes between its characters: UTF-16 without a mark"),
+        ("utf-16-be", "utf-16-be", "NUL bytes between its characters: UTF-16 without a mark"),
+        ("utf-32", "utf-32", "it starts with a UTF-32 byte order mark"),
+        ("utf-32-le", "utf-32-le", "NUL bytes between its characters: UTF-32 without a mark"),
+    ],
+)
+def test_wide_text_read_as_utf8_says_it_looks_like_utf16_or_32(tmp_path, codec, set_to, why):
+    path = tmp_path / "leads.csv"  # comma-separated, many lines: the parser met a ragged record first
+    path.write_bytes(("lead_id,source,city\n" + "L1,web,S\xe3o Paulo\n" * 20).encode(codec))
+    for read in (read_source, lambda spec: list(source_batches(spec, 5))):
+        with pytest.raises(LeadmlError) as error:
+            read({"path": str(path)})
+        assert str(error.value) == (
+            f"csv file {path} cannot be parsed: it looks like {codec[:6].upper()} text, not utf-8 ({why}); "
+            f"set encoding: {set_to} in the source"
+        )
+    assert read_source({"path": str(path), "encoding": set_to})["city"].tolist() == ["S\xe3o Paulo"] * 20
+
+
+def test_a_header_naming_a_column_twice_is_refused_naming_both_positions(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_text("lead_id,source,city,source\nL1,web,Paris,email\n")
+    for read in (read_source, lambda spec: list(source_batches(spec, 5))):
+        with pytest.raises(LeadmlError) as error:
+            read({"path": str(path)})
+        assert str(error.value) == (
+            f"csv file {path}: the header names column 'source' twice (columns 2 and 4); "
+            "rename or remove one of them"
+        )
+    trailing = tmp_path / "export.csv"  # empty names of a spreadsheet's trailing separators: not names
+    trailing.write_text("lead_id,source,,\nL1,web,,\n")
+    assert list(read_source({"path": str(trailing)}).columns[:2]) == ["lead_id", "source"]
+
+
+def test_an_unknown_encoding_is_refused_before_any_reader_naming_the_source(tmp_path):
+    path = tmp_path / "leads.csv"
+    path.write_bytes("lead_id,city\nL1,S\xe3o Paulo\n".encode("latin-1"))  # undecodable as well
+    spec = {"path": str(path), "encoding": "nonsense-enc"}
+    message = (
+        f"csv file {path}: unknown encoding 'nonsense-enc'; set encoding: to a Python codec name such as "
+        "utf-8, latin-1, cp1252 or utf-16"
+    )
+    for read in (read_source, lambda spec: list(source_batches(spec, 5))):
+        with pytest.raises(LeadmlError) as error:
+            read(spec)
+        assert str(error.value) == message
+    with pytest.raises(LeadmlError) as error:
+        checked_spec(spec, "data.tables.leads")
+    assert str(error.value) == f"data.tables.leads: {message}"
 
 
 def test_a_folder_given_as_a_csv_file_is_one_line(tmp_path):

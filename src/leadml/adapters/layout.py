@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,21 @@ FLAT_TABLE = "leads"
 # Columns stored as dictionary-encoded Parquet: repeated ids and codes load as
 # categoricals, which makes the features stage's lookups several times faster.
 CATEGORICAL_ON_DISK = {s.ACTIVITIES: (s.LEAD_ID,)}
+
+
+# data.name: one folder name under data/, reports/ and models/ (and the MLflow names built from it)
+_DATA_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+
+
+def check_data_name(name: Any) -> str:
+    """``data.name``, or a LeadmlError: it is joined to every output folder, so ``../../x`` or
+    ``a/b`` would write outside them. Letters, digits, ``_``, ``-`` and ``.`` (not first)."""
+    if not isinstance(name, str) or not _DATA_NAME.fullmatch(name):
+        raise LeadmlError(
+            f"data.name must be a plain name (letters, digits, _, - and ., not starting with ., "
+            f"at most 100 characters; no path separators), got {name!r}"
+        )
+    return name
 
 
 def open_rows_file(table: str) -> str:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from leadml.adapters.sources import check_sql_name, engine_url, mask_url, scrubbed
 from leadml.data import schema as s
+from leadml.data.calendar import date_setting
 from leadml.errors import LeadmlError
 from leadml.modelling.drift import column_kind
 from leadml.modelling.reasons import GROUP_PREFIX
@@ -186,12 +187,15 @@ def previous_partition_dir(base: Path, as_of: pd.Timestamp) -> Path | None:
     return earlier[-1] if earlier else None
 
 
-def find_partition(base: Path, as_of: str | None) -> Path | None:
-    """The partition of ``as_of`` (YYYY-MM-DD), or the latest for ``latest``/None; None if there is none."""
-    found = written_partitions(base)
+def find_partition(base: Path, as_of: str | None, key: str = "as_of") -> Path | None:
+    """The partition of ``as_of`` (YYYY-MM-DD), or the latest for ``latest``/None; None if there is none.
+
+    ``key``: the config key ``as_of`` came from, named when it is not a date."""
     if as_of in (None, "", "latest"):
+        found = written_partitions(base)
         return list(found.values())[-1] if found else None
-    day = pd.Timestamp(str(as_of), tz="UTC").normalize()
+    day = date_setting(as_of, key, "latest or YYYY-MM-DD")
+    found = written_partitions(base)
     if day not in found:
         latest = ", ".join(f"{d:%Y-%m-%d}" for d in list(found)[-5:]) or "none"
         raise LeadmlError(f"no scored run for {as_of} in {base} (latest runs: {latest})")
@@ -306,19 +310,40 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return out.to_dict("records")
 
 
-def scored_partition(scored_dir: Path, as_of: str | None) -> Path:
+def scored_partition(scored_dir: Path, as_of: str | None, key: str = "report.as_of") -> Path:
     """The partition of ``as_of`` (YYYY-MM-DD), or the latest one for ``latest``/None."""
-    partition = find_partition(scored_dir, as_of)
+    partition = find_partition(scored_dir, as_of, key)
     if partition is None:
         raise LeadmlError(f"no scored run in {scored_dir} (run leadml-score, or make score, first)")
     return partition
+
+
+def read_scored_file(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """One part file of a scored partition; a truncated or damaged one is a LeadmlError naming it."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise LeadmlError(_damaged(path, error)) from None
+
+
+def scored_file_columns(path: Path) -> list[str]:
+    """The column names of one part file (its footer only), or a LeadmlError naming a damaged file."""
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise LeadmlError(_damaged(path, error)) from None
+
+
+def _damaged(path: Path, error: BaseException) -> str:
+    detail = " ".join(str(error).split())[:200]
+    return f"{path} cannot be read ({detail}): damaged or cut short; score that date again (leadml-score)"
 
 
 def read_scored(partition: Path) -> pd.DataFrame:
     files = sorted(partition.glob("*.parquet"))
     if not files:
         raise LeadmlError(f"{partition} holds no Parquet file")
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frame = pd.concat([read_scored_file(f) for f in files], ignore_index=True)
     for column in (s.LEAD_ID, PROBABILITY, "tier"):
         if column not in frame.columns:
             raise LeadmlError(f"{partition}: column {column!r} missing: not a leadml scored run")
@@ -330,7 +355,13 @@ def read_run_record(partition: Path, record_name: str) -> dict[str, Any]:
     if not path.exists():
         logger.warning("%s has no run record: model health shows the rows only", partition)
         return {}
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LeadmlError(_damaged(path, error)) from None
+    if not isinstance(record, dict):
+        raise LeadmlError(f"{path} is not a scoring run record (a JSON object): score that date again")
+    return record
 
 
 def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -340,7 +371,7 @@ def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
         if run_date >= as_of:
             continue
         files = sorted(partition.glob("*.parquet"))
-        rows = [pd.read_parquet(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
+        rows = [read_scored_file(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
         frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
     if not frames:
         return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date"])

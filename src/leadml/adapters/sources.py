@@ -151,7 +151,23 @@ def checked_spec(spec: Mapping[str, Any], where: str = "source") -> dict[str, An
         raise LeadmlError(f"a {values['format']} source needs 'path'")
     if values.get("sheet") is not None:
         _check_sheet_key(values, where)
+    if values.get("encoding"):
+        _check_encoding(values, where)
     return values
+
+
+def _check_encoding(values: Mapping[str, Any], where: str) -> None:
+    """An ``encoding`` Python has no codec for, refused before any reader (or a helper that opens
+    the file to say where it broke) meets it as a LookupError."""
+    encoding = str(values["encoding"])
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        named = "" if where == "source" else f"{where}: "
+        raise LeadmlError(
+            f"{named}{values['format']} file {values.get('path')}: unknown encoding {encoding!r}; set "
+            "encoding: to a Python codec name such as utf-8, latin-1, cp1252 or utf-16"
+        ) from None
 
 
 def _check_sheet_key(values: Mapping[str, Any], where: str) -> None:
@@ -283,6 +299,8 @@ def _read_csv(values: Mapping[str, Any]) -> pd.DataFrame:
     _refuse_binary(path)
     sep = values.get("sep") or ","
     encoding = values.get("encoding") or "utf-8"
+    _refuse_wide_text(path, encoding)
+    _check_unique_header(path, _header_fields(path, sep, encoding))
     try:
         # The pyarrow engine is ~10x faster than the C engine here, and it rejects a row with
         # too many fields instead of silently shifting it into an index.
@@ -353,6 +371,62 @@ def _header_fields(path: Path, sep: str, encoding: str) -> list[str] | None:
             return next(csv.reader(handle, delimiter=sep), None)
     except (csv.Error, OSError):
         return None
+
+
+def _check_unique_header(path: Path, header: Sequence[str] | None) -> None:
+    """Refuse a header naming one column twice: pandas would read the second as ``name.1``, which
+    no contract or mapping names, and the file's values would go unchecked. Empty names (the
+    trailing separators of a spreadsheet export) are left alone."""
+    first: dict[str, int] = {}
+    for position, name in enumerate(header or (), start=1):
+        if name.strip() and name in first:
+            raise LeadmlError(
+                f"csv file {path}: the header names column {name!r} twice (columns {first[name]} and "
+                f"{position}); rename or remove one of them"
+            )
+        first.setdefault(name, position)
+
+
+# first bytes of UTF-32 and UTF-16 text: its byte order marks (UTF-32's first: they share FF FE)
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def wide_text(head: bytes) -> tuple[str, str] | None:
+    """(codec to set, why) when ``head`` (a file's first bytes) is UTF-32 or UTF-16 text: a byte
+    order mark, or mostly-ASCII text with NULs between its bytes (saved without a mark)."""
+    for bom, codec in _WIDE_BOMS:
+        if head.startswith(bom):
+            return codec, f"it starts with a {codec.upper()} byte order mark"
+    for width, codec in ((4, "utf-32"), (2, "utf-16")):
+        sample = head[: len(head) // width * width]
+        if len(sample) < 4 * width:
+            continue
+        nul = [sample[lane::width].count(0) / (len(sample) // width) for lane in range(width)]
+        text = [lane for lane, share in enumerate(nul) if share < 0.5]
+        if len(text) == 1 and all(share > 0.9 for lane, share in enumerate(nul) if lane != text[0]):
+            order = "le" if text[0] == 0 else "be"
+            return f"{codec}-{order}", f"NUL bytes between its characters: {codec.upper()} without a mark"
+    return None
+
+
+def _refuse_wide_text(path: Path, encoding: str) -> None:
+    """UTF-16 or UTF-32 text read with a narrow encoding: say so before the parser meets its NUL
+    bytes (it would report a ragged record, or split one line into many)."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return
+    with contextlib.suppress(OSError), path.open("rb") as handle:
+        found = wide_text(handle.read(4096))
+        if found is not None:
+            codec, why = found
+            raise LeadmlError(
+                f"csv file {path} cannot be parsed: it looks like {codec[:6].upper()} text, not {encoding} "
+                f"({why}); set encoding: {codec} in the source"
+            )
 
 
 def _not_encoded_as(path: Path, encoding: str) -> str:
@@ -643,6 +717,7 @@ def _csv_batches(values: Mapping[str, Any], rows: int, encoded: Sequence[str]) -
     messages say what to change."""
     path = _existing_path(values)
     _refuse_binary(path)
+    _refuse_wide_text(path, values.get("encoding") or "utf-8")
     try:
         names = _csv_reader(values, None).schema.names
     except (pyarrow.ArrowException, OSError, ValueError, LookupError):

@@ -95,6 +95,8 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
     except Exception as error:  # MLflow raises many types for an unreachable or broken store
         if _unreachable(error):
             raise _unavailable(error, "open the experiment") from None
+        if _not_authorised(error):
+            raise _refused(error, f"open the experiment {experiment}") from None
         raise TrackingUnavailableError(
             f"MLflow tracking at {masked_uri(tracking_uri)} is not usable: {_first_line(error)}"
         ) from None
@@ -187,6 +189,35 @@ def _unreachable(error: BaseException) -> bool:
     return False
 
 
+# how MLflow names a request the server refused for want of credentials or rights (error_code), and
+# the HTTP statuses behind them when the answer was not MLflow's JSON
+_REFUSED_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+_REFUSED_STATUSES = (401, 403)
+
+
+def _not_authorised(error: BaseException) -> bool:
+    """Whether the tracking server answered but refused the request (401 or 403): not "no champion"."""
+    for link in _chain(error):
+        code = getattr(link, "error_code", None)
+        status = getattr(getattr(link, "response", None), "status_code", None)
+        if code in _REFUSED_CODES or status in _REFUSED_STATUSES:
+            return True
+    return False
+
+
+def _refused(error: BaseException, action: str) -> TrackingUnavailableError:
+    import mlflow
+
+    uri = _current["uri"] or mlflow.get_tracking_uri()
+    codes = (getattr(link, "error_code", None) for link in _chain(error))
+    code = next((c for c in codes if c in _REFUSED_CODES), "HTTP 401/403")
+    return TrackingUnavailableError(
+        f"MLflow tracking server {masked_uri(uri)} refused leadml's request to {action}: not authorised "
+        f"({code}); check the credentials (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD) and the user's permissions on the experiment and the registered model"
+    )
+
+
 def _reason(error: BaseException) -> str:
     """A few words on why the server did not answer (MLflow's own message is one long URL)."""
     text = " ".join(str(link) for link in _chain(error))
@@ -227,6 +258,8 @@ def _tracked(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except Exception as error:
                 if _unreachable(error):
                     raise _unavailable(error, action) from None
+                if _not_authorised(error):
+                    raise _refused(error, action) from None
                 raise
 
         return call
@@ -426,6 +459,8 @@ def version_by_alias(name: str, alias: str) -> str | None:
     except MlflowException as error:
         if _unreachable(error):  # not "no champion": the server did not say
             raise _unavailable(error, f"look up @{alias} of {name}") from None
+        if _not_authorised(error):  # nor here: the server would not say
+            raise _refused(error, f"look up @{alias} of {name}") from None
         return None
 
 
@@ -465,6 +500,8 @@ def _model_lookup(action: str, missing: str) -> Iterator[None]:
     except Exception as error:
         if _unreachable(error):
             raise _unavailable(error, action) from None
+        if _not_authorised(error):
+            raise _refused(error, action) from None
         if isinstance(error, MlflowException | OSError):
             raise NoModelError(f"{missing}: {_first_line(error)}") from None
         raise

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+
+from leadml.errors import LeadmlError
 
 # Snapshot dates sit on a fixed grid (every `cadence_days` from a Monday) so that
 # training snapshots, ground truth and out-of-time split boundaries line up across runs.
@@ -38,3 +42,19 @@ def to_utc(value: pd.Timestamp | str) -> pd.Timestamp:
     """A timestamp made explicit in UTC; naive values are taken to be UTC already."""
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def date_setting(value: Any, key: str, expected: str = "YYYY-MM-DD") -> pd.Timestamp:
+    """The date a config key names, as midnight UTC; a LeadmlError naming ``key`` when it is not one.
+
+    pandas refuses ``2026-02-30`` or ``notadate`` with a traceback and reads ``nat`` or an empty
+    text as NaT, which later comparisons turn into a TypeError: each is one line naming the key.
+    ``expected`` is what the key accepts, in the message.
+    """
+    try:
+        stamp = pd.Timestamp(str(value).strip())
+    except (ValueError, TypeError, OverflowError):
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise LeadmlError(f"{key} must be {expected}, got {value!r}")
+    return to_utc(stamp).normalize()

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.calendar import to_utc
+from leadml.data.calendar import date_setting, to_utc
 from leadml.data.contracts import normalise_token
 from leadml.errors import LeadmlError, known_settings
 
@@ -632,6 +632,10 @@ class ForecastSettings:
         if settings.planned is not None and settings.planned_csv is not None:
             raise LeadmlError("set forecast.planned or forecast.planned_csv, not both")
         unknown_rule(settings.unknown_source)
+        if settings.as_of is not None:
+            date_setting(settings.as_of, "forecast.as_of", "null (the data's end) or YYYY-MM-DD")
+        if settings.scored_as_of not in (None, "", "latest"):
+            date_setting(settings.scored_as_of, "forecast.scored_as_of", "latest, null or YYYY-MM-DD")
         return settings
 
 

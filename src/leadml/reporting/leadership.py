@@ -33,6 +33,7 @@ from leadml.modelling.reasons import (
     movements,
 )
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
+from leadml.reporting.forecast import checked_positive, whole_number
 from leadml.reporting.html import finite
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,20 @@ logger = logging.getLogger(__name__)
 REASON_COLUMNS = [f"positive_reason_{rank}" for rank in (1, 2, 3)]
 RISK_COLUMNS = [f"negative_reason_{rank}" for rank in (1, 2, 3)]
 CHANGE = "change"
+
+
+# the smallest value each whole-number setting of ReportSettings accepts
+_WHOLE_MINIMUMS = {
+    "top_leads": 0,
+    "table_rows": 1,
+    "page_rows": 1,
+    "movers": 0,
+    "timeline_days": 0,
+    "timeline_events": 0,
+    "waterfall_steps": 1,
+    "analysis_rows": 1,
+    "seed": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class ReportSettings:
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ReportSettings:
         values = known_settings(cls, mapping, "report")
         values = {k: v for k, v in values.items() if v is not None}
+        for name, minimum in _WHOLE_MINIMUMS.items():  # "abc" or -5 top leads: a message, not 551 cards
+            if name in values:
+                values[name] = whole_number(values[name], f"report.settings.{name}", minimum)
+        if "drift_psi" in values:
+            values["drift_psi"] = checked_positive(values["drift_psi"], "report.settings.drift_psi")
         if "personal_columns" in values:
             values["personal_columns"] = tuple(values["personal_columns"])
         unknown = set(values.get("personal_columns", ())) - set(s.PERSONAL_DATA_COLUMNS)

@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from leadml.data import schema as s
+from leadml.data.calendar import date_setting
 from leadml.data.features import data_end
-from leadml.errors import LeadmlError, SchemaMismatchError
+from leadml.errors import SchemaMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,7 @@ def resolve_as_of(
     if text == "latest":
         last = end() if end is not None else data_end(tables)
         return last.normalize() + pd.Timedelta(days=1)
-    try:
-        stamp = pd.Timestamp(str(value))
-    except ValueError:
-        raise LeadmlError(f"score.as_of must be today, latest or YYYY-MM-DD, got {value!r}") from None
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.normalize()
+    return date_setting(value, "score.as_of", "today, latest or YYYY-MM-DD")
 
 
 def check_model_input(features: pd.DataFrame, scorer: Any) -> None:

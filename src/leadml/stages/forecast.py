@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from leadml.adapters.layout import FLAT_TABLE, open_rows_file, read_interim
-from leadml.adapters.sinks import find_partition
+from leadml.adapters.sinks import find_partition, read_scored_file, scored_file_columns
 from leadml.adapters.sources import write_csv_atomic, write_json_atomic
 from leadml.data import schema as s
 from leadml.data.calendar import to_utc
@@ -96,9 +95,9 @@ def read_scored_columns(partition: Path) -> pd.DataFrame:
     """The columns the capacity plan uses from a scored partition (not the reasons: less memory)."""
 
     files = sorted(partition.glob("part-*.parquet"))
-    names = set(pq.read_schema(files[0]).names)
+    names = set(scored_file_columns(files[0]))
     wanted = [c for c in (s.LEAD_ID, PROBABILITY, TIER, EXPECTED_VALUE) if c in names]
-    return pd.concat([pd.read_parquet(f, columns=wanted) for f in files], ignore_index=True)
+    return pd.concat([read_scored_file(f, columns=wanted) for f in files], ignore_index=True)
 
 
 def _path(root: Path, value: str) -> Path:
@@ -467,7 +466,7 @@ def _capacity(
 ) -> tuple[pd.DataFrame | None, Path | None, int | None]:
     """The capacity plan on the chosen scored run; (None, None, None) when there is no scored run."""
     partition_dir = settings.scored_dir
-    partition = find_partition(_path(root, partition_dir), settings.scored_as_of)
+    partition = find_partition(_path(root, partition_dir), settings.scored_as_of, "forecast.scored_as_of")
     if partition is None:
         if inputs.scorable:
             logger.warning("no scored run in %s: no capacity plan (run leadml-score first)", partition_dir)

@@ -235,7 +235,7 @@ def _add_movements(
     )
     files = sorted(folder.glob("*.parquet"))
     before = pd.concat(
-        [pd.read_parquet(f, columns=previous_columns(files)) for f in files], ignore_index=True
+        [sinks.read_scored_file(f, columns=previous_columns(files)) for f in files], ignore_index=True
     )
     before = before[before[s.LEAD_ID].isin(leads)]
     today = frame[frame[s.LEAD_ID].isin(leads)]
