@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,3 +90,36 @@ def postgres_url() -> Iterator[str]:
         except ClusterUnavailable as reason:
             pytest.skip(f"no PostgreSQL server for the tests: {reason}")
         yield url
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a real, full file system: a 1 MB tmpfs whose every page a filler file holds.
+
+    Folders and empty files can still be made there (tmpfs counts pages, not inodes); the first
+    byte written fails with ENOSPC, as on a full disk. Mounting needs root: skipped otherwise.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk is a 1 MB tmpfs, and mounting one needs root")
+    mount = tmp_path / "full-disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        _fill(mount / "filler")
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                os.write(descriptor, b"\0" * 65536)
+    finally:
+        os.close(descriptor)

@@ -26,7 +26,16 @@ from threadpoolctl import threadpool_limits
 
 from leadml.adapters.layout import CONFIG_DIR, check_data_name
 from leadml.data import schema as s
-from leadml.errors import CONFIG_FILE, LeadmlError, SettingsError, data_config_file, unknown_keys
+from leadml.errors import (
+    CONFIG_FILE,
+    LeadmlError,
+    OutputError,
+    SettingsError,
+    data_config_file,
+    is_output_fault,
+    os_reason,
+    unknown_keys,
+)
 from leadml.machine import apply_thread_count, apply_wait_policy
 
 if TYPE_CHECKING:  # the stages are imported by their entry point only (see run_*)
@@ -414,13 +423,25 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
                 check_data_name(cfg.data.name)
             _share_the_machine(cfg)
             _record_data_config_file(cfg)
-            run(cfg)
+            try:
+                run(cfg)
+            except OSError as error:
+                if not is_output_fault(error):
+                    raise
+                raise _unnamed_output_fault(error) from None
         except LeadmlError as error:
             print(f"leadml-{config_name}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
 
     main.__doc__ = run.__doc__
     return main
+
+
+def _unnamed_output_fault(error: OSError) -> OutputError:
+    """The last resort for a full disk or a read-only folder a stage did not name itself
+    (:func:`leadml.errors.writing_to` is the first): the file the system names, if any."""
+    where = f"{error.filename}: " if error.filename else ""
+    return OutputError(f"cannot write: {where}{os_reason(error)}")
 
 
 generate = _entry_point("generate", run_generate)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import errno
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,37 @@ class StaleDataError(LeadmlError):
     """The data's latest lead or activity is older than ``score.max_staleness_days`` before the run's date."""
 
     exit_code = 9
+
+
+class OutputError(LeadmlError):
+    """An output, interim or work folder that cannot be written: read-only, not a folder, disk full."""
+
+
+# what the file system says when a folder cannot take a run's output; never a bug of the code
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+OUTPUT_FAULTS = FULL_DISK | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def is_output_fault(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in OUTPUT_FAULTS
+
+
+def os_reason(error: OSError) -> str:
+    """The system's words for ``error`` as a message continues them: "no space left on device"."""
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
+@contextlib.contextmanager
+def writing_to(folder: Path, setting: str) -> Iterator[None]:
+    """An output fault inside (:data:`OUTPUT_FAULTS`) becomes one :class:`OutputError` line naming
+    ``folder`` and its ``setting``; other errors pass. The block cleans its own partial files."""
+    try:
+        yield
+    except OSError as error:
+        if not is_output_fault(error):
+            raise
+        raise OutputError(f"cannot write to {folder} ({setting}): {os_reason(error)}") from None
 
 
 class SettingsError(LeadmlError, ValueError):

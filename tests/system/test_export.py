@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.models import Model
 
-from factories import copy_project, free_port, local_tracking, project_config
+from factories import copy_project, free_port, local_tracking, project_config, run_entry_point
+from leadml import cli
 from leadml.adapters import sinks
 from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
 from leadml.adapters.model_folder import CHECKSUMS, MODEL_CARD, REQUEST_EXAMPLE, verify_folder
@@ -29,7 +30,7 @@ from leadml.data.features import FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, ModelIntegrityError, NoModelError
 from leadml.scoring.requests import ACTIVITIES, predict_request, requests_from_tables
 from leadml.stages.configs import composed_config, recreate_overrides
-from leadml.stages.export import ExportResult
+from leadml.stages.export import ExportResult, clear_dead_exports
 
 MODEL = "leadml-synthetic"
 AS_OF = "2025-10-01"
@@ -526,3 +527,58 @@ def test_any_request_is_answered_or_refused_with_a_message(served_scorer, rows) 
         return
     assert len(answer) == len(rows)
     assert answer["probability"].between(0, 1).all() and answer["tier"].notna().all()
+
+
+# --------------------------------------------------------------------------- faults of the export folder
+LEADML_EXPORT = Path(sys.executable).parent / "leadml-export"
+
+
+def leadml_export(root: Path, *overrides: str) -> tuple[int, str, str]:
+    return run_entry_point(cli.export, ["leadml-export", f"paths.root={root}", *overrides])
+
+
+def test_a_full_disk_as_the_export_folder_is_named_with_exit_1(project: Path, full_disk: Path) -> None:
+    """Not exit 2 ("no production model"): the champion is there, the disk is not."""
+    out = full_disk / "models"
+    code, _, stderr = leadml_export(project, f"export.output_dir={out}")
+    lines = [line for line in stderr.splitlines() if line.startswith("leadml-export: error: ")]
+    assert code == LeadmlError.exit_code and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert str(out) in lines[0] and "no space left" in lines[0], lines[0]
+    assert list(out.iterdir()) == []  # the staging folder went with the run
+
+
+def test_an_export_killed_midway_is_cleaned_up_by_the_next_one(project: Path) -> None:
+    """A real leadml-export killed with SIGKILL while its staging folder is being filled."""
+    models = project / "models"
+    shutil.rmtree(models)
+    process = subprocess.Popen(
+        [str(LEADML_EXPORT), f"paths.root={project}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not list(models.glob(".*.staging-*")):
+            assert process.poll() is None, "the export ended before it was killed"
+            assert time.monotonic() < deadline, "the export never started staging"
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert list(models.glob(".*.staging-*")) and not _folder(project).exists()
+    live = models / f".{MODEL}-v1.staging-{os.getpid()}-running"  # an export still running beside
+    live.mkdir()
+    code, _, stderr = leadml_export(project)
+    assert code == 0, stderr
+    assert sorted(p.name for p in models.iterdir()) == sorted([_folder(project).name, live.name])
+    verify_folder(_folder(project))
+
+
+def test_an_earlier_export_set_aside_by_a_killed_export_comes_back(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(finished.stdout)  # a process that has ended
+    aside = tmp_path / f".{MODEL}-v3.replaced-{dead}"
+    aside.mkdir()
+    (aside / CHECKSUMS).write_text("")
+    (tmp_path / f".{MODEL}-v3.staging-{dead}-abc").mkdir()
+    clear_dead_exports(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{MODEL}-v3"]
+    assert (tmp_path / f"{MODEL}-v3" / CHECKSUMS).exists()

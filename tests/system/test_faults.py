@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from factories import local_tracking, run_entry_point
+from factories import SMALL_PROJECT, local_tracking, run_entry_point
 from leadml import cli
 from leadml.adapters import sinks
 from leadml.adapters.sinks import RunInProgressError
@@ -52,11 +52,12 @@ def leadml_score(root: Path, *overrides: str) -> tuple[int, str, str]:
     return run_entry_point(cli.score, ["leadml-score", f"paths.root={root}", *OVERRIDES, *overrides])
 
 
-def failed_with(result: tuple[int, str, str], code: int, *named: str) -> str:
-    """The run exited with ``code`` and one error line naming every one of ``named``; returns it."""
+def failed_with(result: tuple[int, str, str], code: int, *named: str, command: str = "score") -> str:
+    """The run of ``leadml-<command>`` exited with ``code`` and one error line naming every one of
+    ``named``; returns it."""
     exit_code, _, stderr = result
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("leadml-score: error: ")]
+    lines = [line for line in stderr.splitlines() if line.startswith(f"leadml-{command}: error: ")]
     assert exit_code == code and len(lines) == 1, (exit_code, stderr)
     assert stderr.rstrip("\n").endswith(lines[0])  # the last thing printed
     for text in named:
@@ -340,3 +341,77 @@ def test_a_read_only_scored_folder_is_named(root: Path) -> None:
         failed_with(leadml_score(root), LeadmlError.exit_code, f"cannot write scores to {base}")
     finally:
         base.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- a full disk (tmpfs)
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def test_a_full_disk_as_the_scores_folder_is_named(root: Path, full_disk: Path) -> None:
+    base = full_disk / "scored"
+    failed_with(
+        leadml_score(root, f"score.output_dir={base}"), LeadmlError.exit_code, str(base), "no space left"
+    )
+    assert not sinks.leftovers(base)
+    assert [name for name in files_under(base) if not name.startswith(".lock-")] == []
+
+
+def leadml_report(root: Path, *overrides: str) -> tuple[int, str, str]:
+    return run_entry_point(cli.report, ["leadml-report", f"paths.root={root}", *overrides])
+
+
+def test_report_folders_that_cannot_be_written_are_named_and_outputs_share_one_mode(
+    root: Path, full_disk: Path
+) -> None:
+    """A full disk and a path under a file: one line each, no half-written page left behind. The
+    outputs that are written (HTML, ranked CSV, Parquet, run record) all get the umask's mode."""
+    assert leadml_score(root)[0] == 0
+    out = full_disk / "reports"
+    failed_with(
+        leadml_report(root, f"report.output_dir={out}"), 1, str(out), "no space left", command="report"
+    )
+    assert files_under(out) == []
+    under_a_file = root / "not-a-folder" / "x"
+    under_a_file.parent.write_text("a file where a folder should be\n")
+    failed_with(
+        leadml_report(root, f"report.output_dir={under_a_file}"), 1, str(under_a_file), command="report"
+    )
+
+    code, stdout, _ = leadml_report(root)
+    assert code == 0, stdout
+    expected = 0o666 & ~current_umask()
+    partition = sinks.find_partition(scored_base(root), None)
+    written = [
+        *(root / "reports" / "synthetic").glob("leads-*.*"),
+        *partition.glob("part-*.parquet"),
+        partition / "_scoring_run.json",
+    ]
+    assert {path.suffix for path in written} >= {".html", ".csv", ".parquet", ".json"}
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
+        path.name: oct(expected) for path in written
+    }
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_train_run_whose_model_report_cannot_be_written_registers_nothing(
+    root: Path, full_disk: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    reports = full_disk / "reports"
+    settings = [f"{key}={value}" for key, value in SMALL_PROJECT.items()]
+    result = run_entry_point(
+        cli.train, ["leadml-train", f"paths.root={root}", *settings, "prepare=never", f"report_dir={reports}"]
+    )
+    failed_with(result, 1, str(reports), "no space left", command="train")
+    assert files_under(reports) == []  # no .model-v2.html.partial
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert [str(version.version) for version in versions] == ["1"]  # the shared project's, still champion
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"

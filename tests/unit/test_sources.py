@@ -21,6 +21,7 @@ from leadml.adapters.sources import (
     read_source,
     scrubbed,
     source_batches,
+    write_csv_atomic,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -574,3 +575,18 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         write_json_atomic({"version": float("nan")}, manifest)
     assert json.loads(manifest.read_text()) == {"version": 1}
     assert os.listdir(tmp_path) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_atomic_writes_get_the_umask_mode_like_every_other_output(tmp_path: Path, mask: int) -> None:
+    """Not tempfile's private 0600: the ranked CSV and the run record are read as the HTML is."""
+    before = os.umask(mask)
+    try:
+        written = [
+            write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "ranked.csv"),
+            write_json_atomic({"a": 1}, tmp_path / "_scoring_run.json"),
+        ]
+    finally:
+        os.umask(before)
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {oct(0o666 & ~mask)}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["_scoring_run.json", "ranked.csv"]

@@ -18,7 +18,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from leadml.adapters.sources import check_sql_name, engine_url, mask_url, scrubbed
 from leadml.data import schema as s
 from leadml.data.calendar import date_setting
-from leadml.errors import LeadmlError
+from leadml.errors import LeadmlError, OutputError, os_reason
 from leadml.modelling.drift import column_kind
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import PROBABILITY
@@ -61,7 +61,7 @@ def date_lock(base: Path, as_of: pd.Timestamp) -> Iterator[None]:
         base.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 (closed by the with block below)
     except OSError as error:  # read-only, not a folder, disk full: a message, not a traceback
-        raise LeadmlError(f"cannot write scores to {base}: {error.strerror or error}") from None
+        raise cannot_write_scores(base, error) from None
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,14 +71,30 @@ def date_lock(base: Path, as_of: pd.Timestamp) -> Iterator[None]:
             raise RunInProgressError(
                 f"another run is scoring {as_of:%Y-%m-%d} into {base} ({holder}); try again when it ends"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S} UTC")
-        handle.flush()
         try:
+            _sign(handle)
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _sign(handle: IO[str]) -> None:
+    """Write the holder into the lock file; a full disk fails here first (the lock file is the
+    run's first write), so the message names the folder rather than a file nobody asked for.
+
+    Written past Python's buffer: text left in it would fail again, uncaught, when the file closes.
+    """
+    holder = f"pid {os.getpid()} since {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M:%S} UTC"
+    try:
+        os.ftruncate(handle.fileno(), 0)
+        os.write(handle.fileno(), holder.encode())  # appended (mode a+): at 0 once truncated
+    except OSError as error:
+        raise cannot_write_scores(Path(handle.name).parent, error) from None
+
+
+def cannot_write_scores(folder: Path, error: OSError) -> OutputError:
+    """One line for a scores folder that cannot be written: read-only, not a folder, disk full."""
+    return OutputError(f"cannot write scores to {folder} (score.output_dir): {os_reason(error)}")
 
 
 def partition_dir(base: Path, as_of: pd.Timestamp) -> Path:
@@ -99,7 +115,7 @@ def staged_partition(base: Path, as_of: pd.Timestamp) -> Iterator[Path]:
         base.mkdir(parents=True, exist_ok=True)
         recover_partition(final)
     except OSError as error:
-        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+        raise cannot_write_scores(final, error) from None
     token = uuid.uuid4().hex[:8]
     staging = base / f".{final.name}.tmp-{token}"
     try:
@@ -113,7 +129,7 @@ def staged_partition(base: Path, as_of: pd.Timestamp) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+        raise cannot_write_scores(final, error) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import uuid
 import warnings
 import zipfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -47,7 +47,7 @@ import pyarrow.csv as arrow_csv
 import pyarrow.parquet
 
 from leadml.data.profiles import SEPARATORS
-from leadml.errors import ContractError, LeadmlError, SourceMissingError
+from leadml.errors import ContractError, LeadmlError, SourceMissingError, os_reason
 from leadml.machine import available_cpus
 
 # sqlalchemy is imported inside functions: only a SQL source (or a URL to mask) needs it
@@ -695,7 +695,9 @@ def _parquet_batches(path: Path, rows: int, encoded: Sequence[str]) -> Iterator[
     what it decoded until it is closed (340 MB after 23 million events, growing with the file).
     ``encoded``: text columns read as dictionaries (numbers are left as they are)."""
     try:
-        groups = pyarrow.parquet.ParquetFile(path).num_row_groups
+        with pyarrow.parquet.ParquetFile(path) as parquet:
+            groups = parquet.num_row_groups
+            encoded = [name for name in encoded if name in parquet.schema_arrow.names]  # else a KeyError
         yielded = False
         for group in range(groups):
             with pyarrow.parquet.ParquetFile(path, read_dictionary=encoded) as parquet:
@@ -797,13 +799,19 @@ def fingerprint_source(spec: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- writing
 @contextlib.contextmanager
 def _atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``path`` that replaces it only once fully written."""
+    """A temporary file beside ``path`` that replaces it only once fully written.
+
+    The file is created with the mode any program gives a new file (0666 less the umask, so 0644
+    as a rule), as the HTML and Parquet outputs are: tempfile's would be private (0600), and a
+    report or a run record is read by others.
+    """
     target = Path(path)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as error:
-        raise LeadmlError(f"cannot write {target}: {error.strerror or error}") from None
+        raise LeadmlError(f"cannot write {target}: {os_reason(error)}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             yield handle

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from leadml.adapters.model_folder import exported_version, local_model_folder, verify_folder
-from leadml.errors import LeadmlError, NoModelError, TrackingUnavailableError
+from leadml.errors import FULL_DISK, LeadmlError, NoModelError, TrackingUnavailableError
 
 # imported inside functions, only when used: mlflow (1-2 s to import), requests/urllib3 (a remote
 # tracking server only) and matplotlib.pyplot
@@ -441,6 +441,22 @@ def register(model_uri: str, name: str) -> str:
     return str(mlflow.register_model(model_uri, name).version)
 
 
+def withdraw_version(name: str, version: str) -> None:
+    """Delete a version registered by a run that then failed, with one quick attempt.
+
+    A version no run finished (no report, no gate decision logged, no alias) is not one to
+    score or export by number. When the server is gone the version stays, without alias, and
+    the run's own error is the one reported.
+    """
+    from mlflow import MlflowClient
+
+    with _single_attempt():
+        try:
+            MlflowClient().delete_model_version(name, str(version))
+        except Exception as error:
+            logger.warning("could not delete version %s of %s: %s", version, name, _first_line(error))
+
+
 @_tracked("move a model alias")
 def set_alias(name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
@@ -502,9 +518,23 @@ def _model_lookup(action: str, missing: str) -> Iterator[None]:
             raise _unavailable(error, action) from None
         if _not_authorised(error):
             raise _refused(error, action) from None
+        full_disk = _full_disk(error)
+        if full_disk is not None:  # the disk it is copied to, not the model: the caller names it
+            raise full_disk from None
         if isinstance(error, MlflowException | OSError):
             raise NoModelError(f"{missing}: {_first_line(error)}") from None
         raise
+
+
+def _full_disk(error: BaseException) -> OSError | None:
+    """The full disk behind ``error``: an OSError itself, or one MLflow's parallel download
+    reported only in its message (``[Errno 28] No space left on device: ...``)."""
+    if isinstance(error, OSError) and error.errno in FULL_DISK:
+        return error
+    for code in FULL_DISK:
+        if f"[Errno {code}]" in str(error):
+            return OSError(code, os.strerror(code))
+    return None
 
 
 def load_scorer(model_uri: str) -> Any:

@@ -9,6 +9,7 @@ as text, never as markup.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import math
@@ -59,11 +60,19 @@ def figure_data_uri(figure: Figure, dpi: int = 110, close: bool = True) -> str:
 
 
 def write_page(text: str, path: Path) -> Path:
-    """Write the page next to its final name, then rename: a reader never sees half a report."""
+    """Write the page next to its final name, then rename: a reader never sees half a report.
+
+    A page that cannot be written (disk full) leaves no staging file behind: the error goes on.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(path)
+    try:
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+        raise
     return path
 
 

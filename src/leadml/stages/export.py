@@ -18,7 +18,9 @@ can rewrite a file can rewrite ``SHA256SUMS`` too.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,9 +34,20 @@ import pandas as pd
 
 from leadml.adapters import tracking
 from leadml.adapters.model_folder import EXPORT_RECORD, MODEL_CARD, REQUEST_EXAMPLE, write_checksums
-from leadml.errors import LeadmlError, NoModelError
+from leadml.errors import LeadmlError, NoModelError, writing_to
 from leadml.reporting import model_card
 from leadml.scoring.requests import flat_example, lead_example
+
+logger = logging.getLogger(__name__)
+
+
+# hidden folders beside an export: .<name>-v<n>.staging-<pid>-<random> while it is written,
+# .<name>-v<n>.replaced-<pid> for the earlier export while the new one takes its place
+STAGING = ".staging-"
+REPLACED = ".replaced-"
+LEFTOVER = re.compile(
+    rf"\.(?P<final>.+?)(?P<kind>{re.escape(STAGING)}|{re.escape(REPLACED)})(?P<pid>\d+)(-.*)?"
+)
 
 
 @dataclass(frozen=True)
@@ -72,53 +85,54 @@ def export_stage(
     details = tracking.version_details(name, version)
     model_uri = f"models:/{name}/{version}"
     target = Path(export_cfg["output_dir"]) / f"{name}-v{version}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; an export is read by others
-    try:
-        model_dir = tracking.download_model(model_uri, staging / "model")
-        for item in model_dir.iterdir():
-            item.rename(staging / item.name)
-        model_dir.rmdir()
-        scorer = tracking.load_scorer(str(staging))
-        run = tracking.model_run(model_uri)
-        artifacts = tracking.run_artifacts(run["run_id"], model_card.RUN_ARTIFACTS)
-        exported_at = pd.Timestamp.now(tz="UTC").floor("s")
-        record = {
-            "registered_model": name,
-            "version": version,
-            "aliases": details["aliases"],
-            "run_id": run["run_id"],
-            "source": model_uri,
-            "tracking_uri": tracking.masked_uri(uri),
-            "registered_at": details["created_at"],
-            "exported_at": exported_at.isoformat(),
-            "leadml_version": _version("leadml"),
-            "mlflow_version": _version("mlflow"),
-        }
-        example = lead_example(scorer, _example_as_of(artifacts.get("split.json"), exported_at))
-        if example is None and scorer.feature_settings is None:  # a flat table: one of its rows
-            example = flat_example(scorer)
-        if example is not None:
-            (staging / REQUEST_EXAMPLE).write_text(
-                json.dumps({"dataframe_records": [example]}, indent=2) + "\n", encoding="utf-8"
+    with writing_to(target.parent, "export.output_dir"):  # a full disk, not a missing model (exit 1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clear_dead_exports(target.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING}{os.getpid()}-", dir=target.parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; an export is read by others
+        try:
+            model_dir = tracking.download_model(model_uri, staging / "model")
+            for item in model_dir.iterdir():
+                item.rename(staging / item.name)
+            model_dir.rmdir()
+            scorer = tracking.load_scorer(str(staging))
+            run = tracking.model_run(model_uri)
+            artifacts = tracking.run_artifacts(run["run_id"], model_card.RUN_ARTIFACTS)
+            exported_at = pd.Timestamp.now(tz="UTC").floor("s")
+            record = {
+                "registered_model": name,
+                "version": version,
+                "aliases": details["aliases"],
+                "run_id": run["run_id"],
+                "source": model_uri,
+                "tracking_uri": tracking.masked_uri(uri),
+                "registered_at": details["created_at"],
+                "exported_at": exported_at.isoformat(),
+                "leadml_version": _version("leadml"),
+                "mlflow_version": _version("mlflow"),
+            }
+            example = lead_example(scorer, _example_as_of(artifacts.get("split.json"), exported_at))
+            if example is None and scorer.feature_settings is None:  # a flat table: one of its rows
+                example = flat_example(scorer)
+            if example is not None:
+                (staging / REQUEST_EXAMPLE).write_text(
+                    json.dumps({"dataframe_records": [example]}, indent=2) + "\n", encoding="utf-8"
+                )
+            facts = model_card.CardFacts(
+                record=record,
+                scorer=scorer,
+                run=run,
+                artifacts=artifacts,
+                request_example=example,
+                recreate=recreate(run["config"]) if recreate and run.get("config") else (),
             )
-        facts = model_card.CardFacts(
-            record=record,
-            scorer=scorer,
-            run=run,
-            artifacts=artifacts,
-            request_example=example,
-            recreate=recreate(run["config"]) if recreate and run.get("config") else (),
-        )
-        (staging / MODEL_CARD).write_text(model_card.render(facts, cfg), encoding="utf-8")
-        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        listed = write_checksums(staging)
-        _replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            (staging / MODEL_CARD).write_text(model_card.render(facts, cfg), encoding="utf-8")
+            (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            listed = write_checksums(staging)
+            _replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return ExportResult(
         path=target,
         registered_model=name,
@@ -158,11 +172,40 @@ def _example_as_of(split: Any, fallback: pd.Timestamp) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
 
 
+def clear_dead_exports(folder: Path) -> None:
+    """Undo what exports killed midway left in ``folder``, as scoring does with its staging.
+
+    Their staging folders go; an earlier export set aside for replacement comes back when the
+    new one never took its place. Only folders of processes that are gone: the process id is in
+    the name, so an export running beside this one keeps its own.
+    """
+    for leftover in sorted(folder.glob(".*")):
+        found = LEFTOVER.fullmatch(leftover.name)
+        if found is None or _alive(int(found["pid"])):
+            continue
+        final = folder / found["final"]
+        if found["kind"] == REPLACED and not final.exists():
+            os.replace(leftover, final)
+            logger.warning("restored %s, set aside by an export that did not finish", final)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _replace(staging: Path, target: Path) -> None:
     """Put ``staging`` at ``target``; an earlier export of the version is replaced whole."""
     previous = None
     if target.exists():
-        previous = target.with_name(f".{target.name}-replaced-{os.getpid()}")
+        previous = target.with_name(f".{target.name}{REPLACED}{os.getpid()}")
         target.rename(previous)
     staging.rename(target)
     if previous is not None:

@@ -26,6 +26,7 @@ from leadml.adapters.sources import write_csv_atomic
 from leadml.data import schema as s
 from leadml.data.contracts import as_tuple
 from leadml.data.features import LABEL, flat_open_features
+from leadml.errors import writing_to
 from leadml.modelling.evaluate import FLOOR_TIER
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer
@@ -155,8 +156,9 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     )
     out = Path(report_cfg["output_dir"])
     stem = f"leads-{as_of:%Y-%m-%d}"
-    html_path = html.write_page(page, out / f"{stem}.html")
-    csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
+    with writing_to(out, "report.output_dir"):
+        html_path = html.write_page(page, out / f"{stem}.html")
+        csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
     return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
 
 

@@ -23,7 +23,7 @@ from leadml.data import schema as s
 from leadml.data.calendar import to_utc
 from leadml.data.contracts import as_tuple
 from leadml.data.features import FeatureSettings
-from leadml.errors import LeadmlError, StaleDataError, data_config_file
+from leadml.errors import LeadmlError, StaleDataError, data_config_file, writing_to
 from leadml.modelling.drift import population_stability
 from leadml.modelling.scorer import PROBABILITY
 from leadml.scoring.model_input import resolve_as_of
@@ -207,7 +207,8 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     )
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     record = _run_record(result, tiers, outcome, drift, metrics)
-    write_json_atomic(record, Path(outcome.output) / SCORING_RUN_RECORD)
+    with writing_to(Path(outcome.output), "score.output_dir"):
+        write_json_atomic(record, Path(outcome.output) / SCORING_RUN_RECORD)
     return result
 
 
@@ -459,7 +460,7 @@ def undone_on_error(output_dir: Path, as_of: pd.Timestamp) -> Iterator[None]:
         if final.is_dir():
             shutil.copytree(final, kept, copy_function=_link_or_copy)
     except OSError as error:
-        raise LeadmlError(f"cannot write scores to {final}: {error.strerror or error}") from None
+        raise sinks.cannot_write_scores(final, error) from None
     try:
         yield
     except BaseException:

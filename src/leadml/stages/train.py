@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from leadml.adapters.layout import SNAPSHOTS, read_features, take_apart
 from leadml.adapters.sources import masked_urls
 from leadml.data import schema as s
 from leadml.data.contracts import SOURCE_ROW
-from leadml.errors import LeadmlError, TrackingUnavailableError, data_config_file
+from leadml.errors import LeadmlError, TrackingUnavailableError, data_config_file, writing_to
 from leadml.modelling.evaluate import binary_metrics
 from leadml.modelling.gate import GateDecision, gate_evidence, promotion_gate
 from leadml.modelling.guards import sentinel_sentence
@@ -120,21 +121,25 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         charts = _log_charts(result, metadata)
         example = feature_example(result.scorer, result.test.head(5))
         version = tracking.register(_log_pyfunc(result.scorer, example), model_name)
-        gate = _gate(result, model_name, cfg["promotion"], drift)
-        # the report before the alias moves: a report that cannot be written fails the run unpromoted
-        report_run = model_report.RunInfo(
-            run_id=run_id,
-            version=version,
-            registered_model=model_name,
-            tracking_uri=tracking.masked_uri(uri),
-            champion_version=gate.champion_version,
-            champion_metrics=gate.champion_metrics,
-            stage_seconds=stage_seconds,
-            elapsed_seconds=time.perf_counter() - started,
-        )
-        report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
-        model_report.write_model_report(report_path, result, gate.decision, report_run, cfg, metadata, charts)
-        _publish(report_path, model_name, version, gate, started)
+        with _withdrawn_on_error(model_name, version):
+            gate = _gate(result, model_name, cfg["promotion"], drift)
+            # the report before the alias moves: a report that cannot be written fails the run unpromoted
+            report_run = model_report.RunInfo(
+                run_id=run_id,
+                version=version,
+                registered_model=model_name,
+                tracking_uri=tracking.masked_uri(uri),
+                champion_version=gate.champion_version,
+                champion_metrics=gate.champion_metrics,
+                stage_seconds=stage_seconds,
+                elapsed_seconds=time.perf_counter() - started,
+            )
+            report_path = Path(cfg["report_dir"]) / f"model-v{version}.html"
+            with writing_to(report_path.parent, "report_dir"):
+                model_report.write_model_report(
+                    report_path, result, gate.decision, report_run, cfg, metadata, charts
+                )
+            _publish(report_path, model_name, version, gate, started)
 
     return TrainResult(
         run_id=run_id,
@@ -261,6 +266,20 @@ def _gate(
         evidence=gate_evidence(result, bool(drift.get("flagged"))),
     )
     return _GateOutcome(decision, champion_version, champion_metrics)
+
+
+@contextlib.contextmanager
+def _withdrawn_on_error(model_name: str, version: str) -> Iterator[None]:
+    """The version just registered is deleted again when the run fails before its end.
+
+    Registering comes first because the version's number names the report and is written in it;
+    undoing it on failure covers every later step (gate, report, logging, aliases) in one place.
+    """
+    try:
+        yield
+    except BaseException:
+        tracking.withdraw_version(model_name, version)
+        raise
 
 
 def _publish(report_path: Path, model_name: str, version: str, gate: _GateOutcome, started: float) -> None:
