@@ -16,6 +16,7 @@ from leadml import cli
 from leadml.adapters.layout import SCORING_RUN_RECORD
 from leadml.adapters.sinks import PART_FILE
 from leadml.errors import LeadmlError
+from leadml.scoring.pandas_engine import previous_columns
 from leadml.stages.forecast import read_scored_columns
 
 AS_OF = "2026-01-05"
@@ -107,4 +108,13 @@ def test_the_capacity_plan_names_a_truncated_part_file(tmp_path: Path) -> None:
     cut_short(path)
     with pytest.raises(LeadmlError, match="damaged or cut short") as error:
         read_scored_columns(path.parent)
+    assert str(path) in str(error.value)
+
+
+def test_a_truncated_earlier_run_read_for_the_trend_is_named(tmp_path: Path) -> None:
+    path = scored_partition(tmp_path) / PART_FILE
+    assert previous_columns([path])[:2] == ["lead_id", "probability"]
+    cut_short(path)
+    with pytest.raises(LeadmlError, match="damaged or cut short") as error:
+        previous_columns([path])
     assert str(path) in str(error.value)

@@ -606,7 +606,7 @@ def _score(
 def previous_columns(files: list[Path]) -> list[str]:
     """What the trend and the movement read of the previous partition: the probability, and the
     margin, base value and group contributions where that run wrote them."""
-    names = pq.read_schema(files[0]).names if files else []
+    names = sinks.scored_file_columns(files[0]) if files else []  # a damaged earlier run: one line
     wanted = [MARGIN, BASE_VALUE, *(n for n in names if n.startswith(GROUP_PREFIX))]
     return [s.LEAD_ID, PROBABILITY, *(n for n in wanted if n in names)]
 
