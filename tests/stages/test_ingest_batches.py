@@ -21,7 +21,7 @@ from leadml.data import schema as s
 from leadml.data.contracts import column_specs_from_config, crm_contracts
 from leadml.data.ingest import ingest_crm, respelt_categories
 from leadml.errors import LeadmlError
-from leadml.stages.ingest import ingest_settings, ingest_stage, source_specs
+from leadml.stages.ingest import crm_contracts_of, ingest_settings, ingest_stage, source_specs
 
 
 def _data(trained_project: Path) -> dict:
@@ -153,3 +153,15 @@ def test_a_broken_csv_in_batches_stops_with_the_whole_read_s_message(tmp_path: P
     path.write_text("id,created\nL1,2024-01-01\nL2,2024-01-02,extra\n", encoding="utf-8")
     with pytest.raises(LeadmlError, match="line 3"):
         list(source_batches({"path": str(path)}, 1))
+
+
+def test_the_stage_s_contracts_take_the_data_config_s_limits() -> None:
+    contracts = crm_contracts_of(
+        {"limits": {"deal_value": {"max": 10}}, "extra_features": {"numeric": ["score"]}}
+    )
+    assert contracts["outcomes"].column("deal_value").max == 10.0
+    assert contracts["leads"].column("estimated_deal_value").max == 1e12  # the others keep their defaults
+    limited = crm_contracts_of(
+        {"limits": {"score": {"min": 0, "max": 1}}, "extra_features": {"numeric": ["score"]}}
+    )
+    assert (limited["leads"].column("score").min, limited["leads"].column("score").max) == (0.0, 1.0)

@@ -20,6 +20,7 @@ from leadml.data.contracts import (
     crm_contracts,
     flat_contract,
     normalise_token,
+    with_limits,
 )
 from leadml.data.validation import ValidatedTable, validate_table
 from leadml.errors import ContractError, LeadmlError
@@ -354,3 +355,44 @@ def test_crm_contracts_accept_extra_declared_columns():
     assert result.accepted["browser"].astype(str).tolist() == ["chrome", "chrome"]
     assert result.accepted["campaign_code"].tolist() == ["c-1", "c-2"]
     assert result.report.passthrough_columns == ("campaign_code",)
+
+
+def test_amounts_and_counts_beyond_plausible_are_quarantined_naming_the_bound() -> None:
+    """1e308 is finite: accepted, it made the expected revenue infinite and a card of 300 digits."""
+    raw = leads(**{s.ESTIMATED_DEAL_VALUE: ["5000", "1e308", "1e12", "1.5e12"]})
+    result = validate(raw, s.LEADS, enforce_bad_share=False)
+    assert list(result.accepted[s.ESTIMATED_DEAL_VALUE]) == [5000.0, 1e12]
+    assert reasons(result) == {
+        2: "estimated_deal_value: '1e308' is above the maximum 1e+12",
+        4: "estimated_deal_value: '1.5e12' is above the maximum 1e+12",
+    }
+    assert validate(
+        accounts(["50", "99999999"]), s.ACCOUNTS, enforce_bad_share=False
+    ).report.reason_counts == {"employees: above maximum": 1}
+
+
+def test_data_limits_replace_a_number_column_s_bounds() -> None:
+    limited = with_limits(CONTRACTS, {s.ESTIMATED_DEAL_VALUE: {"max": 100}, s.EMPLOYEES: {"max": None}})
+    spec = limited[s.LEADS].column(s.ESTIMATED_DEAL_VALUE)
+    assert (spec.min, spec.max) == (0, 100.0)  # the minimum kept, the maximum replaced
+    assert limited[s.ACCOUNTS].column(s.EMPLOYEES).max is None  # null: no bound
+    raw = leads(**{s.ESTIMATED_DEAL_VALUE: ["99", "101"]})
+    result = balanced(validate_table(raw, limited[s.LEADS], SETTINGS, enforce_bad_share=False), raw)
+    assert list(result.accepted[s.ESTIMATED_DEAL_VALUE]) == [99.0]
+    assert CONTRACTS[s.LEADS].column(s.ESTIMATED_DEAL_VALUE).max == 1e12  # the defaults untouched
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"deal_size": {"max": 1}}, r"data\.limits\.deal_size: no table declares 'deal_size' as a number"),
+        ({s.SOURCE: {"max": 1}}, r"data\.limits\.source: no table declares"),
+        ({s.EMPLOYEES: {"maximum": 1}}, r"data\.limits\.employees must be a mapping of min and/or max"),
+        ({s.EMPLOYEES: 5}, r"data\.limits\.employees must be a mapping"),
+        ({s.EMPLOYEES: {"max": "lots"}}, r"data\.limits\.employees: min and max must be numbers"),
+        ({s.EMPLOYEES: {"min": 10, "max": 5}}, r"data\.limits\.employees: min 10 is above max 5"),
+    ],
+)
+def test_bad_data_limits_name_the_key(limits: dict, message: str) -> None:
+    with pytest.raises(LeadmlError, match=message):
+        with_limits(CONTRACTS, limits)

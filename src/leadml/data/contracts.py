@@ -382,6 +382,59 @@ def _optional(name: str, dtype: Dtype = "string", **rules: Any) -> ColumnSpec:
     return ColumnSpec(name, dtype, required=False, **rules)
 
 
+# The largest plausible value of each count and amount: beyond it a value is a typo or a placeholder
+# (9999999999, 1e308) that would turn a total into infinity or a 300-digit amount in a report. The
+# largest employers have about 2 million people and the largest companies under 1e12 in revenue;
+# ``data.limits`` sets other bounds (a currency with small units, see :func:`with_limits`).
+PLAUSIBLE_MAXIMA: Mapping[str, float] = {
+    s.EMPLOYEES: 10_000_000,
+    s.ANNUAL_REVENUE: 1e13,
+    s.FOUNDED_YEAR: 2100,
+    s.ESTIMATED_DEAL_VALUE: 1e12,
+    s.DEAL_VALUE: 1e12,
+}
+LIMIT_KEYS: tuple[str, ...] = ("min", "max")
+
+
+def with_limits(
+    contracts: Mapping[str, TableContract], limits: Mapping[str, Any] | None
+) -> dict[str, TableContract]:
+    """``contracts`` with ``data.limits`` applied: ``{column: {min: x, max: y}}`` replaces the bounds of
+    that number column in every table that declares it (null: no bound). A column no table declares
+    as a number, an unknown key or a minimum above the maximum is an error naming the key."""
+    changed = dict(contracts)
+    for column, given in dict(limits or {}).items():
+        key, column = f"data.limits.{column}", str(column)
+        bounds = dict(given) if isinstance(given, Mapping) else None
+        if bounds is None or set(bounds) - set(LIMIT_KEYS):
+            raise LeadmlError(f"{key} must be a mapping of min and/or max, got {given!r}")
+        if any(value is not None and not _is_number(value) for value in bounds.values()):
+            raise LeadmlError(f"{key}: min and max must be numbers or null, got {bounds}")
+        tables = [name for name, contract in changed.items() if _number_column(contract, column)]
+        if not tables:
+            raise LeadmlError(f"{key}: no table declares {column!r} as a number column")
+        for name in tables:
+            spec = changed[name].column(column)
+            low, high = _bound(bounds, "min", spec.min), _bound(bounds, "max", spec.max)
+            if low is not None and high is not None and low > high:
+                raise LeadmlError(f"{key}: min {low:g} is above max {high:g}")
+            bounded = replace(spec, min=low, max=high)
+            columns = tuple(bounded if c.name == column else c for c in changed[name].columns)
+            changed[name] = replace(changed[name], columns=columns)
+    return changed
+
+
+def _number_column(contract: TableContract, column: str) -> bool:
+    return column in contract.names and contract.column(column).dtype in ("integer", "float")
+
+
+def _bound(bounds: Mapping[str, Any], key: str, current: float | None) -> float | None:
+    """A bound from ``data.limits``: left out keeps ``current``, null removes it."""
+    if key not in bounds:
+        return current
+    return None if bounds[key] is None else float(bounds[key])
+
+
 def crm_contracts(
     extra_columns: Mapping[str, Iterable[ColumnSpec]] | None = None,
 ) -> dict[str, TableContract]:
@@ -398,10 +451,10 @@ def crm_contracts(
                 _id(s.ACCOUNT_ID),
                 _optional(s.COMPANY_NAME),
                 _optional(s.INDUSTRY, "category"),
-                _optional(s.EMPLOYEES, "integer", min=0),
-                _optional(s.ANNUAL_REVENUE, "float", min=0),
+                _optional(s.EMPLOYEES, "integer", min=0, max=PLAUSIBLE_MAXIMA[s.EMPLOYEES]),
+                _optional(s.ANNUAL_REVENUE, "float", min=0, max=PLAUSIBLE_MAXIMA[s.ANNUAL_REVENUE]),
                 _optional(s.COUNTRY, "category"),
-                _optional(s.FOUNDED_YEAR, "integer", min=1800),
+                _optional(s.FOUNDED_YEAR, "integer", min=1800, max=PLAUSIBLE_MAXIMA[s.FOUNDED_YEAR]),
             ),
             primary_key=(s.ACCOUNT_ID,),
         ),
@@ -416,7 +469,9 @@ def crm_contracts(
                 _optional(s.JOB_TITLE),
                 _optional(s.COUNTRY, "category"),
                 *(_optional(name, personal=True) for name in s.PERSONAL_DATA_COLUMNS),
-                _optional(s.ESTIMATED_DEAL_VALUE, "float", min=0),
+                _optional(
+                    s.ESTIMATED_DEAL_VALUE, "float", min=0, max=PLAUSIBLE_MAXIMA[s.ESTIMATED_DEAL_VALUE]
+                ),
             ),
             primary_key=(s.LEAD_ID,),
         ),
@@ -426,7 +481,7 @@ def crm_contracts(
                 _id(s.LEAD_ID),
                 ColumnSpec(s.STATUS, "category", nullable=False, allowed=s.STATUSES),
                 ColumnSpec(s.CLOSED_AT, "timestamp"),
-                _optional(s.DEAL_VALUE, "float", min=0),
+                _optional(s.DEAL_VALUE, "float", min=0, max=PLAUSIBLE_MAXIMA[s.DEAL_VALUE]),
             ),
             primary_key=(s.LEAD_ID,),
         ),

@@ -38,6 +38,7 @@ from leadml.data.contracts import (
     column_specs_from_config,
     crm_contracts,
     flat_contract,
+    with_limits,
 )
 from leadml.data.flat import ingest_flat
 from leadml.data.ingest import (
@@ -158,7 +159,7 @@ def _ingest_crm_in_batches(
     ingestion as it was; a run stopped for bad rows leaves their quarantine and the last tables.
     """
     rows = batch_rows(data)
-    contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+    contracts = crm_contracts_of(data)
     outputs = {table: output_dir / f"{table}.parquet" for table in s.CRM_TABLES}
     quarantines = {table: output_dir / "quarantine" / f"{table}.parquet" for table in s.CRM_TABLES}
     partial = {
@@ -214,6 +215,12 @@ def _ingest_crm_in_batches(
 
 
 DEFAULT_BATCH_ROWS = 250_000
+
+
+def crm_contracts_of(data: Mapping[str, Any]) -> dict[str, TableContract]:
+    """The CRM tables' contracts with the data config's extra features and ``limits``."""
+    contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+    return with_limits(contracts, data.get("limits"))
 
 
 def batch_rows(data: Mapping[str, Any]) -> int:
@@ -327,7 +334,7 @@ def _validate(
     """Every table through its contract: the CRM tables, or the flat table with its lookups joined
     and its rows kept by data.where (the table the contract sees)."""
     if contract is None:
-        contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
+        contracts = crm_contracts_of(data)
         respelt = _respelt(raw, contracts, settings)
         result = ingest_crm(
             raw,
