@@ -104,7 +104,8 @@ def _timestamps(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _category(values: pa.ChunkedArray, spec: ColumnSpec) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     """(normalised values, allowed) worked out once per dictionary value."""
-    dictionary = values.unify_dictionaries().chunk(0).dictionary if values.num_chunks else pa.array([])
+    values = values.unify_dictionaries()
+    dictionary = values.chunk(0).dictionary if values.num_chunks else pa.array([])
     markers = set(_MARKERS.to_pylist())
     tokens = [
         None if value is None or value.strip().casefold() in markers else normalise_token(value)
@@ -113,7 +114,7 @@ def _category(values: pa.ChunkedArray, spec: ColumnSpec) -> tuple[pa.ChunkedArra
     synonyms = {**squashed_spellings(spec.allowed or ()), **IngestSettings().synonyms_for(spec.name)}
     tokens = [synonyms.get(token, token) if token is not None else None for token in tokens]
     allowed = [token is None or spec.allowed is None or token in spec.allowed for token in tokens]
-    indices = pc.cast(values.unify_dictionaries().combine_chunks().indices, pa.int64())
+    indices = pc.cast(values.combine_chunks().indices, pa.int64())
     allowed_rows = pc.take(pa.array(allowed), indices).fill_null(True)  # a null is missing, not wrong
     return pc.take(pa.array(tokens, pa.string()), indices), allowed_rows
 

@@ -315,11 +315,6 @@ def _read_csv(values: Mapping[str, Any]) -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError:  # no header, so none of the columns its contract requires
         raise ContractError(f"csv file {path} is empty (no header row)") from None
-    except LookupError:
-        raise LeadmlError(
-            f"csv file {path}: unknown encoding {encoding!r}; set encoding: to a Python codec name "
-            "such as utf-8, latin-1, cp1252 or utf-16"
-        ) from None
     except (pd.errors.ParserError, ValueError) as error:
         # pyarrow quotes the broken record, whose values may be personal data: say where it is instead
         detail, ragged = _CSV_RECORD.subn(r"\1", " ".join(str(error).split()))
@@ -722,7 +717,7 @@ def _csv_batches(values: Mapping[str, Any], rows: int, encoded: Sequence[str]) -
     _refuse_wide_text(path, values.get("encoding") or "utf-8")
     try:
         names = _csv_reader(values, None).schema.names
-    except (pyarrow.ArrowException, OSError, ValueError, LookupError):
+    except (pyarrow.ArrowException, OSError, ValueError):  # encodings were checked by checked_spec
         yield _read_csv(values)
         return
     if len(set(names)) != len(names) or not names:

@@ -205,14 +205,27 @@ def _not_authorised(error: BaseException) -> bool:
     return False
 
 
-def _refused(error: BaseException, action: str) -> TrackingUnavailableError:
+def _server_fault(error: BaseException, action: str) -> TrackingUnavailableError | None:
+    """Exit 6 for a server that did not answer or refused leadml (never "no model"); else None."""
+    if _unreachable(error):
+        return _unavailable(error, action)
+    if _not_authorised(error):
+        return _refused(error, action)
+    return None
+
+
+def _server_uri() -> str:
+    """The tracking URI in use, as the messages name it."""
     import mlflow
 
-    uri = _current["uri"] or mlflow.get_tracking_uri()
+    return masked_uri(_current["uri"] or mlflow.get_tracking_uri())
+
+
+def _refused(error: BaseException, action: str) -> TrackingUnavailableError:
     codes = (getattr(link, "error_code", None) for link in _chain(error))
     code = next((c for c in codes if c in _REFUSED_CODES), "HTTP 401/403")
     return TrackingUnavailableError(
-        f"MLflow tracking server {masked_uri(uri)} refused leadml's request to {action}: not authorised "
+        f"MLflow tracking server {_server_uri()} refused leadml's request to {action}: not authorised "
         f"({code}); check the credentials (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD) and the user's permissions on the experiment and the registered model"
     )
@@ -236,11 +249,8 @@ def _reason(error: BaseException) -> str:
 
 
 def _unavailable(error: BaseException, action: str) -> TrackingUnavailableError:
-    import mlflow
-
-    uri = _current["uri"] or mlflow.get_tracking_uri()
     return TrackingUnavailableError(
-        f"MLflow tracking server {masked_uri(uri)} did not answer when leadml tried to {action}: "
+        f"MLflow tracking server {_server_uri()} did not answer when leadml tried to {action}: "
         f"{_reason(error)} (run it again once the server is back)"
     )
 
@@ -256,10 +266,9 @@ def _tracked(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except LeadmlError:
                 raise
             except Exception as error:
-                if _unreachable(error):
-                    raise _unavailable(error, action) from None
-                if _not_authorised(error):
-                    raise _refused(error, action) from None
+                fault = _server_fault(error, action)
+                if fault is not None:
+                    raise fault from None
                 raise
 
         return call
@@ -473,10 +482,9 @@ def version_by_alias(name: str, alias: str) -> str | None:
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException as error:
-        if _unreachable(error):  # not "no champion": the server did not say
-            raise _unavailable(error, f"look up @{alias} of {name}") from None
-        if _not_authorised(error):  # nor here: the server would not say
-            raise _refused(error, f"look up @{alias} of {name}") from None
+        fault = _server_fault(error, f"look up @{alias} of {name}")
+        if fault is not None:  # not "no champion": the server did not say, or would not
+            raise fault from None
         return None
 
 
@@ -514,10 +522,9 @@ def _model_lookup(action: str, missing: str) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if _unreachable(error):
-            raise _unavailable(error, action) from None
-        if _not_authorised(error):
-            raise _refused(error, action) from None
+        fault = _server_fault(error, action)
+        if fault is not None:
+            raise fault from None
         full_disk = _full_disk(error)
         if full_disk is not None:  # the disk it is copied to, not the model: the caller names it
             raise full_disk from None
