@@ -24,9 +24,10 @@ of this data, and reject its broken values).
 
 The model comes from the registry either way, so loading is on both sides:
 ``--loader leadml`` (the default) uses leadml's own loader (``tracking.production_model`` and
-``tracking.load_scorer``, as ``leadml-score`` does); ``--loader pickle`` reads the champion's
-artifact location from the registry's SQLite tables and unpickles ``python_model.pkl`` without
-MLflow's model loading (MLflow is still imported: the pickled pyfunc class subclasses it).
+``tracking.load_scorer``, as ``leadml-score`` does); ``--loader state`` reads the champion's
+artifact location from the registry's SQLite tables and reads its saved state
+(``artifacts/leadml_state``, :func:`leadml.modelling.scorer_state.read_scorer_state`) without
+MLflow's model loading.
 
 The measurement runs, alternating, ``leadml-score`` (``make score``) with ingestion (forced by
 spoiling the ``ingest_fingerprint`` of ``data/scoring/synthetic/interim/manifest.json``, so
@@ -36,7 +37,7 @@ resident memory), ``--repeats`` times; medians go to benchmarks/RESULTS.md. Befo
 floor's features are compared with leadml's for the same date (``check`` alone).
 
     .venv/bin/python benchmarks/bench_score_floor.py [--repeats 3]
-    .venv/bin/python benchmarks/bench_score_floor.py floor [--loader leadml|pickle] [--explainer fast]
+    .venv/bin/python benchmarks/bench_score_floor.py floor [--loader leadml|state] [--explainer fast]
     .venv/bin/python benchmarks/bench_score_floor.py check
 
 Needs the trained default project (``make train``) and duckdb (``pip install -e ".[bench]"``).
@@ -83,7 +84,7 @@ def load_champion(loader: str) -> Any:
         mlflow.set_tracking_uri(f"sqlite:///{REGISTRY}")
         model_uri, _ = tracking.production_model(REGISTERED_MODEL)
         return tracking.load_scorer(model_uri)
-    import pickle
+    from leadml.modelling.scorer_state import read_scorer_state
 
     with sqlite3.connect(f"file:{REGISTRY}?mode=ro", uri=True) as registry:
         row = registry.execute(
@@ -93,8 +94,7 @@ def load_champion(loader: str) -> Any:
         ).fetchone()
     if row is None:
         sys.exit(f"no champion of {REGISTERED_MODEL} in {REGISTRY}: run make train")
-    with open(Path(row[0].removeprefix("file://")) / "python_model.pkl", "rb") as handle:
-        return pickle.load(handle).scorer
+    return read_scorer_state(Path(row[0].removeprefix("file://")) / "artifacts" / "leadml_state")
 
 
 # --------------------------------------------------------------------------- the floor: SQL
@@ -582,7 +582,7 @@ def compare_scores(floor_partition: Path) -> dict[str, Any] | None:
     }
 
 
-def check(loader: str = "pickle", quiet: bool = False) -> dict[str, Any]:
+def check(loader: str = "state", quiet: bool = False) -> dict[str, Any]:
     """The floor's features against leadml's for the same date (``leadml_features``)."""
     scorer = load_champion(loader)
     features, t = floor_features(scorer, RAW_DIR, time.time_ns() // 1000)
@@ -684,14 +684,14 @@ PROGRAMS = {
     "leadml-score, ingestion": "ingest",
     "leadml-score, ingestion reused": "reused",
     "floor, leadml's loader": "leadml",
-    "floor, registry pickle": "pickle",
+    "floor, registry state": "state",
 }
 
 
 def measure(repeats: int) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[dict[str, float]]]]:
     """Every program ``repeats`` times, alternating (the order rotates by one each round)."""
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in PROGRAMS}
-    phases: dict[str, list[dict[str, float]]] = {"leadml": [], "pickle": []}
+    phases: dict[str, list[dict[str, float]]] = {"leadml": [], "state": []}
     names = list(PROGRAMS)
     for round_ in range(repeats):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
@@ -724,7 +724,7 @@ def write_results(
     wall = {name: statistics.median(w for w, _ in values) for name, values in runs.items()}
     peak = {name: statistics.median(p for _, p in values) for name, values in runs.items()}
     floor_name = "floor, leadml's loader"
-    strict_name = "floor, registry pickle"
+    strict_name = "floor, registry state"
     rows = []
     for name in PROGRAMS:
         walls = ", ".join(f"{w:.1f}" for w, _ in runs[name])
@@ -736,7 +736,7 @@ def write_results(
         )
     phase_lines = [
         f"{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in _median_phases(phases[kind]).items())
-        for label, kind in ((floor_name, "leadml"), (strict_name, "pickle"))
+        for label, kind in ((floor_name, "leadml"), (strict_name, "state"))
     ]
     lines = [
         BEGIN,
@@ -747,12 +747,12 @@ def write_results(
         "copy's `ingest_fingerprint`) and with the ingestion reused, and the floor "
         "(`bench_score_floor.py floor`: the raw files read, the contracts' rules and the champion's "
         "features in one DuckDB session, LightGBM's `pred_contrib`, calibration, percentile, tier, one "
-        "Parquet file) with leadml's model loader and with the champion's pickle read straight from "
-        "the registry, alternating, each in a fresh process under `/usr/bin/time`; medians of "
+        "Parquet file) with leadml's model loader and with the champion's saved state read straight "
+        "from the registry, alternating, each in a fresh process under `/usr/bin/time`; medians of "
         f"{len(next(iter(runs.values())))} rounds.",
         "",
         "| program | wall (median) | runs (s) | peak RSS (median) | runs (GB) | wall / floor | "
-        "wall / floor (pickle) | RSS / floor | RSS / floor (pickle) |",
+        "wall / floor (state) | RSS / floor | RSS / floor (state) |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -769,7 +769,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what")
     floor_parser = sub.add_parser("floor", help="the floor alone (what the measurement times)")
-    floor_parser.add_argument("--loader", choices=["leadml", "pickle"], default="leadml")
+    floor_parser.add_argument("--loader", choices=["leadml", "state"], default="leadml")
     floor_parser.add_argument(
         "--explainer",
         choices=["lightgbm", "fast"],

@@ -24,7 +24,7 @@ from leadml.machine import default_wait_policy
 
 default_wait_policy()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # module paths before the layered packages -> where each module lives now
 MOVED_MODULES = {

@@ -60,6 +60,10 @@ class ModelIntegrityError(NoModelError):
     exit_code = 8
 
 
+class PickledModelWarning(UserWarning):
+    """A model version saved by an earlier leadml as a pickle was loaded (it still scores)."""
+
+
 class StaleDataError(LeadmlError):
     """The data's latest lead or activity is older than ``score.max_staleness_days`` before the run's date."""
 

@@ -72,7 +72,8 @@ def test_export_writes_a_verified_mlflow_model_folder_with_its_card(exported, ca
     assert summary.path == folder and summary.version == "1"
     assert {"challenger", "champion"} <= set(summary.aliases)
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert {"MLmodel", "python_model.pkl", "requirements.txt", "input_example.json", MODEL_CARD} <= names
+    assert {"MLmodel", "model_code.py", "requirements.txt", "input_example.json", MODEL_CARD} <= names
+    assert {"artifacts/leadml_state/scorer.json", "artifacts/leadml_state/booster.txt"} <= names
     assert {REQUEST_EXAMPLE, "export.json", CHECKSUMS, "artifacts/leadml_model.json"} <= names
     record = json.loads((folder / "export.json").read_text())
     assert record["registered_model"] == MODEL and record["run_id"] == summary.run_id
@@ -91,7 +92,8 @@ def test_export_writes_a_verified_mlflow_model_folder_with_its_card(exported, ca
 
         tracking.configure(f"sqlite:///{root / 'mlflow.db'}", "leadml-synthetic", root / "mlruns")
         registry = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(root / "dl")))
-    assert (registry / "python_model.pkl").read_bytes() == (folder / "python_model.pkl").read_bytes()
+    state = "artifacts/leadml_state/booster.txt"
+    assert (registry / state).read_bytes() == (folder / state).read_bytes()
     assert (registry / "MLmodel").read_bytes() == (folder / "MLmodel").read_bytes()
     requirements = (folder / "requirements.txt").read_text()
     assert all(p in requirements for p in ("lightgbm==", "numba==", "pandas==", "mlflow=="))
@@ -189,11 +191,11 @@ def test_a_modified_export_is_refused(project: Path, damage: str) -> None:
 
     folder = _folder(project)
     if damage == "changed":
-        path = folder / "python_model.pkl"
+        path = folder / "artifacts" / "leadml_state" / "booster.txt"
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-        named = "python_model.pkl"
+        named = "artifacts/leadml_state/booster.txt"
     elif damage == "missing":
         (folder / "requirements.txt").unlink()
         named = "requirements.txt"
@@ -203,9 +205,8 @@ def test_a_modified_export_is_refused(project: Path, damage: str) -> None:
     with pytest.raises(ModelIntegrityError, match=rf"modified after export \({damage}: {named}") as error:
         tracking.load_scorer(str(folder))
     assert error.value.exit_code == 8
-    # MLflow's own loader (what `mlflow models serve` runs) refuses it too; a damaged pickle
-    # fails before the model's own check can run
-    with pytest.raises(Exception, match=None if damage == "changed" else "modified after export"):
+    # MLflow's own loader (what `mlflow models serve` runs) refuses it too
+    with pytest.raises(Exception, match="modified after export"):
         mlflow.pyfunc.load_model(str(folder))
     with local_tracking(), pytest.raises(ModelIntegrityError):
         run_score(project_config(project, "score", [f"score.as_of={AS_OF}", f"score.model_uri={folder}"]))

@@ -471,7 +471,7 @@ def test_no_artifact_of_training_or_scoring_holds_personal_data(
 ) -> None:
     files = list(artifacts(project["root"]))
     names = {path.name for path in files}
-    assert {"python_model.pkl", "input_example.json", "MLmodel", "feature_metadata.json"} <= names
+    assert {"scorer.json", "booster.txt", "input_example.json", "MLmodel", "feature_metadata.json"} <= names
     assert {"part-0.parquet", "snapshots.parquet", "model-v1.html", "mlflow.db"} <= names
     assert any(name.startswith("leads-") and name.endswith(".html") for name in names)
     leaks = {

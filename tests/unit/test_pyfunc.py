@@ -22,8 +22,9 @@ from mlflow.models import Model
 from mlflow.pyfunc import scoring_server
 from test_request_plan import END, crm_scorer, crm_tables, feature_rows
 
+from leadml.adapters import tracking
 from leadml.data import schema as s
-from leadml.scoring.pyfunc import Answer, LeadScorerModel, signature
+from leadml.scoring.pyfunc import MODEL_CODE, Answer, model_artifacts, signature
 from leadml.scoring.request_fields import ACTIVITIES, known_fields
 from leadml.scoring.requests import feature_example, predict_request, requests_from_tables
 
@@ -39,12 +40,13 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, list[dic
     scorer = crm_scorer(tables, rng)
     features = feature_rows(scorer, tables, np.random.default_rng(3))
     example = feature_example(scorer, pd.DataFrame(features[:5]))
-    folder = tmp_path_factory.mktemp("pyfunc") / "model"
-    mlflow.pyfunc.save_model(
-        str(folder),
-        python_model=LeadScorerModel(scorer),
-        signature=signature(scorer, example),
-        input_example=example,
+    work = tmp_path_factory.mktemp("pyfunc")
+    folder = tracking.save_model(
+        MODEL_CODE,
+        work / "model",
+        example,
+        signature(scorer, example),
+        model_artifacts(scorer, work / "files"),
     )
     leads = tables[s.LEADS][tables[s.LEADS][s.CREATED_AT] < END][s.LEAD_ID]
     counts = tables[s.ACTIVITIES][s.LEAD_ID].value_counts()

@@ -122,3 +122,12 @@ def exported_version(folder: Path) -> str | None:
         return str(json.loads(record.read_text(encoding="utf-8"))["version"])
     except (ValueError, KeyError) as error:
         raise ModelIntegrityError(f"{record}: not an export record ({error})") from None
+
+
+def pickled_message(described: str) -> str:
+    """The warning of a version pickled by leadml before 0.2.0, naming it and the way out."""
+    return (
+        f"{described} was saved by an earlier leadml as a Python pickle, which can run any code "
+        "as it loads; export it again with leadml-export (the export is written without pickle) "
+        "or train again"
+    )

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import yaml
 
-from leadml.adapters.model_folder import exported_version, local_model_folder, verify_folder
-from leadml.errors import FULL_DISK, LeadmlError, NoModelError, TrackingUnavailableError
+from leadml.adapters.model_folder import exported_version, local_model_folder, pickled_message, verify_folder
+from leadml.errors import FULL_DISK, LeadmlError, NoModelError, PickledModelWarning, TrackingUnavailableError
 
 # imported inside functions, only when used: mlflow (1-2 s to import), requests/urllib3 (a remote
 # tracking server only) and matplotlib.pyplot
@@ -408,18 +408,17 @@ def log_dataset(frame: pd.DataFrame, name: str, digest: str, source: str, contex
 
 
 @_tracked("log the model")
-def log_model(
-    python_model: Any, name: str, example: pd.DataFrame, signature: Any, artifacts: dict[str, str]
-) -> str:
-    """Log ``python_model`` (the leadml pyfunc, :mod:`leadml.scoring.pyfunc`) with its ``signature``,
-    ``example`` (features shape) as the input example and ``artifacts`` (files beside the pickle);
-    return its model URI. The stage builds the pyfunc: this layer knows MLflow, not leadml's model.
+def log_model(code: Path, name: str, example: pd.DataFrame, signature: Any, artifacts: dict[str, str]) -> str:
+    """Log the model whose ``code`` file builds the pyfunc (MLflow's models-from-code, no pickle)
+    with its ``signature``, ``example`` (features shape) as the input example and ``artifacts``
+    (the files and folders it reads when it loads); return its model URI. The stage writes the
+    files: this layer knows MLflow, not leadml's model.
     """
     import mlflow
 
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=python_model,
+        python_model=str(code),
         artifacts=artifacts,
         signature=signature,
         input_example=example,
@@ -428,8 +427,41 @@ def log_model(
     return info.model_uri
 
 
+def save_model(
+    code: Path, folder: Path, example: pd.DataFrame | None, signature: Any, artifacts: dict[str, str]
+) -> Path:
+    """:func:`log_model` into a local ``folder`` (new) rather than the tracking server; returns it."""
+    import mlflow
+
+    mlflow.pyfunc.save_model(
+        str(folder),
+        python_model=str(code),
+        artifacts=artifacts,
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
+    return folder
+
+
+def is_pickled_model(folder: Path) -> bool:
+    """Whether the MLflow model in ``folder`` is a pickled pyfunc (saved before leadml 0.2.0)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(folder)).flavors.get("python_function", {})
+    return "python_model" in flavor and "model_code_path" not in flavor
+
+
+def model_example(folder: Path) -> pd.DataFrame | None:
+    """The input example saved with the MLflow model in ``folder`` (None without one)."""
+    from mlflow.models import Model
+
+    example = Model.load(str(folder)).load_input_example(str(folder))
+    return example if isinstance(example, pd.DataFrame) else None
+
+
 def _requirements() -> list[str]:
-    """The packages the pickle needs besides leadml itself (installed from its repository)."""
+    """The packages the model needs besides leadml itself (installed from its repository)."""
     return [
         f"{package}=={importlib.metadata.version(package)}"
         for package in ("pandas", "numpy", "scikit-learn", "lightgbm", "numba", "pyarrow", "mlflow")
@@ -544,11 +576,13 @@ def _full_disk(error: BaseException) -> OSError | None:
     return None
 
 
-def load_scorer(model_uri: str) -> Any:
+def load_scorer(model_uri: str, warn_pickled: bool = True) -> Any:
     """The :class:`leadml.modelling.scorer.LeadScorer` inside a logged pyfunc or an exported folder.
 
     An exported folder is checked against its ``SHA256SUMS`` first and never needs the
-    tracking server; a modified one raises :class:`~leadml.errors.ModelIntegrityError`.
+    tracking server; a modified one raises :class:`~leadml.errors.ModelIntegrityError`. A version
+    pickled by an earlier leadml loads with a warning naming it (``warn_pickled``; or, under
+    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, is refused with the way out).
     """
     import mlflow
 
@@ -558,18 +592,59 @@ def load_scorer(model_uri: str) -> Any:
     with (
         _model_lookup(f"load model {model_uri}", f"cannot load model {model_uri}"),
         tempfile.TemporaryDirectory(prefix="leadml-model-") as copy,
+        warnings.catch_warnings(record=True) as caught,
     ):
+        warnings.simplefilter("always", PickledModelWarning)
         # MLflow's own requirement check maps every installed distribution to its modules (1.4 s
         # of a 6 s nightly run); the model's pinned packages are compared here instead. A registry
         # model is downloaded into a folder removed after loading (MLflow's default one stays)
-        model = mlflow.pyfunc.load_model(
-            model_uri, suppress_warnings=True, dst_path=None if folder is not None else copy
-        )
+        try:
+            model = mlflow.pyfunc.load_model(
+                model_uri, suppress_warnings=True, dst_path=None if folder is not None else copy
+            )
+        except Exception as error:
+            if PICKLE_REFUSED in str(error):
+                raise NoModelError(_pickle_refused(model_uri)) from None
+            raise
         warn_requirement_mismatches(Path(folder or copy) / "requirements.txt", model_uri)
+    for warning in caught:
+        if issubclass(warning.category, PickledModelWarning):
+            if warn_pickled:
+                logger.warning("%s", pickled_message(_described_model(model_uri)))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     scorer = getattr(model.unwrap_python_model(), "scorer", None)
     if scorer is None:
         raise NoModelError(f"{model_uri} is not a leadml scorer")
     return scorer
+
+
+# what MLflow says when MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false meets a pickled pyfunc
+PICKLE_REFUSED = "Deserializing model using pickle is disallowed"
+
+
+def _described_model(model_uri: str) -> str:
+    """``model_uri`` with the version it names: an export's, or the one holding an alias."""
+    folder = local_model_folder(model_uri)
+    if folder is not None:
+        version = exported_version(folder)
+        return f"{model_uri} (version {version})" if version else model_uri
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if model_uri.startswith("models:/") and alias:
+        with contextlib.suppress(LeadmlError):
+            version = version_by_alias(name, alias)
+            if version:
+                return f"{model_uri} (version {version})"
+    return model_uri
+
+
+def _pickle_refused(model_uri: str) -> str:
+    return (
+        f"cannot load model {_described_model(model_uri)}: it was saved by an earlier leadml as a "
+        "Python pickle and MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false forbids loading it; train "
+        "again, or export it with leadml-export where pickle is allowed (the export is written "
+        "without pickle)"
+    )
 
 
 def warn_requirement_mismatches(requirements: Path, model_uri: str) -> list[str]:

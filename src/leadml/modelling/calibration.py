@@ -156,14 +156,34 @@ class IsotonicCalibrator:
     probability, which throws away ranking (ROC AUC) the model had. Here each step is replaced by
     its centre and the probability interpolates linearly between centres, so it rises strictly
     with the margin inside the fitted range and stays flat (clipped) beyond the outer centres.
+
+    Held as plain arrays (the fitted regression's thresholds and the margin range it saw), so the
+    saved model stores them as data (:mod:`leadml.modelling.scorer_state`).
     """
 
-    regression: IsotonicRegression
+    x_thresholds: np.ndarray
+    y_thresholds: np.ndarray
+    margin_range: tuple[float, float]
     method: str = "isotonic"
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_regression(cls, regression: IsotonicRegression) -> IsotonicCalibrator:
+        return cls(
+            np.asarray(regression.X_thresholds_, dtype=np.float64),
+            np.asarray(regression.y_thresholds_, dtype=np.float64),
+            (float(regression.X_min_), float(regression.X_max_)),
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A calibrator pickled when it held the fitted ``IsotonicRegression`` itself (before 0.2.0)."""
+        regression = state.pop("regression", None)
+        if regression is not None:
+            state = {**vars(IsotonicCalibrator.from_regression(regression)), **state}  # its method, details
+        self.__dict__.update(state)
+
     def _knots(self) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.regression.X_thresholds_, self.regression.y_thresholds_
+        x, y = self.x_thresholds, self.y_thresholds
         levels, block = np.unique(y, return_inverse=True)
         centres = np.bincount(block, weights=x) / np.bincount(block)
         return centres, levels
@@ -178,11 +198,11 @@ class IsotonicCalibrator:
         return _clip(probability + 1e-6 * np.arctan(outside))
 
     def describe(self) -> dict[str, Any]:
-        levels = np.unique(self.regression.y_thresholds_)
+        levels = np.unique(self.y_thresholds)
         return {
             "method": self.method,
             "steps": len(levels),
-            "margin_range": [float(self.regression.X_min_), float(self.regression.X_max_)],
+            "margin_range": [float(self.margin_range[0]), float(self.margin_range[1])],
             "preserves_ranking": "exactly (interpolated between the steps' centres)",
             **self.details,
         }
@@ -302,7 +322,7 @@ def _fit_one(
             y_min=PROBABILITY_FLOOR, y_max=1 - PROBABILITY_FLOOR, increasing=True, out_of_bounds="clip"
         )
         regression.fit(margin, labels.astype(np.float64))
-        return IsotonicCalibrator(regression)
+        return IsotonicCalibrator.from_regression(regression)
     if method == "sigmoid":
         slope, intercept = _platt(margin, labels)
         return SigmoidCalibrator(slope, intercept)

@@ -161,7 +161,9 @@ class LightGBMModel:
     categories: dict[str, list[Any]]  # training categories per categorical column; others map to NaN
     best_iteration: int
     fit_report: dict[str, Any] = field(default_factory=dict)  # JSON-ready figures of the fit
-    early_stopping_index: pd.Index = field(default_factory=pd.Index)  # training rows held for early stopping
+    early_stopping_index: pd.Index = field(
+        default_factory=lambda: pd.Index([])
+    )  # training rows held for early stopping
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         return prepare_features(frame, self.feature_names, self.categories)

@@ -511,7 +511,11 @@ def _files() -> str:
         "## Files and integrity\n\n"
         "`SHA256SUMS` lists the SHA-256 of every file here; leadml and the served model refuse to load "
         "the folder when one differs, is missing or was added (`sha256sum -c SHA256SUMS` checks it by "
-        "hand). It catches accidents, not an attacker who can rewrite `SHA256SUMS` too.\n"
+        "hand). It catches accidents, not an attacker who can rewrite `SHA256SUMS` too.\n\n"
+        "The model holds no pickle: `model_code.py` builds leadml's pyfunc from the installed leadml, "
+        "which reads the model from data files in `artifacts/leadml_state/` (JSON, LightGBM's text "
+        "model or skops' format) and runs no code found in the folder. It loads with "
+        "`MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`.\n"
     )
 
 

@@ -1,8 +1,13 @@
 """The MLflow pyfunc around a :class:`~leadml.modelling.scorer.LeadScorer`: what the registry holds,
 ``leadml-export`` copies and ``mlflow models serve`` answers requests with.
 
-A module-level class, so the pickle names ``leadml.scoring.pyfunc.LeadScorerModel`` and loads
-wherever leadml is installed. What a request may hold and what comes back is
+Logged as code (MLflow's models-from-code): the model folder holds ``model_code.py``, two lines
+that build an empty :class:`LeadScorerModel`, and the scorer's state as data files
+(:mod:`leadml.modelling.scorer_state`, the ``leadml_state`` artifact), which :meth:`load_context`
+reads. Loading runs no pickle, so MLflow's ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` loads it.
+A version registered before 0.2.0 is a pickled instance of the same class: it still loads where
+pickle is allowed, with a :class:`~leadml.errors.PickledModelWarning`. What a request may hold and
+what comes back is
 ``leadml.scoring.requests``; this module only adapts it to MLflow: the signature (outputs only, see
 :func:`signature`), the request as a frame whichever JSON format carried it, the error that becomes
 HTTP 400, and the integrity check of an exported folder when the model loads.
@@ -11,6 +16,7 @@ HTTP 400, and the integrity check of an exported folder when the model loads.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,12 +30,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.utils import _infer_schema
 from pandas.api.extensions import ExtensionDtype
 
-from leadml.adapters.model_folder import verify_folder
-from leadml.errors import LeadmlError
+from leadml.adapters.model_folder import exported_version, is_export, pickled_message, verify_folder
+from leadml.errors import LeadmlError, PickledModelWarning
 from leadml.modelling.scorer import LeadScorer
+from leadml.modelling.scorer_state import StateError, read_scorer_state, write_scorer_state
 from leadml.scoring.request_fields import RequestError, known_fields
 from leadml.scoring.request_plan import object_values, prepare_request_plan
-from leadml.scoring.requests import MODEL_INFO_ARTIFACT, predict_request
+from leadml.scoring.requests import MODEL_INFO_ARTIFACT, predict_request, write_model_info
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +45,42 @@ NOT_OBJECTS = (
 )
 
 
-class LeadScorerModel(mlflow.pyfunc.PythonModel):
-    """Request rows in (lead fields and activities, or features); probability, tier, reasons out."""
+# the artifact that holds the scorer's state files (leadml.modelling.scorer_state)
+STATE_ARTIFACT = "leadml_state"
+# the code file MLflow logs as the model (models-from-code): it builds an empty LeadScorerModel
+MODEL_CODE = Path(__file__).with_name("model_code.py")
 
-    def __init__(self, scorer: LeadScorer) -> None:
-        self.scorer = scorer
+
+class LeadScorerModel(mlflow.pyfunc.PythonModel):
+    """Request rows in (lead fields and activities, or features); probability, tier, reasons out.
+
+    Built empty by ``model_code.py`` and filled by :meth:`load_context` from the saved state; a
+    version pickled by an earlier leadml arrives with its scorer already set.
+    """
+
+    def __init__(self, scorer: LeadScorer | None = None) -> None:
+        self.scorer: LeadScorer = scorer  # type: ignore[assignment]  # None only until load_context
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"scorer": self.scorer}  # the pickle holds the scorer only, as it always did
+        return {"scorer": self.scorer}  # what a pickled version held: the scorer only
 
     def load_context(self, context: Any) -> None:
-        """Refuse an exported folder whose files changed, then build the explainer and request path once."""
-        info = (getattr(context, "artifacts", None) or {}).get(MODEL_INFO_ARTIFACT)
-        if info:
-            try:
-                verify_folder(Path(info).resolve().parents[1])
-            except LeadmlError as error:
-                raise to_mlflow_error(error) from None
+        """Refuse an exported folder whose files changed, read the scorer's state, then build the
+        explainer and request path once."""
+        artifacts = getattr(context, "artifacts", None) or {}
+        try:
+            folder = _model_folder(artifacts)
+            if folder is not None:
+                verify_folder(folder)
+            if self.scorer is None:
+                state = artifacts.get(STATE_ARTIFACT)
+                if not state:
+                    raise StateError("the model has no leadml_state artifact: not a leadml model")
+                self.scorer = read_scorer_state(Path(state))
+            else:
+                warnings.warn(PickledModelWarning(pickled_message(_described(folder))), stacklevel=2)
+        except LeadmlError as error:
+            raise to_mlflow_error(error) from None
         if self.scorer.can_explain:  # the first request must not pay for the tree tables or the means
             self.scorer.prepare_explainer()
         prepare_request_plan(self.scorer)  # nor for compiling the request path
@@ -85,6 +111,24 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
             logger.warning(
                 "request field(s) %s are not fields of this model and are ignored (named once)", unknown
             )
+
+
+def model_artifacts(scorer: LeadScorer, folder: Path) -> dict[str, str]:
+    """Write what the logged model reads as it loads into ``folder``; MLflow's artifacts mapping."""
+    state = write_scorer_state(scorer, folder / STATE_ARTIFACT)
+    return {MODEL_INFO_ARTIFACT: str(write_model_info(scorer, folder)), STATE_ARTIFACT: str(state)}
+
+
+def _model_folder(artifacts: Mapping[str, str]) -> Path | None:
+    """The model's folder, two levels above an artifact (``<folder>/artifacts/<file>``)."""
+    info = artifacts.get(MODEL_INFO_ARTIFACT) or artifacts.get(STATE_ARTIFACT)
+    return Path(info).resolve().parents[1] if info else None
+
+
+def _described(folder: Path | None) -> str:
+    if folder is not None and is_export(folder):
+        return f"the exported model {folder} (version {exported_version(folder)})"
+    return "this model"
 
 
 class Answer(pd.DataFrame):

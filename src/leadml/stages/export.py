@@ -1,7 +1,8 @@
 """``leadml-export``: a registered version as a self-contained folder under ``models/``.
 
 ``models/<registered model>-v<version>/`` holds the registry's MLflow model files unchanged
-(MLmodel, the pickled pyfunc, requirements, signature, input example), and beside them:
+(MLmodel, ``model_code.py``, the scorer's state as data files under ``artifacts/leadml_state/``,
+requirements, signature, input example), and beside them:
 
 * ``MODEL_CARD.md``: what the model is for, what it learned from and how well it does;
 * ``request_example.json``: one made-up lead in the documented request shape;
@@ -12,7 +13,11 @@
 Loading an exported folder (``leadml-score model_uri=models/...``, ``mlflow models serve``)
 verifies the checksums first and refuses a folder with a changed, missing or added file.
 The checksums catch accidents and careless edits; they are not a signature, since whoever
-can rewrite a file can rewrite ``SHA256SUMS`` too.
+can rewrite a file can rewrite ``SHA256SUMS`` too. Loading reads data only (no pickle), so a file
+planted in the folder is never run.
+
+A version registered before leadml 0.2.0 is a pickled pyfunc: its export is written the new way
+(the same scorer saved as code and data), so the exported folder holds no pickle either.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from leadml.adapters import tracking
 from leadml.adapters.model_folder import EXPORT_RECORD, MODEL_CARD, REQUEST_EXAMPLE, write_checksums
 from leadml.errors import LeadmlError, NoModelError, writing_to
 from leadml.reporting import model_card
+from leadml.scoring.pyfunc import MODEL_CODE, model_artifacts, signature
 from leadml.scoring.requests import flat_example, lead_example
 
 logger = logging.getLogger(__name__)
@@ -95,7 +101,10 @@ def export_stage(
             for item in model_dir.iterdir():
                 item.rename(staging / item.name)
             model_dir.rmdir()
-            scorer = tracking.load_scorer(str(staging))
+            pickled = tracking.is_pickled_model(staging)
+            scorer = tracking.load_scorer(str(staging), warn_pickled=False)
+            if pickled:
+                _rewrite_without_pickle(staging, scorer, model_uri)
             run = tracking.model_run(model_uri)
             artifacts = tracking.run_artifacts(run["run_id"], model_card.RUN_ARTIFACTS)
             exported_at = pd.Timestamp.now(tz="UTC").floor("s")
@@ -143,6 +152,31 @@ def export_stage(
         model_card=target / MODEL_CARD,
         tracking_uri=tracking.masked_uri(uri),
         seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _rewrite_without_pickle(folder: Path, scorer: Any, model_uri: str) -> None:
+    """Save ``scorer`` (loaded from the pickled version in ``folder``) as the models-from-code
+    pyfunc training logs today, in place of the pickled files."""
+    example = tracking.model_example(folder)
+    if example is None:  # every pickled version was logged with one; a features row otherwise
+        example = pd.DataFrame([dict.fromkeys(scorer.feature_names)])
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f"{folder.name}-rewrite-") as work:
+        rebuilt = tracking.save_model(
+            MODEL_CODE,
+            Path(work) / "model",
+            example,
+            signature(scorer, example),
+            model_artifacts(scorer, Path(work) / "files"),
+        )
+        for item in folder.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        for item in rebuilt.iterdir():
+            item.rename(folder / item.name)
+    logger.warning(
+        "%s was saved by an earlier leadml as a Python pickle; its export is written as code and data "
+        "(no pickle)",
+        model_uri,
     )
 
 

@@ -39,8 +39,8 @@ from leadml.modelling.train import (
     train_on_windows,
 )
 from leadml.reporting import html, model_report
-from leadml.scoring.pyfunc import LeadScorerModel, signature
-from leadml.scoring.requests import MODEL_INFO_ARTIFACT, feature_example, write_model_info
+from leadml.scoring.pyfunc import MODEL_CODE, model_artifacts, signature
+from leadml.scoring.requests import feature_example
 from leadml.stages.features import feature_settings
 from leadml.stages.ingest import data_kind, ingest_settings
 
@@ -377,17 +377,13 @@ def unseen_rows(test: pd.DataFrame, trained: Mapping[str, Any]) -> np.ndarray | 
 def _log_pyfunc(scorer: Any, example: pd.DataFrame) -> str:
     """Log ``scorer`` as the leadml pyfunc and return its model URI.
 
-    Beside the pickle: ``artifacts/leadml_model.json`` (features, tiers, request fields), the
-    signature of the answer (outputs only: MLflow's check of an input schema cost more than the
-    answer itself, :func:`~leadml.scoring.pyfunc.signature`) and ``example`` (features shape) as
-    the input example.
+    Logged as code (``leadml/scoring/model_code.py``) with the scorer's state as data files
+    (``artifacts/leadml_state/``: no pickle), ``artifacts/leadml_model.json`` (features, tiers,
+    request fields), the signature of the answer (outputs only: MLflow's check of an input schema
+    cost more than the answer itself, :func:`~leadml.scoring.pyfunc.signature`) and ``example``
+    (features shape) as the input example.
     """
     with tempfile.TemporaryDirectory() as folder:
-        info = write_model_info(scorer, Path(folder))
         return tracking.log_model(
-            LeadScorerModel(scorer),
-            "model",
-            example,
-            signature(scorer, example),
-            {MODEL_INFO_ARTIFACT: str(info)},
+            MODEL_CODE, "model", example, signature(scorer, example), model_artifacts(scorer, Path(folder))
         )
