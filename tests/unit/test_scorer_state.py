@@ -61,7 +61,16 @@ def sheet_snapshots(n: int = 3000, seed: int = 0) -> pd.DataFrame:
     )
 
 
-FIELDS = ("feature_names", "metadata", "feature_settings", "reference", "tiers", "trained", "request_id")
+FIELDS = (
+    "feature_names",
+    "metadata",
+    "feature_settings",
+    "reference",
+    "tiers",
+    "trained",
+    "request_id",
+    "data_contract",
+)
 
 
 def _same_fields(saved: LeadScorer, loaded: LeadScorer) -> None:
@@ -76,6 +85,7 @@ def lightgbm() -> tuple[LeadScorer, pd.DataFrame]:
     scorer = crm_scorer(tables, rng)
     scorer.trained = {"rows": 400, "through": "2026-01-01T00:00:00+00:00", "refit": True}
     scorer.reference = {"features": {"employees": {"kind": "numeric", "edges": [1.0, 10.0, np.inf]}}}
+    scorer.data_contract = {"limits": {"employees": {"min": 1, "max": 5000}}, "missing_markers": ["n/a"]}
 
     leads = tables[s.LEADS]
     frame = build_features(leads, tables[s.ACCOUNTS], tables[s.ACTIVITIES], END, _settings(scorer))

@@ -428,6 +428,33 @@ def _number_column(contract: TableContract, column: str) -> bool:
     return column in contract.names and contract.column(column).dtype in ("integer", "float")
 
 
+def configured_crm_contracts(
+    extra_features: Mapping[str, Sequence[str]] | None, limits: Mapping[str, Any] | None
+) -> dict[str, TableContract]:
+    """The CRM tables' contracts as a data config sets them: its ``extra_features`` (declared on the
+    leads table) and ``limits``. What the nightly job validates with, and what a trained model
+    records (``LeadScorer.data_contract``) so the endpoint checks requests by the same rules."""
+    return with_limits(crm_contracts({s.LEADS: column_specs_from_config(extra_features)}), limits)
+
+
+def keeps_number(spec: ColumnSpec, value: float) -> bool:
+    """Whether validation keeps the number ``value`` of a number column as it is (NaN: missing, kept).
+
+    The checks of ``leadml.data.parsing``'s number parser for one value that is already a float, for
+    a caller that cannot afford a pandas parse per value (the endpoint's compiled path). False
+    means "not plainly kept": refused, or a missing-value marker; the parser itself says which.
+    """
+    if value != value:
+        return True
+    if value in (float("inf"), float("-inf")):
+        return False
+    if spec.missing_values and value in spec.numeric_missing_values():
+        return False
+    if spec.dtype == "integer" and (value != int(value) or abs(value) >= 2.0**63):
+        return False
+    return not ((spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max))
+
+
 def _bound(bounds: Mapping[str, Any], key: str, current: float | None) -> float | None:
     """A bound from ``data.limits``: left out keeps ``current``, null removes it."""
     if key not in bounds:

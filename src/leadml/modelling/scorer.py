@@ -52,6 +52,10 @@ class LeadScorer:
     request_id: str | None = None
     # a flat table's synonyms per feature ({token: stored}, data.synonyms), applied to requests too
     request_synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
+    # a CRM model: the data config's contract settings the nightly job validates with (extra_features,
+    # limits, missing_markers; ``leadml.data.contracts.configured_crm_contracts``), so the endpoint
+    # checks a request's values by the same contracts; empty (an older model): the default contracts
+    data_contract: dict[str, Any] = field(default_factory=dict)
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)

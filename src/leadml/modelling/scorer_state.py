@@ -64,6 +64,7 @@ SCORER_FIELDS = (
     "trained",
     "request_id",
     "request_synonyms",
+    "data_contract",
     "linear_means",
 )
 

@@ -35,6 +35,7 @@ from leadml.errors import LeadmlError, PickledModelWarning
 from leadml.modelling.scorer import LeadScorer
 from leadml.modelling.scorer_state import StateError, read_scorer_state, write_scorer_state
 from leadml.scoring.request_fields import RequestError, known_fields
+from leadml.scoring.request_limits import guard_json_bodies
 from leadml.scoring.request_plan import object_values, prepare_request_plan
 from leadml.scoring.requests import MODEL_INFO_ARTIFACT, predict_request, write_model_info
 
@@ -69,6 +70,7 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
         explainer and request path once."""
         artifacts = getattr(context, "artifacts", None) or {}
         try:
+            guard_json_bodies()  # the server parses a body before predict: bound its bytes and nesting first
             folder = _model_folder(artifacts)
             if folder is not None:
                 verify_folder(folder)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.contracts import normalise_token
+from leadml.data.contracts import ColumnSpec, IngestSettings, configured_crm_contracts, normalise_token
 from leadml.data.features import FeatureSettings
+from leadml.data.parsing import parse_column
 from leadml.data.wording import counted
 from leadml.errors import LeadmlError
 from leadml.modelling.evaluate import FLOOR_TIER
@@ -206,6 +207,131 @@ def training_spelling(value: Any, levels: set[Any], synonyms: Mapping[str, str])
     token = normalise_token(str(value))
     token = synonyms.get(token, token)
     return token if token in levels else value
+
+
+# --------------------------------------------------------------------------- the contracts' rules
+@dataclass(frozen=True)
+class FieldRule:
+    """A number field of the lead shape and the contract column the nightly job checks it by.
+
+    What the nightly job does with a value its contract refuses decides what the endpoint does:
+    a refused lead value quarantines the lead (the endpoint answers 400); a refused account value
+    quarantines the account, and the lead is scored with its firmographics missing (the endpoint
+    scores the lead with every account field missing and says so in ``warnings``).
+    """
+
+    field: str
+    spec: ColumnSpec
+    on_account: bool
+
+
+@dataclass(frozen=True)
+class ContractRules:
+    """The request fields the data contracts check, and how the nightly job reads missing values."""
+
+    fields: Mapping[str, FieldRule]
+    settings: IngestSettings
+
+    @classmethod
+    def of(cls, scorer: LeadScorer) -> ContractRules:
+        """The rules the model's training data was validated by (``LeadScorer.data_contract``; the
+        default contracts for a model trained before it was recorded)."""
+        recorded = getattr(scorer, "data_contract", None) or {}
+        contracts = configured_crm_contracts(recorded.get("extra_features"), recorded.get("limits"))
+        settings = IngestSettings(missing_markers=tuple(recorded.get("missing_markers") or ()))
+        rules = {}
+        for field, column in ACCOUNT_FIELDS.items():
+            spec = contracts[s.ACCOUNTS].column(column)
+            if field in ACCOUNT_NUMERIC and spec.dtype in ("integer", "float"):
+                rules[field] = FieldRule(field, spec, on_account=True)
+        leads = contracts[s.LEADS]
+        for field in lead_numeric_fields(scorer):
+            spec = leads.column(field) if field in leads.names else None
+            if field not in rules and spec is not None and spec.dtype in ("integer", "float"):
+                rules[field] = FieldRule(field, spec, on_account=False)
+        return cls(rules, settings)
+
+
+@dataclass(frozen=True)
+class CheckedNumbers:
+    """A number field's values as the nightly job reads them (NaN: missing or refused), with why the
+    contract refuses the value of a row (by row) and which rows hold a missing-value marker."""
+
+    values: np.ndarray
+    refused: Mapping[int, str]
+    marked_missing: frozenset[int]
+
+
+def checked_numbers(values: Sequence[Any], rule: FieldRule, settings: IngestSettings) -> CheckedNumbers:
+    """``values`` read by the contract's own parser (``leadml.data.parsing.parse_column``), as the
+    nightly job reads a column of a CRM table: missing markers ("NA", "null", the data config's
+    own), numbers written as text, whole numbers, ranges. A list or an object is no value a CRM
+    table can hold: :class:`RequestError`."""
+    for row, value in enumerate(values):
+        if isinstance(value, list | dict | np.ndarray):
+            kind = type(value).__name__
+            raise RequestError(f"row {row}, field {rule.field!r}: expected a number, got {kind}")
+    raw = pd.Series([None if is_missing(value) else value for value in values], dtype=object)
+    typed, problems = parse_column(_as_parsed(raw), rule.spec, settings)
+    refused: dict[int, str] = {}
+    for problem in problems:
+        for row in np.flatnonzero(problem.mask):
+            message = problem.messages if isinstance(problem.messages, str) else problem.messages.loc[row]
+            refused.setdefault(int(row), str(message).removeprefix(f"{rule.spec.name}: "))
+    numbers = typed.to_numpy(dtype="float64", na_value=np.nan)
+    marked = frozenset(
+        row
+        for row, value in enumerate(raw)
+        if value is not None and np.isnan(numbers[row]) and row not in refused
+    )
+    return CheckedNumbers(numbers, refused, marked)
+
+
+def _as_parsed(raw: pd.Series) -> pd.Series:
+    """Numbers as a number column (as a Parquet file holds them), anything else as text (as CSV)."""
+    numbers = (int, float, np.integer, np.floating)
+    if all(isinstance(v, numbers) and not isinstance(v, bool) for v in raw.dropna()):
+        try:
+            return raw.astype("float64")
+        except OverflowError:  # an integer beyond a float: the parser reads its text
+            return raw.astype(str)
+    return raw
+
+
+class ContractChecks:
+    """A request's number fields read as the nightly job reads them (:class:`ContractRules`), field by
+    field: a value refused on the lead raises :class:`RequestError`; one refused on the account
+    leaves a warning for its row (:attr:`account_warnings`), whose account is then unknown; a
+    missing marker ("NA") is missing (:attr:`marked_missing`, by row and field)."""
+
+    def __init__(self, rules: ContractRules) -> None:
+        self.rules = rules
+        self.account_warnings: dict[int, list[str]] = {}
+        self.marked_missing: set[tuple[int, str]] = set()
+
+    def numbers(self, values: Sequence[Any], field: str) -> np.ndarray:
+        rule = self.rules.fields[field]
+        checked = checked_numbers(values, rule, self.rules.settings)
+        for row, reason in sorted(checked.refused.items()):
+            if not rule.on_account:
+                raise refused_lead_value(row, rule, reason)
+            self.account_warnings.setdefault(row, []).append(refused_account_warning(rule, reason))
+        self.marked_missing.update((row, field) for row in checked.marked_missing)
+        return checked.values
+
+
+def refused_lead_value(row: int, rule: FieldRule, reason: str) -> RequestError:
+    return RequestError(
+        f"row {row}, field {rule.field!r}: {reason} (the nightly job quarantines such a lead; "
+        f"data.limits sets the bounds)"
+    )
+
+
+def refused_account_warning(rule: FieldRule, reason: str) -> str:
+    return (
+        f"{rule.field} {reason}: the account's fields scored as unknown "
+        f"(the nightly job quarantines such an account and keeps the lead)"
+    )
 
 
 # --------------------------------------------------------------------------- warnings

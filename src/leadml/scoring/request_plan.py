@@ -43,6 +43,7 @@ import pyarrow as pa
 from pandas.api.internals import create_dataframe_from_blocks
 
 from leadml.data import schema as s
+from leadml.data.contracts import keeps_number
 from leadml.data.features import (
     SECONDS_PER_DAY,
     FeatureSettings,
@@ -68,6 +69,8 @@ from leadml.scoring.request_fields import (
     PREVIOUS,
     REQUEST_AS_OF,
     WARNINGS,
+    ContractChecks,
+    ContractRules,
     RequestError,
     Tiers,
     absent_features_warning,
@@ -99,6 +102,7 @@ SOURCES = (
     "tiers",
     "request_id",
     "request_synonyms",
+    "data_contract",
 )
 TYPE_CODES = {kind: code for code, kind in enumerate(s.ACTIVITY_TYPES)}
 PAGE_CODES = {page: code for code, page in enumerate(s.PAGE_CATEGORIES)}
@@ -129,6 +133,7 @@ class RequestPlan:
     numeric_features: frozenset[str]  # features-shape columns read as numbers
     spelling: dict[str, tuple[set[Any], Mapping[str, str]]]  # training levels and synonyms per column
     request_id: str | None
+    rules: ContractRules  # the data contracts' checks of number fields, as the nightly job's
     explainer: FastTreeExplainer
     margin_scale: float
     calibrator: Calibrator
@@ -168,6 +173,7 @@ class RequestPlan:
             numeric_features=numeric,
             spelling={name: (levels[name], synonyms.get(name, {})) for name in names if levels.get(name)},
             request_id=getattr(scorer, "request_id", None),
+            rules=ContractRules.of(scorer),
             explainer=explainer,
             margin_scale=model.margin_scale,
             calibrator=scorer.calibrator,
@@ -516,6 +522,7 @@ class Leads:
     accounts: dict[str, np.ndarray | list[str | None]]
     events: list[list[tuple[int, int, int]]]  # per row: (seconds, activity type code, page code or -1)
     ignored: list[int]  # per row: activities at or after its as_of
+    checks: ContractChecks  # what the data contracts refused (on accounts) or read as missing
 
 
 def lead_shape(plan: RequestPlan, rows: Rows, now: pd.Timestamp) -> Read:
@@ -526,12 +533,13 @@ def lead_shape(plan: RequestPlan, rows: Rows, now: pd.Timestamp) -> Read:
     columns = lead_columns(plan.settings, plan.free_domains, read)
     warnings = []
     for row in range(rows.n):
+        marked = read.checks.marked_missing
         absent = [
             f
             for f in plan.lead_fields[1:]
-            if f not in rows or is_missing(rows.values[row, rows.positions[f]])
+            if f not in rows or is_missing(rows.values[row, rows.positions[f]]) or (row, f) in marked
         ]
-        warnings.append(lead_warnings(absent, read.ignored[row]))
+        warnings.append(lead_warnings(absent, read.ignored[row]) + read.checks.account_warnings.get(row, []))
     return Read(
         columns=columns,
         lead_ids=[_echo(value) for value in rows.column(s.LEAD_ID)],
@@ -547,23 +555,56 @@ def read_leads(plan: RequestPlan, rows: Rows, default_as_of: pd.Timestamp) -> Le
     if any(made > moment for made, moment in zip(created, as_of, strict=True)):
         raise NotCovered("a lead created after its as_of")
     leads: dict[str, np.ndarray | list[str | None]] = {}
+    checks = ContractChecks(plan.rules)
     for field in plan.lead_fields:
         if field in (s.CREATED_AT, *ACCOUNT_FIELDS):
             continue
-        values = _field(plan, rows, field)
+        values = _field(plan, rows, field, checks)
         if field == EMAIL_DOMAIN:  # an address sent by mistake loses its local part here
             if not isinstance(values, list):
                 raise NotCovered("an e-mail domain read as a number")
             field, values = s.EMAIL, [v if v is None else "x@" + v.rpartition("@")[2] for v in values]
         leads[field] = values
-    accounts = {column: _field(plan, rows, field) for field, column in ACCOUNT_FIELDS.items()}
+    accounts = {column: _field(plan, rows, field, checks) for field, column in ACCOUNT_FIELDS.items()}
+    accounts = _unknown_accounts(accounts, sorted(checks.account_warnings))
     events, ignored = read_activities(rows, as_of)
-    return Leads(created, as_of, leads, accounts, events, ignored)
+    return Leads(created, as_of, leads, accounts, events, ignored, checks)
 
 
-def _field(plan: RequestPlan, rows: Rows, field: str) -> np.ndarray | list[str | None]:
+def _field(
+    plan: RequestPlan, rows: Rows, field: str, checks: ContractChecks
+) -> np.ndarray | list[str | None]:
     given = rows.column(field)
-    return _numbers(given) if field in plan.numeric_fields else _texts(given)
+    if field not in plan.numeric_fields:
+        return _texts(given)
+    rule = plan.rules.fields.get(field)
+    if rule is None:
+        return _numbers(given)
+    # a plain number the contracts keep is read here; text ("NA", " 42 ") and a value they refuse
+    # by the nightly job's own parser, as the pandas path reads them
+    if not any(isinstance(value, str | bool) for value in given):
+        parsed = [
+            value if type(value) is float and value - value == 0.0 else number(value) for value in given
+        ]
+        if all(type(value) is float and keeps_number(rule.spec, value) for value in parsed):
+            return np.array(parsed, dtype=np.float64)
+    return checks.numbers(given, field)
+
+
+def _unknown_accounts(
+    accounts: dict[str, np.ndarray | list[str | None]], rows: Sequence[int]
+) -> dict[str, np.ndarray | list[str | None]]:
+    """``accounts`` with the fields of ``rows`` missing: accounts the contracts refuse (the pandas
+    path's rule)."""
+    if not rows:
+        return accounts
+    unknown = {}
+    for column, values in accounts.items():
+        values = values.copy() if isinstance(values, np.ndarray) else list(values)
+        for row in rows:
+            values[row] = np.nan if isinstance(values, np.ndarray) else None
+        unknown[column] = values
+    return unknown
 
 
 def read_activities(

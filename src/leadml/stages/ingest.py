@@ -35,10 +35,8 @@ from leadml.data.contracts import (
     FlatContract,
     IngestSettings,
     TableContract,
-    column_specs_from_config,
-    crm_contracts,
+    configured_crm_contracts,
     flat_contract,
-    with_limits,
 )
 from leadml.data.flat import ingest_flat
 from leadml.data.ingest import (
@@ -219,8 +217,7 @@ DEFAULT_BATCH_ROWS = 250_000
 
 def crm_contracts_of(data: Mapping[str, Any]) -> dict[str, TableContract]:
     """The CRM tables' contracts with the data config's extra features and ``limits``."""
-    contracts = crm_contracts({s.LEADS: column_specs_from_config(data.get("extra_features"))})
-    return with_limits(contracts, data.get("limits"))
+    return configured_crm_contracts(data.get("extra_features"), data.get("limits"))
 
 
 def batch_rows(data: Mapping[str, Any]) -> int:

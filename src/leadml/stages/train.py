@@ -173,12 +173,25 @@ def _set_request_spelling(scorer: LeadScorer, cfg: Mapping[str, Any]) -> None:
     id column and the category synonyms of a flat row (a request spells it as the file does)."""
     if data_kind(cfg["data"]) == "crm":
         scorer.feature_settings = asdict(feature_settings(cfg["data"], cfg["features"]))
+        scorer.data_contract = data_contract(cfg["data"])
         return
     if cfg["data"]["contract"].get("id") not in (None, SOURCE_ROW):
         scorer.request_id = str(cfg["data"]["contract"]["id"])
     settings = ingest_settings(cfg["data"])
     synonyms = {name: settings.synonyms_for(name) for name in scorer.feature_names}
     scorer.request_synonyms = {name: given for name, given in synonyms.items() if given}
+
+
+def data_contract(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What the served model needs to check a request's values as the nightly job checks a CRM
+    table's (``LeadScorer.data_contract``): the data config's extra columns, ``limits`` and missing
+    markers, as plain JSON values."""
+    recorded = {
+        "extra_features": data.get("extra_features") or {},
+        "limits": data.get("limits") or {},
+        "missing_markers": list(ingest_settings(data).missing_markers),
+    }
+    return json.loads(json.dumps(recorded))
 
 
 def _log_evaluation(
