@@ -361,3 +361,21 @@ def _used_categories(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(
         **{column: frame[column].astype("object").astype("str") for column in _categorical(frame)}
     )
+
+
+def sheet_snapshots(n: int = 6000, seed: int = 0) -> pd.DataFrame:
+    """Conversion rises with visits and seniority; the sheet below rewards both."""
+    rng = np.random.default_rng(seed)
+    visits = rng.poisson(3.0, n).astype("float64")
+    visits[rng.random(n) < 0.05] = np.nan
+    seniority = rng.choice(["c_level", "vp", "manager", "individual"], n, p=[0.1, 0.2, 0.3, 0.4])
+    margin = -2.5 + 0.25 * np.nan_to_num(visits) + np.where(np.isin(seniority, ["c_level", "vp"]), 1.0, 0.0)
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: [f"L{i}" for i in range(n)],
+            s.LABEL: (rng.random(n) < 1 / (1 + np.exp(-margin))).astype("int8"),
+            "visits": visits,
+            "seniority": pd.Categorical(seniority),
+            "noise": rng.normal(size=n),
+        }
+    )

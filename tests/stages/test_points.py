@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy.special import expit
 
-from factories import SMALL_PROJECT, local_tracking
+from factories import SMALL_PROJECT, local_tracking, sheet_snapshots
 from leadml.cli import CONFIG_DIR, run_score, run_train
 from leadml.data import schema as s
 from leadml.data.features import FeatureMeta
@@ -152,24 +152,6 @@ def test_block_and_settings_say_where_the_rules_belong() -> None:
 
 
 # --------------------------------------------------------------------------- the model
-def sheet_snapshots(n: int = 6000, seed: int = 0) -> pd.DataFrame:
-    """Conversion rises with visits and seniority; the sheet below rewards both."""
-    rng = np.random.default_rng(seed)
-    visits = rng.poisson(3.0, n).astype("float64")
-    visits[rng.random(n) < 0.05] = np.nan
-    seniority = rng.choice(["c_level", "vp", "manager", "individual"], n, p=[0.1, 0.2, 0.3, 0.4])
-    margin = -2.5 + 0.25 * np.nan_to_num(visits) + np.where(np.isin(seniority, ["c_level", "vp"]), 1.0, 0.0)
-    return pd.DataFrame(
-        {
-            s.LEAD_ID: [f"L{i}" for i in range(n)],
-            s.LABEL: (rng.random(n) < expit(margin)).astype("int8"),
-            "visits": visits,
-            "seniority": pd.Categorical(seniority),
-            "noise": rng.normal(size=n),
-        }
-    )
-
-
 SHEET = [
     {"feature": "seniority", "in": ["c_level", "vp"], "points": 20},
     {"feature": "visits", "ge": 3, "points": 10},

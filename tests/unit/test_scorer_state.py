@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from test_request_plan import END, crm_scorer, crm_tables
 
+from factories import sheet_snapshots
 from leadml.data import schema as s
 from leadml.data.features import FeatureSettings, build_features
 from leadml.errors import ModelIntegrityError, NoModelError
@@ -27,6 +28,7 @@ from leadml.modelling.scorer import LeadScorer
 from leadml.modelling.scorer_state import (
     BOOSTER_FILE,
     PIPELINE_FILE,
+    SCORER_FIELDS,
     STATE_FILE,
     StateError,
     from_plain,
@@ -43,38 +45,8 @@ SHEET = [
 TIERS = {"A": 25, "B": 10}
 
 
-def sheet_snapshots(n: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """Conversion rises with visits and seniority (a text category)."""
-    rng = np.random.default_rng(seed)
-    visits = rng.poisson(3.0, n).astype("float64")
-    visits[rng.random(n) < 0.05] = np.nan
-    seniority = rng.choice(["c_level", "vp", "manager", "individual"], n, p=[0.1, 0.2, 0.3, 0.4])
-    margin = -2.5 + 0.25 * np.nan_to_num(visits) + np.where(np.isin(seniority, ["c_level", "vp"]), 1.0, 0.0)
-    return pd.DataFrame(
-        {
-            s.LEAD_ID: [f"L{i}" for i in range(n)],
-            s.LABEL: (rng.random(n) < 1 / (1 + np.exp(-margin))).astype("int8"),
-            "visits": visits,
-            "seniority": pd.Categorical(seniority),
-            "noise": rng.normal(size=n),
-        }
-    )
-
-
-FIELDS = (
-    "feature_names",
-    "metadata",
-    "feature_settings",
-    "reference",
-    "tiers",
-    "trained",
-    "request_id",
-    "data_contract",
-)
-
-
 def _same_fields(saved: LeadScorer, loaded: LeadScorer) -> None:
-    for name in (*FIELDS, "request_synonyms"):
+    for name in SCORER_FIELDS[:-1]:  # the last, linear_means, an array
         assert getattr(loaded, name) == getattr(saved, name), name
 
 
