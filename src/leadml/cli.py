@@ -305,6 +305,19 @@ def _echo_sentinel(result: TrainResult) -> None:
 
 
 # --------------------------------------------------------------------------- score
+def _estimate_line(estimated: Mapping[str, Any]) -> str:
+    """The run's performance estimate before outcomes, in one line."""
+    low, high = estimated["roc_auc_interval"]
+    line = f"estimated before outcomes: ROC AUC {estimated['roc_auc']:.3f}"
+    if low is not None and high is not None:
+        line += f" (95% of outcomes: {low:.3f} to {high:.3f})"
+    if estimated.get("top_tier_precision") is not None:
+        line += f", tier {estimated['top_tier']} precision {estimated['top_tier_precision']:.1%}"
+    if estimated.get("test_roc_auc") is not None:
+        line += f"; test window ROC AUC {estimated['test_roc_auc']:.3f}"
+    return line
+
+
 def run_score(cfg: DictConfig) -> ScoreResult:
     """Score the open leads with the production model (the nightly job)."""
     from leadml.stages.score import score_stage
@@ -324,6 +337,8 @@ def run_score(cfg: DictConfig) -> ScoreResult:
         _echo(f"score: unseen categories scored as unknown: {result.unseen}")
     for line in result.warnings:
         _echo(f"score: drift warning: {line}")
+    if result.estimated and result.estimated.get("roc_auc") is not None:
+        _echo(f"score: {_estimate_line(result.estimated)}")
     sink = f"; {result.sql_rows:,} rows upserted to {cfg.score.sql.table}" if result.sql_rows else ""
     _echo(f"score: wrote {result.output}{sink} ({result.seconds} s)")
     if result.run_id:

@@ -385,6 +385,9 @@ def train_on_windows(
     else:
         scorer, deployment = evaluated, {"refit": False}
     scorer.tiers = tier_record
+    # the figure tonight's estimated ROC AUC is checked against (score.estimate_warning_drop): the
+    # evaluated procedure's on the out-of-time test window, as the model report shows it
+    scorer.trained = {**scorer.trained, "test_roc_auc": float(comparison.loc[model_name, "roc_auc"])}
     fitted = labelled if deploy else development
     scorer.reference = training_reference(
         scorer, fitted, seed=evaluation["seed"], by_weekday=windows.by_weekday

@@ -25,6 +25,7 @@ from leadml.data import schema as s
 from leadml.data import wording
 from leadml.data.features import LABEL, SOURCE_FAMILY, FeatureMeta, FeatureSettings, open_lead_features
 from leadml.errors import LeadmlError, known_settings
+from leadml.modelling.estimation import realised_roc_auc
 from leadml.modelling.evaluate import assign_tiers
 from leadml.modelling.reasons import (
     group_words,
@@ -199,38 +200,127 @@ def movement_texts(
     return texts
 
 
+def flat_prediction_outcomes(earlier: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
+    """Every earlier prediction (:func:`leadml.adapters.sinks.earlier_predictions`) of an open lead
+    of a flat table with ``resolved`` (the lead now carries a label: won or lost in today's file)
+    and ``won`` (that label; 0 while unresolved)."""
+    labels = labelled.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[LABEL]
+    label = earlier[s.LEAD_ID].map(labels)
+    return earlier.assign(resolved=label.notna().to_numpy(), won=label.fillna(0).astype("int64").to_numpy())
+
+
 def flat_resolved_predictions(earlier: pd.DataFrame, labelled: pd.DataFrame) -> pd.DataFrame:
     """Earlier runs' predictions (:func:`leadml.adapters.sinks.earlier_predictions`) of open leads of
     a flat table that now carry a label (won or lost in today's file), against that label; each
     lead once, with its latest prediction."""
-    labels = labelled.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[LABEL]
-    resolved = earlier[earlier[s.LEAD_ID].isin(labels.index)]
-    resolved = resolved.sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
-    return resolved.assign(won=resolved[s.LEAD_ID].map(labels).astype("int64")).reset_index(drop=True)
+    return _latest_resolved(flat_prediction_outcomes(earlier, labelled))
+
+
+def prediction_outcomes(
+    earlier: pd.DataFrame, as_of: pd.Timestamp, outcomes: pd.DataFrame, horizon_days: int
+) -> pd.DataFrame:
+    """Every earlier prediction with ``resolved`` (its outcome is known on ``as_of``) and ``won``.
+
+    A prediction of run T is resolved when the lead closed before ``as_of``, or when its
+    horizon (T + ``horizon_days``) has passed with the lead still open (not converted). The
+    outcome is "won within the horizon of T", what the probability was a probability of.
+    """
+    closed = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
+    earlier = earlier.copy()
+    if earlier.empty:
+        return earlier.assign(resolved=pd.Series(dtype="bool"), won=pd.Series(dtype="int64"))
+    closed_at = pd.to_datetime(earlier[s.LEAD_ID].map(closed[s.CLOSED_AT]), utc=True)
+    status = earlier[s.LEAD_ID].map(closed[s.STATUS])
+    deadline = earlier["run_date"] + pd.Timedelta(days=horizon_days)
+    earlier["resolved"] = (closed_at.notna() & (closed_at < as_of)) | (deadline <= as_of)
+    earlier["won"] = ((status == s.WON) & (closed_at <= deadline) & (closed_at < as_of)).astype(int)
+    return earlier
 
 
 def resolved_predictions(
     earlier: pd.DataFrame, as_of: pd.Timestamp, outcomes: pd.DataFrame, horizon_days: int
 ) -> pd.DataFrame:
-    """Earlier runs' predictions whose outcome is now known, against what happened.
-
-    A prediction of run T is resolved when the lead closed before ``as_of``, or when its
-    horizon (T + ``horizon_days``) has passed with the lead still open (not converted). The
-    outcome is "won within the horizon of T", what the probability was a probability of.
-    Each lead counts once, with its latest resolved prediction. ``earlier``: the predictions of
-    the runs before ``as_of`` (:func:`leadml.adapters.sinks.earlier_predictions`).
+    """Earlier runs' predictions whose outcome is now known (:func:`prediction_outcomes`), against
+    what happened; each lead once, with its latest resolved prediction. ``earlier``: the
+    predictions of the runs before ``as_of`` (:func:`leadml.adapters.sinks.earlier_predictions`).
     """
-    closed = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
-    earlier = earlier.copy()
     if earlier.empty:
         return earlier.assign(won=pd.Series(dtype="int64"))
-    closed_at = pd.to_datetime(earlier[s.LEAD_ID].map(closed[s.CLOSED_AT]), utc=True)
-    status = earlier[s.LEAD_ID].map(closed[s.STATUS])
-    deadline = earlier["run_date"] + pd.Timedelta(days=horizon_days)
-    resolved = (closed_at.notna() & (closed_at < as_of)) | (deadline <= as_of)
-    earlier["won"] = ((status == s.WON) & (closed_at <= deadline) & (closed_at < as_of)).astype(int)
-    latest = earlier[resolved].sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
+    return _latest_resolved(prediction_outcomes(earlier, as_of, outcomes, horizon_days))
+
+
+def _latest_resolved(judged: pd.DataFrame) -> pd.DataFrame:
+    resolved = judged[judged["resolved"]].drop(columns="resolved")
+    latest = resolved.sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
     return latest.reset_index(drop=True)
+
+
+# earlier runs shown in the table of estimated against realised performance, the latest first
+RUNS_SHOWN = 12
+
+
+def estimated_against_realised(
+    judged: pd.DataFrame, records: Mapping[pd.Timestamp, Mapping[str, Any]], runs: int = RUNS_SHOWN
+) -> pd.DataFrame:
+    """Per earlier run whose every outcome is known: the performance it estimated before them
+    (``_scoring_run.json``'s ``estimated``) against the realised one, the latest ``runs`` runs first.
+
+    ``judged``: the runs' predictions with ``resolved`` and ``won`` (:func:`prediction_outcomes`
+    or :func:`flat_prediction_outcomes`); ``records``: each run's record by run date. A run with
+    a lead still open is left out: the realised figure of the leads that closed first would be
+    biased (early closers are mostly the clear wins and losses). A run recorded before leadml
+    estimated shows its realised figures only.
+    """
+    rows = []
+    for run_date, run in judged.groupby("run_date", sort=True):
+        if not run["resolved"].all():
+            continue
+        record = records.get(run_date) or {}
+        estimated = record.get("estimated") or {}
+        probability = run[PROBABILITY].to_numpy(dtype=np.float64)
+        won = run["won"].to_numpy(dtype=bool)
+        low, high = estimated.get("roc_auc_interval") or (None, None)
+        top = estimated.get("top_tier")
+        thresholds = record.get("thresholds") or {}
+        in_top = (
+            assign_tiers(probability, thresholds, str(record.get("floor_tier") or "D")) == top
+            if top is not None and thresholds
+            else np.zeros(len(run), dtype=bool)
+        )
+        estimated_auc = _float_or_nan(estimated.get("roc_auc"))
+        realised_auc = realised_roc_auc(won, probability)
+        rows.append(
+            {
+                "run_date": run_date,
+                "leads": len(run),
+                "converted": int(won.sum()),
+                "expected": float(probability.sum()),
+                "estimated_roc_auc": estimated_auc,
+                "estimated_low": _float_or_nan(low),
+                "estimated_high": _float_or_nan(high),
+                "realised_roc_auc": realised_auc,
+                "difference": realised_auc - estimated_auc,
+                "within": bool(_float_or_nan(low) <= realised_auc <= _float_or_nan(high)),
+                "top_tier": top,
+                "estimated_precision": _float_or_nan(estimated.get("top_tier_precision")),
+                "realised_precision": float(won[in_top].mean()) if in_top.any() else float("nan"),
+                "test_roc_auc": _float_or_nan(estimated.get("test_roc_auc")),
+                "warned": bool(estimated.get("warning")),
+            }
+        )
+    table = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS)
+    return table.sort_values("run_date", ascending=False).head(runs).reset_index(drop=True)
+
+
+ESTIMATE_COLUMNS = [
+    "run_date", "leads", "converted", "expected", "estimated_roc_auc", "estimated_low", "estimated_high",
+    "realised_roc_auc", "difference", "within", "top_tier", "estimated_precision", "realised_precision",
+    "test_roc_auc", "warned",
+]  # fmt: skip
+
+
+def _float_or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def calibration_table(resolved: pd.DataFrame, bins: int = 5) -> pd.DataFrame:

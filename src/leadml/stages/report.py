@@ -21,6 +21,7 @@ from leadml.adapters.sinks import (
     read_run_record,
     read_scored,
     scored_partition,
+    written_partitions,
 )
 from leadml.adapters.sources import write_csv_atomic
 from leadml.data import schema as s
@@ -40,7 +41,9 @@ from leadml.reporting.leadership import (
     calibration_table,
     conversion_analysis,
     crm_lead_features,
+    estimated_against_realised,
     flat_details,
+    flat_prediction_outcomes,
     flat_resolved_predictions,
     group_sentences,
     lead_cards,
@@ -48,6 +51,7 @@ from leadml.reporting.leadership import (
     movement_texts,
     movers,
     page_table,
+    prediction_outcomes,
     ranked_csv,
     resolved_predictions,
     tier_order,
@@ -89,6 +93,8 @@ class _History:
     analysis: Mapping[str, Any]
     resolved: pd.DataFrame
     cards: list[Any]
+    # per earlier run whose outcomes are all in: its estimate before them against what happened
+    estimates: pd.DataFrame
 
 
 def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
@@ -140,6 +146,7 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         horizon=horizon,
         resolved=calibration_table(history.resolved).to_dict("records"),
         resolved_count=len(history.resolved),
+        estimates=history.estimates.to_dict("records"),
         charts=_charts(frame, thresholds, history.resolved),
         table=htmlsafe_json_dumps(
             page_table(frame, start, personal, settings.table_rows), separators=(",", ":"), allow_nan=False
@@ -276,14 +283,20 @@ def _flat_history(
 ) -> _History:
     interim_dir, scored_dir = Path(report_cfg["interim_dir"]), Path(report_cfg["scored_dir"])
     labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
-    resolved = flat_resolved_predictions(earlier_predictions(scored_dir, run.as_of), labelled)
+    earlier = earlier_predictions(scored_dir, run.as_of)
+    resolved = flat_resolved_predictions(earlier, labelled)
+    estimates = estimated_against_realised(
+        flat_prediction_outcomes(earlier, labelled), _earlier_records(scored_dir, run.as_of)
+    )
     top = run.frame.head(settings.top_leads)
     analysis = {
         "rows": 0,
         "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
         "shows how each tier converted on the test window.",
     }
-    return _History(analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []))
+    return _History(
+        analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []), estimates
+    )
 
 
 def _crm_history(
@@ -302,15 +315,28 @@ def _crm_history(
             pd.read_parquet(snapshots_path), tables[s.LEADS], tables[s.OUTCOMES], scorer,
             run.thresholds, run.floor_tier, settings,
         )  # fmt: skip
-    earlier = earlier_predictions(Path(report_cfg["scored_dir"]), as_of)
+    scored_dir = Path(report_cfg["scored_dir"])
+    earlier = earlier_predictions(scored_dir, as_of)
     resolved = resolved_predictions(earlier, as_of, tables[s.OUTCOMES], horizon)
+    estimates = estimated_against_realised(
+        prediction_outcomes(earlier, as_of, tables[s.OUTCOMES], horizon), _earlier_records(scored_dir, as_of)
+    )
     top = run.frame.head(settings.top_leads)
     days, events = settings.timeline_days, settings.timeline_events
     cards = lead_cards(
         top, features, scorer, settings,
         lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
     )  # fmt: skip
-    return _History(analysis, resolved, cards)
+    return _History(analysis, resolved, cards, estimates)
+
+
+def _earlier_records(scored_dir: Path, as_of: pd.Timestamp) -> dict[pd.Timestamp, dict[str, Any]]:
+    """The run record (``_scoring_run.json``) of every run before ``as_of``, by run date."""
+    return {
+        day: read_run_record(partition, SCORING_RUN_RECORD)
+        for day, partition in written_partitions(scored_dir).items()
+        if day < as_of
+    }
 
 
 def _charts(frame: pd.DataFrame, thresholds: Mapping[str, float], resolved: pd.DataFrame) -> dict[str, str]:

@@ -25,6 +25,7 @@ from leadml.data.contracts import as_tuple
 from leadml.data.features import FeatureSettings
 from leadml.errors import LeadmlError, StaleDataError, data_config_file, writing_to
 from leadml.modelling.drift import population_stability
+from leadml.modelling.estimation import check_estimate, estimate_scored_run, recorded_test_roc_auc
 from leadml.modelling.scorer import PROBABILITY
 from leadml.scoring.model_input import resolve_as_of
 from leadml.scoring.pandas_engine import (
@@ -135,6 +136,8 @@ class ScoreResult:
     notes: tuple[str, ...]
     # the sources had not changed since the last ingestion, whose validated copy was used (when)
     ingestion_reused: str | None = None
+    # performance expected of tonight's leads before their outcomes (leadml.modelling.estimation)
+    estimated: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,9 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held)
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
+    estimated = _estimated_performance(score_cfg, scorer, outcome, tiers)
     seconds = round(time.perf_counter() - started, 2)
-    metrics = _run_metrics(probabilities, outcome, drift, seconds)
+    metrics = {**_run_metrics(probabilities, outcome, drift, seconds), **_estimate_metrics(estimated)}
     run_id = None
     if tracked:
         run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested)
@@ -196,7 +200,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         model_version=str(version),
         engine=engine,
         buckets=outcome.buckets,
-        warnings=drift.warnings,
+        warnings=drift.warnings + ((estimated["warning"],) if estimated["warning"] else ()),
         unseen=outcome.unseen,
         run_id=run_id,
         tracking_uri=tracking.masked_uri(uri) if tracked else None,
@@ -204,6 +208,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         seconds=seconds,
         notes=(FLAT_WITHOUT_TIME,) if flat and not data["contract"].get("time") else (),
         ingestion_reused=str(ingest.manifest.get("created_at")) if ingest.reused else None,
+        estimated=estimated,
     )
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     record = _run_record(result, tiers, outcome, drift, metrics)
@@ -218,6 +223,7 @@ def _check_before_scoring(score_cfg: Mapping[str, Any], data: Mapping[str, Any],
         check_flat_scoring(data)
     if (score_cfg.get("sql") or {}).get("url"):  # checked first: a bad name must not cost a scoring run
         sinks.check_identifier(score_cfg["sql"].get("table"), "score.sql.table")
+    estimate_warning_drop(score_cfg)
 
 
 def _scoring_engine(score_cfg: Mapping[str, Any]) -> str:
@@ -359,6 +365,58 @@ def _drift(
     for line in warnings:
         logger.info("drift against the training reference: %s", line)  # the CLI prints them
     return _Drift(score_psi=psi_score, features_above_warn=len(drifted), warnings=tuple(warnings))
+
+
+def estimate_warning_drop(score_cfg: Mapping[str, Any]) -> float | None:
+    """``score.estimate_warning_drop``: how far the estimated ROC AUC may fall below the test
+    window's before the run warns (None: never warns)."""
+    value = score_cfg.get("estimate_warning_drop", 0.05)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise LeadmlError(
+            f"score.estimate_warning_drop must be a ROC AUC difference from 0 to 1 or null, got {value!r}"
+        )
+    return float(value)
+
+
+NO_TEST_FIGURE = (
+    "the model records no test-window ROC AUC (trained before leadml recorded it): the estimate "
+    "is not checked against it; train again to check it"
+)
+
+
+def _estimated_performance(
+    score_cfg: Mapping[str, Any], scorer: Any, outcome: ScoringOutcome, tiers: TierSettings
+) -> dict[str, Any]:
+    """Tonight's expected ROC AUC, top-tier precision and conversions (every lead's probability,
+    so the same with either engine), checked against the model's test-window ROC AUC."""
+    estimate = estimate_scored_run(outcome.probabilities, tiers)
+    test_auc = recorded_test_roc_auc(getattr(scorer, "trained", None))
+    check = check_estimate(estimate.roc_auc, test_auc, estimate_warning_drop(score_cfg))
+    if check.warning:
+        logger.warning("%s", check.warning)
+    return {
+        **estimate.record(),
+        "test_roc_auc": check.test_roc_auc,
+        "drop": check.drop,
+        "allowed_drop": estimate_warning_drop(score_cfg),
+        "warning": check.warning,
+        "note": None if test_auc is not None else NO_TEST_FIGURE,
+    }
+
+
+def _estimate_metrics(estimated: Mapping[str, Any]) -> dict[str, float]:
+    """The estimate as MLflow metrics of the scoring run (NaN where it has no figure)."""
+    low, high = estimated["roc_auc_interval"]
+    figures = {
+        "estimated_roc_auc": estimated["roc_auc"],
+        "estimated_roc_auc_low": low,
+        "estimated_roc_auc_high": high,
+        "estimated_top_tier_precision": estimated["top_tier_precision"],
+        "estimated_roc_auc_drop": estimated["drop"],
+    }
+    return {name: float("nan") if value is None else float(value) for name, value in figures.items()}
 
 
 def _run_metrics(
