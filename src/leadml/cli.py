@@ -328,6 +328,13 @@ def run_score(cfg: DictConfig) -> ScoreResult:
         f"score: {result.leads:,} open leads as of {result.as_of:%Y-%m-%d} with "
         f"{result.model_uri} (version {result.model_version}): {tiers}"
     )
+    if result.experiment:
+        arms = ", ".join(
+            f"{arm['name']} {arm['leads']:,} (version {arm['model_version']}"
+            f"{'' if arm['show_score'] else ', score hidden'})"
+            for arm in result.experiment["arms"]
+        )
+        _echo(f"score: experiment {result.experiment['name']}: {arms}")
     for note in result.notes:
         _echo(f"score: {note}")
     if result.ingestion_reused:

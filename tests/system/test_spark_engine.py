@@ -352,3 +352,42 @@ def test_a_flat_data_set_scores_the_same_on_both_engines(spark, flat_project) ->
     assert (_by_lead(pd.read_parquet(first["spark"].output))["trend"] == "new").all()
     assert (trend[moved] == "improving").all()
     assert (trend.drop(moved) == "steady").all()
+
+
+# --------------------------------------------------------------------------- experiments
+def test_an_experiment_scores_the_same_on_both_engines(spark, project: Path, scorer, tmp_path: Path) -> None:
+    """Same arms, visible columns and side columns (conf/experiment/): the assignment is the same
+    pure function in both engines' pandas code; two model URIs of one version load two scorers."""
+    from leadml.scoring.experiment import ARM, HIDDEN_TIER, Experiment, side_column
+    from leadml.scoring.pandas_engine import score_in_buckets
+    from leadml.stages.score import arm_models
+
+    experiment = Experiment.from_mapping(
+        {"name": "engines", "arms": [
+            {"name": "champion", "model": "champion", "share": 0.5},
+            {"name": "pinned", "model": "models:/leadml-synthetic/1", "share": 0.3},
+            {"name": "holdout", "model": "champion", "share": 0.2, "show_score": False},
+        ]}
+    )  # fmt: skip
+    from leadml.adapters import tracking
+
+    # the project's store: an earlier test of the module may have configured another
+    tracking.configure(f"sqlite:///{project / 'mlflow.db'}", "leadml-synthetic", project / "mlruns")
+    arms = arm_models(experiment, "leadml-synthetic")
+    assert len(arms.scorers) == 2
+    day, tiers = DAYS[1], TierSettings.from_mapping(_cfg(tmp_path, "score").tiers)
+    common = {"explain": True, "trend": TrendSettings(0.02), "model_version": "1", "arms": arms}
+    pandas_run = score_in_buckets(
+        _crm_leads(_interim(project), scorer, day), scorer, _day(day), tiers,
+        output_dir=tmp_path / "pandas", work_dir=tmp_path / "work", bucket_leads=500, **common,
+    )  # fmt: skip
+    spark_run = _spark_score(spark, _interim(project), scorer, day, tmp_path / "spark", arms=arms)
+    expected, got = _by_lead(pd.read_parquet(pandas_run.output)), _by_lead(pd.read_parquet(spark_run.output))
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-9)
+    assert set(got[ARM]) == {"champion", "pinned", "holdout"}
+    assert (got.loc[got[ARM] == "holdout", "tier"] == HIDDEN_TIER).all()
+    np.testing.assert_array_equal(
+        got[side_column("champion", "probability")], got[side_column("pinned", "probability")]
+    )
+    assert spark_run.tier_counts == pandas_run.tier_counts
+    np.testing.assert_allclose(spark_run.probabilities, pandas_run.probabilities, rtol=0, atol=1e-12)

@@ -53,6 +53,14 @@ from leadml.modelling.evaluate import assign_tiers
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import BASE_VALUE, MARGIN, PROBABILITY, LeadScorer, as_model_input
 from leadml.progress import progress_iter
+from leadml.scoring.experiment import (
+    ArmFinish,
+    ArmModels,
+    finish_arms,
+    rank_by_arm,
+    score_arms,
+    side_column,
+)
 from leadml.scoring.model_input import check_model_input, deal_values
 from leadml.scoring.scores import TierSettings, TrendSettings, add_trend, movement_words, score_leads
 
@@ -68,16 +76,47 @@ RUN_PREFIX = "run-"
 
 
 # --------------------------------------------------------------------------- shared with Spark
-def probe(scorer: LeadScorer, explain: bool, explainer: str, has_deal_value: bool) -> pd.DataFrame:
-    """``score_leads`` on one lead with every feature missing: the columns and kinds it returns."""
-    empty = {name: [np.nan] for name in scorer.feature_names}
-    categories = getattr(scorer.model, "categories", {}) or {}
+def probe(
+    scorer: LeadScorer, explain: bool, explainer: str, has_deal_value: bool, arms: ArmModels | None = None
+) -> pd.DataFrame:
+    """:func:`score_bucket` on one lead with every feature missing: the columns and kinds it returns."""
+    every = scorers_of(scorer, arms)
+    names = list(dict.fromkeys(name for one in every for name in one.feature_names))
+    categories = {name for one in every for name in (getattr(one.model, "categories", {}) or {})}
+    empty = {name: [np.nan] for name in names}
     features = pd.DataFrame({**empty, **{name: [None] for name in categories if name in empty}})
-    features = as_model_input(features, scorer.feature_names)
+    features = as_model_input(features, names)
     features.insert(0, s.LEAD_ID, ["probe"])
     deal_value = pd.Series([np.nan]) if has_deal_value else None
+    return score_bucket(scorer, features, explain, explainer, deal_value, arms)
+
+
+def score_bucket(
+    scorer: LeadScorer,
+    features: pd.DataFrame,
+    explain: bool,
+    explainer: str,
+    deal_value: pd.Series | None,
+    arms: ArmModels | None = None,
+) -> pd.DataFrame:
+    """A bucket's leads scored by ``scorer``, or by every arm's model under an experiment
+    (:func:`leadml.scoring.experiment.score_arms`); tiers and percentiles are provisional."""
+    if arms is not None:
+        return score_arms(arms, features, explain=explain, explainer=explainer, deal_value=deal_value)
     return score_leads(
         scorer, features, TierSettings(), explain=explain, explainer=explainer, deal_value=deal_value
+    )
+
+
+def scorers_of(scorer: LeadScorer, arms: ArmModels | None) -> list[LeadScorer]:
+    """The models a run scores with: ``scorer``, or every arm's (each once) under an experiment."""
+    return [scorer] if arms is None else list(arms.scorers.values())
+
+
+def scores_bucket(features: pd.DataFrame, scorer: LeadScorer, arms: ArmModels | None) -> bool:
+    """Whether a bucket has leads and every feature of every model (else the global check says why)."""
+    return len(features) > 0 and all(
+        name in features.columns for one in scorers_of(scorer, arms) for name in one.feature_names
     )
 
 
@@ -136,11 +175,15 @@ class BucketSummaries:
         for name, n in part["unseen"].items():
             self.unseen[name] = self.unseen.get(name, 0) + n
 
-    def check(self, scorer: LeadScorer, as_of: pd.Timestamp, source: Path) -> None:
-        """The checks of a whole run, in order: any open lead, then the model-input check."""
+    def check(
+        self, scorer: LeadScorer, as_of: pd.Timestamp, source: Path, arms: ArmModels | None = None
+    ) -> None:
+        """The checks of a whole run, in order: any open lead, then the model-input check (of
+        every arm's model under an experiment)."""
         if self.rows == 0 or self.witness is None:
             raise LeadmlError(f"no open leads as of {as_of:%Y-%m-%d} in {source}: nothing to score")
-        check_model_input(self.witness, scorer)
+        for one in scorers_of(scorer, arms):
+            check_model_input(self.witness, one)
 
     def psi(self, scorer: LeadScorer, as_of: pd.Timestamp | None = None) -> dict[str, float]:
         return psi_from_counts(drift_reference(scorer.reference or {}, as_of), self.drift, self.rows)
@@ -158,6 +201,7 @@ class Finish:
     model_version: str
     schema: pa.Schema | None = None
     group_words: Mapping[str, str] = field(default_factory=dict)  # scores.movement_words
+    arms: ArmFinish | None = None  # under an experiment: each lead's figures from its arm's model
 
 
 def finish_rows(frame: pd.DataFrame, job: Finish) -> pd.DataFrame:
@@ -178,13 +222,34 @@ def finish_rows(frame: pd.DataFrame, job: Finish) -> pd.DataFrame:
     for column in carried:
         previous[column.removeprefix(PREVIOUS_PREFIX)] = frame.pop(column).to_numpy()[known]
     probability = frame[PROBABILITY].to_numpy(dtype=np.float64)
-    at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
-    frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
-    frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
+    if job.arms is None:
+        at_or_below = np.searchsorted(job.sorted_probabilities, probability, side="right").astype(np.float64)
+        frame["percentile"] = 100.0 * at_or_below / len(job.sorted_probabilities)
+        frame["tier"] = assign_tiers(probability, job.thresholds, job.floor_tier)
+    else:  # among the leads scored by the same model, as a run with that model alone
+        frame["percentile"], frame["tier"] = rank_by_arm(frame, job.arms, job.floor_tier)
     frame = add_trend(frame, previous, job.trend, job.group_words)
     frame.insert(1, s.AS_OF, pd.Series(job.as_of, index=frame.index, dtype="datetime64[us, UTC]"))
     frame["model_version"] = job.model_version
-    return frame
+    return frame if job.arms is None else finish_arms(frame, job.arms, job.floor_tier)
+
+
+def movement_words_of(scorer: LeadScorer, arms: ArmModels | None) -> dict[str, str]:
+    """Every group of every model's features in words (:func:`movement_words`)."""
+    words: dict[str, str] = {}
+    for one in scorers_of(scorer, arms):
+        words.update(movement_words(one))
+    return words
+
+
+def arm_finish(
+    arms: ArmModels | None, probabilities: Mapping[str, list[np.ndarray]], tiers: TierSettings
+) -> ArmFinish | None:
+    """The global figures of an experiment's arms from each arm's probabilities of every lead."""
+    if arms is None:
+        return None
+    merged = {arm: np.concatenate(parts) if parts else np.empty(0) for arm, parts in probabilities.items()}
+    return ArmFinish.of(arms.experiment, merged, tiers, arms.versions)
 
 
 @dataclass
@@ -504,8 +569,12 @@ def score_in_buckets(
     trend: TrendSettings | None = None,
     model_version: str = "",
     progress: bool = False,
+    arms: ArmModels | None = None,
 ) -> ScoringOutcome:
     """Score every lead open at ``as_of`` bucket by bucket and replace its partition under ``output_dir``.
+
+    ``arms``: an experiment's arms, each lead scored by every arm's model and shown its own arm's
+    (:mod:`leadml.scoring.experiment`); None: every lead by ``scorer``.
 
     Raises :class:`~leadml.errors.SchemaMismatchError` before writing anything when today's
     features do not match the model, and :class:`~leadml.errors.LeadmlError` when no lead is open.
@@ -519,7 +588,7 @@ def score_in_buckets(
         _fix_mmap_threshold()
         return _score(
             open_leads, scorer, as_of, tiers, output_dir, run_dir, buckets,
-            explain, explainer, trend, model_version, progress,
+            explain, explainer, trend, model_version, progress, arms,
         )  # fmt: skip
     except OSError as error:  # the work folder read-only or not a folder, the disk full: a message
         where = error.filename or work_dir
@@ -533,7 +602,7 @@ def score_in_buckets(
 def _score(
     open_leads: OpenLeads, scorer: LeadScorer, as_of: pd.Timestamp, tiers: TierSettings, output_dir: Path,
     run_dir: Path, buckets: int, explain: bool, explainer: str, trend: TrendSettings, model_version: str,
-    progress: bool,
+    progress: bool, arms: ArmModels | None = None,
 ) -> ScoringOutcome:  # fmt: skip
     open_leads.split(run_dir, buckets)
     previous_dir = sinks.previous_partition_dir(output_dir, as_of)
@@ -543,21 +612,24 @@ def _score(
         if previous_dir is not None
         else []
     )  # fmt: skip
-    scored_schema = arrow_schema(probe(scorer, explain, explainer, open_leads.has_deal_value))
+    scored_schema = arrow_schema(probe(scorer, explain, explainer, open_leads.has_deal_value, arms))
     summaries = BucketSummaries()
     probabilities: list[np.ndarray] = []
+    arm_probabilities: dict[str, list[np.ndarray]] = {
+        arm: [] for arm in (arms.experiment.names if arms else ())
+    }
     scored_paths: list[Path | None] = []
     (run_dir / "scored").mkdir()
     for k in progress_iter(range(buckets), progress, "scoring lead buckets", unit="bucket"):
         features, deal_value = open_leads.features(k)
         summaries.add(bucket_summary(features, scorer))
-        if len(features) == 0 or any(name not in features.columns for name in scorer.feature_names):
+        if not scores_bucket(features, scorer, arms):
             scored_paths.append(None)
             continue
         # tiers and percentiles here are provisional: the second pass sets them from all leads
-        scored = score_leads(
-            scorer, features, TierSettings(), explain=explain, explainer=explainer, deal_value=deal_value
-        )
+        scored = score_bucket(scorer, features, explain, explainer, deal_value, arms)
+        for arm, parts in arm_probabilities.items():
+            parts.append(scored[side_column(arm, PROBABILITY)].to_numpy(dtype=np.float64))
         path = run_dir / "scored" / f"bucket-{k}.arrow"
         _write_arrow(pa.Table.from_pandas(scored, schema=scored_schema, preserve_index=False), path)
         scored_paths.append(path)
@@ -567,11 +639,11 @@ def _score(
         del features, scored
         if buckets > 1:  # one bucket is the peak anyway; a full collection costs half a second
             release_memory()
-    summaries.check(scorer, as_of, open_leads.source)
+    summaries.check(scorer, as_of, open_leads.source, arms)
     everything = np.sort(np.concatenate(probabilities))
     finish = Finish(
         everything, tiers.thresholds_for(everything), tiers.floor_tier, trend, as_of, model_version,
-        group_words=movement_words(scorer),
+        group_words=movement_words_of(scorer, arms), arms=arm_finish(arms, arm_probabilities, tiers),
     )  # fmt: skip
     no_rows = scored_schema.empty_table().to_pandas().assign(**{PREVIOUS: np.nan})
     final_schema = arrow_schema(finish_rows(no_rows, finish))

@@ -55,6 +55,7 @@ from leadml.data.features import FeatureSettings, flat_open_features, open_lead_
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling.drift import column_kind
 from leadml.modelling.scorer import PROBABILITY, LeadScorer
+from leadml.scoring.experiment import ArmModels, side_column
 from leadml.scoring.model_input import deal_values
 from leadml.scoring.pandas_engine import (
     PREVIOUS,
@@ -65,12 +66,16 @@ from leadml.scoring.pandas_engine import (
     FlatOpenLeads,
     OpenLeads,
     ScoringOutcome,
+    arm_finish,
     bucket_summary,
     finish_rows,
+    movement_words_of,
     previous_columns,
     probe,
+    score_bucket,
+    scores_bucket,
 )
-from leadml.scoring.scores import TierSettings, TrendSettings, movement_words, score_leads
+from leadml.scoring.scores import TierSettings, TrendSettings
 
 # pyspark is imported inside functions, and below for type checking only: only score.engine=spark needs it
 if TYPE_CHECKING:
@@ -418,6 +423,7 @@ class _BucketJob:
     explain: bool
     explainer: str
     schema: pa.Schema  # scored columns, then SIDE
+    arms: ArmModels | None = None  # an experiment's arms: every lead scored by every arm's model
 
 
 def _apply_in_buckets(
@@ -442,16 +448,9 @@ def _score_bucket(job: _BucketJob, tables: tuple[pa.Table, ...]) -> pa.Table:
     features, deal_value = job.open_leads.features(tables)
     names = [n for n in job.schema.names if n != SIDE]
     scored = pd.DataFrame({name: pd.Series([], dtype=object) for name in names})
-    if len(features) and all(name in features.columns for name in job.scorer.feature_names):
+    if scores_bucket(features, job.scorer, job.arms):
         # the bucket's tiers and percentiles are provisional: the second pass sets them from all leads
-        scored = score_leads(
-            job.scorer,
-            features,
-            TierSettings(),
-            explain=job.explain,
-            explainer=job.explainer,
-            deal_value=deal_value,
-        )
+        scored = score_bucket(job.scorer, features, job.explain, job.explainer, deal_value, job.arms)
     side = pd.DataFrame({SIDE: [pickle.dumps(bucket_summary(features, job.scorer))]})
     out = pd.concat([scored[names].assign(**{SIDE: None}), side], ignore_index=True)
     return pa.Table.from_pandas(out, schema=job.schema, preserve_index=False)
@@ -482,6 +481,7 @@ def score_with_spark(
     model_version: str = "",
     buckets: int | None = None,
     output_files: int = 1,
+    arms: ArmModels | None = None,
 ) -> ScoringOutcome:
     """Score every lead open at ``as_of`` in Spark and replace its partition under ``output_dir``.
 
@@ -489,28 +489,35 @@ def score_with_spark(
     :class:`~leadml.scoring.pandas_engine.FlatOpenLeads`), read here by Spark. Same rows and figures as the
     pandas engine (``stages.score_stage``). Raises :class:`~leadml.errors.SchemaMismatchError`
     before writing anything when today's features do not match the model, and
-    :class:`~leadml.errors.LeadmlError` when no lead is open.
+    :class:`~leadml.errors.LeadmlError` when no lead is open. ``arms``: an experiment's arms, as in
+    :func:`~leadml.scoring.pandas_engine.score_in_buckets`.
     """
     from pyspark.sql import types as T
 
     trend = trend or TrendSettings()
     buckets = buckets or int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
     frames, ready = spark_open_leads(open_leads).bucketed(spark, buckets)
-    probe_rows = probe(scorer, explain, explainer, ready.has_deal_value)
+    probe_rows = probe(scorer, explain, explainer, ready.has_deal_value, arms)
     first_struct = _struct(probe_rows, {SIDE: T.BinaryType()})
-    job = _BucketJob(scorer, ready, explain, explainer, _arrow_schema(spark, first_struct))
+    job = _BucketJob(scorer, ready, explain, explainer, _arrow_schema(spark, first_struct), arms)
     job_ref = spark.sparkContext.broadcast(job)
     first = _apply_in_buckets(frames, job_ref, first_struct).persist()
     broadcasts = [job_ref]
     try:
         summary = _collect_summary(first)
-        summary.check(scorer, as_of, ready.source)
+        summary.check(scorer, as_of, ready.source, arms)
         scored = first.where(first[SIDE].isNull()).drop(SIDE)
-        probabilities = np.sort(scored.select(PROBABILITY).toArrow().column(0).to_numpy())
+        side = [side_column(arm, PROBABILITY) for arm in (arms.experiment.names if arms else ())]
+        collected = scored.select(PROBABILITY, *side).toArrow()
+        probabilities = np.sort(collected.column(0).to_numpy())
         logger.info("scored %d leads in %d buckets", len(probabilities), buckets)
+        names = arms.experiment.names if arms else ()
+        arm_probabilities = {
+            arm: [collected.column(column).to_numpy()] for arm, column in zip(names, side, strict=True)
+        }
         finish = Finish(
             probabilities, tiers.thresholds_for(probabilities), tiers.floor_tier, trend, as_of, model_version,
-            group_words=movement_words(scorer),
+            group_words=movement_words_of(scorer, arms), arms=arm_finish(arms, arm_probabilities, tiers),
         )  # fmt: skip
         final_struct = _struct(finish_rows(probe_rows.assign(**{PREVIOUS: np.nan}), finish))
         finish_ref = spark.sparkContext.broadcast(replace(finish, schema=_arrow_schema(spark, final_struct)))
@@ -523,11 +530,12 @@ def score_with_spark(
         first.unpersist()
         for ref in broadcasts:
             ref.unpersist()
-    written_rows = pd.read_parquet(written, columns=[PROBABILITY, "tier"])
+    written_rows = pd.read_parquet(written, columns=["tier"])
     return ScoringOutcome(
         as_of=as_of,
         output=written,
-        probabilities=np.sort(written_rows[PROBABILITY].to_numpy(dtype=np.float64)),
+        # the first pass's, as the pandas engine's: an experiment's hidden arm writes no probability
+        probabilities=probabilities.astype(np.float64),
         tier_counts={str(k): int(v) for k, v in written_rows["tier"].value_counts().sort_index().items()},
         psi=summary.psi(scorer, as_of),
         unseen=summary.unseen,
@@ -547,6 +555,7 @@ def score_in_session(
     explainer: str = "fast",
     trend: TrendSettings | None = None,
     model_version: str = "",
+    arms: ArmModels | None = None,
 ) -> ScoringOutcome:
     """:func:`score_with_spark` in a session from ``score.spark`` (one already running is reused and
     left running). ``stages.score`` resolves the run date and holds the date's lock, as it does for
@@ -565,6 +574,7 @@ def score_in_session(
             model_version=model_version,
             buckets=settings.buckets,
             output_files=settings.output_files,
+            arms=arms,
         )
 
 

@@ -23,10 +23,18 @@ from leadml.data import schema as s
 from leadml.data.calendar import to_utc
 from leadml.data.contracts import as_tuple
 from leadml.data.features import FeatureSettings
-from leadml.errors import LeadmlError, StaleDataError, data_config_file, writing_to
+from leadml.errors import LeadmlError, NoModelError, StaleDataError, data_config_file, writing_to
 from leadml.modelling.drift import population_stability
 from leadml.modelling.estimation import check_estimate, estimate_scored_run, recorded_test_roc_auc
 from leadml.modelling.scorer import PROBABILITY
+from leadml.scoring.experiment import (
+    ARM,
+    ArmModels,
+    Experiment,
+    ExperimentError,
+    model_uri_of,
+    side_column,
+)
 from leadml.scoring.model_input import resolve_as_of
 from leadml.scoring.pandas_engine import (
     CrmOpenLeads,
@@ -138,6 +146,9 @@ class ScoreResult:
     ingestion_reused: str | None = None
     # performance expected of tonight's leads before their outcomes (leadml.modelling.estimation)
     estimated: Mapping[str, Any] | None = None
+    # under an experiment (conf/experiment/): its name, salt, start and arms with their models, shares,
+    # leads and tiers (:func:`experiment_summary`); None, and absent from the run record, without one
+    experiment: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +180,17 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     tracked = scoring_tracked(score_cfg)
     if tracked:
         tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
-    model_uri, version = tracking.production_model(mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
-    scorer = tracking.load_scorer(model_uri)
+    experiment = Experiment.from_mapping(cfg.get("experiment"))
+    arms = None
+    if experiment is None:
+        model_uri, version = tracking.production_model(
+            mlflow_cfg["registered_model"], score_cfg.get("model_uri")
+        )
+        scorer = tracking.load_scorer(model_uri)
+    else:  # the first arm's model builds the features and is the reference of the drift
+        arms = arm_models(experiment, mlflow_cfg["registered_model"], score_cfg.get("model_uri"))
+        first = experiment.arms[0].name
+        model_uri, version, scorer = arms.model_of[first], arms.versions[first], arms.scorer(first)
     engine = _scoring_engine(score_cfg)
     interim_dir = Path(score_cfg["interim_dir"])
     ingest = ingest_unless_unchanged(data, interim_dir)
@@ -179,7 +199,8 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         _check_open_rows(data, ingested)
     tiers = TierSettings.from_mapping(cfg["tiers"])
     as_of, open_leads, data_through = _open_leads(cfg, scorer, interim_dir, flat)
-    outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held)
+    outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held, arms)
+    summary = None if arms is None else experiment_summary(arms, Path(outcome.output), tiers)
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
     estimated = _estimated_performance(score_cfg, scorer, outcome, tiers)
@@ -187,7 +208,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     metrics = {**_run_metrics(probabilities, outcome, drift, seconds), **_estimate_metrics(estimated)}
     run_id = None
     if tracked:
-        run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested)
+        run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested, summary)
     # after the run is tracked: a run that cannot be, sinks nothing
     sql_rows = _sink_to_sql(score_cfg, outcome.output)
     result = ScoreResult(
@@ -209,6 +230,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         notes=(FLAT_WITHOUT_TIME,) if flat and not data["contract"].get("time") else (),
         ingestion_reused=str(ingest.manifest.get("created_at")) if ingest.reused else None,
         estimated=estimated,
+        experiment=summary,
     )
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     record = _run_record(result, tiers, outcome, drift, metrics)
@@ -304,6 +326,7 @@ def _run_engine(
     tiers: TierSettings,
     model_version: str,
     held: contextlib.ExitStack,
+    arms: ArmModels | None = None,
 ) -> ScoringOutcome:
     """The open leads scored and written to the date's partition by ``engine``.
 
@@ -321,7 +344,7 @@ def _run_engine(
         spark = SparkSettings.from_mapping(score_cfg.get("spark"))
         return score_in_session(
             spark, open_leads, scorer, as_of, tiers, output_dir=output_dir, explain=explain,
-            explainer=explainer, trend=trend, model_version=model_version,
+            explainer=explainer, trend=trend, model_version=model_version, arms=arms,
         )  # fmt: skip
     # lead buckets one after another in this process, in bounded memory
     return score_in_buckets(
@@ -337,7 +360,100 @@ def _run_engine(
         trend=trend,
         model_version=model_version,
         progress=bool(cfg.get("progress", False)),
+        arms=arms,
     )
+
+
+def arm_models(experiment: Experiment, registered_model: str, pinned: str | None = None) -> ArmModels:
+    """Every arm's model loaded once, with its version; a model that cannot be found or loaded is one
+    line naming its arm's key (``experiment.arms[1].model``) with the exit code of its fault."""
+    if pinned:
+        raise ExperimentError(
+            f"score.model_uri={pinned} and experiment={experiment.name}: an experiment's arms name their "
+            "own models (experiment.arms[*].model); leave score.model_uri unset"
+        )
+    scorers: dict[str, Any] = {}
+    model_of: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    for index, arm in enumerate(experiment.arms):
+        uri = model_uri_of(arm.model, registered_model)
+        try:
+            if uri not in scorers:
+                versions[arm.name] = _model_version(uri)
+                scorers[uri] = tracking.load_scorer(uri)
+            else:
+                versions[arm.name] = next(versions[a] for a, m in model_of.items() if m == uri)
+        except NoModelError as error:  # the same exit code (no model, or a changed export), with the key
+            raise type(error)(f"experiment.arms[{index}].model ({arm.model}): {error}") from None
+        model_of[arm.name] = uri
+    _check_same_features(experiment, scorers, model_of)
+    return ArmModels(experiment=experiment, scorers=scorers, model_of=model_of, versions=versions)
+
+
+def _model_version(model_uri: str) -> str:
+    """The version a model URI scores with: the one holding an alias, a pinned one, an export's."""
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if model_uri.startswith("models:/") and alias:
+        version = tracking.version_by_alias(name, alias)
+        if version is None:
+            raise NoModelError(f"nothing holds the alias @{alias} of the registered model {name}")
+        return str(version)
+    if model_uri.startswith("models:/") and name.rpartition("/")[2].isdigit():
+        return name.rpartition("/")[2]
+    return tracking.production_model("", model_uri)[1]
+
+
+def _check_same_features(
+    experiment: Experiment, scorers: Mapping[str, Any], model_of: Mapping[str, str]
+) -> None:
+    """The open leads' features are built once, with the first arm's model's settings: every arm's
+    model must have been trained with the same ones (same data and features config)."""
+    first = experiment.arms[0]
+    expected = getattr(scorers[model_of[first.name]], "feature_settings", None)
+    for index, arm in enumerate(experiment.arms):
+        if getattr(scorers[model_of[arm.name]], "feature_settings", None) != expected:
+            raise ExperimentError(
+                f"experiment.arms[{index}].model ({arm.model}) was trained with other feature settings than "
+                f"the first arm's ({first.model}): the arms of an experiment score the same features "
+                "(train its model with the same data and features config)"
+            )
+
+
+def experiment_summary(arms: ArmModels, partition: Path, tiers: TierSettings) -> dict[str, Any]:
+    """What the run record and MLflow keep of an experiment: per arm its model and version, share,
+    whether its scores show, its leads and the tiers they see, and its model's thresholds tonight.
+
+    Read back from the written partition, so it is the same whichever engine wrote it.
+    """
+    experiment = arms.experiment
+    sides = [side_column(arm, PROBABILITY) for arm in experiment.names]
+    rows = pd.read_parquet(partition, columns=[ARM, "tier", *sides])
+    described = []
+    for arm in experiment.arms:
+        mine = rows[ARM] == arm.name
+        own = rows[side_column(arm.name, PROBABILITY)].to_numpy(dtype="float64")
+        described.append(
+            {
+                "name": arm.name,
+                "model": arm.model,
+                "model_uri": arms.model_of[arm.name],
+                "model_version": arms.versions[arm.name],
+                "share": arm.share,
+                "show_score": arm.show_score,
+                "leads": int(mine.sum()),
+                "tiers": {
+                    str(k): int(v) for k, v in rows.loc[mine, "tier"].value_counts().sort_index().items()
+                },
+                "thresholds": dict(tiers.thresholds_for(own)),
+                "expected_conversions": float(own[mine.to_numpy()].sum()),
+            }
+        )
+    return {
+        "name": experiment.name,
+        "salt": experiment.salt,
+        "started": experiment.started,
+        "arms": described,
+    }
 
 
 def _shift(value: float, alert: float) -> str:
@@ -448,9 +564,11 @@ def _track_run(
     metrics: Mapping[str, float],
     drift: _Drift,
     ingested: Mapping[str, Any],
+    experiment: Mapping[str, Any] | None = None,
 ) -> str:
     """The run logged to the scoring experiment: its settings, figures, drift and ingestion; its id."""
     score_cfg, as_of, psi = cfg["score"], outcome.as_of, outcome.psi
+    arms = {"ab_experiment": experiment["name"]} if experiment else {}
     return tracking.log_scoring_run(
         run_name=f"score-{as_of:%Y-%m-%d}",
         params={
@@ -463,12 +581,14 @@ def _track_run(
             "explainer": score_cfg.get("explainer") or "fast",
             "tiers": dict(cfg["tiers"]),
             "output": str(outcome.output),
+            **arms,
         },
         metrics=metrics,
         tables={"psi.csv": pd.DataFrame({"feature": list(psi), "psi": list(psi.values())})},
         records={
             "warnings.json": {"drift": list(drift.warnings), "unseen_categories": outcome.unseen},
             "ingest.json": ingested,
+            **({"ab_experiment.json": experiment} if experiment else {}),
         },
         tags={"as_of": f"{as_of:%Y-%m-%d}", "model_version": str(version)},
     )
@@ -487,12 +607,24 @@ def _run_record(
     drift: _Drift,
     metrics: Mapping[str, float],
 ) -> dict[str, Any]:
-    """``_scoring_run.json``: the result, its date as text, and what the report shows of the run."""
+    """``_scoring_run.json``: the result, its date as text, and what the report shows of the run.
+
+    Under an experiment, the thresholds are the first arm's (each arm's are in ``experiment``);
+    without one the record has no ``experiment`` key, as before experiments existed.
+    """
+    record = asdict(result)
+    if result.experiment is None:
+        record.pop("experiment")
+    thresholds = (
+        result.experiment["arms"][0]["thresholds"]
+        if result.experiment
+        else tiers.thresholds_for(outcome.probabilities)
+    )
     return {
-        **asdict(result),
+        **record,
         "as_of": f"{result.as_of:%Y-%m-%d}",
         "data_through": None if result.data_through is None else result.data_through.isoformat(),
-        "thresholds": dict(tiers.thresholds_for(outcome.probabilities)),
+        "thresholds": dict(thresholds),
         "floor_tier": tiers.floor_tier,
         "psi_score": None if pd.isna(drift.score_psi) else drift.score_psi,
         "expected_conversions": metrics["expected_conversions"],
