@@ -455,6 +455,41 @@ def keeps_number(spec: ColumnSpec, value: float) -> bool:
     return not ((spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max))
 
 
+# what :func:`plain_text` answers for a value it leaves to the parser
+NOT_PLAIN = object()
+
+
+def plain_text(spec: ColumnSpec, value: str, markers: frozenset[str], synonyms: Mapping[str, str]) -> Any:
+    """What validation keeps of the text ``value`` of a text or category column (None: a missing
+    marker), or :data:`NOT_PLAIN`: the parser has to read it.
+
+    ``markers``: ``spec.missing_markers(settings)``; ``synonyms``: the column's, squashed spellings
+    of its allowed values included (see ``parsing._token_lookup``). Decided here only for printable
+    ASCII, where Python's trimming, case folding and ``\\s`` are Arrow's (the parser's) and a
+    space is the only whitespace; a value the contract refuses is left to the parser, which words
+    the reason. For the endpoint's compiled path, which cannot afford a pandas parse per value.
+    """
+    if not (value.isascii() and value.isprintable()):
+        return NOT_PLAIN
+    trimmed = value.strip()
+    if trimmed.lower() in markers:
+        return None
+    if spec.dtype == "string":
+        return trimmed
+    if spec.dtype != "category":
+        return NOT_PLAIN
+    token = normalise_token(trimmed)
+    token = synonyms.get(token, token)
+    if spec.allowed is not None and token not in spec.allowed:
+        return NOT_PLAIN
+    return token
+
+
+def category_synonyms(spec: ColumnSpec, settings: IngestSettings) -> dict[str, str]:
+    """The spellings validation maps to a stored value of the category column ``spec``."""
+    return {**squashed_spellings(spec.allowed or ()), **settings.synonyms_for(spec.name)}
+
+
 def _bound(bounds: Mapping[str, Any], key: str, current: float | None) -> float | None:
     """A bound from ``data.limits``: left out keeps ``current``, null removes it."""
     if key not in bounds:

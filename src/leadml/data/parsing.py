@@ -23,8 +23,8 @@ from leadml.data.contracts import (
     IngestSettings,
     Parsed,
     RowProblem,
+    category_synonyms,
     normalise_tokens,
-    squashed_spellings,
 )
 from leadml.data.iso8601 import parse_fixed_iso
 
@@ -151,7 +151,7 @@ def _token_lookup(raw: pd.Series, settings: IngestSettings, spec: ColumnSpec) ->
         written = pd.Series(uniques, dtype="str")
     cleaned, missing = _clean_text(written, spec.missing_markers(settings))
     tokens = normalise_tokens(cleaned)
-    synonyms = {**squashed_spellings(spec.allowed or ()), **settings.synonyms_for(spec.name)}
+    synonyms = category_synonyms(spec, settings)
     if synonyms:
         tokens = tokens.map(synonyms).fillna(tokens).astype("str")
     return _Tokens(codes, written, tokens, missing)

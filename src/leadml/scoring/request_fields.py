@@ -9,15 +9,27 @@ warnings and the previous answer a row may carry. A value that cannot be read ra
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from leadml.data import schema as s
-from leadml.data.contracts import ColumnSpec, IngestSettings, configured_crm_contracts, normalise_token
+from leadml.data.contracts import (
+    NOT_PLAIN,
+    ColumnSpec,
+    IngestSettings,
+    RowProblem,
+    TableContract,
+    category_synonyms,
+    configured_crm_contracts,
+    normalise_token,
+    plain_text,
+)
 from leadml.data.features import FeatureSettings
 from leadml.data.parsing import parse_column
 from leadml.data.wording import counted
@@ -55,6 +67,7 @@ DERIVED_FEATURES: dict[str, tuple[str, ...]] = {
 }
 ACTIVITY_FIELDS = (s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY)
 MAX_LISTED = 5
+MAX_LISTED_ACTIVITIES = 3  # each reason may list the contract's values
 
 
 class RequestError(LeadmlError):
@@ -210,27 +223,55 @@ def training_spelling(value: Any, levels: set[Any], synonyms: Mapping[str, str])
 
 
 # --------------------------------------------------------------------------- the contracts' rules
+# The nightly job's "not in the future" bound of an activity's time is the moment it runs; a
+# request's is its ``as_of``, by which a read activity is counted or ignored ("at or after as_of"):
+# the parser reading a request's activities has no bound of its own but the latest time it reads.
+LATEST_ACTIVITY = pd.Timestamp("9999-12-31T23:59:59.999999", tz="UTC")
+
+
 @dataclass(frozen=True)
 class FieldRule:
-    """A number field of the lead shape and the contract column the nightly job checks it by.
+    """A field of the lead shape and the contract column the nightly job reads and checks it by.
 
     What the nightly job does with a value its contract refuses decides what the endpoint does:
     a refused lead value quarantines the lead (the endpoint answers 400); a refused account value
     quarantines the account, and the lead is scored with its firmographics missing (the endpoint
-    scores the lead with every account field missing and says so in ``warnings``).
+    scores the lead with every account field missing and says so in ``warnings``); a refused
+    activity quarantines that activity only (the endpoint ignores it, with a warning).
     """
 
     field: str
     spec: ColumnSpec
     on_account: bool
+    # text and category columns: the missing markers and the synonyms validation applies, worked
+    # out once for the compiled path's quick reading (``leadml.data.contracts.plain_text``)
+    markers: frozenset[str] = frozenset()
+    synonyms: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, spec: ColumnSpec, settings: IngestSettings, *, on_account: bool) -> FieldRule:
+        synonyms = category_synonyms(spec, settings) if spec.dtype == "category" else {}
+        return cls(name, spec, on_account, spec.missing_markers(settings), synonyms)
+
+    @property
+    def is_number(self) -> bool:
+        return self.spec.dtype in ("integer", "float")
+
+    def quick_text(self, value: str) -> Any:
+        """The value as validation keeps it (None: a missing marker), or ``NOT_PLAIN`` where the
+        parser has to read it (:func:`checked_texts`)."""
+        return plain_text(self.spec, value, self.markers, self.synonyms)
 
 
 @dataclass(frozen=True)
 class ContractRules:
     """The request fields the data contracts check, and how the nightly job reads missing values."""
 
-    fields: Mapping[str, FieldRule]
+    fields: Mapping[str, FieldRule]  # number fields
+    texts: Mapping[str, FieldRule]  # text and category fields (job_title, source, industry, ...)
+    activities: Mapping[str, FieldRule]  # an activity's timestamp, activity_type and page_category
     settings: IngestSettings
+    activity_settings: IngestSettings  # ``settings`` with no "future" (LATEST_ACTIVITY): as_of decides
 
     @classmethod
     def of(cls, scorer: LeadScorer) -> ContractRules:
@@ -238,18 +279,49 @@ class ContractRules:
         default contracts for a model trained before it was recorded)."""
         recorded = getattr(scorer, "data_contract", None) or {}
         contracts = configured_crm_contracts(recorded.get("extra_features"), recorded.get("limits"))
-        settings = IngestSettings(missing_markers=tuple(recorded.get("missing_markers") or ()))
-        rules = {}
-        for field, column in ACCOUNT_FIELDS.items():
-            spec = contracts[s.ACCOUNTS].column(column)
-            if field in ACCOUNT_NUMERIC and spec.dtype in ("integer", "float"):
-                rules[field] = FieldRule(field, spec, on_account=True)
+        settings = IngestSettings(
+            missing_markers=tuple(recorded.get("missing_markers") or ()),
+            synonyms=recorded.get("synonyms") or {},
+        )
+        numbers: dict[str, FieldRule] = {}
+        texts: dict[str, FieldRule] = {}
+        for name, column in ACCOUNT_FIELDS.items():
+            rule = FieldRule.of(name, contracts[s.ACCOUNTS].column(column), settings, on_account=True)
+            (numbers if name in ACCOUNT_NUMERIC and rule.is_number else texts)[name] = rule
         leads = contracts[s.LEADS]
-        for field in lead_numeric_fields(scorer):
-            spec = leads.column(field) if field in leads.names else None
-            if field not in rules and spec is not None and spec.dtype in ("integer", "float"):
-                rules[field] = FieldRule(field, spec, on_account=False)
-        return cls(rules, settings)
+        for name in lead_numeric_fields(scorer):
+            spec = leads.column(name) if name in leads.names else None
+            if name not in numbers and spec is not None and spec.dtype in ("integer", "float"):
+                numbers[name] = FieldRule.of(name, spec, settings, on_account=False)
+        for name, spec in _lead_text_specs(scorer, leads).items():
+            texts.setdefault(name, FieldRule.of(name, spec, settings, on_account=False))
+        activity_settings = replace(settings, reference_time=LATEST_ACTIVITY)
+        table = contracts[s.ACTIVITIES]
+        activities = {
+            name: FieldRule.of(name, table.column(name), activity_settings, on_account=False)
+            for name in ACTIVITY_FIELDS
+        }
+        return cls(numbers, texts, activities, settings, activity_settings)
+
+
+def _lead_text_specs(scorer: LeadScorer, leads: TableContract) -> dict[str, ColumnSpec]:
+    """The contract column of each text field of the lead: its own, the e-mail address's for the
+    e-mail domain, and a category for a categorical feature the recorded contract does not declare
+    (a model trained before the contract was recorded: ``extra_features.categorical`` declares it)."""
+    settings = feature_settings_of(scorer)
+    if settings is None:
+        return {}
+    categorical = (*settings.lead_categorical, *settings.extra_categorical)
+    specs = {}
+    for name in (s.JOB_TITLE, EMAIL_DOMAIN, *categorical):
+        column = s.EMAIL if name == EMAIL_DOMAIN else name
+        if column in leads.names:
+            spec = leads.column(column)
+            if spec.dtype in ("string", "category"):  # a code column declared as a number: as before
+                specs[name] = spec
+        elif name in categorical:
+            specs[name] = ColumnSpec(name, "category", required=False)
+    return specs
 
 
 @dataclass(frozen=True)
@@ -273,11 +345,7 @@ def checked_numbers(values: Sequence[Any], rule: FieldRule, settings: IngestSett
             raise RequestError(f"row {row}, field {rule.field!r}: expected a number, got {kind}")
     raw = pd.Series([None if is_missing(value) else value for value in values], dtype=object)
     typed, problems = parse_column(_as_parsed(raw), rule.spec, settings)
-    refused: dict[int, str] = {}
-    for problem in problems:
-        for row in np.flatnonzero(problem.mask):
-            message = problem.messages if isinstance(problem.messages, str) else problem.messages.loc[row]
-            refused.setdefault(int(row), str(message).removeprefix(f"{rule.spec.name}: "))
+    refused = refusals(problems, rule.spec.name)
     numbers = typed.to_numpy(dtype="float64", na_value=np.nan)
     marked = frozenset(
         row
@@ -285,6 +353,17 @@ def checked_numbers(values: Sequence[Any], rule: FieldRule, settings: IngestSett
         if value is not None and np.isnan(numbers[row]) and row not in refused
     )
     return CheckedNumbers(numbers, refused, marked)
+
+
+def refusals(problems: Sequence[RowProblem], column: str) -> dict[int, str]:
+    """The first reason the parser gives for each row it refuses, without the column's name."""
+    refused: dict[int, str] = {}
+    for problem in problems:
+        for row in np.flatnonzero(problem.mask):
+            message = problem.messages if isinstance(problem.messages, str) else problem.messages.loc[row]
+            reason = str(message).removeprefix(f"{column}: ")
+            refused.setdefault(int(row), "is missing" if reason == "missing value" else reason)
+    return refused
 
 
 def _as_parsed(raw: pd.Series) -> pd.Series:
@@ -298,11 +377,112 @@ def _as_parsed(raw: pd.Series) -> pd.Series:
     return raw
 
 
+def text_of(value: Any) -> str | None:
+    """A text field's value as text, as the nightly job's parser writes a value of a typed column
+    (``leadml.data.parsing.as_text``): a whole float without ``.0`` (4350.0 -> "4350"), any other
+    number or a boolean as Python writes it; None when missing."""
+    if is_missing(value):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == math.floor(value):
+        return str(int(value)) if abs(value) < 2**53 else str(float(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class CheckedTexts:
+    """A text field's values as the nightly job keeps them (None: missing or refused), with why the
+    contract refuses the value of a row and which rows hold a missing-value marker."""
+
+    values: list[str | None]
+    refused: Mapping[int, str]
+    marked_missing: frozenset[int]
+
+
+def checked_texts(values: Sequence[str | None], rule: FieldRule, settings: IngestSettings) -> CheckedTexts:
+    """``values`` (text, or None) read by the contract's own parser: trimmed, missing markers as
+    None, a category case-folded, its separators as ``_`` and mapped through its synonyms
+    ("Paid Search", "PAID-SEARCH" -> "paid_search"), a value outside its allowed values refused."""
+    raw = pd.Series(list(values), dtype=object)
+    typed, problems = parse_column(raw, rule.spec, settings)
+    refused = refusals(problems, rule.spec.name)
+    kept = [None if is_missing(value) else str(value) for value in typed.tolist()]
+    marked = frozenset(
+        row
+        for row, value in enumerate(values)
+        if value is not None and kept[row] is None and row not in refused
+    )
+    return CheckedTexts(kept, refused, marked)
+
+
+@dataclass(frozen=True)
+class CheckedActivities:
+    """A request's activities as the nightly job reads them (activity by activity): the time in
+    microseconds since 1970 UTC, the position of the type in ``ACTIVITY_TYPES`` and of the page in
+    ``PAGE_CATEGORIES`` (-1: none), and why the contract refuses (quarantines) an activity."""
+
+    microseconds: np.ndarray
+    types: np.ndarray
+    pages: np.ndarray
+    refused: Mapping[int, str]
+
+
+def checked_activities(events: Sequence[Mapping[str, Any]], rules: ContractRules) -> CheckedActivities:
+    """``events`` (objects of ``ACTIVITY_FIELDS``, read structurally already) by the activities
+    contract's parser: a time that is missing, not ISO 8601 or before 1900, an activity type or
+    page category outside the contract's values (after trimming, case folding and synonyms: "Page
+    View" is page_view) refuse the activity, as the nightly job quarantines it."""
+    refused: dict[int, str] = {}
+    read = {}
+    for name in ACTIVITY_FIELDS:
+        read[name], reasons = checked_activity_values([event.get(name) for event in events], name, rules)
+        for position, reason in reasons.items():
+            refused.setdefault(position, reason)
+    return CheckedActivities(read[s.TIMESTAMP], read[s.ACTIVITY_TYPE], read[s.PAGE_CATEGORY], refused)
+
+
+def checked_activity_values(
+    values: Sequence[Any], name: str, rules: ContractRules
+) -> tuple[np.ndarray, dict[int, str]]:
+    """One field of activities read by the contract's parser: times in microseconds since 1970 UTC,
+    types and pages as their positions in ``ACTIVITY_TYPES`` and ``PAGE_CATEGORIES`` (-1: none);
+    and why the parser refuses a value (by position: "timestamp is missing"). The parser reads a
+    value alone, whatever values come with it: a caller may read some activities only."""
+    raw = pd.Series([text_of(value) for value in values], dtype=object)
+    typed, problems = parse_column(raw, rules.activities[name].spec, rules.activity_settings)
+    reasons = {position: f"{name} {reason}" for position, reason in refusals(problems, name).items()}
+    if name == s.TIMESTAMP:
+        return typed.dt.as_unit("us").array.asi8, reasons
+    return _positions(typed, s.ACTIVITY_TYPES if name == s.ACTIVITY_TYPE else s.PAGE_CATEGORIES), reasons
+
+
+def check_activity_shape(event: Any, where: str) -> None:
+    """Refuse an activity that is not an object of ``ACTIVITY_FIELDS`` with plain values: no CRM
+    export holds such a row (a value the contract refuses is another matter: the activity is
+    ignored, see :func:`checked_activities`). ``where`` names the row and the activity."""
+    if not isinstance(event, Mapping):
+        raise RequestError(f"{where}: expected an object with {', '.join(ACTIVITY_FIELDS[:2])}")
+    unknown = sorted(set(event) - set(ACTIVITY_FIELDS), key=str)
+    if unknown:
+        raise RequestError(f"{where}: unknown field(s) {unknown}; known: {list(ACTIVITY_FIELDS)}")
+    for name, value in event.items():
+        if isinstance(value, list | dict | np.ndarray):
+            raise RequestError(f"{where}.{name}: expected a value, got {type(value).__name__}")
+
+
+def _positions(categories: pd.Series, values: Sequence[str]) -> np.ndarray:
+    """Each row's position in ``values`` (-1: missing)."""
+    where = np.array([values.index(value) for value in categories.cat.categories], dtype=np.int64)
+    codes = categories.cat.codes.to_numpy(dtype=np.int64)
+    return np.where(codes >= 0, where[codes] if len(where) else -1, -1)
+
+
 class ContractChecks:
-    """A request's number fields read as the nightly job reads them (:class:`ContractRules`), field by
-    field: a value refused on the lead raises :class:`RequestError`; one refused on the account
-    leaves a warning for its row (:attr:`account_warnings`), whose account is then unknown; a
-    missing marker ("NA") is missing (:attr:`marked_missing`, by row and field)."""
+    """A request's fields read as the nightly job reads them (:class:`ContractRules`), field by field:
+    a value refused on the lead raises :class:`RequestError`; one refused on the account leaves a
+    warning for its row (:attr:`account_warnings`), whose account is then unknown; a missing marker
+    ("NA") is missing (:attr:`marked_missing`, by row and field)."""
 
     def __init__(self, rules: ContractRules) -> None:
         self.rules = rules
@@ -312,18 +492,39 @@ class ContractChecks:
     def numbers(self, values: Sequence[Any], field: str) -> np.ndarray:
         rule = self.rules.fields[field]
         checked = checked_numbers(values, rule, self.rules.settings)
-        for row, reason in sorted(checked.refused.items()):
-            if not rule.on_account:
-                raise refused_lead_value(row, rule, reason)
-            self.account_warnings.setdefault(row, []).append(refused_account_warning(rule, reason))
+        self._refused(rule, checked.refused)
         self.marked_missing.update((row, field) for row in checked.marked_missing)
         return checked.values
 
+    def texts(self, values: Sequence[str | None], field: str, *, quick: bool = False) -> list[str | None]:
+        """The text field's values as validation keeps them; ``quick``: read plain values in
+        Python (the compiled path), the parser reading the field when one is not plain."""
+        rule = self.rules.texts[field]
+        if quick:
+            read = [None if value is None else rule.quick_text(value) for value in values]
+            if not any(value is NOT_PLAIN for value in read):
+                self.marked_missing.update(
+                    (row, field)
+                    for row, value in enumerate(values)
+                    if value is not None and read[row] is None
+                )
+                return read
+        checked = checked_texts(values, rule, self.rules.settings)
+        self._refused(rule, checked.refused)
+        self.marked_missing.update((row, field) for row in checked.marked_missing)
+        return checked.values
+
+    def _refused(self, rule: FieldRule, refused: Mapping[int, str]) -> None:
+        for row, reason in sorted(refused.items()):
+            if not rule.on_account:
+                raise refused_lead_value(row, rule, reason)
+            self.account_warnings.setdefault(row, []).append(refused_account_warning(rule, reason))
+
 
 def refused_lead_value(row: int, rule: FieldRule, reason: str) -> RequestError:
+    bounds = "; data.limits sets the bounds" if rule.is_number else ""
     return RequestError(
-        f"row {row}, field {rule.field!r}: {reason} (the nightly job quarantines such a lead; "
-        f"data.limits sets the bounds)"
+        f"row {row}, field {rule.field!r}: {reason} (the nightly job quarantines such a lead{bounds})"
     )
 
 
@@ -340,15 +541,30 @@ def absent_features_warning(absent: Sequence[str], total: int) -> str:
     return f"{len(absent)} of {total} features not in the request, scored as missing: {listed}"
 
 
-def lead_warnings(absent: Sequence[str], ignored: int) -> list[str]:
-    """A lead-shape row's warnings: the fields it did not give, the activities it sent too late."""
+def lead_warnings(absent: Sequence[str], ignored: int, refused_activities: Sequence[str] = ()) -> list[str]:
+    """A lead-shape row's warnings: the fields it did not give, the activities it sent too late and
+    those the nightly job would quarantine (``refused_activities``: why, one reason each)."""
     warnings = []
     if absent:
         warnings.append(f"not given, scored as unknown: {', '.join(absent)}")
     if ignored:
         activities = counted(ignored, "activity", "activities")
         warnings.append(f"{activities} at or after as_of ignored (only earlier events count)")
+    if refused_activities:
+        warnings.append(refused_activities_warning(refused_activities))
     return warnings
+
+
+def refused_activities_warning(reasons: Sequence[str]) -> str:
+    """``reasons``: "activities[2].activity_type 'x' is not one of ...", one per ignored activity."""
+    more = "; ..." if len(reasons) > MAX_LISTED_ACTIVITIES else ""
+    listed = "; ".join(reasons[:MAX_LISTED_ACTIVITIES]) + more
+    activities = counted(len(reasons), "activity", "activities")
+    return f"{activities} ignored, as the nightly job quarantines such activities ({listed})"
+
+
+def refused_activity(position: int, reason: str) -> str:
+    return f"{ACTIVITIES}[{position}].{reason}"
 
 
 def unseen_level_warning(name: str, value: Any) -> str:

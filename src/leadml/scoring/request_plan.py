@@ -43,7 +43,7 @@ import pyarrow as pa
 from pandas.api.internals import create_dataframe_from_blocks
 
 from leadml.data import schema as s
-from leadml.data.contracts import keeps_number
+from leadml.data.contracts import EARLIEST_TIMESTAMP, NOT_PLAIN, keeps_number
 from leadml.data.features import (
     SECONDS_PER_DAY,
     FeatureSettings,
@@ -71,9 +71,11 @@ from leadml.scoring.request_fields import (
     WARNINGS,
     ContractChecks,
     ContractRules,
+    FieldRule,
     RequestError,
     Tiers,
     absent_features_warning,
+    checked_activity_values,
     feature_settings_of,
     is_missing,
     lead_fields,
@@ -82,6 +84,8 @@ from leadml.scoring.request_fields import (
     number,
     numeric_features,
     previous_answers,
+    refused_activity,
+    text_of,
     timestamp,
     training_levels,
     training_spelling,
@@ -109,9 +113,14 @@ PAGE_CODES = {page: code for code, page in enumerate(s.PAGE_CATEGORIES)}
 EVENT_FIELDS = frozenset(ACTIVITY_FIELDS)
 NANOSECONDS = 1_000_000_000
 OBJECT, FLOAT = np.dtype(object), np.dtype(np.float64)
-# the shape nearly every activity's time has: read by the standard library (see _nanoseconds)
-COMMON_ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{3}|\.\d{6})?(?:Z|[+-]\d{2}:\d{2})?")
+# the shape nearly every activity's time has: read by the standard library (see quick_microseconds);
+# an offset's minutes below 60, as pandas reads it (the standard library takes +00:60 as +01:00)
+COMMON_ISO = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{3}|\.\d{6}|\.\d{9})?(?:Z|[+-]\d{2}:[0-5]\d)?"
+)
 EPOCH, MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+MICROSECONDS = 1_000_000
+EARLIEST_MICROSECONDS = EARLIEST_TIMESTAMP.value // 1000  # Timestamp.value: nanoseconds, whatever the unit
 TEXT = pd.StringDtype(na_value=np.nan)  # what pandas 3 infers for a column of text: ``str``
 
 
@@ -133,7 +142,9 @@ class RequestPlan:
     numeric_features: frozenset[str]  # features-shape columns read as numbers
     spelling: dict[str, tuple[set[Any], Mapping[str, str]]]  # training levels and synonyms per column
     request_id: str | None
-    rules: ContractRules  # the data contracts' checks of number fields, as the nightly job's
+    rules: ContractRules  # the data contracts' checks of the fields, as the nightly job's
+    type_codes: dict[str, int]  # activity types spelt as the contract keeps them -> their code
+    page_codes: dict[str, int]  # page categories spelt as the contract keeps them -> their code
     explainer: FastTreeExplainer
     margin_scale: float
     calibrator: Calibrator
@@ -159,6 +170,7 @@ class RequestPlan:
             raise NotCovered(str(error)) from None
         settings = feature_settings_of(scorer)
         levels, synonyms = training_levels(scorer), getattr(scorer, "request_synonyms", None) or {}
+        rules = ContractRules.of(scorer)
         return cls(
             names=names,
             settings=settings,
@@ -173,7 +185,9 @@ class RequestPlan:
             numeric_features=numeric,
             spelling={name: (levels[name], synonyms.get(name, {})) for name in names if levels.get(name)},
             request_id=getattr(scorer, "request_id", None),
-            rules=ContractRules.of(scorer),
+            rules=rules,
+            type_codes=_kept_spellings(rules.activities[s.ACTIVITY_TYPE], TYPE_CODES),
+            page_codes=_kept_spellings(rules.activities[s.PAGE_CATEGORY], PAGE_CODES),
             explainer=explainer,
             margin_scale=model.margin_scale,
             calibrator=scorer.calibrator,
@@ -220,6 +234,12 @@ class RequestPlan:
             "movement": np.full(n, None, dtype=object),
             WARNINGS: ["; ".join(w + inputs.unseen[row]) or None for row, w in enumerate(read.warnings)],
         }
+
+
+def _kept_spellings(rule: FieldRule, codes: Mapping[str, int]) -> dict[str, int]:
+    """The values the contract keeps as they are spelt (a data config's synonym may map one to
+    another), with their codes: the common case of an activity, read by one lookup."""
+    return {value: code for value, code in codes.items() if rule.quick_text(value) == value}
 
 
 def request_plan(scorer: LeadScorer) -> RequestPlan | None:
@@ -451,7 +471,7 @@ def _text(value: Any) -> str | None:
                 raise NotCovered("text that is not UTF-8") from None
         return value
     if isinstance(value, int | float):
-        return str(value)
+        return text_of(value)
     raise NotCovered(f"a {type(value).__name__} where text is expected")
 
 
@@ -520,8 +540,7 @@ class Leads:
     as_of: list[pd.Timestamp]
     leads: dict[str, np.ndarray | list[str | None]]
     accounts: dict[str, np.ndarray | list[str | None]]
-    events: list[list[tuple[int, int, int]]]  # per row: (seconds, activity type code, page code or -1)
-    ignored: list[int]  # per row: activities at or after its as_of
+    activities: Activities
     checks: ContractChecks  # what the data contracts refused (on accounts) or read as missing
 
 
@@ -539,7 +558,8 @@ def lead_shape(plan: RequestPlan, rows: Rows, now: pd.Timestamp) -> Read:
             for f in plan.lead_fields[1:]
             if f not in rows or is_missing(rows.values[row, rows.positions[f]]) or (row, f) in marked
         ]
-        warnings.append(lead_warnings(absent, read.ignored[row]) + read.checks.account_warnings.get(row, []))
+        activities = read.activities.late[row], read.activities.refused[row]
+        warnings.append(lead_warnings(absent, *activities) + read.checks.account_warnings.get(row, []))
     return Read(
         columns=columns,
         lead_ids=[_echo(value) for value in rows.column(s.LEAD_ID)],
@@ -567,8 +587,7 @@ def read_leads(plan: RequestPlan, rows: Rows, default_as_of: pd.Timestamp) -> Le
         leads[field] = values
     accounts = {column: _field(plan, rows, field, checks) for field, column in ACCOUNT_FIELDS.items()}
     accounts = _unknown_accounts(accounts, sorted(checks.account_warnings))
-    events, ignored = read_activities(rows, as_of)
-    return Leads(created, as_of, leads, accounts, events, ignored, checks)
+    return Leads(created, as_of, leads, accounts, read_activities(plan, rows, as_of), checks)
 
 
 def _field(
@@ -576,7 +595,8 @@ def _field(
 ) -> np.ndarray | list[str | None]:
     given = rows.column(field)
     if field not in plan.numeric_fields:
-        return _texts(given)
+        texts = _texts(given)
+        return checks.texts(texts, field, quick=True) if field in plan.rules.texts else texts
     rule = plan.rules.fields.get(field)
     if rule is None:
         return _numbers(given)
@@ -607,22 +627,46 @@ def _unknown_accounts(
     return unknown
 
 
-def read_activities(
-    rows: Rows, as_of: Sequence[pd.Timestamp]
-) -> tuple[list[list[tuple[int, int, int]]], list[int]]:
-    """Every row's activities as (seconds, type code, page code), and how many are not before its as_of."""
-    events: list[list[tuple[int, int, int]]] = []
-    ignored = []
-    for row, given in enumerate(rows.column(ACTIVITIES)):
-        mine: list[tuple[int, int, int]] = []
-        late, moment = 0, as_of[row].value
-        for event in _event_list(given):
-            stamp, kind, page = _event(event)
-            late += stamp >= moment
-            mine.append((stamp // NANOSECONDS, kind, page))
-        events.append(mine)
-        ignored.append(late)
-    return events, ignored
+@dataclass(frozen=True)
+class Activities:
+    """The rows' activities read: per row its kept events (seconds since 1970 UTC, type code, page
+    code or -1), how many of them are not before its as_of, and why others were ignored (refused
+    by the activities contract, as the nightly job quarantines them)."""
+
+    events: list[list[tuple[int, int, int]]]
+    late: list[int]
+    refused: list[list[str]]
+
+
+def read_activities(plan: RequestPlan, rows: Rows, as_of: Sequence[pd.Timestamp]) -> Activities:
+    """Every row's activities: each value read in Python where it is plain (a time of the common
+    ISO shape, a type and page as the contract spells them, or their plain spellings), the others
+    by the contract's parser, as the pandas path reads them all."""
+    given = [(row, position, event) for row, listed in enumerate(rows.column(ACTIVITIES))
+             for position, event in enumerate(_event_list(listed))]  # fmt: skip
+    events = [event for _, _, event in given]
+    read = {
+        s.TIMESTAMP: [quick_microseconds(event.get(s.TIMESTAMP)) for event in events],
+        s.ACTIVITY_TYPE: [_quick_type(plan, event.get(s.ACTIVITY_TYPE)) for event in events],
+        s.PAGE_CATEGORY: [_quick_page(plan, event.get(s.PAGE_CATEGORY)) for event in events],
+    }
+    refused: dict[int, str] = {}
+    for name in ACTIVITY_FIELDS:  # the pandas path's order: the reason of the first field refused
+        for position, reason in _parsed_values(plan.rules, events, name, read[name]).items():
+            refused.setdefault(position, reason)
+    out = Activities([[] for _ in range(rows.n)], [0] * rows.n, [[] for _ in range(rows.n)])
+    for i, (row, position, _) in enumerate(given):
+        if i in refused:
+            out.refused[row].append(refused_activity(position, refused[i]))
+            continue
+        microseconds = read[s.TIMESTAMP][i]
+        if microseconds * 1000 >= as_of[row].value:  # never counted: kept out of the features' time keys
+            out.late[row] += 1
+        else:
+            out.events[row].append(
+                (microseconds // MICROSECONDS, read[s.ACTIVITY_TYPE][i], read[s.PAGE_CATEGORY][i])
+            )
+    return out
 
 
 def _event_list(given: Any) -> list[Any]:
@@ -632,41 +676,76 @@ def _event_list(given: Any) -> list[Any]:
         given = given.tolist()
     if not isinstance(given, list):
         raise NotCovered("activities that are not a list")
+    for event in given:
+        if not isinstance(event, Mapping) or not event.keys() <= EVENT_FIELDS:
+            raise NotCovered("an activity that is not an object of known fields")
+        if any(isinstance(value, list | dict | np.ndarray) for value in event.values()):
+            raise NotCovered("an activity value that is a list or an object")
     return given
 
 
-def _event(event: Any) -> tuple[int, int, int]:
-    """(nanoseconds since 1970 UTC, type code, page code or -1) of one activity."""
-    if not isinstance(event, Mapping) or not event.keys() <= EVENT_FIELDS:
-        raise NotCovered("an activity that is not an object of known fields")
-    stamp = _nanoseconds(event.get(s.TIMESTAMP))
-    kind, page = event.get(s.ACTIVITY_TYPE), event.get(s.PAGE_CATEGORY)
-    if stamp is None or not isinstance(kind, str) or kind not in TYPE_CODES:
-        raise NotCovered("an activity without time or of an unknown type")
-    if page is not None and (not isinstance(page, str) or page not in PAGE_CODES):
-        raise NotCovered("an activity of an unknown page category")
-    return stamp, TYPE_CODES[kind], -1 if page is None else PAGE_CODES[page]
+def _parsed_values(
+    rules: ContractRules, events: Sequence[Mapping[str, Any]], name: str, read: list[Any]
+) -> dict[int, str]:
+    """The values of field ``name`` not read in Python (None in ``read``) read by the contract's
+    parser, in place; why it refuses some, by activity."""
+    undecided = [i for i, value in enumerate(read) if value is None]
+    if not undecided:
+        return {}
+    values, reasons = checked_activity_values([events[i].get(name) for i in undecided], name, rules)
+    for j, i in enumerate(undecided):
+        read[i] = int(values[j])
+    return {undecided[j]: reason for j, reason in reasons.items()}
 
 
-def _nanoseconds(value: Any) -> int | None:
-    """``timestamp(value, "activity").value``: an activity's time in nanoseconds since 1970 UTC (None: NaT).
+def _quick_type(plan: RequestPlan, value: Any) -> int | None:
+    """The code of an activity type spelt as the contract keeps it or plainly otherwise ("Page
+    View"); None: the parser reads it (a missing type, which it refuses, too)."""
+    if type(value) is not str:
+        return None
+    code = plan.type_codes.get(value)
+    if code is not None:
+        return code
+    token = plan.rules.activities[s.ACTIVITY_TYPE].quick_text(value)
+    return None if token is None or token is NOT_PLAIN else plan.type_codes.get(token)
 
-    ``pd.Timestamp`` and its conversion to UTC take about 5 us a value, a lead's activities a few
-    hundred. Text of the common shape (``2025-05-01T10:00:00``, with milliseconds or microseconds,
-    ``Z`` or an offset) is read by ``datetime.fromisoformat`` (a naive time is UTC, as there), the
-    same instant to the microsecond; whatever it refuses, and every other value, is ``timestamp``'s.
+
+def _quick_page(plan: RequestPlan, value: Any) -> int | None:
+    """The code of a page category (-1: none, or a missing marker); None: the parser reads it."""
+    if value is None:
+        return -1
+    if type(value) is not str:
+        return None
+    code = plan.page_codes.get(value)
+    if code is not None:
+        return code
+    token = plan.rules.activities[s.PAGE_CATEGORY].quick_text(value)
+    if token is None:
+        return -1
+    return None if token is NOT_PLAIN else plan.page_codes.get(token)
+
+
+def quick_microseconds(value: Any) -> int | None:
+    """An activity's time in microseconds since 1970 UTC, as the activities contract reads it, for
+    text of the common shape (``2025-05-01T10:00:00``, with milliseconds or microseconds, ``Z`` or an
+    offset; nanoseconds cut to microseconds, as the parser keeps them) from 1900 on; None: the
+    parser reads it (any other shape or value).
+
+    The parser (``leadml.data.parsing``) costs a pandas series; ``datetime.fromisoformat`` reads
+    the same instant (a naive time is UTC, as there) in about a microsecond.
     """
-    if type(value) is str and COMMON_ISO.fullmatch(value):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:  # no such date or time (30 February, hour 24, offset +24:00): timestamp's word
-            moment = None
-        if moment is not None and 1900 <= moment.year <= 2200:
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return (moment - EPOCH) // MICROSECOND * 1000
-    stamp = timestamp(value, "activity")
-    return None if stamp is pd.NaT else stamp.value
+    if type(value) is not str or not COMMON_ISO.fullmatch(value):
+        return None
+    if value[19:20] == "." and value[20:29].isdigit():  # nanoseconds: the parser keeps microseconds
+        value = value[:26] + value[29:]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:  # no such date or time (30 February, hour 24, offset +24:00): the parser's word
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    microseconds = (moment - EPOCH) // MICROSECOND
+    return microseconds if microseconds >= EARLIEST_MICROSECONDS else None
 
 
 def lead_columns(
@@ -749,7 +828,7 @@ def moment_columns(
         "company_age_years": moment.year - _number_column(profile[s.FOUNDED_YEAR])[group],
         "revenue_per_employee": revenue_per_employee(employees[group], revenue[group]),
     }
-    mine = [(position, *event) for position, row in enumerate(group) for event in read.events[row]]
+    mine = [(position, *event) for position, row in enumerate(group) for event in read.activities.events[row]]
     found = np.array(mine, dtype=np.int64).reshape(-1, 4)
     events = event_log(pd.RangeIndex(len(group)), found[:, 0], found[:, 1], found[:, 2], found[:, 3])
     columns.update(activity_columns(events, np.arange(len(group), dtype=np.int64), t, settings))

@@ -49,6 +49,8 @@ from leadml.scoring.request_fields import (
     RequestError,
     Tiers,
     absent_features_warning,
+    check_activity_shape,
+    checked_activities,
     feature_settings_of,
     is_lead_request,
     is_missing,
@@ -58,7 +60,9 @@ from leadml.scoring.request_fields import (
     number,
     numeric_features,
     previous_answers,
+    refused_activity,
     shown,
+    text_of,
     timestamp,
     training_levels,
     training_spelling,
@@ -175,23 +179,28 @@ def _from_lead_fields(
         )
     leads = pd.DataFrame({s.LEAD_ID: keys, s.ACCOUNT_ID: keys, s.CREATED_AT: created.to_numpy()})
     numeric = set(lead_numeric_fields(scorer))
-    checks = ContractChecks(ContractRules.of(scorer))
+    rules = ContractRules.of(scorer)
+    checks = ContractChecks(rules)
     for field in lead_fields(scorer):
         if field in (s.CREATED_AT, *ACCOUNT_FIELDS):
             continue
         values = frame[field] if field in frame.columns else pd.Series([None] * n)
-        values = _read_number(checks, values, field) if field in numeric else _texts(values, field)
+        values = (
+            _read_number(checks, values, field) if field in numeric else _read_text(checks, values, field)
+        )
         if field == EMAIL_DOMAIN:  # an address sent by mistake loses its local part here
             field, values = s.EMAIL, values.map(lambda v: v if v is None else "x@" + v.rpartition("@")[2])
         leads[field] = values
     accounts = pd.DataFrame({s.ACCOUNT_ID: keys})
     for field, column in ACCOUNT_FIELDS.items():
         values = frame[field] if field in frame.columns else pd.Series([None] * n)
-        accounts[column] = _read_number(checks, values, field) if field in numeric else _texts(values, field)
+        accounts[column] = (
+            _read_number(checks, values, field) if field in numeric else _read_text(checks, values, field)
+        )
     # an account the contracts refuse is not known to the nightly job: its lead has no firmographics
     unknown_accounts = sorted(checks.account_warnings)
     accounts.loc[unknown_accounts, list(ACCOUNT_FIELDS.values())] = None
-    activities, ignored = _activities(frame, keys, as_of)
+    activities, ignored, refused = _activities(frame, keys, as_of, rules)
 
     parts = []
     for moment in as_of.unique():
@@ -206,7 +215,7 @@ def _from_lead_fields(
     features.insert(0, s.LEAD_ID, _lead_ids(frame).to_numpy())
     features.insert(1, REQUEST_AS_OF, [moment.isoformat() for moment in as_of])
     warnings = [
-        _lead_warnings(scorer, frame, row, ignored[row], checks.marked_missing)
+        _lead_warnings(scorer, frame, row, (ignored[row], refused[row]), checks.marked_missing)
         + checks.account_warnings.get(row, [])
         for row in range(n)
     ]
@@ -218,6 +227,15 @@ def _read_number(checks: ContractChecks, values: pd.Series, field: str) -> pd.Se
     if field not in checks.rules.fields:
         return _numbers(values, field)
     return pd.Series(checks.numbers(values.tolist(), field), index=values.index, dtype="float64")
+
+
+def _read_text(checks: ContractChecks, values: pd.Series, field: str) -> pd.Series:
+    """A text field as the data contracts read it where they declare it (trimmed, missing markers,
+    a category's spelling and synonyms), else as text."""
+    texts = _texts(values, field)
+    if field not in checks.rules.texts:
+        return texts
+    return pd.Series(checks.texts(texts.tolist(), field), index=values.index, dtype=object)
 
 
 def _with_missing(built: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
@@ -236,7 +254,7 @@ def _texts(values: pd.Series, field: str) -> pd.Series:
     # object dtype, missing as None: pandas 3 would infer its string dtype and make a missing value
     # NaN, which the e-mail domain's mapping below cannot take
     present = values.notna().to_numpy()
-    texts = [str(value) if given else None for value, given in zip(values.tolist(), present, strict=True)]
+    texts = [text_of(value) if given else None for value, given in zip(values.tolist(), present, strict=True)]
     return pd.Series(texts, index=values.index, dtype=object)
 
 
@@ -257,10 +275,12 @@ def _timestamps(frame: pd.DataFrame, field: str, *, required: bool) -> pd.Series
     return parsed
 
 
-def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> tuple[pd.DataFrame, list[int]]:
-    """Every row's activities as one events table, and how many per row are not before its as_of."""
-    rows: list[tuple[str, pd.Timestamp, str, Any]] = []
-    ignored = [0] * len(keys)
+def _activities(
+    frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series, rules: ContractRules
+) -> tuple[pd.DataFrame, list[int], list[list[str]]]:
+    """Every row's activities as one events table, how many per row are not before its as_of, and
+    why the activities the nightly job would quarantine were ignored (per row)."""
+    given: list[tuple[int, int, Mapping[str, Any]]] = []  # row, position in its list, the activity
     column = frame[ACTIVITIES] if ACTIVITIES in frame.columns else pd.Series([None] * len(keys))
     for row, events in enumerate(column):
         if events is None or (isinstance(events, float) and np.isnan(events)):
@@ -273,42 +293,49 @@ def _activities(frame: pd.DataFrame, keys: Sequence[str], as_of: pd.Series) -> t
                 f"{{{', '.join(ACTIVITY_FIELDS)}}} objects, got {type(events).__name__}"
             )
         for position, event in enumerate(events):
-            where = f"row {row}, {ACTIVITIES}[{position}]"
-            if not isinstance(event, Mapping):
-                raise RequestError(f"{where}: expected an object with {', '.join(ACTIVITY_FIELDS[:2])}")
-            unknown = sorted(set(event) - set(ACTIVITY_FIELDS))
-            if unknown:
-                raise RequestError(f"{where}: unknown field(s) {unknown}; known: {list(ACTIVITY_FIELDS)}")
-            stamp = timestamp(event.get(s.TIMESTAMP), f"{where}.{s.TIMESTAMP}")
-            if pd.isna(stamp):
-                raise RequestError(f"{where}: {s.TIMESTAMP!r} is required")
-            kind = event.get(s.ACTIVITY_TYPE)
-            if kind not in s.ACTIVITY_TYPES:
-                raise RequestError(
-                    f"{where}.{s.ACTIVITY_TYPE}: {shown(kind)} is not one of {list(s.ACTIVITY_TYPES)}"
-                )
-            page = event.get(s.PAGE_CATEGORY)
-            if page is not None and page not in s.PAGE_CATEGORIES:
-                raise RequestError(
-                    f"{where}.{s.PAGE_CATEGORY}: {shown(page)} is not one of "
-                    f"{list(s.PAGE_CATEGORIES)} or null"
-                )
-            if stamp >= as_of.iloc[row]:
-                ignored[row] += 1
-            rows.append((keys[row], stamp, kind, page))
+            check_activity_shape(event, f"row {row}, {ACTIVITIES}[{position}]")
+            given.append((row, position, event))
+    checked = checked_activities([event for _, _, event in given], rules)
+    rows: list[tuple[str, int, str, Any]] = []
+    ignored = [0] * len(keys)
+    refused: list[list[str]] = [[] for _ in keys]
+    for i, (row, position, _) in enumerate(given):
+        if i in checked.refused:
+            refused[row].append(refused_activity(position, checked.refused[i]))
+            continue
+        microseconds = int(checked.microseconds[i])
+        if microseconds * 1000 >= as_of.iloc[row].value:  # never counted (the compiled path's rule)
+            ignored[row] += 1
+            continue
+        page = int(checked.pages[i])
+        rows.append(
+            (
+                keys[row],
+                microseconds,
+                s.ACTIVITY_TYPES[checked.types[i]],
+                s.PAGE_CATEGORIES[page] if page >= 0 else None,
+            )
+        )
     events = pd.DataFrame(rows, columns=[s.LEAD_ID, s.TIMESTAMP, s.ACTIVITY_TYPE, s.PAGE_CATEGORY])
-    events[s.TIMESTAMP] = pd.to_datetime(events[s.TIMESTAMP], utc=True).dt.as_unit("ns")
-    return events, ignored
+    events[s.TIMESTAMP] = pd.to_datetime(events[s.TIMESTAMP].astype("int64"), unit="us", utc=True).dt.as_unit(
+        "ns"
+    )
+    return events, ignored, refused
 
 
 def _lead_warnings(
-    scorer: LeadScorer, frame: pd.DataFrame, row: int, ignored: int, marked: set[tuple[int, str]]
+    scorer: LeadScorer,
+    frame: pd.DataFrame,
+    row: int,
+    activities: tuple[int, Sequence[str]],
+    marked: set[tuple[int, str]],
 ) -> list[str]:
+    """The row's warnings; ``activities``: how many it sent too late, why others were refused."""
     absent = []
     for field in lead_fields(scorer)[1:]:  # created_at is required, so given
         if field not in frame.columns or is_missing(frame.at[row, field]) or (row, field) in marked:
             absent.append(field)
-    return lead_warnings(absent, ignored)
+    return lead_warnings(absent, *activities)
 
 
 # --------------------------------------------------------------------------- predictions

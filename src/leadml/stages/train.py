@@ -184,12 +184,14 @@ def _set_request_spelling(scorer: LeadScorer, cfg: Mapping[str, Any]) -> None:
 
 def data_contract(data: Mapping[str, Any]) -> dict[str, Any]:
     """What the served model needs to check a request's values as the nightly job checks a CRM
-    table's (``LeadScorer.data_contract``): the data config's extra columns, ``limits`` and missing
-    markers, as plain JSON values."""
+    table's (``LeadScorer.data_contract``): the data config's extra columns, ``limits``, missing
+    markers and category synonyms, as plain JSON values."""
+    settings = ingest_settings(data)
     recorded = {
         "extra_features": data.get("extra_features") or {},
         "limits": data.get("limits") or {},
-        "missing_markers": list(ingest_settings(data).missing_markers),
+        "missing_markers": list(settings.missing_markers),
+        "synonyms": {column: dict(given) for column, given in settings.synonyms.items()},
     }
     return json.loads(json.dumps(recorded))
 
