@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.models import Model
 
-from factories import copy_project, free_port, local_tracking, project_config, run_entry_point
+from factories import README, copy_project, free_port, local_tracking, project_config, run_entry_point
 from leadml import cli
 from leadml.adapters import sinks
 from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
@@ -251,6 +252,26 @@ def test_offline_scoring_from_the_export_equals_the_registry(
     assert files.leads == len(offline) and files.html.exists()
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert _scoring_runs(project) == runs_before  # nothing was logged anywhere
+
+
+def _readme_offline_commands() -> list[list[str]]:
+    """The ``leadml-score`` lines of the README's "Offline batch scoring" block, as overrides."""
+    section = README.read_text().split("**Offline batch scoring.**", 1)[1].split("```bash", 1)[1]
+    lines = section.split("```", 1)[0].splitlines()
+    return [
+        shlex.split(line.split("#")[0])[1:] for line in lines if line.startswith(".venv/bin/leadml-score")
+    ]
+
+
+def test_the_readme_offline_scoring_commands_score_from_the_export(project: Path) -> None:
+    commands = _readme_offline_commands()
+    assert len(commands) == 2 and all(any(a.startswith("score.model_uri=") for a in c) for c in commands)
+    for overrides in commands:
+        overrides = [a.replace("models/leadml-synthetic-v1", str(_folder(project))) for a in overrides]
+        with local_tracking():
+            summary = run_score(project_config(project, "score", [f"score.as_of={AS_OF}", *overrides]))
+        assert summary.model_version == "1" and summary.leads > 100
+        assert (summary.run_id is not None) == ("score.track=true" in overrides)
 
 
 def _scoring_runs(root: Path) -> int:
