@@ -128,7 +128,10 @@ def realised_roc_auc(converted: np.ndarray, scores: np.ndarray) -> float:
 
 
 def roc_auc_interval(
-    probabilities: np.ndarray, scores: np.ndarray | None = None, level: float = INTERVAL_LEVEL
+    probabilities: np.ndarray,
+    scores: np.ndarray | None = None,
+    level: float = INTERVAL_LEVEL,
+    centre: float | None = None,
 ) -> tuple[float, float]:
     """The range the realised ROC AUC falls in with ``level`` chance when each lead converts
     independently with its probability: a normal approximation by the delta method, O(n).
@@ -142,7 +145,8 @@ def roc_auc_interval(
     """
     p = np.asarray(probabilities, dtype=np.float64)
     s = p if scores is None else np.asarray(scores, dtype=np.float64)
-    centre = expected_roc_auc(p, s)
+    if centre is None:  # the caller's expected_roc_auc(p, s), when it has it: one sort fewer
+        centre = expected_roc_auc(p, s)
     if not np.isfinite(centre):
         return float("nan"), float("nan")
     ranks = average_ranks(s)
@@ -171,7 +175,7 @@ def estimate_performance(
     """
     p = np.asarray(probabilities, dtype=np.float64)
     auc = expected_roc_auc(p)
-    low, high = roc_auc_interval(p)
+    low, high = roc_auc_interval(p, centre=auc)
     by_tier = _conversions_by_tier(p, tiers, tier_order)
     top = next((tier for tier in by_tier if np.any(np.asarray(tiers) == tier)), None)
     in_top = np.asarray(tiers) == top if top is not None else np.zeros(len(p), dtype=bool)

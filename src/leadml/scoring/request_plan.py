@@ -645,10 +645,15 @@ def read_activities(plan: RequestPlan, rows: Rows, as_of: Sequence[pd.Timestamp]
     given = [(row, position, event) for row, listed in enumerate(rows.column(ACTIVITIES))
              for position, event in enumerate(_event_list(listed))]  # fmt: skip
     events = [event for _, _, event in given]
+    types, pages = plan.rules.activities[s.ACTIVITY_TYPE], plan.rules.activities[s.PAGE_CATEGORY]
     read = {
         s.TIMESTAMP: [quick_microseconds(event.get(s.TIMESTAMP)) for event in events],
-        s.ACTIVITY_TYPE: [_quick_type(plan, event.get(s.ACTIVITY_TYPE)) for event in events],
-        s.PAGE_CATEGORY: [_quick_page(plan, event.get(s.PAGE_CATEGORY)) for event in events],
+        s.ACTIVITY_TYPE: [
+            _quick_code(plan.type_codes, types, event.get(s.ACTIVITY_TYPE), None) for event in events
+        ],
+        s.PAGE_CATEGORY: [
+            _quick_code(plan.page_codes, pages, event.get(s.PAGE_CATEGORY), -1) for event in events
+        ],
     }
     refused: dict[int, str] = {}
     for name in ACTIVITY_FIELDS:  # the pandas path's order: the reason of the first field refused
@@ -698,31 +703,21 @@ def _parsed_values(
     return {undecided[j]: reason for j, reason in reasons.items()}
 
 
-def _quick_type(plan: RequestPlan, value: Any) -> int | None:
-    """The code of an activity type spelt as the contract keeps it or plainly otherwise ("Page
-    View"); None: the parser reads it (a missing type, which it refuses, too)."""
-    if type(value) is not str:
-        return None
-    code = plan.type_codes.get(value)
-    if code is not None:
-        return code
-    token = plan.rules.activities[s.ACTIVITY_TYPE].quick_text(value)
-    return None if token is None or token is NOT_PLAIN else plan.type_codes.get(token)
-
-
-def _quick_page(plan: RequestPlan, value: Any) -> int | None:
-    """The code of a page category (-1: none, or a missing marker); None: the parser reads it."""
+def _quick_code(codes: Mapping[str, int], rule: FieldRule, value: Any, missing: int | None) -> int | None:
+    """The code of an activity's type or page spelt as the contract keeps it or plainly otherwise
+    ("Page View"); ``missing`` for no value or a missing marker (a page: -1, none; a type: None, as
+    the parser refuses it); None: the parser reads it."""
     if value is None:
-        return -1
+        return missing
     if type(value) is not str:
         return None
-    code = plan.page_codes.get(value)
+    code = codes.get(value)
     if code is not None:
         return code
-    token = plan.rules.activities[s.PAGE_CATEGORY].quick_text(value)
+    token = rule.quick_text(value)
     if token is None:
-        return -1
-    return None if token is NOT_PLAIN else plan.page_codes.get(token)
+        return missing
+    return None if token is NOT_PLAIN else codes.get(token)
 
 
 def quick_microseconds(value: Any) -> int | None:

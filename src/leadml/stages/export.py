@@ -170,7 +170,10 @@ def _rewrite_without_pickle(folder: Path, scorer: Any, model_uri: str) -> None:
             model_artifacts(scorer, Path(work) / "files"),
         )
         for item in folder.iterdir():
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
+            if item.is_dir():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
         for item in rebuilt.iterdir():
             item.rename(folder / item.name)
     logger.warning(

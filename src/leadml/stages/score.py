@@ -509,14 +509,15 @@ def _estimated_performance(
     so the same with either engine), checked against the model's test-window ROC AUC."""
     estimate = estimate_scored_run(outcome.probabilities, tiers)
     test_auc = recorded_test_roc_auc(getattr(scorer, "trained", None))
-    check = check_estimate(estimate.roc_auc, test_auc, estimate_warning_drop(score_cfg))
+    allowed_drop = estimate_warning_drop(score_cfg)
+    check = check_estimate(estimate.roc_auc, test_auc, allowed_drop)
     if check.warning:
         logger.warning("%s", check.warning)
     return {
         **estimate.record(),
         "test_roc_auc": check.test_roc_auc,
         "drop": check.drop,
-        "allowed_drop": estimate_warning_drop(score_cfg),
+        "allowed_drop": allowed_drop,
         "warning": check.warning,
         "note": None if test_auc is not None else NO_TEST_FIGURE,
     }
