@@ -40,6 +40,7 @@ from leadml.machine import apply_thread_count, apply_wait_policy
 
 if TYPE_CHECKING:  # the stages are imported by their entry point only (see run_*)
     from leadml.stages.backtest import BacktestResult
+    from leadml.stages.experiment import ExperimentResult
     from leadml.stages.export import ExportResult
     from leadml.stages.features import FeaturesResult
     from leadml.stages.forecast import ForecastResult
@@ -417,6 +418,54 @@ def run_export(cfg: DictConfig) -> ExportResult:
     return result
 
 
+# --------------------------------------------------------------------------- experiment
+def run_experiment(cfg: DictConfig) -> ExperimentResult:
+    """The readout of an experiment of scoring: arms, outcomes, the always-valid test, a decision."""
+    from leadml.stages.experiment import experiment_stage
+
+    result = experiment_stage(_container(cfg), Path(cfg.paths.root))
+    _echo_readout(result)
+    return result
+
+
+def run_promote(cfg: DictConfig) -> ExperimentResult:
+    """The readout of an experiment, then its winning arm's model promoted to champion through the gate."""
+    from leadml.stages.experiment import experiment_stage
+
+    with open_dict(cfg):
+        cfg.readout.promote = True
+    result = experiment_stage(_container(cfg), Path(cfg.paths.root))
+    _echo_readout(result)
+    decision = result.promotion
+    if decision is not None:
+        if result.promoted_version is not None:
+            _echo(
+                f"promote: version {result.promoted_version} of {cfg.mlflow.registered_model} is the champion"
+            )
+        else:
+            _echo(f"promote: not promoted: {'; '.join(decision.reasons)}")
+        for reason in decision.reasons if result.promoted_version is not None else ():
+            _echo(f"  {reason}")
+    return result
+
+
+def _echo_readout(result: ExperimentResult) -> None:
+    readout = result.readout
+    _echo(f"experiment {readout.experiment} as of {readout.as_of:%Y-%m-%d}: {readout.decision}")
+    for arm in readout.arms.itertuples(index=False):
+        _echo(
+            f"  {arm.arm}: {arm.leads:,} leads, {arm.resolved:,} with an outcome, {arm.converted:,} won "
+            f"({_percent(arm.conversion)}); tier {readout.top_tier}: {arm.top_resolved:,} with an outcome, "
+            f"{_percent(arm.top_conversion)} won"
+        )
+    _echo(f"experiment: {readout.sentence}")
+    _echo(f"experiment: wrote {result.html}")
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1%}"
+
+
 # --------------------------------------------------------------------------- wrappers
 def check_known_keys(cfg: DictConfig, config_name: str) -> None:
     """Refuse a key of the command's own section (``score``, ``report``...) that its config file
@@ -435,7 +484,9 @@ def check_known_keys(cfg: DictConfig, config_name: str) -> None:
         )
 
 
-def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+def _entry_point(
+    config_name: str, run: Callable[[DictConfig], Any], command: str | None = None
+) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
     def main(cfg: DictConfig) -> None:
         _configure_logging(cfg)
@@ -452,7 +503,7 @@ def _entry_point(config_name: str, run: Callable[[DictConfig], Any]) -> Callable
                     raise
                 raise _unnamed_output_fault(error) from None
         except LeadmlError as error:
-            print(f"leadml-{config_name}: error: {error}", file=sys.stderr, flush=True)
+            print(f"leadml-{command or config_name}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
 
     main.__doc__ = run.__doc__
@@ -475,6 +526,8 @@ report = _entry_point("report", run_report)
 forecast = _entry_point("forecast", run_forecast)
 backtest = _entry_point("backtest", run_backtest)
 export = _entry_point("export", run_export)
+experiment = _entry_point("experiment", run_experiment)
+promote = _entry_point("experiment", run_promote, command="promote")
 
 
 def init() -> None:

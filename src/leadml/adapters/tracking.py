@@ -505,6 +505,17 @@ def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, version)
 
 
+def move_aliases(name: str, version: str, decision: Any, *, challenger: bool = True) -> None:
+    """The aliases after a gate's ``decision`` (a :class:`~leadml.modelling.gate.GateDecision`):
+    ``challenger`` on the version (a newly trained one), ``champion`` too when it passed. Training
+    and ``leadml-promote`` both move them here, last, after everything else was logged."""
+    if challenger:
+        set_alias(name, CHALLENGER, version)
+    if decision.promote:
+        set_alias(name, CHAMPION, version)
+        logger.info("%s version %s is the champion: %s", name, version, "; ".join(decision.reasons))
+
+
 @_tracked("look up a model alias")
 def version_by_alias(name: str, alias: str) -> str | None:
     """The version holding ``alias``, or None when there is none (or no such model yet)."""

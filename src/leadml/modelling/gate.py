@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from leadml.modelling.evaluate import base_rate_drift
 from leadml.modelling.models import (
     ScoringModel,
 )
-from leadml.modelling.train import TOO_LITTLE_DATA, TrainingResult
+from leadml.modelling.points import POINTS as POINTS_MODEL
+from leadml.modelling.train import BASELINE_LOGREG, BASELINE_POINTS, TOO_LITTLE_DATA, TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,19 @@ class InTimeCalibration:
         )
 
 
+@dataclass(frozen=True)
+class ExperimentVerdict:
+    """What an experiment's readout says of its arms (leadml-promote): replaces the rescored
+    champion in the gate, since a live experiment is the stronger evidence of the two."""
+
+    experiment: str
+    decision: str  # the readout's decision ("wins", "keep running", ...)
+    sentence: str
+    winner: str | None  # the arm that beat the baseline arm
+    version: str | None  # the winner's version of the registered model (None: not a version of it)
+    champion_version: str | None
+
+
 def promotion_gate(
     candidate: Mapping[str, float],
     logreg: Mapping[str, float],
@@ -114,10 +129,12 @@ def promotion_gate(
     settings: Mapping[str, Any],
     points: Mapping[str, float] | None = None,
     evidence: GateEvidence | None = None,
+    experiment: ExperimentVerdict | None = None,
 ) -> GateDecision:
     """Promote only with signal and enough data, above an absolute floor, calibrated (allowing for
     the test window's size), ahead of the logistic and points baselines (the points one when the
-    data config has a sheet) and not behind the champion."""
+    data config has a sheet) and not behind the champion; under ``experiment`` (leadml-promote),
+    only when the model's arm won the experiment, whatever the champion's test metrics."""
     evidence = evidence or GateEvidence()
     reasons: list[str] = []
     passed = True
@@ -165,7 +182,15 @@ def promotion_gate(
             f"{KEEP_THE_SHEET}: the hand-written points sheet ranks these leads better (test ROC AUC "
             f"{points['roc_auc']:.4f} against the model's {auc:.4f}, +{points_margin} required)"
         )
-    if champion is None:
+    if experiment is not None:
+        won = experiment.decision == EXPERIMENT_WON and experiment.version is not None
+        passed = passed and won
+        reasons.append(
+            f"experiment {experiment.experiment}: {experiment.sentence}"
+            if won
+            else f"experiment {experiment.experiment} gives no winner to promote: {experiment.sentence}"
+        )
+    elif champion is None:
         reasons.append("no champion yet")
     elif "note" in champion:
         reasons.append(str(champion["note"]))
@@ -227,3 +252,53 @@ def _calibration_rule(
             "test window this size, so the difference is noise"
         )
     return False, f"ECE {ece:.4f}{interval} above the ceiling {max_ece}"
+
+
+EXPERIMENT_WON = "wins"  # leadml.reporting.readout.WINS: the readout's decision that promotes
+
+
+def recorded_gate(
+    verdict: ExperimentVerdict, recorded: Mapping[str, Any], settings: Mapping[str, Any]
+) -> GateDecision:
+    """The gate of training applied to a registered version's recorded test metrics (its run's
+    ``metrics_comparison.csv``, ``calibration.json`` and ``split.json``), with the experiment's
+    verdict in place of the champion comparison.
+
+    A version that never won, is not a version of the registered model or is the champion already
+    is refused before its metrics are read. The rules whose evidence the run did not record (a
+    fitting failure, too little data) were judged at training; a version they refused has the
+    same metrics here and fails the floor or the baselines again in nearly every case.
+    """
+    if verdict.decision != EXPERIMENT_WON or verdict.winner is None:
+        return GateDecision(
+            False, [f"experiment {verdict.experiment} gives no winner to promote: {verdict.sentence}"]
+        )
+    if verdict.version is None:
+        return GateDecision(
+            False,
+            [f"arm {verdict.winner} won, but its model is not a version of the registered model (a points "
+             "sheet under a name of its own, an exported folder): register it, then promote that version"],
+        )  # fmt: skip
+    if verdict.version == verdict.champion_version:
+        return GateDecision(
+            False, [f"arm {verdict.winner}'s version {verdict.version} is the champion already"]
+        )
+    comparison = recorded.get("metrics_comparison.csv")
+    if comparison is None or not settings:
+        return GateDecision(
+            False,
+            [f"version {verdict.version}'s training run has no recorded test metrics or promotion settings"],
+        )
+    rows = comparison.set_index(comparison.columns[0])
+    name = next(str(n) for n in rows.index if f"{n}_uncalibrated" in rows.index)
+    split = recorded.get("split.json")
+    evidence = GateEvidence(
+        uncalibrated=rows.loc[f"{name}_uncalibrated"],
+        base_rate_moved=bool(base_rate_drift(split).get("flagged")) if split else False,
+        in_time=InTimeCalibration.of(recorded.get("calibration.json") or {}),
+    )
+    points = rows.loc[BASELINE_POINTS] if BASELINE_POINTS in rows.index and name != POINTS_MODEL else None
+    return promotion_gate(
+        rows.loc[name], rows.loc[BASELINE_LOGREG], None, settings, points=points, evidence=evidence,
+        experiment=verdict,
+    )  # fmt: skip

@@ -241,3 +241,27 @@ def backtest_figure(table: pd.DataFrame, settings: BacktestSettings) -> Figure:
     figure.suptitle("Rolling backtest: train before each cutoff, test on the next period")
     figure.tight_layout()
     return figure
+
+
+def experiment_looks_figure(looks: pd.DataFrame, compare: str, top_tier: str) -> Figure:
+    """Per arm against the baseline, night by night: the difference in conversion of the compared
+    leads and its always-valid interval (it only narrows: each night's holds with the others')."""
+    figure, axes = plt.subplots(figsize=(7.5, 3.6))
+    compared = "all leads" if compare == "all" else f"tier {top_tier} leads"
+    for arm, rows in looks.groupby("arm", sort=False):
+        ready = rows[np.isfinite(rows["difference"].to_numpy(dtype=np.float64))]
+        if ready.empty:
+            continue
+        nights = pd.to_datetime(ready["night"]).dt.tz_localize(None)
+        line = axes.plot(nights, ready["difference"], marker=".", label=str(arm))[0]
+        axes.fill_between(nights, ready["low"].clip(lower=-1.0), ready["high"].clip(upper=1.0),
+                          color=line.get_color(), alpha=0.18, linewidth=0)  # fmt: skip
+    axes.axhline(0.0, **_REFERENCE_STYLE)
+    if not axes.lines[1:]:  # only the reference line: no night with enough outcomes yet
+        axes.text(0.5, 0.5, "too few outcomes yet", transform=axes.transAxes, ha="center", color="grey")
+    else:
+        axes.legend(loc="best", fontsize=8)
+    axes.set(ylabel="conversion: arm minus baseline", title=f"Difference in conversion of {compared}")
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    figure.autofmt_xdate()
+    return figure

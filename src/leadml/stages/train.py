@@ -315,9 +315,7 @@ def _publish(report_path: Path, model_name: str, version: str, gate: _GateOutcom
         tracking.set_tags({"promoted": str(decision.promote), "registered_version": version})
         tracking.log_metrics({"seconds.total": time.perf_counter() - started})
         # the aliases move last: a run that fails on the way (tracking server gone) moves none
-        tracking.set_alias(model_name, tracking.CHALLENGER, version)
-        if decision.promote:
-            tracking.set_alias(model_name, tracking.CHAMPION, version)
+        tracking.move_aliases(model_name, version, decision)
     except BaseException:
         report_path.unlink(missing_ok=True)  # no report of a version whose run did not finish
         raise
