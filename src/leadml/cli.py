@@ -364,6 +364,8 @@ def run_report(cfg: DictConfig) -> Any:
     _echo(f"report: {files.leads:,} open leads as of {files.as_of:%Y-%m-%d}")
     _echo(f"report: wrote {files.html}")
     _echo(f"report: wrote {files.csv}")
+    if files.kpi_run_id:
+        _echo(f"report: KPIs logged to the scoring run {files.kpi_run_id}")
     return files
 
 

@@ -6,6 +6,7 @@ The config is read from the README's text, so the README and this test cannot dr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,13 @@ def test_the_readme_flat_example_trains_and_scores_its_open_leads(
     assert (rows["trend"] == "steady").all()  # same rows, same model: nothing moved
     page = second.html.read_text()
     assert "40 leads scored by earlier runs whose outcome is now known (won or lost in today" in page
+    # the programme over time: the first night's leads, 40 of them with an outcome, 10 converted; a
+    # flat table has no closing dates or deal values, and the page says so
+    kpi_table = re.search(r'<table id="kpi-table".*?</table>', page, re.S)[0]
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", kpi_table, re.S)]
+    assert cells[:2] == [f"{latest:%Y-%m}", f"{len(still_open):,}"]
+    assert cells[3].startswith("40 ") and cells[4:6] == ["10", "25.0%"]
+    assert "close rate" not in kpi_table and "not when it closed or for how much" in page
 
 
 def test_a_flat_table_is_scored_from_its_open_leads() -> None:

@@ -1,22 +1,27 @@
 """leadml-report: the leadership report from a scored run, in a real browser (headless Chromium).
 
 The project is the shared small trained one (a copy) whose leads are then given hostile names,
-scored on two dates (so there are movers and resolved predictions), and reported with the
-first name shown. The browser test drives Debian's Chromium through Playwright.
+scored on five dates over four months (so there are movers, resolved predictions and months to
+measure the scoring programme over), and reported with the first name shown. The browser test
+drives Debian's Chromium through Playwright.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
+from html import unescape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from factories import local_tracking, project_config
+from factories import README, SMALL_PROJECT, local_tracking, project_config, run_entry_point
+from leadml import cli
+from leadml.adapters import tracking
 from leadml.adapters.sinks import earlier_predictions, scored_partition
 from leadml.cli import run_features, run_ingest, run_report, run_score
 from leadml.data import schema as s
@@ -33,6 +38,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 EARLIER_RUN = "2025-09-01"
+# the nights scored before the latest one: two in August (a lead scored on both counts once)
+EARLIER_RUNS = ("2025-08-01", "2025-08-15", EARLIER_RUN, "2025-10-01")
 PAGE_ROWS = 50  # rows of the ranked table at once: the small project's leads span several pages
 WIDTHS = (1280, 1920)
 # screenshots of every run are also copied here, for a person to look at (reports/ is not committed)
@@ -66,7 +73,10 @@ def reported(project_copy) -> dict:
         for stage, run in (("ingest", run_ingest), ("features", run_features)):
             run(_cfg(root, stage))
         pd.testing.assert_frame_equal(pd.read_parquet(snapshots), trained_on)
-        earlier = run_score(_cfg(root, "score", [f"score.as_of={EARLIER_RUN}"]))
+        earlier = None
+        for day in EARLIER_RUNS:
+            scored = run_score(_cfg(root, "score", [f"score.as_of={day}"]))
+            earlier = scored if day == EARLIER_RUN else earlier
         latest = run_score(_cfg(root, "score", ["score.as_of=latest"]))
         files = run_report(
             _cfg(
@@ -136,8 +146,10 @@ def test_page_is_self_contained_and_escapes_data(reported: dict) -> None:
     assert len(re.findall(r"<script\b", page)) == 2 and page.count("</script>") == 2
     assert '<script type="application/json" id="ranked-data">' in page
     assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in page  # the name, inert in the JSON
-    # points only: no log-odds and no technical drift lines for a sales leader
-    assert "log-odds" not in page and "PSI" not in page
+    # points only: no log-odds and no technical drift lines for a sales leader (in the page's words,
+    # not in its charts' base64, where any three letters turn up by chance)
+    words = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "log-odds" not in words and "PSI" not in words
     # closed leads: the rate the probability is about sits beside the sales team's conversion rate
     assert "won within 90 days</th>" in page
 
@@ -433,3 +445,203 @@ def _column(page, name: str) -> list[float]:
     index = headers.index(name)
     cells = page.locator(f"#ranked-table tbody tr td:nth-child({index + 1})")
     return [float(value) for value in cells.evaluate_all("cells => cells.map(c => c.dataset.sort)")]
+
+
+# --------------------------------------------------------------------------- the scoring programme over time
+def _page_rows(page: str, table_id: str) -> list[list[str]]:
+    """The cells' text of each body row of the page's table ``table_id``."""
+    body = re.search(rf'<table id="{table_id}"[^>]*>.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert body is not None, f"no table {table_id}"
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body[1], re.S)
+    return [
+        [
+            unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        ]
+        for row in rows
+    ]
+
+
+def _number(text: str) -> float:
+    return float(text.split()[0].replace(",", "").replace("$", "").rstrip("%"))
+
+
+def _direct_kpis(root: Path, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per month, counted here from the scored partitions and the CRM's outcomes (not with
+    leadml.reporting): leads (each once a month, by its first night), sales-ready (A or B),
+    resolved, won within 90 days, the sum of their probabilities, closed, wins, deal values."""
+    outcomes = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "outcomes.parquet")
+    outcomes = outcomes.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)
+    rows = []
+    for day in EARLIER_RUNS:
+        part = pd.read_parquet(
+            root / "data" / "scored" / "synthetic" / f"as_of={day}", columns=[s.LEAD_ID, PROBABILITY, "tier"]
+        )
+        rows.append(part.assign(run_date=pd.Timestamp(day, tz="UTC")))
+    earlier = pd.concat(rows, ignore_index=True)
+    earlier["month"] = earlier["run_date"].dt.strftime("%Y-%m")
+    first = earlier.sort_values("run_date").drop_duplicates([s.LEAD_ID, "month"])
+    closed_at = pd.to_datetime(first[s.LEAD_ID].map(outcomes[s.CLOSED_AT]), utc=True)
+    status = first[s.LEAD_ID].map(outcomes[s.STATUS])
+    deadline = first["run_date"] + pd.Timedelta(days=90)
+    closed = closed_at.notna() & (closed_at < as_of) & status.isin([s.WON, s.LOST])
+    first = first.assign(
+        ready=first["tier"].isin(["A", "B"]),
+        resolved=(closed_at.notna() & (closed_at < as_of)) | (deadline <= as_of),
+        won=(status == s.WON) & (closed_at <= deadline) & (closed_at < as_of),
+        closed=closed,
+        closed_won=closed & (status == s.WON),
+        deal=first[s.LEAD_ID].map(outcomes[s.DEAL_VALUE]).where(closed & (status == s.WON)),
+    )
+    first["expected"] = first[PROBABILITY].where(first["resolved"], 0.0)
+    return first.groupby("month").agg(
+        leads=(s.LEAD_ID, "size"), ready=("ready", "mean"), resolved=("resolved", "sum"), won=("won", "sum"),
+        expected=("expected", "sum"), closed=("closed", "sum"), closed_won=("closed_won", "sum"),
+        deal=("deal", "mean"),
+    )  # fmt: skip
+
+
+def test_the_programme_over_time_matches_a_direct_count(reported: dict) -> None:
+    root, files = reported["root"], reported["files"]
+    page = files.html.read_text()
+    expected = _direct_kpis(root, files.as_of)
+    rows = _page_rows(page, "kpi-table")
+    assert [row[0] for row in rows] == ["2025-08", "2025-09", "2025-10"] == list(expected.index)
+    for row in rows:
+        want = expected.loc[row[0]]
+        assert _number(row[1]) == want["leads"]
+        assert _number(row[2]) == pytest.approx(100 * want["ready"], abs=0.05)
+        assert _number(row[3]) == want["resolved"]
+        assert _number(row[4]) == want["won"]
+        assert _number(row[5]) == pytest.approx(100 * want["won"] / want["resolved"], abs=0.05)
+        assert _number(row[6]) == pytest.approx(want["expected"], abs=0.05)
+        assert _number(row[7]) == pytest.approx(100 * want["closed_won"] / want["closed"], abs=0.05)
+        assert _number(row[8]) == pytest.approx(want["deal"], abs=0.5)
+    # August's two nights: a lead scored on both counts once, so fewer leads than the two nights' rows
+    august = [
+        pd.read_parquet(root / "data" / "scored" / "synthetic" / f"as_of={day}") for day in EARLIER_RUNS[:2]
+    ]
+    assert expected.loc["2025-08", "leads"] < sum(len(part) for part in august)
+    # honest probabilities: over the months, expected conversions close to the realised ones
+    assert expected["expected"].sum() == pytest.approx(expected["won"].sum(), rel=0.25)
+    assert 'id="kpi-chart"' in page and 'id="cohort-table"' in page
+    tier_rows = _page_rows(page, "kpi-tier-table")
+    assert (
+        sum(_number(row[2]) for row in tier_rows if row[0] == "2025-09") == expected.loc["2025-09", "leads"]
+    )
+
+
+def test_the_revenue_threshold_is_worked_out_on_tonights_leads(reported: dict) -> None:
+    root, files = reported["root"], reported["files"]
+    page = files.html.read_text()
+    scored = pd.read_parquet(Path(reported["latest"].output))
+    leads = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "leads.parquet")
+    value = scored[s.LEAD_ID].map(
+        leads.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[s.ESTIMATED_DEAL_VALUE]
+    )
+    assert value.notna().all()  # the synthetic leads carry an estimated deal value: no averages needed
+    thresholds = json.loads((Path(reported["latest"].output) / "_scoring_run.json").read_text())["thresholds"]
+    today = scored[PROBABILITY] >= thresholds["B"]
+    rows = {row[0]: row for row in _page_rows(page, "threshold-table")}
+    mine = rows["Today's sales-ready threshold"]
+    assert _number(mine[2]) == today.sum()
+    assert _number(mine[4]) == pytest.approx((scored[PROBABILITY] * value)[today].sum(), abs=0.5)
+    # no cost per lead and every value positive: the best cut works as many leads as the capacity (today's)
+    best = rows["Best for the capacity"]
+    assert _number(best[2]) <= today.sum() and _number(best[4]) >= _number(mine[4]) - 0.5
+    assert f"{today.sum():,} leads" in page or f"({today.sum():,})" in page
+    assert f"{len(scored):,} leads' own estimated deal value" in page
+
+
+def test_the_kpis_are_logged_to_the_scoring_run_of_the_date(reported: dict) -> None:
+    files, latest = reported["files"], reported["latest"]
+    assert latest.run_id and files.kpi_run_id == latest.run_id
+    with local_tracking():
+        import mlflow
+
+        tracking.configure(
+            tracking.resolve_tracking_uri(None, reported["root"]), "leadml-synthetic-scoring",
+            reported["root"] / "mlruns",
+        )  # fmt: skip
+        found = tracking.run_artifacts(
+            latest.run_id, ["kpis/kpis.csv", "kpis/cohorts.csv", "kpis/threshold.csv"]
+        )
+        metrics = mlflow.get_run(latest.run_id).data.metrics
+        assert mlflow.get_run(latest.run_id).info.status == "FINISHED"
+    table = found["kpis/kpis.csv"]
+    assert set(table["period"]) == {"2025-08", "2025-09", "2025-10"}
+    october = table[(table["period"] == "2025-10") & (table["tier"] == "all")].iloc[0]
+    assert metrics["kpi_leads"] == october["leads"]
+    assert metrics["kpi_conversion_rate"] == pytest.approx(october["conversion_rate"])
+    assert len(found["kpis/threshold.csv"]) == 2 and "kpi_best_threshold" in metrics
+
+
+def test_with_no_earlier_outcome_the_section_says_so(reported: dict, tmp_path: Path) -> None:
+    with local_tracking():
+        files = run_report(
+            _cfg(
+                reported["root"],
+                "report",
+                [f"report.as_of={EARLIER_RUNS[0]}", f"report.output_dir={tmp_path}"],
+            )
+        )
+    page = files.html.read_text()
+    assert 'id="kpi-none"' in page and 'id="kpi-table"' not in page
+    assert "No lead scored on an earlier night has an outcome yet" in page
+    assert 'id="threshold-table"' in page  # tonight's leads still get their threshold
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "report.kpis.sales_ready_tier=Z",
+            "report.kpis.sales_ready_tier: 'Z' is not a tier of the scored run",
+        ),
+        ("report.kpis.period=year", "report.kpis.period must be one of month, week, quarter, got 'year'"),
+        ("tiers.sales_capacity.leads=-3", "tiers.sales_capacity.leads must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_kpi_setting_is_one_line_naming_it(
+    reported: dict, tmp_path: Path, override: str, message: str
+) -> None:
+    quick = [f"{k}={v}" for k, v in SMALL_PROJECT.items()]
+    argv = [
+        "leadml-report",
+        f"paths.root={reported['root']}",
+        *quick,
+        f"report.output_dir={tmp_path}",
+        override,
+    ]
+    with local_tracking():
+        code, _, err = run_entry_point(cli.report, argv)
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def _readme_report_line() -> list[str]:
+    """The overrides of the README's example of the KPI and capacity settings."""
+    text = README.read_text()
+    start = text.index("(`tests/system/test_report.py` runs this line):")
+    match = re.compile(r"```bash\n(.*?)```", re.S).search(text, start)
+    assert match is not None
+    (line,) = [shlex.split(line) for line in match.group(1).splitlines() if line.strip()]
+    assert line[0] == ".venv/bin/leadml-report"
+    return line[1:]
+
+
+def test_the_readme_example_of_the_kpi_settings(reported: dict, tmp_path: Path) -> None:
+    quick = [f"{k}={v}" for k, v in SMALL_PROJECT.items()]
+    argv = ["leadml-report", f"paths.root={reported['root']}", *quick, f"report.output_dir={tmp_path}"]
+    with local_tracking():
+        code, _, err = run_entry_point(cli.report, [*argv, *_readme_report_line()])
+    assert code == 0, err
+    page = next(tmp_path.glob("leads-*.html")).read_text()
+    periods = [row[0] for row in _page_rows(page, "kpi-table")]
+    assert periods == ["2025 Q3", "2025 Q4"]
+    assert "Sales-ready leads are those in tier A." in page and "a capacity of 300 leads" in page
+    rows = {row[0]: row for row in _page_rows(page, "threshold-table")}
+    assert _number(rows["Best for the capacity"][2]) <= 300
+    assert "less $40 for working it" in page

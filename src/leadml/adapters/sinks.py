@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -380,15 +380,24 @@ def read_run_record(partition: Path, record_name: str) -> dict[str, Any]:
     return record
 
 
-def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Every prediction of the runs before ``as_of``: lead id, probability, run date."""
+def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Every prediction of the runs before ``as_of``: lead id, probability, run date.
+
+    ``columns``: more columns of the scored partitions to read (``tier``); a partition written
+    before a column existed gives it as missing (NaN), so older runs still count.
+    """
+    wanted = list(dict.fromkeys([s.LEAD_ID, PROBABILITY, *columns]))
     frames = []
     for run_date, partition in written_partitions(scored_dir).items():
         if run_date >= as_of:
             continue
         files = sorted(partition.glob("*.parquet"))
-        rows = [read_scored_file(f, columns=[s.LEAD_ID, PROBABILITY]) for f in files]
+        rows = []
+        for path in files:
+            present = set(scored_file_columns(path))
+            part = read_scored_file(path, columns=[c for c in wanted if c in present])
+            rows.append(part.reindex(columns=wanted))
         frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
     if not frames:
-        return pd.DataFrame(columns=[s.LEAD_ID, PROBABILITY, "run_date"])
+        return pd.DataFrame(columns=[*wanted, "run_date"])
     return pd.concat(frames, ignore_index=True)

@@ -763,3 +763,28 @@ def log_scoring_run(
         for name, record in records.items():
             log_dict(record, name)
     return run_id
+
+
+@_tracked("log to the scoring run")
+def log_to_run(
+    run_id: str, metrics: Mapping[str, float], tables: Mapping[str, pd.DataFrame], step: int = 0
+) -> None:
+    """Add the finite ``metrics`` (at ``step``) and CSV tables to an existing run (the leadership
+    report's KPIs to the scoring run of the date it reports), through the client: the run is not
+    re-opened, so its status and end time stay as the scoring run left them."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    clean = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and math.isfinite(float(value))
+    ]
+    if clean:
+        client.log_batch(run_id, metrics=clean)
+    for name, table in tables.items():
+        client.log_text(run_id, table.to_csv(index=False), name)

@@ -341,13 +341,54 @@ def tier_table(
 
 
 @dataclass(frozen=True)
+class SalesCapacity:
+    """What the sales team can work (``tiers.sales_capacity``), for the revenue-maximising threshold.
+
+    ``leads``: open leads the team can work at once; None: as many as tonight's sales-ready tiers
+    hold. ``cost_per_lead``: what working one lead costs, in the unit of the deal values.
+    """
+
+    leads: int | None = None
+    cost_per_lead: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> SalesCapacity:
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise LeadmlError(
+                f"tiers.sales_capacity must be a mapping of leads and cost_per_lead, got {mapping!r}"
+            )
+        values = known_settings(cls, mapping, "tiers.sales_capacity")
+        leads, cost = values.get("leads"), values.get("cost_per_lead")
+        return cls(
+            leads=None if leads is None else _whole(leads, "tiers.sales_capacity.leads", minimum=1),
+            cost_per_lead=0.0 if cost is None else _non_negative(cost, "tiers.sales_capacity.cost_per_lead"),
+        )
+
+
+def _whole(value: Any, name: str, minimum: int) -> int:
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise LeadmlError(f"{name} must be a whole number >= {minimum} (or null), got {value!r}")
+    return int(number)
+
+
+def _non_negative(value: Any, name: str) -> float:
+    number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise LeadmlError(f"{name} must be a number >= 0, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
 class TierSettings:
-    """How probabilities become tiers (conf/tiers): fixed minimums, or capacity shares of the leads."""
+    """How probabilities become tiers (conf/tiers): fixed minimums, or capacity shares of the leads;
+    and the sales team's capacity (``sales_capacity``, read by the leadership report)."""
 
     method: str = "probability"
     thresholds: Mapping[str, float] = field(default_factory=lambda: {"A": 0.30, "B": 0.15, "C": 0.05})
     shares: Mapping[str, float] = field(default_factory=lambda: {"A": 0.05, "B": 0.20, "C": 0.50})
     floor_tier: str = FLOOR_TIER
+    sales_capacity: SalesCapacity = field(default_factory=SalesCapacity)
 
     def __post_init__(self) -> None:
         if self.method not in ("probability", "capacity"):
@@ -356,8 +397,9 @@ class TierSettings:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> TierSettings:
         values = known_settings(cls, mapping, "tiers")
+        capacity = SalesCapacity.from_mapping(values.pop("sales_capacity", None))
         values = {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items() if v is not None}
-        return cls(**values)
+        return cls(**values, sales_capacity=capacity)
 
     def thresholds_for(self, probabilities: np.ndarray) -> dict[str, float]:
         """Probability minimum of each tier: fixed, or the capacity quantiles of today's leads."""

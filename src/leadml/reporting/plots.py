@@ -264,4 +264,34 @@ def experiment_looks_figure(looks: pd.DataFrame, compare: str, top_tier: str) ->
     axes.set(ylabel="conversion: arm minus baseline", title=f"Difference in conversion of {compared}")
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     figure.autofmt_xdate()
+
+
+def kpi_figure(overall: pd.DataFrame, by_tier: pd.DataFrame) -> Figure:
+    """The scoring programme per period: each tier's conversion rate (``by_tier``: periods x tiers),
+    and expected against realised conversions of the resolved leads (``overall``: ``period``,
+    ``expected``, ``won``)."""
+    figure, (rates, counts) = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    x = np.arange(len(overall))
+    labels = overall["period"].astype(str).to_list()
+    for tier in by_tier.columns:
+        rates.plot(x, by_tier[tier].to_numpy(dtype=np.float64), marker="o", label=f"tier {tier}")
+    rates.yaxis.set_major_formatter(PercentFormatter(1.0))
+    rates.set(title="Conversion rate of resolved leads, by tier", ylabel="converted")
+    rates.set_ylim(bottom=0)
+    width = 0.4
+    counts.bar(
+        x - width / 2,
+        overall["expected"].to_numpy(dtype=np.float64),
+        width,
+        label="expected",
+        color="#9bb3ea",
+    )
+    counts.bar(
+        x + width / 2, overall["won"].to_numpy(dtype=np.float64), width, label="realised", color="#2458d6"
+    )
+    counts.set(title="Expected against realised conversions", ylabel="resolved leads converted")
+    for panel in (rates, counts):
+        panel.set_xticks(x, labels, rotation=30 if len(x) > 6 else 0, ha="right" if len(x) > 6 else "center")
+        panel.legend(loc="best", fontsize=8)
+    figure.tight_layout()
     return figure

@@ -27,11 +27,12 @@ from leadml.adapters.sources import write_csv_atomic
 from leadml.data import schema as s
 from leadml.data.contracts import as_tuple
 from leadml.data.features import LABEL, flat_open_features
-from leadml.errors import writing_to
-from leadml.modelling.evaluate import FLOOR_TIER
+from leadml.errors import TrackingUnavailableError, writing_to
+from leadml.modelling.evaluate import FLOOR_TIER, SalesCapacity, TierSettings
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer
-from leadml.reporting import html, plots
+from leadml.reporting import html, kpis, plots
+from leadml.reporting.kpis import Kpis, KpiSettings, ThresholdChoice
 from leadml.reporting.lead_mix import lead_mix_shift
 from leadml.reporting.leadership import (
     TABLE_TEXT,
@@ -72,6 +73,8 @@ class ReportFiles:
     csv: Path
     leads: int
     as_of: pd.Timestamp
+    # the MLflow run the KPIs were logged to (the scoring run of the date); None: not logged
+    kpi_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class _History:
     cards: list[Any]
     # per earlier run whose outcomes are all in: its estimate before them against what happened
     estimates: pd.DataFrame
+    # every earlier prediction with its tier, resolved and won (and, from the CRM, how it closed)
+    judged: pd.DataFrame
 
 
 def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
@@ -104,7 +109,10 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     data = cfg.get("data") or {}
     flat = data.get("kind") == "flat"
     settings = ReportSettings.from_mapping(report_cfg.get("settings") or {})
+    kpi_settings = KpiSettings.from_mapping(report_cfg.get("kpis"))
+    capacity = TierSettings.from_mapping(cfg.get("tiers") or {}).sales_capacity
     run = _scored_run(report_cfg, data, settings)
+    kpi_settings.ready_tiers(_tiers(run))  # a tier the run does not have: one line, before any model loads
     ranked = ranked_csv(run.frame, settings.personal_columns)  # the stored values, before words for the page
     scorer, model_uri = _run_scorer(run, cfg, root)
     run = replace(run, frame=with_source_labels(run.frame, scorer))
@@ -117,6 +125,12 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     else:
         history = _crm_history(run, scorer, features, report_cfg, settings, horizon)
     frame, as_of, thresholds, tiers = run.frame, run.as_of, run.thresholds, _tiers(run)
+    created = (
+        None if flat else run.tables[s.LEADS].drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[s.CREATED_AT]
+    )
+    programme = kpis.kpis(history.judged, kpi_settings, tiers, created)
+    choice = _threshold_choice(run, history.judged, programme, capacity)
+    kpi_chart = _kpi_chart(programme, tiers)
     up, down = movers(frame, settings.movers)
     start = _start(scorer, frame)
     personal = [c for c in settings.personal_columns if c in frame.columns]
@@ -160,13 +174,17 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         timeline_days=settings.timeline_days,
         timelines=not flat,  # a flat table has no activity timeline
         analysis=_records(history.analysis),
+        kpis=_kpi_context(programme, kpi_chart),
+        threshold=choice,
+        sales_ready_threshold=thresholds.get(kpi_settings.sales_ready_tier),
     )
     out = Path(report_cfg["output_dir"])
     stem = f"leads-{as_of:%Y-%m-%d}"
     with writing_to(out, "report.output_dir"):
         html_path = html.write_page(page, out / f"{stem}.html")
         csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
-    return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of)
+    kpi_run_id = _track_kpis(cfg, run, root, programme, choice)
+    return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of, kpi_run_id=kpi_run_id)
 
 
 def _scored_run(
@@ -283,11 +301,10 @@ def _flat_history(
 ) -> _History:
     interim_dir, scored_dir = Path(report_cfg["interim_dir"]), Path(report_cfg["scored_dir"])
     labelled = pd.read_parquet(interim_dir / f"{FLAT_TABLE}.parquet", columns=[s.LEAD_ID, LABEL])
-    earlier = earlier_predictions(scored_dir, run.as_of)
+    earlier = earlier_predictions(scored_dir, run.as_of, columns=["tier"])
     resolved = flat_resolved_predictions(earlier, labelled)
-    estimates = estimated_against_realised(
-        flat_prediction_outcomes(earlier, labelled), _earlier_records(scored_dir, run.as_of)
-    )
+    judged = flat_prediction_outcomes(earlier, labelled)
+    estimates = estimated_against_realised(judged, _earlier_records(scored_dir, run.as_of))
     top = run.frame.head(settings.top_leads)
     analysis = {
         "rows": 0,
@@ -295,7 +312,7 @@ def _flat_history(
         "shows how each tier converted on the test window.",
     }
     return _History(
-        analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []), estimates
+        analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []), estimates, judged
     )
 
 
@@ -316,18 +333,19 @@ def _crm_history(
             run.thresholds, run.floor_tier, settings,
         )  # fmt: skip
     scored_dir = Path(report_cfg["scored_dir"])
-    earlier = earlier_predictions(scored_dir, as_of)
+    earlier = earlier_predictions(scored_dir, as_of, columns=["tier"])
     resolved = resolved_predictions(earlier, as_of, tables[s.OUTCOMES], horizon)
-    estimates = estimated_against_realised(
-        prediction_outcomes(earlier, as_of, tables[s.OUTCOMES], horizon), _earlier_records(scored_dir, as_of)
-    )
+    judged = prediction_outcomes(earlier, as_of, tables[s.OUTCOMES], horizon)
+    estimates = estimated_against_realised(judged, _earlier_records(scored_dir, as_of))
     top = run.frame.head(settings.top_leads)
     days, events = settings.timeline_days, settings.timeline_events
     cards = lead_cards(
         top, features, scorer, settings,
         lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
     )  # fmt: skip
-    return _History(analysis, resolved, cards, estimates)
+    return _History(
+        analysis, resolved, cards, estimates, kpis.with_closing(judged, tables[s.OUTCOMES], as_of)
+    )
 
 
 def _earlier_records(scored_dir: Path, as_of: pd.Timestamp) -> dict[pd.Timestamp, dict[str, Any]]:
@@ -354,3 +372,103 @@ def _charts(frame: pd.DataFrame, thresholds: Mapping[str, float], resolved: pd.D
 
 def _records(analysis: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v for k, v in analysis.items()}
+
+
+# --------------------------------------------------------------------------- the scoring programme over time
+def _threshold_choice(
+    run: _ScoredRun, judged: pd.DataFrame, programme: Kpis, capacity: SalesCapacity
+) -> ThresholdChoice | None:
+    """Tonight's leads: the revenue-maximising threshold for the capacity against today's sales-ready
+    one; None when no lead has a deal value (none estimated, no won deal in the history)."""
+    frame = run.frame
+    lead_table = run.tables.get(FLAT_TABLE, run.tables.get(s.LEADS))
+    estimated = None
+    if lead_table is not None and s.ESTIMATED_DEAL_VALUE in lead_table.columns:
+        own = lead_table.drop_duplicates(s.LEAD_ID).set_index(s.LEAD_ID)[s.ESTIMATED_DEAL_VALUE]
+        estimated = frame[s.LEAD_ID].map(own)
+    won_deals = pd.DataFrame({"tier": pd.Series(dtype=object), "deal_value": pd.Series(dtype="float64")})
+    if programme.closing and not judged.empty:  # each won lead once, in the tier of its latest earlier night
+        wins = judged[judged["closed_won"]].sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
+        won_deals = wins[["tier", "deal_value"]]
+    values = kpis.deal_values(frame["tier"].astype(str), estimated, won_deals)
+    if values.missing == len(frame):
+        return None
+    lowest_ready = programme.ready_tiers[-1]
+    today = run.thresholds.get(lowest_ready, 0.0)  # the floor tier as sales-ready: every lead
+    return kpis.revenue_threshold(frame[PROBABILITY].to_numpy(dtype="float64"), values, today, capacity)
+
+
+def _kpi_chart(programme: Kpis, tiers: list[str]) -> str | None:
+    if programme.empty:
+        return None
+    return html.figure_data_uri(plots.kpi_figure(programme.overall(), programme.conversion_by_tier(tiers)))
+
+
+def _kpi_context(programme: Kpis, chart: str | None) -> dict[str, Any]:
+    """What the page's "The scoring programme over time" shows, as plain records."""
+    return {
+        "empty": programme.empty,
+        "period": programme.period,
+        "ready": " or ".join(programme.ready_tiers),
+        "closing": programme.closing,
+        "rows": programme.overall().to_dict("records"),
+        "tiers": programme.table[programme.table["tier"] != kpis.ALL_TIERS].to_dict("records"),
+        "cohorts": None if programme.cohorts is None else programme.cohorts.to_dict("records"),
+        "chart": chart,
+    }
+
+
+def _track_kpis(
+    cfg: Mapping[str, Any], run: _ScoredRun, root: Path, programme: Kpis, choice: ThresholdChoice | None
+) -> str | None:
+    """Log the KPI tables (CSV) and the latest period's figures to the MLflow run that scored the
+    reported date, when it was tracked; a tracking server that does not answer costs a warning,
+    never the report (the page is already written)."""
+    run_id = str(run.record.get("run_id") or "")
+    if not run_id:
+        logger.info("the scored run was not tracked: the KPIs are in the page only")
+        return None
+    uri = tracking.resolve_tracking_uri(cfg["mlflow"].get("tracking_uri"), root)
+    recorded = run.record.get("tracking_uri")
+    if recorded and recorded != tracking.masked_uri(uri):
+        logger.warning(
+            "the KPIs were not logged to MLflow: the run %s was tracked at %s, this report points at %s",
+            run_id, recorded, tracking.masked_uri(uri),
+        )  # fmt: skip
+        return None
+    metrics, period = kpis.latest_metrics(programme)
+    tables = {"kpis/kpis.csv": programme.table}
+    if programme.cohorts is not None:
+        tables["kpis/cohorts.csv"] = programme.cohorts
+    if choice is not None:
+        metrics.update(_threshold_metrics(choice))
+        tables["kpis/threshold.csv"] = _threshold_table(choice)
+    step = int(f"{period:%Y%m%d}") if period is not None else 0
+    try:
+        tracking.configure(uri, str(cfg["report"]["experiment"]), Path(cfg["mlflow"]["artifact_root"]))
+        tracking.log_to_run(run_id, metrics, tables, step=step)
+    except TrackingUnavailableError as error:
+        logger.warning("the KPIs were not logged to MLflow: %s", error)
+        return None
+    return run_id
+
+
+def _threshold_metrics(choice: ThresholdChoice) -> dict[str, float]:
+    metrics = {"kpi_capacity_leads": float(choice.capacity)}
+    for name, worked in (("today", choice.today), ("best", choice.best)):
+        metrics.update({
+            f"kpi_{name}_threshold": float("nan") if worked.threshold is None else worked.threshold,
+            f"kpi_{name}_leads": float(worked.leads),
+            f"kpi_{name}_expected_revenue": worked.expected_revenue,
+        })  # fmt: skip
+    return metrics
+
+
+def _threshold_table(choice: ThresholdChoice) -> pd.DataFrame:
+    rows = [
+        {"threshold": name, "probability": worked.threshold, "leads": worked.leads,
+         "expected_conversions": worked.expected_conversions, "expected_revenue": worked.expected_revenue,
+         "capacity": choice.capacity, "cost_per_lead": choice.cost_per_lead}
+        for name, worked in (("today's sales-ready", choice.today), ("best for the capacity", choice.best))
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
