@@ -46,6 +46,10 @@ def _config(root: Path, name: str, *overrides: str):
     return project_config(root, name, list(overrides))
 
 
+def _tracking(root: Path) -> None:
+    tracking.configure(tracking.resolve_tracking_uri(None, root), "leadml-synthetic", root / "mlruns")
+
+
 def _interim(root: Path) -> Path:
     return root / "data" / "scoring" / "synthetic" / "interim"
 
@@ -55,7 +59,7 @@ def project(project_copy) -> Path:
     """The experiment scored on four nights, version 2 holding @challenger."""
     root = project_copy("readout")
     with local_tracking():
-        tracking.configure(tracking.resolve_tracking_uri(None, root), "leadml-synthetic", root / "mlruns")
+        _tracking(root)
         from mlflow import MlflowClient
 
         source = MlflowClient().get_model_version(MODEL, "1").source
@@ -178,3 +182,19 @@ def test_a_planted_lift_wins_and_promote_moves_the_champion_through_the_gate(pro
         # the winner is the champion now: promoting again has nothing to do
         again = run_promote(_config(project, "experiment", *commands[1][1:], *ALL_LEADS))
         assert again.promoted_version is None and "is the champion already" in again.promotion.reasons[0]
+
+
+def test_an_arm_whose_model_changed_is_named_and_never_promoted(project) -> None:
+    """@challenger moved back to version 1 and one more night scored: the challenger arm mixes two
+    versions, which the readout says, and leadml-promote refuses to promote either on it."""
+    with local_tracking():
+        _tracking(project)
+        tracking.set_alias(MODEL, tracking.CHALLENGER, "1")
+        run_score(_config(project, "score", "score.as_of=2025-11-17", EXPERIMENT, "tiers=capacity"))
+        result = run_promote(_config(project, "experiment", *ALL_LEADS))
+    assert any("arm challenger was scored by versions 2, 1" in note for note in result.readout.notes)
+    assert result.promoted_version is None
+    if result.readout.winner == "challenger":
+        assert result.promotion.reasons[0].startswith("not one version's result: arm challenger")
+    page = result.html.read_text()
+    assert "arm challenger was scored by versions 2, 1" in page

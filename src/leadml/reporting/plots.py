@@ -264,6 +264,7 @@ def experiment_looks_figure(looks: pd.DataFrame, compare: str, top_tier: str) ->
     axes.set(ylabel="conversion: arm minus baseline", title=f"Difference in conversion of {compared}")
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     figure.autofmt_xdate()
+    return figure
 
 
 def kpi_figure(overall: pd.DataFrame, by_tier: pd.DataFrame) -> Figure:

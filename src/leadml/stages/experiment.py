@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,20 @@ class _Nights:
     records: dict[pd.Timestamp, dict[str, Any]]
     arms: tuple[ArmPlan, ...]
     started: pd.Timestamp | None
+    versions: dict[str, tuple[str, ...]]  # per arm, the model versions that scored it, night by night
+
+    def changed_model(self, arm: str) -> str | None:
+        """The sentence for an arm whose model changed during the experiment (an alias moved)."""
+        found = self.versions.get(arm, ())
+        if len(found) < 2:
+            return None
+        return (
+            f"arm {arm} was scored by versions {', '.join(found)} of its model: its figures mix them "
+            "(name a version, models:/<name>/<n>, in the arm to keep it fixed)"
+        )
+
+    def changed_models(self) -> tuple[str, ...]:
+        return tuple(note for arm in self.versions if (note := self.changed_model(arm)))
 
 
 def experiment_stage(cfg: Mapping[str, Any], root: Path) -> ExperimentResult:
@@ -99,11 +113,12 @@ def experiment_stage(cfg: Mapping[str, Any], root: Path) -> ExperimentResult:
         top_tier=settings.top_tier or order[0], tier_order=order, horizon_days=horizon,
         intake_per_week=_intake(exposures, Path(readout_cfg["interim_dir"]), flat, max(nights.records)),
     )  # fmt: skip
+    readout = replace(readout, notes=nights.changed_models())
     page, record = write_readout(readout, Path(readout_cfg["output_dir"]), horizon)
     run_id = _log_readout(readout, record) if tracked else None
     decision, version = None, None
     if readout_cfg.get("promote"):
-        decision, version = promote_winner(readout, nights.arms, cfg["mlflow"]["registered_model"], tracked)
+        decision, version = promote_winner(readout, nights, cfg["mlflow"]["registered_model"], tracked)
     return ExperimentResult(
         readout=readout, html=page, json=page.with_suffix(".json"), run_id=run_id, promotion=decision,
         promoted_version=version, seconds=round(time.perf_counter() - started_at, 2),
@@ -149,7 +164,13 @@ def experiment_nights(scored_dir: Path, name: str | None, as_of: str | None) -> 
         )
         for arm in plan["arms"]
     )
-    return _Nights(name=str(name), records=mine, arms=arms, started=started)
+    versions: dict[str, tuple[str, ...]] = {}
+    for day in sorted(mine):
+        for arm in mine[day]["experiment"]["arms"]:
+            found = versions.get(str(arm["name"]), ())
+            version = str(arm.get("model_version"))
+            versions[str(arm["name"])] = found if version in found else (*found, version)
+    return _Nights(name=str(name), records=mine, arms=arms, started=started, versions=versions)
 
 
 def read_predictions(scored_dir: Path, nights: _Nights) -> pd.DataFrame:
@@ -255,6 +276,7 @@ def readout_context(readout: Readout, horizon: int | None, chart: str) -> dict[s
         "sample_ratio_p": readout.sample_ratio_p,
         "horizon": horizon,
         "chart": chart,
+        "notes": list(readout.notes),
     }
 
 
@@ -274,6 +296,7 @@ def readout_record(readout: Readout) -> dict[str, Any]:
         "arms": _records(readout.arms),
         "comparisons": _records(readout.comparisons),
         "tiers": _records(readout.tiers),
+        "notes": list(readout.notes),
     }
 
 
@@ -318,10 +341,16 @@ def _log_readout(readout: Readout, record: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- promotion
 def promote_winner(
-    readout: Readout, arms: Sequence[ArmPlan], registered_model: str, tracked: bool
+    readout: Readout, nights: _Nights, registered_model: str, tracked: bool
 ) -> tuple[GateDecision, str | None]:
-    """Promote the winning arm's version to champion through the gate; (decision, version promoted)."""
-    arm = next((a for a in arms if a.name == readout.winner), None)
+    """Promote the winning arm's version to champion through the gate; (decision, version promoted).
+
+    An arm scored by more than one version won as a mixture of them: no version is promoted on it.
+    """
+    arm = next((a for a in nights.arms if a.name == readout.winner), None)
+    mixed = nights.changed_model(arm.name) if arm is not None else None
+    if mixed:
+        return GateDecision(False, [f"not one version's result: {mixed}"]), None
     version = _registered_version(arm, registered_model) if arm else None
     verdict = ExperimentVerdict(
         experiment=readout.experiment, decision=readout.decision, sentence=readout.sentence,
