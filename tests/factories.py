@@ -379,3 +379,35 @@ def sheet_snapshots(n: int = 6000, seed: int = 0) -> pd.DataFrame:
             "noise": rng.normal(size=n),
         }
     )
+
+
+# scored rows for the SQL sink's tests (tests/unit/test_score_table.py, tests/system/test_postgres.py)
+SINK_AS_OF = pd.Timestamp("2025-12-01", tz="UTC")
+
+
+def before_experiment(leads: int = 3) -> pd.DataFrame:
+    """Rows as a run without an experiment writes them."""
+    return pd.DataFrame(
+        {
+            s.LEAD_ID: [f"L{i}" for i in range(leads)],
+            s.AS_OF: [SINK_AS_OF] * leads,
+            "probability": np.linspace(0.1, 0.3, leads),
+            "tier": ["A", "B", "C"][:leads],
+        }
+    )
+
+
+def under_experiment(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same leads scored under a two-arm experiment with a holdout-like blank probability."""
+    arms = ["champion", "challenger", "challenger"][: len(frame)]
+    return frame.assign(
+        probability=[0.5, np.nan, 0.25][: len(frame)],
+        tier=["A", s.HIDDEN_TIER, "C"][: len(frame)],
+        **{
+            s.ARM: arms,
+            s.EXPERIMENT: "champion_challenger",
+            s.arm_column("champion", "probability"): [0.5, 0.4, 0.3][: len(frame)],
+            s.arm_column("challenger", "probability"): [0.45, 0.2, 0.25][: len(frame)],
+            s.arm_column("champion", "tier"): ["A", "B", "C"][: len(frame)],
+        },
+    )

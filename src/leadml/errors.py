@@ -70,6 +70,13 @@ class StaleDataError(LeadmlError):
     exit_code = 9
 
 
+class ScoreTableError(LeadmlError):
+    """The SQL score table (``score.sql.table``) cannot take the scores: one of its columns has a type
+    that cannot hold theirs, or it lacks a key column. Nothing was written to it."""
+
+    exit_code = 10
+
+
 class OutputError(LeadmlError):
     """An output, interim or work folder that cannot be written: read-only, not a folder, disk full."""
 

@@ -18,10 +18,13 @@ from omegaconf import open_dict
 from scipy.stats import chi2_contingency
 
 from factories import README, SMALL_PROJECT, local_tracking, project_config
-from leadml.adapters.layout import SCORING_RUN_RECORD
-from leadml.cli import run_score, run_train
+from leadml.adapters import tracking
+from leadml.adapters.layout import SCORING_RUN_RECORD, read_interim
+from leadml.cli import run_report, run_score, run_train
 from leadml.data import schema as s
 from leadml.errors import NoModelError
+from leadml.modelling.estimation import expected_roc_auc
+from leadml.reporting.leadership import ReportSettings, crm_lead_features, lead_cards
 from leadml.scoring.experiment import ARM, EXPERIMENT, HIDDEN_TIER, ExperimentError, side_column
 
 DAYS = ("2025-11-17", "2025-12-01")  # two nights: a lead keeps its arm
@@ -190,3 +193,124 @@ def test_an_experiment_and_a_pinned_model_do_not_mix(runs) -> None:
     ]
     with local_tracking(), pytest.raises(ExperimentError, match=r"leave score\.model_uri unset"):
         run_score(_with_arms(runs["root"], arms, "score.model_uri=models:/leadml-synthetic/1"))
+
+
+# --------------------------------------------------------------------------- per-arm estimates, the report
+MIXED = [  # the points sheet first: its model builds the features, yet it explains no lead
+    {"name": "points", "model": POINTS_URI, "share": 0.4, "show_score": True},
+    {"name": "champion", "model": "champion", "share": 0.4, "show_score": True},
+    {"name": "holdout", "model": "champion", "share": 0.2, "show_score": False},
+]
+
+
+def mlflow_metrics(result) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    return MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
+
+
+@pytest.fixture(scope="module")
+def mixed(runs) -> dict[str, object]:
+    """A run of MIXED on the second night (its own folder) and its leadership report."""
+    root = runs["root"]
+    out_dir = f"{root}/scored-mixed"
+    with local_tracking():
+        result = run_score(_with_arms(root, MIXED, *SCORING, f"score.output_dir={out_dir}"))
+        files = run_report(
+            project_config(
+                root, "report", [f"report.scored_dir={out_dir}", f"report.output_dir={root}/report-mixed"]
+            )
+        )
+    return {"root": root, "result": result, "report": files}
+
+
+def test_each_arm_is_estimated_on_its_own_leads_by_its_own_model(mixed) -> None:
+    result = mixed["result"]
+    record = json.loads((Path(result.output) / SCORING_RUN_RECORD).read_text())
+    frame = _rows(result)
+    for arm in record["experiment"]["arms"]:
+        mine = frame[ARM] == arm["name"]
+        own = frame.loc[mine, side_column(arm["name"], "probability")].to_numpy()
+        estimated = arm["estimated"]
+        assert estimated["leads"] == mine.sum() > 10
+        assert estimated["roc_auc"] == pytest.approx(expected_roc_auc(own))  # a holdout's hidden scores too
+        assert estimated["expected_conversions"] == pytest.approx(own.sum())
+        top = estimated["top_tier"]
+        in_top = frame.loc[mine, side_column(arm["name"], "tier")] == top
+        assert estimated["top_tier_precision"] == pytest.approx(own[in_top.to_numpy()].mean())
+    # the run's overall figure: the first arm's model on every lead, never the mixed visible column
+    first = frame[side_column("points", "probability")].to_numpy()
+    assert record["estimated"]["roc_auc"] == pytest.approx(expected_roc_auc(first))
+    assert record["estimated"]["leads"] == len(frame)
+    metrics = mlflow_metrics(result)
+    arms = {arm["name"]: arm for arm in record["experiment"]["arms"]}
+    assert metrics["arm.champion.estimated_roc_auc"] == pytest.approx(
+        arms["champion"]["estimated"]["roc_auc"]
+    )
+    assert metrics["arm.holdout.estimated_top_tier_precision"] == pytest.approx(
+        arms["holdout"]["estimated"]["top_tier_precision"]
+    )
+
+
+def test_no_experiment_records_no_arm_estimate(runs) -> None:
+    result = runs["champion"]
+    record = json.loads((Path(result.output) / SCORING_RUN_RECORD).read_text())
+    frame = _rows(result)
+    assert record["estimated"]["roc_auc"] == pytest.approx(expected_roc_auc(frame["probability"].to_numpy()))
+    assert not any(name.startswith("arm.") for name in mlflow_metrics(result))
+
+
+def test_lead_cards_explain_each_lead_with_its_arms_model_and_hide_the_holdout(mixed) -> None:
+    frame = _rows(mixed["result"])
+    arm_of = dict(zip(frame[s.LEAD_ID], frame[ARM], strict=True))
+    page = Path(mixed["report"].html).read_text()
+    carded = re.findall(r'<article class="card lead-card" id="lead-\d+" data-lead="([^"]+)"', page)
+    # the first arm's model (the points sheet) explains nothing: every card is a champion lead's
+    assert carded and {arm_of[lead] for lead in carded} == {"champion"}
+    ranked = frame[frame["probability"].notna()].sort_values("probability", ascending=False, kind="stable")
+    top = ranked.head(20)
+    assert set(top[ARM]) == {"champion", "points"}  # a points lead among the top gets no card
+    assert carded == [lead for lead, arm in zip(top[s.LEAD_ID], top[ARM], strict=True) if arm == "champion"]
+    assert not set(carded) & set(frame.loc[frame["tier"] == HIDDEN_TIER, s.LEAD_ID])
+
+
+def test_a_lead_card_uses_the_model_of_the_leads_arm(mixed) -> None:
+    """lead_cards with two arms whose models differ: each lead's waterfall is its own arm's model's."""
+    with local_tracking():
+        tracking.configure(
+            f"sqlite:///{mixed['root'] / 'mlflow.db'}", "leadml-synthetic", mixed["root"] / "mlruns"
+        )
+        champion = tracking.load_scorer("models:/leadml-synthetic@champion")
+        points = tracking.load_scorer(POINTS_URI)
+    frame = _rows(mixed["result"])
+    shown = frame[frame["probability"].notna()].head(30)
+    interim = mixed["root"] / "data" / "scoring" / "synthetic" / "interim"
+    tables = read_interim(interim, s.CRM_TABLES)
+    as_of = pd.Timestamp(DAYS[1], tz="UTC")
+    features = crm_lead_features(shown, tables, champion, as_of)
+    settings = ReportSettings.from_mapping({})
+    cards = lead_cards(shown, features, points, settings, lambda lead: [], {"champion": champion})
+    champions = shown[shown[ARM] == "champion"]
+    assert [card.row[s.LEAD_ID] for card in cards] == champions[s.LEAD_ID].tolist()
+    alone = lead_cards(champions, features, champion, settings, lambda lead: [])
+    for card, own in zip(cards, alone, strict=True):
+        assert card.steps == own.steps and card.steps[-1]["end"] == pytest.approx(card.row["probability"])
+    assert lead_cards(shown, features, points, settings, lambda lead: []) == []  # the sheet alone: none
+
+
+def test_the_sql_table_of_a_run_before_the_experiment_takes_the_experiments_rows(runs, tmp_path) -> None:
+    """The score table made by a run without experiment gains the arm columns of the next run's rows."""
+    import sqlite3
+
+    from leadml.adapters import sinks
+
+    url = f"sqlite:///{tmp_path / 'scores.db'}"
+    before, during = Path(runs["champion"].output), Path(runs["experiment"].output)
+    assert sinks.upsert_partition(url, "lead_scores", before) == runs["champion"].leads
+    assert sinks.upsert_partition(url, "lead_scores", during) == runs["experiment"].leads
+    with sqlite3.connect(tmp_path / "scores.db") as connection:
+        stored = pd.read_sql("select * from lead_scores", connection)
+    assert len(stored) == runs["champion"].leads  # the same night: every row updated in place
+    assert stored[ARM].value_counts().to_dict() == _rows(runs["experiment"])[ARM].value_counts().to_dict()
+    assert (stored.loc[stored[ARM] == "holdout", "tier"] == HIDDEN_TIER).all()
+    assert stored[side_column("points", "probability")].notna().all()

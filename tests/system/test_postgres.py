@@ -22,14 +22,14 @@ import sqlalchemy as sa
 from omegaconf import OmegaConf
 
 import postgres
-from factories import REPO, local_tracking, project_config
+from factories import REPO, before_experiment, local_tracking, project_config, under_experiment
 from leadml.adapters import sinks
 from leadml.adapters.layout import read_interim
 from leadml.adapters.sources import engine_url, fingerprint_source, read_source
 from leadml.cli import run_features, run_generate, run_ingest, run_score, run_train
 from leadml.data import schema as s
 from leadml.data.contracts import REASON, SOURCE_ROW
-from leadml.errors import LeadmlError
+from leadml.errors import LeadmlError, ScoreTableError
 from leadml.stages.ingest import IngestSummary, ingest_stage
 from leadml.stages.score import ScoreResult
 
@@ -300,6 +300,51 @@ def test_warehouse_column_types_become_the_values_the_contracts_expect(postgres_
 def test_a_missing_table_or_schema_names_it(postgres_url: str) -> None:
     with pytest.raises(LeadmlError, match=r"^table nowhere\.leads not found in postgresql\+psycopg://"):
         read_source({"url": postgres_url, "schema": "nowhere", "table": "leads"})
+
+
+def _types(url: str, table: str) -> dict[str, str]:
+    found = query(
+        url, f"select column_name, data_type from information_schema.columns where table_name = '{table}'"
+    )
+    return dict(zip(found["column_name"], found["data_type"], strict=True))
+
+
+def test_a_score_table_made_before_an_experiment_gains_its_columns(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As tests/unit/test_score_table.py on SQLite: the arm columns are added, nullable, in one line."""
+    url = fresh_database(postgres_url)
+    sinks.upsert_frames(url, "lead_scores", [before_experiment()])
+    with caplog.at_level("INFO", logger="leadml.adapters.sinks"):
+        assert sinks.upsert_frames(url, "lead_scores", [under_experiment(before_experiment())]) == 3
+    added = [r.getMessage() for r in caplog.records if "added nullable column" in r.getMessage()]
+    assert len(added) == 1 and "arm_challenger_probability FLOAT" in added[0]
+    types = _types(url, "lead_scores")
+    assert types[s.ARM] == types[s.EXPERIMENT] == types["arm_champion_tier"] == "text"
+    assert types["arm_champion_probability"] == "double precision"
+    rows = query(url, "select * from lead_scores order by lead_id")
+    assert rows[s.ARM].tolist() == ["champion", "challenger", "challenger"]
+    assert rows["tier"].tolist() == ["A", s.HIDDEN_TIER, "C"] and pd.isna(rows["probability"].iloc[1])
+
+
+def test_a_score_column_of_another_type_stops_the_run_with_exit_code_10(postgres_url: str) -> None:
+    url = fresh_database(postgres_url)
+    sinks.upsert_frames(url, "lead_scores", [before_experiment()])
+    engine = sa.create_engine(engine_url(url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("alter table lead_scores add column arm_champion_probability integer"))
+    finally:
+        engine.dispose()
+    types, rows = _types(url, "lead_scores"), query(url, "select * from lead_scores order by lead_id")
+    with pytest.raises(ScoreTableError) as error:
+        sinks.upsert_frames(url, "lead_scores", [under_experiment(before_experiment())])
+    assert error.value.exit_code == 10
+    message = str(error.value)
+    assert message.startswith("score table lead_scores in postgresql+psycopg://")
+    assert ": column arm_champion_probability is INTEGER, which cannot hold the scores' FLOAT" in message
+    assert _types(url, "lead_scores") == types  # no column added (arm, experiment...)
+    pd.testing.assert_frame_equal(query(url, "select * from lead_scores order by lead_id"), rows)
 
 
 # --------------------------------------------------------------------------- the whole pipeline

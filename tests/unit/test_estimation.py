@@ -196,3 +196,51 @@ def test_the_report_compares_runs_whose_outcomes_are_all_in() -> None:
     assert row["realised_roc_auc"] == pytest.approx(roc_auc_score(won, p))
     assert row["realised_precision"] == pytest.approx(won[p >= 0.4].mean())
     assert row["converted"] == won.sum() and row["warned"]
+
+
+def test_a_run_under_an_experiment_is_judged_per_arm_by_each_arms_own_model() -> None:
+    """One row per arm: its leads, the probability its own model gave them (a holdout's, blank to
+    sales, too), against the arm's estimate; the visible probabilities of other arms never mix in."""
+    rng = np.random.default_rng(7)
+    n, run = 600, pd.Timestamp("2025-01-01", tz="UTC")
+    champion, points = rng.beta(1, 4, size=n), rng.uniform(0.05, 0.4, size=n)
+    won = rng.random(n) < champion
+    arm = np.where(np.arange(n) % 3 == 0, "points", np.where(np.arange(n) % 3 == 1, "champion", "holdout"))
+    own = np.where(arm == "points", points, champion)
+    visible = np.where(arm == "holdout", np.nan, own)
+    earlier = pd.DataFrame(
+        {s.LEAD_ID: [f"L{i}" for i in range(n)], PROBABILITY: visible, "run_date": run, s.ARM: arm,
+         s.OWN_ARM_PROBABILITY: own}
+    )  # fmt: skip
+    outcomes = pd.DataFrame(
+        {
+            s.LEAD_ID: earlier[s.LEAD_ID][won],
+            s.STATUS: s.WON,
+            s.CLOSED_AT: pd.Timestamp("2025-02-01", tz="UTC"),
+        }
+    )
+    thresholds = {"A": 0.3, "B": 0.15, "C": 0.05}
+    settings = TierSettings(method="probability", thresholds=thresholds)
+    arms = []
+    for name in ("champion", "points", "holdout"):
+        mine = arm == name
+        estimate = estimate_scored_run(own[mine], settings)
+        arms.append({"name": name, "thresholds": thresholds, "estimated": estimate.record()})
+    records = {run: {"estimated": {"roc_auc": 0.99}, "thresholds": thresholds, "experiment": {"arms": arms}}}
+    judged = prediction_outcomes(earlier, pd.Timestamp("2025-06-01", tz="UTC"), outcomes, 90)
+    table = estimated_against_realised(judged, records)
+    assert table[s.ARM].tolist() == ["champion", "points", "holdout"]
+    for row, described in zip(table.to_dict("records"), arms, strict=True):
+        mine = arm == row[s.ARM]
+        assert row["leads"] == mine.sum() and row["converted"] == won[mine].sum()
+        assert row["estimated_roc_auc"] == pytest.approx(described["estimated"]["roc_auc"])
+        assert row["realised_roc_auc"] == pytest.approx(roc_auc_score(won[mine], own[mine]))
+        assert row["realised_precision"] == pytest.approx(won[mine & (own >= 0.3)].mean())
+    # a run without an experiment keeps one row, with no arm
+    plain = prediction_outcomes(
+        earlier[[s.LEAD_ID, "run_date"]].assign(**{PROBABILITY: champion}),
+        pd.Timestamp("2025-06-01", tz="UTC"), outcomes, 90,
+    )  # fmt: skip
+    table = estimated_against_realised(plain, {run: {"thresholds": thresholds}})
+    assert len(table) == 1 and table[s.ARM].iloc[0] is None
+    assert table["realised_roc_auc"].iloc[0] == pytest.approx(roc_auc_score(won, champion))

@@ -5,7 +5,9 @@ renamed into place, so a run that dies leaves the previous partition untouched a
 re-run of the same date replaces it whole (never appends). The SQL sink (SQLite or PostgreSQL)
 upserts by (lead id, as-of) in one transaction: ``INSERT ... ON CONFLICT (lead_id, as_of) DO
 UPDATE``. Its table and column names must be plain SQL names and go through a SQLAlchemy
-``Table`` (quoted where needed); every value is a bound parameter.
+``Table`` (quoted where needed); every value is a bound parameter. A table created by an earlier
+run gains the columns it lacks (an experiment's ``arm`` and side columns) as nullable columns; a
+column whose type cannot hold the scores' stops the run before anything is written.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,7 +30,7 @@ import pyarrow.parquet as pq
 from leadml.adapters.sources import check_sql_name, engine_url, mask_url, scrubbed
 from leadml.data import schema as s
 from leadml.data.calendar import date_setting
-from leadml.errors import LeadmlError, OutputError, os_reason
+from leadml.errors import LeadmlError, OutputError, ScoreTableError, os_reason
 from leadml.modelling.drift import column_kind
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import PROBABILITY
@@ -268,6 +271,7 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
                     ]
                     target = sa.Table(table, metadata, *columns)
                     metadata.create_all(connection, checkfirst=True)
+                    add_missing_columns(connection, target, mask_url(url))
                     statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
                 records = _records(frame)
                 for start in range(0, len(records), 5_000):
@@ -287,8 +291,82 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
     return written
 
 
+KEYS = (s.LEAD_ID, s.AS_OF)
+
+
+def add_missing_columns(connection: Any, target: Any, where: str) -> list[str]:
+    """Give the existing table ``target`` describes (its columns: the scores') every column it lacks,
+    nullable, in the type a new table would have; returns their names.
+
+    A table created before an experiment has no ``arm``, ``experiment`` or ``arm_<name>_*`` column.
+    Every column is checked before any is added: a column of the scores' whose type in the table
+    cannot hold their values (text or probabilities into an integer) is one :class:`ScoreTableError`
+    line naming the table and column, and the table is left as it was. ``where``: the database, as
+    messages name it (its password masked).
+    """
+    import sqlalchemy as sa
+
+    dialect = connection.dialect
+    present = {c["name"]: c["type"] for c in sa.inspect(connection).get_columns(target.name)}
+    for column in target.columns:
+        _check_column(target.name, column, present, where, dialect)
+    missing = [column for column in target.columns if column.name not in present]
+    quoted = dialect.identifier_preparer
+    for column in missing:
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE {quoted.format_table(target)} ADD COLUMN {quoted.quote(column.name)} "
+                f"{column.type.compile(dialect=dialect)}"
+            )
+        )
+    if missing:
+        logger.info(
+            "score table %s in %s: added nullable column(s) %s", target.name, where,
+            ", ".join(f"{c.name} {c.type.compile(dialect=dialect)}" for c in missing),
+        )  # fmt: skip
+    return [column.name for column in missing]
+
+
+def _check_column(table: str, column: Any, present: Mapping[str, Any], where: str, dialect: Any) -> None:
+    """A column of the scores against the table's column of that name (if any); a key must be there."""
+    if column.name not in present:
+        if column.name in KEYS:
+            raise ScoreTableError(
+                f"score table {table} in {where} has no column {column.name}: not a leadml score table "
+                f"(keyed by lead_id, as_of); name another table in score.sql.table (nothing was written)"
+            )
+        return
+    existing = present[column.name]
+    if not _holds(existing, column.type):
+        raise ScoreTableError(
+            f"score table {table} in {where}: column {column.name} is {existing.compile(dialect=dialect)}, "
+            f"which cannot hold the scores' {column.type.compile(dialect=dialect)}; change or drop that "
+            f"column, or name another table in score.sql.table (nothing was written)"
+        )
+
+
+def _holds(existing: Any, wanted: Any) -> bool:
+    """Whether a table column of type ``existing`` holds the values of a new column of type ``wanted``.
+
+    A column SQLite declared without a type (NullType) holds anything.
+    """
+    import sqlalchemy as sa
+
+    if isinstance(existing, sa.types.NullType):
+        return True
+    families = (  # the type a new table would have -> the types that hold its values
+        (sa.Boolean, (sa.Boolean, sa.Integer)),
+        (sa.Integer, (sa.Integer, sa.Numeric)),
+        (sa.Float, (sa.Float, sa.Numeric)),
+        (sa.DateTime, (sa.DateTime,)),
+        (sa.String, (sa.String,)),
+    )
+    holders = next((types for kind, types in families if isinstance(wanted, kind)), (type(wanted),))
+    return isinstance(existing, holders)
+
+
 def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore[no-untyped-def]
-    keys = [s.LEAD_ID, s.AS_OF]
+    keys = list(KEYS)
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
@@ -384,20 +462,34 @@ def earlier_predictions(scored_dir: Path, as_of: pd.Timestamp, columns: Sequence
     """Every prediction of the runs before ``as_of``: lead id, probability, run date.
 
     ``columns``: more columns of the scored partitions to read (``tier``); a partition written
-    before a column existed gives it as missing (NaN), so older runs still count.
+    before a column existed gives it as missing (NaN), so older runs still count. A run under an
+    experiment adds each lead's ``arm`` and ``own_arm_probability``: the probability its arm's
+    model gave it (a holdout lead's too, whose visible probability is blank); empty for the runs
+    without one.
     """
     wanted = list(dict.fromkeys([s.LEAD_ID, PROBABILITY, *columns]))
     frames = []
     for run_date, partition in written_partitions(scored_dir).items():
         if run_date >= as_of:
             continue
-        files = sorted(partition.glob("*.parquet"))
-        rows = []
-        for path in files:
-            present = set(scored_file_columns(path))
-            part = read_scored_file(path, columns=[c for c in wanted if c in present])
-            rows.append(part.reindex(columns=wanted))
+        rows = [_file_predictions(path, wanted) for path in sorted(partition.glob("*.parquet"))]
         frames.append(pd.concat(rows, ignore_index=True).assign(run_date=run_date))
     if not frames:
         return pd.DataFrame(columns=[*wanted, "run_date"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _file_predictions(path: Path, wanted: list[str]) -> pd.DataFrame:
+    """The ``wanted`` columns of one part file (missing ones empty), with each lead's arm and its
+    arm's own probability when the file was scored under an experiment."""
+    names = scored_file_columns(path)
+    present = [c for c in wanted if c in names]
+    if s.ARM not in names:
+        return read_scored_file(path, columns=present).reindex(columns=wanted)
+    sides = [name for name in names if name.startswith("arm_") and name.endswith(f"_{PROBABILITY}")]
+    rows = read_scored_file(path, columns=list(dict.fromkeys([*present, s.ARM, *sides])))
+    own = pd.Series(np.nan, index=rows.index)
+    for arm in rows[s.ARM].dropna().unique():
+        mine = rows[s.ARM] == arm
+        own[mine] = rows.loc[mine, s.arm_column(str(arm), PROBABILITY)]
+    return rows.reindex(columns=[*wanted, s.ARM]).assign(**{s.OWN_ARM_PROBABILITY: own.to_numpy()})

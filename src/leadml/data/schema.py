@@ -102,3 +102,16 @@ ORDER_KEY = "order_key"  # flat tables without time: the column that orders rows
 # flat tables with exact duplicate rows: the lead id of the first row of each row's group of exact
 # copies (every column but the row number); the split keeps a group in one window. Never a feature.
 DUP_GROUP = "dup_group"
+
+# experiments of scoring (leadml.scoring.experiment): the columns of a scored row under one, read
+# by the SQL sink and the report too (layers below scoring); each arm's own figures in side columns
+ARM, EXPERIMENT = "arm", "experiment"
+# what a lead of an arm with show_score: false shows as its tier: its scores are blank, not missing
+HIDDEN_TIER = "hidden"
+# an earlier run's prediction of a lead by its own arm's model (leadml.adapters.sinks.earlier_predictions)
+OWN_ARM_PROBABILITY = "own_arm_probability"
+
+
+def arm_column(arm: str, what: str) -> str:
+    """The column holding arm ``arm``'s own ``what`` (probability, tier) for every lead."""
+    return f"arm_{arm}_{what}"

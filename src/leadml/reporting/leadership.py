@@ -250,7 +250,8 @@ def resolved_predictions(
 
 
 def _latest_resolved(judged: pd.DataFrame) -> pd.DataFrame:
-    resolved = judged[judged["resolved"]].drop(columns="resolved")
+    """Each lead once, with its latest resolved prediction that was shown (a holdout's is blank)."""
+    resolved = judged[judged["resolved"] & judged[PROBABILITY].notna()].drop(columns="resolved")
     latest = resolved.sort_values("run_date").drop_duplicates(s.LEAD_ID, keep="last")
     return latest.reset_index(drop=True)
 
@@ -270,52 +271,80 @@ def estimated_against_realised(
     a lead still open is left out: the realised figure of the leads that closed first would be
     biased (early closers are mostly the clear wins and losses). A run recorded before leadml
     estimated shows its realised figures only.
+
+    A run under an experiment gives one row per arm (``arm``): the arm's leads, judged by the
+    probability its own model gave them (``own_arm_probability``, a holdout's too) against the
+    arm's estimate (``experiment.arms[i].estimated``) and tier thresholds; arms' models never mix.
     """
     rows = []
     for run_date, run in judged.groupby("run_date", sort=True):
         if not run["resolved"].all():
             continue
         record = records.get(run_date) or {}
-        estimated = record.get("estimated") or {}
-        probability = run[PROBABILITY].to_numpy(dtype=np.float64)
-        won = run["won"].to_numpy(dtype=bool)
-        low, high = estimated.get("roc_auc_interval") or (None, None)
-        top = estimated.get("top_tier")
-        thresholds = record.get("thresholds") or {}
-        in_top = (
-            assign_tiers(probability, thresholds, str(record.get("floor_tier") or "D")) == top
-            if top is not None and thresholds
-            else np.zeros(len(run), dtype=bool)
-        )
-        estimated_auc = _float_or_nan(estimated.get("roc_auc"))
-        realised_auc = realised_roc_auc(won, probability)
-        rows.append(
-            {
-                "run_date": run_date,
-                "leads": len(run),
-                "converted": int(won.sum()),
-                "expected": float(probability.sum()),
-                "estimated_roc_auc": estimated_auc,
-                "estimated_low": _float_or_nan(low),
-                "estimated_high": _float_or_nan(high),
-                "realised_roc_auc": realised_auc,
-                "difference": realised_auc - estimated_auc,
-                "within": bool(_float_or_nan(low) <= realised_auc <= _float_or_nan(high)),
-                "top_tier": top,
-                "estimated_precision": _float_or_nan(estimated.get("top_tier_precision")),
-                "realised_precision": float(won[in_top].mean()) if in_top.any() else float("nan"),
-                "test_roc_auc": _float_or_nan(estimated.get("test_roc_auc")),
-                "warned": bool(estimated.get("warning")),
-            }
-        )
+        arms = (record.get("experiment") or {}).get("arms") or []
+        if arms and s.OWN_ARM_PROBABILITY in run.columns:
+            floor = str(record.get("floor_tier") or "D")
+            for arm in arms:
+                mine = run[run[s.ARM] == arm.get("name")]
+                rows.append(
+                    _estimate_row(run_date, mine[s.OWN_ARM_PROBABILITY], mine["won"], arm, floor)
+                    | {s.ARM: arm.get("name")}
+                )
+        else:
+            rows.append(_estimate_row(run_date, run[PROBABILITY], run["won"], record, None))
     table = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS)
-    return table.sort_values("run_date", ascending=False).head(runs).reset_index(drop=True)
+    latest = sorted(set(table["run_date"]), reverse=True)[:runs]
+    table = table[table["run_date"].isin(latest)]
+    return table.sort_values("run_date", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _estimate_row(
+    run_date: pd.Timestamp,
+    probabilities: pd.Series,
+    converted: pd.Series,
+    record: Mapping[str, Any],
+    floor_tier: str | None,
+) -> dict[str, Any]:
+    """One row of :func:`estimated_against_realised`: ``record`` holds ``estimated`` and
+    ``thresholds`` (a run record, or an arm of its experiment, whose floor tier is ``floor_tier``)."""
+    estimated = record.get("estimated") or {}
+    probability = probabilities.to_numpy(dtype=np.float64)
+    won = converted.to_numpy(dtype=bool)
+    low, high = estimated.get("roc_auc_interval") or (None, None)
+    top = estimated.get("top_tier")
+    thresholds = record.get("thresholds") or {}
+    floor = floor_tier or str(record.get("floor_tier") or "D")
+    in_top = (
+        assign_tiers(probability, thresholds, floor) == top
+        if top is not None and thresholds
+        else np.zeros(len(probability), dtype=bool)
+    )
+    estimated_auc = _float_or_nan(estimated.get("roc_auc"))
+    realised_auc = realised_roc_auc(won, probability)
+    return {
+        "run_date": run_date,
+        "arm": None,
+        "leads": len(probability),
+        "converted": int(won.sum()),
+        "expected": float(probability.sum()),
+        "estimated_roc_auc": estimated_auc,
+        "estimated_low": _float_or_nan(low),
+        "estimated_high": _float_or_nan(high),
+        "realised_roc_auc": realised_auc,
+        "difference": realised_auc - estimated_auc,
+        "within": bool(_float_or_nan(low) <= realised_auc <= _float_or_nan(high)),
+        "top_tier": top,
+        "estimated_precision": _float_or_nan(estimated.get("top_tier_precision")),
+        "realised_precision": float(won[in_top].mean()) if in_top.any() else float("nan"),
+        "test_roc_auc": _float_or_nan(estimated.get("test_roc_auc")),
+        "warned": bool(estimated.get("warning")),
+    }
 
 
 ESTIMATE_COLUMNS = [
-    "run_date", "leads", "converted", "expected", "estimated_roc_auc", "estimated_low", "estimated_high",
-    "realised_roc_auc", "difference", "within", "top_tier", "estimated_precision", "realised_precision",
-    "test_roc_auc", "warned",
+    "run_date", "arm", "leads", "converted", "expected", "estimated_roc_auc", "estimated_low",
+    "estimated_high", "realised_roc_auc", "difference", "within", "top_tier", "estimated_precision",
+    "realised_precision", "test_roc_auc", "warned",
 ]  # fmt: skip
 
 
@@ -514,36 +543,71 @@ def group_sentences(
     return {lead: dict(zip(groups, sentences[i], strict=True)) for i, lead in enumerate(chosen[s.LEAD_ID])}
 
 
+def card_leads(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The leads that get a card: the first ``n`` of ``frame`` shown a score. A lead of an experiment's
+    holdout arm (tier hidden) has a blank probability: it gets no card, as its sales team sees none."""
+    return frame[frame[PROBABILITY].notna()].head(n)
+
+
 def lead_cards(
     top: pd.DataFrame,
     features: pd.DataFrame,
     scorer: LeadScorer,
     settings: ReportSettings,
     timeline: Callable[[str], list[dict]],
+    arm_scorers: Mapping[str, LeadScorer] | None = None,
 ) -> list[LeadCard]:
     """A card for each lead of ``top``: its waterfall, sub-scores and recent activity.
 
     ``features`` are the leads' features as of the run's date (rebuilt; other leads' rows are
-    left out), explained by the model that scored them: the waterfall starts at the training
-    base rate and its last step is the probability in the table. ``timeline(lead_id)`` gives
-    the lead's recent events in words.
+    left out), explained by the model that scored them: ``scorer``, or under an experiment the
+    model of the lead's arm (``arm_scorers``, by arm name; ``scorer`` for a lead of no arm named
+    there). The waterfall starts at that model's training base rate and its last step is the
+    probability in the table. A lead shown no score (a holdout's) and a lead whose model gives
+    no reasons (the points sheet) get no card. ``timeline(lead_id)`` gives its recent events.
     """
-    if top.empty or not scorer.can_explain:
-        return []
-    features = features.set_index(s.LEAD_ID).reindex(top[s.LEAD_ID]).reset_index()
-    features = as_model_input(features, scorer.feature_names).assign(**{s.LEAD_ID: features[s.LEAD_ID]})
-    contributions = scorer.explain(features[scorer.feature_names])
-    summed, _, sentences = grouped_reasons(contributions, scorer, features)
-    start = base_rate(scorer, float(contributions[BASE_VALUE].iloc[0]))
+    top = top[top[PROBABILITY].notna()]
+    chosen = _card_scorers(top, scorer, arm_scorers or {})
+    explained: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+    for one in {id(model): model for model in chosen}.values():
+        if not one.can_explain:
+            continue
+        rows = [i for i, model in enumerate(chosen) if model is one]
+        explained.update(zip(rows, _card_explanations(top.iloc[rows], features, one), strict=True))
     cards = []
     for i, row in enumerate(top.to_dict("records")):
+        if i not in explained:
+            continue
+        summed, sentences, start = explained[i]
         probability = float(row[PROBABILITY])
-        steps = waterfall_steps(start, probability, summed[i], sentences[i], settings.waterfall_steps)
+        steps = waterfall_steps(start, probability, summed, sentences, settings.waterfall_steps)
         scale = max(max(step["start"], step["end"]) for step in steps)
         events = timeline(row[s.LEAD_ID])
         extras = {"sub_scores": sub_score_points(start, row)}
         cards.append(LeadCard(row=row, steps=steps, timeline=events, scale_max=scale * 1.08, extras=extras))
     return cards
+
+
+def _card_scorers(
+    top: pd.DataFrame, scorer: LeadScorer, arm_scorers: Mapping[str, LeadScorer]
+) -> list[LeadScorer]:
+    """The model explaining each lead of ``top``: its arm's under an experiment, else ``scorer``."""
+    if not arm_scorers or s.ARM not in top.columns:
+        return [scorer] * len(top)
+    return [arm_scorers.get(str(arm), scorer) for arm in top[s.ARM]]
+
+
+def _card_explanations(
+    top: pd.DataFrame, features: pd.DataFrame, scorer: LeadScorer
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per lead of ``top``, explained by ``scorer``: its groups' log-odds, their sentences, and the
+    training base rate the waterfall starts from."""
+    features = features.set_index(s.LEAD_ID).reindex(top[s.LEAD_ID]).reset_index()
+    features = as_model_input(features, scorer.feature_names).assign(**{s.LEAD_ID: features[s.LEAD_ID]})
+    contributions = scorer.explain(features[scorer.feature_names])
+    summed, _, sentences = grouped_reasons(contributions, scorer, features)
+    start = base_rate(scorer, float(contributions[BASE_VALUE].iloc[0]))
+    return [(summed[i], sentences[i], start) for i in range(len(top))]
 
 
 def crm_lead_features(

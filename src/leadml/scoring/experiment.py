@@ -30,9 +30,8 @@ from leadml.modelling.scorer import PROBABILITY, LeadScorer
 from leadml.scoring.scores import score_leads
 
 NO_EXPERIMENT = "none"
-ARM, EXPERIMENT = "arm", "experiment"
-# the tier a lead of an arm with ``show_score: false`` shows: its scores are blank, not missing
-HIDDEN_TIER = "hidden"
+# the columns of an experiment's rows are named in leadml.data.schema (the sink and report read them)
+ARM, EXPERIMENT, HIDDEN_TIER = s.ARM, s.EXPERIMENT, s.HIDDEN_TIER
 # an arm's name becomes part of SQL column names (arm_<name>_probability): a plain identifier,
 # short enough for PostgreSQL's 63 characters with the longest suffix
 ARM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
@@ -52,7 +51,7 @@ class ExperimentError(LeadmlError):
 
 def side_column(arm: str, what: str) -> str:
     """The column holding arm ``arm``'s own ``what`` (probability, tier) for every lead."""
-    return f"arm_{arm}_{what}"
+    return s.arm_column(arm, what)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from leadml.reporting.leadership import (
     base_rate,
     breakdown,
     calibration_table,
+    card_leads,
     conversion_analysis,
     crm_lead_features,
     estimated_against_realised,
@@ -87,6 +88,9 @@ class _ScoredRun:
     thresholds: dict[str, float]
     floor_tier: str
     tables: Mapping[str, pd.DataFrame]  # the CRM tables; a flat table's open rows under FLAT_TABLE
+    # under an experiment: each arm's model by arm name, each loaded once (the lead cards explain a
+    # lead with its arm's); empty without one
+    arm_scorers: Mapping[str, LeadScorer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,9 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     kpi_settings.ready_tiers(_tiers(run))  # a tier the run does not have: one line, before any model loads
     ranked = ranked_csv(run.frame, settings.personal_columns)  # the stored values, before words for the page
     scorer, model_uri = _run_scorer(run, cfg, root)
-    run = replace(run, frame=with_source_labels(run.frame, scorer))
+    run = replace(
+        run, frame=with_source_labels(run.frame, scorer), arm_scorers=_arm_scorers(run, scorer, model_uri)
+    )
     # a flat table's label is "converted", with no horizon; the CRM's is "won within the horizon"
     horizon = None if flat else int((scorer.feature_settings or {}).get("horizon_days", 90))
     features = _open_features(run, scorer, data)
@@ -217,18 +223,46 @@ def _tiers(run: _ScoredRun) -> list[str]:
 
 
 def _run_scorer(run: _ScoredRun, cfg: Mapping[str, Any], root: Path) -> tuple[LeadScorer, str]:
-    """The model that scored the run (for the lead cards' explanations) and its URI."""
+    """The model that scored the run (for the lead cards' explanations) and its URI; under an
+    experiment, the first arm's (its model builds the features)."""
     report_cfg, mlflow_cfg = cfg["report"], cfg["mlflow"]
     frame = run.frame
     version = str(frame["model_version"].iloc[0]) if "model_version" in frame.columns and len(frame) else ""
     model_uri = f"models:/{mlflow_cfg['registered_model']}/{version}" if version.isdigit() else version
-    scored_with = str(run.record.get("model_uri") or "")
-    if scored_with and local_model_folder(scored_with) is not None:
-        model_uri = scored_with  # scored offline from an exported folder: no tracking server needed
+    arms = [_arm_model_uri(arm) for arm in _experiment_arms(run.record)]
+    if arms:  # the version of the top lead's arm is not the first arm's
+        model_uri = arms[0]
+    scored_with = arms or [str(run.record.get("model_uri") or "")]
+    if all(uri and local_model_folder(uri) is not None for uri in scored_with):
+        model_uri = scored_with[0]  # scored offline from exported folders: no tracking server needed
     else:
         uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
         tracking.configure(uri, str(report_cfg["experiment"]), Path(mlflow_cfg["artifact_root"]))
     return tracking.load_scorer(model_uri), model_uri
+
+
+def _experiment_arms(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The arms of the run's experiment (``_scoring_run.json``'s ``experiment.arms``); none without one."""
+    return list((record.get("experiment") or {}).get("arms") or [])
+
+
+def _arm_model_uri(arm: Mapping[str, Any]) -> str:
+    """The model an arm scored with: an alias pinned to the version that held it that night."""
+    uri, version = str(arm.get("model_uri") or ""), str(arm.get("model_version") or "")
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    return f"models:/{name}/{version}" if uri.startswith("models:/") and alias and version.isdigit() else uri
+
+
+def _arm_scorers(run: _ScoredRun, first: LeadScorer, first_uri: str) -> dict[str, LeadScorer]:
+    """Each arm's model by arm name, each model loaded once (the first arm's is ``first``)."""
+    loaded: dict[str, LeadScorer] = {first_uri: first}
+    scorers = {}
+    for arm in _experiment_arms(run.record):
+        uri = _arm_model_uri(arm)
+        if uri not in loaded:
+            loaded[uri] = tracking.load_scorer(uri)
+        scorers[str(arm["name"])] = loaded[uri]
+    return scorers
 
 
 def _open_features(run: _ScoredRun, scorer: LeadScorer, data: Mapping[str, Any]) -> pd.DataFrame:
@@ -305,15 +339,14 @@ def _flat_history(
     resolved = flat_resolved_predictions(earlier, labelled)
     judged = flat_prediction_outcomes(earlier, labelled)
     estimates = estimated_against_realised(judged, _earlier_records(scored_dir, run.as_of))
-    top = run.frame.head(settings.top_leads)
+    top = card_leads(run.frame, settings.top_leads)
     analysis = {
         "rows": 0,
         "note": "A flat table has no dated activities or outcomes to analyse here: the model report "
         "shows how each tier converted on the test window.",
     }
-    return _History(
-        analysis, resolved, lead_cards(top, features, scorer, settings, lambda lead_id: []), estimates, judged
-    )
+    cards = lead_cards(top, features, scorer, settings, lambda lead_id: [], run.arm_scorers)
+    return _History(analysis, resolved, cards, estimates, judged)
 
 
 def _crm_history(
@@ -337,11 +370,11 @@ def _crm_history(
     resolved = resolved_predictions(earlier, as_of, tables[s.OUTCOMES], horizon)
     judged = prediction_outcomes(earlier, as_of, tables[s.OUTCOMES], horizon)
     estimates = estimated_against_realised(judged, _earlier_records(scored_dir, as_of))
-    top = run.frame.head(settings.top_leads)
+    top = card_leads(run.frame, settings.top_leads)
     days, events = settings.timeline_days, settings.timeline_events
     cards = lead_cards(
         top, features, scorer, settings,
-        lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events),
+        lambda lead_id: lead_timeline(tables[s.ACTIVITIES], lead_id, as_of, days, events), run.arm_scorers,
     )  # fmt: skip
     return _History(
         analysis, resolved, cards, estimates, kpis.with_closing(judged, tables[s.OUTCOMES], as_of)

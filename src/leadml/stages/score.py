@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -25,7 +26,13 @@ from leadml.data.contracts import as_tuple
 from leadml.data.features import FeatureSettings
 from leadml.errors import LeadmlError, NoModelError, StaleDataError, data_config_file, writing_to
 from leadml.modelling.drift import population_stability
-from leadml.modelling.estimation import check_estimate, estimate_scored_run, recorded_test_roc_auc
+from leadml.modelling.estimation import (
+    PerformanceEstimate,
+    check_estimate,
+    estimate_performance,
+    estimate_scored_run,
+    recorded_test_roc_auc,
+)
 from leadml.modelling.scorer import PROBABILITY
 from leadml.scoring.experiment import (
     ARM,
@@ -200,12 +207,22 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     tiers = TierSettings.from_mapping(cfg["tiers"])
     as_of, open_leads, data_through = _open_leads(cfg, scorer, interim_dir, flat)
     outcome = _run_engine(cfg, engine, open_leads, scorer, as_of, tiers, str(version), held, arms)
-    summary = None if arms is None else experiment_summary(arms, Path(outcome.output), tiers)
+    allowed_drop = estimate_warning_drop(score_cfg)
+    if arms is None:
+        summary, estimated_of = None, outcome.probabilities
+    else:  # the overall estimate is the first arm's model's on every lead (no mixing of models)
+        rows = experiment_rows(arms.experiment, Path(outcome.output))
+        summary = experiment_summary(arms, rows, tiers, allowed_drop)
+        estimated_of = rows[side_column(experiment.arms[0].name, PROBABILITY)].to_numpy(dtype="float64")
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
-    estimated = _estimated_performance(score_cfg, scorer, outcome, tiers)
+    estimated = _estimated_performance(estimated_of, scorer, tiers, allowed_drop)
     seconds = round(time.perf_counter() - started, 2)
-    metrics = {**_run_metrics(probabilities, outcome, drift, seconds), **_estimate_metrics(estimated)}
+    metrics = {
+        **_run_metrics(probabilities, outcome, drift, seconds),
+        **_estimate_metrics(estimated),
+        **_arm_estimate_metrics(summary),
+    }
     run_id = None
     if tracked:
         run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested, summary)
@@ -419,19 +436,29 @@ def _check_same_features(
             )
 
 
-def experiment_summary(arms: ArmModels, partition: Path, tiers: TierSettings) -> dict[str, Any]:
-    """What the run record and MLflow keep of an experiment: per arm its model and version, share,
-    whether its scores show, its leads and the tiers they see, and its model's thresholds tonight.
+def experiment_rows(experiment: Experiment, partition: Path) -> pd.DataFrame:
+    """The written partition's arm, visible tier and every arm's own probability and tier, read back
+    so that the experiment's figures are the same whichever engine wrote it."""
+    sides = [side_column(arm, what) for arm in experiment.names for what in (PROBABILITY, "tier")]
+    return pd.read_parquet(partition, columns=[ARM, "tier", *sides])
 
-    Read back from the written partition, so it is the same whichever engine wrote it.
+
+def experiment_summary(
+    arms: ArmModels, rows: pd.DataFrame, tiers: TierSettings, allowed_drop: float | None = None
+) -> dict[str, Any]:
+    """What the run record and MLflow keep of an experiment: per arm its model and version, share,
+    whether its scores show, its leads and the tiers they see, its model's thresholds tonight and
+    the performance its model is expected to show on its own leads (:func:`_arm_estimate`).
+
+    ``rows``: :func:`experiment_rows` of the written partition.
     """
     experiment = arms.experiment
-    sides = [side_column(arm, PROBABILITY) for arm in experiment.names]
-    rows = pd.read_parquet(partition, columns=[ARM, "tier", *sides])
     described = []
     for arm in experiment.arms:
-        mine = rows[ARM] == arm.name
+        mine = (rows[ARM] == arm.name).to_numpy()
         own = rows[side_column(arm.name, PROBABILITY)].to_numpy(dtype="float64")
+        thresholds = dict(tiers.thresholds_for(own))
+        own_tiers = rows[side_column(arm.name, "tier")].to_numpy()[mine]
         described.append(
             {
                 "name": arm.name,
@@ -444,8 +471,11 @@ def experiment_summary(arms: ArmModels, partition: Path, tiers: TierSettings) ->
                 "tiers": {
                     str(k): int(v) for k, v in rows.loc[mine, "tier"].value_counts().sort_index().items()
                 },
-                "thresholds": dict(tiers.thresholds_for(own)),
-                "expected_conversions": float(own[mine.to_numpy()].sum()),
+                "thresholds": thresholds,
+                "expected_conversions": float(own[mine].sum()),
+                "estimated": _arm_estimate(
+                    own[mine], own_tiers, thresholds, tiers.floor_tier, arms.scorer(arm.name), allowed_drop
+                ),
             }
         )
     return {
@@ -454,6 +484,21 @@ def experiment_summary(arms: ArmModels, partition: Path, tiers: TierSettings) ->
         "started": experiment.started,
         "arms": described,
     }
+
+
+def _arm_estimate(
+    probabilities: np.ndarray,
+    arm_tiers: np.ndarray,
+    thresholds: Mapping[str, float],
+    floor_tier: str,
+    scorer: Any,
+    allowed_drop: float | None,
+) -> dict[str, Any]:
+    """The performance an arm's model is expected to show on the arm's own leads: its own
+    probabilities (a holdout's too, hidden from sales) and tiers among all of tonight's leads."""
+    highest_first = [tier for tier, _ in sorted(thresholds.items(), key=lambda item: -item[1])]
+    estimate = estimate_performance(probabilities, arm_tiers, [*highest_first, floor_tier])
+    return _checked_estimate(estimate, scorer, allowed_drop)
 
 
 def _shift(value: float, alert: float) -> str:
@@ -503,16 +548,23 @@ NO_TEST_FIGURE = (
 
 
 def _estimated_performance(
-    score_cfg: Mapping[str, Any], scorer: Any, outcome: ScoringOutcome, tiers: TierSettings
+    probabilities: np.ndarray, scorer: Any, tiers: TierSettings, allowed_drop: float | None
 ) -> dict[str, Any]:
-    """Tonight's expected ROC AUC, top-tier precision and conversions (every lead's probability,
-    so the same with either engine), checked against the model's test-window ROC AUC."""
-    estimate = estimate_scored_run(outcome.probabilities, tiers)
+    """Tonight's expected ROC AUC, top-tier precision and conversions of every lead's ``probabilities``
+    (so the same with either engine), checked against ``scorer``'s test-window ROC AUC. Under an
+    experiment: the first arm's model's probabilities of every lead (each arm's are in its summary)."""
+    estimated = _checked_estimate(estimate_scored_run(probabilities, tiers), scorer, allowed_drop)
+    if estimated["warning"]:
+        logger.warning("%s", estimated["warning"])
+    return estimated
+
+
+def _checked_estimate(
+    estimate: PerformanceEstimate, scorer: Any, allowed_drop: float | None
+) -> dict[str, Any]:
+    """The estimate's record with the check against the model's test-window ROC AUC."""
     test_auc = recorded_test_roc_auc(getattr(scorer, "trained", None))
-    allowed_drop = estimate_warning_drop(score_cfg)
     check = check_estimate(estimate.roc_auc, test_auc, allowed_drop)
-    if check.warning:
-        logger.warning("%s", check.warning)
     return {
         **estimate.record(),
         "test_roc_auc": check.test_roc_auc,
@@ -523,7 +575,7 @@ def _estimated_performance(
     }
 
 
-def _estimate_metrics(estimated: Mapping[str, Any]) -> dict[str, float]:
+def _estimate_metrics(estimated: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The estimate as MLflow metrics of the scoring run (NaN where it has no figure)."""
     low, high = estimated["roc_auc_interval"]
     figures = {
@@ -533,7 +585,19 @@ def _estimate_metrics(estimated: Mapping[str, Any]) -> dict[str, float]:
         "estimated_top_tier_precision": estimated["top_tier_precision"],
         "estimated_roc_auc_drop": estimated["drop"],
     }
-    return {name: float("nan") if value is None else float(value) for name, value in figures.items()}
+    return {
+        f"{prefix}{name}": float("nan") if value is None else float(value) for name, value in figures.items()
+    }
+
+
+def _arm_estimate_metrics(summary: Mapping[str, Any] | None) -> dict[str, float]:
+    """Each arm's estimate as metrics ``arm.<name>.estimated_roc_auc``...; none without an experiment."""
+    arms = (summary or {}).get("arms") or []
+    return {
+        name: value
+        for arm in arms
+        for name, value in _estimate_metrics(arm["estimated"], f"arm.{arm['name']}.").items()
+    }
 
 
 def _run_metrics(
