@@ -10,6 +10,7 @@ through the promotion gate. The commands are those of the README's "Reading an e
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shlex
@@ -22,7 +23,7 @@ from factories import README, local_tracking, project_config, run_entry_point
 from leadml import cli
 from leadml.adapters import tracking
 from leadml.adapters.layout import read_interim
-from leadml.cli import run_experiment, run_promote, run_score
+from leadml.cli import run_experiment, run_promote, run_report, run_score
 from leadml.data import schema as s
 from leadml.reporting import readout as r
 from leadml.scoring.experiment import ARM, side_column
@@ -121,6 +122,15 @@ def test_the_readout_is_written_as_a_page_json_and_looks(project, equal_arms) ->
     page = (reports / f"{stem}.html").read_text()
     assert "Always Valid Inference" in page and equal_arms.sentence.split(":")[0] in page
     assert len(pd.read_csv(reports / f"{stem}-looks.csv")) == len(NIGHTS)
+
+
+def test_the_leadership_report_shows_the_readout_of_its_night(project, equal_arms) -> None:
+    with local_tracking():
+        files = run_report(_config(project, "report", f"report.as_of={NIGHTS[-1]}"))
+    page = files.html.read_text()
+    section = page.split('<section id="experiment">', 1)[1].split("</section>", 1)[0]
+    assert "Experiment champion_challenger" in section and 'id="readout-arms"' in section
+    assert html.escape(equal_arms.sentence, quote=False) in section
 
 
 def test_promote_refuses_without_a_winner(project, equal_arms) -> None:

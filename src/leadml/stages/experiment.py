@@ -97,23 +97,14 @@ def experiment_stage(cfg: Mapping[str, Any], root: Path) -> ExperimentResult:
     started_at = time.perf_counter()
     readout_cfg, data = cfg["readout"], cfg.get("data") or {}
     settings = ReadoutSettings.from_mapping(readout_cfg.get("test"))
-    scored_dir = Path(readout_cfg["scored_dir"])
-    nights = experiment_nights(scored_dir, _chosen(cfg.get("experiment")), readout_cfg.get("as_of"))
+    sources = ReadoutSources(
+        Path(readout_cfg["scored_dir"]), Path(readout_cfg["interim_dir"]), data.get("kind") == "flat"
+    )
+    nights = experiment_nights(sources.scored_dir, _chosen(cfg.get("experiment")), readout_cfg.get("as_of"))
     newest = nights.records[max(nights.records)]
     tracked = _configure_tracking(cfg, root, newest)
-    flat = data.get("kind") == "flat"
-    horizon = None if flat else _horizon(newest)
-    predictions = read_predictions(scored_dir, nights)
-    exposures = first_exposures(predictions[predictions[EXPERIMENT] == nights.name], nights.arms)
-    judged = _judged(exposures, predictions, Path(readout_cfg["interim_dir"]), flat, horizon)
-    thresholds = newest.get("thresholds") or {}
-    order = tier_order(thresholds, str(newest.get("floor_tier") or "D"), exposures["tier"].dropna().unique())
-    readout = experiment_readout(
-        judged, nights.arms, sorted(nights.records), settings, experiment=nights.name,
-        top_tier=settings.top_tier or order[0], tier_order=order, horizon_days=horizon,
-        intake_per_week=_intake(exposures, Path(readout_cfg["interim_dir"]), flat, max(nights.records)),
-    )  # fmt: skip
-    readout = replace(readout, notes=nights.changed_models())
+    horizon = None if sources.flat else _horizon(newest)
+    readout = read_experiment(sources, nights, settings, horizon)
     page, record = write_readout(readout, Path(readout_cfg["output_dir"]), horizon)
     run_id = _log_readout(readout, record) if tracked else None
     decision, version = None, None
@@ -123,6 +114,50 @@ def experiment_stage(cfg: Mapping[str, Any], root: Path) -> ExperimentResult:
         readout=readout, html=page, json=page.with_suffix(".json"), run_id=run_id, promotion=decision,
         promoted_version=version, seconds=round(time.perf_counter() - started_at, 2),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReadoutSources:
+    """Where the experiment's nights and outcomes are: the scored partitions, the latest ingestion."""
+
+    scored_dir: Path
+    interim_dir: Path
+    flat: bool
+
+
+def read_experiment(
+    sources: ReadoutSources, nights: _Nights, settings: ReadoutSettings, horizon: int | None
+) -> Readout:
+    """The readout of ``nights`` (:func:`experiment_nights`) as of the last of them."""
+    newest = nights.records[max(nights.records)]
+    predictions = read_predictions(sources.scored_dir, nights)
+    exposures = first_exposures(predictions[predictions[EXPERIMENT] == nights.name], nights.arms)
+    judged = _judged(exposures, predictions, sources.interim_dir, sources.flat, horizon)
+    thresholds = newest.get("thresholds") or {}
+    order = tier_order(thresholds, str(newest.get("floor_tier") or "D"), exposures["tier"].dropna().unique())
+    readout = experiment_readout(
+        judged, nights.arms, sorted(nights.records), settings, experiment=nights.name,
+        top_tier=settings.top_tier or order[0], tier_order=order, horizon_days=horizon,
+        intake_per_week=_intake(exposures, sources.interim_dir, sources.flat, max(nights.records)),
+    )  # fmt: skip
+    return replace(readout, notes=nights.changed_models())
+
+
+def report_readout(
+    sources: ReadoutSources, record: Mapping[str, Any], as_of: pd.Timestamp, horizon: int | None
+) -> dict[str, Any] | None:
+    """The leadership report's "Experiment" section: the readout of the reported run's experiment
+    as of its date, with the test settings of conf/experiment.yaml's defaults; None without one."""
+    experiment = record.get("experiment")
+    if not experiment:
+        return None
+    try:
+        nights = experiment_nights(sources.scored_dir, str(experiment["name"]), f"{as_of:%Y-%m-%d}")
+        readout = read_experiment(sources, nights, ReadoutSettings(), horizon)
+    except ReadoutError as error:  # the report of the night's scores stands without its readout
+        logger.warning("the report has no experiment section: %s", error)
+        return None
+    return readout_context(readout, horizon, readout_chart(readout))
 
 
 def _chosen(experiment: Mapping[str, Any] | None) -> str | None:
@@ -244,9 +279,7 @@ def _horizon(newest: Mapping[str, Any]) -> int:
 def write_readout(readout: Readout, output_dir: Path, horizon: int | None) -> tuple[Path, dict[str, Any]]:
     """``experiment-<name>-<date>.html`` (one self-contained page), ``.json`` and the looks as CSV."""
     stem = f"experiment-{readout.experiment}-{readout.as_of:%Y-%m-%d}"
-    chart = html.figure_data_uri(
-        plots.experiment_looks_figure(readout.looks, readout.compare, readout.top_tier)
-    )
+    chart = readout_chart(readout)
     page = html.render(
         "experiment.html.j2", title=f"Experiment {readout.experiment} as of {readout.as_of:%Y-%m-%d}",
         subtitle=readout.sentence, readout=readout_context(readout, horizon, chart), standalone=True,
@@ -259,7 +292,15 @@ def write_readout(readout: Readout, output_dir: Path, horizon: int | None) -> tu
     return path, record
 
 
-def readout_context(readout: Readout, horizon: int | None, chart: str) -> dict[str, Any]:
+def readout_chart(readout: Readout) -> str | None:
+    """The chart of the looks as a data URI; None before any night has enough outcomes to compare."""
+    if not np.isfinite(readout.looks["difference"].to_numpy(dtype=np.float64)).any():
+        return None
+    figure = plots.experiment_looks_figure(readout.looks, readout.compare, readout.top_tier)
+    return html.figure_data_uri(figure)
+
+
+def readout_context(readout: Readout, horizon: int | None, chart: str | None) -> dict[str, Any]:
     """What ``experiment.html.j2`` shows (the leadership report's section renders the same)."""
     return {
         "name": readout.experiment,

@@ -62,6 +62,7 @@ from leadml.reporting.leadership import (
 )
 from leadml.scoring.pandas_engine import previous_columns
 from leadml.scoring.scores import movement_words
+from leadml.stages.experiment import ReadoutSources, report_readout
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     kpi_chart = _kpi_chart(programme, tiers)
     up, down = movers(frame, settings.movers)
     start = _start(scorer, frame)
+    sources = ReadoutSources(Path(report_cfg["scored_dir"]), Path(report_cfg["interim_dir"]), flat)
     personal = [c for c in settings.personal_columns if c in frame.columns]
     page = html.render(
         "leadership.html.j2",
@@ -181,6 +183,7 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         timelines=not flat,  # a flat table has no activity timeline
         analysis=_records(history.analysis),
         kpis=_kpi_context(programme, kpi_chart),
+        experiment=report_readout(sources, run.record, as_of, horizon),
         threshold=choice,
         sales_ready_threshold=thresholds.get(kpi_settings.sales_ready_tier),
     )
