@@ -71,7 +71,7 @@ def test_primary_config_composes_and_resolves(config_name: str) -> None:
 
 
 # groups one entry point composes alone (in its own defaults, not common.yaml's)
-OWN_GROUPS = {"experiment": ("score",)}
+OWN_GROUPS = {"experiment": ("score", "experiment")}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_FILES)
