@@ -9,15 +9,21 @@ finds the difference with at least its stated power once the planned sample has 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from leadml.adapters.layout import FLAT_TABLE, SCORING_RUN_RECORD
 from leadml.data import schema as s
+from leadml.data.features import LABEL
 from leadml.modelling import sequential
 from leadml.reporting import readout as r
+from leadml.scoring.experiment import ARM, EXPERIMENT, side_column
+from leadml.stages.experiment import experiment_stage
 
 ARMS = (
     r.ArmPlan("champion", 0.5, True, "models:/m@champion", "1"),
@@ -190,3 +196,63 @@ def test_planned_leads_shrink_with_the_lift_and_grow_with_the_power() -> None:
 def test_a_bad_setting_names_its_key(settings: dict[str, object], key: str) -> None:
     with pytest.raises(r.ReadoutError, match=key):
         r.ReadoutSettings.from_mapping(settings)
+
+
+def _flat_night(folder: Path, night: str, leads: pd.DataFrame) -> None:
+    """One scored partition of a flat table under a two-arm experiment, with its run record."""
+    partition = folder / f"as_of={night}"
+    partition.mkdir(parents=True)
+    leads.to_parquet(partition / "part-0.parquet")
+    arms = [
+        {"name": arm, "model": arm, "model_uri": f"models:/flat@{arm}", "model_version": version,
+         "share": 0.5, "show_score": True}
+        for arm, version in (("champion", "1"), ("challenger", "2"))
+    ]  # fmt: skip
+    record = {"experiment": {"name": "flat_test", "salt": "flat_test", "started": None, "arms": arms},
+              "thresholds": {"A": 0.5, "B": 0.2}, "floor_tier": "D"}  # fmt: skip
+    (partition / SCORING_RUN_RECORD).write_text(json.dumps(record))
+
+
+def test_a_flat_table_is_read_from_its_nights_and_labels(tmp_path: Path) -> None:
+    """A flat export has no closing dates: a lead resolves the night it left the open leads with a
+    label in today's file. Two arms, four weekly nights; every lead of the first night leaves after
+    it, nine in ten tier A leads of the challenger converted against three in ten elsewhere."""
+    rng = np.random.default_rng(3)
+    ids = np.arange(4_000)
+    arm = np.where(rng.random(len(ids)) < 0.5, "champion", "challenger")
+    tier = np.where(rng.random(len(ids)) < 0.2, "A", "C")
+    rows = pd.DataFrame({s.LEAD_ID: ids, ARM: arm, EXPERIMENT: "flat_test", "tier": tier, "probability": 0.3})
+    for name in ("champion", "challenger"):
+        rows[side_column(name, "tier")] = tier
+        rows[side_column(name, "probability")] = np.where(tier == "A", 0.5, 0.1)
+    scored = tmp_path / "scored"
+    first, later = rows.iloc[:2_000], rows.iloc[2_000:]
+    _flat_night(scored, "2026-01-05", rows)
+    for night in ("2026-01-12", "2026-01-19", "2026-01-26"):
+        _flat_night(scored, night, later)
+    planted = (first[ARM] == "challenger") & (first["tier"] == "A")
+    converted = rng.random(2_000) < np.where(planted, 0.9, 0.3)
+    interim = tmp_path / "interim"
+    interim.mkdir()
+    labels = pd.concat(
+        [first[[s.LEAD_ID]].assign(converted=converted), later[[s.LEAD_ID]].assign(converted=None)]
+    )
+    labels.rename(columns={"converted": LABEL}).to_parquet(interim / f"{FLAT_TABLE}.parquet")
+    cfg = {
+        "data": {"kind": "flat"},
+        "mlflow": {"registered_model": "flat"},
+        "experiment": {"name": "none"},
+        "readout": {"as_of": "latest", "scored_dir": str(scored), "interim_dir": str(interim),
+                    "output_dir": str(tmp_path / "reports"), "track": False, "promote": False,
+                    "test": {"compare": "top_tier"}},
+    }  # fmt: skip
+    result = experiment_stage(cfg, tmp_path)
+    arms = result.readout.arms.set_index("arm")
+    mine = first[first[ARM] == "challenger"]
+    assert arms.loc["challenger", "resolved"] == len(mine)  # resolved on the second night
+    assert arms.loc["challenger", "top_conversion"] == converted[planted.to_numpy()].mean() > 0.8
+    assert arms.loc["champion", "resolved"] == (first[ARM] == "champion").sum()
+    assert np.isnan(arms.loc["champion", "median_days_to_close"])  # a flat table has no closing date
+    assert result.readout.decision == r.WINS and result.readout.winner == "challenger"
+    assert result.run_id is None and result.html.exists()
+    assert result.readout.plan["weeks"] is None or result.readout.plan["weeks"] > 0

@@ -27,7 +27,7 @@ from leadml.data import schema as s
 from leadml.errors import LeadmlError, known_settings
 from leadml.modelling import sequential
 
-ARM, FIRST_SEEN, TIER, PROBABILITY = "arm", "first_seen", "tier", "probability"
+ARM, FIRST_SEEN, TIER, PROBABILITY = s.ARM, "first_seen", "tier", "probability"
 RESOLVED_ON, WON, DAYS_TO_CLOSE, DEAL_VALUE = "resolved_on", "won", "days_to_close", "deal_value"
 COMPARE = ("top_tier", "all")
 Z95 = 1.959963984540054
@@ -121,8 +121,8 @@ def first_exposures(predictions: pd.DataFrame, arms: Sequence[ArmPlan]) -> pd.Da
     probability = pd.Series(np.nan, index=first.index, dtype="float64")
     for arm in arms:
         mine = first[ARM] == arm.name
-        tier[mine] = first.loc[mine, f"arm_{arm.name}_tier"]
-        probability[mine] = first.loc[mine, f"arm_{arm.name}_probability"].astype("float64")
+        tier[mine] = first.loc[mine, s.arm_column(arm.name, TIER)]
+        probability[mine] = first.loc[mine, s.arm_column(arm.name, PROBABILITY)].astype("float64")
     known = first[ARM].isin([arm.name for arm in arms])
     return pd.DataFrame(
         {
