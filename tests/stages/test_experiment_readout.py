@@ -124,6 +124,12 @@ def test_the_readout_is_written_as_a_page_json_and_looks(project, equal_arms) ->
     assert len(pd.read_csv(reports / f"{stem}-looks.csv")) == len(NIGHTS)
 
 
+def test_track_false_reads_the_registry_but_logs_nothing(project, equal_arms) -> None:
+    with local_tracking():
+        result = run_experiment(_config(project, "experiment", "readout.track=false"))
+    assert result.run_id is None and result.readout.decision == equal_arms.decision
+
+
 def test_the_leadership_report_shows_the_readout_of_its_night(project, equal_arms) -> None:
     with local_tracking():
         files = run_report(_config(project, "report", f"report.as_of={NIGHTS[-1]}"))

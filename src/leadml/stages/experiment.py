@@ -102,14 +102,14 @@ def experiment_stage(cfg: Mapping[str, Any], root: Path) -> ExperimentResult:
     )
     nights = experiment_nights(sources.scored_dir, _chosen(cfg.get("experiment")), readout_cfg.get("as_of"))
     newest = nights.records[max(nights.records)]
-    tracked = _configure_tracking(cfg, root, newest)
+    logged = _configure_tracking(cfg, root, newest)
     horizon = None if sources.flat else _horizon(newest)
     readout = read_experiment(sources, nights, settings, horizon)
     page, record = write_readout(readout, Path(readout_cfg["output_dir"]), horizon)
-    run_id = _log_readout(readout, record) if tracked else None
+    run_id = _log_readout(readout, record) if logged else None
     decision, version = None, None
     if readout_cfg.get("promote"):
-        decision, version = promote_winner(readout, nights, cfg["mlflow"]["registered_model"], tracked)
+        decision, version = promote_winner(readout, nights, cfg["mlflow"]["registered_model"])
     return ExperimentResult(
         readout=readout, html=page, json=page.with_suffix(".json"), run_id=run_id, promotion=decision,
         promoted_version=version, seconds=round(time.perf_counter() - started_at, 2),
@@ -255,18 +255,19 @@ def _intake(exposures: pd.DataFrame, interim_dir: Path, flat: bool, as_of: pd.Ti
 
 
 def _configure_tracking(cfg: Mapping[str, Any], root: Path, newest: Mapping[str, Any]) -> bool:
-    """Point MLflow at the configured server unless every arm is an exported folder and tracking is
-    not asked for (``readout.track``: auto, true, false); whether the readout is logged."""
+    """Whether the readout is logged. Point MLflow at the configured server when a model must be read from
+    the registry (an arm that is not an exported folder, or leadml-promote) or the readout is to be
+    logged (``readout.track``: auto logs whenever the server is used, true always, false never)."""
     mlflow_cfg, readout_cfg = cfg["mlflow"], cfg["readout"]
     track = str(readout_cfg.get("track", "auto")).lower()
     offline = all(
         local_model_folder(str(a.get("model_uri"))) is not None for a in newest["experiment"]["arms"]
     )
-    if track == "false" or (track == "auto" and offline and not readout_cfg.get("promote")):
-        return False
-    uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
-    tracking.configure(uri, str(readout_cfg["tracking_experiment"]), Path(mlflow_cfg["artifact_root"]))
-    return True
+    registry = not offline or bool(readout_cfg.get("promote")) or track == "true"
+    if registry:
+        uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
+        tracking.configure(uri, str(readout_cfg["tracking_experiment"]), Path(mlflow_cfg["artifact_root"]))
+    return registry and track != "false"
 
 
 def _horizon(newest: Mapping[str, Any]) -> int:
@@ -382,7 +383,7 @@ def _log_readout(readout: Readout, record: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- promotion
 def promote_winner(
-    readout: Readout, nights: _Nights, registered_model: str, tracked: bool
+    readout: Readout, nights: _Nights, registered_model: str
 ) -> tuple[GateDecision, str | None]:
     """Promote the winning arm's version to champion through the gate; (decision, version promoted).
 
@@ -396,10 +397,10 @@ def promote_winner(
     verdict = ExperimentVerdict(
         experiment=readout.experiment, decision=readout.decision, sentence=readout.sentence,
         winner=readout.winner, version=version,
-        champion_version=tracking.version_by_alias(registered_model, tracking.CHAMPION) if tracked else None,
+        champion_version=tracking.version_by_alias(registered_model, tracking.CHAMPION),
     )  # fmt: skip
     recorded = {}
-    if readout.decision == WINS and version is not None and tracked:
+    if readout.decision == WINS and version is not None:
         details = tracking.version_details(registered_model, version)
         recorded = tracking.run_artifacts(details["run_id"], RECORDED_GATE_ARTIFACTS)
     decision = recorded_gate(verdict, recorded, _promotion_settings(recorded))
