@@ -250,3 +250,29 @@ def test_report_sections_charts_gate_and_champion(
     first_page = Path(first.report).read_text(encoding="utf-8")
     assert "There was no champion before" in first_page and 'id="champion-table"' not in first_page
     assert "promoted to champion" in first_page
+
+
+def test_accounts_are_judged_on_the_test_window_and_kept_in_the_model(
+    trained_twice: tuple[Path, TrainResult, TrainResult, str],
+) -> None:
+    """Issue 24: the leads of one account roll up into a calibrated account score (ECE at most
+    0.03 on the test window's accounts), the correction is kept in the registered model's state."""
+    _, _, second, _ = trained_twice
+    page = Path(second.report).read_text(encoding="utf-8")
+    section = page.split('<section id="accounts">', 1)[1].split("</section>", 1)[0]
+    assert "corrected for dependence (deployed)" in section and "fitted on " in section
+
+    from mlflow import MlflowClient
+
+    from leadml.adapters import tracking
+
+    with local_tracking():
+        metrics = MlflowClient(tracking_uri=second.tracking_uri).get_run(second.run_id).data.metrics
+        tracking.configure(second.tracking_uri, "leadml-synthetic", Path(second.report).parents[2] / "mlruns")
+        scorer = tracking.load_scorer(f"models:/{second.registered_model}/{second.version}")
+    assert metrics["test.accounts.account_probability.ece"] <= 0.03
+    assert metrics["test.accounts.account_probability.roc_auc"] > 0.75
+    assert scorer.accounts["key"] == s.ACCOUNT_ID and scorer.accounts["correction"]["fitted"]
+    assert scorer.accounts["test"]["account_probability"]["ece"] == pytest.approx(
+        metrics["test.accounts.account_probability.ece"]
+    )

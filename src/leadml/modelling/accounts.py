@@ -463,3 +463,55 @@ def account_trend(today: pd.DataFrame, before: pd.DataFrame | None, key: str = s
     return pd.Series(
         today[ACCOUNT_PROBABILITY].to_numpy(dtype=np.float64) - then, index=today.index, name=CHANGE
     )
+
+
+# --------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class AccountEvaluation:
+    """What training learns about accounts: the correction fitted on the validation folds'
+    out-of-sample rows, and how it and the plain roll-ups did on the test window's accounts."""
+
+    settings: AccountSettings
+    correction: DependenceCorrection
+    metrics: pd.DataFrame  # account_metrics of the test window's accounts
+    accounts: int  # the test window's accounts
+    several: int  # of them, with more than one open lead
+
+    def state(self) -> dict[str, Any]:
+        """What the scorer keeps (``LeadScorer.accounts``): plain JSON values."""
+        return {
+            "key": self.settings.key,
+            "engaged_probability": self.settings.engaged_probability,
+            "correction": self.correction.to_dict(),
+            "test": {
+                str(name): {k: float(v) for k, v in row.items()} for name, row in self.metrics.iterrows()
+            },
+            "test_accounts": self.accounts,
+            "test_accounts_several_leads": self.several,
+        }
+
+
+def engaged_threshold(
+    tiers: Mapping[str, Any], default: float = AccountSettings.engaged_probability
+) -> float:
+    """The probability from which a lead counts as engaged: the lowest minimum of the worked tiers
+    (the tier C minimum with the default tiers), so "engaged" means "would be worked as a lead"."""
+    minimums = [float(v) for v in (tiers.get("thresholds") or {}).values() if 0.0 < float(v) < 1.0]
+    return min(minimums) if minimums else default
+
+
+def evaluate_accounts(
+    fit_rows: pd.DataFrame, test_rows: pd.DataFrame, settings: AccountSettings
+) -> AccountEvaluation:
+    """Fit the correction on ``fit_rows`` (:func:`out_of_sample_rows`) and judge it on ``test_rows``:
+    the test window's lead rows with their account key, ``as_of``, ``label`` and the evaluated
+    procedure's probability (neither the model nor the correction saw them)."""
+    correction = fit_dependence(history_accounts(fit_rows, settings))
+    test_accounts = history_accounts(test_rows, settings)
+    return AccountEvaluation(
+        settings=settings,
+        correction=correction,
+        metrics=account_metrics(test_accounts, correction),
+        accounts=len(test_accounts),
+        several=int((test_accounts[N_LEADS] > 1).sum()),
+    )

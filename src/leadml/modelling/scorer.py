@@ -56,6 +56,10 @@ class LeadScorer:
     # limits, missing_markers; ``leadml.data.contracts.configured_crm_contracts``), so the endpoint
     # checks a request's values by the same contracts; empty (an older model): the default contracts
     data_contract: dict[str, Any] = field(default_factory=dict)
+    # a CRM model: how its leads roll up into accounts (leadml.modelling.accounts.AccountEvaluation.
+    # state): the account key, the engaged threshold, the dependence correction fitted on history
+    # and its test-window figures; empty: no account scores (a flat table, an older model)
+    accounts: dict[str, Any] = field(default_factory=dict)
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)

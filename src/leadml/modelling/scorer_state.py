@@ -66,6 +66,7 @@ SCORER_FIELDS = (
     "request_synonyms",
     "data_contract",
     "linear_means",
+    "accounts",
 )
 
 

@@ -497,6 +497,29 @@ def model_settings(model: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- page
+# the account roll-ups of the test window, in the order and words the page shows them
+ACCOUNT_ROWS = (
+    ("account_probability", "corrected for dependence (deployed)"),
+    ("p_independent", "independent leads: 1 - (1 - p1)(1 - p2)..."),
+    ("p_max", "its best lead alone"),
+)
+
+
+def account_section(accounts: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The scorer's account roll-up (``LeadScorer.accounts``) as the page shows it; None without one."""
+    if not accounts:
+        return None
+    test = accounts.get("test") or {}
+    rows = [{"name": words, **test[key]} for key, words in ACCOUNT_ROWS if key in test]
+    return {
+        "note": str((accounts.get("correction") or {}).get("note", "")),
+        "engaged_probability": accounts.get("engaged_probability"),
+        "accounts": accounts.get("test_accounts"),
+        "several": accounts.get("test_accounts_several_leads"),
+        "rows": rows,
+    }
+
+
 def model_report_context(
     result: TrainingResult,
     decision: GateDecision,
@@ -550,6 +573,7 @@ def model_report_context(
         "importance": importance_table(result.shap_importance),
         "explanation": getattr(result.scorer, "explanation_method", None) or "exact TreeSHAP",
         "tiers": tier_records(result.tiers),
+        "accounts": account_section(getattr(result.scorer, "accounts", None) or {}),
         "points": points_section(getattr(result, "points", None) or {}, comparison, model_name),
         "calibration": calibration_summary(result.calibration, comparison, model_name),
         "champion": champion_comparison(run.champion_version, run.champion_metrics, model_row, run.version),

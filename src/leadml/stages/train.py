@@ -22,12 +22,23 @@ from leadml.adapters.sources import masked_urls
 from leadml.data import schema as s
 from leadml.data.contracts import SOURCE_ROW
 from leadml.errors import LeadmlError, TrackingUnavailableError, data_config_file, writing_to
+from leadml.modelling.accounts import (
+    PROBABILITY,
+    AccountEvaluation,
+    AccountSettings,
+    engaged_threshold,
+    evaluate_accounts,
+    out_of_sample_rows,
+    with_account_key,
+)
+from leadml.modelling.calibration import RelativeCalibrator
 from leadml.modelling.evaluate import binary_metrics
 from leadml.modelling.gate import GateDecision, gate_evidence, promotion_gate
 from leadml.modelling.guards import sentinel_sentence
 from leadml.modelling.points import POINTS as POINTS_MODEL
 from leadml.modelling.points import no_rules_message, points_block
 from leadml.modelling.scorer import LeadScorer, as_model_input
+from leadml.modelling.selection import MARGIN
 from leadml.modelling.split import window_fingerprint
 from leadml.modelling.train import (
     BASELINE_LOGREG,
@@ -115,9 +126,14 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         del snapshots
         result = train_on_windows(windows, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         _set_request_spelling(result.scorer, cfg)
+        accounts = _account_evaluation(result, cfg)
         source = f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})"
         stage_seconds = upstream_seconds(features_manifest)  # read once: it follows the manifests' links
         drift = _log_evaluation(result, cfg["data"]["name"], source, metadata_records, stage_seconds)
+        if accounts is not None:
+            tracking.log_table(accounts.metrics.reset_index(), "account_metrics.csv")
+            for name, row in accounts.metrics.iterrows():
+                tracking.log_metrics(dict(row.items()), prefix=f"test.accounts.{name}.")
         charts = _log_charts(result, metadata)
         example = feature_example(result.scorer, result.test.head(5))
         version = tracking.register(_log_pyfunc(result.scorer, example), model_name)
@@ -166,6 +182,28 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         report=str(report_path),
         seconds=round(time.perf_counter() - started, 1),
     )
+
+
+def _account_evaluation(result: TrainingResult, cfg: Mapping[str, Any]) -> AccountEvaluation | None:
+    """A CRM model's account roll-up: the dependence correction fitted on the validation folds'
+    out-of-sample rows, judged on the test window's accounts, kept in the scorer; None for a flat
+    table (no account key yet) or a procedure without out-of-sample margins."""
+    leads_file = Path(cfg.get("interim_dir") or "") / f"{s.LEADS}.parquet"
+    evaluated, selection, development = result.evaluated, result.selection, result.development
+    if data_kind(cfg["data"]) != "crm" or evaluated is None or selection is None or development is None:
+        return None
+    if not isinstance(evaluated.calibrator, RelativeCalibrator) or not leads_file.exists():
+        return None
+    leads = pd.read_parquet(leads_file, columns=[s.LEAD_ID, s.ACCOUNT_ID])
+    settings = AccountSettings(engaged_probability=engaged_threshold(result.scorer.tiers))
+    fit_rows = out_of_sample_rows(development, selection.oos[MARGIN], evaluated.calibrator, leads)
+    test_rows = result.test[[s.LEAD_ID, s.AS_OF, s.LABEL]].assign(
+        **{PROBABILITY: result.probabilities[result.model_name]}
+    )
+    evaluation = evaluate_accounts(fit_rows, with_account_key(test_rows, leads), settings)
+    result.scorer.accounts = evaluation.state()
+    logger.info("accounts: %s", evaluation.correction.note)
+    return evaluation
 
 
 def _set_request_spelling(scorer: LeadScorer, cfg: Mapping[str, Any]) -> None:
