@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 
 from leadml.adapters import tracking
@@ -193,6 +194,8 @@ def _account_evaluation(result: TrainingResult, cfg: Mapping[str, Any]) -> Accou
     if data_kind(cfg["data"]) != "crm" or evaluated is None or selection is None or development is None:
         return None
     if not isinstance(evaluated.calibrator, RelativeCalibrator) or not leads_file.exists():
+        return None
+    if s.ACCOUNT_ID not in pq.read_schema(leads_file).names:
         return None
     leads = pd.read_parquet(leads_file, columns=[s.LEAD_ID, s.ACCOUNT_ID])
     settings = AccountSettings(engaged_probability=engaged_threshold(result.scorer.tiers))
