@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -772,8 +773,6 @@ def log_to_run(
     """Add the finite ``metrics`` (at ``step``) and CSV tables to an existing run (the leadership
     report's KPIs to the scoring run of the date it reports), through the client: the run is not
     re-opened, so its status and end time stay as the scoring run left them."""
-    import time
-
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 

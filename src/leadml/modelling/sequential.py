@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import chisquare, norm
 
 # a rate is judged only once each arm has this many outcomes and wins plus losses: the normal
 # approximation the guarantee rests on is poor below it
@@ -159,8 +159,6 @@ def planned_leads(
 def sample_ratio_p_value(counts: np.ndarray, shares: np.ndarray) -> float:
     """Chi-square test of the arms' lead counts against their shares (a sample ratio mismatch: a
     broken assignment or a lost partition makes any comparison of the arms meaningless)."""
-    from scipy.stats import chisquare
-
     counts = np.asarray(counts, dtype=np.float64)
     if counts.sum() == 0 or len(counts) < 2:
         return 1.0

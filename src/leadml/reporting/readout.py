@@ -413,7 +413,7 @@ def _plain(value: Any) -> Any:
 
 
 def compared_words(settings: ReadoutSettings, top_tier: str) -> str:
-    return "all leads" if settings.compare == "all" else f"tier {top_tier} leads"
+    return "leads" if settings.compare == "all" else f"tier {top_tier} leads"
 
 
 def decide(

@@ -14,6 +14,7 @@ move_aliases`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from leadml.adapters import tracking
 from leadml.adapters.layout import FLAT_TABLE, SCORING_RUN_RECORD, read_interim
@@ -255,19 +257,22 @@ def _intake(exposures: pd.DataFrame, interim_dir: Path, flat: bool, as_of: pd.Ti
 
 
 def _configure_tracking(cfg: Mapping[str, Any], root: Path, newest: Mapping[str, Any]) -> bool:
-    """Whether the readout is logged. Point MLflow at the configured server when a model must be read from
-    the registry (an arm that is not an exported folder, or leadml-promote) or the readout is to be
-    logged (``readout.track``: auto logs whenever the server is used, true always, false never)."""
+    """Whether the readout is logged. MLflow points at the configured server when the registry is
+    needed (a CRM's horizon read from an arm's registered model; leadml-promote) or the readout is
+    logged (``readout.track``: auto unless every arm is an exported folder, true, false)."""
     mlflow_cfg, readout_cfg = cfg["mlflow"], cfg["readout"]
     track = str(readout_cfg.get("track", "auto")).lower()
     offline = all(
         local_model_folder(str(a.get("model_uri"))) is not None for a in newest["experiment"]["arms"]
     )
-    registry = not offline or bool(readout_cfg.get("promote")) or track == "true"
-    if registry:
+    flat = (cfg.get("data") or {}).get("kind") == "flat"
+    # a CRM's horizon is read from the first arm's model; promoting reads and moves aliases
+    registry = (not offline and not flat) or bool(readout_cfg.get("promote"))
+    logged = track == "true" or (track == "auto" and not offline)
+    if registry or logged:
         uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
         tracking.configure(uri, str(readout_cfg["tracking_experiment"]), Path(mlflow_cfg["artifact_root"]))
-    return registry and track != "false"
+    return logged
 
 
 def _horizon(newest: Mapping[str, Any]) -> int:
@@ -355,8 +360,6 @@ def _plain(value: Any) -> Any:
 
 
 def _json_text(record: Mapping[str, Any]) -> str:
-    import json
-
     return json.dumps(record, indent=2) + "\n"
 
 
@@ -415,8 +418,6 @@ RECORDED_GATE_ARTIFACTS = ("metrics_comparison.csv", "calibration.json", "config
 
 def _promotion_settings(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """The promotion rules the version was trained under (its run's config.yaml)."""
-    import yaml
-
     config = yaml.safe_load(recorded.get("config.yaml") or "") or {}
     return dict(config.get("promotion") or {})
 
