@@ -210,12 +210,10 @@ def resolved_by(judged: pd.DataFrame, night: pd.Timestamp) -> pd.Series:
     return (judged[FIRST_SEEN] < night) & (judged[RESOLVED_ON] <= night)
 
 
-def arm_table(
-    judged: pd.DataFrame, arms: Sequence[ArmPlan], as_of: pd.Timestamp, top_tier: str
-) -> pd.DataFrame:
-    """Per arm: leads, outcomes known, conversion with its interval, the top tier's conversion and
-    lift over the arm's whole, median days to close, mean deal size with its interval, revenue."""
-    known = resolved_by(judged, as_of)
+def arm_table(judged: pd.DataFrame, arms: Sequence[ArmPlan], known: pd.Series, top_tier: str) -> pd.DataFrame:
+    """Per arm: leads, outcomes known (``known``: :func:`resolved_by` on the readout's night),
+    conversion with its interval, the top tier's conversion and lift over the arm's whole, median
+    days to close, mean deal size with its interval, revenue."""
     rows = []
     for arm in arms:
         mine = judged[ARM] == arm.name
@@ -250,9 +248,9 @@ def arm_table(
     return pd.DataFrame(rows)
 
 
-def tier_table(judged: pd.DataFrame, as_of: pd.Timestamp, order: Sequence[str]) -> pd.DataFrame:
-    """Arm x tier (the tier at exposure): leads, outcomes known, conversion with its interval."""
-    known = resolved_by(judged, as_of)
+def tier_table(judged: pd.DataFrame, known: pd.Series, order: Sequence[str]) -> pd.DataFrame:
+    """Arm x tier (the tier at exposure): leads, outcomes known (``known``: :func:`resolved_by`),
+    conversion with its interval."""
     rows = []
     for (arm, tier), group in judged.groupby([ARM, TIER], sort=False):
         done = group[known[group.index]]
@@ -391,11 +389,12 @@ def experiment_readout(
             )
         )
     table = pd.DataFrame(comparisons)
+    known = resolved_by(judged, as_of)
     decision, sentence, winner = decide(table, srm, settings, experiment, compared_words(settings, top_tier))
     return Readout(
         experiment=experiment, as_of=as_of, compare=settings.compare, top_tier=top_tier,
-        baseline=baseline.name, arms=arm_table(judged, arms, as_of, top_tier),
-        tiers=tier_table(judged, as_of, tier_order), comparisons=table,
+        baseline=baseline.name, arms=arm_table(judged, arms, known, top_tier),
+        tiers=tier_table(judged, known, tier_order), comparisons=table,
         looks=pd.concat(looks, ignore_index=True), plan=_first_plan(table),
         sample_ratio_p=srm, decision=decision, sentence=sentence, winner=winner,
     )  # fmt: skip
@@ -403,12 +402,16 @@ def experiment_readout(
 
 def _first_plan(table: pd.DataFrame) -> dict[str, Any]:
     row = table.iloc[0]
-    return {k.removeprefix("plan_"): _plain(row[k]) for k in table.columns if k.startswith("plan_")}
+    return {k.removeprefix("plan_"): json_value(row[k]) for k in table.columns if k.startswith("plan_")}
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A figure of the readout as a plain JSON value: NumPy scalars unwrapped, timestamps as ISO
+    text, NaN and infinities as null."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 

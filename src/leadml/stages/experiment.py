@@ -48,8 +48,9 @@ from leadml.reporting.readout import (
     experiment_readout,
     first_exposures,
     flat_outcomes,
+    json_value,
 )
-from leadml.scoring.experiment import EXPERIMENT, NO_EXPERIMENT, side_column
+from leadml.scoring.experiment import NO_EXPERIMENT, side_column
 
 logger = logging.getLogger(__name__)
 # weeks of lead creation that measure the intake of new leads before the experiment has its own
@@ -133,7 +134,7 @@ def read_experiment(
     """The readout of ``nights`` (:func:`experiment_nights`) as of the last of them."""
     newest = nights.records[max(nights.records)]
     predictions = read_predictions(sources.scored_dir, nights)
-    exposures = first_exposures(predictions[predictions[EXPERIMENT] == nights.name], nights.arms)
+    exposures = first_exposures(predictions, nights.arms)
     judged = _judged(exposures, predictions, sources.interim_dir, sources.flat, horizon)
     thresholds = newest.get("thresholds") or {}
     order = tier_order(thresholds, str(newest.get("floor_tier") or "D"), exposures["tier"].dropna().unique())
@@ -211,11 +212,11 @@ def experiment_nights(scored_dir: Path, name: str | None, as_of: str | None) -> 
 
 
 def read_predictions(scored_dir: Path, nights: _Nights) -> pd.DataFrame:
-    """Every row of the experiment's nights: lead id, night, arm, experiment and the arms' side
-    tiers and probabilities (a night scored under another experiment is skipped by the caller)."""
+    """Every row of the experiment's nights (:func:`experiment_nights` keeps only its own): lead id,
+    night, arm and the arms' side tiers and probabilities."""
     partitions = written_partitions(scored_dir)
     sides = [side_column(arm.name, what) for arm in nights.arms for what in ("tier", "probability")]
-    wanted = [s.LEAD_ID, ARM, EXPERIMENT, *sides]
+    wanted = [s.LEAD_ID, ARM, *sides]
     frames = []
     for day in sorted(nights.records):
         for path in sorted(partitions[day].glob("part-*.parquet")):
@@ -339,7 +340,7 @@ def readout_record(readout: Readout) -> dict[str, Any]:
         "top_tier": readout.top_tier,
         "baseline": readout.baseline,
         "sample_ratio_p": readout.sample_ratio_p,
-        "plan": {k: _plain(v) for k, v in readout.plan.items()},
+        "plan": {k: json_value(v) for k, v in readout.plan.items()},
         "arms": _records(readout.arms),
         "comparisons": _records(readout.comparisons),
         "tiers": _records(readout.tiers),
@@ -348,15 +349,7 @@ def readout_record(readout: Readout) -> dict[str, Any]:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    return [{k: json_value(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def _json_text(record: Mapping[str, Any]) -> str:
