@@ -349,11 +349,23 @@ def run_score(cfg: DictConfig) -> ScoreResult:
         _echo(f"score: {_estimate_line(result.estimated)}")
     sink = f"; {result.sql_rows:,} rows upserted to {cfg.score.sql.table}" if result.sql_rows else ""
     _echo(f"score: wrote {result.output}{sink} ({result.seconds} s)")
+    if result.accounts:
+        _echo(f"score: {_accounts_line(result.accounts, cfg.score.sql.account_table)}")
     if result.run_id:
         _echo(f"score: run {result.run_id} in {result.tracking_uri}")
     else:
         _echo("score: not tracked in MLflow (score.track); the run's figures are in _scoring_run.json")
     return result
+
+
+def _accounts_line(accounts: Mapping[str, Any], table: str | None) -> str:
+    """ "1,234 accounts (210 with several open leads), 87.3 expected to produce a win -> <folder>"."""
+    sink = f"; {accounts['sql_rows']:,} rows upserted to {table}" if accounts.get("sql_rows") else ""
+    return (
+        f"{accounts['accounts']:,} accounts ({accounts['accounts_with_several_leads']:,} with several "
+        f"open leads), {accounts['expected_accounts_won']:,.1f} expected to produce a win -> "
+        f"{accounts['output']}{sink}"
+    )
 
 
 def run_report(cfg: DictConfig) -> Any:
@@ -364,6 +376,8 @@ def run_report(cfg: DictConfig) -> Any:
     _echo(f"report: {files.leads:,} open leads as of {files.as_of:%Y-%m-%d}")
     _echo(f"report: wrote {files.html}")
     _echo(f"report: wrote {files.csv}")
+    if files.accounts_csv:
+        _echo(f"report: wrote {files.accounts_csv}")
     if files.kpi_run_id:
         _echo(f"report: KPIs logged to the scoring run {files.kpi_run_id}")
     return files

@@ -29,6 +29,7 @@ from leadml.errors import (
     StaleDataError,
     TrackingUnavailableError,
 )
+from leadml.modelling.accounts import AccountSettings, DependenceCorrection, account_rows, apply_dependence
 from leadml.modelling.drift import drift_reference, population_stability, reference_profile, unseen_categories
 from leadml.modelling.reasons import group_deltas
 from leadml.modelling.scorer import MARGIN
@@ -201,11 +202,51 @@ def test_sql_sink_upserts_without_duplicates(root: Path) -> None:
     _scored(root, "2025-12-01", tuple(sql))
     with sqlite3.connect(database) as connection:
         stored = pd.read_sql("select * from lead_scores", connection)
+        accounts = pd.read_sql("select * from account_scores", connection)
+    assert summary.accounts is not None and summary.accounts["sql_rows"] == len(accounts) > 0
+    assert not accounts.duplicated([s.ACCOUNT_ID, s.AS_OF]).any()
+    assert not any(c.startswith("group:") for c in accounts.columns)
     assert summary.sql_rows == len(frame) == len(stored)
     assert not stored.duplicated([s.LEAD_ID, s.AS_OF]).any()
     assert stored[s.AS_OF].eq("2025-12-01").all()
     merged = stored.merge(frame[[s.LEAD_ID, "probability"]], on=s.LEAD_ID, suffixes=("", "_parquet"))
     np.testing.assert_allclose(merged["probability"], merged["probability_parquet"])
+
+
+def test_accounts_roll_up_the_scored_leads_with_the_trained_correction_and_a_trend(root: Path) -> None:
+    """The account partition is the roll-up of the written lead partition: every open lead with an
+    account counted once, the correction training fitted applied, and a trend on the next night."""
+    first, frame = _scored(root, "2025-12-01")
+    assert first.accounts is not None
+    accounts = pd.read_parquet(Path(first.accounts["output"]) / sinks.PART_FILE)
+    keys = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "leads.parquet")
+    keyed = frame.merge(keys[[s.LEAD_ID, s.ACCOUNT_ID]], on=s.LEAD_ID, how="left")
+    assert accounts[s.ACCOUNT_ID].is_unique and len(accounts) == keyed[s.ACCOUNT_ID].nunique()
+    assert accounts["n_leads"].sum() == keyed[s.ACCOUNT_ID].notna().sum() == first.accounts["leads"]
+    assert list(accounts["rank"]) == list(range(1, len(accounts) + 1))
+    assert accounts["account_probability"].is_monotonic_decreasing
+    state = _scorer(root).accounts
+    rolled = apply_dependence(
+        account_rows(keyed, AccountSettings(engaged_probability=state["engaged_probability"])),
+        DependenceCorrection.from_dict(state["correction"]),
+    ).set_index(s.ACCOUNT_ID)
+    mine = accounts.set_index(s.ACCOUNT_ID)
+    np.testing.assert_allclose(
+        mine["account_probability"], rolled.loc[mine.index, "account_probability"], rtol=1e-12
+    )
+    assert (mine["n_engaged"] == rolled.loc[mine.index, "n_engaged"]).all()
+    assert (accounts["trend"] == "new").all()
+    record = json.loads((Path(first.output) / SCORING_RUN_RECORD).read_text())
+    assert record["accounts"]["accounts"] == len(accounts)
+    later, _ = _scored(root, "2025-12-15")
+    again = pd.read_parquet(Path(later.accounts["output"]) / sinks.PART_FILE).set_index(s.ACCOUNT_ID)
+    both = again.index.intersection(mine.index)
+    assert len(both) > 0 and (again.loc[both, "trend"] != "new").all()
+    np.testing.assert_allclose(again.loc[both, "previous_probability"], mine.loc[both, "account_probability"])
+    assert (again.drop(both)["trend"] == "new").all()
+    # score.accounts.enabled=false: no account rows, none in the run record
+    off, _ = _scored(root, "2025-12-15", ("score.accounts.enabled=false",))
+    assert off.accounts is None
 
 
 def test_a_run_that_dies_while_writing_leaves_the_previous_partition(

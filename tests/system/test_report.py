@@ -21,7 +21,7 @@ import pytest
 
 from factories import README, SMALL_PROJECT, local_tracking, project_config, run_entry_point
 from leadml import cli
-from leadml.adapters import tracking
+from leadml.adapters import sinks, tracking
 from leadml.adapters.sinks import earlier_predictions, scored_partition
 from leadml.cli import run_features, run_ingest, run_report, run_score
 from leadml.data import schema as s
@@ -133,6 +133,28 @@ def test_personal_data_is_left_out_unless_configured(reported: dict, tmp_path: P
     assert s.FIRST_NAME not in table["columns"]
     with pytest.raises(LeadmlError, match="personal_columns"):
         ReportSettings.from_mapping({"personal_columns": ["company_name"]})
+
+
+def test_the_accounts_section_and_csv_hold_the_nights_account_rows(reported: dict) -> None:
+    """The CSV is the run's account partition, ranked, company names inert, no per-group sums; the
+    page's section shows the most likely accounts by company name, in words."""
+    files, latest = reported["files"], reported["latest"]
+    assert latest.accounts is not None and files.accounts_csv is not None
+    partition = pd.read_parquet(Path(latest.accounts["output"]) / sinks.PART_FILE)
+    ranked = pd.read_csv(files.accounts_csv)
+    assert len(ranked) == len(partition) == latest.accounts["accounts"] > 0
+    assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
+    assert ranked[s.ACCOUNT_ID].tolist() == partition[s.ACCOUNT_ID].tolist()
+    assert ranked["account_probability"].is_monotonic_decreasing
+    assert (ranked[s.COMPANY_NAME] == "'" + HOSTILE_COMPANY).all()
+    assert not any(c.startswith("group:") for c in ranked.columns)
+    assert not re.search(r"\d\.\d{5,}", files.accounts_csv.read_text()), "an unrounded figure"
+    page = files.html.read_text()
+    section = page[page.index('<section id="accounts">') : page.index('<section id="ranked">')]
+    assert section.count('<tr><td class="num">') == min(25, len(partition))
+    assert partition[s.ACCOUNT_ID].iloc[0] in section and "History:" in section
+    assert 'onerror="alert(2)"' not in section and "&lt;img" in section
+    assert not re.search(r"p_(independent|max|sum)|account_probability|group:|logodds", section)
 
 
 def test_page_is_self_contained_and_escapes_data(reported: dict) -> None:

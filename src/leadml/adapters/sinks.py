@@ -244,16 +244,24 @@ def upsert_partition(url: str, table: str, folder: Path, batch_rows: int = 50_00
     return upsert_frames(url, table, frames())
 
 
-def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
-    """Insert or update every frame's rows keyed by (lead_id, as_of), all in one transaction.
+def upsert_frames(
+    url: str,
+    table: str,
+    frames: Iterable[pd.DataFrame],
+    keys: Sequence[str] = (s.LEAD_ID, s.AS_OF),
+    what: str = "score.sql.table",
+) -> int:
+    """Insert or update every frame's rows keyed by ``keys`` (lead id and as-of), all in one transaction.
 
     The table is created from the first frame's columns when it does not exist. Table and
-    column names must be plain identifiers; values are bound parameters.
+    column names must be plain identifiers; values are bound parameters. ``what``: the table's
+    config key, named when its name is not a plain identifier.
     """
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    check_identifier(table, "score.sql.table")
+    check_identifier(table, what)
+    keys = tuple(keys)
     written = 0
     engine = None
     try:
@@ -266,13 +274,13 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
                         check_identifier(column, "score column")
                     metadata = sa.MetaData()
                     columns = [
-                        sa.Column(name, _sql_type(frame[name]), primary_key=name in (s.LEAD_ID, s.AS_OF))
+                        sa.Column(name, _sql_type(frame[name]), primary_key=name in keys)
                         for name in frame.columns
                     ]
                     target = sa.Table(table, metadata, *columns)
                     metadata.create_all(connection, checkfirst=True)
-                    add_missing_columns(connection, target, mask_url(url))
-                    statement = _upsert_statement(engine.dialect.name, target, list(frame.columns))
+                    add_missing_columns(connection, target, mask_url(url), keys)
+                    statement = _upsert_statement(engine.dialect.name, target, list(frame.columns), keys)
                 records = _records(frame)
                 for start in range(0, len(records), 5_000):
                     connection.execute(statement, records[start : start + 5_000])
@@ -291,10 +299,9 @@ def upsert_frames(url: str, table: str, frames: Iterable[pd.DataFrame]) -> int:
     return written
 
 
-KEYS = (s.LEAD_ID, s.AS_OF)
-
-
-def add_missing_columns(connection: Any, target: Any, where: str) -> list[str]:
+def add_missing_columns(
+    connection: Any, target: Any, where: str, keys: Sequence[str] = (s.LEAD_ID, s.AS_OF)
+) -> list[str]:
     """Give the existing table ``target`` describes (its columns: the scores') every column it lacks,
     nullable, in the type a new table would have; returns their names.
 
@@ -309,7 +316,7 @@ def add_missing_columns(connection: Any, target: Any, where: str) -> list[str]:
     dialect = connection.dialect
     present = {c["name"]: c["type"] for c in sa.inspect(connection).get_columns(target.name)}
     for column in target.columns:
-        _check_column(target.name, column, present, where, dialect)
+        _check_column(target.name, column, present, where, dialect, keys)
     missing = [column for column in target.columns if column.name not in present]
     quoted = dialect.identifier_preparer
     for column in missing:
@@ -327,13 +334,16 @@ def add_missing_columns(connection: Any, target: Any, where: str) -> list[str]:
     return [column.name for column in missing]
 
 
-def _check_column(table: str, column: Any, present: Mapping[str, Any], where: str, dialect: Any) -> None:
+def _check_column(
+    table: str, column: Any, present: Mapping[str, Any], where: str, dialect: Any, keys: Sequence[str]
+) -> None:
     """A column of the scores against the table's column of that name (if any); a key must be there."""
     if column.name not in present:
-        if column.name in KEYS:
+        if column.name in keys:
+            what = "score.sql.table" if s.LEAD_ID in keys else "score.sql.account_table"
             raise ScoreTableError(
                 f"score table {table} in {where} has no column {column.name}: not a leadml score table "
-                f"(keyed by lead_id, as_of); name another table in score.sql.table (nothing was written)"
+                f"(keyed by {', '.join(keys)}); name another table in {what} (nothing was written)"
             )
         return
     existing = present[column.name]
@@ -365,8 +375,8 @@ def _holds(existing: Any, wanted: Any) -> bool:
     return isinstance(existing, holders)
 
 
-def _upsert_statement(dialect: str, target, columns: list[str]):  # type: ignore[no-untyped-def]
-    keys = list(KEYS)
+def _upsert_statement(dialect: str, target, columns: list[str], keys: Sequence[str]):  # type: ignore[no-untyped-def]
+    keys = list(keys)
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":

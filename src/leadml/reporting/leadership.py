@@ -47,6 +47,7 @@ CHANGE = "change"
 # the smallest value each whole-number setting of ReportSettings accepts
 _WHOLE_MINIMUMS = {
     "top_leads": 0,
+    "top_accounts": 0,
     "table_rows": 1,
     "page_rows": 1,
     "movers": 0,
@@ -61,6 +62,7 @@ _WHOLE_MINIMUMS = {
 @dataclass(frozen=True)
 class ReportSettings:
     top_leads: int = 20  # lead cards
+    top_accounts: int = 25  # accounts in the Accounts section (the accounts CSV has every one)
     table_rows: int = 50_000  # leads the page's ranked table holds (the CSV has every lead)
     page_rows: int = 100  # rows of the ranked table shown at once (previous / next)
     movers: int = 10
@@ -826,7 +828,7 @@ def ranked_csv(frame: pd.DataFrame, personal: Sequence[str]) -> pd.DataFrame:
     ranked = frame[[c for c in columns if c in frame.columns]].copy()
     for column in ranked.columns:
         if column != s.AS_OF and not pd.api.types.is_numeric_dtype(ranked[column]):
-            ranked[column] = _inert_in_spreadsheets(ranked[column])
+            ranked[column] = inert_in_spreadsheets(ranked[column])
     ranked = _rounded(ranked)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     if s.AS_OF in ranked.columns:
@@ -850,7 +852,7 @@ def _rounded(ranked: pd.DataFrame) -> pd.DataFrame:
     return ranked
 
 
-def _inert_in_spreadsheets(column: pd.Series) -> pd.Series:
+def inert_in_spreadsheets(column: pd.Series) -> pd.Series:
     """Text that a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote.
 
     The CSV is opened in Excel and imported into CRMs: a company named ``=HYPERLINK(...)``

@@ -16,10 +16,12 @@ from leadml.adapters import sinks, tracking
 from leadml.adapters.layout import FLAT_TABLE, SCORING_RUN_RECORD, open_rows_file, read_interim
 from leadml.adapters.model_folder import local_model_folder
 from leadml.adapters.sinks import (
+    PART_FILE,
     PARTITION_PREFIX,
     earlier_predictions,
     read_run_record,
     read_scored,
+    read_scored_file,
     scored_partition,
     written_partitions,
 )
@@ -32,6 +34,7 @@ from leadml.modelling.evaluate import FLOOR_TIER, SalesCapacity, TierSettings
 from leadml.modelling.reasons import GROUP_PREFIX
 from leadml.modelling.scorer import BASE_VALUE, PROBABILITY, LeadScorer
 from leadml.reporting import html, kpis, plots
+from leadml.reporting.account_section import AccountSection, account_section, accounts_csv
 from leadml.reporting.kpis import Kpis, KpiSettings, ThresholdChoice
 from leadml.reporting.lead_mix import lead_mix_shift
 from leadml.reporting.leadership import (
@@ -77,6 +80,8 @@ class ReportFiles:
     as_of: pd.Timestamp
     # the MLflow run the KPIs were logged to (the scoring run of the date); None: not logged
     kpi_run_id: str | None = None
+    # the ranked accounts (accounts-YYYY-MM-DD.csv); None: the run rolled up no accounts
+    accounts_csv: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,10 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
     start = _start(scorer, frame)
     sources = ReadoutSources(Path(report_cfg["scored_dir"]), Path(report_cfg["interim_dir"]), flat)
     personal = [c for c in settings.personal_columns if c in frame.columns]
+    out = Path(report_cfg["output_dir"])
+    stem = f"leads-{as_of:%Y-%m-%d}"
+    night_accounts = _account_rows(run)
+    accounts_file = out / f"accounts-{as_of:%Y-%m-%d}.csv"
     page = html.render(
         "leadership.html.j2",
         title=f"Lead scores as of {as_of:%Y-%m-%d}",
@@ -184,16 +193,53 @@ def report_stage(cfg: Mapping[str, Any], root: Path) -> ReportFiles:
         analysis=_records(history.analysis),
         kpis=_kpi_context(programme, kpi_chart),
         experiment=report_readout(sources, run.record, as_of, horizon),
+        accounts=_accounts_context(run, night_accounts, scorer, settings),
+        accounts_csv=accounts_file.name,
         threshold=choice,
         sales_ready_threshold=thresholds.get(kpi_settings.sales_ready_tier),
     )
-    out = Path(report_cfg["output_dir"])
-    stem = f"leads-{as_of:%Y-%m-%d}"
     with writing_to(out, "report.output_dir"):
         html_path = html.write_page(page, out / f"{stem}.html")
         csv_path = write_csv_atomic(ranked, out / f"{stem}.csv", index=False)
+        if night_accounts is not None:
+            write_csv_atomic(accounts_csv(night_accounts, _company_names(run)), accounts_file, index=False)
     kpi_run_id = _track_kpis(cfg, run, root, programme, choice)
-    return ReportFiles(html=html_path, csv=csv_path, leads=len(frame), as_of=as_of, kpi_run_id=kpi_run_id)
+    return ReportFiles(
+        html=html_path,
+        csv=csv_path,
+        leads=len(frame),
+        as_of=as_of,
+        kpi_run_id=kpi_run_id,
+        accounts_csv=accounts_file if night_accounts is not None else None,
+    )
+
+
+def _account_rows(run: _ScoredRun) -> pd.DataFrame | None:
+    """The run's account partition (its folder is in the run record); None when it rolled up none."""
+    folder = (run.record.get("accounts") or {}).get("output")
+    if not folder or not (Path(folder) / PART_FILE).exists():
+        return None
+    return read_scored_file(Path(folder) / PART_FILE)
+
+
+def _company_names(run: _ScoredRun) -> pd.DataFrame | None:
+    return run.tables.get(s.ACCOUNTS)
+
+
+def _accounts_context(
+    run: _ScoredRun, rows: pd.DataFrame | None, scorer: LeadScorer, settings: ReportSettings
+) -> AccountSection | None:
+    """The Accounts section's rows and sentences; None (no section) without account rows."""
+    if rows is None or rows.empty:
+        return None
+    engaged = (scorer.accounts or {}).get("engaged_probability")
+    return account_section(
+        rows,
+        _company_names(run),
+        run.record.get("accounts") or {},
+        settings.top_accounts,
+        None if engaged is None else float(engaged),
+    )
 
 
 def _scored_run(

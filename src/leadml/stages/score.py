@@ -34,6 +34,7 @@ from leadml.modelling.estimation import (
     recorded_test_roc_auc,
 )
 from leadml.modelling.scorer import PROBABILITY
+from leadml.scoring.account_scores import AccountNight
 from leadml.scoring.experiment import (
     ARM,
     ArmModels,
@@ -53,6 +54,7 @@ from leadml.scoring.pandas_engine import (
 )
 from leadml.scoring.scores import TierSettings, TrendSettings
 from leadml.scoring.spark_engine import SparkSettings, score_in_session
+from leadml.stages.accounts import AccountSink, roll_up_partition, write_accounts
 from leadml.stages.features import feature_settings
 from leadml.stages.ingest import data_kind, ingest_unless_unchanged
 
@@ -156,6 +158,10 @@ class ScoreResult:
     # under an experiment (conf/experiment/): its name, salt, start and arms with their models, shares,
     # leads and tiers (:func:`experiment_summary`); None, and absent from the run record, without one
     experiment: Mapping[str, Any] | None = None
+    # the account partition (leadml.scoring.account_scores.AccountNight.summary, with its output folder
+    # and the rows upserted to score.sql.account_table); None: no account rows (a flat table, a model
+    # without account state, score.accounts.enabled=false)
+    accounts: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     score_cfg, data, mlflow_cfg = cfg["score"], cfg["data"], cfg["mlflow"]
     flat = data_kind(data) == "flat"
     _check_before_scoring(score_cfg, data, flat)
+    account_sink = AccountSink.from_config(score_cfg)
     uri = tracking.resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), root)
     tracked = scoring_tracked(score_cfg)
     if tracked:
@@ -217,17 +224,26 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     probabilities = pd.DataFrame({PROBABILITY: outcome.probabilities})
     drift = _drift(score_cfg, scorer, outcome.psi, probabilities)
     estimated = _estimated_performance(estimated_of, scorer, tiers, allowed_drop)
+    trend_band = float(score_cfg["trend_band"])
+    night = roll_up_partition(
+        account_sink, scorer, Path(outcome.output), interim_dir, outcome.as_of, trend_band
+    )
     seconds = round(time.perf_counter() - started, 2)
     metrics = {
         **_run_metrics(probabilities, outcome, drift, seconds),
         **_estimate_metrics(estimated),
         **_arm_estimate_metrics(summary),
+        **_account_metrics(night),
     }
     run_id = None
     if tracked:
         run_id = _track_run(cfg, outcome, model_uri, version, engine, metrics, drift, ingested, summary)
     # after the run is tracked: a run that cannot be, sinks nothing
     sql_rows = _sink_to_sql(score_cfg, outcome.output)
+    accounts = None
+    if night is not None:
+        folder, account_rows = write_accounts(account_sink, night, outcome.as_of)
+        accounts = {**night.summary(), "output": str(folder), "sql_rows": account_rows}
     result = ScoreResult(
         as_of=outcome.as_of,
         leads=len(probabilities),
@@ -248,6 +264,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
         ingestion_reused=str(ingest.manifest.get("created_at")) if ingest.reused else None,
         estimated=estimated,
         experiment=summary,
+        accounts=accounts,
     )
     # beside the rows, for the report (leadml-report), which must not need the tracking server
     record = _run_record(result, tiers, outcome, drift, metrics)
@@ -600,6 +617,15 @@ def _arm_estimate_metrics(summary: Mapping[str, Any] | None) -> dict[str, float]
     }
 
 
+def _account_metrics(night: AccountNight | None) -> dict[str, float]:
+    """The account roll-up's figures as metrics ``accounts.*`` of the scoring run (none without it)."""
+    if night is None:
+        return {}
+    summary = night.summary()
+    figures = ("accounts", "accounts_with_several_leads", "leads", "expected_accounts_won", "engaged_leads")
+    return {f"accounts.{name}": float(summary[name]) for name in figures}
+
+
 def _run_metrics(
     probabilities: pd.DataFrame, outcome: ScoringOutcome, drift: _Drift, seconds: float
 ) -> dict[str, float]:
@@ -678,8 +704,9 @@ def _run_record(
     without one the record has no ``experiment`` key, as before experiments existed.
     """
     record = asdict(result)
-    if result.experiment is None:
-        record.pop("experiment")
+    for optional in ("experiment", "accounts"):
+        if record[optional] is None:
+            record.pop(optional)
     thresholds = (
         result.experiment["arms"][0]["thresholds"]
         if result.experiment
