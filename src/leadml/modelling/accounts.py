@@ -415,7 +415,9 @@ def out_of_sample_rows(
     the calibrator did see it, a one-dimensional monotone map and a mild optimism at lead level.
     ``accounts``: ``lead_id`` -> ``key`` (the leads table, or an e-mail domain per lead).
     """
-    rows = development.loc[margins.index, [s.LEAD_ID, s.AS_OF, s.LABEL]]
+    # a flat table without a time column has no as_of
+    keys = [c for c in (s.LEAD_ID, s.AS_OF, s.LABEL) if c in development.columns]
+    rows = development.loc[margins.index, keys]
     probability = calibrator.predict_proba(margins.to_numpy(dtype=np.float64) + calibrator.offset)
     return with_account_key(rows.assign(**{PROBABILITY: probability}), accounts, key)
 

@@ -141,9 +141,9 @@ def score_accounts(
 def _worded(rows: pd.DataFrame, words: Mapping[str, str]) -> pd.DataFrame:
     """The reason and against columns (group names) in words a sales manager reads."""
     named = [c for c in rows.columns if c.startswith((f"{REASON}_", f"{AGAINST}_")) and c[-1].isdigit()]
-    return rows.assign(
-        **{c: rows[c].map(lambda g: words.get(g, g) if isinstance(g, str) else g) for c in named}
-    )
+    # a dict map is one hash look-up per row (a lambda per row costs a second at 100,000 accounts)
+    lookup, known = dict(words), list(words)
+    return rows.assign(**{c: rows[c].map(lookup).where(rows[c].isin(known), rows[c]) for c in named})
 
 
 def _ordered(rows: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -226,7 +226,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     estimated = _estimated_performance(estimated_of, scorer, tiers, allowed_drop)
     trend_band = float(score_cfg["trend_band"])
     night = roll_up_partition(
-        account_sink, scorer, Path(outcome.output), interim_dir, outcome.as_of, trend_band
+        account_sink, scorer, Path(outcome.output), data, interim_dir, outcome.as_of, trend_band
     )
     seconds = round(time.perf_counter() - started, 2)
     metrics = {

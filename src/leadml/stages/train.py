@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import yaml
 
 from leadml.adapters import tracking
@@ -53,6 +52,7 @@ from leadml.modelling.train import (
 from leadml.reporting import html, model_report
 from leadml.scoring.pyfunc import MODEL_CODE, model_artifacts, signature
 from leadml.scoring.requests import feature_example
+from leadml.stages.accounts import lead_accounts
 from leadml.stages.features import feature_settings
 from leadml.stages.ingest import data_kind, ingest_settings
 
@@ -110,6 +110,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
     snapshots, metadata, features_manifest, metadata_records = read_features(
         input_dir, cfg["features"].get("exclude", ())
     )
+    # the leads' accounts read first: a data.accounts column the table lacks stops the run before training
+    lead_account = lead_accounts(cfg["data"], Path(cfg.get("interim_dir") or ""))
     truth_path = cfg["data"].get("ground_truth")
     truth = pd.read_parquet(truth_path) if truth_path and Path(truth_path).exists() else None
 
@@ -127,7 +129,7 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         del snapshots
         result = train_on_windows(windows, metadata, cfg, truth, progress=bool(cfg.get("progress")))
         _set_request_spelling(result.scorer, cfg)
-        accounts = _account_evaluation(result, cfg)
+        accounts = _account_evaluation(result, cfg, lead_account)
         source = f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})"
         stage_seconds = upstream_seconds(features_manifest)  # read once: it follows the manifests' links
         drift = _log_evaluation(result, cfg["data"]["name"], source, metadata_records, stage_seconds)
@@ -185,24 +187,29 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
     )
 
 
-def _account_evaluation(result: TrainingResult, cfg: Mapping[str, Any]) -> AccountEvaluation | None:
-    """A CRM model's account roll-up: the dependence correction fitted on the validation folds'
-    out-of-sample rows, judged on the test window's accounts, kept in the scorer; None for a flat
-    table (no account key yet) or a procedure without out-of-sample margins."""
-    leads_file = Path(cfg.get("interim_dir") or "") / f"{s.LEADS}.parquet"
+def _account_evaluation(
+    result: TrainingResult, cfg: Mapping[str, Any], leads: pd.DataFrame | None
+) -> AccountEvaluation | None:
+    """The model's account roll-up: the dependence correction fitted on the validation folds'
+    out-of-sample rows, judged on the test window's accounts, kept in the scorer (``leads``: each
+    lead's account, :func:`~leadml.stages.accounts.lead_accounts`); None when the
+    leads have no account (CRM leads without ``account_id``, a flat table without
+    ``data.accounts``) or the procedure has no out-of-sample margins."""
     evaluated, selection, development = result.evaluated, result.selection, result.development
-    if data_kind(cfg["data"]) != "crm" or evaluated is None or selection is None or development is None:
+    if evaluated is None or selection is None or development is None:
         return None
-    if not isinstance(evaluated.calibrator, RelativeCalibrator) or not leads_file.exists():
+    if not isinstance(evaluated.calibrator, RelativeCalibrator):
         return None
-    if s.ACCOUNT_ID not in pq.read_schema(leads_file).names:
+    if leads is None or leads[s.ACCOUNT_ID].isna().all():
         return None
-    leads = pd.read_parquet(leads_file, columns=[s.LEAD_ID, s.ACCOUNT_ID])
     settings = AccountSettings(engaged_probability=engaged_threshold(result.scorer.tiers))
     fit_rows = out_of_sample_rows(development, selection.oos[MARGIN], evaluated.calibrator, leads)
-    test_rows = result.test[[s.LEAD_ID, s.AS_OF, s.LABEL]].assign(
-        **{PROBABILITY: result.probabilities[result.model_name]}
-    )
+    probability = result.probabilities[result.model_name]
+    test_rows = result.test[[s.LEAD_ID, s.LABEL]].assign(**{PROBABILITY: probability})
+    if data_kind(cfg["data"]) == "crm":  # an account is its leads open at one date
+        test_rows[s.AS_OF] = result.test[s.AS_OF].to_numpy()
+    else:  # one row per lead, as_of its own time: an account is its leads in the window
+        fit_rows = fit_rows.drop(columns=[s.AS_OF], errors="ignore")
     evaluation = evaluate_accounts(fit_rows, with_account_key(test_rows, leads), settings)
     result.scorer.accounts = evaluation.state()
     logger.info("accounts: %s", evaluation.correction.note)
