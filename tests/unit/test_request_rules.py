@@ -193,7 +193,7 @@ def _nightly(field: str, value: Any) -> tuple[str, dict[str, Any]]:
     return "scored", features.iloc[0].to_dict()
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=75, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
     st.one_of(
         st.tuples(st.sampled_from([*ACCOUNT_NUMBERS, s.ESTIMATED_DEAL_VALUE]), NUMBER_VALUES),
@@ -334,7 +334,7 @@ def _ignored_by_contract(warning: str) -> int:
 
 
 @settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK
+    max_examples=75, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK
 )
 @given(
     st.dictionaries(st.sampled_from(list(TEXT_FIELDS)), TEXT_VALUES, max_size=3),

@@ -130,13 +130,16 @@ def lead_accounts(data: Mapping[str, Any], interim_dir: Path) -> pd.DataFrame | 
     if source is None:
         return None
     column = source.email or source.column
+    flat = data.get("kind") == "flat"
+    # a flat table keeps its open leads apart from its labelled rows (FLAT_TABLE is "leads" too)
+    paths = [interim_dir / f"{s.LEADS}.parquet"]
+    if flat:
+        paths.append(interim_dir / open_rows_file(FLAT_TABLE))
     frames = []
-    for path in (interim_dir / f"{s.LEADS}.parquet", interim_dir / open_rows_file(FLAT_TABLE)):
-        if not path.exists() or (path.name != f"{s.LEADS}.parquet" and data.get("kind") != "flat"):
-            continue
+    for path in (p for p in paths if p.exists()):
         names = pq.read_schema(path).names
         if column not in names:
-            if source.column == s.ACCOUNT_ID and data.get("kind", "crm") != "flat":
+            if not flat:
                 return None  # CRM leads without accounts: scored as leads only
             raise LeadmlError(
                 f"{source.setting}={column}: {path} has no column {column!r} "
