@@ -8,12 +8,14 @@ validated copy and measures scoring alone: features, TreeSHAP, tiers, reasons, t
 where on, the account roll-up. Wall time and peak resident memory (``/usr/bin/time``); the variants
 alternate over ``--rounds`` and the medians are compared.
 
-- ``today``: the champion of ``--root`` with ``score.accounts.enabled=false`` (the job before issue 24);
+- ``today``: the champion of ``--root`` (or ``--model``) with ``score.accounts.enabled=false`` (the
+  job before issue 24);
 - ``accounts``: the same model with its account rows;
-- ``segments+accounts`` (with ``--segmented-model``): a model trained with ``data.segments``, which
-  routes each lead to its segment's model, with account rows.
+- ``segments+accounts`` (with ``--segmented-model``): a model trained on the same data with
+  ``data.segments``, which routes each lead to its segment's model, with account rows.
 
-    .venv/bin/python benchmarks/bench_segments_accounts.py [--rounds 3] [--root .] [--segmented-model URI]
+    .venv/bin/python benchmarks/bench_segments_accounts.py [--rounds 3] [--root .] [--model URI]
+        [--segmented-model URI]
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def score_command(folder: Path, root: Path, extra: list[str]) -> list[str]:
     ]
 
 
-def variants(segmented: str | None) -> dict[str, list[str]]:
-    found = {"today": ["score.accounts.enabled=false"], "accounts": []}
+def variants(model: str | None, segmented: str | None) -> dict[str, list[str]]:
+    pinned = [f"score.model_uri={model}"] if model else []
+    found = {"today": [*pinned, "score.accounts.enabled=false"], "accounts": pinned}
     if segmented:
         found["segments+accounts"] = [f"score.model_uri={segmented}"]
     return found
@@ -59,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--root", type=Path, default=ROOT, help="the trained project whose champion scores")
+    parser.add_argument("--model", default=None, help="the model of today's job (default: the champion)")
     parser.add_argument("--segmented-model", default=None, help="a model URI trained with data.segments")
     args = parser.parse_args()
     root = args.root.resolve()
@@ -67,10 +71,11 @@ def main() -> None:
     rows = {table: pq.ParquetFile(raw / f"{table}.parquet").metadata.num_rows for table in RENAMED}
     shutil.rmtree(folder / "data" / "scoring", ignore_errors=True)
     shutil.rmtree(folder / "data" / "scored", ignore_errors=True)
-    timed_run(score_command(folder, root, ["score.accounts.enabled=false"]))  # warm-up: ingests once
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants(args.segmented_model)}
+    measured = variants(args.model, args.segmented_model)
+    timed_run(score_command(folder, root, measured["today"]))  # warm-up: ingests once
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in measured}
     for round_ in range(args.rounds):
-        for name, extra in variants(args.segmented_model).items():
+        for name, extra in measured.items():
             shutil.rmtree(folder / "data" / "scored", ignore_errors=True)
             seconds, peak, out = timed_run(score_command(folder, root, extra))
             runs[name].append((seconds, peak))

@@ -121,7 +121,7 @@ def test_the_data_defaults_change_no_data_config(data_set: str) -> None:
         added = {key: after["data"].pop(key) for key in set(after["data"]) - set(before["data"])}
         assert after == before
         assert all(value == defaults[key] for key, value in added.items()), added
-        unset = {"joins", "where", "labels", "accounts"} & set(added)  # not ingest settings: no default value
+        unset = {"joins", "where", "labels", "accounts", "segments"} & set(added)  # not ingest settings
         assert all(added[key] is None for key in unset)
         ingest_keys = set(added) - unset - {"batch_rows"}  # batch_rows: the stage's, not the contracts'
         assert (

@@ -12,6 +12,7 @@ LightGBM model (``leadml.modelling.treeshap``), linear SHAP for the logistic one
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,23 @@ BASE_VALUE = "base_value"
 # predict(pred_contrib=True);
 # a logistic model has one exact explainer (leadml.modelling.linear_explain) whichever is named
 EXPLAINERS = ("fast", "lightgbm")
+GLOBAL = -1  # segment_positions' code of a row the global model scores
+
+
+def segment_positions(values: pd.Series, lookup: Mapping[str, int]) -> np.ndarray:
+    """Per row, the position (in ``lookup``'s values) of the segment its value belongs to, or
+    :data:`GLOBAL` (a value of no segment, or missing).
+
+    Values are compared as text (a request's ``"5"`` is the training data's 5) and looked up once
+    per distinct value, not once per row: a million rows cost one factorisation.
+    """
+    categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+    per_level = [lookup.get(str(level), GLOBAL) for level in categorical.cat.categories]
+    # code -1 (missing) takes the last entry: the global model
+    return np.asarray([*per_level, GLOBAL], dtype=np.int64)[categorical.cat.codes.to_numpy()]
+
+
+Frames = tuple[pd.DataFrame, ...]
 
 
 @dataclass
@@ -60,6 +78,9 @@ class LeadScorer:
     # state): the account key, the engaged threshold, the dependence correction fitted on history
     # and its test-window figures; empty: no account scores (a flat table, an older model)
     accounts: dict[str, Any] = field(default_factory=dict)
+    # segment models (data.segments) the rows of their segments are scored by; None: the global
+    # model scores every row. ``model`` and ``calibrator`` stay the global model's
+    segments: SegmentRouting | None = None
     # logistic model only: the training means of its design columns (linear_explain.attach_training_means);
     # None: derived from the fitted pipeline and ``reference`` (linear_explain.profile_design_means)
     linear_means: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -78,13 +99,36 @@ class LeadScorer:
         state["_request_plan"] = None
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"segments": None, **state})  # a scorer pickled before segments existed
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        routing = getattr(self, "segments", None)  # None also for a scorer pickled before segments
+        if routing is not None:
+            return routing.route(self, frame, lambda scorer, rows: (scorer._own_predict(rows),))[0]
+        return self._own_predict(frame)
+
+    def _own_predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self._predicted(self.model.predict_margin(frame), frame.index)
 
     def predict_explained(
         self, frame: pd.DataFrame, method: str = "fast"
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """:meth:`predict` and :meth:`explain` in one pass over the trees (or the design rows).
+
+        With segment models, each segment's rows by its own model (the contributions add up to
+        that model's margin), in the rows' order.
+        """
+        routing = getattr(self, "segments", None)
+        if routing is not None:
+            predicted, contributions = routing.route(
+                self, frame, lambda scorer, rows: scorer._own_predict_explained(rows, method)
+            )
+            return predicted, contributions
+        return self._own_predict_explained(frame, method)
+
+    def _own_predict_explained(self, frame: pd.DataFrame, method: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`predict_explained` by this scorer's own model, whatever its segments.
 
         Exact TreeSHAP is additive, so the margin is the row sum of the contributions (the
         booster's own margin within 1e-12) and the trees are not walked a second time. A
@@ -94,7 +138,7 @@ class LeadScorer:
             self._check_method(method)
             contributions, margin = self._linear_explained(frame)
             return self._predicted(margin, frame.index), contributions
-        contributions = self.explain(frame, method)
+        contributions = self._own_explain(frame, method)
         margin = contributions.to_numpy(dtype=np.float64).sum(axis=1)
         return self._predicted(margin, frame.index), contributions
 
@@ -103,7 +147,13 @@ class LeadScorer:
 
     @property
     def can_explain(self) -> bool:
-        return isinstance(self.model, LightGBMModel) or is_linear(self.model)
+        own = isinstance(self.model, LightGBMModel) or is_linear(self.model)
+        return own and all(scorer.can_explain for scorer in self.segment_scorers())
+
+    def segment_scorers(self) -> list[LeadScorer]:
+        """The scorers of the segments with a model of their own (empty: the global model only)."""
+        segments = getattr(self, "segments", None)  # a scorer pickled before the field existed
+        return list(segments.scorers.values()) if segments is not None else []
 
     @property
     def explanation_method(self) -> str | None:
@@ -120,8 +170,15 @@ class LeadScorer:
         Per row, base value plus contributions equals the model's margin. For LightGBM, TreeSHAP:
         ``fast`` and ``lightgbm`` give the same numbers (within 1e-12); ``fast`` is many times
         quicker. For the logistic model, linear SHAP against the training rows
-        (``leadml.modelling.linear_explain``) whichever ``method`` is named.
+        (``leadml.modelling.linear_explain``) whichever ``method`` is named. With segment models,
+        each segment's rows by its own model.
         """
+        routing = getattr(self, "segments", None)
+        if routing is not None:
+            return routing.route(self, frame, lambda scorer, rows: (scorer._own_explain(rows, method),))[0]
+        return self._own_explain(frame, method)
+
+    def _own_explain(self, frame: pd.DataFrame, method: str) -> pd.DataFrame:
         if is_linear(self.model):
             self._check_method(method)
             return self._linear_explained(frame)[0]
@@ -146,6 +203,8 @@ class LeadScorer:
             self._fast()
         elif is_linear(self.model):
             self._linear()
+        for scorer in self.segment_scorers():
+            scorer.prepare_explainer()
 
     def tree_explainer(self) -> FastTreeExplainer:
         """The fast TreeSHAP of a LightGBM model (built on first use): for rows already in the
@@ -189,6 +248,54 @@ class LeadScorer:
                 )
             self._fast_explainer = FastTreeExplainer.from_booster(booster, self.model.best_iteration)
         return self._fast_explainer
+
+
+@dataclass
+class SegmentRouting:
+    """The segment models a scorer routes to (``data.segments``): rows whose ``column`` holds a
+    value of a chosen segment are scored by that segment's scorer, every other row by the global
+    one. Only segments whose own model beat the global one on their test rows are here."""
+
+    column: str
+    segment_of: dict[str, str]  # value of ``column`` (as text) -> segment name, chosen segments only
+    scorers: dict[str, LeadScorer]  # segment name -> its scorer (no routing of its own)
+
+    def route(
+        self, scorer: LeadScorer, frame: pd.DataFrame, score: Callable[[LeadScorer, pd.DataFrame], Frames]
+    ) -> Frames:
+        """``score`` of each block of rows by the scorer of its segment (``scorer`` for the global
+        rows), put back together in ``frame``'s row order and index.
+
+        Vectorised: one split of the rows by segment, one call of ``score`` per segment present,
+        one scatter of each block's values back into place; never a call per row.
+        """
+        names = list(self.scorers)
+        which = segment_positions(
+            frame[self.column],
+            {value: names.index(name) for value, name in self.segment_of.items() if name in self.scorers},
+        )
+        blocks = [(scorer, np.flatnonzero(which == GLOBAL))]
+        blocks += [(self.scorers[name], np.flatnonzero(which == code)) for code, name in enumerate(names)]
+        blocks = [(owner, rows) for owner, rows in blocks if len(rows)]
+        if len(blocks) <= 1:  # every row in one segment (or none): no split, no copy
+            owner = blocks[0][0] if blocks else scorer
+            return score(owner, frame)
+        parts = [(rows, score(owner, frame.iloc[rows])) for owner, rows in blocks]
+        return tuple(
+            _scattered([(rows, frames[k]) for rows, frames in parts], frame.index)
+            for k in range(len(parts[0][1]))
+        )
+
+
+def _scattered(blocks: list[tuple[np.ndarray, pd.DataFrame]], index: pd.Index) -> pd.DataFrame:
+    """One frame of ``index``'s rows from blocks of them (their positions, their values), in the
+    columns of the first block: every block holds the same float columns."""
+    columns = blocks[0][1].columns
+    values = np.empty((len(index), len(columns)), dtype=np.float64)
+    for rows, block in blocks:
+        same = block if block.columns.equals(columns) else block.reindex(columns=columns, fill_value=0.0)
+        values[rows] = same.to_numpy(dtype=np.float64)
+    return pd.DataFrame(values, columns=columns, index=index)
 
 
 def as_model_input(frame: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:

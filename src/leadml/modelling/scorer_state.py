@@ -6,7 +6,10 @@ The registered model holds this folder (the pyfunc is logged as code, ``leadml.s
   the calibrator, a points sheet), the model's kind, and the SHA-256 of each file beside it;
 * ``booster.txt``: a LightGBM model in LightGBM's own text format;
 * ``logistic.skops``: a logistic pipeline in skops' format (a zip of JSON and ``.npy`` arrays that
-  skops rebuilds without pickle, constructing only the types listed in :data:`TRUSTED_TYPES`).
+  skops rebuilds without pickle, constructing only the types listed in :data:`TRUSTED_TYPES`);
+* ``segment-1/``, ``segment-2/``, ...: the state of each segment's own scorer (``data.segments``),
+  as this folder holds the global one's; ``scorer.json`` names them and the SHA-256 of each one's
+  ``scorer.json`` (which in turn records its own files').
 
 Reading builds nothing but the types named here from plain values, so a state folder cannot run
 code on the machine that loads it, whoever wrote it. A tampered or truncated file is refused by
@@ -36,13 +39,14 @@ from leadml.modelling.calibration import (
 )
 from leadml.modelling.models import LightGBMModel, LogRegModel
 from leadml.modelling.points import PointsModel, PointsRule
-from leadml.modelling.scorer import LeadScorer
+from leadml.modelling.scorer import LeadScorer, SegmentRouting
 
 FORMAT = "leadml-scorer"
 FORMAT_VERSION = 1
 STATE_FILE = "scorer.json"
 BOOSTER_FILE = "booster.txt"
 PIPELINE_FILE = "logistic.skops"
+SEGMENT_FOLDER = "segment-{}"  # the state of a segment's own scorer (data.segments), one folder each
 
 # the classes a state file may name ({"__type__": name, "fields": {...}}): plain dataclasses of data
 DATA_CLASSES: dict[str, type] = {
@@ -86,6 +90,8 @@ def write_scorer_state(scorer: LeadScorer, folder: Path) -> Path:
         **{name: to_plain(getattr(scorer, name), name) for name in SCORER_FIELDS},
         "files": {name: _digest(folder / name) for name in files},
     }
+    if scorer.segments is not None:
+        state["segments"] = _segments_entry(scorer.segments, folder)
     text = json.dumps(state, indent=1, allow_nan=True, sort_keys=False)
     (folder / STATE_FILE).write_text(text + "\n", encoding="utf-8")
     return folder
@@ -112,7 +118,46 @@ def read_scorer_state(folder: Path) -> LeadScorer:
     return LeadScorer(
         model=_model_of(state["model"], folder),
         calibrator=from_plain(state["calibrator"], "calibrator"),
+        segments=_segments_of(state["segments"], folder) if state.get("segments") else None,
         **fields,
+    )
+
+
+# --------------------------------------------------------------------------- segment models
+def _segments_entry(routing: SegmentRouting, folder: Path) -> dict[str, Any]:
+    """Write each segment's scorer into its own folder; the JSON entry that names them."""
+    scorers = {}
+    for number, (name, scorer) in enumerate(routing.scorers.items(), start=1):
+        if scorer.segments is not None:
+            raise StateError(f"segment {name!r}: a segment's scorer cannot route to segments of its own")
+        sub = SEGMENT_FOLDER.format(number)
+        write_scorer_state(scorer, folder / sub)
+        scorers[name] = {"folder": sub, "sha256": _digest(folder / sub / STATE_FILE)}
+    return {
+        "column": routing.column,
+        "segment_of": to_plain(dict(routing.segment_of), "segments.segment_of"),
+        "scorers": scorers,
+    }
+
+
+def _segments_of(entry: Mapping[str, Any], folder: Path) -> SegmentRouting:
+    """The routing :func:`_segments_entry` wrote, each segment's scorer read from its folder after
+    its ``scorer.json`` is checked against the digest recorded here."""
+    scorers = {}
+    for name, record in (entry.get("scorers") or {}).items():
+        sub = str(record["folder"])
+        if Path(sub).name != sub or sub in ("", ".", ".."):
+            raise ModelIntegrityError(
+                f"{folder / STATE_FILE}: names a segment folder outside its own ({sub!r})"
+            )
+        _check_files(folder / sub, {STATE_FILE: str(record["sha256"])})
+        scorers[str(name)] = read_scorer_state(folder / sub)
+    return SegmentRouting(
+        column=str(entry["column"]),
+        segment_of={
+            str(k): str(v) for k, v in from_plain(entry["segment_of"], "segments.segment_of").items()
+        },
+        scorers=scorers,
     )
 
 

@@ -112,6 +112,9 @@ class TrainingResult:
     notes: list[str] = field(default_factory=list)  # one-line notes for the summary (split fallback, data)
     duplicate_rows: dict[str, int] = field(default_factory=dict)  # exact copies left out per window
     development: pd.DataFrame | None = None  # every row before the test window
+    # each segment's decision and the routed model's test figures: the SegmentOutcome of
+    # leadml.modelling.segments.train_segments (which builds on this module, hence Any); None: no segments
+    segments: Any = None
 
 
 def _tier_note(tier_settings: TierSettings, points_sheet: bool) -> str:

@@ -23,9 +23,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from leadml.data import schema as s
+from leadml.data import wording
 from leadml.data.features import FeatureMeta
 from leadml.modelling.gate import GateDecision
 from leadml.modelling.guards import OutcomeLevelSettings
+from leadml.modelling.segments import METRICS as SEGMENT_METRICS
+from leadml.modelling.segments import SegmentOutcome
 from leadml.modelling.train import BASELINE_LOGREG, BASELINE_POINTS, BASELINE_RATE, ORACLE, TrainingResult
 from leadml.reporting import html, plots
 from leadml.reporting.html import finite
@@ -520,6 +523,48 @@ def account_section(accounts: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def segment_section(
+    outcome: SegmentOutcome | None, labels: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The segments (``data.segments``) as the page shows them: per segment its data, the global
+    model's and its own model's figures on its test rows, and which one scores its leads and why;
+    None without segments. ``labels`` is the data config's words for values (``data.labels``)."""
+    if outcome is None:
+        return None
+    settings = outcome.settings
+    words = {str(k): str(v) for k, v in ((labels or {}).get(settings.by) or {}).items()}
+    rows = [
+        {
+            "name": wording.label(decision.name, words),
+            "values": ", ".join(wording.label(value, words) for value in decision.values),
+            "rows": decision.rows,
+            "positives": decision.positives,
+            "test_rows": decision.test_rows,
+            "test_positives": decision.test_positives,
+            "global_roc_auc": _float(decision.global_metrics.get("roc_auc")),
+            "own_roc_auc": _float(decision.segment_metrics.get("roc_auc")),
+            "global_log_loss": _float(decision.global_metrics.get("log_loss")),
+            "own_log_loss": _float(decision.segment_metrics.get("log_loss")),
+            "chosen": decision.chosen,
+            "reason": decision.reason,
+        }
+        for decision in outcome.decisions
+    ]
+    return {
+        "column": wording.title_case(settings.by).lower(),
+        "metric": SEGMENT_METRICS[settings.metric],
+        "margin": settings.margin,
+        "confidence": settings.confidence,
+        "grouped": bool(settings.groups),
+        "rows": rows,
+        "own": [row["name"] for row in rows if row["chosen"]],
+        "global_roc_auc": _float(outcome.test.get("global", {}).get("roc_auc")),
+        "routed_roc_auc": _float(outcome.test.get("routed", {}).get("roc_auc")),
+        "global_log_loss": _float(outcome.test.get("global", {}).get("log_loss")),
+        "routed_log_loss": _float(outcome.test.get("routed", {}).get("log_loss")),
+    }
+
+
 def model_report_context(
     result: TrainingResult,
     decision: GateDecision,
@@ -574,6 +619,7 @@ def model_report_context(
         "explanation": getattr(result.scorer, "explanation_method", None) or "exact TreeSHAP",
         "tiers": tier_records(result.tiers),
         "accounts": account_section(getattr(result.scorer, "accounts", None) or {}),
+        "segments": segment_section(getattr(result, "segments", None), config.get("data", {}).get("labels")),
         "points": points_section(getattr(result, "points", None) or {}, comparison, model_name),
         "calibration": calibration_summary(result.calibration, comparison, model_name),
         "champion": champion_comparison(run.champion_version, run.champion_metrics, model_row, run.version),

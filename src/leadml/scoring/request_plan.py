@@ -107,6 +107,7 @@ SOURCES = (
     "request_id",
     "request_synonyms",
     "data_contract",
+    "segments",
 )
 TYPE_CODES = {kind: code for code, kind in enumerate(s.ACTIVITY_TYPES)}
 PAGE_CODES = {page: code for code, page in enumerate(s.PAGE_CATEGORIES)}
@@ -156,6 +157,8 @@ class RequestPlan:
     def compile(cls, scorer: LeadScorer) -> RequestPlan:
         """The plan of ``scorer``; :class:`NotCovered` for a model the compiled path does not cover."""
         model, names = scorer.model, list(scorer.feature_names)
+        if getattr(scorer, "segments", None) is not None:  # rows routed by segment: the pandas path routes
+            raise NotCovered("segment models")
         if not isinstance(model, LightGBMModel) or list(model.feature_names) != names:
             raise NotCovered(f"a {type(model).__name__} model")
         categories = model.categories or {}

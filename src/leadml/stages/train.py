@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -35,9 +36,11 @@ from leadml.modelling.calibration import RelativeCalibrator
 from leadml.modelling.evaluate import binary_metrics
 from leadml.modelling.gate import GateDecision, gate_evidence, promotion_gate
 from leadml.modelling.guards import sentinel_sentence
+from leadml.modelling.models import feature_columns
 from leadml.modelling.points import POINTS as POINTS_MODEL
 from leadml.modelling.points import no_rules_message, points_block
 from leadml.modelling.scorer import LeadScorer, as_model_input
+from leadml.modelling.segments import SegmentOutcome, SegmentSettings, check_segment_column, train_segments
 from leadml.modelling.selection import MARGIN
 from leadml.modelling.split import window_fingerprint
 from leadml.modelling.train import (
@@ -112,6 +115,9 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
     )
     # the leads' accounts read first: a data.accounts column the table lacks stops the run before training
     lead_account = lead_accounts(cfg["data"], Path(cfg.get("interim_dir") or ""))
+    segment_settings = SegmentSettings.from_mapping(cfg["data"].get("segments"))
+    if segment_settings is not None:  # a bad data.segments is said before hours of training, not after
+        check_segment_column(segment_settings, feature_columns(snapshots))
     truth_path = cfg["data"].get("ground_truth")
     truth = pd.read_parquet(truth_path) if truth_path and Path(truth_path).exists() else None
 
@@ -128,6 +134,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         windows = split_windows(snapshots, cfg, take=take_apart)
         del snapshots
         result = train_on_windows(windows, metadata, cfg, truth, progress=bool(cfg.get("progress")))
+        segments = train_segments(windows, result, metadata, cfg, progress=bool(cfg.get("progress")))
+        del windows
         _set_request_spelling(result.scorer, cfg)
         accounts = _account_evaluation(result, cfg, lead_account)
         source = f"{input_dir / SNAPSHOTS} (features {features_manifest.get('fingerprint', '')[:16]})"
@@ -137,6 +145,8 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
             tracking.log_table(accounts.metrics.reset_index(), "account_metrics.csv")
             for name, row in accounts.metrics.iterrows():
                 tracking.log_metrics(dict(row.items()), prefix=f"test.accounts.{name}.")
+        if segments is not None:
+            _log_segments(segments)
         charts = _log_charts(result, metadata)
         example = feature_example(result.scorer, result.test.head(5))
         version = tracking.register(_log_pyfunc(result.scorer, example), model_name)
@@ -291,6 +301,26 @@ def _log_evaluation(
     if result.shap_importance is not None:
         tracking.log_table(result.shap_importance, "shap_importance.csv")
     return drift
+
+
+def _log_segments(outcome: SegmentOutcome) -> None:
+    """Each segment's decision and figures (``segments.csv``, ``test.segment.<name>.*``), and the
+    routed model's test figures beside the global model's alone (``test.routed.*``)."""
+    tracking.log_table(outcome.table(), "segments.csv")
+    for decision in outcome.decisions:
+        name = re.sub(r"[^\w\-. /]", "_", decision.name)
+        figures = {
+            "own_model": float(decision.chosen),
+            "rows": decision.rows,
+            "test_rows": decision.test_rows,
+            **{f"global_{k}": decision.global_metrics.get(k, np.nan) for k in ("roc_auc", "log_loss")},
+            **{f"segment_{k}": decision.segment_metrics.get(k, np.nan) for k in ("roc_auc", "log_loss")},
+        }
+        tracking.log_metrics(figures, prefix=f"test.segment.{name}.")
+    tracking.log_metrics(outcome.test.get("routed", {}), prefix="test.routed.")
+    tracking.set_tags(
+        {"segments.own_model": ", ".join(d.name for d in outcome.decisions if d.chosen) or "none"}
+    )
 
 
 def _log_charts(result: TrainingResult, metadata: Mapping[str, Any]) -> dict[str, str]:
