@@ -127,6 +127,8 @@ def test_model_card_reports_the_run(exported) -> None:
     assert f"| lightgbm | {roc:.3f} [{low:.3f}, {high:.3f}]" in card
     assert f"{metrics['test.logreg_baseline.roc_auc']:.3f}" in card
     assert "won within 90 days" in card and "promoted" in card
+    assert "Account scores: the nightly job rolls the open leads of each account up" in card
+    assert "Segment models" not in card  # none configured
     assert "**fit (who the lead and the company are)**" in card
     split = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/split.json"))
     assert f"| test | {split['test']['rows']:,} |" in card

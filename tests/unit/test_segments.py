@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from leadml.modelling.models import LightGBMSettings, fit_lightgbm_rounds
 from leadml.modelling.scorer import GLOBAL, LeadScorer, SegmentRouting, as_model_input, segment_positions
 from leadml.modelling.scorer_state import SEGMENT_FOLDER, STATE_FILE, read_scorer_state, write_scorer_state
 from leadml.modelling.segments import SegmentSettings, check_segment_column
+from leadml.reporting.model_card import _segments_and_accounts
 from leadml.scoring.request_plan import request_plan
 from leadml.scoring.requests import predict_request
 
@@ -178,3 +180,13 @@ def test_a_paired_share_of_resamples_says_how_sure_a_gain_is() -> None:
     assert paired_share_better(labels, good, noise, n_boot=100) > 0.95
     assert paired_share_better(labels, noise, good, n_boot=100) < 0.05
     assert 0.0 <= paired_share_better(labels, noise, good, metric="log_loss", n_boot=50) <= 1.0
+
+
+def test_the_model_card_names_the_segments_and_the_account_roll_up() -> None:
+    routing = SegmentRouting("source", {"web_organic": "organic"}, {"organic": None})  # type: ignore[dict-item]
+    accounts = {"correction": {"note": "leads of one account convert about independently"}}
+    lines = _segments_and_accounts(SimpleNamespace(segments=routing, accounts=accounts))
+    assert lines[0].startswith("Segment models: leads whose source is web_organic are scored by")
+    assert "(organic)" in lines[0]
+    assert lines[1].endswith("measured on history (leads of one account convert about independently).")
+    assert _segments_and_accounts(SimpleNamespace(segments=None, accounts={})) == []

@@ -184,6 +184,9 @@ class SegmentOutcome:
     decisions: list[SegmentDecision]
     routing: SegmentRouting | None
     test: dict[str, dict[str, float]] = field(default_factory=dict)  # {"global", "routed"} -> metrics
+    # the routed model's probabilities of the test rows (each chosen segment's own, the global
+    # model's elsewhere), in the order of the global run's test rows
+    probability: np.ndarray | None = None
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([decision.record() for decision in self.decisions])
@@ -259,7 +262,7 @@ def train_segments(
         scorer.trained = {**scorer.trained, "test_roc_auc": float(figures["routed"]["roc_auc"])}
         fitted = split.rows if windows.deploy else split.development()
         scorer.reference = {**scorer.reference, "score": _score_profile(scorer, fitted, config)}
-    result.segments = SegmentOutcome(settings, decisions, routing, figures)
+    result.segments = SegmentOutcome(settings, decisions, routing, figures, routed)
     result.seconds["segments"] = round(time.perf_counter() - started, 3)
     return result.segments
 

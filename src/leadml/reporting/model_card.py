@@ -131,6 +131,7 @@ def _summary(facts: CardFacts, config: Mapping[str, Any]) -> str:
             + (f" against {' and '.join(baselines)}" if baselines else "")
             + f"; expected calibration error {row['ece']:.3f}."
         )
+    lines += _segments_and_accounts(facts.scorer)
     promotion = _artifact(facts, "promotion.json") or {}
     if promotion:
         lines.append(
@@ -139,6 +140,27 @@ def _summary(facts: CardFacts, config: Mapping[str, Any]) -> str:
             + "."
         )
     return "\n".join(lines) + "\n"
+
+
+def _segments_and_accounts(scorer: Any) -> list[str]:
+    """What the model holds beyond one global model: segment models, the account roll-up."""
+    lines = []
+    routing = getattr(scorer, "segments", None)
+    if routing is not None:
+        values = ", ".join(sorted(routing.segment_of))
+        lines.append(
+            f"Segment models: leads whose {routing.column} is {values} are scored by their segment's own "
+            f"model ({', '.join(routing.scorers)}), which beat the global model on the segment's test "
+            "snapshots; every other lead by the global model."
+        )
+    accounts = getattr(scorer, "accounts", None) or {}
+    if accounts.get("correction"):
+        note = str(accounts["correction"].get("note") or "")
+        lines.append(
+            "Account scores: the nightly job rolls the open leads of each account up into the chance that "
+            f"at least one converts, with the dependence between them measured on history ({note})."
+        )
+    return lines
 
 
 def _label_phrase(config: Mapping[str, Any]) -> str:

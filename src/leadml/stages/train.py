@@ -214,7 +214,9 @@ def _account_evaluation(
         return None
     settings = AccountSettings(engaged_probability=engaged_threshold(result.scorer.tiers))
     fit_rows = out_of_sample_rows(development, selection.oos[MARGIN], evaluated.calibrator, leads)
-    probability = result.probabilities[result.model_name]
+    # the test window as the registered model scores it: routed to segment models where it has them
+    routed = getattr(result.segments, "probability", None)
+    probability = routed if routed is not None else result.probabilities[result.model_name]
     test_rows = result.test[[s.LEAD_ID, s.LABEL]].assign(**{PROBABILITY: probability})
     if data_kind(cfg["data"]) == "crm":  # an account is its leads open at one date
         test_rows[s.AS_OF] = result.test[s.AS_OF].to_numpy()
