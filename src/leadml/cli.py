@@ -285,6 +285,10 @@ def run_train(cfg: DictConfig) -> TrainResult:
             f"deployed: the same procedure refitted on every labelled row ({deployment['rows']:,} rows, "
             f"{deployment['positives']:,} won{through}), calibrated on the latest out-of-sample predictions"
         )
+    for line in result.segments:
+        _echo(f"segment {line}")
+    if result.accounts:
+        _echo(f"accounts: {result.accounts}")
     verdict = "promoted to champion" if result.promoted else "not promoted"
     _echo(
         f"gate: version {result.version} of {result.registered_model} {verdict}: " + "; ".join(result.reasons)

@@ -58,6 +58,9 @@ def test_the_planted_segment_gets_its_own_model_and_the_others_fall_back(trained
     assert organic["share_better"] >= 0.95
     assert not table.loc["paid", "own_model"] and not table.loc["warm", "own_model"]
     assert all(str(r).startswith("global model:") for r in table.loc[["paid", "warm"], "reason"])
+    # what leadml-train prints, one line per segment
+    printed = trained["summary"].segments
+    assert len(printed) == 3 and printed[0].startswith("organic: own model: ROC AUC")
 
 
 def test_one_registered_model_routes_each_segment_to_its_model(trained) -> None:
@@ -84,3 +87,5 @@ def test_the_model_report_says_which_segment_got_its_own_model_and_why(trained) 
     assert (
         "own model: ROC AUC" in page and "global model: its own model was not better by 0.05 ROC AUC" in page
     )
+    # each segment's values in words under its name, never a Python repr
+    assert "Web Organic</span>" in page and "built-in method" not in page and "<bound method" not in page

@@ -536,7 +536,7 @@ def segment_section(
     rows = [
         {
             "name": wording.label(decision.name, words),
-            "values": ", ".join(wording.label(value, words) for value in decision.values),
+            "members": ", ".join(wording.label(value, words) for value in decision.values),
             "rows": decision.rows,
             "positives": decision.positives,
             "test_rows": decision.test_rows,

@@ -24,6 +24,7 @@ from leadml.data import schema as s
 from leadml.data.contracts import SOURCE_ROW
 from leadml.errors import LeadmlError, TrackingUnavailableError, data_config_file, writing_to
 from leadml.modelling.accounts import (
+    ACCOUNT_PROBABILITY,
     PROBABILITY,
     AccountEvaluation,
     AccountSettings,
@@ -89,6 +90,10 @@ class TrainResult:
     duplicate_rows: int
     report: str
     seconds: float
+    # per segment of data.segments: "<name>: <which model scores its leads and why>"; empty without
+    segments: tuple[str, ...] = ()
+    # the account roll-up learnt on history and its test-window figures, one sentence; None without
+    accounts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,19 @@ def train_stage(cfg: Mapping[str, Any], root: Path) -> TrainResult:
         duplicate_rows=result.duplicate_rows,
         report=str(report_path),
         seconds=round(time.perf_counter() - started, 1),
+        segments=tuple(f"{d.name}: {d.reason}" for d in segments.decisions) if segments else (),
+        accounts=_account_sentence(accounts),
+    )
+
+
+def _account_sentence(accounts: AccountEvaluation | None) -> str | None:
+    """What training learnt about accounts, for the CLI: the correction's note and its test figures."""
+    if accounts is None or ACCOUNT_PROBABILITY not in accounts.metrics.index:
+        return None
+    test = accounts.metrics.loc[ACCOUNT_PROBABILITY]
+    return (
+        f"{accounts.correction.note}; on the test window's {accounts.accounts:,} accounts ROC AUC "
+        f"{test['roc_auc']:.4f}, ECE {test['ece']:.4f}"
     )
 
 
