@@ -145,6 +145,18 @@ def test_a_later_run_says_why_each_lead_moved_exactly(root: Path) -> None:
     assert later.loc[~known, "movement"].isna().all()
 
 
+def test_an_untracked_run_loads_the_champion_from_the_configured_store(root: Path, tmp_path_factory) -> None:
+    """score.track=false logs nothing, but the registered model still comes from mlflow.tracking_uri,
+    not from whichever store MLflow last pointed at (or would default to in the current folder)."""
+    import mlflow
+
+    elsewhere = tmp_path_factory.mktemp("another-store")
+    mlflow.set_tracking_uri(f"sqlite:///{elsewhere / 'mlflow.db'}")  # another project's, holding nothing
+    store = f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}"
+    summary, frame = _scored(root, "2025-12-01", ("score.track=false", store))
+    assert summary.run_id is None and summary.model_version == "1" and len(frame) == summary.leads
+
+
 def test_stale_data_stops_the_run_and_names_the_latest_timestamp(root: Path) -> None:
     with pytest.raises(StaleDataError, match=r"latest lead or activity is \d{4}-\d\d-\d\d \d\d:\d\d UTC, "
                        r"\d+ days before the run's date 2027-01-01") as stopped:  # fmt: skip

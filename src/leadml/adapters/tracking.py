@@ -67,8 +67,9 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", module="mlflow")
 
 
-def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
-    """Point MLflow at the store and return the experiment id (created on first use)."""
+def use_store(tracking_uri: str) -> None:
+    """Point MLflow (its runs and its model registry) at the store, without opening an experiment:
+    what loading a registered model needs when nothing is logged (``score.track=false``)."""
     import mlflow
 
     _quiet_mlflow()
@@ -82,6 +83,13 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
+def configure(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
+    """Point MLflow at the store and return the experiment id (created on first use)."""
+    import mlflow
+
+    use_store(tracking_uri)
     try:
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:

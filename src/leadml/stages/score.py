@@ -111,6 +111,10 @@ def flat_data_end(interim_dir: Path) -> pd.Timestamp:
     return max(present)
 
 
+def _exported_folder(model_uri: Any) -> bool:
+    return bool(model_uri) and local_model_folder(str(model_uri)) is not None
+
+
 def scoring_tracked(score_cfg: Mapping[str, Any]) -> bool:
     """Whether the scoring run is logged to MLflow (``score.track``).
 
@@ -121,8 +125,7 @@ def scoring_tracked(score_cfg: Mapping[str, Any]) -> bool:
 
     track = score_cfg.get("track", "auto")
     if track == "auto":
-        model_uri = score_cfg.get("model_uri")
-        return not model_uri or local_model_folder(str(model_uri)) is None
+        return not _exported_folder(score_cfg.get("model_uri"))
     if isinstance(track, bool):
         return track
     raise LeadmlError(f"score.track must be auto, true or false, got {track!r}")
@@ -194,6 +197,10 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     tracked = scoring_tracked(score_cfg)
     if tracked:
         tracking.configure(uri, score_cfg["experiment"], Path(mlflow_cfg["artifact_root"]))
+    elif not _exported_folder(score_cfg.get("model_uri")):
+        # not logged, but the model comes from the registry: read it from the configured store, not
+        # from whatever store MLflow would default to in the current folder
+        tracking.use_store(uri)
     experiment = Experiment.from_mapping(cfg.get("experiment"))
     arms = None
     if experiment is None:
