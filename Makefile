@@ -55,9 +55,11 @@ system-deps: ## Debian's chromium and postgresql for the browser and PostgreSQL 
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps ## lint (ruff, the import layers) and run the test suite
+# test modules run on this many workers, each module whole on one (its fixtures are built once)
+TEST_WORKERS ?= 2
+test: $(STAMP) system-deps ## lint (ruff, the import layers) and run the test suite (TEST_WORKERS=2)
 	$(MAKE) --no-print-directory lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## the unit tests only (pure functions, seconds): tests/unit
 	$(BIN)/python -m pytest tests/unit
