@@ -230,6 +230,11 @@ def test_accounts_roll_up_the_scored_leads_with_the_trained_correction_and_a_tre
     account counted once, the correction training fitted applied, and a trend on the next night."""
     first, frame = _scored(root, "2025-12-01")
     assert first.accounts is not None
+    # beside the leads' folder, not in it: read as one data set, that folder holds leads only
+    assert Path(first.accounts["output"]).parent == Path(first.output).parent.with_name("synthetic-accounts")
+    assert sorted(p.name for p in Path(first.output).parent.iterdir() if not p.name.startswith(".")) == [
+        Path(first.output).name
+    ]
     accounts = pd.read_parquet(Path(first.accounts["output"]) / sinks.PART_FILE)
     keys = pd.read_parquet(root / "data" / "scoring" / "synthetic" / "interim" / "leads.parquet")
     keyed = frame.merge(keys[[s.LEAD_ID, s.ACCOUNT_ID]], on=s.LEAD_ID, how="left")

@@ -47,7 +47,8 @@ class AccountSink:
         enabled = accounts.get("enabled", True)
         if not isinstance(enabled, bool):
             raise LeadmlError(f"score.accounts.enabled must be true or false, got {enabled!r}")
-        output = accounts.get("output_dir") or Path(score_cfg["output_dir"]) / "accounts"
+        # beside the leads' partitions, never inside their folder (read as one data set, it would mix them)
+        output = accounts.get("output_dir") or f"{score_cfg['output_dir']}-accounts"
         sql = score_cfg.get("sql") or {}
         table = sql.get("account_table")
         if sql.get("url") and table:
