@@ -50,7 +50,7 @@ def account_section(
 ) -> AccountSection:
     """The ``top`` accounts of ``rows`` (one night's account partition) with their company names
     (``names``: the CRM accounts table; None: ids only) and the figures the section's text states."""
-    key = _key(rows)
+    key = s.ACCOUNT_ID
     shown = with_names(rows.head(top), names, key)
     several = rows[rows[N_LEADS] > 1]
     lift = float(several[ACCOUNT_PROBABILITY].mean() - several[MAX].mean()) if len(several) else None
@@ -76,11 +76,6 @@ def history_sentence(summary: Mapping[str, Any]) -> str:
         )
     found = note.rpartition("): ")[2] or note
     return f"History: {found}."
-
-
-def _key(rows: pd.DataFrame) -> str:
-    """The account key column: the first after the rank (``account_id``, or a flat table's domain)."""
-    return str(rows.columns[1]) if rows.columns[0] == "rank" else str(rows.columns[0])
 
 
 def with_names(rows: pd.DataFrame, names: pd.DataFrame | None, key: str) -> pd.DataFrame:
@@ -127,7 +122,7 @@ def accounts_csv(rows: pd.DataFrame, names: pd.DataFrame | None) -> pd.DataFrame
     """The ranked accounts for a CRM import: every account, its company name when known, no
     per-group sums (the reasons name them), probabilities rounded to four places, money to whole
     units, text that a spreadsheet would run as a formula made inert."""
-    named = with_names(rows, names, _key(rows))
+    named = with_names(rows, names, s.ACCOUNT_ID)
     out = named[[c for c in named.columns if not c.startswith(GROUP_PREFIX)]].copy()
     for column in out.columns:
         if column == s.AS_OF:

@@ -34,7 +34,6 @@ from leadml.modelling.estimation import (
     recorded_test_roc_auc,
 )
 from leadml.modelling.scorer import PROBABILITY
-from leadml.scoring.account_scores import AccountNight
 from leadml.scoring.experiment import (
     ARM,
     ArmModels,
@@ -235,12 +234,13 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     night = roll_up_partition(
         account_sink, scorer, Path(outcome.output), data, interim_dir, outcome.as_of, trend_band
     )
+    account_summary = night.summary() if night is not None else None  # the metrics and the run record
     seconds = round(time.perf_counter() - started, 2)
     metrics = {
         **_run_metrics(probabilities, outcome, drift, seconds),
         **_estimate_metrics(estimated),
         **_arm_estimate_metrics(summary),
-        **_account_metrics(night),
+        **_account_metrics(account_summary),
     }
     run_id = None
     if tracked:
@@ -250,7 +250,7 @@ def _score_stage(cfg: Mapping[str, Any], root: Path, held: contextlib.ExitStack)
     accounts = None
     if night is not None:
         folder, account_rows = write_accounts(account_sink, night, outcome.as_of)
-        accounts = {**night.summary(), "output": str(folder), "sql_rows": account_rows}
+        accounts = {**account_summary, "output": str(folder), "sql_rows": account_rows}
     result = ScoreResult(
         as_of=outcome.as_of,
         leads=len(probabilities),
@@ -624,11 +624,10 @@ def _arm_estimate_metrics(summary: Mapping[str, Any] | None) -> dict[str, float]
     }
 
 
-def _account_metrics(night: AccountNight | None) -> dict[str, float]:
+def _account_metrics(summary: Mapping[str, Any] | None) -> dict[str, float]:
     """The account roll-up's figures as metrics ``accounts.*`` of the scoring run (none without it)."""
-    if night is None:
+    if summary is None:
         return {}
-    summary = night.summary()
     figures = ("accounts", "accounts_with_several_leads", "leads", "expected_accounts_won", "engaged_leads")
     return {f"accounts.{name}": float(summary[name]) for name in figures}
 
